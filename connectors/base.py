@@ -1,0 +1,87 @@
+"""The contract every destination implements.
+
+A connector is a config model, an encoder choice (`format`), `send(batch)` and a
+classification of every response into ok, retry or permanent. The delivery worker in
+`core.delivery` owns batching, backoff, dead letters and the outbox; a connector only
+speaks its wire protocol.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.durations import Duration
+from core.schema import Alert
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"  # transient: back off and send again, without limit
+    PERMANENT = "permanent"  # this event will never be accepted: dead-letter it
+
+
+@dataclass(frozen=True)
+class EventResult:
+    outcome: Outcome
+    reason: str = ""
+
+
+DELIVERED = EventResult(Outcome.OK)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One outbox row, decoded and encoded for one sink."""
+
+    row_id: int
+    alert: Alert
+    body: bytes  # the alert in the sink's format, without a trailing newline
+
+
+class SinkFatal(Exception):
+    """A permanent whole-sink failure (bad credentials, TLS failure): the sink stops, others go on."""
+
+
+class SinkConfig(BaseModel):
+    """Keys every sink has; each connector's model adds its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    format: str = "ocsf"
+    batch_max_events: int = Field(default=500, ge=1, le=100_000)
+    batch_timeout: Duration = Field(default=1.0, description="how long a partial batch may wait")
+    max_outbox: int = Field(default=100_000, ge=1, description="outbox bound: past it, polling pauses")
+    retry_initial: Duration = Field(default=1.0, gt=0, description="first backoff after a transient failure")
+    retry_max: Duration = Field(default=60.0, gt=0, description="longest backoff between retries")
+
+
+class Connector:
+    """Base class of every destination. Subclasses set `config_model` and implement `send`."""
+
+    config_model: ClassVar[type[SinkConfig]] = SinkConfig
+
+    def __init__(self, name: str, config: SinkConfig) -> None:
+        self.name = name
+        self.config = config
+
+    async def open(self) -> None:
+        """Connect; raise `SinkFatal` when the destination can never work with this config."""
+
+    async def send(self, batch: list[Event]) -> list[EventResult]:
+        """Send one batch; return one result per event, in order.
+
+        Raise `SinkFatal` for a whole-sink permanent error. Any other exception
+        counts as a transient failure of the whole batch.
+        """
+        raise NotImplementedError
+
+    async def probe(self) -> str:
+        """For `check`: reach the destination without delivering anything; return what was found."""
+        return "ok"
+
+    async def close(self) -> None:
+        """Flush and release connections."""

@@ -1,0 +1,63 @@
+"""`type = "file"`: NDJSON files, one per tenant if the path has `{tenant}`.
+
+Status table (OSError errno -> outcome):
+  ENOSPC, EDQUOT, EIO, EAGAIN, EINTR   retry (the disk may free up, the NFS server come back)
+  anything else (EACCES, EROFS, ...)   the sink stops: a person must fix the path or rights
+A batch counts as delivered once written, flushed and (with `fsync = true`) synced.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from connectors.base import DELIVERED, Connector, Event, EventResult, SinkConfig, SinkFatal
+
+TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR})
+
+
+class FileSinkConfig(SinkConfig):
+    type: str = "file"
+    path: str = "out/{tenant}.ndjson"
+    fsync: bool = True
+
+
+class FileConnector(Connector):
+    config_model = FileSinkConfig
+    config: FileSinkConfig
+
+    def path_for(self, event: Event) -> Path:
+        return Path(self.config.path.replace("{tenant}", event.alert.tenant.label))
+
+    async def send(self, batch: list[Event]) -> list[EventResult]:
+        by_path: dict[Path, list[bytes]] = defaultdict(list)
+        for event in batch:
+            by_path[self.path_for(event)].append(event.body)
+        try:
+            await asyncio.to_thread(self._write_all, by_path)
+        except OSError as err:
+            if err.errno in TRANSIENT_ERRNOS:
+                raise
+            raise SinkFatal(f"cannot write {err.filename}: {err.strerror}") from None
+        return [DELIVERED] * len(batch)
+
+    def _write_all(self, by_path: dict[Path, list[bytes]]) -> None:
+        for path, lines in by_path.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as handle:
+                handle.write(b"\n".join(lines) + b"\n")
+                handle.flush()
+                if self.config.fsync:
+                    os.fsync(handle.fileno())
+
+    async def probe(self) -> str:
+        directory = Path(self.config.path.replace("{tenant}", "probe")).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK):
+            raise SinkFatal(f"{directory} is not writable")
+        return f"writable directory {directory}"
+
+
+CONNECTOR = FileConnector

@@ -1,0 +1,149 @@
+"""One worker per sink: drain its outbox in batches, encode, send, classify, retry.
+
+Rows leave the outbox only when the destination acknowledged them (deleted) or
+refused them for good (moved to the dead letters with the destination's reason).
+Transient failures back off exponentially with jitter and retry without limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from connectors.base import Connector, Event, Outcome, SinkFatal
+from core.schema import Alert
+from core.sources.graph import backoff_delay
+from core.state import OutboxRow, SQLiteStore
+
+log = logging.getLogger("defender_forwarder.delivery")
+
+Encoder = Callable[[Alert], bytes]
+
+
+class RetryLater(Exception):
+    """Some or all of a batch must be sent again after a backoff."""
+
+
+@dataclass
+class SinkStats:
+    delivered: int = 0
+    dead: int = 0
+    retries: int = 0
+
+
+class SinkWorker:
+    def __init__(self, connector: Connector, store: SQLiteStore, encode: Encoder) -> None:
+        self.connector = connector
+        self.name = connector.name
+        self.store = store
+        self.encode = encode
+        self.config = connector.config
+        self.stats = SinkStats()
+        self.fatal: str | None = None
+        self._opened = False
+        self._failures = 0
+        self.wakeup = asyncio.Event()  # set by the poller when it queued rows for this sink
+
+    async def deliver_batch(self) -> int:
+        """Send the oldest batch; returns how many rows it settled. Raises RetryLater or SinkFatal."""
+        if not self._opened:
+            await self.connector.open()
+            self._opened = True
+        rows = self.store.outbox_batch(self.name, self.config.batch_max_events)
+        if not rows:
+            return 0
+        events = self._encode(rows)
+        if events:
+            await self._send(events, {row.id: row for row in rows})
+        return len(rows)
+
+    def _encode(self, rows: list[OutboxRow]) -> list[Event]:
+        """Encode every row; a row that cannot be encoded is a poisoned event, not a stuck batch."""
+        events, poisoned = [], []
+        for row in rows:
+            try:
+                alert = Alert.model_validate_json(row.payload)
+                events.append(Event(row.id, alert, self.encode(alert)))
+            except Exception as err:  # noqa: BLE001 - any failure here is this event's, not the batch's
+                poisoned.append((row, f"encode ({self.config.format}): {type(err).__name__}: {err}"[:2000]))
+        if poisoned:
+            self.store.outbox_dead(poisoned)
+            self.stats.dead += len(poisoned)
+        return events
+
+    async def _send(self, events: list[Event], rows: dict[int, OutboxRow]) -> None:
+        try:
+            results = await self.connector.send(events)
+        except SinkFatal:
+            raise
+        except Exception as err:  # noqa: BLE001 - the connector's status table had no word for it: transient
+            self.store.outbox_failed(rows, f"{type(err).__name__}: {err}")
+            raise RetryLater(f"{type(err).__name__}: {err}") from None
+        if len(results) != len(events):
+            raise SinkFatal(f"connector returned {len(results)} results for {len(events)} events")
+        self._settle(events, results, rows)
+
+    def _settle(self, events: list[Event], results: list, rows: dict[int, OutboxRow]) -> None:
+        ok = [e.row_id for e, r in zip(events, results) if r.outcome is Outcome.OK]
+        dead = [(rows[e.row_id], r.reason) for e, r in zip(events, results) if r.outcome is Outcome.PERMANENT]
+        again = [(e.row_id, r.reason) for e, r in zip(events, results) if r.outcome is Outcome.RETRY]
+        self.store.outbox_delivered(ok)
+        self.stats.delivered += len(ok)
+        if dead:
+            self.store.outbox_dead(dead)
+            self.stats.dead += len(dead)
+        if again:
+            self.store.outbox_failed([row_id for row_id, _ in again], again[0][1])
+            raise RetryLater(again[0][1])
+
+    async def step(self) -> int:
+        """One batch with the retry policy applied; returns rows settled (0 while backing off)."""
+        try:
+            settled = await self.deliver_batch()
+        except RetryLater as err:
+            self.stats.retries += 1
+            delay = backoff_delay(self._failures, self.config.retry_initial, self.config.retry_max)
+            self._failures += 1
+            log.warning("sink %s: %s; retrying in %.1fs", self.name, err, delay)
+            await asyncio.sleep(delay)
+            return 0
+        self._failures = 0
+        return settled
+
+    async def drain(self, deadline: float) -> bool:
+        """Deliver until the outbox is empty (True) or the deadline passes or the sink stops."""
+        loop = asyncio.get_running_loop()
+        try:
+            while loop.time() < deadline:
+                if await self.step() == 0 and self.store.outbox_depth(self.name) == 0:
+                    return True
+        except SinkFatal as err:
+            self._stop(err)
+        return False
+
+    async def run_forever(self) -> None:
+        """Daemon mode: deliver whenever rows are waiting; sleep until polled alerts arrive."""
+        try:
+            while True:
+                settled = await self.step()
+                if settled < self.config.batch_max_events and not self._failures:
+                    await _wait(self.wakeup, self.config.batch_timeout)
+        except SinkFatal as err:
+            self._stop(err)
+
+    def _stop(self, err: SinkFatal) -> None:
+        self.fatal = str(err)
+        log.error("sink %s stopped: %s (its outbox keeps every pending event)", self.name, err)
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.connector.close()
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+    event.clear()

@@ -1,0 +1,285 @@
+"""The only place that knows sources, mappings and connectors together.
+
+poll -> normalise -> dedupe -> route -> outbox (one transaction per page) -> workers.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import random
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from core import jsonutil
+from core.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
+from core.config import SINK_MODULES, Config, RouteSettings, TenantSettings
+from core.delivery import SinkWorker
+from core.schema import Alert, TenantRef
+from core.sources import AlertSource, Page, SourceError
+from core.sources.graph import GraphAlertsSource
+from core.sources.replay import ReplaySource
+from core.state import DeadLetter, PageCommit, SQLiteStore, format_time
+from mappings import encoder
+from mappings.graph_alerts_v2 import MappingError, normalise
+
+log = logging.getLogger("defender_forwarder.pipeline")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class TenantResult:
+    label: str
+    tenant_id: str
+    read: int = 0
+    queued: int = 0
+    duplicates: int = 0
+    filtered: int = 0
+    dead: int = 0
+    paused: bool = False
+    error: str | None = None
+
+
+@dataclass
+class _PageOutcome:
+    commit: PageCommit
+    high_water: datetime | None
+    sinks: set[str] = field(default_factory=set)
+
+
+class Forwarder:
+    """Owns the clients, sources and sink workers of one configuration."""
+
+    def __init__(self, config: Config, store: SQLiteStore, clock: Clock = utcnow) -> None:
+        self.config = config
+        self.settings = config.forwarder
+        self.store = store
+        self.clock = clock
+        self.routes: list[RouteSettings] = config.routes_or_default()
+        self.workers: dict[str, SinkWorker] = {}
+        self.sources: dict[str, AlertSource] = {}
+        self.tokens: dict[str, TokenProvider] = {}
+        self._http: httpx.AsyncClient | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._sessions: dict[str | None, Any] = {}
+        self._global_bound = asyncio.Semaphore(self.settings.max_concurrent_requests)
+        self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
+
+    async def __aenter__(self) -> "Forwarder":
+        self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
+        self.sources = {label: self._source(label, t) for label, t in self.config.tenants.items() if t.enabled}
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for worker in self.workers.values():
+            await worker.close()
+        if self._http is not None:
+            await self._http.aclose()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- construction ---------------------------------------------------
+    def _worker(self, name: str, sink: Any) -> SinkWorker:
+        connector_class = importlib.import_module(SINK_MODULES[sink.type]).CONNECTOR
+        return SinkWorker(connector_class(name, sink), self.store, encoder(sink.format))
+
+    def _source(self, label: str, tenant: TenantSettings) -> AlertSource:
+        if tenant.replay is not None:
+            return ReplaySource(tenant.replay, self.settings.page_size)
+        assert tenant.app is not None  # the config model guarantees it
+        app = self.config.apps[tenant.app]
+        tokens = TokenProvider(tenant.app, app, label, tenant.tenant_id, self._thread_pool(), self._session(app))
+        self.tokens[label] = tokens
+        return GraphAlertsSource(
+            client=self._client(app.ca_file),
+            graph_endpoint=endpoints(app).graph,
+            tokens=tokens,
+            app=app,
+            tenant_id=tenant.tenant_id,
+            limiter=AsyncLimiter(self.settings.tenant_requests_per_minute, 60),
+            concurrency=self._global_bound,
+            page_size=self.settings.page_size,
+            max_pages=self.settings.max_pages_per_window,
+        )
+
+    def _client(self, ca_file: str | None) -> httpx.AsyncClient:
+        if self._http is None:
+            limits = httpx.Limits(max_connections=self.settings.max_concurrent_requests)
+            self._http = httpx.AsyncClient(
+                verify=_tls_context(ca_file), timeout=self.settings.request_timeout, limits=limits
+            )
+        return self._http
+
+    def _thread_pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.settings.max_concurrent_requests, "token")
+        return self._executor
+
+    def _session(self, app: Any) -> Any:
+        if app.ca_file not in self._sessions:
+            self._sessions[app.ca_file] = http_session(
+                app.ca_file, self.settings.max_concurrent_requests, self.settings.request_timeout
+            )
+        return self._sessions[app.ca_file]
+
+    # ---- polling ----------------------------------------------------------
+    def sinks_for(self, label: str) -> set[str]:
+        return {sink for route in self.routes if route.covers(label) for sink in route.sinks}
+
+    def _backpressured(self, sinks: set[str]) -> bool:
+        return any(self.store.outbox_depth(name) >= self.workers[name].config.max_outbox for name in sinks)
+
+    async def poll_all(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
+        labels = [label for label in self.sources if only is None or label == only]
+        return list(await asyncio.gather(*(self.poll_tenant(label, since) for label in labels)))
+
+    async def poll_tenant(self, label: str, since: datetime | None = None) -> TenantResult:
+        """Read one window of one tenant; `since` overrides the cursor (backfill)."""
+        tenant = self.config.tenants[label]
+        result = TenantResult(label, tenant.tenant_id)
+        try:
+            await self._read_window(label, tenant, result, since)
+        except TenantAuthError as err:
+            result.error = str(err)
+        except (SourceError, TransientAuthError) as err:
+            result.error = f"{err} (will retry next cycle)"
+        except httpx.HTTPError as err:
+            result.error = f"{type(err).__name__} talking to Graph (will retry next cycle)"
+        if result.error:
+            log.error("tenant %s: %s", label, result.error)
+            self.store.record_error(tenant.tenant_id, label, result.error)
+        elif not result.paused:
+            self.store.record_success(tenant.tenant_id, label, result.queued)
+        return result
+
+    async def _read_window(
+        self, label: str, tenant: TenantSettings, result: TenantResult, since: datetime | None
+    ) -> None:
+        sinks = self.sinks_for(label)
+        source = self.sources[label]
+        cursor = self.store.cursor(tenant.tenant_id, source.name)
+        overlap = timedelta(seconds=self.settings.overlap)
+        if since is None:
+            since = cursor - overlap if cursor else self.clock() - timedelta(seconds=self.settings.initial_lookback)
+        high_water = cursor
+        ref = TenantRef(id=tenant.tenant_id, label=label)
+        async for page in source.pages(since):
+            if self._backpressured(sinks):
+                result.paused = True
+                log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
+                return
+            outcome = self._process_page(ref, source.name, page, result)
+            high_water = _later(high_water, outcome.high_water)
+            if page.last:
+                outcome.commit.cursor = high_water
+            self.store.commit_page(outcome.commit)
+            if self.on_page is not None:
+                self.on_page(label, len(page.alerts))
+            for name in outcome.sinks:
+                self.workers[name].wakeup.set()
+        if high_water is not None:
+            self.store.prune_seen(tenant.tenant_id, high_water - overlap)
+
+    def _process_page(self, ref: TenantRef, source: str, page: Page, result: TenantResult) -> _PageOutcome:
+        commit = PageCommit(tenant_id=ref.id, source=source)
+        outcome = _PageOutcome(commit, None)
+        alerts = self._normalise_page(ref, page, commit)
+        result.read += len(alerts) + len(commit.dead)
+        result.dead += len(commit.dead)
+        versions = [(a.id, format_time(a.times.last_updated)) for a in alerts]
+        unseen = self.store.unseen(ref.id, versions)
+        for alert, version in zip(alerts, versions):
+            outcome.high_water = _later(outcome.high_water, alert.times.last_updated)
+            if version not in unseen:
+                result.duplicates += 1
+                continue
+            unseen.discard(version)  # the same version twice in one page is one version
+            commit.seen.append(version)
+            self._route(alert, commit, outcome, result)
+        return outcome
+
+    def _normalise_page(self, ref: TenantRef, page: Page, commit: PageCommit) -> list[Alert]:
+        ingested = self.clock()
+        alerts = []
+        for raw in page.alerts:
+            try:
+                alerts.append(normalise(raw, ref, ingested))
+            except MappingError as err:
+                commit.dead.append(_dead_raw(ref, raw, f"normalise: {err}"))
+            except Exception as err:  # noqa: BLE001 - a mapping bug must cost one alert, not the run
+                log.exception("tenant %s: mapping failed unexpectedly", ref.label)
+                commit.dead.append(_dead_raw(ref, raw, f"normalise: internal error {type(err).__name__}: {err}"))
+        return alerts
+
+    def _route(self, alert: Alert, commit: PageCommit, outcome: _PageOutcome, result: TenantResult) -> None:
+        matching = [r for r in self.routes if r.matches(alert.tenant.label, alert.severity, alert.service_source)]
+        sinks = sorted({sink for route in matching for sink in route.sinks})
+        if not sinks:
+            result.filtered += 1
+            return
+        payload = alert.model_dump_json().encode()
+        commit.outbox.extend((sink, alert.version_key, payload) for sink in sinks)
+        outcome.sinks.update(sinks)
+        result.queued += 1
+
+    # ---- running ---------------------------------------------------------------
+    async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
+        results = await self.poll_all(since, only)
+        await self.drain()
+        return results
+
+    async def drain(self) -> bool:
+        deadline = asyncio.get_running_loop().time() + self.settings.once_deadline
+        drained = await asyncio.gather(*(w.drain(deadline) for w in self.workers.values()))
+        return all(drained)
+
+    async def run_forever(self) -> None:
+        """Daemon: workers deliver continuously; tenants are polled every poll_interval."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        workers = [asyncio.create_task(w.run_forever()) for w in self.workers.values()]
+        try:
+            while not stop.is_set():
+                await self.poll_all()
+                # Jitter keeps many forwarders (and many tenants) from polling in lockstep.
+                pause = self.settings.poll_interval * random.uniform(0.9, 1.1)
+                try:
+                    await asyncio.wait_for(stop.wait(), pause)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None or b is None:
+        return a or b
+    return max(a, b)
+
+
+def _dead_raw(ref: TenantRef, raw: Any, reason: str) -> DeadLetter:
+    version = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
+    return DeadLetter("normalise", None, ref.id, version, jsonutil.dumps(raw), reason[:2000])
+
+
+def _tls_context(ca_file: str | None) -> Any:
+    import ssl
+
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return True

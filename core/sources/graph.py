@@ -1,0 +1,166 @@
+"""Microsoft Graph `GET /v1.0/security/alerts_v2`, read incrementally for one tenant.
+
+Status table (one place decides what every response means):
+  200            page; a body that is not JSON is retried (a truncated response)
+  401            token refreshed once, then the tenant is refused (TenantAuthError)
+  403            tenant refused: permission or consent missing (TenantAuthError)
+  408/429/5xx    retried after Retry-After, else exponential backoff with jitter
+  other 4xx      the window fails (SourceError); the next cycle reads it again
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+
+import httpx
+from aiolimiter import AsyncLimiter
+
+from core import jsonutil
+from core.auth import TokenProvider, graph_refusal
+from core.config import AppSettings
+from core.sources import Page, SourceError
+
+log = logging.getLogger("defender_forwarder.graph")
+
+ALERTS_PATH = "/v1.0/security/alerts_v2"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MAX_ATTEMPTS = 8
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+
+
+def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+    """Exponential backoff with jitter, so many tenants retrying do not retry in step."""
+    ceiling = min(cap, base * 2 ** attempt)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """Graph's Retry-After: seconds, or an HTTP date."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
+class GraphAlertsSource:
+    name = "graph_alerts"
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        graph_endpoint: str,
+        tokens: TokenProvider,
+        app: AppSettings,
+        tenant_id: str,
+        limiter: AsyncLimiter,
+        concurrency: asyncio.Semaphore,
+        page_size: int,
+        max_pages: int,
+        backoff_base: float = BACKOFF_BASE,
+    ) -> None:
+        self.client, self.graph_endpoint, self.tokens = client, graph_endpoint, tokens
+        self.app, self.tenant_id = app, tenant_id
+        self.limiter, self.concurrency = limiter, concurrency
+        self.page_size, self.max_pages = page_size, max_pages
+        self.backoff_base = backoff_base
+        self.requests = 0
+
+    def first_url(self, since: datetime) -> str:
+        stamp = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        query = httpx.QueryParams({"$filter": f"lastUpdateDateTime ge {stamp}", "$top": str(self.page_size)})
+        return f"{self.graph_endpoint}{ALERTS_PATH}?{query}"
+
+    async def probe(self) -> str:
+        query = httpx.QueryParams({"$top": "1"})
+        body = await self._get_page(f"{self.graph_endpoint}{ALERTS_PATH}?{query}")
+        newest = _page_values(body)[:1]
+        seen = newest[0].get("lastUpdateDateTime", "?") if newest and isinstance(newest[0], dict) else None
+        return f"token ok; read {len(newest)} alert" + (f" (last updated {seen})" if seen else "")
+
+    async def pages(self, since: datetime) -> AsyncIterator[Page]:
+        url: str | None = self.first_url(since)
+        followed: set[str] = set()
+        while url is not None:
+            if url in followed:
+                raise SourceError("Graph returned a nextLink that repeats; stopped paging this window")
+            if len(followed) >= self.max_pages:
+                raise SourceError(f"more than {self.max_pages} pages in one window; stopped paging")
+            followed.add(url)
+            body = await self._get_page(url)
+            url = _next_link(body)
+            yield Page(alerts=_page_values(body), last=url is None)
+
+    async def _get_page(self, url: str) -> dict[str, Any]:
+        token = await self.tokens.token()
+        refreshed = False
+        for attempt in range(MAX_ATTEMPTS):
+            response = await self._request(url, token, attempt)
+            if response is None:
+                continue
+            if response.status_code == 200:
+                body = _json_or_none(response.content)
+                if body is not None:
+                    return body
+                log.warning("tenant %s: Graph sent a body that is not JSON; retrying", self.tenant_id)
+                await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
+            elif response.status_code == 401 and not refreshed:
+                token, refreshed = await self.tokens.refresh(), True
+            elif response.status_code in (401, 403):
+                raise graph_refusal(response.status_code, self.app, self.tenant_id)
+            elif response.status_code in RETRY_STATUSES:
+                await asyncio.sleep(retry_after(response) or backoff_delay(attempt, self.backoff_base))
+            else:
+                raise SourceError(f"Graph answered {response.status_code}: {_graph_error(response)}")
+        raise SourceError(f"Graph did not answer successfully after {MAX_ATTEMPTS} attempts")
+
+    async def _request(self, url: str, token: str, attempt: int) -> httpx.Response | None:
+        """One GET under the global and per-tenant bounds; None after a transport failure."""
+        headers = {"Authorization": f"Bearer {token}", "Prefer": "include-unknown-enum-members"}
+        async with self.concurrency:
+            await self.limiter.acquire()
+            self.requests += 1
+            try:
+                return await self.client.get(url, headers=headers)
+            except httpx.TransportError as err:
+                log.warning("tenant %s: %s reaching Graph; retrying", self.tenant_id, type(err).__name__)
+        await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
+        return None
+
+
+def _json_or_none(content: bytes) -> dict[str, Any] | None:
+    try:
+        body = jsonutil.loads(content)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _page_values(body: dict[str, Any]) -> list[Any]:
+    values = body.get("value")
+    if not isinstance(values, list):
+        raise SourceError("Graph page has no 'value' list")
+    return values
+
+
+def _next_link(body: dict[str, Any]) -> str | None:
+    link = body.get("@odata.nextLink")
+    return link if isinstance(link, str) and link else None
+
+
+def _graph_error(response: httpx.Response) -> str:
+    body = _json_or_none(response.content) or {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    return f"{error.get('code', 'unknown')}: {str(error.get('message', ''))[:300]}"
+
+

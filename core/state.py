@@ -1,0 +1,339 @@
+"""Durable state: cursors, seen versions, one outbox per sink, dead letters, tenant health.
+
+`StateStore` is the interface; `SQLiteStore` the default implementation (WAL mode, one
+file created 0600). A page of alerts is committed in ONE transaction: its outbox rows,
+its seen-marks, its dead letters and, on the window's last page, the cursor. That
+transaction is the acknowledgement point: whatever it holds survives a crash.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, cursor TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, source));
+CREATE TABLE IF NOT EXISTS seen (
+    tenant_id TEXT NOT NULL, alert_id TEXT NOT NULL, last_update TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, alert_id, last_update)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, tenant_id TEXT NOT NULL,
+    version_key TEXT NOT NULL, payload BLOB NOT NULL, enqueued REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, sink TEXT,
+    tenant_id TEXT NOT NULL, version_key TEXT, payload BLOB NOT NULL, reason TEXT NOT NULL,
+    created REAL NOT NULL, digest TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS tenant_status (
+    tenant_id TEXT PRIMARY KEY, label TEXT NOT NULL, last_success REAL, last_error TEXT,
+    last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
+"""
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class StateLocked(Exception):
+    """Another run holds the state lock."""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    sink: str
+    tenant_id: str
+    version_key: str
+    payload: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    stage: str  # "normalise" or "deliver"
+    sink: str | None
+    tenant_id: str
+    version_key: str | None
+    payload: bytes
+    reason: str
+    id: int = 0
+    created: float = 0.0
+
+
+@dataclass
+class PageCommit:
+    """Everything one page of one tenant changes, applied atomically."""
+
+    tenant_id: str
+    source: str
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (alert id, last update)
+    outbox: list[tuple[str, str, bytes]] = field(default_factory=list)  # (sink, version key, payload)
+    dead: list[DeadLetter] = field(default_factory=list)
+    cursor: datetime | None = None  # set on the window's last page only
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    tenant_id: str
+    label: str
+    last_success: float | None
+    last_error: str | None
+    last_error_at: float | None
+    forwarded_total: int
+
+
+class StateStore(Protocol):
+    def cursor(self, tenant_id: str, source: str) -> datetime | None: ...
+    def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
+    def commit_page(self, page: PageCommit) -> None: ...
+    def prune_seen(self, tenant_id: str, older_than: datetime) -> int: ...
+    def outbox_depth(self, sink: str) -> int: ...
+    def outbox_depths(self) -> dict[str, int]: ...
+    def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]: ...
+    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]: ...
+    def outbox_delivered(self, row_ids: Iterable[int]) -> None: ...
+    def outbox_failed(self, row_ids: Iterable[int], error: str) -> None: ...
+    def outbox_dead(self, rows: Iterable[tuple[OutboxRow, str]]) -> None: ...
+    def outbox_append(self, sink: str, rows: Iterable[tuple[str, str, bytes]]) -> None: ...
+    def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]: ...
+    def dead_letters_remove(self, ids: Iterable[int]) -> None: ...
+    def record_success(self, tenant_id: str, label: str, forwarded: int) -> None: ...
+    def record_error(self, tenant_id: str, label: str, error: str) -> None: ...
+    def tenant_statuses(self) -> dict[str, TenantStatus]: ...
+    def cursors(self) -> dict[tuple[str, str], datetime]: ...
+    def close(self) -> None: ...
+
+
+def format_time(moment: datetime) -> str:
+    return moment.strftime(TIME_FORMAT)
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+class StateLock:
+    """An exclusive advisory lock beside the state file, so two runs never share one state."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_name(state_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLocked(f"another defender-forwarder run (pid {holder}) holds {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class SQLiteStore:
+    """The default `StateStore`: one SQLite file in WAL mode, used from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        _create_private(path)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against a process crash (kill -9); the cursor and the outbox
+        # roll back together on power loss, so even then nothing is skipped.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self.db)
+
+    def cursor(self, tenant_id: str, source: str) -> datetime | None:
+        row = self.db.execute(
+            "SELECT cursor FROM cursors WHERE tenant_id=? AND source=?", (tenant_id, source)
+        ).fetchone()
+        return parse_time(row[0]) if row else None
+
+    def cursors(self) -> dict[tuple[str, str], datetime]:
+        rows = self.db.execute("SELECT tenant_id, source, cursor FROM cursors")
+        return {(t, s): parse_time(c) for t, s, c in rows}
+
+    def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted = set(versions)
+        ids = sorted({alert_id for alert_id, _ in wanted})
+        known: set[tuple[str, str]] = set()
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT alert_id, last_update FROM seen WHERE tenant_id=? AND alert_id IN ({marks})",
+                (tenant_id, *chunk),
+            )
+            known.update(rows)
+        return wanted - known
+
+    def commit_page(self, page: PageCommit) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
+                [(page.tenant_id, alert_id, last) for alert_id, last in page.seen],
+            )
+            db.executemany(
+                "INSERT INTO outbox (sink, tenant_id, version_key, payload, enqueued) VALUES (?, ?, ?, ?, ?)",
+                [(sink, page.tenant_id, key, payload, now) for sink, key, payload in page.outbox],
+            )
+            _insert_dead(db, page.dead, now)
+            if page.cursor is not None:
+                db.execute(
+                    "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (tenant_id, source) "
+                    "DO UPDATE SET cursor=max(cursor, excluded.cursor)",
+                    (page.tenant_id, page.source, format_time(page.cursor)),
+                )
+
+    def prune_seen(self, tenant_id: str, older_than: datetime) -> int:
+        cur = self.db.execute(
+            "DELETE FROM seen WHERE tenant_id=? AND last_update < ?", (tenant_id, format_time(older_than))
+        )
+        return cur.rowcount
+
+    def outbox_depth(self, sink: str) -> int:
+        return self.db.execute("SELECT count(*) FROM outbox WHERE sink=?", (sink,)).fetchone()[0]
+
+    def outbox_depths(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink"))
+
+    def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]:
+        rows = self.db.execute("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
+        return {(tenant, sink): n for tenant, sink, n in rows}
+
+    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]:
+        rows = self.db.execute(
+            "SELECT id, sink, tenant_id, version_key, payload, attempts FROM outbox "
+            "WHERE sink=? ORDER BY id LIMIT ?",
+            (sink, limit),
+        )
+        return [OutboxRow(*row) for row in rows]
+
+    def outbox_delivered(self, row_ids: Iterable[int]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in row_ids])
+
+    def outbox_failed(self, row_ids: Iterable[int], error: str) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE outbox SET attempts=attempts+1, last_error=? WHERE id=?",
+                [(error[:1000], i) for i in row_ids],
+            )
+
+    def outbox_dead(self, rows: Iterable[tuple[OutboxRow, str]]) -> None:
+        now = time.time()
+        rows = list(rows)
+        with self._transaction() as db:
+            _insert_dead(
+                db,
+                [DeadLetter("deliver", r.sink, r.tenant_id, r.version_key, r.payload, reason) for r, reason in rows],
+                now,
+            )
+            db.executemany("DELETE FROM outbox WHERE id=?", [(r.id,) for r, _ in rows])
+
+    def outbox_append(self, sink: str, rows: Iterable[tuple[str, str, bytes]]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO outbox (sink, tenant_id, version_key, payload, enqueued) VALUES (?, ?, ?, ?, ?)",
+                [(sink, tenant, key, payload, now) for tenant, key, payload in rows],
+            )
+
+    def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        query = "SELECT stage, sink, tenant_id, version_key, payload, reason, id, created FROM dead_letters"
+        params: tuple[object, ...] = ()
+        if sink is not None:
+            query += " WHERE sink=?"
+            params = (sink,)
+        rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))
+        return [DeadLetter(*row) for row in rows]
+
+    def dead_letters_remove(self, ids: Iterable[int]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids])
+
+    def record_success(self, tenant_id: str, label: str, forwarded: int) -> None:
+        self.db.execute(
+            "INSERT INTO tenant_status (tenant_id, label, last_success, forwarded_total) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET label=excluded.label, last_success=excluded.last_success, "
+            "last_error=NULL, forwarded_total=forwarded_total+excluded.forwarded_total",
+            (tenant_id, label, time.time(), forwarded),
+        )
+
+    def record_error(self, tenant_id: str, label: str, error: str) -> None:
+        self.db.execute(
+            "INSERT INTO tenant_status (tenant_id, label, last_error, last_error_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET label=excluded.label, last_error=excluded.last_error, "
+            "last_error_at=excluded.last_error_at",
+            (tenant_id, label, error, time.time()),
+        )
+
+    def tenant_statuses(self) -> dict[str, TenantStatus]:
+        rows = self.db.execute(
+            "SELECT tenant_id, label, last_success, last_error, last_error_at, forwarded_total FROM tenant_status"
+        )
+        return {row[0]: TenantStatus(*row) for row in rows}
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> None:
+    # The digest makes a dead letter idempotent: re-reading the overlap window must not
+    # file the same malformed alert twice.
+    db.executemany(
+        "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, digest) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d)) for d in dead],
+    )
+
+
+def _digest(dead: DeadLetter) -> str:
+    h = hashlib.sha256()
+    for part in (dead.stage, dead.sink or "", dead.tenant_id):
+        h.update(part.encode() + b"\0")
+    h.update(dead.payload)
+    return h.hexdigest()
+
+
+def _create_private(path: Path) -> None:
+    """Create the state file 0600 before SQLite opens it (SQLite gives -wal/-shm the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

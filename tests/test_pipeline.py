@@ -1,0 +1,176 @@
+"""The pipeline end to end on replayed Graph pages: cursor, overlap dedupe, updates, routes,
+dead letters, backpressure. Files are real, the state is a real SQLite file."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from core.config import load_config
+from core.pipeline import Forwarder
+from core.state import SQLiteStore
+from tests.helpers import REPO, read_ndjson, run_cli, write_config, write_replay
+from tests.peers.alert_factory import make_alerts, updated_version
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
+TENANT = "55555555-5555-4555-8555-555555555555"
+
+
+def _config(tmp_path: Path, replay: Path, **forwarder: object) -> Path:
+    return write_config(
+        tmp_path / "forwarder.toml",
+        {
+            "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d", **forwarder},
+            "tenants.acme": {"tenant_id": TENANT, "replay": str(replay)},
+            "sinks.all": {"type": "file", "path": str(tmp_path / "out" / "{tenant}.ndjson"), "format": "raw",
+                          "retry_initial": 0.01, "retry_max": 0.05},
+        },
+    )
+
+
+def _run(config_path: Path) -> tuple[list, Forwarder]:
+    config = load_config(config_path)
+    store = SQLiteStore(Path(config.forwarder.state))
+
+    async def go() -> list:
+        async with Forwarder(config, store) as forwarder:
+            results = await forwarder.run_once()
+            run._forwarder = forwarder  # type: ignore[attr-defined]
+            return results
+
+    run = go
+    try:
+        results = asyncio.run(go())
+    finally:
+        store.close()
+    return results, run._forwarder  # type: ignore[attr-defined]
+
+
+def test_every_alert_forwarded_once_and_rerun_forwards_nothing(tmp_path: Path) -> None:
+    alerts = make_alerts(30, TENANT, T0, timedelta(minutes=7), seed=1)
+    replay = write_replay(tmp_path / "replay", [alerts[:10], alerts[10:20], alerts[20:]])
+    config = _config(tmp_path, replay, page_size=4)
+    (result,), _ = _run(config)
+    assert (result.read, result.queued, result.duplicates, result.error) == (30, 30, 0, None)
+    out = read_ndjson(tmp_path / "out" / "acme.ndjson")
+    assert sorted(a["id"] for a in out) == sorted(a["id"] for a in alerts)
+    assert all(a["tenant"] == {"id": TENANT, "label": "acme"} for a in out)
+
+    (again,), _ = _run(config)
+    # The overlap window re-reads the newest alerts; dedupe drops them.
+    assert again.queued == 0 and again.duplicates > 0
+    assert len(read_ndjson(tmp_path / "out" / "acme.ndjson")) == 30
+
+
+def test_update_is_forwarded_as_a_new_version_and_old_version_not_again(tmp_path: Path) -> None:
+    alerts = make_alerts(5, TENANT, T0, timedelta(minutes=1), seed=2)
+    replay = write_replay(tmp_path / "replay", [alerts])
+    config = _config(tmp_path, replay)
+    _run(config)
+    update = updated_version(alerts[2], T0 + timedelta(hours=2), status="resolved")
+    write_replay(replay, [alerts, [update]])
+    (result,), _ = _run(config)
+    assert result.queued == 1
+    out = read_ndjson(tmp_path / "out" / "acme.ndjson")
+    versions = [(a["id"], a["lastUpdateDateTime"]) for a in out if a["id"] == alerts[2]["id"]]
+    assert len(versions) == 2 and versions[1][1] == update["lastUpdateDateTime"]
+
+
+def test_cursor_advances_to_high_water_mark_and_restart_resumes(tmp_path: Path) -> None:
+    alerts = make_alerts(6, TENANT, T0, timedelta(minutes=10), seed=3)
+    replay = write_replay(tmp_path / "replay", [alerts])
+    config = _config(tmp_path, replay, overlap="15m")
+    _run(config)
+    store = SQLiteStore(tmp_path / "state.db")
+    cursor = store.cursor(TENANT, "graph_alerts")
+    store.close()
+    assert cursor == T0 + timedelta(minutes=50)
+    # Alerts older than cursor - overlap are not read again at all.
+    (result,), _ = _run(config)
+    assert result.read == 2 and result.duplicates == 2
+
+
+def test_malformed_alert_is_dead_lettered_and_the_rest_of_the_page_goes_on(tmp_path: Path) -> None:
+    alerts = make_alerts(4, TENANT, T0, timedelta(minutes=1), seed=4)
+    broken = dict(alerts[1], lastUpdateDateTime="not a date")
+    no_id = {k: v for k, v in alerts[2].items() if k != "id"}
+    replay = write_replay(tmp_path / "replay", [[alerts[0], broken, no_id, alerts[3], "not an object"]])
+    (result,), _ = _run(_config(tmp_path, replay))
+    assert (result.queued, result.dead, result.error) == (2, 3, None)
+    out = read_ndjson(tmp_path / "out" / "acme.ndjson")
+    assert [a["id"] for a in out] == [alerts[0]["id"], alerts[3]["id"]]
+    store = SQLiteStore(tmp_path / "state.db")
+    reasons = sorted(d.reason for d in store.dead_letters())
+    store.close()
+    assert len(reasons) == 3 and all(r.startswith("normalise: ") for r in reasons)
+    assert any("lastUpdateDateTime" in r for r in reasons) and any("id" in r for r in reasons)
+
+
+def test_routes_by_severity_and_service_source(tmp_path: Path) -> None:
+    alerts = make_alerts(40, TENANT, T0, timedelta(minutes=1), seed=5)
+    replay = write_replay(tmp_path / "replay", [alerts])
+    config = write_config(
+        tmp_path / "forwarder.toml",
+        {
+            "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
+            "tenants.acme": {"tenant_id": TENANT, "replay": str(replay)},
+            "sinks.high": {"type": "file", "path": str(tmp_path / "high.ndjson"), "format": "raw"},
+            "sinks.mde": {"type": "file", "path": str(tmp_path / "mde.ndjson"), "format": "raw"},
+        },
+        routes=[
+            {"tenants": ["ac*"], "sinks": ["high"], "min_severity": "high"},
+            {"tenants": ["*"], "sinks": ["mde"], "service_sources": ["microsoftDefenderForEndpoint"]},
+        ],
+    )
+    _run(config)
+    high = read_ndjson(tmp_path / "high.ndjson")
+    mde = read_ndjson(tmp_path / "mde.ndjson")
+    assert high and {a["severity"].lower() for a in high} <= {"high", "unknown", "unknownfuturevalue"}
+    assert len(high) == sum(1 for a in alerts if a["severity"].lower() == "high")
+    assert mde and all(a["serviceSource"].lower() == "microsoftdefenderforendpoint" for a in mde)
+
+
+def test_full_outbox_pauses_polling_and_loses_nothing(tmp_path: Path) -> None:
+    alerts = make_alerts(12, TENANT, T0, timedelta(minutes=1), seed=6)
+    replay = write_replay(tmp_path / "replay", [alerts])
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    config = write_config(
+        tmp_path / "forwarder.toml",
+        {
+            "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d", "page_size": 5,
+                          "once_deadline": "1s"},
+            "tenants.acme": {"tenant_id": TENANT, "replay": str(replay)},
+            # A directory where the file should be: the sink fails on every write.
+            "sinks.all": {"type": "file", "path": str(blocked), "format": "raw", "max_outbox": 5},
+        },
+    )
+    (result,), forwarder = _run(config)
+    assert result.paused and result.queued == 5
+    assert forwarder.workers["all"].fatal is not None
+    store = SQLiteStore(tmp_path / "state.db")
+    assert store.outbox_depth("all") == 5 and store.cursor(TENANT, "graph_alerts") is None
+    store.close()
+    # The destination is fixed: everything arrives, nothing was dropped.
+    blocked.rmdir()
+    for _ in range(4):
+        _run(config)
+    assert sorted(a["id"] for a in read_ndjson(blocked)) == sorted(a["id"] for a in alerts)
+
+
+def test_demo_readme_command_twice(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    first = run_cli("run", "--once", "--config", "examples/demo.toml", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    files = sorted((tmp_path / "demo-out").glob("*.ndjson"))
+    assert {f.name.split(".")[0] for f in files} == {"contoso", "fabrikam", "northwind"}
+    counts = {f.name: len(read_ndjson(f)) for f in files}
+    assert all(counts.values())
+    for tenant in ("contoso", "fabrikam", "northwind"):
+        assert tenant in first.stderr
+    second = run_cli("run", "--once", "--config", "examples/demo.toml", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert {f.name: len(read_ndjson(f)) for f in files} == counts

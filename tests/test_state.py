@@ -1,0 +1,101 @@
+"""The SQLite state store: atomic pages, cursor monotony, dedupe marks, outbox, dead letters, lock."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from core.state import DeadLetter, PageCommit, SQLiteStore, StateLock, StateLocked, format_time
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "state" / "forwarder.db")
+    yield s
+    s.close()
+
+
+def _page(cursor: datetime | None = None, n: int = 2, sink: str = "archive") -> PageCommit:
+    versions = [(f"a{i}", format_time(T0 + timedelta(minutes=i))) for i in range(n)]
+    return PageCommit(
+        tenant_id="t1",
+        source="graph_alerts",
+        seen=versions,
+        outbox=[(sink, f"t1/{a}/{u}", b"{}") for a, u in versions],
+        cursor=cursor,
+    )
+
+
+def test_state_file_is_private_and_in_wal_mode(store: SQLiteStore) -> None:
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_page_commit_is_atomic(store: SQLiteStore) -> None:
+    bad = _page(cursor=T0)
+    bad.outbox.append(("archive", "t1/x/y", None))  # NOT NULL violation after the other rows
+    with pytest.raises(Exception):
+        store.commit_page(bad)
+    assert store.outbox_depth("archive") == 0
+    assert store.cursor("t1", "graph_alerts") is None
+    assert store.unseen("t1", [("a0", format_time(T0))]) == {("a0", format_time(T0))}
+
+
+def test_cursor_only_moves_forward(store: SQLiteStore) -> None:
+    store.commit_page(_page(cursor=T0 + timedelta(hours=1)))
+    store.commit_page(PageCommit("t1", "graph_alerts", cursor=T0))
+    assert store.cursor("t1", "graph_alerts") == T0 + timedelta(hours=1)
+
+
+def test_unseen_and_prune(store: SQLiteStore) -> None:
+    store.commit_page(_page(n=3))
+    later = ("a1", format_time(T0 + timedelta(minutes=5)))
+    assert store.unseen("t1", [("a0", format_time(T0)), later]) == {later}
+    assert store.unseen("other-tenant", [("a0", format_time(T0))]) == {("a0", format_time(T0))}
+    assert store.prune_seen("t1", T0 + timedelta(minutes=2)) == 2
+    assert store.unseen("t1", [("a0", format_time(T0))]) == {("a0", format_time(T0))}
+
+
+def test_outbox_order_failures_and_dead_letters(store: SQLiteStore) -> None:
+    store.commit_page(_page(n=3))
+    rows = store.outbox_batch("archive", 10)
+    assert [r.version_key.split("/")[1] for r in rows] == ["a0", "a1", "a2"]
+    store.outbox_failed([rows[0].id], "timeout")
+    store.outbox_dead([(rows[1], "rejected: mapping error")])
+    store.outbox_delivered([rows[2].id])
+    remaining = store.outbox_batch("archive", 10)
+    assert [(r.id, r.attempts) for r in remaining] == [(rows[0].id, 1)]
+    dead = store.dead_letters()
+    assert [(d.stage, d.sink, d.reason) for d in dead] == [("deliver", "archive", "rejected: mapping error")]
+
+
+def test_same_dead_letter_is_filed_once(store: SQLiteStore) -> None:
+    letter = DeadLetter("normalise", None, "t1", None, b'{"title": 1}', "normalise: id: missing")
+    store.commit_page(PageCommit("t1", "graph_alerts", dead=[letter]))
+    store.commit_page(PageCommit("t1", "graph_alerts", dead=[letter]))
+    assert len(store.dead_letters()) == 1
+
+
+def test_second_lock_holder_is_refused(tmp_path: Path) -> None:
+    first = StateLock(tmp_path / "forwarder.db")
+    first.acquire()
+    try:
+        code = (
+            "import sys; from pathlib import Path; from core.state import StateLock, StateLocked\n"
+            "try:\n StateLock(Path(sys.argv[1])).acquire()\nexcept StateLocked as e:\n print(e); sys.exit(3)\n"
+        )
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "forwarder.db")], capture_output=True, text=True
+        )
+        assert other.returncode == 3
+        assert f"pid {os.getpid()}" in other.stdout
+    finally:
+        first.release()
+    StateLock(tmp_path / "forwarder.db").acquire()
