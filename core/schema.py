@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import IntEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -256,7 +256,9 @@ class Alert(_Model):
     comments: list[Comment] = Field(default_factory=list)
     custom_details: dict[str, Any] = Field(default_factory=dict)
     additional_data: dict[str, Any] = Field(default_factory=dict)
-    evidence: list[Evidence] = Field(default_factory=list)
+    # Discriminated on `kind`: pydantic picks the model from the tag instead of trying all
+    # eleven (several times faster, and a dict can never land in the wrong model).
+    evidence: list[Annotated[Evidence, Field(discriminator="kind")]] = Field(default_factory=list)
     # Alert properties with no typed field above (Graph's tenantId, properties Graph adds
     # later), verbatim, so that formats other than `raw` carry them too.
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -101,8 +101,13 @@ class GraphAlertsSource:
             url = _next_link(body)
             yield Page(alerts=_page_values(body), last=url is None)
 
+    async def _token(self, refresh: bool = False) -> str:
+        # Login requests count against the same global bound as Graph requests.
+        async with self.concurrency:
+            return await (self.tokens.refresh() if refresh else self.tokens.token())
+
     async def _get_page(self, url: str) -> dict[str, Any]:
-        token = await self.tokens.token()
+        token = await self._token()
         refreshed = False
         for attempt in range(MAX_ATTEMPTS):
             response = await self._request(url, token, attempt)
@@ -115,7 +120,7 @@ class GraphAlertsSource:
                 log.warning("tenant %s: Graph sent a body that is not JSON; retrying", self.tenant_id)
                 await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
             elif response.status_code == 401 and not refreshed:
-                token, refreshed = await self.tokens.refresh(), True
+                token, refreshed = await self._token(refresh=True), True
             elif response.status_code in (401, 403):
                 raise graph_refusal(response.status_code, self.app, self.tenant_id)
             elif response.status_code in RETRY_STATUSES:

@@ -1,0 +1,1094 @@
+"""A simulated Microsoft cloud for tests: Entra ID login plus Graph `security/alerts_v2`.
+
+One HTTPS server on 127.0.0.1 (certificate from a trustme CA) plays both hosts, so a client
+uses login endpoint = Graph endpoint = `base_url`:
+
+  GET  /{tenant}/v2.0/.well-known/openid-configuration  MSAL reads it in its constructor
+  GET  /{tenant}/discovery/v2.0/keys                    JWKS of the fake STS
+  POST /{tenant}/oauth2/v2.0/token                      client_credentials, secret or certificate
+  GET  /v1.0/security/alerts_v2                         tenant taken from the bearer token
+
+The login half is adapted from the MSAL spike (shared/reference/entra-peer/fake_entra.py).
+The Graph half follows shared/reference/defender-source.md §1.3-1.6 and §4.4-4.6. Limits of the
+simulation: `$filter` takes only `and`-joined comparisons (no `or`, no parentheses, no
+`any()`), and the only query options are `$filter`, `$orderby`, `$top` and `$skiptoken`.
+
+Standalone, for benchmarks, with alerts from tests/peers/alert_factory.py; it serves until
+SIGTERM or SIGINT and writes a JSON ready file (base_url, ca_file, client_id, secret, tenant_ids):
+  python -m tests.peers.fake_cloud --tenants 1000 --alerts-per-tenant 50 --latency 0.1 \
+      --ready-file /tmp/cloud.json
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import calendar
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+import uuid
+from bisect import bisect_left, bisect_right, insort
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import takewhile
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, NamedTuple
+from urllib.parse import parse_qs, parse_qsl, quote, urlencode, urlsplit
+
+import jwt
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from tests.peers.alert_factory import make_alerts
+
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+GRAPH_RESOURCE = "https://graph.microsoft.com"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+ALERTS_PATH = "/v1.0/security/alerts_v2"
+MAX_TOP = 1000
+PREFER_UNKNOWN_ENUMS = "include-unknown-enum-members"
+UNKNOWN_FUTURE_VALUE = "unknownFutureValue"
+TICKS_PER_SECOND = 10_000_000  # Graph timestamps have 7 fractional digits, i.e. 100 ns ticks
+IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may sit idle before the server drops it
+
+# Members Graph lists after `unknownFutureValue` (defender-source.md §1.3). A client sees them
+# only with `Prefer: include-unknown-enum-members`; otherwise they read `unknownFutureValue`.
+EVOLVED_ALERT_ENUMS: dict[str, frozenset[str]] = {
+    "serviceSource": frozenset({
+        "microsoftDefenderForCloud", "microsoftSentinel", "microsoftInsiderRiskManagement",
+        "microsoftThreatIntelligence", "microsoftSecurityForAI"}),
+    "detectionSource": frozenset({
+        "microsoftDefenderForCloud", "microsoftDefenderForIoT", "microsoftDefenderForServers",
+        "microsoftDefenderForStorage", "microsoftDefenderForDNS", "microsoftDefenderForDatabases",
+        "microsoftDefenderForContainers", "microsoftDefenderForNetwork",
+        "microsoftDefenderForAppService", "microsoftDefenderForKeyVault",
+        "microsoftDefenderForResourceManager", "microsoftDefenderForApiManagement", "nrtAlerts",
+        "scheduledAlerts", "microsoftDefenderThreatIntelligenceAnalytics", "builtInMl",
+        "microsoftInsiderRiskManagement", "microsoftThreatIntelligence",
+        "microsoftDefenderForAIServices", "securityCopilot", "microsoftSentinel"}),
+}
+EVOLVED_EVIDENCE_ENUMS: dict[str, frozenset[str]] = {
+    "remediationStatus": frozenset({
+        "active", "pendingApproval", "declined", "unremediated", "running", "partiallyRemediated"}),
+}
+
+# Properties `$filter` accepts (defender-source.md §1.5).
+DATETIME_PROPERTIES = ("lastUpdateDateTime", "createdDateTime")
+STRING_PROPERTIES = ("assignedTo", "classification", "determination", "serviceSource",
+                     "severity", "status")
+
+_ODATA_DATETIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,7}))?)?(Z|[+-]\d{2}:\d{2})",
+    re.IGNORECASE)
+_RANGE_CLAUSE = re.compile(r"(\w+)\s+(eq|ge|gt|le|lt)\s+(\S+)", re.IGNORECASE)
+_STRING_CLAUSE = re.compile(r"(\w+)\s+eq\s+'((?:[^']|'')*)'", re.IGNORECASE)
+_AND = re.compile(r"\s+and\s+", re.IGNORECASE)
+_ORDERBY = re.compile(r"lastUpdateDateTime(?:\s+(asc|desc))?", re.IGNORECASE)
+
+Key = tuple[int, str]  # (lastUpdateDateTime in ticks, alert id): the paging order
+Bounds = tuple[int, int]  # inclusive tick range
+_UNBOUNDED: Bounds = (-(2**63), 2**63)
+
+
+# ---------------------------------------------------------------- timestamps
+
+def parse_ticks(text: str) -> int:
+    """An ISO 8601 DateTimeOffset as 100 ns ticks since the epoch.
+
+    `datetime` keeps only 6 fractional digits, so comparing datetimes would make
+    `…00.1234567Z` equal `…00.1234568Z`; Graph compares all 7."""
+    match = _ODATA_DATETIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an ISO 8601 DateTimeOffset with at most 7 fractional digits: {text!r}")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    moment = dt.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0))
+    seconds = calendar.timegm(moment.timetuple()) - _offset_seconds(zone)
+    return seconds * TICKS_PER_SECOND + int((fraction or "").ljust(7, "0"))
+
+
+def _offset_seconds(zone: str) -> int:
+    if zone.upper() == "Z":
+        return 0
+    sign = -1 if zone[0] == "-" else 1
+    return sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+
+
+# ---------------------------------------------------------------- public model
+
+@dataclass(frozen=True)
+class Fault:
+    """One misbehaviour of Graph, consumed by a tenant's next authenticated alerts request."""
+
+    kind: Literal["status", "delay", "truncated_json", "repeat_next_link", "next_link_404"]
+    code: int = 200
+    retry_after: int | str | None = None
+    body: dict[str, Any] | str | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def status(cls, code: int, retry_after: int | str | None = None,
+               body: dict[str, Any] | str | None = None) -> Fault:
+        """Answer `code` (429, 500, 503, 504...) with a Graph error body unless `body` is given;
+        a str body is sent as text/plain, the way a gateway error page arrives."""
+        return cls("status", code=code, retry_after=retry_after, body=body)
+
+    @classmethod
+    def delay(cls, seconds: float) -> Fault:
+        """Hang `seconds`, then answer normally: lets a client's read timeout fire."""
+        return cls("delay", seconds=seconds)
+
+    @classmethod
+    def truncated_json(cls) -> Fault:
+        """200 whose body is the first half of the page (Content-Length matches the cut body)."""
+        return cls("truncated_json")
+
+    @classmethod
+    def repeat_next_link(cls) -> Fault:
+        """Answer the page, but with `@odata.nextLink` equal to the request URL."""
+        return cls("repeat_next_link")
+
+    @classmethod
+    def next_link_404(cls) -> Fault:
+        """Answer the page, with a nextLink whose skiptoken is unknown (following it gives 404)."""
+        return cls("next_link_404")
+
+
+@dataclass
+class Tenant:
+    """A customer tenant with the MSSP app registered. Attributes may be changed while
+    the server runs, e.g. `consent = False` to revoke admin consent mid-test."""
+
+    tenant_id: str
+    client_id: str
+    secret: str | None = None
+    cert: x509.Certificate | None = None
+    consent: bool = True
+    secret_expired: bool = False
+    graph_forbidden: bool = False
+    expires_in: int = 3599
+    graph_token_lifetime: float | None = None
+    page_size: int = 100
+    token_fail_status: int | None = None
+    alerts: _AlertStore = field(init=False, repr=False)
+    faults: deque[Fault] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.alerts = _AlertStore()
+        self.faults = deque()
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the server saw it."""
+
+    kind: str  # discovery | keys | token | alerts | other
+    tenant: str | None
+    status: int
+    path: str  # path and query as sent
+    prefer: str | None
+    authorization: bool  # an Authorization header was present
+    fault: str | None = None  # the injected Fault.kind that shaped the answer
+    error_code: int | None = None  # AADSTS code of a failed token request
+    auth: str | None = None  # how a token request authenticated, e.g. "certificate:PS256:x5t#S256"
+    t: float = 0.0
+
+
+class ClientCert(NamedTuple):
+    """An app-registration certificate credential, in the forms MSAL takes."""
+
+    cert: x509.Certificate
+    key_pem: str
+    cert_pem: str
+    sha1_hex: str
+
+
+def make_client_cert(common_name: str = "defender-forwarder-test") -> ClientCert:
+    """A self-signed RSA certificate and key, like one uploaded to an app registration."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    return ClientCert(cert, key_pem, cert_pem, cert.fingerprint(hashes.SHA1()).hex().upper())
+
+
+# ---------------------------------------------------------------- alert store and queries
+
+@dataclass(frozen=True)
+class _Query:
+    bounds: dict[str, Bounds]  # datetime property -> inclusive tick range
+    equals: tuple[tuple[str, str], ...]
+    descending: bool
+    top: int
+    options: tuple[tuple[str, str], ...]  # the client's options, repeated in nextLink
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One stored alert version, encoded once when added: pages are joins of these bytes,
+    so serving costs no per-request encoding, and a test mutating its dict afterwards
+    cannot change what Graph serves."""
+
+    key: Key
+    ticks: dict[str, int]
+    fields: dict[str, Any]  # the STRING_PROPERTIES `$filter` compares
+    json: bytes  # as sent with `Prefer: include-unknown-enum-members`
+    masked_json: bytes  # as sent without it
+
+    @classmethod
+    def of(cls, alert: dict[str, Any]) -> _Entry:
+        ticks = {name: parse_ticks(alert[name]) for name in DATETIME_PROPERTIES if alert.get(name)}
+        if "lastUpdateDateTime" not in ticks or not alert.get("id"):
+            raise ValueError("an alert needs `id` and `lastUpdateDateTime`")
+        plain = json.dumps(alert).encode()
+        masked = _mask_alert(alert)
+        return cls(key=(ticks["lastUpdateDateTime"], alert["id"]), ticks=ticks,
+                   fields={name: alert.get(name) for name in STRING_PROPERTIES}, json=plain,
+                   masked_json=plain if masked == alert else json.dumps(masked).encode())
+
+    def matches(self, query: _Query) -> bool:
+        in_range = all(low <= self.ticks.get(name, _UNBOUNDED[0] - 1) <= high
+                       for name, (low, high) in query.bounds.items())
+        return in_range and all(self.fields[name] == value for name, value in query.equals)
+
+
+class _AlertStore:
+    """One tenant's alerts, kept sorted by (lastUpdateDateTime, id) so a page is a bisect
+    plus a scan of the matching range, whatever the number of tenants."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+        self._keys: list[Key] = []
+
+    def upsert(self, alert: dict[str, Any]) -> None:
+        entry = _Entry.of(alert)
+        old = self._entries.get(entry.key[1])
+        if old is not None:
+            del self._keys[bisect_left(self._keys, old.key)]
+        insort(self._keys, entry.key)
+        self._entries[entry.key[1]] = entry
+
+    def page(self, query: _Query, after: Key | None) -> tuple[list[_Entry], Key | None]:
+        """Up to `query.top` matching alerts past `after`, and the key to continue from
+        (None when nothing matching is left)."""
+        taken: list[_Entry] = []
+        for key in self._scan(query, after):
+            entry = self._entries[key[1]]
+            if not entry.matches(query):
+                continue
+            if len(taken) == query.top:
+                return taken, taken[-1].key
+            taken.append(entry)
+        return taken, None
+
+    def _scan(self, query: _Query, after: Key | None) -> Iterator[Key]:
+        low, high = query.bounds.get("lastUpdateDateTime", _UNBOUNDED)
+        keys = self._keys
+        if query.descending:
+            end = bisect_right(keys, high, key=_key_ticks)
+            if after is not None:
+                end = min(end, bisect_left(keys, after))
+            return takewhile(lambda key: key[0] >= low, (keys[i] for i in range(end - 1, -1, -1)))
+        start = bisect_left(keys, low, key=_key_ticks)
+        if after is not None:
+            start = max(start, bisect_right(keys, after))
+        return takewhile(lambda key: key[0] <= high, (keys[i] for i in range(start, len(keys))))
+
+
+def _key_ticks(key: Key) -> int:
+    return key[0]
+
+
+class _GraphError(Exception):
+    """A Graph error answer: `{"error": {"code", "message", "innerError"}}`."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+class _EntraError(Exception):
+    """An Entra token-endpoint error: `error`, `error_description` "AADSTSnnnn: ...", ..."""
+
+    def __init__(self, status: int, error: str, code: int, description: str) -> None:
+        super().__init__(description)
+        self.status, self.error, self.code, self.description = status, error, code, description
+
+
+def parse_query(raw_query: str, default_top: int) -> _Query:
+    """The OData options of a first-page request; raises _GraphError 400 on anything unsupported."""
+    options = _single_valued(parse_qs(raw_query, keep_blank_values=True))
+    unsupported = sorted(name for name in options
+                         if name.startswith("$") and name not in ("$filter", "$orderby", "$top"))
+    if unsupported:
+        raise _bad_request(f"Query option '{unsupported[0]}' is not supported by this alerts_v2 simulation.")
+    bounds, equals = _parse_filter(options.get("$filter", ""))
+    return _Query(bounds=bounds, equals=equals,
+                  descending=_parse_orderby(options.get("$orderby")),
+                  top=_parse_top(options.get("$top"), default_top),
+                  options=tuple((name, options[name]) for name in ("$filter", "$orderby", "$top")
+                                if name in options))
+
+
+def _single_valued(params: dict[str, list[str]]) -> dict[str, str]:
+    repeated = [name for name, values in params.items() if len(values) > 1]
+    if repeated:
+        raise _bad_request(f"Query option '{repeated[0]}' was specified more than once.")
+    return {name: values[0] for name, values in params.items()}
+
+
+def _parse_filter(text: str) -> tuple[dict[str, Bounds], tuple[tuple[str, str], ...]]:
+    bounds: dict[str, Bounds] = {}
+    equals: list[tuple[str, str]] = []
+    if not text.strip():
+        return bounds, ()
+    for clause in _AND.split(text.strip()):
+        string_match = _STRING_CLAUSE.fullmatch(clause)
+        range_match = _RANGE_CLAUSE.fullmatch(clause)
+        if string_match and (name := _canonical(string_match[1], STRING_PROPERTIES)):
+            equals.append((name, string_match[2].replace("''", "'")))
+        elif range_match and (name := _canonical(range_match[1], DATETIME_PROPERTIES)):
+            bounds[name] = _narrow(bounds.get(name, _UNBOUNDED), range_match[2].lower(),
+                                   _filter_ticks(range_match[3]))
+        else:
+            raise _bad_request(f"Invalid filter clause: '{clause}'.")
+    return bounds, tuple(equals)
+
+
+def _canonical(name: str, known: tuple[str, ...]) -> str | None:
+    return next((k for k in known if k.lower() == name.lower()), None)
+
+
+def _filter_ticks(literal: str) -> int:
+    try:
+        return parse_ticks(literal)
+    except ValueError:
+        raise _bad_request(f"Invalid DateTimeOffset literal '{literal}' in filter.") from None
+
+
+def _narrow(bounds: Bounds, operator: str, ticks: int) -> Bounds:
+    """Intersect a tick range with one comparison; ticks are integers, so `gt t` is `ge t+1`."""
+    low, high = bounds
+    if operator in ("ge", "gt", "eq"):
+        low = max(low, ticks + (operator == "gt"))
+    if operator in ("le", "lt", "eq"):
+        high = min(high, ticks - (operator == "lt"))
+    return low, high
+
+
+def _parse_orderby(text: str | None) -> bool:
+    """True for newest first, which is also Graph's order when none is asked for."""
+    if text is None:
+        return True
+    match = _ORDERBY.fullmatch(text.strip())
+    if match is None:
+        raise _bad_request(f"$orderby '{text}' is not supported; use 'lastUpdateDateTime asc|desc'.")
+    return (match[1] or "asc").lower() == "desc"
+
+
+def _parse_top(text: str | None, default_top: int) -> int:
+    if text is None:
+        return default_top
+    if not text.isdigit() or not 1 <= int(text) <= MAX_TOP:
+        raise _bad_request(f"Invalid page size specified: '{text}'. "
+                           f"Must be between 1 and {MAX_TOP} inclusive.")
+    return int(text)
+
+
+def _bad_request(message: str) -> _GraphError:
+    return _GraphError(400, "BadRequest", message)
+
+
+def _mask_alert(alert: dict[str, Any]) -> dict[str, Any]:
+    """The alert as Graph sends it to a client that did not opt in to evolved enum members."""
+    masked = _mask(alert, EVOLVED_ALERT_ENUMS)
+    if isinstance(alert.get("evidence"), list):
+        masked["evidence"] = [_mask_evidence(item) for item in alert["evidence"]]
+    return masked
+
+
+def _mask_evidence(value: Any) -> Any:
+    """Evidence nests evidence (e.g. networkConnection.sourceAddress), so mask recursively."""
+    if isinstance(value, list):
+        return [_mask_evidence(item) for item in value]
+    if isinstance(value, dict):
+        return {k: _mask_evidence(v) for k, v in _mask(value, EVOLVED_EVIDENCE_ENUMS).items()}
+    return value
+
+
+def _mask(obj: dict[str, Any], evolved: dict[str, frozenset[str]]) -> dict[str, Any]:
+    return {k: UNKNOWN_FUTURE_VALUE if v in evolved.get(k, ()) else v for k, v in obj.items()}
+
+
+# ---------------------------------------------------------------- HTTP plumbing
+
+@dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str  # path and query as sent
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str
+    tenant: str | None
+    response: _Response
+    fault: str | None = None
+    error_code: int | None = None
+    auth: str | None = None
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    tenant_id: str
+    query: _Query
+    after: Key
+
+
+def _json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> _Response:
+    return _Response(status, json.dumps(body).encode(),
+                     {"Content-Type": "application/json; charset=utf-8",
+                      "Cache-Control": "no-store, no-cache", **(headers or {})})
+
+
+def _prefers_unknown_enums(prefer: str | None) -> bool:
+    return any(p.strip().lower() == PREFER_UNKNOWN_ENUMS for p in (prefer or "").split(","))
+
+
+class _TLSServer(ThreadingHTTPServer):
+    """TLS handshake in the per-connection thread, because wrapping the listening socket
+    would serialise every handshake in the accept loop; TCP_NODELAY against the 40 ms
+    Nagle/delayed-ACK stall on small keep-alive answers."""
+
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait for clients idling on keep-alive connections
+    request_queue_size = 1024  # ~100 clients connect at once; a backlog of 5 drops SYNs (1 s retry)
+
+    def __init__(self, cloud: FakeCloud, context: ssl.SSLContext) -> None:
+        self.cloud = cloud
+        self.context = context
+        self._open: set[ssl.SSLSocket] = set()
+        self._open_lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (getfqdn); skip that lookup.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def finish_request(self, request: socket.socket, client_address: Any) -> None:
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request.settimeout(IDLE_TIMEOUT)
+        try:
+            tls = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        with self._open_lock:
+            self._open.add(tls)
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            with self._open_lock:
+                self._open.discard(tls)
+            tls.close()
+
+    def close_connections(self) -> None:
+        """Hang up on keep-alive clients, so a stopped cloud really is gone."""
+        with self._open_lock:
+            open_sockets = list(self._open)
+        for sock in open_sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up mid-answer (timeout tests, stop()) are normal here, not errors.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse their TLS connections
+    server: _TLSServer
+
+    def do_GET(self) -> None:
+        self._serve(b"")
+
+    def do_POST(self) -> None:
+        self._serve(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    def _serve(self, body: bytes) -> None:
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        response = self.server.cloud._handle(_Request(self.command, self.path, headers, body))
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the `hits` list is the request log."""
+
+
+# ---------------------------------------------------------------- the cloud
+
+class FakeCloud:
+    """Entra ID login and Graph alerts_v2 for many tenants on one loopback HTTPS port.
+
+    Thread-safe: tests may configure tenants, add alerts and inject faults while clients
+    are being served."""
+
+    def __init__(self, ca: trustme.CA | None = None, *, latency: float = 0.0,
+                 record_hits: bool = True) -> None:
+        self.ca = ca or trustme.CA()
+        self.latency = latency  # seconds added to every request, login included
+        self.record_hits = record_hits  # a long benchmark run would otherwise grow `hits` forever
+        self.tenants: dict[str, Tenant] = {}
+        self.hits: list[Hit] = []
+        self._counts: Counter[tuple[str, str | None]] = Counter()
+        self._cursors: dict[str, _Cursor] = {}
+        self._issued: dict[str, float] = {}  # token `uti` -> monotonic issue time
+        self._lock = threading.Lock()
+        self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._kid = uuid.uuid4().hex
+        self._server: _TLSServer | None = None
+
+    # ---- configuration
+
+    def add_tenant(self, tenant_id: str, *, client_id: str, secret: str | None = None,
+                   cert: x509.Certificate | None = None, consent: bool = True,
+                   secret_expired: bool = False, graph_forbidden: bool = False,
+                   expires_in: int = 3599, graph_token_lifetime: float | None = None,
+                   page_size: int = 100, token_fail_status: int | None = None) -> Tenant:
+        """Register a tenant with the app `client_id` consented. `page_size` applies when a
+        request has no `$top`; `graph_token_lifetime` (seconds) makes Graph reject tokens
+        older than that with 401 although MSAL still caches them; `token_fail_status`
+        (e.g. 503) makes the token endpoint fail."""
+        tenant = Tenant(tenant_id, client_id, secret, cert, consent, secret_expired,
+                        graph_forbidden, expires_in, graph_token_lifetime, page_size,
+                        token_fail_status)
+        with self._lock:
+            self.tenants[tenant_id] = tenant
+        return tenant
+
+    def add_alerts(self, tenant_id: str, alerts: Iterable[dict[str, Any]]) -> None:
+        """Upsert by `id`: a newer version replaces the stored one, as in Graph."""
+        tenant = self.tenants[tenant_id]
+        with self._lock:
+            for alert in alerts:
+                tenant.alerts.upsert(alert)
+
+    def inject(self, tenant_id: str, *faults: Fault) -> None:
+        """Queue faults; each is used up by one of the tenant's next authenticated alerts requests."""
+        with self._lock:
+            self.tenants[tenant_id].faults.extend(faults)
+
+    # ---- observation
+
+    def count(self, kind: str | None = None, tenant: str | None = None) -> int:
+        """Requests served, by kind and/or tenant; counted even when `record_hits` is off."""
+        with self._lock:
+            return sum(n for (k, t), n in self._counts.items()
+                       if (kind is None or k == kind) and (tenant is None or t == tenant))
+
+    # ---- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("FakeCloud is not started")
+        return f"https://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        self._server = _TLSServer(self, context)
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                         name="fake-cloud", daemon=True).start()
+        return self.base_url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.close_connections()
+            self._server.server_close()
+
+    def __enter__(self) -> FakeCloud:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def write_ca(self, path: str | Path) -> Path:
+        """The CA certificate as PEM, for clients that take a file (requests' `verify`)."""
+        self.ca.cert_pem.write_to_path(str(path))
+        return Path(path)
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting only this cloud's CA (httpx `verify=`)."""
+        return ssl.create_default_context(cadata=self.ca.cert_pem.bytes().decode())
+
+    # ---- request dispatch
+
+    def _handle(self, request: _Request) -> _Response:
+        if self.latency > 0:
+            time.sleep(self.latency)  # outside every lock: concurrent requests overlap
+        outcome = self._route(request)
+        self._record(outcome, request)
+        return outcome.response
+
+    def _route(self, request: _Request) -> _Outcome:
+        path = urlsplit(request.path).path
+        tenant_id, _, rest = path.strip("/").partition("/")
+        if request.method == "GET" and path.lower() == ALERTS_PATH:
+            return self._alerts(request)
+        if request.method == "GET" and rest == "v2.0/.well-known/openid-configuration":
+            return self._discovery(tenant_id, request)
+        if request.method == "GET" and rest == "discovery/v2.0/keys":
+            return _Outcome("keys", tenant_id, _json_response(200, self._jwks()))
+        if request.method == "POST" and rest == "oauth2/v2.0/token":
+            return self._token(tenant_id, request)
+        error = _GraphError(404, "ResourceNotFound", f"Resource not found for the segment '{path}'.")
+        return _Outcome("other", None, self._graph_error(error, request))
+
+    def _record(self, outcome: _Outcome, request: _Request) -> None:
+        hit = Hit(kind=outcome.kind, tenant=outcome.tenant, status=outcome.response.status,
+                  path=request.path, prefer=request.headers.get("prefer"),
+                  authorization="authorization" in request.headers, fault=outcome.fault,
+                  error_code=outcome.error_code, auth=outcome.auth, t=time.time())
+        with self._lock:
+            self._counts[(hit.kind, hit.tenant)] += 1
+            if self.record_hits:
+                self.hits.append(hit)
+
+    # ---- login: discovery and keys
+
+    def _discovery(self, tenant_id: str, request: _Request) -> _Outcome:
+        if tenant_id not in self.tenants:
+            # Entra answers discovery of an unknown tenant with 400 AADSTS90002; MSAL's
+            # constructor then raises ValueError.
+            error = _EntraError(400, "invalid_tenant", 90002, _tenant_not_found(tenant_id))
+            return _Outcome("discovery", tenant_id, self._entra_error(error, request), error_code=90002)
+        return _Outcome("discovery", tenant_id, _json_response(200, self._openid_configuration(tenant_id)))
+
+    def _openid_configuration(self, tenant_id: str) -> dict[str, Any]:
+        base = f"{self.base_url}/{tenant_id}"
+        return {
+            "token_endpoint": f"{base}/oauth2/v2.0/token",
+            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+            "issuer": f"{base}/v2.0",
+            "jwks_uri": f"{base}/discovery/v2.0/keys",
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+        }
+
+    def _jwks(self) -> dict[str, Any]:
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self._signing_key.public_key()))
+        jwk.update({"kid": self._kid, "use": "sig", "alg": "RS256"})
+        return {"keys": [jwk]}
+
+    # ---- login: token endpoint
+
+    def _token(self, tenant_id: str, request: _Request) -> _Outcome:
+        form = dict(parse_qsl(request.body.decode()))
+        try:
+            tenant = self._token_tenant(tenant_id)
+            auth = self._authenticate_client(tenant, form)
+            scope = _client_credentials_scope(form)
+        except _EntraError as error:
+            return _Outcome("token", tenant_id, self._entra_error(error, request), error_code=error.code)
+        body = {"token_type": "Bearer", "expires_in": tenant.expires_in,
+                "ext_expires_in": tenant.expires_in,
+                "access_token": self._access_token(tenant, scope.removesuffix("/.default"), auth)}
+        return _Outcome("token", tenant_id, _json_response(200, body), auth=auth)
+
+    def _token_tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            raise _EntraError(400, "invalid_request", 90002, _tenant_not_found(tenant_id))
+        if tenant.token_fail_status is not None:
+            raise _EntraError(tenant.token_fail_status, "temporarily_unavailable", 90033,
+                              "A transient error has occurred. Please try again.")
+        return tenant
+
+    def _authenticate_client(self, tenant: Tenant, form: dict[str, str]) -> str:
+        """Check the app and its credential; returns how it authenticated (for `Hit.auth`)."""
+        client_id = form.get("client_id", "")
+        if form.get("grant_type") != "client_credentials":
+            raise _EntraError(400, "unsupported_grant_type", 70003,
+                              "The app requested an unsupported grant type.")
+        if client_id != tenant.client_id or not tenant.consent:
+            raise _EntraError(400, "unauthorized_client", 700016, (
+                f"Application with identifier '{client_id}' was not found in the directory "
+                f"'{tenant.tenant_id}'. This can happen if the application has not been installed "
+                "by the administrator of the tenant or consented to by any user in the tenant. "
+                "You may have sent your authentication request to the wrong tenant."))
+        if form.get("client_assertion_type") == JWT_BEARER:
+            return self._verify_assertion(tenant, form.get("client_assertion", ""))
+        if "client_secret" in form:
+            return _verify_secret(tenant, form["client_secret"])
+        raise _EntraError(401, "invalid_client", 7000218, (
+            "The request body must contain the following parameter: 'client_assertion' or "
+            "'client_secret'."))
+
+    def _verify_assertion(self, tenant: Tenant, assertion: str) -> str:
+        """Verify a certificate client assertion for real: RS256 with `x5t` or PS256 with
+        `x5t#S256`, signed by the registered certificate's key, aimed at this token endpoint."""
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.PyJWTError as error:
+            raise _assertion_failed(f"malformed assertion: {error}") from None
+        alg = header.get("alg")
+        if alg not in ("RS256", "PS256"):
+            raise _assertion_failed(f"algorithm {alg!r} is not allowed")
+        if tenant.cert is None:
+            raise _assertion_failed("the app has no registered certificate")
+        thumb = _matching_thumbprint(tenant.cert, header)
+        if thumb is None:
+            raise _assertion_failed("no registered certificate matches the x5t/x5t#S256 header")
+        try:
+            # No jti replay check: MSAL re-sends the same assertion for about 9 minutes.
+            jwt.decode(assertion, tenant.cert.public_key(), algorithms=[alg],
+                       audience=self._openid_configuration(tenant.tenant_id)["token_endpoint"],
+                       issuer=tenant.client_id, leeway=60,
+                       options={"require": ["exp", "aud", "iss", "sub", "jti"]})
+        except jwt.PyJWTError as error:
+            raise _assertion_failed(f"{type(error).__name__}: {error}") from None
+        return f"certificate:{alg}:{thumb}"
+
+    def _access_token(self, tenant: Tenant, resource: str, auth: str) -> str:
+        """A v1 access token as Graph receives one: Graph reads `tid` to pick the tenant."""
+        now = int(time.time())
+        uti = secrets.token_urlsafe(16)
+        with self._lock:
+            self._issued[uti] = time.monotonic()
+        claims = {
+            "aud": resource, "iss": f"https://sts.windows.net/{tenant.tenant_id}/",
+            "iat": now, "nbf": now, "exp": now + tenant.expires_in,
+            "tid": tenant.tenant_id, "appid": tenant.client_id,
+            "appidacr": "2" if auth.startswith("certificate") else "1",
+            "idtyp": "app", "oid": tenant.client_id, "sub": tenant.client_id,
+            "roles": ["SecurityAlert.Read.All"], "uti": uti, "ver": "1.0",
+        }
+        return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})
+
+    def _entra_error(self, error: _EntraError, request: _Request) -> _Response:
+        trace_id = str(uuid.uuid4())
+        correlation_id = request.headers.get("client-request-id") or str(uuid.uuid4())
+        timestamp = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime())
+        return _json_response(error.status, {
+            "error": error.error,
+            "error_description": (f"AADSTS{error.code}: {error.description} Trace ID: {trace_id} "
+                                  f"Correlation ID: {correlation_id} Timestamp: {timestamp}"),
+            "error_codes": [error.code],
+            "timestamp": timestamp,
+            "trace_id": trace_id,
+            "correlation_id": correlation_id,
+            "error_uri": f"{self.base_url}/error?code={error.code}",
+        })
+
+    # ---- Graph alerts_v2
+
+    def _alerts(self, request: _Request) -> _Outcome:
+        tenant_id: str | None = None
+        fault: Fault | None = None
+        try:
+            tenant = self._authenticate_bearer(request.headers.get("authorization"))
+            tenant_id = tenant.tenant_id
+            fault = self._next_fault(tenant)
+            response = self._alerts_page(tenant, request, fault)
+        except _GraphError as error:
+            response = self._graph_error(error, request)
+        return _Outcome("alerts", tenant_id, response, fault=fault.kind if fault else None)
+
+    def _authenticate_bearer(self, authorization: str | None) -> Tenant:
+        """The tenant named by a valid token's `tid`, exactly as Graph picks it."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthenticated("Access token is empty.")
+        try:
+            claims = jwt.decode(token.strip(), self._signing_key.public_key(), algorithms=["RS256"],
+                                audience=[GRAPH_RESOURCE, GRAPH_APP_ID, self.base_url],
+                                options={"require": ["exp", "iat", "tid", "uti"]})
+        except jwt.ExpiredSignatureError:
+            raise _unauthenticated("Lifetime validation failed, the token is expired.") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthenticated("Invalid audience.") from None
+        except jwt.PyJWTError:
+            raise _unauthenticated("Access token validation failure.") from None
+        tenant = self.tenants.get(claims["tid"])
+        if tenant is None:
+            raise _unauthenticated("Access token validation failure.")
+        if self._outlived(tenant, claims["uti"]):
+            raise _unauthenticated("Lifetime validation failed, the token is expired.")
+        return tenant
+
+    def _outlived(self, tenant: Tenant, uti: str) -> bool:
+        """Server-side expiry/revocation that MSAL cannot see: the token is older than
+        `graph_token_lifetime`. Measured from the recorded issue time, not the whole-second
+        `iat`, so a one-second lifetime is not off by up to a second."""
+        if tenant.graph_token_lifetime is None:
+            return False
+        with self._lock:
+            issued = self._issued.get(uti)
+        return issued is None or time.monotonic() - issued > tenant.graph_token_lifetime
+
+    def _next_fault(self, tenant: Tenant) -> Fault | None:
+        with self._lock:
+            return tenant.faults.popleft() if tenant.faults else None
+
+    def _alerts_page(self, tenant: Tenant, request: _Request, fault: Fault | None) -> _Response:
+        if fault is not None and fault.kind == "status":
+            return _fault_response(fault)
+        if fault is not None and fault.kind == "delay":
+            time.sleep(fault.seconds)
+        if tenant.graph_forbidden:
+            raise _GraphError(403, "Forbidden", (
+                "Missing application roles. API required roles: SecurityAlert.Read.All, "
+                "SecurityAlert.ReadWrite.All. Application roles shown: ."))
+        query, after = self._resolve_query(tenant, urlsplit(request.path).query)
+        with self._lock:
+            entries, next_key = tenant.alerts.page(query, after)
+        include_unknown = _prefers_unknown_enums(request.headers.get("prefer"))
+        head: dict[str, str] = {"@odata.context": f"{self.base_url}/v1.0/$metadata#security/alerts_v2"}
+        next_link = self._next_link(tenant, query, next_key, request, fault)
+        if next_link is not None:
+            head["@odata.nextLink"] = next_link
+        alerts = [entry.json if include_unknown else entry.masked_json for entry in entries]
+        body = json.dumps(head).encode()[:-1] + b', "value": [' + b", ".join(alerts) + b"]}"
+        headers = {"Content-Type": _GRAPH_CONTENT_TYPE, **self._graph_headers(request)}
+        if include_unknown:
+            headers["Preference-Applied"] = PREFER_UNKNOWN_ENUMS
+        if fault is not None and fault.kind == "truncated_json":
+            body = body[: len(body) // 2]
+        return _Response(200, body, headers)
+
+    def _resolve_query(self, tenant: Tenant, raw_query: str) -> tuple[_Query, Key | None]:
+        """A first page's query, or the saved state behind a nextLink's `$skiptoken`."""
+        skiptoken = parse_qs(raw_query).get("$skiptoken")
+        if skiptoken is None:
+            return parse_query(raw_query, tenant.page_size), None
+        with self._lock:
+            cursor = self._cursors.get(skiptoken[0])
+        if cursor is None or cursor.tenant_id != tenant.tenant_id:
+            raise _GraphError(404, "ResourceNotFound", "The skip token is unknown or has expired.")
+        return cursor.query, cursor.after
+
+    def _next_link(self, tenant: Tenant, query: _Query, next_key: Key | None,
+                   request: _Request, fault: Fault | None) -> str | None:
+        if fault is not None and fault.kind == "repeat_next_link":
+            return self.base_url + request.path
+        if fault is not None and fault.kind == "next_link_404":
+            return self._skiptoken_link(query, secrets.token_urlsafe(24))
+        if next_key is None:
+            return None
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._cursors[token] = _Cursor(tenant.tenant_id, query, next_key)
+        return self._skiptoken_link(query, token)
+
+    def _skiptoken_link(self, query: _Query, token: str) -> str:
+        options = urlencode([*query.options, ("$skiptoken", token)], quote_via=quote, safe="$:',")
+        return f"{self.base_url}{ALERTS_PATH}?{options}"
+
+    def _graph_headers(self, request: _Request) -> dict[str, str]:
+        request_id = str(uuid.uuid4())
+        return {"request-id": request_id,
+                "client-request-id": request.headers.get("client-request-id", request_id),
+                "OData-Version": "4.0", "Cache-Control": "no-cache"}
+
+    def _graph_error(self, error: _GraphError, request: _Request) -> _Response:
+        headers = self._graph_headers(request)
+        inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                 "request-id": headers["request-id"],
+                 "client-request-id": headers["client-request-id"]}
+        return _json_response(error.status,
+                              {"error": {"code": error.code, "message": error.message,
+                                         "innerError": inner}},
+                              headers={**headers, **error.headers})
+
+
+_GRAPH_CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;"
+                       "IEEE754Compatible=false;charset=utf-8")
+
+
+def _tenant_not_found(tenant_id: str) -> str:
+    return (f"Tenant '{tenant_id}' not found. Check to make sure you have the correct tenant ID "
+            "and are signing into the correct cloud.")
+
+
+def _client_credentials_scope(form: dict[str, str]) -> str:
+    scope = form.get("scope", "")
+    if not scope.endswith("/.default"):
+        raise _EntraError(400, "invalid_scope", 1002012, (
+            f"The provided value for scope {scope} is not valid. Client credential flows must "
+            "have a scope value with /.default suffixed to the resource identifier."))
+    return scope
+
+
+def _verify_secret(tenant: Tenant, secret: str) -> str:
+    if tenant.secret is None or not secrets.compare_digest(secret, tenant.secret):
+        raise _EntraError(401, "invalid_client", 7000215, (
+            "Invalid client secret provided. Ensure the secret being sent in the request is the "
+            f"client secret value, not the client secret ID, for a secret added to app "
+            f"'{tenant.client_id}'."))
+    if tenant.secret_expired:
+        raise _EntraError(401, "invalid_client", 7000222, (
+            f"The provided client secret keys for app '{tenant.client_id}' are expired. Visit the "
+            "Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or "
+            "consider using certificate credentials for added security: "
+            "https://aka.ms/certCreds."))
+    return "client_secret"
+
+
+def _assertion_failed(why: str) -> _EntraError:
+    return _EntraError(401, "invalid_client", 700027,
+                       f"Client assertion failed signature validation. ({why})")
+
+
+def _matching_thumbprint(cert: x509.Certificate, header: dict[str, Any]) -> str | None:
+    """Which thumbprint header names `cert`. MSAL keeps base64url `=` padding; Entra ignores it."""
+    der = cert.public_bytes(serialization.Encoding.DER)
+    expected = {"x5t#S256": _b64url(hashlib.sha256(der).digest()),
+                "x5t": _b64url(hashlib.sha1(der).digest())}
+    return next((name for name, value in expected.items()
+                 if str(header.get(name, "")).rstrip("=") == value), None)
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unauthenticated(message: str) -> _GraphError:
+    return _GraphError(401, "InvalidAuthenticationToken", message, {
+        "WWW-Authenticate": ('Bearer realm="", authorization_uri='
+                             '"https://login.microsoftonline.com/common/oauth2/authorize", '
+                             f'client_id="{GRAPH_APP_ID}"')})
+
+
+def _fault_response(fault: Fault) -> _Response:
+    headers = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+    if isinstance(fault.body, str):
+        return _Response(fault.code, fault.body.encode(),
+                         {"Content-Type": "text/plain; charset=utf-8", **headers})
+    phrase = HTTPStatus(fault.code).phrase
+    body = fault.body or {"error": {"code": phrase.replace(" ", ""), "message": f"{phrase}."}}
+    return _json_response(fault.code, body, headers=headers)
+
+
+# ---------------------------------------------------------------- standalone mode
+
+STANDALONE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "defender-forwarder/fake-cloud")
+DEFAULT_CLIENT_ID = str(uuid.uuid5(STANDALONE_NAMESPACE, "client"))
+DEFAULT_SECRET = "fake-cloud-secret"  # a test credential for a simulated tenant, nothing real
+
+
+def standalone_tenant_id(index: int) -> str:
+    """Deterministic, so a benchmark driver can name tenants without reading the ready file."""
+    return str(uuid.uuid5(STANDALONE_NAMESPACE, f"tenant-{index}"))
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.peers.fake_cloud",
+        description="Serve a simulated Entra ID + Graph alerts_v2 until SIGTERM/SIGINT.")
+    parser.add_argument("--tenants", type=int, default=10)
+    parser.add_argument("--alerts-per-tenant", type=int, default=10)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--page-size", type=int, default=100, help="page size when a client sends no $top")
+    parser.add_argument("--step-seconds", type=float, default=1.0,
+                        help="spacing of lastUpdateDateTime; the newest alert is at start-up time")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the alert factory")
+    parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
+    parser.add_argument("--secret", default=DEFAULT_SECRET)
+    parser.add_argument("--ready-file", type=Path, required=True,
+                        help="JSON written once serving: base_url, ca_file, client_id, secret, tenant_ids")
+    parser.add_argument("--ca-file", type=Path, help="default: <ready-file>.ca.pem")
+    return parser.parse_args(argv)
+
+
+def build_standalone(args: argparse.Namespace) -> tuple[FakeCloud, list[str]]:
+    cloud = FakeCloud(latency=args.latency, record_hits=False)
+    step = dt.timedelta(seconds=args.step_seconds)
+    # The newest alert is "now", so a poller's default look-back window finds the data.
+    start = dt.datetime.now(dt.timezone.utc) - (args.alerts_per_tenant - 1) * step
+    tenant_ids = [standalone_tenant_id(i) for i in range(args.tenants)]
+    for tenant_id in tenant_ids:
+        cloud.add_tenant(tenant_id, client_id=args.client_id, secret=args.secret,
+                         page_size=args.page_size)
+        cloud.add_alerts(tenant_id, make_alerts(args.alerts_per_tenant, tenant_id, start, step, args.seed))
+    return cloud, tenant_ids
+
+
+def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
+    # Write-then-rename, so a driver polling for the file never reads half of it.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(info, indent=1))
+    partial.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    cloud, tenant_ids = build_standalone(args)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    base_url = cloud.start()
+    ca_file = cloud.write_ca(args.ca_file or args.ready_file.with_suffix(".ca.pem"))
+    _write_ready_file(args.ready_file, {
+        "base_url": base_url, "ca_file": str(ca_file.resolve()), "client_id": args.client_id,
+        "secret": args.secret, "tenant_ids": tenant_ids, "pid": os.getpid()})
+    stopping.wait()
+    cloud.stop()
+    print(json.dumps({kind: cloud.count(kind) for kind in ("discovery", "keys", "token", "alerts", "other")}),
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

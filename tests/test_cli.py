@@ -1,0 +1,185 @@
+"""The command line as an operator uses it: exit codes, help speed, tables, convert, dead letters."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CloudSetup, recent
+from tests.helpers import REPO, SHARED_SAMPLES, read_ndjson, run_cli, write_config, write_replay
+from tests.peers.alert_factory import make_alerts
+
+
+def test_help_is_fast_and_imports_no_connector_or_sdk() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from core.cli import build_parser; build_parser().format_help()\n"
+        "print(time.perf_counter() - t); print(','.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    seconds, modules = out.stdout.splitlines()
+    assert float(seconds) < 0.5
+    loaded = set(modules.split(","))
+    assert not {"httpx", "msal", "pydantic", "connectors.file", "rich"} & loaded
+    started = time.perf_counter()
+    result = run_cli("--help")
+    assert result.returncode == 0 and "consent-url" in result.stdout
+    assert time.perf_counter() - started < 2.0  # includes interpreter start-up on a loaded CI box
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", {
+        "tenants.a": {"tenant_id": "t", "replay": "x"},
+        "sinks.out": {"type": "file", "formt": "raw"},
+    })
+    result = run_cli("run", "--once", "--config", str(config))
+    assert result.returncode == 2
+    assert "sinks.out.formt: unknown key" in result.stderr
+    missing = run_cli("run", "--config", str(tmp_path / "nope.toml"))
+    assert missing.returncode == 2 and "no such config file" in missing.stderr
+
+
+def test_usage_error_exits_2() -> None:
+    assert run_cli("run", "--bogus").returncode == 2
+
+
+def _replay_config(tmp_path: Path, n: int = 5, extra: dict | None = None) -> Path:
+    tenant_id = "66666666-6666-4666-8666-666666666666"
+    alerts = make_alerts(n, tenant_id, recent(300), timedelta(minutes=1), seed=9)
+    replay = write_replay(tmp_path / "replay", [alerts])
+    return write_config(tmp_path / "c.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
+        "tenants.acme": {"tenant_id": tenant_id, "replay": str(replay)},
+        "sinks.out": {"type": "file", "path": str(tmp_path / "out" / "{tenant}.ndjson"), "format": "ocsf",
+                      **(extra or {})},
+    })
+
+
+def test_second_concurrent_run_exits_3(tmp_path: Path) -> None:
+    from core.state import StateLock
+
+    config = _replay_config(tmp_path)
+    lock = StateLock(tmp_path / "state.db")
+    lock.acquire()
+    try:
+        result = run_cli("run", "--once", "--config", str(config))
+    finally:
+        lock.release()
+    assert result.returncode == 3 and "another defender-forwarder run" in result.stderr
+
+
+def test_tenants_table_shows_cursor_and_outbox(tmp_path: Path) -> None:
+    config = _replay_config(tmp_path)
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    table = run_cli("tenants", "--config", str(config))
+    assert table.returncode == 0
+    row = next(line for line in table.stdout.splitlines() if "acme" in line)
+    assert "66666666-6666-4666-8666-666666666666" in row and "│ 0 " in row.replace("0  ", "0 ")
+    assert recent(296).strftime("%Y-%m-%d") in row
+
+
+def test_consent_url(setup: CloudSetup) -> None:
+    tenant_id = setup.tenant("acme")
+    result = run_cli("consent-url", "--tenant", "acme", "--config", str(setup.write()))
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"{setup.cloud.base_url}/{tenant_id}/adminconsent?client_id=11111111-1111-4111-8111-111111111111"
+    assert run_cli("consent-url", "--tenant", "nobody", "--config", str(setup.write())).returncode == 2
+
+
+def test_check_reports_tokens_one_alert_and_sinks(setup: CloudSetup) -> None:
+    tenant_id = setup.tenant("good")
+    setup.cloud.add_alerts(tenant_id, make_alerts(2, tenant_id, recent(30), timedelta(minutes=1)))
+    setup.tenant("noconsent", consent=False)
+    result = run_cli("check", "--config", str(setup.write()))
+    assert result.returncode == 1, result.stderr
+    good = next(line for line in result.stderr.splitlines() if "good" in line)
+    assert "ok" in good and "read 1 alert" in good
+    assert "AADSTS700016" in result.stderr
+    assert any("archive" in line and "ok" in line for line in result.stderr.splitlines())
+    assert not list((setup.tmp / "out").glob("*.ndjson"))  # check delivers nothing
+
+
+@pytest.mark.skipif(not SHARED_SAMPLES.exists(), reason="../shared/samples is not beside the repo")
+def test_convert_graph_list_response_to_ocsf_and_raw() -> None:
+    sample = SHARED_SAMPLES / "graph_alerts_v2_list_docs.json"
+    expected = json.loads(sample.read_text())["value"]
+    for fmt in ("ocsf", "raw"):
+        result = run_cli("convert", "--source", "graph", "--format", fmt, str(sample))
+        assert result.returncode == 0, result.stderr
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert len(lines) == len(expected)
+    ocsf = json.loads(run_cli("convert", "--format", "ocsf", str(sample)).stdout.splitlines()[0])
+    assert ocsf["class_uid"] == 2004 and ocsf["finding_info"]["uid"] == expected[0]["id"]
+
+
+def test_convert_refuses_formats_of_the_next_issue() -> None:
+    result = run_cli("convert", "--format", "ecs", "-")
+    assert result.returncode == 2 and "not available yet" in result.stderr
+
+
+def test_convert_ndjson_with_a_bad_alert_writes_the_good_ones_then_exits_1(tmp_path: Path) -> None:
+    alerts = make_alerts(3, "77777777-7777-4777-8777-777777777777", recent(10), timedelta(minutes=1))
+    bad = dict(alerts[1])
+    del bad["lastUpdateDateTime"]
+    lines = [json.dumps(alerts[0]), json.dumps(bad), "{not json", json.dumps(alerts[2])]
+    source = tmp_path / "alerts.ndjson"
+    source.write_text("\n".join(lines) + "\n")
+    result = run_cli("convert", "--format", "raw", str(source))
+    assert result.returncode == 1
+    assert [json.loads(line)["id"] for line in result.stdout.splitlines()] == [alerts[0]["id"], alerts[2]["id"]]
+    assert f"line 2 (id {bad['id']})" in result.stderr and "lastUpdateDateTime" in result.stderr
+    assert "line 3" in result.stderr
+
+
+def test_dead_letters_list_replay_drop(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from core.schema import TenantRef
+    from core.state import DeadLetter, PageCommit, SQLiteStore
+    from mappings.graph_alerts_v2 import normalise
+
+    tenant_id = "66666666-6666-4666-8666-666666666666"
+    config = _replay_config(tmp_path, n=3)
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    out_file = tmp_path / "out" / "acme.ndjson"
+    assert len(read_ndjson(out_file)) == 3
+    rejected = make_alerts(1, tenant_id, recent(5), timedelta(minutes=1), seed=77)[0]
+    alert = normalise(rejected, TenantRef(id=tenant_id, label="acme"), datetime.now(timezone.utc))
+    store = SQLiteStore(tmp_path / "state.db")
+    store.commit_page(PageCommit(tenant_id, "graph_alerts", dead=[
+        DeadLetter("deliver", "out", tenant_id, alert.version_key, alert.model_dump_json().encode(), "rejected by SIEM"),
+        DeadLetter("normalise", None, tenant_id, None, json.dumps({"id": "x"}).encode(), "normalise: bad"),
+    ]))
+    store.close()
+    listed = run_cli("dead-letters", "list", "--config", str(config))
+    assert listed.returncode == 0 and "2 dead letters" in listed.stdout
+    assert "rejected by SIEM" in listed.stdout and "normalise: bad" in listed.stdout
+
+    replay = run_cli("dead-letters", "replay", "--config", str(config))
+    assert replay.returncode == 1 and "replayed 1" in replay.stderr and "1 still fail" in replay.stderr
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    assert [a["finding_info"]["uid"] for a in read_ndjson(out_file)][-1] == rejected["id"]
+
+    dropped = run_cli("dead-letters", "drop", "--config", str(config))
+    assert dropped.returncode == 0 and "dropped 1" in dropped.stderr
+    assert "0 dead letters" in run_cli("dead-letters", "list", "--config", str(config)).stdout
+
+
+def test_backfill_rereads_history_with_progress(setup: CloudSetup) -> None:
+    tenant_id = setup.tenant("acme")
+    setup.cloud.add_alerts(tenant_id, make_alerts(6, tenant_id, recent(60 * 24 * 10), timedelta(hours=1)))
+    setup.forwarder["initial_lookback"] = "1h"
+    config = setup.write()
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    assert read_ndjson(setup.out("acme")) == []
+    since = recent(60 * 24 * 11).strftime("%Y-%m-%d")
+    result = run_cli("backfill", "--since", since, "--tenant", "acme", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "acme: alerts read" in result.stderr
+    assert len(read_ndjson(setup.out("acme"))) == 6
+    assert run_cli("backfill", "--since", "yesterday", "--config", str(config)).returncode == 2
