@@ -37,7 +37,7 @@ def start_cloud(work: Path, tenants: int, alerts: int, latency: float) -> tuple[
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.peers.fake_cloud", "--tenants", str(tenants), "--alerts-per-tenant",
          str(alerts), "--latency", str(latency), "--page-size", "1000", "--ready-file", str(ready)],
-        cwd=REPO, stderr=subprocess.DEVNULL,
+        cwd=REPO, stderr=subprocess.DEVNULL if not os.environ.get("BENCH_CLOUD_LOG") else None,
     )
     deadline = time.monotonic() + 300
     while not ready.exists():
@@ -63,9 +63,10 @@ def config_for(cloud: dict[str, Any], work: Path, concurrency: int) -> Any:
 
 async def one_cycle(config: Any, store: SQLiteStore, deliver: bool) -> tuple[float, int, list[Any]]:
     async with Forwarder(config, store) as forwarder:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         results = await (forwarder.run_once() if deliver else forwarder.poll_all())
         elapsed = time.perf_counter() - started
+        print(f"  (cpu {time.process_time() - cpu_started:.2f} s of {elapsed:.2f} s wall)")
         graph_requests = sum(source.requests for source in forwarder.sources.values())
     return elapsed, graph_requests, results
 

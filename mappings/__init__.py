@@ -1,6 +1,46 @@
 """Mappings: Defender source shapes -> `core.schema.Alert` -> each output format.
 
 Every output format is a module with `encode(alert: Alert) -> bytes` returning one
-line (no trailing newline). Format modules are imported on first use so that
+line (no trailing newline); every source is a module with
+`normalise(raw, tenant, ingested) -> Alert`. Modules are imported on first use so that
 `--help` and cron start-up stay fast.
 """
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.schema import Alert, TenantRef
+
+# Every format the configuration may name (DESIGN.md), and the ones implemented so far.
+OUTPUT_FORMATS = ("raw", "ocsf", "ecs", "cim", "cef")
+AVAILABLE_FORMATS = {"raw": "mappings.raw", "ocsf": "mappings.ocsf"}
+
+SOURCES = {"graph": "mappings.graph_alerts_v2"}
+
+
+class FormatNotAvailable(ValueError):
+    """A format that is unknown, or planned but not implemented yet."""
+
+
+def encoder(name: str) -> Callable[[Alert], bytes]:
+    """The `encode` function of output format `name`."""
+    module = AVAILABLE_FORMATS.get(name)
+    if module is None:
+        available = ", ".join(AVAILABLE_FORMATS)
+        if name in OUTPUT_FORMATS:
+            raise FormatNotAvailable(f"format {name!r} is not available yet; available now: {available}")
+        raise FormatNotAvailable(f"unknown format {name!r}; formats: {', '.join(OUTPUT_FORMATS)} "
+                                 f"(available now: {available})")
+    return import_module(module).encode
+
+
+def normaliser(source: str) -> Callable[[Any, TenantRef, datetime], Alert]:
+    """The `normalise` function of source `source` (a `SOURCES` key)."""
+    module = SOURCES.get(source)
+    if module is None:
+        raise ValueError(f"unknown source {source!r}; sources: {', '.join(SOURCES)}")
+    return import_module(module).normalise
