@@ -49,6 +49,7 @@ class ForwarderSettings(_Strict):
     tenant_requests_per_minute: int = Field(default=150, ge=1)
     page_size: int = Field(default=1000, ge=1, le=1000)
     request_timeout: Duration = 60.0
+    retry_initial: Duration = Field(default=1.0, gt=0, description="first backoff after a Graph 5xx or timeout")
     max_pages_per_window: int = Field(default=10_000, ge=1)
     once_deadline: Duration = Field(default=300.0, description="how long `run --once` keeps retrying deliveries")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

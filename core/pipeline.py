@@ -113,10 +113,13 @@ class Forwarder:
             tokens=tokens,
             app=app,
             tenant_id=tenant.tenant_id,
-            limiter=AsyncLimiter(self.settings.tenant_requests_per_minute, 60),
+            # One request per 60/N seconds, no burst: a tenant never exceeds its Graph budget,
+            # whatever the window in which Graph counts it.
+            limiter=AsyncLimiter(1, 60 / self.settings.tenant_requests_per_minute),
             concurrency=self._global_bound,
             page_size=self.settings.page_size,
             max_pages=self.settings.max_pages_per_window,
+            backoff_base=self.settings.retry_initial,
         )
 
     def _client(self, ca_file: str | None, tenant_id: str) -> httpx.AsyncClient:
@@ -244,7 +247,12 @@ class Forwarder:
         if not sinks:
             result.filtered += 1
             return
-        payload = alert.model_dump_json().encode()
+        try:
+            payload = alert.model_dump_json().encode()
+        except ValueError as err:  # e.g. an unpaired surrogate that survived the mapping
+            commit.dead.append(_dead_raw(alert.tenant, alert.raw, f"outbox: cannot serialise: {err}"))
+            result.dead += 1
+            return
         commit.outbox.extend((sink, alert.version_key, payload) for sink in sinks)
         outcome.sinks.update(sinks)
         result.queued += 1

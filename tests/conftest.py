@@ -55,7 +55,7 @@ class CloudSetup:
         self.cloud.write_ca(ca_file)
         tables: dict[str, dict[str, Any]] = {
             "forwarder": {"state": str(self.state), "initial_lookback": "30d", "overlap": "15m",
-                          "request_timeout": "5s", **self.forwarder},
+                          "request_timeout": "5s", "retry_initial": "0.05s", **self.forwarder},
             "apps.mssp": {"client_id": CLIENT_ID, "client_secret": "env:DF_TEST_CLIENT_SECRET",
                           "login_endpoint": self.cloud.base_url, "graph_endpoint": self.cloud.base_url,
                           "ca_file": str(ca_file), **self.app},

@@ -117,9 +117,10 @@ def test_timeout_is_retried(setup: CloudSetup) -> None:
 
 
 def test_token_expiring_mid_run_is_refreshed(setup: CloudSetup) -> None:
-    tenant_id, _ = _tenant(setup, "acme", 9, graph_token_lifetime=0.5)
+    tenant_id, _ = _tenant(setup, "acme", 9, graph_token_lifetime=1.0)
     setup.forwarder["page_size"] = 3
-    setup.cloud.inject(tenant_id, Fault.delay(0.3), Fault.delay(0.3))
+    # The first page takes longer than the token lives: the second page meets a 401.
+    setup.cloud.inject(tenant_id, Fault.delay(1.2))
     results, _ = _run_once(setup.write())
     assert results["acme"].error is None
     assert setup.cloud.count("token", tenant_id) >= 2
@@ -150,6 +151,7 @@ def test_auth_failures_are_one_clear_line_each_and_the_rest_is_forwarded(setup: 
     _tenant(setup, "noconsent", 3, consent=False)
     _tenant(setup, "expired", 3, secret_expired=True)
     _tenant(setup, "forbidden", 3, graph_forbidden=True)
+    _tenant(setup, "revoked", 3, graph_token_lifetime=0.0)  # Graph refuses even a fresh token
     wrong_secret_id = setup.tenant("wrongsecret")
     setup.cloud.tenants[wrong_secret_id].secret = "another-secret-value"
     config = setup.write()
@@ -169,8 +171,9 @@ def test_auth_failures_are_one_clear_line_each_and_the_rest_is_forwarded(setup: 
     assert "AADSTS7000215" in line_for("wrongsecret") and "Remedy:" in line_for("wrongsecret")
     assert "AADSTS90002" in line_for("ghost") and "tenants.ghost.tenant_id" in line_for("ghost")
     assert "403" in line_for("forbidden") and "SecurityAlert.Read.All" in line_for("forbidden")
+    assert "401" in line_for("revoked") and "/adminconsent?client_id=" in line_for("revoked")
     assert len(read_ndjson(setup.out("ok"))) == 3
-    for label in ("noconsent", "expired", "wrongsecret", "forbidden", "ghost"):
+    for label in ("noconsent", "expired", "wrongsecret", "forbidden", "ghost", "revoked"):
         assert not setup.out(label).exists()
 
 
@@ -191,3 +194,14 @@ def test_certificate_credential(setup: CloudSetup, tmp_path: Path) -> None:
     assert results["acme"].error is None and len(read_ndjson(setup.out("acme"))) == 2
     token_hits = [h for h in setup.cloud.hits if h.tenant == tenant_id and h.kind == "token"]
     assert token_hits and all(h.auth and h.auth.startswith("certificate") for h in token_hits)
+
+
+def test_requests_of_one_tenant_respect_its_per_minute_budget(setup: CloudSetup) -> None:
+    tenant_id, _ = _tenant(setup, "acme", 10)
+    setup.forwarder.update(page_size=2, tenant_requests_per_minute=300)  # one request per 0.2 s
+    results, _ = _run_once(setup.write())
+    assert results["acme"].error is None and len(read_ndjson(setup.out("acme"))) == 10
+    times = sorted(h.t for h in setup.cloud.hits if h.tenant == tenant_id and h.kind == "alerts")
+    assert len(times) == 5
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert min(gaps) >= 0.19, gaps

@@ -174,3 +174,20 @@ def test_demo_readme_command_twice(tmp_path: Path) -> None:
     second = run_cli("run", "--once", "--config", "examples/demo.toml", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert {f.name: len(read_ndjson(f)) for f in files} == counts
+
+
+def test_unpaired_surrogate_and_huge_description_do_not_stop_the_page(tmp_path: Path) -> None:
+    alerts = make_alerts(3, TENANT, T0, timedelta(minutes=1), seed=7)
+    alerts[0]["title"] = "bad \ud800 title"  # valid JSON escape, invalid Unicode
+    alerts[1]["description"] = "A" * 10_000_000 + "\x00\x1b[31m\r\nCEF:0|injected"
+    replay = write_replay(tmp_path / "replay", [alerts])
+    (result,), _ = _run(_config(tmp_path, replay))
+    assert result.error is None and result.read == 3
+    out = {a["id"]: a for a in read_ndjson(tmp_path / "out" / "acme.ndjson")}
+    assert alerts[2]["id"] in out
+    assert out[alerts[1]["id"]]["description"] == alerts[1]["description"]
+    store = SQLiteStore(tmp_path / "state.db")
+    dead = store.dead_letters()
+    store.close()
+    assert alerts[0]["id"] in out or [d.version_key for d in dead] == [alerts[0]["id"]]
+    assert result.queued + result.dead == 3
