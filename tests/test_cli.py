@@ -79,8 +79,10 @@ def test_tenants_table_shows_cursor_and_outbox(tmp_path: Path) -> None:
     table = run_cli("tenants", "--config", str(config))
     assert table.returncode == 0
     row = next(line for line in table.stdout.splitlines() if "acme" in line)
-    assert "66666666-6666-4666-8666-666666666666" in row and "│ 0 " in row.replace("0  ", "0 ")
-    assert recent(296).strftime("%Y-%m-%d") in row
+    cells = [cell.strip() for cell in row.strip("│ ").split("│")]
+    label, tenant_id, cursor, lag, last_success, last_error, outbox = cells
+    assert (label, tenant_id, last_error, outbox) == ("acme", "66666666-6666-4666-8666-666666666666", "-", "0")
+    assert cursor == recent(296).strftime("%Y-%m-%d %H:%M:%S") and lag.endswith("m") and last_success != "-"
 
 
 def test_consent_url(setup: CloudSetup) -> None:
@@ -183,3 +185,40 @@ def test_backfill_rereads_history_with_progress(setup: CloudSetup) -> None:
     assert "acme: alerts read" in result.stderr
     assert len(read_ndjson(setup.out("acme"))) == 6
     assert run_cli("backfill", "--since", "yesterday", "--config", str(config)).returncode == 2
+
+
+def test_daemon_polls_every_interval_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    tenant_id = "66666666-6666-4666-8666-666666666666"
+    alerts = make_alerts(6, tenant_id, recent(300), timedelta(minutes=1), seed=21)
+    replay = write_replay(tmp_path / "replay", [alerts[:3]])
+    config = write_config(tmp_path / "c.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d", "poll_interval": "0.5s",
+                      "log_format": "json"},
+        "tenants.acme": {"tenant_id": tenant_id, "replay": str(replay)},
+        "sinks.out": {"type": "file", "path": str(tmp_path / "out.ndjson"), "format": "raw",
+                      "batch_timeout": "0.1s"},
+    })
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "run", "--config", str(config)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: len(read_ndjson(tmp_path / "out.ndjson")) == 3)
+        write_replay(replay, [alerts[:3], alerts[3:]])  # new alerts arrive while it runs
+        _wait_for(lambda: len(read_ndjson(tmp_path / "out.ndjson")) == 6)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any("forwarding 1 tenants to 1 sinks" in entry["message"] for entry in logs)
+    assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in logs)
+
+
+def _wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
