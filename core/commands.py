@@ -239,7 +239,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _check(forwarder: Any) -> list[tuple[str, str, bool, str]]:
     async with forwarder:
-        tenants = await asyncio.gather(*(_probe("tenant", l, s.probe()) for l, s in forwarder.sources.items()))
+        tenants = await asyncio.gather(*(_probe("tenant", t, s.probe()) for t, s in forwarder.sources.items()))
         sinks = await asyncio.gather(*(_probe("sink", n, w.connector.probe()) for n, w in forwarder.workers.items()))
     return [*tenants, *sinks]
 

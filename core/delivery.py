@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from connectors.base import Connector, Event, Outcome, SinkFatal
+from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
 from core.schema import Alert
 from core.sources.graph import backoff_delay
 from core.state import OutboxRow, SQLiteStore
@@ -84,10 +84,11 @@ class SinkWorker:
             raise SinkFatal(f"connector returned {len(results)} results for {len(events)} events")
         self._settle(events, results, rows)
 
-    def _settle(self, events: list[Event], results: list, rows: dict[int, OutboxRow]) -> None:
-        ok = [e.row_id for e, r in zip(events, results) if r.outcome is Outcome.OK]
-        dead = [(rows[e.row_id], r.reason) for e, r in zip(events, results) if r.outcome is Outcome.PERMANENT]
-        again = [(e.row_id, r.reason) for e, r in zip(events, results) if r.outcome is Outcome.RETRY]
+    def _settle(self, events: list[Event], results: list[EventResult], rows: dict[int, OutboxRow]) -> None:
+        pairs = list(zip(events, results, strict=True))
+        ok = [e.row_id for e, r in pairs if r.outcome is Outcome.OK]
+        dead = [(rows[e.row_id], r.reason) for e, r in pairs if r.outcome is Outcome.PERMANENT]
+        again = [(e.row_id, r.reason) for e, r in pairs if r.outcome is Outcome.RETRY]
         self.store.outbox_delivered(ok)
         self.stats.delivered += len(ok)
         if dead:

@@ -74,7 +74,6 @@ class Forwarder:
         self.routes: list[RouteSettings] = config.routes_or_default()
         self.workers: dict[str, SinkWorker] = {}
         self.sources: dict[str, AlertSource] = {}
-        self.tokens: dict[str, TokenProvider] = {}
         self._http: dict[str | None, list[httpx.AsyncClient]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._sessions: dict[str | None, Any] = {}
@@ -106,7 +105,6 @@ class Forwarder:
         assert tenant.app is not None  # the config model guarantees it
         app = self.config.apps[tenant.app]
         tokens = TokenProvider(tenant.app, app, label, tenant.tenant_id, self._thread_pool(), self._session(app))
-        self.tokens[label] = tokens
         return GraphAlertsSource(
             client=self._client(app.ca_file, tenant.tenant_id),
             graph_endpoint=endpoints(app).graph,
@@ -218,7 +216,7 @@ class Forwarder:
         result.dead += len(commit.dead)
         versions = [(a.id, format_time(a.times.last_updated)) for a in alerts]
         unseen = self.store.unseen(ref.id, versions)
-        for alert, version in zip(alerts, versions):
+        for alert, version in zip(alerts, versions, strict=True):
             outcome.high_water = _later(outcome.high_water, alert.times.last_updated)
             if version not in unseen:
                 result.duplicates += 1

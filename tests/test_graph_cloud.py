@@ -203,5 +203,5 @@ def test_requests_of_one_tenant_respect_its_per_minute_budget(setup: CloudSetup)
     assert results["acme"].error is None and len(read_ndjson(setup.out("acme"))) == 10
     times = sorted(h.t for h in setup.cloud.hits if h.tenant == tenant_id and h.kind == "alerts")
     assert len(times) == 5
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     assert min(gaps) >= 0.19, gaps

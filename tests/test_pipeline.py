@@ -7,8 +7,6 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
-
 from core.config import load_config
 from core.pipeline import Forwarder
 from core.state import SQLiteStore

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.state import DeadLetter, PageCommit, SQLiteStore, StateLock, StateLocked, format_time
+from core.state import DeadLetter, PageCommit, SQLiteStore, StateLock, format_time
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -41,7 +42,7 @@ def test_state_file_is_private_and_in_wal_mode(store: SQLiteStore) -> None:
 def test_page_commit_is_atomic(store: SQLiteStore) -> None:
     bad = _page(cursor=T0)
     bad.outbox.append(("archive", "t1/x/y", None))  # NOT NULL violation after the other rows
-    with pytest.raises(Exception):
+    with pytest.raises(sqlite3.IntegrityError):
         store.commit_page(bad)
     assert store.outbox_depth("archive") == 0
     assert store.cursor("t1", "graph_alerts") is None
