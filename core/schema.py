@@ -7,7 +7,7 @@ case the API used (the mapping folds case); unknown members are stored verbatim.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
@@ -114,7 +114,9 @@ class ProcessEvidence(_EvidenceBase):
     pid: int | None = None
     parent_pid: int | None = None
     command_line: str | None = None
-    created: datetime | None = None
+    # The process's creation time (Graph's processCreationDateTime); `created` (the base
+    # field) is the evidence's own createdDateTime, as on every other evidence.
+    process_created: datetime | None = None
     parent_created: datetime | None = None
     image: FileInfo | None = None
     parent_image: FileInfo | None = None
@@ -268,5 +270,8 @@ class Alert(_Model):
 
 def version_key(tenant_id: str, alert_id: str, last_updated: datetime) -> str:
     """The identity of one alert version: what dedupe, `_id` and message ids are built on."""
+    if last_updated.tzinfo is UTC and last_updated.year >= 1000:
+        # What the mapping produces (UTC, 4-digit years): the same text as below, at half the cost.
+        return f"{tenant_id}/{alert_id}/{last_updated.isoformat(timespec='microseconds')[:-6]}Z"
     return f"{tenant_id}/{alert_id}/{last_updated.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
 

@@ -34,27 +34,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from operator import attrgetter
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
 from core import jsonutil
-from core.schema import (
-    Alert,
-    Comment,
-    DeviceEvidence,
-    FileEvidence,
-    FileInfo,
-    IpEvidence,
-    MailboxEvidence,
-    MailMessageEvidence,
-    ProcessEvidence,
-    Severity,
-    UrlEvidence,
-    UserEvidence,
-    UserInfo,
-)
+from core.schema import Alert, Comment, FileInfo, Severity, UserInfo
 
 OCSF_VERSION = "1.8.0"
 PROFILES = ("incident", "security_control")
@@ -173,36 +158,77 @@ _IP_SIDE = {
 }
 
 
+# alert status -> (activity_id, activity_name, type_uid, type_name), precomputed.
+_ACTIVITIES = {status: (activity_id, name, 200400 + activity_id, f"Detection Finding: {name}")
+               for status, (activity_id, name) in _ACTIVITY.items()}
+_UPDATE_ACTIVITY = (_UPDATE[0], _UPDATE[1], 200400 + _UPDATE[0], f"Detection Finding: {_UPDATE[1]}")
+_UNKNOWN = (0, "Unknown")
+
+
 # --------------------------------------------------------------------------- helpers
+#
+# This runs once per alert per sink, so it builds each OCSF object directly, member by
+# member, leaving out the absent ones (OCSF has no nulls), rather than building dicts with
+# nulls and filtering them; and it reads the models' `__dict__` (pydantic keeps fields
+# there) instead of going through attribute lookup.
+
+_last: tuple[datetime, int] = (_EPOCH, 0)  # the last conversion (one tuple: thread-safe)
 
 
-def _ms(moment: datetime | None) -> int | None:
-    """Milliseconds since the epoch, exactly (no float rounding)."""
-    return None if moment is None else (moment - _EPOCH) // _MS
-
-
-def _compact(obj: dict[str, Any]) -> dict[str, Any]:
-    """`obj` without its null members: OCSF leaves absent attributes out. (Builders pass
-    None, not [] or {}, for an empty value, so one identity test per member suffices.)"""
-    return {key: value for key, value in obj.items() if value is not None}
-
-
-def _caption(table: dict[str, tuple[int, str]], value: str | None, unknown: tuple[int, str]) -> tuple[int, str]:
-    """(id, caption) from an enum table; a value OCSF has no id for is 99 Other, captioned with itself."""
-    if value is None:
-        return unknown
-    return table.get(value) or (99, value)
+def _ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, exactly (no float rounding). (Callers test for None.)"""
+    global _last
+    last = _last
+    if moment is last[0]:  # an alert's evidence share one createdDateTime (one object: see the mapping)
+        return last[1]
+    ms = (moment - _EPOCH) // _MS
+    _last = (moment, ms)  # (holding `moment` keeps its id from being reused)
+    return ms
 
 
 def _plain(value: Any) -> Any:
-    """A schema value as JSON data: models as dicts without empty fields, times as ms."""
+    """A schema value as JSON data: models as dicts without empty fields (None, []), times
+    as ms. A model class gets its own function, written from its fields on first use."""
+    plain = _PLAIN.get(value.__class__)
+    if plain is not None:
+        return plain(value)
     if isinstance(value, BaseModel):
-        return {key: _plain(item) for key, item in value.__dict__.items() if item is not None and item != []}
+        _PLAIN[value.__class__] = plain = _plain_function(type(value))
+        return plain(value)
     if isinstance(value, datetime):
         return _ms(value)
     if isinstance(value, list):
         return [_plain(item) for item in value]
     return value  # str, numbers, and `extra` dicts, which are JSON already
+
+
+_PLAIN: dict[type, Callable[[Any], Any]] = {}
+
+
+def _plain_function(model: type[BaseModel]) -> Callable[[BaseModel], dict[str, Any]]:
+    """`_plain` for one model class, as straight-line code: a field whose annotation says
+    what it holds (str, datetime, list of str, sub-model...) gets just the test it needs;
+    any other goes through `_plain`."""
+    lines = ["def plain(model):", "    d = model.__dict__", "    out = {}"]
+    for name, info in model.model_fields.items():
+        annotation, origin = info.annotation, get_origin(info.annotation)
+        kinds = {arg for arg in get_args(annotation) or (annotation,) if arg is not type(None)}
+        lines.append(f"    value = d[{name!r}]")
+        if origin is list:
+            if kinds == {str}:
+                lines.append(f"    if value: out[{name!r}] = value")
+            else:
+                lines.append(f"    if value: out[{name!r}] = [_plain(item) for item in value]")
+        elif origin is dict or origin is Literal or kinds <= {str, int, float, bool}:
+            lines.append(f"    if value is not None: out[{name!r}] = value")
+        elif kinds == {datetime}:
+            lines.append(f"    if value is not None: out[{name!r}] = _ms(value)")
+        else:  # sub-models, anything else: the general case
+            lines.append(f"    if value is not None and value != []: out[{name!r}] = _plain(value)")
+    lines.append("    return out")
+    namespace = {"_ms": _ms, "_plain": _plain}
+    exec("\n".join(lines), namespace)  # noqa: S102 - code written above from the model's fields
+    return namespace["plain"]
 
 
 # --------------------------------------------------------------------------- OCSF objects
@@ -211,160 +237,246 @@ def _plain(value: Any) -> Any:
 def _user(user: UserInfo | None, email: str | None = None) -> dict[str, Any] | None:
     if user is None:
         return None if email is None else {"email_addr": email}
-    return _compact({
-        "name": user.account_name,
-        "domain": user.domain,
-        "uid": user.sid,  # OCSF: "the Windows user SID, ActiveDirectory DN or AWS user ARN"
-        "uid_alt": user.aad_user_id,
-        "email_addr": email or user.upn,
-        "display_name": user.display_name,
-    })
+    u = user.__dict__
+    out = {}
+    if (value := u["account_name"]) is not None:
+        out["name"] = value
+    if (value := u["domain"]) is not None:
+        out["domain"] = value
+    if (value := u["sid"]) is not None:
+        out["uid"] = value  # OCSF: "the Windows user SID, ActiveDirectory DN or AWS user ARN"
+    if (value := u["aad_user_id"]) is not None:
+        out["uid_alt"] = value
+    if (value := email or u["upn"]) is not None:
+        out["email_addr"] = value
+    if (value := u["display_name"]) is not None:
+        out["display_name"] = value
+    return out
 
 
 def _file(info: FileInfo | None) -> dict[str, Any] | None:
     if info is None:
         return None
-    folder = info.path
-    path = None
-    if folder and info.name:  # Graph's filePath is the folder; OCSF's path is the full path
-        separator = "\\" if "\\" in folder else "/"
-        path = folder + info.name if folder.endswith(separator) else folder + separator + info.name
-    hashes = [
-        {"algorithm_id": algorithm_id, "algorithm": algorithm, "value": value}
-        for field, algorithm_id, algorithm in _HASHES
-        if (value := getattr(info, field))
-    ]
-    return _compact({
-        "name": info.name,
-        "type_id": 1,  # Regular File
-        "path": path,
-        "parent_folder": folder,
-        "size": info.size,
-        "company_name": info.publisher,
-        "hashes": hashes or None,
-    })
+    f = info.__dict__
+    name, folder = f["name"], f["path"]
+    out = {} if name is None else {"name": name}
+    out["type_id"] = 1  # Regular File
+    if folder is not None:
+        if folder and name:  # Graph's filePath is the folder; OCSF's path is the full path
+            separator = "\\" if "\\" in folder else "/"
+            out["path"] = folder + name if folder.endswith(separator) else folder + separator + name
+        out["parent_folder"] = folder
+    if (value := f["size"]) is not None:
+        out["size"] = value
+    if (value := f["publisher"]) is not None:
+        out["company_name"] = value
+    md5, sha1, sha256 = f["md5"], f["sha1"], f["sha256"]
+    if md5 or sha1 or sha256:
+        hashes = []
+        if md5:
+            hashes.append({"algorithm_id": 1, "algorithm": "MD5", "value": md5})
+        if sha1:
+            hashes.append({"algorithm_id": 2, "algorithm": "SHA-1", "value": sha1})
+        if sha256:
+            hashes.append({"algorithm_id": 3, "algorithm": "SHA-256", "value": sha256})
+        out["hashes"] = hashes
+    return out
 
 
-def _device_ref(mde_device_id: str | None) -> dict[str, Any] | None:
-    """The device an evidence was seen on, when Defender names it."""
-    return None if mde_device_id is None else {"uid": mde_device_id, "type_id": 0}
+def _os_type(platform: str) -> tuple[int, str]:
+    kind = _OS_TYPE_OF.get(platform)
+    if kind is None:
+        lowered = platform.lower()
+        kind = next((kind for prefix, kind in _OS_TYPES if lowered.startswith(prefix)), _OS_UNKNOWN)
+        if len(_OS_TYPE_OF) < 1024:  # a handful of platforms in practice
+            _OS_TYPE_OF[platform] = kind
+    return kind
+
+
+_OS_TYPE_OF: dict[str, tuple[int, str]] = {}
 
 
 def _os(platform: str | None, version: str | None, build: int | None) -> dict[str, Any] | None:
     if not platform:
         return None
-    lowered = platform.lower()
-    type_id, type_name = next((kind for prefix, kind in _OS_TYPES if lowered.startswith(prefix)), _OS_UNKNOWN)
-    build_text = None if build is None else str(build)
-    return _compact({"name": platform, "type_id": type_id, "type": type_name, "version": version, "build": build_text})
+    type_id, type_name = _os_type(platform)
+    out = {"name": platform, "type_id": type_id, "type": type_name}
+    if version is not None:
+        out["version"] = version
+    if build is not None:
+        out["build"] = str(build)
+    return out
 
 
-def _device(ev: DeviceEvidence) -> dict[str, Any]:
-    risk = _RISK_LEVEL.get(ev.risk_score) if ev.risk_score else None
-    return {"device": _compact({
-        "uid": ev.mde_device_id,
-        "uid_alt": ev.aad_device_id,
-        "hostname": ev.fqdn or ev.hostname,
-        "name": ev.hostname,
-        "domain": ev.dns_domain,
-        "ip": ev.last_ip or (ev.ip_addresses[0] if ev.ip_addresses else None),
-        "type_id": 0,  # Unknown: Defender does not say server, desktop or laptop
-        "os": _os(ev.os_platform, ev.os_version, ev.os_build),
-        "risk_level_id": risk[0] if risk else None,
-        "risk_level": risk[1] if risk else None,
-        "groups": [{"name": ev.rbac_group}] if ev.rbac_group else None,
-    })}
+# Each evidence builder takes the evidence's `__dict__` and returns its OCSF attributes.
+
+def _device(e: dict[str, Any]) -> dict[str, Any]:
+    device = {}
+    if (value := e["mde_device_id"]) is not None:
+        device["uid"] = value
+    if (value := e["aad_device_id"]) is not None:
+        device["uid_alt"] = value
+    hostname = e["hostname"]
+    if (value := e["fqdn"] or hostname) is not None:
+        device["hostname"] = value
+    if hostname is not None:
+        device["name"] = hostname
+    if (value := e["dns_domain"]) is not None:
+        device["domain"] = value
+    addresses = e["ip_addresses"]
+    if (value := e["last_ip"] or (addresses[0] if addresses else None)) is not None:
+        device["ip"] = value
+    device["type_id"] = 0  # Unknown: Defender does not say server, desktop or laptop
+    if (value := _os(e["os_platform"], e["os_version"], e["os_build"])) is not None:
+        device["os"] = value
+    risk_score = e["risk_score"]
+    if risk_score and (risk := _RISK_LEVEL.get(risk_score)):
+        device["risk_level_id"], device["risk_level"] = risk
+    if rbac_group := e["rbac_group"]:
+        device["groups"] = [{"name": rbac_group}]
+    return {"device": device}
 
 
-def _user_evidence(ev: UserEvidence) -> dict[str, Any]:
-    return {"user": _user(ev.user)}
+def _user_evidence(e: dict[str, Any]) -> dict[str, Any]:
+    return {"user": _user(e["user"])}  # (a required field: never None)
 
 
-def _file_evidence(ev: FileEvidence) -> dict[str, Any]:
-    return _compact({"file": _file(ev.file), "device": _device_ref(ev.mde_device_id)})
+def _file_evidence(e: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    if (value := _file(e["file"])) is not None:
+        out["file"] = value
+    if (value := e["mde_device_id"]) is not None:
+        out["device"] = {"uid": value, "type_id": 0}
+    return out
 
 
-def _process(ev: ProcessEvidence) -> dict[str, Any]:
-    parent_image = ev.parent_image
-    parent = _compact({
-        "pid": ev.parent_pid,
-        "created_time": _ms(ev.parent_created),
-        "name": parent_image.name if parent_image else None,
-        "file": _file(parent_image),
-    })
-    process = _compact({
-        "pid": ev.pid,
-        "cmd_line": ev.command_line,
-        "created_time": _ms(ev.created),
-        "name": ev.image.name if ev.image else None,
-        "file": _file(ev.image),
-        "parent_process": parent or None,
-        "user": _user(ev.user),
-    })
-    return _compact({"process": process, "device": _device_ref(ev.mde_device_id)})
+def _process(e: dict[str, Any]) -> dict[str, Any]:
+    parent = {}
+    if (value := e["parent_pid"]) is not None:
+        parent["pid"] = value
+    if (value := e["parent_created"]) is not None:
+        parent["created_time"] = _ms(value)
+    if (parent_image := e["parent_image"]) is not None:
+        if (value := parent_image.__dict__["name"]) is not None:
+            parent["name"] = value
+        parent["file"] = _file(parent_image)
+    process = {}
+    if (value := e["pid"]) is not None:
+        process["pid"] = value
+    if (value := e["command_line"]) is not None:
+        process["cmd_line"] = value
+    if (value := e["process_created"]) is not None:
+        process["created_time"] = _ms(value)
+    if (image := e["image"]) is not None:
+        if (value := image.__dict__["name"]) is not None:
+            process["name"] = value
+        process["file"] = _file(image)
+    if parent:
+        process["parent_process"] = parent
+    if (value := _user(e["user"])) is not None:
+        process["user"] = value
+    out = {"process": process}
+    if (value := e["mde_device_id"]) is not None:
+        out["device"] = {"uid": value, "type_id": 0}
+    return out
 
 
-def _ip(ev: IpEvidence) -> dict[str, Any]:
-    side = next((_IP_SIDE[role] for role in ev.roles if role in _IP_SIDE), "dst_endpoint")
-    location = _compact({
-        "city": ev.city,
-        "country": ev.country_code,
-        "region": ev.state,
-        "lat": ev.latitude,
-        "long": ev.longitude,
-    })
-    return {side: _compact({"ip": ev.address, "location": location or None})}
+def _ip(e: dict[str, Any]) -> dict[str, Any]:
+    side = "dst_endpoint"
+    for role in e["roles"]:
+        if role in _IP_SIDE:
+            side = _IP_SIDE[role]
+            break
+    location = {}
+    if (value := e["city"]) is not None:
+        location["city"] = value
+    if (value := e["country_code"]) is not None:
+        location["country"] = value
+    if (value := e["state"]) is not None:
+        location["region"] = value
+    if (value := e["latitude"]) is not None:
+        location["lat"] = value
+    if (value := e["longitude"]) is not None:
+        location["long"] = value
+    endpoint = {} if (address := e["address"]) is None else {"ip": address}
+    if location:
+        endpoint["location"] = location
+    return {side: endpoint}
 
 
-def _url(ev: UrlEvidence) -> dict[str, Any]:
-    return {"url": _compact({"url_string": ev.url})}
+def _url(e: dict[str, Any]) -> dict[str, Any]:
+    url = e["url"]
+    return {"url": {} if url is None else {"url_string": url}}
 
 
-def _mailbox(ev: MailboxEvidence) -> dict[str, Any]:
+def _mailbox(e: dict[str, Any]) -> dict[str, Any]:
     # A mailbox is an account, not a message: OCSF's email object needs from and to.
-    user = _user(ev.user, ev.primary_address) or {}
-    if ev.display_name and "display_name" not in user:
-        user["display_name"] = ev.display_name
+    user = _user(e["user"], e["primary_address"]) or {}
+    display_name = e["display_name"]
+    if display_name and "display_name" not in user:
+        user["display_name"] = display_name
     return {"user": user}
 
 
-def _mail_message(ev: MailMessageEvidence) -> dict[str, Any]:
-    return {"email": _compact({
-        "uid": ev.network_message_id,
-        "message_uid": ev.internet_message_id,
-        "subject": ev.subject,
-        "from": ev.sender,
-        "smtp_from": ev.sender,
-        "to": [ev.recipient] if ev.recipient else None,
-        "smtp_to": ev.recipient,
-        "x_originating_ip": [ev.sender_ip] if ev.sender_ip else None,
-    })}
+def _mail_message(e: dict[str, Any]) -> dict[str, Any]:
+    email = {}
+    if (value := e["network_message_id"]) is not None:
+        email["uid"] = value
+    if (value := e["internet_message_id"]) is not None:
+        email["message_uid"] = value
+    if (value := e["subject"]) is not None:
+        email["subject"] = value
+    if (sender := e["sender"]) is not None:
+        email["from"] = sender
+        email["smtp_from"] = sender
+    recipient = e["recipient"]
+    if recipient:
+        email["to"] = [recipient]
+    if recipient is not None:
+        email["smtp_to"] = recipient
+    if sender_ip := e["sender_ip"]:
+        email["x_originating_ip"] = [sender_ip]
+    return {"email": email}
 
 
 class _EvidenceSpec:
     """How one evidence kind becomes an OCSF evidence: `build` makes its OCSF attributes;
     `unexpressed` names (dotted for sub-objects) the fields `build` has no attribute for,
-    which go to the evidence's `data` with its extra."""
+    which go to the evidence's `data` with its extra.
 
-    def __init__(self, build: Callable[[Any], dict[str, Any]], *unexpressed: str) -> None:
+    `convert` (the evidence's `__dict__` -> the whole OCSF evidence: `build`'s attributes,
+    then name, verdict and data) is compiled from the names into straight-line code, one
+    read and one truth test per field, as it runs for every evidence of every alert."""
+
+    def __init__(self, build: Callable[[dict[str, Any]], dict[str, Any]], *unexpressed: str) -> None:
         self.build = build
         self.names = ("created", "remediation_status", "roles", "detailed_roles", "tags",
                       *(name for name in unexpressed if "." not in name))
-        self.values = attrgetter(*self.names)  # one C-level call fetches them all
         self.dotted = tuple((name, tuple(name.split("."))) for name in unexpressed if "." in name)
-
-    def data(self, ev: BaseModel) -> dict[str, Any] | None:
-        data = {name: _DATA_CONVERT[name](value) if name in _DATA_CONVERT else value
-                for name, value in zip(self.names, self.values(ev)) if value}
-        for name, parts in self.dotted:
-            value: Any = ev
-            for part in parts:
-                value = getattr(value, part, None)  # a sub-object may be absent
-            if value:
-                data[name] = value
-        if ev.extra:
-            data["extra"] = ev.extra
-        return data or None
+        lines = [
+            "def convert(e):",
+            "    item = build(e)",
+            "    item['name'] = e['odata_type']",
+            "    value = e['verdict']",
+            ("    item['verdict_id'], item['verdict'] = _UNKNOWN if value is None else "
+             "_EVIDENCE_VERDICT.get(value) or (99, value)"),
+            "    data = {}",
+        ]
+        for name in self.names:
+            convert = _DATA_CONVERT.get(name)
+            lines.append(f"    value = e[{name!r}]")
+            lines.append(f"    if value: data[{name!r}] = {convert.__name__ if convert else ''}(value)")
+        for name, (first, *rest) in self.dotted:
+            lines.append(f"    value = e[{first!r}]")  # a sub-object may be absent, at any level
+            for part in rest:
+                lines.append(f"    value = None if value is None else value.__dict__.get({part!r})")
+            lines.append(f"    if value: data[{name!r}] = value")
+        lines += ["    value = e['extra']", "    if value: data['extra'] = value",
+                  "    if data: item['data'] = data", "    return item"]
+        namespace = {convert.__name__: convert for convert in _DATA_CONVERT.values()}
+        namespace.update(build=build, _UNKNOWN=_UNKNOWN, _EVIDENCE_VERDICT=_EVIDENCE_VERDICT)
+        exec("\n".join(lines), namespace)  # noqa: S102 - code written above from fixed field names
+        self.convert: Callable[[dict[str, Any]], dict[str, Any]] = namespace["convert"]
 
 
 # The unexpressed fields that are not JSON as they are (everything else is str or list of str).
@@ -384,38 +496,41 @@ _EVIDENCE = {
     "mail_message": _EvidenceSpec(_mail_message, "sender_display_name", "received", "delivery_action",
                                   "delivery_location", "direction", "urls", "threats"),
 }
+_CONVERT = {kind: spec.convert for kind, spec in _EVIDENCE.items()}
 
 
-def _evidences(alert: Alert) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
+def _evidences(evidence: list[BaseModel]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
     """(OCSF evidences, evidence with no OCSF object, as plain data for `unmapped`)."""
     mapped: list[dict[str, Any]] = []
     unmapped: list[dict[str, Any]] = []
-    for ev in alert.evidence:
-        spec = _EVIDENCE.get(ev.kind)
-        if spec is None:
+    for ev in evidence:
+        e = ev.__dict__
+        convert = _CONVERT.get(e["kind"])
+        if convert is None:
             unmapped.append(_plain(ev))
-            continue
-        item = spec.build(ev)
-        item["name"] = ev.odata_type
-        item["verdict_id"], item["verdict"] = _caption(_EVIDENCE_VERDICT, ev.verdict, (0, "Unknown"))
-        data = spec.data(ev)
-        if data:
-            item["data"] = data
-        mapped.append(item)
+        else:
+            mapped.append(convert(e))
     return mapped or None, unmapped or None
 
 
-def _attacks(alert: Alert) -> list[dict[str, Any]] | None:
+def _attacks(alert: dict[str, Any]) -> list[dict[str, Any]] | None:
     """MITRE techniques (T1059.001 -> technique T1059 + sub-technique T1059.001); the tactic
     is filled only when the alert's categories name exactly one ATT&CK tactic."""
-    categories = alert.categories or ([alert.category] if alert.category else [])
-    tactics = {_TACTICS[c.lower()] for c in categories if c.lower() in _TACTICS}
+    categories = alert["categories"] or ([alert["category"]] if alert["category"] else None)
     tactic = None
-    if len(tactics) == 1:
-        uid, name = tactics.pop()
-        tactic = {"uid": uid, "name": name}
+    if categories:
+        if len(categories) == 1:
+            found = _TACTICS.get(categories[0].lower())
+        else:
+            tactics = {_TACTICS[c.lower()] for c in categories if c.lower() in _TACTICS}
+            found = tactics.pop() if len(tactics) == 1 else None
+        if found is not None:
+            tactic = {"uid": found[0], "name": found[1]}
+    techniques = alert["mitre_techniques"]
+    if not techniques:
+        return [{"tactic": tactic}] if tactic else None
     attacks = []
-    for technique in alert.mitre_techniques:
+    for technique in techniques:
         parent, dot, _ = technique.partition(".")
         attack: dict[str, Any] = {"technique": {"uid": parent}}
         if dot:
@@ -423,19 +538,26 @@ def _attacks(alert: Alert) -> list[dict[str, Any]] | None:
         if tactic:
             attack["tactic"] = tactic
         attacks.append(attack)
-    if not attacks and tactic:
-        attacks.append({"tactic": tactic})
-    return attacks or None
+    return attacks
 
 
 def _comment(comment: Comment) -> dict[str, Any]:
-    return _compact({"text": comment.text, "author": comment.author, "created_time": _ms(comment.created)})
+    c = comment.__dict__
+    out = {}
+    if (value := c["text"]) is not None:
+        out["text"] = value
+    if (value := c["author"]) is not None:
+        out["author"] = value
+    if (value := c["created"]) is not None:
+        out["created_time"] = _ms(value)
+    return out
 
 
-def _severity(alert: Alert) -> tuple[int, str]:
-    if alert.severity is Severity.unknown and (alert.severity_original or "").lower() not in _NOT_A_SEVERITY:
-        return 99, alert.severity_original  # a severity Graph added later: Other, as sent
-    return _SEVERITY[alert.severity]
+def _severity(alert: dict[str, Any]) -> tuple[int, str]:
+    severity, original = alert["severity"], alert["severity_original"]
+    if severity is Severity.unknown and (original or "").lower() not in _NOT_A_SEVERITY:
+        return 99, original  # a severity Graph added later: Other, as sent
+    return _SEVERITY[severity]
 
 
 # --------------------------------------------------------------------------- entry points
@@ -443,92 +565,129 @@ def _severity(alert: Alert) -> tuple[int, str]:
 
 def to_ocsf(alert: Alert) -> dict[str, Any]:
     """The alert as an OCSF Detection Finding (a JSON-ready dict)."""
-    times = alert.times
-    updated = _ms(times.last_updated)
-    first, last = _ms(times.first_activity), _ms(times.last_activity)
-    activity_id, activity = _ACTIVITY.get(alert.status or "", _UPDATE)
-    severity_id, severity = _severity(alert)
-    status_id, status = _caption(_STATUS, alert.status, (0, "Unknown"))
-    attacks = _attacks(alert)
-    evidences, other_evidence = _evidences(alert)
-    categories = alert.categories or ([alert.category] if alert.category else None)
+    a = alert.__dict__
+    times = a["times"].__dict__
+    tenant = a["tenant"].__dict__
+    title = a["title"]
+    status = a["status"]
+    # The alert's own times are its own: no use asking _ms's cache.
+    updated = (times["last_updated"] - _EPOCH) // _MS
+    first = None if (value := times["first_activity"]) is None else (value - _EPOCH) // _MS
+    last = None if (value := times["last_activity"]) is None else (value - _EPOCH) // _MS
+    activity_id, activity, type_uid, type_name = _ACTIVITIES.get(status) or _UPDATE_ACTIVITY
+    severity_id, severity = _severity(a)
+    status_id, status_name = _UNKNOWN if status is None else _STATUS.get(status) or (99, status)
+    attacks = _attacks(a)
+    evidences, other_evidence = _evidences(a["evidence"])
 
-    finding_info = _compact({
-        "uid": alert.id,
-        "uid_alt": alert.provider_alert_id,
-        "title": alert.title,
-        "desc": alert.description,
-        "types": categories,
-        "analytic": _compact({"type_id": 1, "type": "Rule", "uid": alert.detector_id, "name": alert.title}),
-        "attacks": attacks,
-        "created_time": _ms(times.created),
-        "first_seen_time": first,
-        "last_seen_time": last,
-        "modified_time": updated,
-        "src_url": alert.alert_web_url,
-    })
-    product = _compact({
-        "name": alert.product_name or _PRODUCT_NAMES.get(alert.service_source or "", _DEFAULT_PRODUCT),
-        "vendor_name": VENDOR,
-        "uid": alert.service_source,
-        "feature": {"name": alert.detection_source} if alert.detection_source else None,
-    })
-    metadata = _compact({
-        "version": OCSF_VERSION,
-        "product": product,
-        "profiles": list(PROFILES),
-        "uid": alert.version_key,
-        "correlation_uid": alert.incident_id,
-        "tenant_uid": alert.tenant.id,
-        "labels": [alert.tenant.label],
-        "original_time": times.last_updated.isoformat(),
-        "logged_time": _ms(times.ingested),
-        "log_name": alert.source,
-    })
-    unmapped = _compact({
-        "mssp": {"tenant_id": alert.tenant.id, "customer": alert.tenant.label},
-        "schema_version": alert.schema_version,
-        "determination": alert.determination,
-        "investigation_state": alert.investigation_state,
-        "actor_display_name": alert.actor_display_name,
-        "threat_display_name": alert.threat_display_name,
-        "threat_family_name": alert.threat_family_name,
-        "alert_policy_id": alert.alert_policy_id,
-        "resolved_time": _ms(times.resolved),
-        "system_tags": alert.system_tags or None,
-        "comments": [_comment(c) for c in alert.comments] if alert.comments else None,
-        "custom_details": alert.custom_details or None,
-        "additional_data": alert.additional_data or None,
-        "extra": alert.extra or None,
-        "evidence": other_evidence,
-    })
+    info = {"uid": a["id"]}
+    if (value := a["provider_alert_id"]) is not None:
+        info["uid_alt"] = value
+    if title is not None:
+        info["title"] = title
+    if (value := a["description"]) is not None:
+        info["desc"] = value
+    if (value := a["categories"] or ([a["category"]] if a["category"] else None)) is not None:
+        info["types"] = value
+    analytic = {"type_id": 1, "type": "Rule"}
+    if (value := a["detector_id"]) is not None:
+        analytic["uid"] = value
+    if title is not None:
+        analytic["name"] = title
+    info["analytic"] = analytic
+    if attacks is not None:
+        info["attacks"] = attacks
+    if (value := times["created"]) is not None:
+        info["created_time"] = (value - _EPOCH) // _MS
+    if first is not None:
+        info["first_seen_time"] = first
+    if last is not None:
+        info["last_seen_time"] = last
+    info["modified_time"] = updated
+    if (value := a["alert_web_url"]) is not None:
+        info["src_url"] = value
+
+    service_source = a["service_source"]
+    product = {"name": a["product_name"] or _PRODUCT_NAMES.get(service_source or "", _DEFAULT_PRODUCT),
+               "vendor_name": VENDOR}
+    if service_source is not None:
+        product["uid"] = service_source
+    if detection_source := a["detection_source"]:
+        product["feature"] = {"name": detection_source}
+    metadata = {"version": OCSF_VERSION, "product": product, "profiles": list(PROFILES), "uid": a["version_key"]}
+    if (value := a["incident_id"]) is not None:
+        metadata["correlation_uid"] = value
+    metadata["tenant_uid"] = tenant["id"]
+    metadata["labels"] = [tenant["label"]]
+    metadata["original_time"] = times["last_updated"].isoformat()
+    if (value := times["ingested"]) is not None:
+        metadata["logged_time"] = (value - _EPOCH) // _MS
+    metadata["log_name"] = a["source"]
+
+    unmapped = {"mssp": {"tenant_id": tenant["id"], "customer": tenant["label"]},
+                "schema_version": a["schema_version"]}
+    if (value := a["determination"]) is not None:
+        unmapped["determination"] = value
+    if (value := a["investigation_state"]) is not None:
+        unmapped["investigation_state"] = value
+    if (value := a["actor_display_name"]) is not None:
+        unmapped["actor_display_name"] = value
+    if (value := a["threat_display_name"]) is not None:
+        unmapped["threat_display_name"] = value
+    if (value := a["threat_family_name"]) is not None:
+        unmapped["threat_family_name"] = value
+    if (value := a["alert_policy_id"]) is not None:
+        unmapped["alert_policy_id"] = value
+    if (value := times["resolved"]) is not None:
+        unmapped["resolved_time"] = (value - _EPOCH) // _MS
+    if value := a["system_tags"]:
+        unmapped["system_tags"] = value
+    if value := a["comments"]:
+        unmapped["comments"] = [_comment(c) for c in value]
+    if value := a["custom_details"]:
+        unmapped["custom_details"] = value
+    if value := a["additional_data"]:
+        unmapped["additional_data"] = value
+    if value := a["extra"]:
+        unmapped["extra"] = value
+    if other_evidence is not None:
+        unmapped["evidence"] = other_evidence
+
     event = {
         **_CLASS,
         "activity_id": activity_id,
         "activity_name": activity,
-        "type_uid": 200400 + activity_id,
-        "type_name": f"Detection Finding: {activity}",
+        "type_uid": type_uid,
+        "type_name": type_name,
         "severity_id": severity_id,
         "severity": severity,
         "status_id": status_id,
-        "status": status,
+        "status": status_name,
         "time": updated,
-        "start_time": first,
-        "end_time": last,
-        "message": alert.title,
-        "is_alert": activity_id != 3,
-        "finding_info": finding_info,
-        "attacks": attacks,  # security_control profile: the same list as in finding_info
-        "metadata": metadata,
-        "src_url": alert.incident_web_url,  # incident profile: the incident's page
-        "assignee": {"name": alert.assigned_to} if alert.assigned_to else None,
-        "remediation": {"desc": alert.recommended_actions} if alert.recommended_actions else None,
-        "evidences": evidences,
-        "unmapped": unmapped,
     }
-    if alert.classification is not None:
-        event["verdict_id"], event["verdict"] = _caption(_VERDICT, alert.classification, (0, "Unknown"))
-    return _compact(event)
+    if first is not None:
+        event["start_time"] = first
+    if last is not None:
+        event["end_time"] = last
+    if title is not None:
+        event["message"] = title
+    event["is_alert"] = activity_id != 3
+    event["finding_info"] = info
+    if attacks is not None:
+        event["attacks"] = attacks  # security_control profile: the same list as in finding_info
+    event["metadata"] = metadata
+    if (value := a["incident_web_url"]) is not None:
+        event["src_url"] = value  # incident profile: the incident's page
+    if value := a["assigned_to"]:
+        event["assignee"] = {"name": value}
+    if value := a["recommended_actions"]:
+        event["remediation"] = {"desc": value}
+    if evidences is not None:
+        event["evidences"] = evidences
+    event["unmapped"] = unmapped
+    if (classification := a["classification"]) is not None:
+        event["verdict_id"], event["verdict"] = _VERDICT.get(classification) or (99, classification)
+    return event
 
 
 def encode(alert: Alert) -> bytes:

@@ -178,6 +178,36 @@ def test_docs_sample_registry_goes_to_unmapped_and_tags_survive() -> None:
     assert event["evidences"][0]["device"]["groups"] == [{"name": "UnassignedGroup"}]
 
 
+def test_process_evidence_times() -> None:
+    """A process evidence has two creation times: the evidence's own (createdDateTime, in
+    `data` as on every evidence) and the process's (processCreationDateTime)."""
+    raw = _sample("graph_alerts_v2_list_docs.json")["value"][0]
+    event = ocsf.to_ocsf(normalise(raw, TENANT, INGESTED))
+    process = next(e for e in event["evidences"] if "process" in e)
+    source = next(e for e in raw["evidence"] if e["@odata.type"] == NS + "processEvidence")
+
+    def graph_ms(text: str) -> int:
+        return _ms(text[:26] + "+00:00")  # Graph's 7th fraction digit cut, as the mapping does
+
+    assert process["process"]["created_time"] == graph_ms(source["processCreationDateTime"])
+    assert process["process"]["parent_process"]["created_time"] == graph_ms(source["parentProcessCreationDateTime"])
+    assert process["data"]["created"] == graph_ms(source["createdDateTime"]) != process["process"]["created_time"]
+    assert "createdDateTime" not in process["data"].get("extra", {})
+
+
+def test_an_alert_from_the_outbox_encodes_the_same() -> None:
+    """The worker encodes the alert the outbox decoded (Alert.model_validate_json), not the
+    one normalise built: both must give the same bytes."""
+    raws = _factory_alerts(100)
+    for name in ("graph_alerts_v2_list_docs.json", "graph_alert_v2_mde_powershell_elastic_fixture.json"):
+        if (SAMPLES / name).exists():
+            data = _sample(name)
+            raws += data["value"] if "value" in data else [data]
+    for raw in raws:
+        alert = normalise(raw, TENANT, INGESTED)
+        assert ocsf.encode(Alert.model_validate_json(alert.model_dump_json())) == ocsf.encode(alert)
+
+
 @pytest.mark.parametrize(("status", "activity_id", "status_id", "is_alert"), [
     ("new", 1, 1, True), ("inProgress", 2, 2, True), ("resolved", 3, 4, False),
     ("unknown", 2, 0, True), (None, 2, 0, True), ("snoozed", 2, 99, True),

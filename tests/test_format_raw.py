@@ -55,6 +55,13 @@ def test_survives_the_outbox() -> None:
     assert document == original
 
 
+def test_generated_alerts_survive_the_outbox() -> None:
+    factory = pytest.importorskip("tests.peers.alert_factory")
+    for original in factory.make_alerts(100, TENANT.id, datetime(2026, 11, 1, tzinfo=UTC), timedelta(minutes=3)):
+        alert = normalise(original, TENANT, INGESTED)
+        assert raw.encode(Alert.model_validate_json(alert.model_dump_json())) == raw.encode(alert)
+
+
 def test_generated_alerts_round_trip() -> None:
     factory = pytest.importorskip("tests.peers.alert_factory")
     for original in factory.make_alerts(100, TENANT.id, datetime(2026, 11, 1, tzinfo=UTC), timedelta(minutes=3)):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.schema import Alert, Severity, TenantRef
+from core.schema import Alert, Severity, TenantRef, version_key
 from mappings import normaliser
 from mappings.graph_alerts_v2 import MappingError, normalise
 
@@ -134,12 +134,13 @@ def test_docs_sample_evidence(docs_alert: dict[str, Any]) -> None:
     assert (file.detection_status, file.detailed_roles) == ("detected", ["Referred in command line"])
 
     assert (process.pid, process.parent_pid, process.command_line) == (4780, 668, '"MsSense.exe"')
-    assert process.created == _utc(2021, 8, 12, 12, 43, 19, 77257)  # processCreationDateTime
+    assert process.process_created == _utc(2021, 8, 12, 12, 43, 19, 77257)  # processCreationDateTime
     assert process.parent_created == _utc(2021, 8, 12, 7, 39, 9, 90923)
     assert process.image.name == "MsSense.exe" and process.parent_image.name == "services.exe"
     assert (process.user.account_name, process.user.domain, process.user.sid) == ("SYSTEM", "NT AUTHORITY", "S-1-5-18")
-    # The evidence's own createdDateTime has no typed field on a process: kept verbatim.
-    assert process.extra["createdDateTime"] == "2021-04-27T12:19:27.7211305Z"
+    # The evidence's own createdDateTime is the base field `created`, as on every evidence.
+    assert process.created == _utc(2021, 4, 27, 12, 19, 27, 721130)
+    assert "createdDateTime" not in process.extra
 
     assert (registry.hive, registry.key) == ("HKEY_LOCAL_MACHINE",
                                              "SYSTEM\\CONTROLSET001\\CONTROL\\WMI\\AUTOLOGGER\\SENSEAUDITLOGGER")
@@ -232,6 +233,61 @@ def test_every_raw_key_is_mapped_or_in_extra() -> None:
             assert set(evidence.extra) <= set(source)
             if evidence.kind == "other":
                 assert evidence.extra == source
+
+
+def test_normalised_alerts_survive_the_outbox() -> None:
+    """normalise builds the models without validating them again (the tables check every
+    type): what it builds must be exactly what the outbox's JSON decodes back to, field by
+    field and type by type (a float stays a float, a list a fresh list, ...)."""
+    for raw in _raw_alerts():
+        alert = normalise(raw, TENANT, INGESTED)
+        stored = alert.model_dump_json()
+        decoded = Alert.model_validate_json(stored)
+        assert decoded == alert, f"alert {raw['id']}"
+        assert decoded.model_dump_json() == stored
+        assert Alert.model_validate(alert.model_dump()) == alert
+
+
+def test_built_models_share_no_mutable_state(powershell_alert: dict[str, Any]) -> None:
+    evidence = [{"@odata.type": NS + "urlEvidence"}, {"@odata.type": NS + "userEvidence"},
+                {"@odata.type": NS + "dnsEvidence", "domainName": "x.test"}]
+    first = normalise(_minimal(evidence=evidence), TENANT, INGESTED)
+    second = normalise(_minimal(evidence=evidence), TENANT, INGESTED)
+    # Defaults are fresh lists, dicts and (required) sub-models, never one shared.
+    for name in ("categories", "mitre_techniques", "system_tags", "comments", "custom_details", "additional_data"):
+        assert getattr(first, name) is not getattr(second, name), name
+    assert first.evidence[0].roles is not second.evidence[0].roles
+    assert first.evidence[1].user is not second.evidence[1].user
+    first.categories.append("Execution")
+    first.evidence[0].tags.append("mine")
+    first.evidence[1].user.upn = "someone@x.test"
+    assert second.categories == [] and second.evidence[0].tags == [] and second.evidence[1].user.upn is None
+    # Values are copies: changing the model does not change the alert as Graph sent it.
+    assert first.evidence[2].extra == evidence[2] and first.evidence[2].extra is not evidence[2]
+    alert = normalise(powershell_alert, TENANT, INGESTED)
+    assert alert.mitre_techniques == powershell_alert["mitreTechniques"]
+    assert alert.mitre_techniques is not powershell_alert["mitreTechniques"]
+    # Every field counts as set (as for a model read back from JSON); assignment works as on
+    # any model, and leaves the other alerts alone.
+    assert first.model_fields_set == set(Alert.model_fields)
+    assert first.evidence[0].model_fields_set == set(type(first.evidence[0]).model_fields)
+    first.title = "changed"
+    assert (first.title, second.title) == ("changed", None)
+    assert second.model_fields_set == set(Alert.model_fields)
+    copy_ = first.model_copy(update={"title": "copied"})
+    assert (copy_.title, first.title) == ("copied", "changed")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)), st.integers(0, 9),
+       st.sampled_from(["Z", "+00:00", "+02:00", ""]), st.booleans())
+def test_version_key_from_graph_text(moment: datetime, tick: int, offset: str, graph_style: bool) -> None:
+    """normalise takes the version key's time from Graph's own text when Graph wrote it its
+    usual way; it must be exactly what `version_key` makes of the parsed time."""
+    text = moment.isoformat(timespec="microseconds") + (str(tick) if graph_style else "") + offset
+    alert = normalise(_minimal(lastUpdateDateTime=text), TENANT, INGESTED)
+    assert alert.version_key == version_key(TENANT.id, "da1_2", alert.times.last_updated)
+    assert alert.version_key == f"{TENANT.id}/da1_2/{alert.times.last_updated.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
 
 
 def test_unknown_alert_property_is_kept() -> None:
@@ -524,6 +580,12 @@ def test_any_json_alert_normalises_or_raises_mapping_error(raw: dict[str, Any]) 
         assert str(error)  # a reason, always
         return
     assert isinstance(alert, Alert) and alert.raw is raw
+    if not _has_infinity(raw):  # JSON has no infinity: the outbox writes it as null
+        assert Alert.model_validate_json(alert.model_dump_json()) == alert
+
+
+def _has_infinity(value: Any) -> bool:
+    return any(isinstance(leaf, float) and leaf in (float("inf"), float("-inf")) for leaf in _leaves(value))
 
 
 @settings(max_examples=200, deadline=None)
