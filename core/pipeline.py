@@ -216,6 +216,7 @@ class Forwarder:
         result.dead += len(commit.dead)
         versions = [(a.id, format_time(a.times.last_updated)) for a in alerts]
         unseen = self.store.unseen(ref.id, versions)
+        known = self.store.known(ref.id, [alert_id for alert_id, _ in unseen])
         for alert, version in zip(alerts, versions, strict=True):
             outcome.high_water = _later(outcome.high_water, alert.times.last_updated)
             if version not in unseen:
@@ -223,6 +224,8 @@ class Forwarder:
                 continue
             unseen.discard(version)  # the same version twice in one page is one version
             commit.seen.append(version)
+            alert.first_sight = alert.id not in known
+            known.add(alert.id)
             self._route(alert, commit, outcome, result)
         return outcome
 

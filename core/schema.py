@@ -264,6 +264,9 @@ class Alert(_Model):
     # Alert properties with no typed field above (Graph's tenantId, properties Graph adds
     # later), verbatim, so that formats other than `raw` carry them too.
     extra: dict[str, Any] = Field(default_factory=dict)
+    # Set by the pipeline: True when no earlier version of this alert was ever queued
+    # (OCSF's Create), False for an update; None where nobody knows (e.g. `convert`).
+    first_sight: bool | None = None
     # The alert exactly as the API sent it; never validated, so it is kept whole.
     raw: Any = None
 

@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS cursors (
 CREATE TABLE IF NOT EXISTS seen (
     tenant_id TEXT NOT NULL, alert_id TEXT NOT NULL, last_update TEXT NOT NULL,
     PRIMARY KEY (tenant_id, alert_id, last_update)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_alerts (
+    tenant_id TEXT NOT NULL, alert_id TEXT NOT NULL, first_queued REAL NOT NULL,
+    PRIMARY KEY (tenant_id, alert_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, tenant_id TEXT NOT NULL,
     version_key TEXT NOT NULL, payload BLOB NOT NULL, enqueued REAL NOT NULL,
@@ -38,6 +41,8 @@ CREATE TABLE IF NOT EXISTS tenant_status (
     last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
 """
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+# Defender keeps alerts 180 days; an alert id unseen for longer cannot come back as an update.
+KNOWN_ALERT_RETENTION = 180 * 86400
 
 
 class StateLocked(Exception):
@@ -91,6 +96,7 @@ class TenantStatus:
 class StateStore(Protocol):
     def cursor(self, tenant_id: str, source: str) -> datetime | None: ...
     def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
+    def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]: ...
     def commit_page(self, page: PageCommit) -> None: ...
     def prune_seen(self, tenant_id: str, older_than: datetime) -> int: ...
     def outbox_depth(self, sink: str) -> int: ...
@@ -184,12 +190,27 @@ class SQLiteStore:
             known.update(rows)
         return wanted - known
 
+    def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]:
+        """The ids of alerts of which some version was queued before."""
+        found: set[str] = set()
+        for chunk in _chunks(sorted(set(alert_ids)), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT alert_id FROM known_alerts WHERE tenant_id=? AND alert_id IN ({marks})", (tenant_id, *chunk)
+            )
+            found.update(alert_id for (alert_id,) in rows)
+        return found
+
     def commit_page(self, page: PageCommit) -> None:
         now = time.time()
         with self._transaction() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
                 [(page.tenant_id, alert_id, last) for alert_id, last in page.seen],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO known_alerts VALUES (?, ?, ?)",
+                [(page.tenant_id, alert_id, now) for alert_id, _ in page.seen],
             )
             db.executemany(
                 "INSERT INTO outbox (sink, tenant_id, version_key, payload, enqueued) VALUES (?, ?, ?, ?, ?)",
@@ -206,6 +227,10 @@ class SQLiteStore:
     def prune_seen(self, tenant_id: str, older_than: datetime) -> int:
         cur = self.db.execute(
             "DELETE FROM seen WHERE tenant_id=? AND last_update < ?", (tenant_id, format_time(older_than))
+        )
+        self.db.execute(
+            "DELETE FROM known_alerts WHERE tenant_id=? AND first_queued < ?",
+            (tenant_id, time.time() - KNOWN_ALERT_RETENTION),
         )
         return cur.rowcount
 

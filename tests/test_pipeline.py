@@ -189,3 +189,21 @@ def test_unpaired_surrogate_and_huge_description_do_not_stop_the_page(tmp_path: 
     store.close()
     assert alerts[0]["id"] in out or [d.version_key for d in dead] == [alerts[0]["id"]]
     assert result.queued + result.dead == 3
+
+
+def test_first_sight_is_marked_once_per_alert_across_runs(tmp_path: Path) -> None:
+    alerts = make_alerts(2, TENANT, T0, timedelta(minutes=1), seed=8)
+    replay = write_replay(tmp_path / "replay", [alerts])
+    config = write_config(tmp_path / "forwarder.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
+        "tenants.acme": {"tenant_id": TENANT, "replay": str(replay)},
+        "sinks.ocsf": {"type": "file", "path": str(tmp_path / "ocsf.ndjson"), "format": "ocsf"},
+    })
+    _run(config)
+    write_replay(replay, [alerts, [updated_version(alerts[0], T0 + timedelta(hours=3), status="inProgress")]])
+    _run(config)
+    store = SQLiteStore(tmp_path / "state.db")
+    assert store.known(TENANT, [a["id"] for a in alerts] + ["never-seen"]) == {a["id"] for a in alerts}
+    store.close()
+    findings = read_ndjson(tmp_path / "ocsf.ndjson")
+    assert [f["finding_info"]["uid"] for f in findings] == [alerts[0]["id"], alerts[1]["id"], alerts[0]["id"]]
