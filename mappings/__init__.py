@@ -17,7 +17,12 @@ if TYPE_CHECKING:
 
 # Every format the configuration may name (DESIGN.md), and the ones implemented so far.
 OUTPUT_FORMATS = ("raw", "ocsf", "ecs", "cim", "cef")
-AVAILABLE_FORMATS = {"raw": "mappings.raw", "ocsf": "mappings.ocsf"}
+AVAILABLE_FORMATS = {
+    "raw": "mappings.raw",
+    "ocsf": "mappings.ocsf",
+    "cim": "mappings.cim",
+    "cef": "mappings.cef",
+}
 
 SOURCES = {"graph": "mappings.graph_alerts_v2"}
 

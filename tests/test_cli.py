@@ -119,9 +119,27 @@ def test_convert_graph_list_response_to_ocsf_and_raw() -> None:
     assert ocsf["class_uid"] == 2004 and ocsf["finding_info"]["uid"] == expected[0]["id"]
 
 
-def test_convert_refuses_formats_of_the_next_issue() -> None:
-    result = run_cli("convert", "--format", "ecs", "-")
-    assert result.returncode == 2 and "not available yet" in result.stderr
+def test_convert_refuses_an_unknown_format() -> None:
+    result = run_cli("convert", "--format", "leef", "-")
+    assert result.returncode == 2 and "unknown format 'leef'" in result.stderr
+
+
+def test_convert_to_every_format_one_line_per_alert(tmp_path: Path) -> None:
+    from mappings import AVAILABLE_FORMATS
+    from tests.cef_parser import parse
+
+    alerts = make_alerts(4, "77777777-7777-4777-8777-777777777777", recent(10), timedelta(minutes=1), seed=5)
+    source = tmp_path / "page.json"
+    source.write_text(json.dumps({"value": alerts}))
+    for fmt in AVAILABLE_FORMATS:
+        result = run_cli("convert", "--format", fmt, str(source))
+        assert result.returncode == 0, (fmt, result.stderr)
+        lines = result.stdout.splitlines()
+        assert len(lines) == 4, fmt
+        if fmt == "cef":
+            assert [parse(line).extension["cs3"] for line in lines] == [a["id"] for a in alerts]
+        else:
+            assert all(isinstance(json.loads(line), dict) for line in lines)
 
 
 def test_convert_ndjson_with_a_bad_alert_writes_the_good_ones_then_exits_1(tmp_path: Path) -> None:

@@ -65,9 +65,9 @@ def test_unknown_and_planned_sink_types_are_refused_clearly() -> None:
     assert planned.startswith("sinks.archive.type: ") and "not available in this version" in planned
 
 
-def test_format_not_available_yet_is_refused_with_its_path() -> None:
-    problem = _problems(_with(sinks__archive__format="ecs"))[0]
-    assert problem.startswith("sinks.archive.format: ") and "not available yet" in problem
+def test_unknown_format_is_refused_with_its_path() -> None:
+    problem = _problems(_with(sinks__archive__format="leef"))[0]
+    assert problem.startswith("sinks.archive.format: ") and "unknown format 'leef'" in problem
 
 
 def test_references_between_tables_are_checked() -> None:

@@ -1,0 +1,493 @@
+r"""`core.schema.Alert` -> one ArcSight CEF:0 line (header + extension), for syslog receivers.
+
+    CEF:0|Microsoft|<product>|<device version>|<event class id>|<name>|<severity>|<extension>
+
+Reference: `reference/sinks.md` §3 (header §3.1, escaping §3.2, keys and lengths §3.3,
+Microsoft's historical Defender -> ArcSight mapping §3.4, Sentinel CommonSecurityLog §3.6).
+`encode` returns one line of UTF-8 without a trailing newline. Choices a README documents:
+
+Header
+- Device Vendor `Microsoft`. Device Product from `serviceSource` (table `PRODUCTS`); a
+  source the table does not know gives `productName`, else the `serviceSource` value as
+  sent, else `Microsoft Defender`.
+- Device Version: the API the alert was read from, `alerts_v2` for Graph
+  `security/alerts_v2` (table `DEVICE_VERSIONS`; any other source: its `Alert.source`).
+  Defender states no product version per alert; the API resource is what fixes the alert's
+  schema, which is what a parser keyed on vendor/product/version needs to know.
+- Device Event Class ID ("a unique identifier per event-type", logstash's `signature`):
+  `detectorId`, the id of the detection rule, stable across every alert it raises; else
+  `alertPolicyId` (policy-based alerts), else `category`, else `alert`. The alert's own id
+  is per-event and goes to `externalId`/`cs3`.
+- Name: the alert title (else `Microsoft Defender alert`).
+- Severity: informational 1, low 3, medium 5, high 8, critical 10, unknown (or a severity
+  Graph adds later) 0, so that Sentinel's LogSeverity buckets (0-3 Low, 4-6 Medium,
+  7-8 High, 9-10 Very-High) match Defender's.
+- Header lengths (CEF key table): vendor 63, product 63, version 31, event class id 1023,
+  name 512.
+
+Extension
+- Keys in the fixed order of the table below; a key whose value is absent or empty is left
+  out, and a label (`cs1Label`, ...) is written, just before its value, only when the value
+  is. Times are milliseconds since the epoch (the spec's other form, `MMM dd yyyy HH:mm:ss`,
+  has no zone unless one is appended). `src`/`dst` take IPv4 addresses only (their CEF type);
+  an IPv6 address goes to `c6a2`/`c6a3` as CEF's IPv6 fields do; a value that is no IP
+  address (or has a scope id, `fe80::1%eth0`) is left out.
+
+Text rules (every string value, header and extension)
+- Escaping (§3.2): header `\` -> `\\` and `|` -> `\|`; extension `\` -> `\\`,
+  `=` -> `\=`, LF -> `\n`, CR -> `\r` (`|` needs no escape there). The header has no
+  newline escape (decoders accept only `\|` and `\\` there), so CR and LF in a header
+  field become a space, as logstash's CEF codec does.
+- Control characters never reach the wire raw: TAB becomes a space; every other C0 control
+  (NUL included), DEL, the C1 controls U+0080-U+009F, the line/paragraph separators
+  U+2028/U+2029 and lone surrogates become U+FFFD (replaced, not dropped, so that the
+  words either side stay apart and the reader sees that something was there). A line
+  therefore holds no character any common reader splits lines on (`str.splitlines`).
+- Leading and trailing spaces are removed (CEF has no escape for a space, and a value's
+  end is only found by the next ` key=`), and then an empty value counts as absent.
+- Lengths: the limits of CEF's key table (table below), counted in UTF-8 bytes of the value
+  as the receiver stores it (unescaped). Bytes are the strictest reading of the spec's
+  "String n": never fewer than characters or UTF-16 units. A longer value is cut at a
+  code point boundary and ends with the marker `…` (U+2026, 3 bytes), the marker included
+  in the limit; the cut happens before escaping, so it never splits an escape sequence.
+  The `cs1`..`cs6` values are ids, so their limit is the older specs' 1023 (v25: 4000).
+
+Extension keys (Microsoft's historical Defender -> ArcSight mapping where it has one; `cs1`
+`cs4` `cs5` are re-purposed, their legacy contents ThreatName, Actor and Md5 dropped, for
+the MSSP context; labels are written as given here):
+
+| CEF key | Label | Alert field | Max length |
+|---|---|---|---|
+| `rt` |  | `times.last_updated` (ms since epoch) | timestamp |
+| `start` |  | `times.first_activity` (ms since epoch) | timestamp |
+| `end` |  | `times.last_activity` (ms since epoch) | timestamp |
+| `externalId` |  | `id` (cut when longer; the full id is in `cs3`) | 40 |
+| `cat` |  | `category`, else the first of `categories` | 1023 |
+| `act` |  | `status` | 63 |
+| `sourceServiceName` |  | `detection_source` | 1023 |
+| `msg` |  | `description` | 1023 |
+| `dhost` |  | first device evidence: `fqdn`, else `hostname` | 1023 |
+| `dst` |  | that device's `last_ip`, else its first `ip_addresses` | IPv4 address |
+| `c6a3` | `Destination IPv6 Address` | the same address when it is IPv6 | IPv6 address |
+| `duser` |  | first user (or mailbox) evidence with an account: `upn`, else `domain\account`, else `account_name` (mailbox: else its `upn`, else `primary_address`) | 1023 |
+| `src` |  | first IP evidence `address` | IPv4 address |
+| `c6a2` | `Source IPv6 Address` | the same address when it is IPv6 | IPv6 address |
+| `fname` |  | first file evidence (else first process evidence's image): `name` | 1023 |
+| `filePath` |  | that file's full path: `path` + separator + `name` | 1023 |
+| `fileHash` |  | that file's `sha1`, else `sha256`, else `md5` | 255 |
+| `request` |  | first URL evidence `url` | 1023 |
+| `flexString1` | `alertWebUrl` | `alert_web_url` | 1023 |
+| `flexString2` | `incidentWebUrl` | `incident_web_url` | 1023 |
+| `deviceCustomDate1` | `createdDateTime` | `times.created` (ms since epoch) | timestamp |
+| `cs1` | `tenantId` | `tenant.id` | 1023 |
+| `cs2` | `customer` | `tenant.label` | 1023 |
+| `cs3` | `alertId` | `id` (whole) | 1023 |
+| `cs4` | `mitreTechniques` | `mitre_techniques`, joined with `,` | 1023 |
+| `cs5` | `incidentId` | `incident_id` | 1023 |
+| `cs6` | `sha256` | that file's `sha256` | 1023 |
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from core.schema import Alert, Severity, UserInfo
+
+VENDOR = "Microsoft"
+DEFAULT_PRODUCT = "Microsoft Defender"
+DEFAULT_NAME = "Microsoft Defender alert"
+DEFAULT_EVENT_CLASS = "alert"
+TRUNCATED = "\u2026"  # marks a value cut to its key's limit
+_TRUNCATED_BYTES = len(TRUNCATED.encode())
+
+# Graph serviceSource -> CEF Device Product.
+PRODUCTS = {
+    "microsoftDefenderForEndpoint": "Microsoft Defender for Endpoint",
+    "microsoftDefenderForIdentity": "Microsoft Defender for Identity",
+    "microsoftDefenderForCloudApps": "Microsoft Defender for Cloud Apps",
+    "microsoftDefenderForOffice365": "Microsoft Defender for Office 365",
+    "microsoft365Defender": "Microsoft Defender XDR",
+    "azureAdIdentityProtection": "Microsoft Entra ID Protection",
+    "microsoftAppGovernance": "Microsoft App Governance",
+    "dataLossPrevention": "Microsoft Purview Data Loss Prevention",
+    "microsoftDefenderForCloud": "Microsoft Defender for Cloud",
+    "microsoftSentinel": "Microsoft Sentinel",
+    "microsoftInsiderRiskManagement": "Microsoft Purview Insider Risk Management",
+    "microsoftThreatIntelligence": "Microsoft Defender Threat Intelligence",
+    "microsoftSecurityForAI": "Microsoft Security for AI",
+}
+
+# Alert.source -> CEF Device Version.
+DEVICE_VERSIONS = {"graph_alerts": "alerts_v2"}
+
+# Normalised severity -> CEF severity (0-10).
+SEVERITIES = {
+    Severity.unknown: 0,
+    Severity.informational: 1,
+    Severity.low: 3,
+    Severity.medium: 5,
+    Severity.high: 8,
+    Severity.critical: 10,
+}
+
+# CEF header field -> max length (UTF-8 bytes, as for the extension).
+HEADER_LIMITS = {
+    "vendor": 63,
+    "product": 63,
+    "device_version": 31,
+    "event_class_id": 1023,
+    "name": 512,
+}
+
+
+# --------------------------------------------------------------------------- text rules
+
+# Everything that must not reach the wire raw (see the module docstring); CR and LF are in
+# here too, to be escaped (extension) or made spaces (header).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_EXTENSION_CONTROL = {"\t": " ", "\n": "\n", "\r": "\r"}
+_HEADER_CONTROL = {"\t": " ", "\n": " ", "\r": " "}
+
+
+def _extension_control(match: re.Match[str]) -> str:
+    return _EXTENSION_CONTROL.get(match.group(), "\ufffd")
+
+
+def _header_control(match: re.Match[str]) -> str:
+    return _HEADER_CONTROL.get(match.group(), "\ufffd")
+
+
+def _fit(text: str, limit: int) -> str:
+    """`text` within `limit` UTF-8 bytes: cut at a code point boundary and marked when longer."""
+    if len(text) * 4 <= limit:  # (no character is more than 4 bytes)
+        return text
+    if text.isascii():
+        return text if len(text) <= limit else text[: limit - _TRUNCATED_BYTES] + TRUNCATED
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - _TRUNCATED_BYTES].decode("utf-8", "ignore") + TRUNCATED
+
+
+def clean(text: str, limit: int, header: bool = False) -> str:
+    """A value as the receiver stores it: controls replaced, spaces trimmed, fitted to `limit`
+    (not escaped); "" counts as absent. The text rules of the module docstring, in one place."""
+    if not text.isprintable():  # False for any control character; True for `\`, `=`, `|`
+        text = _CONTROL.sub(_header_control if header else _extension_control, text)
+    return _fit(text.strip(" "), limit)
+
+
+def _extension(text: str, limit: int) -> str:
+    """`clean`, then the extension escapes."""
+    text = clean(text, limit)
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "=" in text:
+        text = text.replace("=", "\\=")
+    if "\n" in text:
+        text = text.replace("\n", "\\n")
+    if "\r" in text:
+        text = text.replace("\r", "\\r")
+    return text
+
+
+def _header(text: str | None, limit: int, default: str) -> str:
+    """`clean` (header flavour; `default` when nothing is left), then the header escapes."""
+    text = (clean(text, limit, header=True) if text else "") or default
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "|" in text:
+        text = text.replace("|", "\\|")
+    return text
+
+
+# --------------------------------------------------------------------------- derived values
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+# address text -> 4, 6, or 0 (not an IP address); the alerts of one tenant repeat addresses.
+_IP_VERSIONS: dict[str, int] = {}
+
+
+def _ip_version(text: str) -> int:
+    version = _IP_VERSIONS.get(text)
+    if version is None:
+        try:
+            # (a scope id, `fe80::1%eth0`, may hold any text; no CEF address type has one)
+            version = 0 if "%" in text else ipaddress.ip_address(text).version
+        except ValueError:
+            version = 0
+        if len(text) <= 64:  # (an address is shorter; garbage is not worth remembering)
+            if len(_IP_VERSIONS) >= 4096:
+                _IP_VERSIONS.clear()
+            _IP_VERSIONS[text] = version
+    return version
+
+
+def ipv4(text: str | None) -> str | None:
+    return text if text and _ip_version(text) == 4 else None
+
+
+def ipv6(text: str | None) -> str | None:
+    return text if text and _ip_version(text) == 6 else None
+
+
+def account(user: UserInfo | None) -> str | None:
+    """An account as `duser` writes it: UPN, else `domain\\account`, else the account name."""
+    if user is None:
+        return None
+    u = user.__dict__
+    if u["upn"]:
+        return u["upn"]
+    name, domain = u["account_name"], u["domain"]
+    if name and domain:
+        return f"{domain}\\{name}"
+    return name or None
+
+
+def full_path(f: dict[str, Any]) -> str | None:
+    """Graph's filePath is the folder; CEF's filePath is the full path, file name included."""
+    name, folder = f["name"], f["path"]
+    if not folder:
+        return name
+    if not name:
+        return folder
+    separator = "\\" if "\\" in folder else "/"
+    return folder + name if folder.endswith(separator) else folder + separator + name
+
+
+def picks(evidence: list[Any]) -> tuple[Any, ...]:
+    """The evidence the table reads: (device name, device IP, user, IP address, file (a
+    FileInfo's fields), URL), each from the first evidence of its kind that has one (the
+    device's name and IP: from the first device evidence)."""
+    device = user = ip = file = image = url = None
+    for item in evidence:
+        e = item.__dict__
+        kind = e["kind"]
+        if kind == "device":
+            if device is None:
+                device = e
+        elif kind == "user":
+            if not user:
+                user = account(e["user"])
+        elif kind == "ip":
+            if not ip:
+                ip = e["address"]
+        elif kind == "file":
+            if file is None:
+                file = e["file"]
+        elif kind == "process":
+            if image is None:
+                image = e["image"]
+        elif kind == "url":
+            if not url:
+                url = e["url"]
+        elif kind == "mailbox" and not user:
+            user = account(e["user"]) or e["upn"] or e["primary_address"]
+    if device is None:
+        device_name = device_ip = None
+    else:
+        addresses = device["ip_addresses"]
+        device_name = device["fqdn"] or device["hostname"]
+        device_ip = device["last_ip"] or (addresses[0] if addresses else None)
+    file = file or image
+    return device_name, device_ip, user, ip, None if file is None else file.__dict__, url
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Key:
+    """One extension key.
+
+    `field` says what it carries (for the README); `read` is the Python expression that reads
+    it, over `a` (the alert's fields), `t` (its times), `tenant`, and the evidence `picks`
+    (`device_name`, `device_ip`, `user`, `ip`, `f`, `url`). `kind` is "text" (cleaned, fitted
+    to `limit` UTF-8 bytes, escaped), "time" (a datetime, written as ms since the epoch),
+    "ipv4" or "ipv6" (written when it is an address of that version, else left out). `label`
+    is written as `<key>Label` before the value. `repeats`: values recur across alerts
+    (a tenant's hosts, users, categories), so the written text is remembered per value."""
+
+    key: str
+    field: str
+    read: str
+    limit: int | None = None
+    label: str | None = None
+    kind: str = "text"
+    repeats: bool = False
+
+    @property
+    def limit_text(self) -> str:
+        if self.kind == "time":
+            return "timestamp"
+        if self.kind in ("ipv4", "ipv6"):
+            return f"{self.kind[:2].upper()}{self.kind[2:]} address"
+        return str(self.limit)
+
+    @property
+    def prefix(self) -> str:
+        """What is written before the value: `key=`, after `keyLabel=label ` if labelled."""
+        return f"{self.key}Label={_extension(self.label, 1023)} {self.key}=" if self.label else f"{self.key}="
+
+
+EXTENSION: tuple[Key, ...] = (
+    Key("rt", "`times.last_updated` (ms since epoch)", 't["last_updated"]', kind="time"),
+    Key("start", "`times.first_activity` (ms since epoch)", 't["first_activity"]', kind="time"),
+    Key("end", "`times.last_activity` (ms since epoch)", 't["last_activity"]', kind="time"),
+    Key("externalId", "`id` (cut when longer; the full id is in `cs3`)", 'a["id"]', 40),
+    Key("cat", "`category`, else the first of `categories`",
+        'a["category"] or (a["categories"][0] if a["categories"] else None)', 1023, repeats=True),
+    Key("act", "`status`", 'a["status"]', 63, repeats=True),
+    Key("sourceServiceName", "`detection_source`", 'a["detection_source"]', 1023, repeats=True),
+    Key("msg", "`description`", 'a["description"]', 1023),
+    Key("dhost", "first device evidence: `fqdn`, else `hostname`", "device_name", 1023, repeats=True),
+    Key("dst", "that device's `last_ip`, else its first `ip_addresses`", "device_ip", kind="ipv4", repeats=True),
+    Key("c6a3", "the same address when it is IPv6", "device_ip", label="Destination IPv6 Address", kind="ipv6",
+        repeats=True),
+    Key("duser", "first user (or mailbox) evidence with an account: `upn`, else `domain\\account`, else "
+        "`account_name` (mailbox: else its `upn`, else `primary_address`)", "user", 1023, repeats=True),
+    Key("src", "first IP evidence `address`", "ip", kind="ipv4", repeats=True),
+    Key("c6a2", "the same address when it is IPv6", "ip", label="Source IPv6 Address", kind="ipv6", repeats=True),
+    Key("fname", "first file evidence (else first process evidence's image): `name`",
+        'f["name"] if f else None', 1023, repeats=True),
+    Key("filePath", "that file's full path: `path` + separator + `name`", "full_path(f) if f else None", 1023,
+        repeats=True),
+    Key("fileHash", "that file's `sha1`, else `sha256`, else `md5`",
+        'f["sha1"] or f["sha256"] or f["md5"] if f else None', 255, repeats=True),
+    Key("request", "first URL evidence `url`", "url", 1023, repeats=True),
+    Key("flexString1", "`alert_web_url`", 'a["alert_web_url"]', 1023, "alertWebUrl"),
+    Key("flexString2", "`incident_web_url`", 'a["incident_web_url"]', 1023, "incidentWebUrl"),
+    Key("deviceCustomDate1", "`times.created` (ms since epoch)", 't["created"]', label="createdDateTime",
+        kind="time"),
+    Key("cs1", "`tenant.id`", 'tenant["id"]', 1023, "tenantId", repeats=True),
+    Key("cs2", "`tenant.label`", 'tenant["label"]', 1023, "customer", repeats=True),
+    Key("cs3", "`id` (whole)", 'a["id"]', 1023, "alertId"),
+    Key("cs4", "`mitre_techniques`, joined with `,`", '",".join(a["mitre_techniques"])', 1023,
+        "mitreTechniques", repeats=True),
+    Key("cs5", "`incident_id`", 'a["incident_id"]', 1023, "incidentId"),
+    Key("cs6", "that file's `sha256`", 'f["sha256"] if f else None', 1023, "sha256", repeats=True),
+)
+
+
+def markdown_table() -> str:
+    """The extension table as the module docstring (and the README) shows it."""
+    lines = ["| CEF key | Label | Alert field | Max length |", "|---|---|---|---|"]
+    for row in EXTENSION:
+        label = f"`{row.label}`" if row.label else ""
+        lines.append(f"| `{row.key}` | {label} | {row.field} | {row.limit_text} |")
+    return "\n".join(lines)
+
+
+def _part(row: Key, value: Any) -> str:
+    """`key=value` as written (labelled, cleaned, escaped), or "" when the value is left out."""
+    if row.kind == "time":
+        return row.prefix + str((value - _EPOCH) // _MS)
+    if row.kind == "ipv4":
+        return row.prefix + value if ipv4(value) else ""
+    if row.kind == "ipv6":
+        return row.prefix + value if ipv6(value) else ""
+    value = _extension(value, row.limit)
+    return row.prefix + value if value else ""
+
+
+_MEMO_MAX = 1024  # texts remembered per `repeats` key; emptied when full
+_MEMO_LEN = 256  # longer values are not remembered (memory stays small whatever the data)
+
+
+def _compile_extension(rows: tuple[Key, ...]) -> Any:
+    """The table as one straight-line function, as it runs for every alert of every CEF sink:
+    per key, one read and one truth test, then a dict look-up (`repeats`) or, for text, the
+    usual case inline (printable ASCII within the limit, no spaces to trim); `_part` does
+    the rest."""
+    namespace: dict[str, Any] = {"_part": _part, "_EPOCH": _EPOCH, "full_path": full_path, "_MEMO_MAX": _MEMO_MAX,
+                                 "_MEMO_LEN": _MEMO_LEN}
+    lines = ["def extension(a, t, tenant, device_name, device_ip, user, ip, f, url):",
+             "    parts = []", "    append = parts.append"]
+    for index, row in enumerate(rows):
+        namespace[f"R{index}"], namespace[f"P{index}"] = row, row.prefix
+        lines.append(f"    value = {row.read}")
+        if row.repeats:
+            namespace[f"M{index}"] = {}
+            lines += [
+                "    if value:",
+                f"        part = M{index}.get(value)",
+                "        if part is None:",
+                f"            part = _part(R{index}, value)",
+                "            if len(value) <= _MEMO_LEN:",
+                f"                if len(M{index}) >= _MEMO_MAX: M{index}.clear()",
+                f"                M{index}[value] = part",
+                "        if part: append(part)",
+            ]
+        elif row.kind == "time":
+            lines += [
+                "    if value is not None:",
+                "        d = value - _EPOCH",
+                f"        append(P{index} + str(d.days * 86400000 + d.seconds * 1000 + d.microseconds // 1000))",
+            ]
+        elif row.kind == "text":
+            lines += [
+                "    if value:",
+                (f"        if value.isprintable() and value.isascii() and len(value) <= {row.limit} "
+                 "and value[0] != ' ' and value[-1] != ' ':"),
+                "            if '\\\\' in value: value = value.replace('\\\\', '\\\\\\\\')",
+                "            if '=' in value: value = value.replace('=', '\\\\=')",
+                f"            append(P{index} + value)",
+                "        else:",
+                f"            value = _part(R{index}, value)",
+                "            if value: append(value)",
+            ]
+        else:
+            lines += ["    if value:", f"        value = _part(R{index}, value)", "        if value: append(value)"]
+    lines.append("    return ' '.join(parts)")
+    exec("\n".join(lines), namespace)  # noqa: S102 - code written above from the fixed table
+    return namespace["extension"]
+
+
+_EXTENSION_TEXT = _compile_extension(EXTENSION)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def header_fields(alert: Alert) -> list[str]:
+    """The seven header fields, escaped."""
+    a = alert.__dict__
+    service_source = a["service_source"]
+    product = (PRODUCTS.get(service_source) if service_source else None) or a["product_name"] or service_source
+    source = a["source"]
+    return [
+        "CEF:0",
+        VENDOR,
+        _header(product, HEADER_LIMITS["product"], DEFAULT_PRODUCT),
+        _header(DEVICE_VERSIONS.get(source, source), HEADER_LIMITS["device_version"], "unknown"),
+        _header(a["detector_id"] or a["alert_policy_id"] or a["category"], HEADER_LIMITS["event_class_id"],
+                DEFAULT_EVENT_CLASS),
+        _header(a["title"], HEADER_LIMITS["name"], DEFAULT_NAME),
+        str(SEVERITIES.get(a["severity"], 0)),
+    ]
+
+
+# The header text (with the `|` that ends it) of recent alerts, by what it is made of:
+# alerts of one detector repeat it. Emptied when full.
+_HEADERS: dict[tuple[Any, ...], str] = {}
+
+
+def encode(alert: Alert) -> bytes:
+    """One CEF:0 line (UTF-8, no trailing newline)."""
+    a = alert.__dict__
+    key = (a["service_source"], a["product_name"], a["source"], a["detector_id"], a["alert_policy_id"],
+           a["category"], a["title"], a["severity"])
+    head = _HEADERS.get(key)
+    if head is None:
+        head = "|".join(header_fields(alert)) + "|"
+        if len(key[6] or "") <= 1024:  # (a title is short; a huge one is not worth remembering)
+            if len(_HEADERS) >= 1024:
+                _HEADERS.clear()
+            _HEADERS[key] = head
+    extension = _EXTENSION_TEXT(a, a["times"].__dict__, a["tenant"].__dict__, *picks(a["evidence"]))
+    return (head + extension).encode()
