@@ -15,31 +15,28 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from core.schema import Alert, TenantRef
 
-# Every format the configuration may name (DESIGN.md), and the ones implemented so far.
-OUTPUT_FORMATS = ("raw", "ocsf", "ecs", "cim", "cef")
+# Every format a sink or `convert` may name -> its module (DESIGN.md).
 AVAILABLE_FORMATS = {
     "raw": "mappings.raw",
     "ocsf": "mappings.ocsf",
+    "ecs": "mappings.ecs",
     "cim": "mappings.cim",
     "cef": "mappings.cef",
 }
+OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 
 SOURCES = {"graph": "mappings.graph_alerts_v2"}
 
 
 class FormatNotAvailable(ValueError):
-    """A format that is unknown, or planned but not implemented yet."""
+    """A format name that no module implements."""
 
 
 def encoder(name: str) -> Callable[[Alert], bytes]:
     """The `encode` function of output format `name`."""
     module = AVAILABLE_FORMATS.get(name)
     if module is None:
-        available = ", ".join(AVAILABLE_FORMATS)
-        if name in OUTPUT_FORMATS:
-            raise FormatNotAvailable(f"format {name!r} is not available yet; available now: {available}")
-        raise FormatNotAvailable(f"unknown format {name!r}; formats: {', '.join(OUTPUT_FORMATS)} "
-                                 f"(available now: {available})")
+        raise FormatNotAvailable(f"unknown format {name!r}; formats: {', '.join(OUTPUT_FORMATS)}")
     return import_module(module).encode
 
 

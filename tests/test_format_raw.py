@@ -103,17 +103,11 @@ def test_hostile_text_stays_one_line() -> None:
 def test_available_encoders() -> None:
     assert encoder("raw") is raw.encode
     assert encoder("ocsf") is ocsf.encode
-    assert set(AVAILABLE_FORMATS) <= set(OUTPUT_FORMATS) == {"raw", "ocsf", "ecs", "cim", "cef"}
-
-
-@pytest.mark.parametrize("name", ["ecs", "cim", "cef"])
-def test_planned_formats_say_so(name: str) -> None:
-    with pytest.raises(FormatNotAvailable) as caught:
-        encoder(name)
-    assert str(caught.value) == f"format '{name}' is not available yet; available now: raw, ocsf"
+    assert OUTPUT_FORMATS == tuple(AVAILABLE_FORMATS) == ("raw", "ocsf", "ecs", "cim", "cef")
+    assert all(callable(encoder(name)) for name in OUTPUT_FORMATS)
 
 
 def test_unknown_format() -> None:
-    with pytest.raises(FormatNotAvailable, match="unknown format 'xml'; formats: raw, ocsf, ecs, cim, cef"):
+    with pytest.raises(FormatNotAvailable, match="^unknown format 'xml'; formats: raw, ocsf, ecs, cim, cef$"):
         encoder("xml")
     assert issubclass(FormatNotAvailable, ValueError)
