@@ -212,7 +212,11 @@ def _ndjson(data: bytes) -> Iterator[tuple[str, Any]]:
         except ValueError as err:
             yield f"line {number}", ValueError(f"not JSON: {err}")
             continue
-        yield f"line {number} (id {_id(alert)})", alert
+        if isinstance(alert, dict) and isinstance(alert.get("value"), list):
+            # A saved list response per line (how Elastic's fixtures store pages).
+            yield from ((f"line {number} value[{i}] (id {_id(a)})", a) for i, a in enumerate(alert["value"]))
+        else:
+            yield f"line {number} (id {_id(alert)})", alert
 
 
 def _id(alert: Any) -> str:

@@ -146,7 +146,8 @@ def test_convert_ndjson_with_a_bad_alert_writes_the_good_ones_then_exits_1(tmp_p
     alerts = make_alerts(3, "77777777-7777-4777-8777-777777777777", recent(10), timedelta(minutes=1))
     bad = dict(alerts[1])
     del bad["lastUpdateDateTime"]
-    lines = [json.dumps(alerts[0]), json.dumps(bad), "{not json", json.dumps(alerts[2])]
+    lines = [json.dumps(alerts[0]), json.dumps(bad), "{not json", json.dumps({"value": [alerts[2]]}),
+             json.dumps({"value": []})]
     source = tmp_path / "alerts.ndjson"
     source.write_text("\n".join(lines) + "\n")
     result = run_cli("convert", "--format", "raw", str(source))
