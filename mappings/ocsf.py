@@ -1,9 +1,12 @@
 """`core.schema.Alert` -> OCSF 1.8.0 Detection Finding (class_uid 2004), one JSON line.
 
 Choices a README documents (reference: sinks.md §4 and the OCSF schema):
-- `activity_id`: 1 Create when the alert's status is `new`, 3 Close when `resolved`,
-  2 Update otherwise. The encoder is stateless, so an alert first seen `inProgress` is an
-  Update. `is_alert` is true except on Close (the schema: a Close is not an alertable signal).
+- `activity_id` (and `type_uid` = 200400 + it): 3 Close when the alert's status is
+  `resolved`, whatever else; otherwise 1 Create for the first version of the alert the
+  forwarder ever queued and 2 Update for every later one (`Alert.first_sight`, which the
+  pipeline sets from its state). Where nobody knows (`first_sight` None, e.g. `convert`),
+  the status decides alone: `new` is a Create, anything else an Update. `is_alert` is true
+  except on Close (the schema: a Close is not an alertable signal).
 - `time` = `finding_info.modified_time` = lastUpdateDateTime; `start_time`/`end_time` =
   first/last activity; every `*_time` is milliseconds since the epoch (`metadata.original_time`
   is the ISO string, as OCSF types it).
@@ -16,16 +19,25 @@ Choices a README documents (reference: sinks.md §4 and the OCSF schema):
 - `finding_info.attacks` (and, for the security_control profile, top-level `attacks`): one
   per MITRE id, T1059.001 -> technique T1059 + sub-technique T1059.001; the tactic only when
   the alert's categories name exactly one ATT&CK tactic. `analytic` = type 1 Rule, uid =
-  detectorId. `metadata.product` = productName (or the serviceSource's product), vendor
-  Microsoft, uid = serviceSource, feature = detectionSource.
+  detectorId, name = title (left out when the alert has neither). `metadata.product` =
+  productName (or the serviceSource's product), vendor Microsoft, uid = serviceSource,
+  feature = detectionSource.
 - `metadata.uid` = the version key, `correlation_uid` = the incident id, `tenant_uid` +
   `labels` = the customer tenant id and label (also in `unmapped.mssp`).
 - Evidence with an OCSF object goes to `evidences[]` (name = @odata.type): device, user,
   file, process, url, ip (src_endpoint for roles source/attacker, else dst_endpoint), mail
-  message (email), mailbox (user: OCSF's email object is a message and needs from/to). The
-  Defender device a file/process was seen on is its `device` (uid). An evidence's fields OCSF
-  has no attribute for go to its `data`. Evidence OCSF has no object for (registry, cloud
+  message (email: from = the P1 sender, to = the recipient; not the deprecated smtp_from/
+  smtp_to), mailbox (user: OCSF's email object is a message). The Defender device a
+  file/process was seen on is its `device` (uid). An evidence's fields OCSF has no
+  attribute for go to its `data`. Evidence OCSF has no object for (registry, cloud
   application, every other type) goes whole to `unmapped.evidence`.
+- Every object written meets its OCSF constraints; one that cannot is left out and its
+  fields go to the evidence's `data` under the schema's names: a user needs a name or uid
+  (no account name or SID: the Entra object id is the uid, else the sign-in address the
+  name), a device an id, host name or address, a file a name, a process (and its parent)
+  a pid, an endpoint an address, a location a city, country or region, a URL its string,
+  an email a sender or recipient. An evidence left with no object and no data at all goes
+  whole to `unmapped.evidence`.
 - `unmapped` carries every other Alert field OCSF has no place for (determination,
   investigation state, threat/actor names, policy id, resolved time, system tags, comments,
   custom details, additional data, the alert's extra properties). Empty values are left out.
@@ -52,9 +64,6 @@ _MS = timedelta(milliseconds=1)
 
 _CLASS = {"class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings"}
 
-# alert status -> (activity_id, activity_name); any other status is an Update.
-_ACTIVITY = {"new": (1, "Create"), "resolved": (3, "Close")}
-_UPDATE = (2, "Update")
 
 # alert status -> finding (status_id, status); unknownFutureValue is Graph's "newer than you asked for".
 _STATUS = {
@@ -158,10 +167,9 @@ _IP_SIDE = {
 }
 
 
-# alert status -> (activity_id, activity_name, type_uid, type_name), precomputed.
-_ACTIVITIES = {status: (activity_id, name, 200400 + activity_id, f"Detection Finding: {name}")
-               for status, (activity_id, name) in _ACTIVITY.items()}
-_UPDATE_ACTIVITY = (_UPDATE[0], _UPDATE[1], 200400 + _UPDATE[0], f"Detection Finding: {_UPDATE[1]}")
+# finding activities: (activity_id, activity_name, type_uid, type_name), precomputed.
+_CREATE, _UPDATE, _CLOSE = ((activity_id, name, 200400 + activity_id, f"Detection Finding: {name}")
+                            for activity_id, name in ((1, "Create"), (2, "Update"), (3, "Close")))
 _UNKNOWN = (0, "Unknown")
 
 
@@ -232,35 +240,56 @@ def _plain_function(model: type[BaseModel]) -> Callable[[BaseModel], dict[str, A
 
 
 # --------------------------------------------------------------------------- OCSF objects
+#
+# An OCSF object is only written when it meets its constraints (OCSF leaves an object out
+# rather than send it hollow): a user needs a name or uid, a device an address, name or
+# uid, a file a name, a process a pid, an endpoint an address, a location a city, country
+# or region, a URL its string, an email a sender or recipient. An evidence builder that
+# cannot write its object puts the evidence's fields in `data` (the `data` argument), under
+# the schema's names, so nothing is lost.
 
 
 def _user(user: UserInfo | None, email: str | None = None) -> dict[str, Any] | None:
+    """The OCSF user, or None when there is nothing to name it by (OCSF: name or uid).
+    With no account name and no SID, the Entra object id is the uid, else the sign-in
+    address (`email`, or the UPN) the name."""
     if user is None:
-        return None if email is None else {"email_addr": email}
+        return None if email is None else {"name": email, "email_addr": email}
     u = user.__dict__
+    name, uid, uid_alt = u["account_name"], u["sid"], u["aad_user_id"]
+    address = email or u["upn"]
+    if name is None and uid is None:
+        if uid_alt is not None:
+            uid, uid_alt = uid_alt, None
+        elif address is not None:
+            name = address
+        else:
+            return None
     out = {}
-    if (value := u["account_name"]) is not None:
-        out["name"] = value
+    if name is not None:
+        out["name"] = name
     if (value := u["domain"]) is not None:
         out["domain"] = value
-    if (value := u["sid"]) is not None:
-        out["uid"] = value  # OCSF: "the Windows user SID, ActiveDirectory DN or AWS user ARN"
-    if (value := u["aad_user_id"]) is not None:
-        out["uid_alt"] = value
-    if (value := email or u["upn"]) is not None:
-        out["email_addr"] = value
+    if uid is not None:
+        out["uid"] = uid  # OCSF: "the Windows user SID, ActiveDirectory DN or AWS user ARN"
+    if uid_alt is not None:
+        out["uid_alt"] = uid_alt
+    if address is not None:
+        out["email_addr"] = address
     if (value := u["display_name"]) is not None:
         out["display_name"] = value
     return out
 
 
 def _file(info: FileInfo | None) -> dict[str, Any] | None:
+    """The OCSF file, or None when the file has no name (OCSF requires it)."""
     if info is None:
         return None
     f = info.__dict__
     name, folder = f["name"], f["path"]
-    out = {} if name is None else {"name": name}
-    out["type_id"] = 1  # Regular File
+    if name is None:
+        return None
+    out = {"name": name, "type_id": 1}  # Regular File
     if folder is not None:
         if folder and name:  # Graph's filePath is the folder; OCSF's path is the full path
             separator = "\\" if "\\" in folder else "/"
@@ -281,6 +310,22 @@ def _file(info: FileInfo | None) -> dict[str, Any] | None:
             hashes.append({"algorithm_id": 3, "algorithm": "SHA-256", "value": sha256})
         out["hashes"] = hashes
     return out
+
+
+def _keep_file(info: FileInfo | None, name: str, data: dict[str, Any]) -> None:
+    """A file OCSF cannot hold (no name), whole in `data[name]` (less signer and issuer,
+    which reach `data` under their dotted names anyway)."""
+    if info is not None and (plain := _plain(info)):
+        plain.pop("signer", None)
+        plain.pop("issuer", None)
+        if plain:
+            data[name] = plain
+
+
+def _keep_user(user: UserInfo | None, data: dict[str, Any]) -> None:
+    """A user OCSF cannot hold (no name or uid), whole in `data['user']`."""
+    if user is not None and (plain := _plain(user)):
+        data["user"] = plain
 
 
 def _os_type(platform: str) -> tuple[int, str]:
@@ -308,24 +353,36 @@ def _os(platform: str | None, version: str | None, build: int | None) -> dict[st
     return out
 
 
-# Each evidence builder takes the evidence's `__dict__` and returns its OCSF attributes.
+# Each evidence builder takes the evidence's `__dict__` and the evidence's `data`, and
+# returns its OCSF attributes.
 
-def _device(e: dict[str, Any]) -> dict[str, Any]:
+# A device with no address, name or id: these fields go to `data` instead.
+_DEVICE_FIELDS = ("aad_device_id", "dns_domain", "os_platform", "os_version", "os_build", "risk_score", "rbac_group")
+
+
+def _device(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    uid, hostname = e["mde_device_id"], e["hostname"]
+    fqdn = e["fqdn"] or hostname
+    addresses = e["ip_addresses"]
+    ip = e["last_ip"] or (addresses[0] if addresses else None)
+    if uid is None and fqdn is None and ip is None:
+        for name in _DEVICE_FIELDS:
+            if (value := e[name]) is not None:
+                data[name] = value
+        return {}
     device = {}
-    if (value := e["mde_device_id"]) is not None:
-        device["uid"] = value
+    if uid is not None:
+        device["uid"] = uid
     if (value := e["aad_device_id"]) is not None:
         device["uid_alt"] = value
-    hostname = e["hostname"]
-    if (value := e["fqdn"] or hostname) is not None:
-        device["hostname"] = value
+    if fqdn is not None:
+        device["hostname"] = fqdn
     if hostname is not None:
         device["name"] = hostname
     if (value := e["dns_domain"]) is not None:
         device["domain"] = value
-    addresses = e["ip_addresses"]
-    if (value := e["last_ip"] or (addresses[0] if addresses else None)) is not None:
-        device["ip"] = value
+    if ip is not None:
+        device["ip"] = ip
     device["type_id"] = 0  # Unknown: Defender does not say server, desktop or laptop
     if (value := _os(e["os_platform"], e["os_version"], e["os_build"])) is not None:
         device["os"] = value
@@ -337,88 +394,142 @@ def _device(e: dict[str, Any]) -> dict[str, Any]:
     return {"device": device}
 
 
-def _user_evidence(e: dict[str, Any]) -> dict[str, Any]:
-    return {"user": _user(e["user"])}  # (a required field: never None)
+def _user_evidence(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    user = e["user"]  # (a required field: never None)
+    if (value := _user(user)) is not None:
+        return {"user": value}
+    _keep_user(user, data)
+    return {}
 
 
-def _file_evidence(e: dict[str, Any]) -> dict[str, Any]:
+def _file_evidence(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    if (value := _file(e["file"])) is not None:
+    info = e["file"]
+    if (value := _file(info)) is not None:
         out["file"] = value
+    else:
+        _keep_file(info, "file", data)
     if (value := e["mde_device_id"]) is not None:
         out["device"] = {"uid": value, "type_id": 0}
     return out
 
 
-def _process(e: dict[str, Any]) -> dict[str, Any]:
-    parent = {}
-    if (value := e["parent_pid"]) is not None:
-        parent["pid"] = value
-    if (value := e["parent_created"]) is not None:
-        parent["created_time"] = _ms(value)
-    if (parent_image := e["parent_image"]) is not None:
-        if (value := parent_image.__dict__["name"]) is not None:
-            parent["name"] = value
-        parent["file"] = _file(parent_image)
-    process = {}
-    if (value := e["pid"]) is not None:
-        process["pid"] = value
-    if (value := e["command_line"]) is not None:
-        process["cmd_line"] = value
-    if (value := e["process_created"]) is not None:
-        process["created_time"] = _ms(value)
-    if (image := e["image"]) is not None:
-        if (value := image.__dict__["name"]) is not None:
-            process["name"] = value
-        process["file"] = _file(image)
-    if parent:
-        process["parent_process"] = parent
-    if (value := _user(e["user"])) is not None:
-        process["user"] = value
-    out = {"process": process}
+def _process(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    if (pid := e["pid"]) is None:  # OCSF's process needs a pid (Defender has no other id)
+        if (value := e["command_line"]) is not None:
+            data["command_line"] = value
+        if (value := e["process_created"]) is not None:
+            data["process_created"] = _ms(value)
+        _keep_file(e["image"], "image", data)
+        if (value := e["parent_pid"]) is not None:
+            data["parent_pid"] = value
+        _keep_user(e["user"], data)
+    else:
+        process = {"pid": pid}
+        if (value := e["command_line"]) is not None:
+            process["cmd_line"] = value
+        if (value := e["process_created"]) is not None:
+            process["created_time"] = _ms(value)
+        if (image := e["image"]) is not None:
+            if (value := image.__dict__["name"]) is not None:
+                process["name"] = value
+            if (value := _file(image)) is not None:
+                process["file"] = value
+            else:
+                _keep_file(image, "image", data)
+        if (parent_pid := e["parent_pid"]) is not None:
+            parent = {"pid": parent_pid}
+            if (value := e["parent_created"]) is not None:
+                parent["created_time"] = _ms(value)
+            if (parent_image := e["parent_image"]) is not None:
+                if (value := parent_image.__dict__["name"]) is not None:
+                    parent["name"] = value
+                    parent["file"] = _file(parent_image)
+                else:
+                    _keep_file(parent_image, "parent_image", data)
+            process["parent_process"] = parent
+        if (user := e["user"]) is not None:
+            if (value := _user(user)) is not None:
+                process["user"] = value
+            else:
+                _keep_user(user, data)
+        out["process"] = process
+    if pid is None or e["parent_pid"] is None:  # a parent OCSF cannot hold: its fields to data
+        if (value := e["parent_created"]) is not None:
+            data["parent_created"] = _ms(value)
+        _keep_file(e["parent_image"], "parent_image", data)
     if (value := e["mde_device_id"]) is not None:
         out["device"] = {"uid": value, "type_id": 0}
     return out
 
 
-def _ip(e: dict[str, Any]) -> dict[str, Any]:
+def _ip(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    address = e["address"]
+    city, country, region, lat, long = e["city"], e["country_code"], e["state"], e["latitude"], e["longitude"]
+    if address is None:  # an endpoint OCSF cannot hold: its location to data
+        for name, value in (("country_code", country), ("city", city), ("state", region),
+                            ("latitude", lat), ("longitude", long)):
+            if value is not None:
+                data[name] = value
+        return {}
     side = "dst_endpoint"
     for role in e["roles"]:
         if role in _IP_SIDE:
             side = _IP_SIDE[role]
             break
-    location = {}
-    if (value := e["city"]) is not None:
-        location["city"] = value
-    if (value := e["country_code"]) is not None:
-        location["country"] = value
-    if (value := e["state"]) is not None:
-        location["region"] = value
-    if (value := e["latitude"]) is not None:
-        location["lat"] = value
-    if (value := e["longitude"]) is not None:
-        location["long"] = value
-    endpoint = {} if (address := e["address"]) is None else {"ip": address}
-    if location:
+    endpoint = {"ip": address}
+    if city is not None or country is not None or region is not None:
+        location = {}
+        if city is not None:
+            location["city"] = city
+        if country is not None:
+            location["country"] = country
+        if region is not None:
+            location["region"] = region
+        if lat is not None:
+            location["lat"] = lat
+        if long is not None:
+            location["long"] = long
         endpoint["location"] = location
+    else:  # a location with coordinates alone is not one OCSF can hold
+        if lat is not None:
+            data["latitude"] = lat
+        if long is not None:
+            data["longitude"] = long
     return {side: endpoint}
 
 
-def _url(e: dict[str, Any]) -> dict[str, Any]:
+def _url(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     url = e["url"]
-    return {"url": {} if url is None else {"url_string": url}}
+    return {} if url is None else {"url": {"url_string": url}}
 
 
-def _mailbox(e: dict[str, Any]) -> dict[str, Any]:
-    # A mailbox is an account, not a message: OCSF's email object needs from and to.
-    user = _user(e["user"], e["primary_address"]) or {}
+def _mailbox(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    # A mailbox is an account, not a message: OCSF's email object is a message.
     display_name = e["display_name"]
+    user = _user(e["user"], e["primary_address"])
+    if user is None:
+        if display_name is not None:
+            data["display_name"] = display_name
+        _keep_user(e["user"], data)
+        return {}
     if display_name and "display_name" not in user:
         user["display_name"] = display_name
     return {"user": user}
 
 
-def _mail_message(e: dict[str, Any]) -> dict[str, Any]:
+# A message with neither sender nor recipient: these fields go to `data` instead.
+_MESSAGE_FIELDS = ("network_message_id", "internet_message_id", "subject", "sender_ip")
+
+
+def _mail_message(e: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    sender, recipient = e["sender"], e["recipient"]
+    if sender is None and not recipient:
+        for name in _MESSAGE_FIELDS:
+            if (value := e[name]) is not None:
+                data[name] = value
+        return {}
     email = {}
     if (value := e["network_message_id"]) is not None:
         email["uid"] = value
@@ -426,42 +537,32 @@ def _mail_message(e: dict[str, Any]) -> dict[str, Any]:
         email["message_uid"] = value
     if (value := e["subject"]) is not None:
         email["subject"] = value
-    if (sender := e["sender"]) is not None:
+    if sender is not None:
         email["from"] = sender
-        email["smtp_from"] = sender
-    recipient = e["recipient"]
     if recipient:
         email["to"] = [recipient]
-    if recipient is not None:
-        email["smtp_to"] = recipient
     if sender_ip := e["sender_ip"]:
         email["x_originating_ip"] = [sender_ip]
     return {"email": email}
 
 
 class _EvidenceSpec:
-    """How one evidence kind becomes an OCSF evidence: `build` makes its OCSF attributes;
-    `unexpressed` names (dotted for sub-objects) the fields `build` has no attribute for,
-    which go to the evidence's `data` with its extra.
+    """How one evidence kind becomes an OCSF evidence: `build` makes its OCSF attributes
+    (and may put in `data` what its object cannot hold); `unexpressed` names (dotted for
+    sub-objects) the fields `build` has no attribute for, which go to the evidence's `data`
+    with its extra.
 
     `convert` (the evidence's `__dict__` -> the whole OCSF evidence: `build`'s attributes,
-    then name, verdict and data) is compiled from the names into straight-line code, one
-    read and one truth test per field, as it runs for every evidence of every alert."""
+    then name, verdict and data; or None when there is neither, as OCSF needs one of them)
+    is compiled from the names into straight-line code, one read and one truth test per
+    field, as it runs for every evidence of every alert."""
 
-    def __init__(self, build: Callable[[dict[str, Any]], dict[str, Any]], *unexpressed: str) -> None:
+    def __init__(self, build: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]], *unexpressed: str) -> None:
         self.build = build
         self.names = ("created", "remediation_status", "roles", "detailed_roles", "tags",
                       *(name for name in unexpressed if "." not in name))
         self.dotted = tuple((name, tuple(name.split("."))) for name in unexpressed if "." in name)
-        lines = [
-            "def convert(e):",
-            "    item = build(e)",
-            "    item['name'] = e['odata_type']",
-            "    value = e['verdict']",
-            ("    item['verdict_id'], item['verdict'] = _UNKNOWN if value is None else "
-             "_EVIDENCE_VERDICT.get(value) or (99, value)"),
-            "    data = {}",
-        ]
+        lines = ["def convert(e):", "    data = {}", "    item = build(e, data)"]
         for name in self.names:
             convert = _DATA_CONVERT.get(name)
             lines.append(f"    value = e[{name!r}]")
@@ -471,12 +572,21 @@ class _EvidenceSpec:
             for part in rest:
                 lines.append(f"    value = None if value is None else value.__dict__.get({part!r})")
             lines.append(f"    if value: data[{name!r}] = value")
-        lines += ["    value = e['extra']", "    if value: data['extra'] = value",
-                  "    if data: item['data'] = data", "    return item"]
+        lines += [
+            "    value = e['extra']",
+            "    if value: data['extra'] = value",
+            "    if not item and not data: return None",
+            "    item['name'] = e['odata_type']",
+            "    value = e['verdict']",
+            ("    item['verdict_id'], item['verdict'] = _UNKNOWN if value is None else "
+             "_EVIDENCE_VERDICT.get(value) or (99, value)"),
+            "    if data: item['data'] = data",
+            "    return item",
+        ]
         namespace = {convert.__name__: convert for convert in _DATA_CONVERT.values()}
         namespace.update(build=build, _UNKNOWN=_UNKNOWN, _EVIDENCE_VERDICT=_EVIDENCE_VERDICT)
         exec("\n".join(lines), namespace)  # noqa: S102 - code written above from fixed field names
-        self.convert: Callable[[dict[str, Any]], dict[str, Any]] = namespace["convert"]
+        self.convert: Callable[[dict[str, Any]], dict[str, Any] | None] = namespace["convert"]
 
 
 # The unexpressed fields that are not JSON as they are (everything else is str or list of str).
@@ -506,10 +616,11 @@ def _evidences(evidence: list[BaseModel]) -> tuple[list[dict[str, Any]] | None, 
     for ev in evidence:
         e = ev.__dict__
         convert = _CONVERT.get(e["kind"])
-        if convert is None:
+        item = None if convert is None else convert(e)
+        if item is None:
             unmapped.append(_plain(ev))
         else:
-            mapped.append(convert(e))
+            mapped.append(item)
     return mapped or None, unmapped or None
 
 
@@ -526,19 +637,18 @@ def _attacks(alert: dict[str, Any]) -> list[dict[str, Any]] | None:
             found = tactics.pop() if len(tactics) == 1 else None
         if found is not None:
             tactic = {"uid": found[0], "name": found[1]}
-    techniques = alert["mitre_techniques"]
-    if not techniques:
-        return [{"tactic": tactic}] if tactic else None
     attacks = []
-    for technique in techniques:
+    for technique in alert["mitre_techniques"]:
         parent, dot, _ = technique.partition(".")
+        if not parent:  # "" or ".001": no technique to name
+            continue
         attack: dict[str, Any] = {"technique": {"uid": parent}}
         if dot:
             attack["sub_technique"] = {"uid": technique}
         if tactic:
             attack["tactic"] = tactic
         attacks.append(attack)
-    return attacks
+    return attacks or ([{"tactic": tactic}] if tactic else None)
 
 
 def _comment(comment: Comment) -> dict[str, Any]:
@@ -574,7 +684,13 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
     updated = (times["last_updated"] - _EPOCH) // _MS
     first = None if (value := times["first_activity"]) is None else (value - _EPOCH) // _MS
     last = None if (value := times["last_activity"]) is None else (value - _EPOCH) // _MS
-    activity_id, activity, type_uid, type_name = _ACTIVITIES.get(status) or _UPDATE_ACTIVITY
+    first_sight = a["first_sight"]
+    if status == "resolved":
+        activity_id, activity, type_uid, type_name = _CLOSE
+    elif first_sight is None:  # nobody knows (`convert`): judge by the status alone
+        activity_id, activity, type_uid, type_name = _CREATE if status == "new" else _UPDATE
+    else:
+        activity_id, activity, type_uid, type_name = _CREATE if first_sight else _UPDATE
     severity_id, severity = _severity(a)
     status_id, status_name = _UNKNOWN if status is None else _STATUS.get(status) or (99, status)
     attacks = _attacks(a)
@@ -589,12 +705,14 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
         info["desc"] = value
     if (value := a["categories"] or ([a["category"]] if a["category"] else None)) is not None:
         info["types"] = value
-    analytic = {"type_id": 1, "type": "Rule"}
-    if (value := a["detector_id"]) is not None:
-        analytic["uid"] = value
-    if title is not None:
-        analytic["name"] = title
-    info["analytic"] = analytic
+    detector_id = a["detector_id"]
+    if detector_id is not None or title is not None:  # OCSF's analytic needs a uid or a name
+        analytic = {"type_id": 1, "type": "Rule"}
+        if detector_id is not None:
+            analytic["uid"] = detector_id
+        if title is not None:
+            analytic["name"] = title
+        info["analytic"] = analytic
     if attacks is not None:
         info["attacks"] = attacks
     if (value := times["created"]) is not None:

@@ -207,3 +207,6 @@ def test_first_sight_is_marked_once_per_alert_across_runs(tmp_path: Path) -> Non
     store.close()
     findings = read_ndjson(tmp_path / "ocsf.ndjson")
     assert [f["finding_info"]["uid"] for f in findings] == [alerts[0]["id"], alerts[1]["id"], alerts[0]["id"]]
+    # alerts[1] is first seen inProgress: still the finding's Create; alerts[0]'s second version is its Update.
+    assert [f["type_uid"] for f in findings] == [200401, 200401, 200402]
+    assert [f["activity_name"] for f in findings] == ["Create", "Create", "Update"]
