@@ -60,3 +60,13 @@ def write_replay(folder: Path, pages: list[list[dict[str, Any]]]) -> Path:
         body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2", "value": alerts}
         (folder / f"page-{number:04d}.json").write_text(json.dumps(body))
     return folder
+
+
+def shared_sample(name: str) -> Any:
+    """A public sample from ../shared/samples; the test skips, saying so, where it is absent."""
+    import pytest
+
+    path = SHARED_SAMPLES / name
+    if not path.exists():
+        pytest.skip(f"shared sample {path} is not here (the tests read ../shared/samples)")
+    return json.loads(path.read_text(encoding="utf-8"))

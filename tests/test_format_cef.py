@@ -7,9 +7,7 @@ mapped field."""
 from __future__ import annotations
 
 import ipaddress
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +18,8 @@ from core.schema import Alert, Severity, TenantRef
 from mappings import cef
 from mappings.graph_alerts_v2 import normalise
 from tests.cef_parser import KNOWN_KEYS, CefError, CefEvent, parse, parse_bytes
+from tests.helpers import shared_sample
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -229,22 +227,15 @@ def check_line(alert: Alert) -> CefEvent:
 # --------------------------------------------------------------------------- inputs
 
 
-def _sample(name: str) -> Any:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"shared sample {path} is not here (the tests read ../shared/samples)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _alert(**properties: Any) -> Alert:
     raw = {"id": "da1_2", "lastUpdateDateTime": "2026-11-29T10:00:00.1234567Z", **properties}
     return normalise(raw, TENANT, INGESTED)
 
 
 def _sample_alerts() -> list[dict[str, Any]]:
-    alerts = list(_sample("graph_alerts_v2_list_docs.json")["value"])
-    alerts.append(_sample("graph_alert_v2_mde_powershell_elastic_fixture.json"))
-    for incident in _sample("graph_incidents_expand_alerts_docs.json")["value"]:
+    alerts = list(shared_sample("graph_alerts_v2_list_docs.json")["value"])
+    alerts.append(shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json"))
+    for incident in shared_sample("graph_incidents_expand_alerts_docs.json")["value"]:
         alerts.extend(incident.get("alerts") or [])
     return alerts
 
@@ -284,7 +275,7 @@ def test_sample_alerts_round_trip() -> None:
 
 
 def test_powershell_sample_values() -> None:
-    raw = _sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
+    raw = shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
     line = cef.encode(normalise(raw, TENANT, INGESTED)).decode()
     assert line.startswith("CEF:0|Microsoft|Microsoft Defender for Endpoint|alerts_v2|"
                            "7f1c3609-a3ff-40e2-995b-c01770161d68|Suspicious PowerShell command line|5|rt=1697795647503 ")

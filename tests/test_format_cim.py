@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,21 +12,14 @@ import pytest
 from core.schema import Alert, Severity, TenantRef
 from mappings import cim
 from mappings.graph_alerts_v2 import normalise
+from tests.helpers import shared_sample
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 NS = "#microsoft.graph.security."
 CIM_FIELDS = ["time", "vendor_account", "mssp_customer", "version_key", "app", "type", "vendor_product", "id",
               "severity", "signature", "subject", "signature_id", "description", "mitre_technique_id", "dest", "src",
               "user", "user_name", "defender"]
-
-
-def _sample(name: str) -> Any:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"shared sample {path} is not here (the tests read ../shared/samples)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _alert(**properties: Any) -> Alert:
@@ -77,7 +69,7 @@ def _nulls(value: Any, path: str = "") -> list[str]:
 
 
 def test_powershell_sample_fields() -> None:
-    raw = _sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
+    raw = shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
     doc = _doc(normalise(raw, TENANT, INGESTED))
     assert next(iter(doc)) == "time"  # first, for a TIME_PREFIX of ^{"time":
     assert cim.encode(normalise(raw, TENANT, INGESTED)).startswith(b'{"time":1697795647.503,')
@@ -114,7 +106,7 @@ def test_powershell_sample_fields() -> None:
 
 
 def test_docs_sample_fields() -> None:
-    raw = _sample("graph_alerts_v2_list_docs.json")["value"][0]
+    raw = shared_sample("graph_alerts_v2_list_docs.json")["value"][0]
     doc = _doc(normalise(raw, TENANT, INGESTED))
     assert (doc["severity"], doc["dest"], doc["src"]) == ("low", ["tempDns"], "microsoftDefenderForEndpoint")
     assert doc["user"] == ["NT AUTHORITY\\SYSTEM"] and doc["user_name"] == ["SYSTEM"]  # the process's account
@@ -139,9 +131,9 @@ def test_factory_alerts_rebuild_exactly() -> None:
 
 
 def test_sample_alerts_rebuild_exactly() -> None:
-    alerts = list(_sample("graph_alerts_v2_list_docs.json")["value"])
-    alerts.append(_sample("graph_alert_v2_mde_powershell_elastic_fixture.json"))
-    for incident in _sample("graph_incidents_expand_alerts_docs.json")["value"]:
+    alerts = list(shared_sample("graph_alerts_v2_list_docs.json")["value"])
+    alerts.append(shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json"))
+    for incident in shared_sample("graph_incidents_expand_alerts_docs.json")["value"]:
         alerts.extend(incident.get("alerts") or [])
     for raw in alerts:
         alert = normalise(raw, TENANT, INGESTED)

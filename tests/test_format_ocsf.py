@@ -23,21 +23,15 @@ from core.schema import Alert, TenantRef
 from mappings import ocsf
 from mappings.graph_alerts_v2 import MappingError, normalise
 from tests.peers.alert_factory import make_alerts
+from tests.helpers import SHARED_SAMPLES, shared_sample
 
 REPO = Path(__file__).resolve().parents[1]
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+SAMPLES = SHARED_SAMPLES
 UTC = timezone.utc
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 NS = "#microsoft.graph.security."
-
-
-def _sample(name: str) -> Any:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"shared sample {path} is not here (the tests read ../shared/samples)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _ms(text: str) -> int:
@@ -51,7 +45,7 @@ def _alert(**properties: Any) -> Alert:
 
 @pytest.fixture
 def powershell() -> tuple[dict[str, Any], dict[str, Any]]:
-    raw = _sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
+    raw = shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
     return raw, ocsf.to_ocsf(normalise(raw, TENANT, INGESTED))
 
 
@@ -176,7 +170,7 @@ def test_powershell_fixture_evidences(powershell: tuple[dict[str, Any], dict[str
 
 
 def test_docs_sample_registry_goes_to_unmapped_and_tags_survive() -> None:
-    raw = _sample("graph_alerts_v2_list_docs.json")["value"][0]
+    raw = shared_sample("graph_alerts_v2_list_docs.json")["value"][0]
     event = ocsf.to_ocsf(normalise(raw, TENANT, INGESTED))
     _assert_detection_finding(event)
     assert [e["name"] for e in event["evidences"]] == [NS + "deviceEvidence", NS + "fileEvidence",
@@ -194,7 +188,7 @@ def test_docs_sample_registry_goes_to_unmapped_and_tags_survive() -> None:
 def test_process_evidence_times() -> None:
     """A process evidence has two creation times: the evidence's own (createdDateTime, in
     `data` as on every evidence) and the process's (processCreationDateTime)."""
-    raw = _sample("graph_alerts_v2_list_docs.json")["value"][0]
+    raw = shared_sample("graph_alerts_v2_list_docs.json")["value"][0]
     event = ocsf.to_ocsf(normalise(raw, TENANT, INGESTED))
     process = next(e for e in event["evidences"] if "process" in e)
     source = next(e for e in raw["evidence"] if e["@odata.type"] == NS + "processEvidence")
@@ -214,7 +208,7 @@ def test_an_alert_from_the_outbox_encodes_the_same() -> None:
     raws = _factory_alerts(100)
     for name in ("graph_alerts_v2_list_docs.json", "graph_alert_v2_mde_powershell_elastic_fixture.json"):
         if (SAMPLES / name).exists():
-            data = _sample(name)
+            data = shared_sample(name)
             raws += data["value"] if "value" in data else [data]
     for raw in raws:
         alert = normalise(raw, TENANT, INGESTED)
@@ -562,9 +556,9 @@ def _shared_graph_alerts() -> list[dict[str, Any]]:
     """Every alerts_v2 object of the shared samples (the MDE API samples are another source)."""
     if not SAMPLES.exists():
         pytest.skip(f"shared samples {SAMPLES} are not here (the tests read ../shared/samples)")
-    raws = list(_sample("graph_alerts_v2_list_docs.json")["value"])
-    raws.append(_sample("graph_alert_v2_mde_powershell_elastic_fixture.json"))
-    raws += [alert for incident in _sample("graph_incidents_expand_alerts_docs.json")["value"]
+    raws = list(shared_sample("graph_alerts_v2_list_docs.json")["value"])
+    raws.append(shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json"))
+    raws += [alert for incident in shared_sample("graph_incidents_expand_alerts_docs.json")["value"]
              for alert in incident.get("alerts", [])]
     log = SAMPLES / "elastic" / "m365_defender" / "alert" / "test-alert.log"
     if log.exists():

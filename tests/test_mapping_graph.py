@@ -3,10 +3,8 @@ nothing lost, and malformed input (MappingError with a reason, never another exc
 from __future__ import annotations
 
 import copy
-import json
 import re
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -16,8 +14,9 @@ from hypothesis import strategies as st
 from core.schema import Alert, Severity, TenantRef, version_key
 from mappings import normaliser
 from mappings.graph_alerts_v2 import MappingError, normalise
+from tests.helpers import SHARED_SAMPLES, shared_sample
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+SAMPLES = SHARED_SAMPLES
 UTC = timezone.utc
 TENANT = TenantRef(id="b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -44,23 +43,16 @@ OTHER_TYPES = (
 )
 
 
-def _sample(name: str) -> Any:
-    path = SAMPLES / name
-    if not path.exists():
-        pytest.skip(f"shared sample {path} is not here (the tests read ../shared/samples)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 @pytest.fixture
 def docs_alert() -> dict[str, Any]:
     """The alert of the Graph docs' list response (device, file, process, registryKey evidence)."""
-    return _sample("graph_alerts_v2_list_docs.json")["value"][0]
+    return shared_sample("graph_alerts_v2_list_docs.json")["value"][0]
 
 
 @pytest.fixture
 def powershell_alert() -> dict[str, Any]:
     """elastic's real-world MDE fixture (device, user, url, ip, process evidence)."""
-    return _sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
+    return shared_sample("graph_alert_v2_mde_powershell_elastic_fixture.json")
 
 
 def _factory_alerts(n: int) -> list[dict[str, Any]]:
@@ -167,7 +159,7 @@ def test_powershell_fixture(powershell_alert: dict[str, Any]) -> None:
 
 
 def test_empty_page_has_no_alerts_and_a_page_is_not_an_alert() -> None:
-    page = _sample("graph_alerts_v2_empty_page_elastic_fixture.json")
+    page = shared_sample("graph_alerts_v2_empty_page_elastic_fixture.json")
     assert [normalise(raw, TENANT, INGESTED) for raw in page["value"]] == []
     assert _reason(page) == "id: missing"  # a whole page handed over by mistake is named
 
@@ -207,7 +199,7 @@ def _raw_alerts() -> list[dict[str, Any]]:
     alerts = _factory_alerts(150)
     for name in ("graph_alerts_v2_list_docs.json", "graph_alert_v2_mde_powershell_elastic_fixture.json"):
         if (SAMPLES / name).exists():
-            data = _sample(name)
+            data = shared_sample(name)
             alerts += data["value"] if "value" in data else [data]
     return alerts
 
