@@ -750,7 +750,10 @@ def _rename(path: str | tuple[str, ...], convert: Callable[[Any], Any] | None = 
                     _merge(out, name, cleaned)
                 return
             value = converted
-        _merge(_at(out, parent) if parent else out, key, value)
+        if value.__class__ is dict:
+            _merge(_at(out, parent) if parent else out, key, value)
+        else:  # what `_merge` does with anything but an object
+            (_at(out, parent) if parent else out)[key] = value
         if slots and value.__class__ is str:  # the pipeline appends rendered text
             for slot in slots:
                 acc[slot].append(value)
@@ -995,7 +998,10 @@ def _graph_properties(properties: dict[str, Any], out: dict[str, Any], acc: Slot
                 if value:
                     out[name] = value
             elif (value := _clean(value)) is not _DROP:
-                _merge(out, name, value)
+                if value.__class__ is dict:
+                    _merge(out, name, value)
+                else:  # what `_merge` does with anything but an object
+                    out[name] = value
         elif rule.__class__ is tuple:  # a plain rename (most of them)
             if value.__class__ is str:
                 if value:
@@ -1003,7 +1009,10 @@ def _graph_properties(properties: dict[str, Any], out: dict[str, Any], acc: Slot
                     for slot in rule[1]:
                         acc[slot].append(value)
             elif (value := _clean(value)) is not _DROP:
-                _merge(out, rule[0], value)
+                if value.__class__ is dict:
+                    _merge(out, rule[0], value)
+                else:
+                    out[rule[0]] = value
         elif rule is not None:
             rule(value, out, acc, odata_type, name)
 
@@ -1055,7 +1064,8 @@ def _evidence(evidence: list[Any], acc: Slots) -> tuple[list[dict[str, Any]], li
             category = CATEGORY_OF_TYPE.get(odata_type)
         else:
             build(e, out, acc)
-            if extra := e["extra"]:
+            # (An extra of only Graph's usual `"remediationStatusDetails": null` adds nothing.)
+            if (extra := e["extra"]) and (len(extra) != 1 or extra.get("remediationStatusDetails", 1) is not None):
                 _graph_properties(extra, out, acc, odata_type)
             category = CATEGORY_OF_KIND.get(kind)
         if category is not None:

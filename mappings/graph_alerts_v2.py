@@ -483,7 +483,8 @@ class _Compiler:
             "_Invalid": _Invalid, "_STR_ONLY": _STR_ONLY, "_STR_OR_NONE": _STR_OR_NONE, "_TIMES": _TIMES,
             "_bad_texts": _bad_texts, "_integer": _integer, "_number": _number, "_text_list": _text_list,
             "_object": _object, "_object_at": _object_at, "_object_copy": _object_copy, "_enum_at": _enum_at,
-            "_timestamp_at": _timestamp_at, "_sub_list": _sub_list, "_new": object.__new__, **_SLOT_SETTERS,
+            "_timestamp_at": _timestamp_at, "_fromisoformat": datetime.fromisoformat, "_UTC": UTC,
+            "_TIMES_MAX": _TIMES_MAX, "_sub_list": _sub_list, "_new": object.__new__, **_SLOT_SETTERS,
         }
         self.count = 0
 
@@ -590,12 +591,32 @@ class _Compiler:
                              f"{folded}.get({value}.lower(), {value})) if {value}.__class__ is str "
                              f"else _enum_at({enum}, {src}, {value})")
         elif convert is _timestamp:
-            self.emit(depth, f"if {value} is not None: {value} = (_TIMES.get({value}) if {value}.__class__ is str "
-                             f"else None) or _timestamp_at({src}, {value})")
+            # A miss parses inline (a call to `_timestamp_at` cost twice the parse); any
+            # value that is not a UTC ISO string takes `_timestamp_at`, which converts or names it.
+            self.emit(depth, f"if {value} is not None:")
+            self.emit(depth + 1, f"if {value}.__class__ is str:")
+            self.emit(depth + 2, f"parsed = _TIMES.get({value})")
+            self.emit(depth + 2, "if parsed is None:")
+            self.emit(depth + 3, "try:")
+            self.emit(depth + 4, f"parsed = _fromisoformat({value})")
+            self.emit(depth + 3, "except ValueError:")
+            self.emit(depth + 4, "pass")
+            self.emit(depth + 3, "if parsed is None or parsed.tzinfo is not _UTC:")
+            self.emit(depth + 4, f"parsed = _timestamp_at({src}, {value})")
+            self.emit(depth + 3, "else:")
+            self.emit(depth + 4, "if len(_TIMES) >= _TIMES_MAX: _TIMES.clear()")
+            self.emit(depth + 4, f"_TIMES[{value}] = parsed")
+            self.emit(depth + 2, f"{value} = parsed")
+            self.emit(depth + 1, f"else: {value} = _timestamp_at({src}, {value})")
         elif isinstance(convert, _ListOf):
             function = self.const(convert, "_convert")
             self.emit(depth, f"if {value} is not None:")
             self.emit(depth + 1, f"if {value}.__class__ is list and not {value}: {value} = []")
+            if convert.exact is not None:  # a list of enumeration strings: `_ListOf`'s fast path, inline
+                exact, folded = self.const(convert.exact, "_exact"), self.const(convert.folded, "_folded")
+                self.emit(depth + 1, f"elif {value}.__class__ is list and _STR_ONLY.issuperset(map(type, {value})): "
+                                     f"{value} = [{exact}.get(item) or {folded}.get(item.lower(), item) "
+                                     f"for item in {value}]")
             self.emit(depth + 1, "else:")
             self.guarded(depth + 2, source, f"{value} = {function}({value})")
         elif isinstance(convert, Nested):
@@ -609,9 +630,11 @@ class _Compiler:
             sub = self.const(convert.table.build, "_build")
             items, kept = self.name("items"), self.name("kept")
             self.emit(depth, f"if {value} is not None:")
-            self.guarded(depth + 1, source, f"{items}, {kept} = _sub_list({sub}, {value})")
-            self.emit(depth + 1, f"if {kept}: {rest}[{src}] = {value}  # kept whole")
-            self.emit(depth + 1, f"{value} = {items}")
+            self.emit(depth + 1, f"if {value}.__class__ is list and not {value}: {value} = []  # the usual comments")
+            self.emit(depth + 1, "else:")
+            self.guarded(depth + 2, source, f"{items}, {kept} = _sub_list({sub}, {value})")
+            self.emit(depth + 2, f"if {kept}: {rest}[{src}] = {value}  # kept whole")
+            self.emit(depth + 2, f"{value} = {items}")
         elif callable(convert):
             function = self.const(convert, "_convert")
             self.emit(depth, f"if {value} is not None:")
