@@ -7,7 +7,7 @@ Microsoft's historical Defender -> ArcSight mapping §3.4, Sentinel CommonSecuri
 `encode` returns one line of UTF-8 without a trailing newline. Choices a README documents:
 
 Header
-- Device Vendor `Microsoft`. Device Product from `serviceSource` (table `PRODUCTS`); a
+- Device Vendor `Microsoft`. Device Product from `serviceSource` (table `PRODUCTS` in `mappings/products.py`); a
   source the table does not know gives `productName`, else the `serviceSource` value as
   sent, else `Microsoft Defender`.
 - Device Version: the API the alert was read from, `alerts_v2` for Graph
@@ -95,30 +95,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.schema import Alert, Severity, UserInfo
+from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 VENDOR = "Microsoft"
-DEFAULT_PRODUCT = "Microsoft Defender"
 DEFAULT_NAME = "Microsoft Defender alert"
 DEFAULT_EVENT_CLASS = "alert"
 TRUNCATED = "\u2026"  # marks a value cut to its key's limit
 _TRUNCATED_BYTES = len(TRUNCATED.encode())
 
-# Graph serviceSource -> CEF Device Product.
-PRODUCTS = {
-    "microsoftDefenderForEndpoint": "Microsoft Defender for Endpoint",
-    "microsoftDefenderForIdentity": "Microsoft Defender for Identity",
-    "microsoftDefenderForCloudApps": "Microsoft Defender for Cloud Apps",
-    "microsoftDefenderForOffice365": "Microsoft Defender for Office 365",
-    "microsoft365Defender": "Microsoft Defender XDR",
-    "azureAdIdentityProtection": "Microsoft Entra ID Protection",
-    "microsoftAppGovernance": "Microsoft App Governance",
-    "dataLossPrevention": "Microsoft Purview Data Loss Prevention",
-    "microsoftDefenderForCloud": "Microsoft Defender for Cloud",
-    "microsoftSentinel": "Microsoft Sentinel",
-    "microsoftInsiderRiskManagement": "Microsoft Purview Insider Risk Management",
-    "microsoftThreatIntelligence": "Microsoft Defender Threat Intelligence",
-    "microsoftSecurityForAI": "Microsoft Security for AI",
-}
 
 # Alert.source -> CEF Device Version.
 DEVICE_VERSIONS = {"graph_alerts": "alerts_v2"}

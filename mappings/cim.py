@@ -54,7 +54,7 @@ import orjson
 from pydantic import BaseModel
 
 from core.schema import Alert, UserInfo
-from mappings.cef import DEFAULT_PRODUCT, PRODUCTS
+from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 APP = "ms:defender"
 TYPE = "alert"

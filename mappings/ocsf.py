@@ -52,6 +52,7 @@ from pydantic import BaseModel
 
 from core import jsonutil
 from core.schema import Alert, Comment, FileInfo, Severity, UserInfo
+from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 OCSF_VERSION = "1.8.0"
 PROFILES = ("incident", "security_control")
@@ -103,18 +104,6 @@ _EVIDENCE_VERDICT = {
     "noThreatsFound": (5, "Benign"),
 }
 
-# serviceSource -> product name, for alerts without productName.
-_PRODUCT_NAMES = {
-    "microsoftDefenderForEndpoint": "Microsoft Defender for Endpoint",
-    "microsoftDefenderForIdentity": "Microsoft Defender for Identity",
-    "microsoftDefenderForCloudApps": "Microsoft Defender for Cloud Apps",
-    "microsoftDefenderForOffice365": "Microsoft Defender for Office 365",
-    "microsoft365Defender": "Microsoft Defender XDR",
-    "azureAdIdentityProtection": "Microsoft Entra ID Protection",
-    "microsoftDefenderForCloud": "Microsoft Defender for Cloud",
-    "microsoftSentinel": "Microsoft Sentinel",
-}
-_DEFAULT_PRODUCT = "Microsoft Defender"
 
 # Defender kill-chain categories that are MITRE ATT&CK tactics -> (tactic id, name).
 _TACTICS = {
@@ -726,7 +715,7 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
         info["src_url"] = value
 
     service_source = a["service_source"]
-    product = {"name": a["product_name"] or _PRODUCT_NAMES.get(service_source or "", _DEFAULT_PRODUCT),
+    product = {"name": a["product_name"] or PRODUCTS.get(service_source or "", DEFAULT_PRODUCT),
                "vendor_name": VENDOR}
     if service_source is not None:
         product["uid"] = service_source
