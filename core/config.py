@@ -118,6 +118,13 @@ class RouteSettings(_Strict):
         return True
 
 
+def sinks_for_alert(
+    routes: list[RouteSettings], label: str, severity: Severity, service_source: str | None
+) -> list[str]:
+    """The sinks one alert goes to: the union of the sinks of every route it matches."""
+    return sorted({sink for route in routes if route.matches(label, severity, service_source) for sink in route.sinks})
+
+
 TENANT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from rich.table import Table
 
 from core import jsonutil
-from core.config import Config
+from core.config import Config, sinks_for_alert
 from core.schema import TenantRef
 from core.state import DeadLetter, SQLiteStore
 
@@ -49,8 +49,7 @@ def replay(config: Config, store: SQLiteStore, dead: list[DeadLetter]) -> tuple[
             kept += 1
             continue
         payload = alert.model_dump_json().encode()
-        matching = [r for r in routes if r.matches(label, alert.severity, alert.service_source)]
-        for sink in sorted({sink for route in matching for sink in route.sinks}):
+        for sink in sinks_for_alert(routes, label, alert.severity, alert.service_source):
             store.outbox_append(sink, [(letter.tenant_id, alert.version_key, payload)])
         replayed.append(letter.id)
     store.dead_letters_remove(replayed)

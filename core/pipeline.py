@@ -22,7 +22,7 @@ from aiolimiter import AsyncLimiter
 
 from core import jsonutil
 from core.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
-from core.config import SINK_MODULES, Config, RouteSettings, TenantSettings
+from core.config import SINK_MODULES, Config, RouteSettings, TenantSettings, sinks_for_alert
 from core.delivery import SinkWorker
 from core.schema import Alert, TenantRef
 from core.sources import AlertSource, Page, SourceError
@@ -243,8 +243,7 @@ class Forwarder:
         return alerts
 
     def _route(self, alert: Alert, commit: PageCommit, outcome: _PageOutcome, result: TenantResult) -> None:
-        matching = [r for r in self.routes if r.matches(alert.tenant.label, alert.severity, alert.service_source)]
-        sinks = sorted({sink for route in matching for sink in route.sinks})
+        sinks = sinks_for_alert(self.routes, alert.tenant.label, alert.severity, alert.service_source)
         if not sinks:
             result.filtered += 1
             return
