@@ -179,27 +179,23 @@ class SQLiteStore:
 
     def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted = set(versions)
-        ids = sorted({alert_id for alert_id, _ in wanted})
-        known: set[tuple[str, str]] = set()
-        for chunk in _chunks(ids, 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT alert_id, last_update FROM seen WHERE tenant_id=? AND alert_id IN ({marks})",
-                (tenant_id, *chunk),
-            )
-            known.update(rows)
-        return wanted - known
+        seen = self._rows_of_alerts(
+            "SELECT alert_id, last_update FROM seen WHERE tenant_id=? AND alert_id IN ({marks})",
+            tenant_id, (alert_id for alert_id, _ in wanted),
+        )
+        return wanted - set(seen)
 
     def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]:
         """The ids of alerts of which some version was queued before."""
-        found: set[str] = set()
+        rows = self._rows_of_alerts(
+            "SELECT alert_id FROM known_alerts WHERE tenant_id=? AND alert_id IN ({marks})", tenant_id, alert_ids
+        )
+        return {alert_id for (alert_id,) in rows}
+
+    def _rows_of_alerts(self, query: str, tenant_id: str, alert_ids: Iterable[str]) -> Iterator[tuple[str, ...]]:
+        """Run `query` for one tenant's alert ids, in chunks below SQLite's parameter limit."""
         for chunk in _chunks(sorted(set(alert_ids)), 500):
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT alert_id FROM known_alerts WHERE tenant_id=? AND alert_id IN ({marks})", (tenant_id, *chunk)
-            )
-            found.update(alert_id for (alert_id,) in rows)
-        return found
+            yield from self.db.execute(query.format(marks=",".join("?" * len(chunk))), (tenant_id, *chunk))
 
     def commit_page(self, page: PageCommit) -> None:
         now = time.time()
