@@ -14,7 +14,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.durations import Duration
-from core.schema import Alert
+from core.schema import EventMeta
 
 
 class Outcome(enum.Enum):
@@ -32,13 +32,13 @@ class EventResult:
 DELIVERED = EventResult(Outcome.OK)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
-    """One outbox row, decoded and encoded for one sink."""
+    """One outbox row of one sink: the alert already encoded in the sink's format."""
 
     row_id: int
-    alert: Alert
-    body: bytes  # the alert in the sink's format, without a trailing newline
+    meta: EventMeta
+    body: bytes  # without a trailing newline
 
 
 class SinkFatal(Exception):

@@ -29,7 +29,7 @@ class FileConnector(Connector):
     config: FileSinkConfig
 
     def path_for(self, event: Event) -> Path:
-        return Path(self.config.path.replace("{tenant}", event.alert.tenant.label))
+        return Path(self.config.path.replace("{tenant}", event.meta.tenant_label))
 
     async def send(self, batch: list[Event]) -> list[EventResult]:
         by_path: dict[Path, list[bytes]] = defaultdict(list)

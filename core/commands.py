@@ -18,7 +18,7 @@ from core.cli import EXIT_CONFIG, EXIT_LOCKED, EXIT_OK, EXIT_PARTIAL
 from core.config import Config, ConfigError, config_path, load_config
 from core.logs import setup_logging
 from core.secrets import REDACTOR
-from core.state import SQLiteStore, StateLock, StateLocked
+from core.state import SQLiteStore, StateError, StateLock, StateLocked
 
 log = logging.getLogger("defender_forwarder")
 err_console = Console(stderr=True, highlight=False)
@@ -55,7 +55,11 @@ def _state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
             state_lock.acquire()
         except StateLocked as err:
             raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
-    store = SQLiteStore(path)
+    try:
+        store = SQLiteStore(path)
+    except StateError as err:
+        state_lock.release()
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
     try:
         yield store
     finally:

@@ -2,7 +2,8 @@
 
 A delivery dead letter goes back into its sink's outbox as it was. A normalisation dead
 letter is normalised again (the mapping may have been fixed since) and routed like a
-freshly polled alert; if it still fails it stays, with the new reason.
+freshly polled alert; an encoding dead letter likewise, to its own sink only. One that
+still fails stays.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from rich.table import Table
 
 from core import jsonutil
 from core.config import Config, sinks_for_alert
+from core.pipeline import encode_for_sinks
 from core.schema import TenantRef
 from core.state import DeadLetter, SQLiteStore
+from mappings import Encoder, encoder
 
 
 def table(dead: list[DeadLetter]) -> Table:
@@ -28,29 +31,39 @@ def table(dead: list[DeadLetter]) -> Table:
 
 def replay(config: Config, store: SQLiteStore, dead: list[DeadLetter]) -> tuple[int, int]:
     """Returns (replayed, still failing)."""
-    from mappings.graph_alerts_v2 import MappingError, normalise
-
     labels = {t.tenant_id: label for label, t in config.tenants.items()}
-    routes = config.routes_or_default()
+    encoders = {name: encoder(sink.format) for name, sink in config.sinks.items()}
     replayed, kept = [], 0
     for letter in dead:
-        if letter.stage == "deliver" and letter.sink in config.sinks:
-            store.outbox_append(letter.sink, [(letter.tenant_id, letter.version_key or "", letter.payload)])
+        if letter.stage == "deliver" and letter.sink in config.sinks and letter.meta is not None:
+            store.outbox_append(letter.sink, [(letter.meta, letter.payload)])
             replayed.append(letter.id)
-            continue
-        label = labels.get(letter.tenant_id)
-        if letter.stage != "normalise" or label is None:
+        elif _requeue(config, store, letter, labels.get(letter.tenant_id), encoders):
+            replayed.append(letter.id)
+        else:
             kept += 1
-            continue
-        try:
-            alert = normalise(jsonutil.loads(letter.payload), TenantRef(id=letter.tenant_id, label=label),
-                              datetime.now(timezone.utc))
-        except (MappingError, ValueError):
-            kept += 1
-            continue
-        payload = alert.model_dump_json().encode()
-        for sink in sinks_for_alert(routes, label, alert.severity, alert.service_source):
-            store.outbox_append(sink, [(letter.tenant_id, alert.version_key, payload)])
-        replayed.append(letter.id)
     store.dead_letters_remove(replayed)
     return len(replayed), kept
+
+
+def _requeue(config: Config, store: SQLiteStore, letter: DeadLetter, label: str | None,
+             encoders: dict[str, Encoder]) -> bool:
+    """Normalise, route and encode the alert of a "normalise" or "encode" dead letter again."""
+    from mappings.graph_alerts_v2 import MappingError, normalise
+
+    if letter.stage not in ("normalise", "encode") or label is None:
+        return False
+    try:
+        alert = normalise(jsonutil.loads(letter.payload), TenantRef(id=letter.tenant_id, label=label),
+                          datetime.now(timezone.utc))
+    except (MappingError, ValueError):
+        return False
+    sinks = sinks_for_alert(config.routes_or_default(), label, alert.severity, alert.service_source)
+    if letter.stage == "encode":
+        sinks = {letter.sink} & set(config.sinks)
+    queued, failures = encode_for_sinks(alert, sinks, encoders)
+    if failures or not queued:
+        return False
+    for sink, meta, body in queued:
+        store.outbox_append(sink, [(meta, body)])
+    return True

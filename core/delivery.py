@@ -1,4 +1,7 @@
-"""One worker per sink: drain its outbox in batches, encode, send, classify, retry.
+"""One worker per sink: drain its outbox in batches, send, classify, retry.
+
+The outbox holds each alert already in the sink's format (the pipeline encodes it when it
+queues it), so a batch goes out as it was stored.
 
 Rows leave the outbox only when the destination acknowledged them (deleted) or
 refused them for good (moved to the dead letters with the destination's reason).
@@ -9,16 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Callable
 
 from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
-from core.schema import Alert
 from core.sources.graph import backoff_delay
 from core.state import OutboxRow, SQLiteStore
 
 log = logging.getLogger("defender_forwarder.delivery")
-
-Encoder = Callable[[Alert], bytes]
 
 
 class RetryLater(Exception):
@@ -33,11 +32,10 @@ class SinkStats:
 
 
 class SinkWorker:
-    def __init__(self, connector: Connector, store: SQLiteStore, encode: Encoder) -> None:
+    def __init__(self, connector: Connector, store: SQLiteStore) -> None:
         self.connector = connector
         self.name = connector.name
         self.store = store
-        self.encode = encode
         self.config = connector.config
         self.stats = SinkStats()
         self.fatal: str | None = None
@@ -53,24 +51,9 @@ class SinkWorker:
         rows = self.store.outbox_batch(self.name, self.config.batch_max_events)
         if not rows:
             return 0
-        events = self._encode(rows)
-        if events:
-            await self._send(events, {row.id: row for row in rows})
+        events = [Event(row.id, row.meta, row.payload) for row in rows]
+        await self._send(events, {row.id: row for row in rows})
         return len(rows)
-
-    def _encode(self, rows: list[OutboxRow]) -> list[Event]:
-        """Encode every row; a row that cannot be encoded is a poisoned event, not a stuck batch."""
-        events, poisoned = [], []
-        for row in rows:
-            try:
-                alert = Alert.model_validate_json(row.payload)
-                events.append(Event(row.id, alert, self.encode(alert)))
-            except Exception as err:  # noqa: BLE001 - any failure here is this event's, not the batch's
-                poisoned.append((row, f"encode ({self.config.format}): {type(err).__name__}: {err}"[:2000]))
-        if poisoned:
-            self.store.outbox_dead(poisoned)
-            self.stats.dead += len(poisoned)
-        return events
 
     async def _send(self, events: list[Event], rows: dict[int, OutboxRow]) -> None:
         try:

@@ -1,6 +1,8 @@
 """The only place that knows sources, mappings and connectors together.
 
-poll -> normalise -> dedupe -> route -> outbox (one transaction per page) -> workers.
+poll -> normalise -> dedupe -> route -> encode per sink -> outbox (one transaction per
+page) -> workers. Encoding before the outbox means a worker sends stored bytes, and an
+alert a format cannot encode is dead-lettered for that sink at once, with its reason.
 """
 from __future__ import annotations
 
@@ -24,12 +26,12 @@ from core import jsonutil
 from core.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
 from core.config import SINK_MODULES, Config, RouteSettings, TenantSettings, sinks_for_alert
 from core.delivery import SinkWorker
-from core.schema import Alert, TenantRef
+from core.schema import Alert, EventMeta, TenantRef
 from core.sources import AlertSource, Page, SourceError
 from core.sources.graph import GraphAlertsSource
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit, SQLiteStore, format_time
-from mappings import encoder
+from mappings import Encoder, encoder
 from mappings.graph_alerts_v2 import MappingError, normalise
 
 log = logging.getLogger("defender_forwarder.pipeline")
@@ -73,6 +75,7 @@ class Forwarder:
         self.clock = clock
         self.routes: list[RouteSettings] = config.routes_or_default()
         self.workers: dict[str, SinkWorker] = {}
+        self.encoders: dict[str, Encoder] = {name: encoder(sink.format) for name, sink in config.sinks.items()}
         self.sources: dict[str, AlertSource] = {}
         self._http: dict[str | None, list[httpx.AsyncClient]] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -97,7 +100,7 @@ class Forwarder:
     # ---- construction ---------------------------------------------------
     def _worker(self, name: str, sink: Any) -> SinkWorker:
         connector_class = importlib.import_module(SINK_MODULES[sink.type]).CONNECTOR
-        return SinkWorker(connector_class(name, sink), self.store, encoder(sink.format))
+        return SinkWorker(connector_class(name, sink), self.store)
 
     def _source(self, label: str, tenant: TenantSettings) -> AlertSource:
         if tenant.replay is not None:
@@ -247,15 +250,13 @@ class Forwarder:
         if not sinks:
             result.filtered += 1
             return
-        try:
-            payload = alert.model_dump_json().encode()
-        except ValueError as err:  # e.g. an unpaired surrogate that survived the mapping
-            commit.dead.append(_dead_raw(alert.tenant, alert.raw, f"outbox: cannot serialise: {err}"))
-            result.dead += 1
-            return
-        commit.outbox.extend((sink, alert.version_key, payload) for sink in sinks)
-        outcome.sinks.update(sinks)
-        result.queued += 1
+        queued, failures = encode_for_sinks(alert, sinks, self.encoders)
+        commit.outbox.extend(queued)
+        commit.dead.extend(failures)
+        outcome.sinks.update(sink for sink, _, _ in queued)
+        result.dead += len(failures)
+        if queued:
+            result.queued += 1
 
     # ---- running ---------------------------------------------------------------
     async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
@@ -288,6 +289,30 @@ class Forwarder:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+
+def encode_for_sinks(
+    alert: Alert, sinks: set[str], encoders: dict[str, Encoder]
+) -> tuple[list[tuple[str, EventMeta, bytes]], list[DeadLetter]]:
+    """The alert in each sink's format (each format encoded once), and a dead letter per sink
+    whose format cannot encode it (e.g. an unpaired surrogate no JSON may carry)."""
+    meta = EventMeta.of(alert)
+    bodies: dict[Encoder, bytes | str] = {}
+    queued, failures = [], []
+    for sink in sorted(sinks):
+        encode = encoders[sink]
+        if encode not in bodies:
+            try:
+                bodies[encode] = encode(alert)
+            except Exception as err:  # noqa: BLE001 - a format's failure must cost this alert in this sink only
+                bodies[encode] = f"encode: {type(err).__name__}: {err}"
+        body = bodies[encode]
+        if isinstance(body, bytes):
+            queued.append((sink, meta, body))
+        else:
+            failures.append(DeadLetter("encode", sink, alert.tenant.id, alert.version_key,
+                                       jsonutil.dumps(alert.raw), body[:2000]))
+    return queued, failures
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:

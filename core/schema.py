@@ -7,6 +7,7 @@ case the API used (the mapping folds case); unknown members are stored verbatim.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Annotated, Any, Literal
@@ -278,3 +279,21 @@ def version_key(tenant_id: str, alert_id: str, last_updated: datetime) -> str:
         return f"{tenant_id}/{alert_id}/{last_updated.isoformat(timespec='microseconds')[:-6]}Z"
     return f"{tenant_id}/{alert_id}/{last_updated.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
 
+
+
+@dataclass(frozen=True, slots=True)
+class EventMeta:
+    """What a connector may need of an alert besides its encoded body: the outbox keeps it
+    in columns beside the body, so delivery never decodes an alert again."""
+
+    tenant_id: str
+    tenant_label: str
+    alert_id: str
+    version_key: str
+    severity: Severity
+    time: float  # the version's lastUpdateDateTime, seconds since the epoch
+
+    @classmethod
+    def of(cls, alert: Alert) -> "EventMeta":
+        return cls(alert.tenant.id, alert.tenant.label, alert.id, alert.version_key, alert.severity,
+                   alert.times.last_updated.timestamp())

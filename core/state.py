@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+from core.schema import EventMeta, Severity
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursors (
     tenant_id TEXT NOT NULL, source TEXT NOT NULL, cursor TEXT NOT NULL,
@@ -29,17 +31,22 @@ CREATE TABLE IF NOT EXISTS known_alerts (
     PRIMARY KEY (tenant_id, alert_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, tenant_id TEXT NOT NULL,
-    version_key TEXT NOT NULL, payload BLOB NOT NULL, enqueued REAL NOT NULL,
+    tenant_label TEXT NOT NULL, alert_id TEXT NOT NULL, version_key TEXT NOT NULL,
+    severity INTEGER NOT NULL, event_time REAL NOT NULL, payload BLOB NOT NULL, enqueued REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
 CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, sink TEXT,
     tenant_id TEXT NOT NULL, version_key TEXT, payload BLOB NOT NULL, reason TEXT NOT NULL,
-    created REAL NOT NULL, digest TEXT NOT NULL UNIQUE);
+    created REAL NOT NULL, digest TEXT NOT NULL UNIQUE,
+    tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL);
 CREATE TABLE IF NOT EXISTS tenant_status (
     tenant_id TEXT PRIMARY KEY, label TEXT NOT NULL, last_success REAL, last_error TEXT,
     last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
 """
+# Bumped whenever a table changes shape: an older state file is refused with a clear error
+# rather than misread.
+SCHEMA_VERSION = 2
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Defender keeps alerts 180 days; an alert id unseen for longer cannot come back as an update.
 KNOWN_ALERT_RETENTION = 180 * 86400
@@ -49,24 +56,35 @@ class StateLocked(Exception):
     """Another run holds the state lock."""
 
 
-@dataclass(frozen=True)
+class StateError(Exception):
+    """The state file cannot be used by this version."""
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int
     sink: str
-    tenant_id: str
-    version_key: str
-    payload: bytes
+    meta: EventMeta
+    payload: bytes  # the alert in the sink's format
     attempts: int
+
+    @property
+    def version_key(self) -> str:
+        return self.meta.version_key
 
 
 @dataclass(frozen=True)
 class DeadLetter:
-    stage: str  # "normalise" or "deliver"
+    """stage "normalise" or "encode": `payload` is the alert as the API sent it; "deliver":
+    the body the sink refused, with its `meta`, so that a replay re-sends it as it was."""
+
+    stage: str
     sink: str | None
     tenant_id: str
     version_key: str | None
     payload: bytes
     reason: str
+    meta: EventMeta | None = None
     id: int = 0
     created: float = 0.0
 
@@ -78,7 +96,7 @@ class PageCommit:
     tenant_id: str
     source: str
     seen: list[tuple[str, str]] = field(default_factory=list)  # (alert id, last update)
-    outbox: list[tuple[str, str, bytes]] = field(default_factory=list)  # (sink, version key, payload)
+    outbox: list[tuple[str, EventMeta, bytes]] = field(default_factory=list)  # (sink, meta, body)
     dead: list[DeadLetter] = field(default_factory=list)
     cursor: datetime | None = None  # set on the window's last page only
 
@@ -106,7 +124,7 @@ class StateStore(Protocol):
     def outbox_delivered(self, row_ids: Iterable[int]) -> None: ...
     def outbox_failed(self, row_ids: Iterable[int], error: str) -> None: ...
     def outbox_dead(self, rows: Iterable[tuple[OutboxRow, str]]) -> None: ...
-    def outbox_append(self, sink: str, rows: Iterable[tuple[str, str, bytes]]) -> None: ...
+    def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None: ...
     def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]: ...
     def dead_letters_remove(self, ids: Iterable[int]) -> None: ...
     def record_success(self, tenant_id: str, label: str, forwarded: int) -> None: ...
@@ -162,7 +180,20 @@ class SQLiteStore:
         # roll back together on power loss, so even then nothing is skipped.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        self._check_version()
         self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_version(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        if has_tables and version != SCHEMA_VERSION:
+            self.db.close()
+            raise StateError(
+                f"{self.path} was written by another version of defender-forwarder (state schema {version}, "
+                f"this version uses {SCHEMA_VERSION}); deliver its outbox with that version, or move it "
+                "aside to start afresh"
+            )
 
     def _transaction(self) -> "_Tx":
         return _Tx(self.db)
@@ -208,10 +239,7 @@ class SQLiteStore:
                 "INSERT OR IGNORE INTO known_alerts VALUES (?, ?, ?)",
                 [(page.tenant_id, alert_id, now) for alert_id, _ in page.seen],
             )
-            db.executemany(
-                "INSERT INTO outbox (sink, tenant_id, version_key, payload, enqueued) VALUES (?, ?, ?, ?, ?)",
-                [(sink, page.tenant_id, key, payload, now) for sink, key, payload in page.outbox],
-            )
+            _insert_outbox(db, page.outbox, now)
             _insert_dead(db, page.dead, now)
             if page.cursor is not None:
                 db.execute(
@@ -242,11 +270,14 @@ class SQLiteStore:
 
     def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]:
         rows = self.db.execute(
-            "SELECT id, sink, tenant_id, version_key, payload, attempts FROM outbox "
-            "WHERE sink=? ORDER BY id LIMIT ?",
+            "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts "
+            "FROM outbox WHERE sink=? ORDER BY id LIMIT ?",
             (sink, limit),
         )
-        return [OutboxRow(*row) for row in rows]
+        return [
+            OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, Severity(severity), when), payload, attempts)
+            for row_id, tenant, label, alert, key, severity, when, payload, attempts in rows
+        ]
 
     def outbox_delivered(self, row_ids: Iterable[int]) -> None:
         with self._transaction() as db:
@@ -265,27 +296,25 @@ class SQLiteStore:
         with self._transaction() as db:
             _insert_dead(
                 db,
-                [DeadLetter("deliver", r.sink, r.tenant_id, r.version_key, r.payload, reason) for r, reason in rows],
+                [DeadLetter("deliver", r.sink, r.meta.tenant_id, r.meta.version_key, r.payload, reason, r.meta)
+                 for r, reason in rows],
                 now,
             )
             db.executemany("DELETE FROM outbox WHERE id=?", [(r.id,) for r, _ in rows])
 
-    def outbox_append(self, sink: str, rows: Iterable[tuple[str, str, bytes]]) -> None:
-        now = time.time()
+    def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None:
         with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO outbox (sink, tenant_id, version_key, payload, enqueued) VALUES (?, ?, ?, ?, ?)",
-                [(sink, tenant, key, payload, now) for tenant, key, payload in rows],
-            )
+            _insert_outbox(db, [(sink, meta, payload) for meta, payload in rows], time.time())
 
     def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
-        query = "SELECT stage, sink, tenant_id, version_key, payload, reason, id, created FROM dead_letters"
+        query = ("SELECT stage, sink, tenant_id, version_key, payload, reason, id, created, "
+                 "tenant_label, alert_id, severity, event_time FROM dead_letters")
         params: tuple[object, ...] = ()
         if sink is not None:
             query += " WHERE sink=?"
             params = (sink,)
         rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))
-        return [DeadLetter(*row) for row in rows]
+        return [_dead_letter(*row) for row in rows]
 
     def dead_letters_remove(self, ids: Iterable[int]) -> None:
         with self._transaction() as db:
@@ -331,14 +360,39 @@ class _Tx:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
+def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, bytes]], now: float) -> None:
+    db.executemany(
+        "INSERT INTO outbox (sink, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, "
+        "enqueued) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(sink, m.tenant_id, m.tenant_label, m.alert_id, m.version_key, int(m.severity), m.time, payload, now)
+         for sink, m, payload in rows],
+    )
+
+
 def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> None:
     # The digest makes a dead letter idempotent: re-reading the overlap window must not
     # file the same malformed alert twice.
     db.executemany(
-        "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, digest) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d)) for d in dead],
+        "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, digest, "
+        "tenant_label, alert_id, severity, event_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta))
+         for d in dead],
     )
+
+
+def _meta_columns(meta: EventMeta | None) -> tuple[object, ...]:
+    if meta is None:
+        return (None, None, None, None)
+    return (meta.tenant_label, meta.alert_id, int(meta.severity), meta.time)
+
+
+def _dead_letter(stage: str, sink: str | None, tenant_id: str, version_key: str | None, payload: bytes, reason: str,
+                 row_id: int, created: float, label: str | None, alert_id: str | None, severity: int | None,
+                 when: float | None) -> DeadLetter:
+    meta = None
+    if label is not None and alert_id is not None and version_key is not None and when is not None:
+        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity(severity or 0), when)
+    return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created)
 
 
 def _digest(dead: DeadLetter) -> str:

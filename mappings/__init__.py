@@ -28,11 +28,14 @@ OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 SOURCES = {"graph": "mappings.graph_alerts_v2"}
 
 
+Encoder = Callable[["Alert"], bytes]
+
+
 class FormatNotAvailable(ValueError):
     """A format name that no module implements."""
 
 
-def encoder(name: str) -> Callable[[Alert], bytes]:
+def encoder(name: str) -> Encoder:
     """The `encode` function of output format `name`."""
     module = AVAILABLE_FORMATS.get(name)
     if module is None:

@@ -29,7 +29,7 @@ model instance directly. The checks are the ones pydantic's strict mode would ma
 int but not bool, int or float stored as float, list of str, object), done by the tables
 themselves so that the models can be built without a second validation pass: this path
 is the forwarder's hot loop. `Alert.model_validate` remains the way in for everything
-else (the outbox decodes with `Alert.model_validate_json`).
+else.
 """
 from __future__ import annotations
 

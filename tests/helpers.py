@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core import jsonutil
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "samples"
 
@@ -58,7 +60,7 @@ def write_replay(folder: Path, pages: list[list[dict[str, Any]]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for number, alerts in enumerate(pages, start=1):
         body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2", "value": alerts}
-        (folder / f"page-{number:04d}.json").write_text(json.dumps(body))
+        (folder / f"page-{number:04d}.json").write_bytes(jsonutil.dumps(body))
     return folder
 
 

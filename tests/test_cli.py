@@ -160,8 +160,9 @@ def test_convert_ndjson_with_a_bad_alert_writes_the_good_ones_then_exits_1(tmp_p
 def test_dead_letters_list_replay_drop(tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
-    from core.schema import TenantRef
+    from core.schema import EventMeta, TenantRef
     from core.state import DeadLetter, PageCommit, SQLiteStore
+    from mappings import ocsf
     from mappings.graph_alerts_v2 import normalise
 
     tenant_id = "66666666-6666-4666-8666-666666666666"
@@ -173,7 +174,8 @@ def test_dead_letters_list_replay_drop(tmp_path: Path) -> None:
     alert = normalise(rejected, TenantRef(id=tenant_id, label="acme"), datetime.now(timezone.utc))
     store = SQLiteStore(tmp_path / "state.db")
     store.commit_page(PageCommit(tenant_id, "graph_alerts", dead=[
-        DeadLetter("deliver", "out", tenant_id, alert.version_key, alert.model_dump_json().encode(), "rejected by SIEM"),
+        DeadLetter("deliver", "out", tenant_id, alert.version_key, ocsf.encode(alert), "rejected by SIEM",
+                   EventMeta.of(alert)),
         DeadLetter("normalise", None, tenant_id, None, json.dumps({"id": "x"}).encode(), "normalise: bad"),
     ]))
     store.close()

@@ -3,18 +3,24 @@ dead letters, backpressure. Files are real, the state is a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from core import jsonutil
 from core.config import load_config
-from core.pipeline import Forwarder
+from core.pipeline import Forwarder, encode_for_sinks
+from core.schema import Alert, EventMeta, TenantRef
 from core.state import SQLiteStore
+from mappings import ocsf
+from mappings.graph_alerts_v2 import normalise
 from tests.helpers import REPO, read_ndjson, run_cli, write_config, write_replay
 from tests.peers.alert_factory import make_alerts, updated_version
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)
 TENANT = "55555555-5555-4555-8555-555555555555"
+REF = TenantRef(id=TENANT, label="acme")
 
 
 def _config(tmp_path: Path, replay: Path, **forwarder: object) -> Path:
@@ -189,6 +195,46 @@ def test_unpaired_surrogate_and_huge_description_do_not_stop_the_page(tmp_path: 
     store.close()
     assert alerts[0]["id"] in out or [d.version_key for d in dead] == [alerts[0]["id"]]
     assert result.queued + result.dead == 3
+
+
+def test_deeply_nested_alert_data_reaches_every_format(tmp_path: Path) -> None:
+    alerts = make_alerts(2, TENANT, T0, timedelta(minutes=1), seed=9)
+    deep: object = "bottom"
+    for _ in range(1_010):  # parsers accept 1,024 levels; orjson writes 254, the stdlib ~1,000
+        deep = [deep]
+    alerts[0]["additionalData"] = {"nested": deep}
+    replay = write_replay(tmp_path / "replay", [alerts])
+    config = write_config(tmp_path / "forwarder.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
+        "tenants.acme": {"tenant_id": TENANT, "replay": str(replay)},
+        "sinks.raw": {"type": "file", "path": str(tmp_path / "raw.ndjson"), "format": "raw"},
+        "sinks.cef": {"type": "file", "path": str(tmp_path / "cef.log"), "format": "cef"},
+    })
+    (result,), _ = _run(config)
+    assert (result.queued, result.dead) == (2, 0)
+    forwarded = (tmp_path / "raw.ndjson").read_bytes().splitlines()
+    # (compared as JSON text: `==` on 1,010 nested lists would itself exceed the recursion limit)
+    assert jsonutil.dumps(jsonutil.loads(forwarded[0])["additionalData"]) == jsonutil.dumps({"nested": deep})
+    assert len((tmp_path / "cef.log").read_text().splitlines()) == 2
+
+
+def test_a_format_that_fails_costs_that_alert_in_that_sink_only() -> None:
+    good, bad = (normalise(raw, REF, T0) for raw in make_alerts(2, TENANT, T0, timedelta(minutes=1), seed=10))
+
+    def fragile(alert: Alert) -> bytes:
+        if alert.id == bad.id:
+            raise ValueError("no room for this one")
+        return alert.id.encode()
+
+    encoders = {"lake": ocsf.encode, "strict": fragile}
+    queued, dead = encode_for_sinks(good, {"lake", "strict"}, encoders)
+    assert [(sink, body) for sink, _, body in queued] == [("lake", ocsf.encode(good)), ("strict", good.id.encode())]
+    queued, dead = encode_for_sinks(bad, {"lake", "strict"}, encoders)
+    assert [sink for sink, _, _ in queued] == ["lake"] and queued[0][1] == EventMeta.of(bad)
+    (letter,) = dead
+    assert (letter.stage, letter.sink, letter.version_key) == ("encode", "strict", bad.version_key)
+    assert letter.reason == "encode: ValueError: no room for this one"
+    assert json.loads(letter.payload) == bad.raw
 
 
 def test_first_sight_is_marked_once_per_alert_across_runs(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.state import DeadLetter, PageCommit, SQLiteStore, StateLock, format_time
+from core.schema import EventMeta, Severity
+from core.state import DeadLetter, PageCommit, SQLiteStore, StateError, StateLock, format_time
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -23,13 +24,17 @@ def store(tmp_path: Path) -> SQLiteStore:
     s.close()
 
 
+def _meta(alert_id: str, last_update: str) -> EventMeta:
+    return EventMeta("t1", "acme", alert_id, f"t1/{alert_id}/{last_update}", Severity.high, T0.timestamp())
+
+
 def _page(cursor: datetime | None = None, n: int = 2, sink: str = "archive") -> PageCommit:
     versions = [(f"a{i}", format_time(T0 + timedelta(minutes=i))) for i in range(n)]
     return PageCommit(
         tenant_id="t1",
         source="graph_alerts",
         seen=versions,
-        outbox=[(sink, f"t1/{a}/{u}", b"{}") for a, u in versions],
+        outbox=[(sink, _meta(a, u), b"{}") for a, u in versions],
         cursor=cursor,
     )
 
@@ -41,7 +46,7 @@ def test_state_file_is_private_and_in_wal_mode(store: SQLiteStore) -> None:
 
 def test_page_commit_is_atomic(store: SQLiteStore) -> None:
     bad = _page(cursor=T0)
-    bad.outbox.append(("archive", "t1/x/y", None))  # NOT NULL violation after the other rows
+    bad.outbox.append(("archive", _meta("x", "y"), None))  # NOT NULL violation after the other rows
     with pytest.raises(sqlite3.IntegrityError):
         store.commit_page(bad)
     assert store.outbox_depth("archive") == 0
@@ -75,6 +80,28 @@ def test_outbox_order_failures_and_dead_letters(store: SQLiteStore) -> None:
     assert [(r.id, r.attempts) for r in remaining] == [(rows[0].id, 1)]
     dead = store.dead_letters()
     assert [(d.stage, d.sink, d.reason) for d in dead] == [("deliver", "archive", "rejected: mapping error")]
+
+
+def test_outbox_rows_and_delivery_dead_letters_keep_the_event_meta(store: SQLiteStore) -> None:
+    store.commit_page(_page(n=2))
+    first, second = store.outbox_batch("archive", 10)
+    assert first.meta == _meta("a0", format_time(T0)) and first.payload == b"{}"
+    store.outbox_dead([(second, "refused")])
+    (letter,) = store.dead_letters()
+    assert letter.meta == second.meta and letter.version_key == second.meta.version_key
+
+    store.outbox_append("archive", [(letter.meta, letter.payload)])
+    assert [row.meta for row in store.outbox_batch("archive", 10)] == [first.meta, second.meta]
+
+
+def test_state_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, sink TEXT, payload BLOB)")
+    old.commit()
+    old.close()
+    with pytest.raises(StateError, match="another version of defender-forwarder"):
+        SQLiteStore(path)
 
 
 def test_same_dead_letter_is_filed_once(store: SQLiteStore) -> None:
