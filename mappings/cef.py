@@ -85,9 +85,41 @@ the MSSP context; labels are written as given here):
 | `cs4` | `mitreTechniques` | `mitre_techniques`, joined with `,` | 1023 |
 | `cs5` | `incidentId` | `incident_id` | 1023 |
 | `cs6` | `sha256` | that file's `sha256` | 1023 |
+
+Fitting a line into a budget
+- `fit(line, budget)` is for a sender that holds only the encoded line (bytes) and has to
+  send it within `budget` bytes (a syslog connector: `max_message_bytes` minus its syslog
+  header, e.g. 2048 for UDP). It returns the line to send (always at most `budget` bytes,
+  UTF-8, one line: no CR, LF or NUL) and how it was made, a `Fit`:
+- `INTACT`: the line is within the budget and is returned as it is, the same object.
+- `SHORTENED`: values are cut, whole ones, in this fixed order until the line fits: `msg`
+  (the description: the longest, prose, and whole in the portal), `request` (URL evidence:
+  long query strings; the host and path come first), `filePath` (its file name is in
+  `fname`), `flexString2` then `flexString1` (the incident and alert portal links, which the
+  ids in `cs5`, `cs3` and `cs1` rebuild), `cs4` (MITRE techniques), `sourceServiceName`,
+  `cat`, `fname`, `duser`, `dhost`, and last the header Name (the title). The ids analysts
+  join on, the times, addresses and hashes, and the short status are never cut: `rt`,
+  `start`, `end`, `deviceCustomDate1`, `externalId`, `act`, `dst`, `src`, `c6a2`, `c6a3`,
+  `fileHash`, `cs1` (tenantId), `cs2` (customer), `cs3` (alertId), `cs5` (incidentId), `cs6`
+  (sha256), the labels, and the other header fields. A value is cut as the length limits cut
+  (Text rules): its unescaped text at a code point boundary, ending in `…` (the marker
+  counts), then escaped again, so a cut never splits an escape sequence or a UTF-8 sequence.
+  Each value is cut only as far as the line needs (a value before it in the order is left as
+  the bare marker `…`; one after it is untouched), keys are never dropped, and the line
+  parses as before: same header (Name possibly cut), same keys in the same order, every
+  value either unchanged or a prefix of itself ending in `…`.
+- `CUT`: when even every value of that list cut to the bare marker leaves the line over the
+  budget (what is never cut, with the labels, takes some 600-900 bytes of a typical alert),
+  the line as encoded is cut at the last safe point at most `budget - 3` bytes in (never
+  inside an escape sequence `\\`, `\=`, `\n`, `\r`, `\|` or a UTF-8 sequence) and ends in
+  `…`. The receiver then holds a truncated, marked line that may not parse (the header or
+  the last value may be cut anywhere); the connector counts these. A line `fit` cannot read
+  as `encode` writes it is cut the same way. A budget under 3 bytes (no room for the marker)
+  is a `ValueError`.
 """
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -475,3 +507,109 @@ def encode(alert: Alert) -> bytes:
             _HEADERS[key] = head
     extension = _EXTENSION_TEXT(a, a["times"].__dict__, a["tenant"].__dict__, *picks(a["evidence"]))
     return (head + extension).encode()
+
+
+# --------------------------------------------------------------------------- fitting a line into a budget
+
+
+class Fit(enum.Enum):
+    """What `fit` did to a line (see "Fitting a line into a budget" in the module docstring)."""
+
+    INTACT = "intact"  # within the budget: sent as encoded
+    SHORTENED = "shortened"  # values cut, in `FIT_ORDER`, each ending in `…`; parses as before
+    CUT = "cut"  # the line itself cut and marked with `…`; may not parse
+
+
+# The values `fit` may cut, first to last; "Name" is the header's Name (the title).
+FIT_ORDER: tuple[str, ...] = ("msg", "request", "filePath", "flexString2", "flexString1", "cs4",
+                              "sourceServiceName", "cat", "fname", "duser", "dhost", "Name")
+
+_INTACT = Fit.INTACT
+_MARK = TRUNCATED.encode()
+_FIT_ORDER = tuple(key.encode() for key in FIT_ORDER)
+# A header field (unescaped `|` ends it; `\\.` is an escape), unrolled so it never backtracks.
+_FIELD = rb"[^\\|]*(?:\\.[^\\|]*)*"
+# The seven header fields; group 1 is the Name.
+_HEADER = re.compile(rb"(?:%s\|){5}(%s)\|%s\|" % (_FIELD, _FIELD, _FIELD), re.DOTALL)
+
+
+def fit(line: bytes, budget: int) -> tuple[bytes, Fit]:
+    """`line` (from `encode`) within `budget` bytes, and how: the module docstring, "Fitting a
+    line into a budget"."""
+    if len(line) <= budget:
+        return line, _INTACT
+    return _shorten(line, budget)
+
+
+def _safe_cut(line: bytes, start: int, end: int) -> int:
+    """The last point at or before `end` (and not before `start`) where `line` can be cut:
+    not inside a UTF-8 sequence, not between a `\\` and the character it escapes."""
+    while end > start and 0x80 <= line[end] < 0xC0:  # (a UTF-8 continuation byte)
+        end -= 1
+    run = end
+    while run > start and line[run - 1] == 0x5C:  # backslashes pair up from the left
+        run -= 1
+    return end - 1 if (end - run) & 1 else end
+
+
+def _spans(line: bytes) -> dict[bytes, tuple[int, int]] | None:
+    """Where each value lies (start, end) in `line`, by key (b"Name": the header's Name);
+    None when `line` is not as `encode` writes it.
+
+    `encode` writes every `=` of a value as `\\=`, so an `=` after anything but a backslash
+    ends a key (letters and digits), which starts after the space before it (the first one:
+    right after the header)."""
+    header = _HEADER.match(line)
+    if header is None:
+        return None
+    spans = {b"Name": header.span(1)}
+    find, rfind = line.find, line.rfind
+    key_start = header.end()
+    key = None
+    value_start = key_start
+    equals = find(b"=", key_start)
+    while equals != -1:
+        if line[equals - 1] != 0x5C:  # (`\\=`: an `=` of a value)
+            if key is not None:
+                key_start = rfind(b" ", value_start, equals) + 1
+                if not key_start:
+                    return None
+                spans[key] = (value_start, key_start - 1)
+            key = line[key_start:equals]
+            if not (key.isalnum() and key[:1].isalpha()):  # (bytes: ASCII only)
+                return None
+            value_start = equals + 1
+        equals = find(b"=", equals + 1)
+    if key is None:
+        return None
+    spans[key] = (value_start, len(line))
+    return spans
+
+
+def _shorten(line: bytes, budget: int) -> tuple[bytes, Fit]:
+    """`fit` for a line over the budget: SHORTENED, else CUT."""
+    if budget < _TRUNCATED_BYTES:
+        raise ValueError(f"a budget of {budget} bytes leaves no room for the marker {TRUNCATED!r}")
+    spans = _spans(line)
+    if spans is not None:
+        excess = len(line) - budget
+        cuts = []
+        for name in _FIT_ORDER:
+            span = spans.get(name)
+            if span is None:
+                continue
+            start, end = span
+            if end - start <= _TRUNCATED_BYTES:  # (the bare marker would save nothing)
+                continue
+            keep = _safe_cut(line, start, start + max(0, end - start - excess - _TRUNCATED_BYTES))
+            cuts.append((start, keep, end))
+            excess -= end - keep - _TRUNCATED_BYTES
+            if excess <= 0:
+                cuts.sort()
+                parts, position = [], 0
+                for start, keep, end in cuts:
+                    parts += (line[position:keep], _MARK)
+                    position = end
+                parts.append(line[position:])
+                return b"".join(parts), Fit.SHORTENED
+    return line[:_safe_cut(line, 0, budget - _TRUNCATED_BYTES)] + _MARK, Fit.CUT
