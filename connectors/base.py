@@ -67,6 +67,9 @@ class Connector:
     def __init__(self, name: str, config: SinkConfig) -> None:
         self.name = name
         self.config = config
+        # What a run summary should show beside delivered/dead: events this connector had to
+        # alter to deliver them (e.g. syslog's shortened and truncated lines), by kind.
+        self.counters: dict[str, int] = {}
 
     async def open(self) -> None:
         """Connect; raise `SinkFatal` when the destination can never work with this config."""

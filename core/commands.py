@@ -122,6 +122,9 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
         sinks.add_column(column, justify="left" if column in ("sink", "status") else "right")
     for name, worker in forwarder.workers.items():
         status = f"[red]stopped: {worker.fatal}[/]" if worker.fatal else "[green]ok[/]"
+        altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
+        if altered:
+            status += f" ({altered})"
         pending = forwarder.store.outbox_depth(name)
         sinks.add_row(name, str(worker.stats.delivered), str(worker.stats.dead), str(pending), status)
     err_console.print(sinks)

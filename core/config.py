@@ -23,8 +23,9 @@ CONFIG_ENV = "DEFENDER_FORWARDER_CONFIG"
 SINK_MODULES: dict[str, str] = {
     "file": "connectors.file",
     "stdout": "connectors.stdout",
+    "syslog": "connectors.syslog",
 }
-PLANNED_SINKS = ("syslog", "splunk_hec", "elasticsearch", "eventhub", "email")
+PLANNED_SINKS = ("splunk_hec", "elasticsearch", "eventhub", "email")
 GRAPH_SOURCES = ("graph_alerts",)
 
 

@@ -144,3 +144,36 @@ def test_toml_file_and_its_errors(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.sinks["out"].format == "raw"
     assert config.routes_or_default()[0].sinks == ["out"]
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parents[1] / "examples").glob("*.toml")))
+def test_every_example_config_is_valid(example: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+
+    data = tomllib.loads((Path(__file__).parents[1] / "examples" / example).read_text())
+    monkeypatch.setenv("DF_TEST_SECRET", "s3cr3t-value-from-env")
+    for app in data.get("apps", {}).values():  # their certificate files live on the production host
+        app.pop("certificate", None)
+        app["client_secret"] = "env:DF_TEST_SECRET"
+    config = parse_config(data, example)
+    assert config.sinks and all(sink is not None for sink in config.sinks.values())
+
+
+def test_syslog_sink_keys_are_checked() -> None:
+    sink = {"type": "syslog", "host": "logs.example", "protocol": "udp", "framing": "lf", "facility": "local9",
+            "app_name": "has space", "ca_file": "/ca.pem", "max_message_bytes": 70000}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(_with(sinks={"siem": sink}))
+    problems = "\n".join(caught.value.problems)
+    assert "sinks.siem.facility: unknown facility 'local9'; one of kern," in problems
+    assert "sinks.siem.app_name: 'has space': printable US-ASCII without spaces" in problems
+    ok = parse_config(_with(sinks={"siem": {"type": "syslog", "host": "logs.example", "rfc": 3164}})).sinks["siem"]
+    assert (ok.protocol, ok.target_port, ok.rfc, ok.facility, ok.message_limit) == ("tcp", 514, "3164", "local4", 65536)
+    udp = parse_config(_with(sinks={"siem": {"type": "syslog", "host": "h", "protocol": "udp"}})).sinks["siem"]
+    tls = parse_config(_with(sinks={"siem": {"type": "syslog", "host": "h", "protocol": "tls"}})).sinks["siem"]
+    assert (udp.message_limit, tls.target_port, tls.tls_verify) == (2048, 6514, True)
+    for bad, phrase in ((dict(protocol="tcp", ca_file="/ca.pem"), 'need protocol = "tls"'),
+                        (dict(protocol="udp", framing="lf"), "framing applies to tcp and tls only"),
+                        (dict(protocol="udp", max_message_bytes=70000), "at most 65507")):
+        with pytest.raises(ConfigError, match=phrase):
+            parse_config(_with(sinks={"siem": {"type": "syslog", "host": "h", **bad}}))
