@@ -219,6 +219,50 @@ def test_oversize_lines_are_shortened_or_truncated_and_counted(setup: CloudSetup
     assert len(receiver.messages("udp")) == 3  # each sent once, none split, none dropped
 
 
+# ---- connections, backpressure, check ----------------------------------------------------------
+
+def test_one_connection_carries_every_batch(setup: CloudSetup, receiver: SyslogNg) -> None:
+    tenant_id = setup.tenant("contoso")
+    setup.cloud.add_alerts(tenant_id, make_alerts(9, tenant_id, recent(60), timedelta(minutes=1), seed=28))
+    setup.sinks = {"siem": _sink(receiver, "tls", batch_max_events=2)}
+    assert run_cli("run", "--once", "--config", str(setup.write())).returncode == 0
+    assert len(receiver.wait_for(9, "tls")) == 9
+    assert receiver.errors().count("Syslog connection accepted") == 1  # five batches, one TLS session
+
+
+def test_receiver_down_fills_the_outbox_then_pauses_polling_and_everything_arrives(
+        setup: CloudSetup, receiver: SyslogNg) -> None:
+    tenant_id = setup.tenant("contoso")
+    alerts = make_alerts(8, tenant_id, recent(60), timedelta(minutes=1), seed=29)
+    setup.cloud.add_alerts(tenant_id, alerts)
+    setup.forwarder.update(page_size=2, once_deadline="1s")
+    setup.sinks = {"siem": _sink(receiver, "tcp", max_outbox=3)}
+    receiver.stop()
+    down = run_cli("run", "--once", "--config", str(setup.write()))
+    assert down.returncode == 1 and "paused (outbox full)" in down.stderr
+    assert _pending(setup) == 4  # two pages of two, then the bound stopped the polling
+    receiver.start()
+    for _ in range(3):  # each run drains the outbox, then polls on from the cursor
+        assert run_cli("run", "--once", "--config", str(setup.write())).returncode == 0
+    got = [m["MSG"].encode() for m in receiver.wait_for(8, "tcp")]
+    assert sorted(got) == sorted(cef.encode(_alert(a, setup, "contoso")) for a in alerts)
+    assert _pending(setup) == 0
+
+
+def test_check_probes_the_receiver_and_sends_nothing(setup: CloudSetup, receiver: SyslogNg) -> None:
+    tenant_id = setup.tenant("contoso")
+    setup.cloud.add_alerts(tenant_id, make_alerts(1, tenant_id, recent(60), timedelta(minutes=1), seed=30))
+    setup.sinks = {"siem": _sink(receiver, "tls"),
+                   "bad": _sink(receiver, "tls", ca_file=str(receiver.certs.untrusted_ca_file))}
+    result = run_cli("check", "--config", str(setup.write()))
+    assert result.returncode == 1
+    siem = next(line for line in result.stderr.splitlines() if "siem" in line and "nothing sent" in line)
+    assert "connected" in siem and "TLSv1.3" in siem and "verified" in siem
+    assert "fails verification" in result.stderr
+    time.sleep(0.2)
+    assert receiver.messages() == []
+
+
 # ---- the standard battery ---------------------------------------------------------------------
 
 class TestSyslogBattery(ConnectorBattery):
