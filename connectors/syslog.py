@@ -57,6 +57,8 @@ from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, S
 from core.durations import Duration
 from core.schema import Severity
 from core.secrets import Secret
+from mappings.cef import Fit
+from mappings.cef import fit as cef_fit
 
 log = logging.getLogger("defender_forwarder.syslog")
 
@@ -139,7 +141,7 @@ class SyslogSinkConfig(SinkConfig):
         return None if value is None else _header_token(value, 255)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SyslogSinkConfig":
+    def _consistent(self) -> SyslogSinkConfig:
         if self.client_key is not None and self.client_cert is None:
             raise ValueError("client_key needs client_cert")
         tls_only = {"ca_file": self.ca_file, "client_cert": self.client_cert, "tls_server_name": self.tls_server_name}
@@ -179,9 +181,7 @@ class SyslogConnector(Connector):
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._datagram: _Datagrams | None = None
         self._hostname = config.hostname or _header_token(socket.gethostname() or "localhost", 255)
-        self._frame = _octet_counted if config.framing == "octet-counting" and config.protocol != "udp" else (
-            _lf_terminated if config.protocol != "udp" else _unframed)
-        self._fit = _cef_fit() if config.format == "cef" else None
+        self._frame = _framer(config)
 
     async def open(self) -> None:
         if self.config.protocol == "tls":
@@ -234,10 +234,11 @@ class SyslogConnector(Connector):
         return frames, results
 
     def _fitted(self, event: Event, room: int) -> bytes | None:
-        if self._fit is None:
+        """The CEF line within `room` bytes (counted); None for a format that cannot be cut."""
+        if self.config.format != "cef":
             return None
-        body, how = self._fit(event.body, room)
-        if how.name == "CUT":
+        body, how = cef_fit(event.body, room)
+        if how is Fit.CUT:
             self.counters["truncated"] += 1
             log.warning("sink %s: %s did not fit %d bytes even shortened: sent truncated and marked",
                         self.name, event.meta.version_key, self.config.message_limit)
@@ -251,7 +252,7 @@ class SyslogConnector(Connector):
             writer.write(data)
             await asyncio.wait_for(writer.drain(), self.config.send_timeout)
             await asyncio.sleep(0)  # let a close or reset that answered the write be seen
-        except BaseException:
+        except Exception:
             await self._drop_connection()
             raise
         if _closed(reader, writer):
@@ -326,7 +327,7 @@ class SyslogConnector(Connector):
         if config.protocol == "udp":
             socket.getaddrinfo(config.host, config.target_port, type=socket.SOCK_DGRAM)
             return f"udp {where} (UDP cannot confirm a receiver; nothing sent)"
-        reader, writer = await self._connect()
+        _, writer = await self._connect()
         detail = ""
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is not None:
@@ -365,6 +366,12 @@ class _Headers:
         return header
 
 
+def _framer(config: SyslogSinkConfig) -> Callable[[bytes], bytes]:
+    if config.protocol == "udp":
+        return _unframed
+    return _octet_counted if config.framing == "octet-counting" else _lf_terminated
+
+
 def _octet_counted(message: bytes) -> bytes:
     return b"%d %b" % (len(message), message)
 
@@ -387,12 +394,6 @@ def _keep_alive(writer: asyncio.StreamWriter) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-def _cef_fit() -> Callable[[bytes, int], tuple[bytes, object]]:
-    from mappings.cef import fit
-
-    return fit
-
-
 class _Datagrams(asyncio.DatagramProtocol):
     """A connected UDP socket, so that the ICMP "port unreachable" of a missing receiver is
     reported (on loopback and most LANs) instead of vanishing."""
@@ -402,7 +403,7 @@ class _Datagrams(asyncio.DatagramProtocol):
         self.error: OSError | None = None
 
     @classmethod
-    async def open(cls, host: str, port: int) -> "_Datagrams":
+    async def open(cls, host: str, port: int) -> _Datagrams:
         loop = asyncio.get_running_loop()
         _, protocol = await loop.create_datagram_endpoint(cls, remote_addr=(host, port))
         return protocol

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -16,8 +17,8 @@ from core.schema import Alert, TenantRef
 from core.state import SQLiteStore
 from mappings import cef, raw
 from mappings.graph_alerts_v2 import normalise
-from tests.conftest import CloudSetup, recent
 from tests.cef_parser import parse as parse_cef
+from tests.conftest import CloudSetup, recent
 from tests.connector_battery import ConnectorBattery
 from tests.helpers import run_cli
 from tests.peers.alert_factory import make_alerts
