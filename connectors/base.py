@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,8 +32,7 @@ class EventResult:
 DELIVERED = EventResult(Outcome.OK)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One outbox row of one sink: the alert already encoded in the sink's format."""
 
     row_id: int

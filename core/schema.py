@@ -7,10 +7,9 @@ case the API used (the mapping folds case); unknown members are stored verbatim.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,10 +27,18 @@ class Severity(IntEnum):
     critical = 5
 
     @classmethod
+    def of_value(cls, value: int) -> "Severity":
+        """The member of `value`, by a tuple look-up (the enum's own call is ten times slower)."""
+        return _SEVERITY_BY_VALUE[value]
+
+    @classmethod
     def parse(cls, value: str | None) -> "Severity":
         if not value:
             return cls.unknown
         return cls.__members__.get(value.strip().lower(), cls.unknown)
+
+
+_SEVERITY_BY_VALUE = tuple(Severity)
 
 
 class _Model(BaseModel):
@@ -281,10 +288,10 @@ def version_key(tenant_id: str, alert_id: str, last_updated: datetime) -> str:
 
 
 
-@dataclass(frozen=True, slots=True)
-class EventMeta:
+class EventMeta(NamedTuple):
     """What a connector may need of an alert besides its encoded body: the outbox keeps it
-    in columns beside the body, so delivery never decodes an alert again."""
+    in columns beside the body, so delivery never decodes an alert again. (A named tuple:
+    the outbox builds one per event on the delivery hot path.)"""
 
     tenant_id: str
     tenant_label: str

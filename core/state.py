@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Any, Iterable, Iterator, NamedTuple, Protocol
 
 from core.schema import EventMeta, Severity
 
@@ -60,8 +60,7 @@ class StateError(Exception):
     """The state file cannot be used by this version."""
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
     id: int
     sink: str
     meta: EventMeta
@@ -180,6 +179,10 @@ class SQLiteStore:
         # roll back together on power loss, so even then nothing is skipped.
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        # Some builds (Debian's) zero every deleted row, which doubles the writes of each
+        # delivered batch; FAST overwrites only where that costs no extra I/O. The file is 0600
+        # and holds no secrets, only alerts that were delivered.
+        self.db.execute("PRAGMA secure_delete=FAST")
         self._check_version()
         self.db.executescript(SCHEMA)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -274,14 +277,16 @@ class SQLiteStore:
             "FROM outbox WHERE sink=? ORDER BY id LIMIT ?",
             (sink, limit),
         )
+        by_value = Severity.of_value
         return [
-            OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, Severity(severity), when), payload, attempts)
+            OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when), payload, attempts)
             for row_id, tenant, label, alert, key, severity, when, payload, attempts in rows
         ]
 
     def outbox_delivered(self, row_ids: Iterable[int]) -> None:
         with self._transaction() as db:
-            db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in row_ids])
+            for chunk in _chunks(list(row_ids), 500):  # one statement per chunk: a batch is the hot path
+                db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
 
     def outbox_failed(self, row_ids: Iterable[int], error: str) -> None:
         with self._transaction() as db:
@@ -391,7 +396,7 @@ def _dead_letter(stage: str, sink: str | None, tenant_id: str, version_key: str 
                  when: float | None) -> DeadLetter:
     meta = None
     if label is not None and alert_id is not None and version_key is not None and when is not None:
-        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity(severity or 0), when)
+        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity.of_value(severity or 0), when)
     return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created)
 
 
@@ -409,6 +414,6 @@ def _create_private(path: Path) -> None:
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
