@@ -24,3 +24,4 @@ test: install-test
 bench: install-test
 	$(BIN)/python bench/normalise.py
 	$(BIN)/python bench/poll.py
+	$(BIN)/python bench/ship_syslog.py
