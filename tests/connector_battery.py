@@ -66,9 +66,9 @@ class ConnectorBattery:
         raws = self._tenants(setup, {"contoso": 4})
         setup.forwarder.update(poll_interval="1s")
         setup.sinks = {"siem": {**self.sink(peer, setup.tmp), "retry_initial": "0.05s", "retry_max": "0.3s"}}
-        daemon = _daemon(setup.write())
+        forwarder = daemon(setup.write())
         try:
-            _until(lambda: len(self.received(peer)) >= 4, daemon)
+            until(lambda: len(self.received(peer)) >= 4, forwarder)
             later = make_alerts(5, setup.tenants["contoso"], recent(1), timedelta(seconds=5), seed=11)
 
             def while_down() -> None:
@@ -77,10 +77,10 @@ class ConnectorBattery:
 
             self.restart(peer, while_down)
             raws["contoso"] += later
-            _until(lambda: len(self.received(peer)) >= 9, daemon)
+            until(lambda: len(self.received(peer)) >= 9, forwarder)
         finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(20)
+            forwarder.send_signal(signal.SIGTERM)
+            forwarder.wait(20)
         self._assert_exactly(peer, setup, raws, duplicates_allowed=True)
 
     def test_dead_letters_a_poisoned_event(self, setup: CloudSetup, peer: Any) -> None:
@@ -140,17 +140,19 @@ class ConnectorBattery:
 _INGESTED = recent(0)
 
 
-def _daemon(config: Path) -> subprocess.Popen[str]:
+def daemon(config: Path) -> subprocess.Popen[str]:
+    """`defender-forwarder run` (the daemon loop) in a child process, its output piped."""
     return subprocess.Popen([sys.executable, "-m", "core.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _until(condition: Any, daemon: subprocess.Popen[str], timeout: float = 20.0) -> None:
+def until(condition: Any, process: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    """Wait for `condition()`; fail, with the forwarder's output, if it exits or time runs out."""
     deadline = time.monotonic() + timeout
     while not condition():
-        if daemon.poll() is not None:
-            raise AssertionError(f"the forwarder exited ({daemon.returncode}):\n{daemon.stdout.read()}")
+        if process.poll() is not None:
+            raise AssertionError(f"the forwarder exited ({process.returncode}):\n{process.stdout.read()}")
         if time.monotonic() > deadline:
-            daemon.terminate()
-            raise AssertionError(f"timed out; forwarder output:\n{daemon.communicate(timeout=10)[0]}")
+            process.terminate()
+            raise AssertionError(f"timed out; forwarder output:\n{process.communicate(timeout=10)[0]}")
         time.sleep(0.05)
