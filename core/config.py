@@ -24,8 +24,9 @@ SINK_MODULES: dict[str, str] = {
     "file": "connectors.file",
     "stdout": "connectors.stdout",
     "syslog": "connectors.syslog",
+    "splunk_hec": "connectors.splunk_hec",
 }
-PLANNED_SINKS = ("splunk_hec", "elasticsearch", "eventhub", "email")
+PLANNED_SINKS = ("elasticsearch", "eventhub", "email")
 GRAPH_SOURCES = ("graph_alerts",)
 
 

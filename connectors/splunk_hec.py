@@ -1,0 +1,418 @@
+"""`type = "splunk_hec"`: Splunk's HTTP Event Collector, with optional indexer acknowledgement.
+
+Facts: reference/sinks.md §1. Each event is one JSON envelope; a request carries many,
+concatenated, to `/services/collector/event`, gzip-compressed by default, over one
+keep-alive httpx pool, with `Authorization: Splunk <token>` and this sink's channel GUID in
+`X-Splunk-Request-Channel` (required by tokens with indexer acknowledgement).
+
+Envelope: `time` (the version's lastUpdateDateTime, epoch seconds with milliseconds), `host`,
+`source`, `sourcetype`, `index` (templates: `{tenant}` the customer label, `{tenant_id}`),
+indexed `fields` (tenant_id, customer, severity, version_key) and `event` (the alert in the
+sink's format: a JSON object, or a string for CEF).
+
+Sizes: a request holds at most `batch_max_bytes` of envelopes (uncompressed) and never more
+than `max_content_length`; a 413 from the server halves the limit for the rest of the run
+(the server has told us its own). One envelope over the limit goes to the dead letters.
+
+Acknowledgement (`ack = true`): every 200 carries an `ackId`; the connector polls
+`/services/collector/ack` until Splunk says true, and only then reports the events
+delivered, so their outbox rows are released. An ackId still false after `ack_timeout` (Splunk
+advises five minutes) means the events may be lost inside Splunk: they are sent again.
+
+Status table: `HEC_CODES` below (every documented code, 0-22), then for replies without a
+HEC code: 408, 429 and 5xx retry, 413 shrinks the request, other 4xx stop the sink. Codes
+6, 7, 12, 13 and 15 name the bad event (`invalid-event-number`): the events before it count
+as delivered, it goes to the dead letters with Splunk's text, and the rest is sent again at
+once.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import gzip
+import logging
+import socket
+import ssl
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+from pydantic import Field, field_validator
+
+from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from core.durations import Duration
+from core.secrets import Secret
+
+log = logging.getLogger("defender_forwarder.splunk_hec")
+
+EVENT_PATH = "/services/collector/event"
+ACK_PATH = "/services/collector/ack"
+HEALTH_PATH = "/services/collector/health"
+# What Splunk's own add-on calls Graph alerts; its props extract the CIM fields from `raw`.
+SOURCETYPES = {"raw": "ms365:defender:incident:alerts", "cef": "cef"}
+
+
+class Action(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"  # the whole request, after a backoff
+    SPLIT = "split"  # `invalid-event-number` names the one bad event
+    STOP = "stop"  # a configuration problem: the sink stops, its outbox waits
+
+
+@dataclass(frozen=True)
+class HecCode:
+    status: int
+    text: str
+    action: Action
+
+
+# Splunk's documented reply codes (sinks.md §1.5), each with what this connector does.
+HEC_CODES: dict[int, HecCode] = {
+    0: HecCode(200, "Success", Action.DELIVERED),
+    1: HecCode(403, "Token disabled", Action.STOP),
+    2: HecCode(401, "Token is required", Action.STOP),
+    3: HecCode(401, "Invalid authorization", Action.STOP),
+    4: HecCode(403, "Invalid token", Action.STOP),
+    5: HecCode(400, "No data", Action.STOP),  # we never send an empty request: something rewrote it
+    6: HecCode(400, "Invalid data format", Action.SPLIT),
+    7: HecCode(400, "Incorrect index", Action.SPLIT),
+    8: HecCode(500, "Internal server error", Action.RETRY),
+    9: HecCode(503, "Server is busy", Action.RETRY),
+    10: HecCode(400, "Data channel is missing", Action.STOP),
+    11: HecCode(400, "Invalid data channel", Action.STOP),
+    12: HecCode(400, "Event field is required", Action.SPLIT),
+    13: HecCode(400, "Event field cannot be blank", Action.SPLIT),
+    14: HecCode(400, "ACK is disabled", Action.STOP),
+    15: HecCode(400, "Error in handling indexed fields", Action.SPLIT),
+    16: HecCode(400, "Query string authorization is not enabled", Action.STOP),
+    # A health reply to an event request: not an acceptance; something answers in HEC's place.
+    17: HecCode(200, "HEC is healthy", Action.STOP),
+    18: HecCode(503, "HEC is unhealthy, queues are full", Action.RETRY),
+    19: HecCode(503, "HEC is unhealthy, ack service unavailable", Action.RETRY),
+    20: HecCode(503, "HEC is unhealthy, queues are full, ack service unavailable", Action.RETRY),
+    21: HecCode(400, "Invalid token", Action.STOP),
+    22: HecCode(400, "Token disabled", Action.STOP),
+}
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+REMEDIES = {
+    1: "enable the token in Splunk (Settings > Data inputs > HTTP Event Collector)",
+    2: "set `token`",
+    3: "the token is sent as `Authorization: Splunk <token>`: is a proxy rewriting it?",
+    4: "check `token`: Splunk does not know it",
+    10: "the token requires indexer acknowledgement: set ack = true",
+    11: "the channel is refused: is a proxy rewriting X-Splunk-Request-Channel?",
+    14: "the token has indexer acknowledgement disabled: set ack = false, or enable it on the token",
+    16: "the token is sent in a header, never in the query string: is a proxy rewriting it?",
+    17: "a health reply to an event request: does `url` point at the HEC endpoint itself?",
+    21: "check `token`: Splunk does not know it",
+    22: "enable the token in Splunk",
+}
+
+
+class SplunkHecSinkConfig(SinkConfig):
+    type: str = "splunk_hec"
+    format: str = "raw"
+    url: str = Field(description="https://splunk.example:8088")
+    token: Secret
+    index: str | None = Field(default="mssp_{tenant}", description="templates: {tenant}, {tenant_id}; "
+                              "empty: the token's default index")
+    sourcetype: str | None = Field(default=None, description="default: ms365:defender:incident:alerts for raw")
+    source: str = "defender-forwarder:{tenant_id}"
+    host: str | None = Field(default=None, description="default: this machine's name")
+    compress: bool = True
+    compression_level: int = Field(default=6, ge=1, le=9)
+    batch_max_bytes: int = Field(default=1_000_000, ge=1024, description="uncompressed envelopes per request")
+    max_content_length: int | None = Field(default=None, ge=1024, description="the server's limit, if known")
+    ack: bool = False
+    ack_timeout: Duration = Field(default=300.0, gt=0)
+    ack_poll_interval: Duration = Field(default=1.0, gt=0)
+    ca_file: str | None = None
+    tls_verify: bool = True
+    request_timeout: Duration = 60.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        url = httpx.URL(value)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("expected http(s)://host:port of the HEC endpoint")
+        return value.rstrip("/")
+
+    @property
+    def request_limit(self) -> int:
+        return min(self.batch_max_bytes, self.max_content_length or self.batch_max_bytes)
+
+    def sourcetype_for_format(self) -> str:
+        return self.sourcetype or SOURCETYPES.get(self.format, f"defender_forwarder:{self.format}")
+
+
+class HecRefused(Exception):
+    """A reply that stops the sink; its message is the clear error `run` and `check` print."""
+
+
+class SplunkHecConnector(Connector):
+    config_model = SplunkHecSinkConfig
+    config: SplunkHecSinkConfig
+
+    def __init__(self, name: str, config: SplunkHecSinkConfig) -> None:
+        super().__init__(name, config)
+        self.channel = str(uuid.uuid4())
+        self.request_limit = config.request_limit
+        self._client: httpx.AsyncClient | None = None
+        self._envelopes = _EnvelopeWriter(config)
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        config = self.config
+        if not config.tls_verify:
+            log.warning("sink %s: tls_verify = false: the server's certificate is NOT checked", self.name)
+        if config.url.startswith("http:"):
+            log.warning("sink %s: %s is plain HTTP: the token travels unencrypted", self.name, config.url)
+        headers = {"Authorization": f"Splunk {config.token.get_secret_value()}",
+                   "X-Splunk-Request-Channel": self.channel, "Content-Type": "application/json"}
+        self._client = httpx.AsyncClient(base_url=config.url, headers=headers, verify=self._tls(),
+                                         timeout=config.request_timeout,
+                                         limits=httpx.Limits(max_connections=2, max_keepalive_connections=2))
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        if not self.config.tls_verify:
+            return False
+        try:
+            return ssl.create_default_context(cafile=self.config.ca_file)
+        except OSError as err:
+            raise SinkFatal(f"ca_file: {err}") from None
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # ---- sending ------------------------------------------------------------------------
+    async def send(self, batch: list[Event]) -> list[EventResult]:
+        await self.open()
+        results: list[EventResult | None] = [None] * len(batch)
+        envelopes = [self._envelopes.write(event) for event in batch]
+        for index, envelope in enumerate(envelopes):
+            if len(envelope) > self.request_limit:
+                results[index] = EventResult(Outcome.PERMANENT, f"{len(envelope)} bytes: larger than a request "
+                                             f"may be ({self.request_limit} bytes)")
+        waiting = [i for i, result in enumerate(results) if result is None]
+        pending_acks: dict[int, list[int]] = {}
+        try:
+            await self._send_all(waiting, envelopes, results, pending_acks)
+        except HecRefused as err:
+            raise SinkFatal(str(err)) from None
+        if pending_acks:
+            await self._await_acks(pending_acks, results)
+        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+
+    async def _send_all(self, waiting: list[int], envelopes: list[bytes], results: list[EventResult | None],
+                        pending_acks: dict[int, list[int]]) -> None:
+        """Send `waiting` (indexes into the batch) in requests within the size limit; a failure
+        marks the unsent rest for a retry, and what was accepted stays accepted."""
+        queue = list(_requests(waiting, envelopes, self.request_limit))
+        while queue:
+            chunk = queue.pop(0)
+            try:
+                reply = await self._post(b"".join(envelopes[i] for i in chunk))
+            except httpx.HTTPError as err:
+                refused = _certificate_refused(err)
+                if refused:
+                    raise HecRefused(f"TLS: {self.config.url} presented a certificate that fails verification "
+                                     f"({refused}); set ca_file to the CA that signed it") from None
+                _mark(results, [i for part in [chunk, *queue] for i in part],
+                      EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+                return
+            queue[:0] = self._settle(chunk, reply, envelopes, results, pending_acks)
+
+    def _settle(self, chunk: list[int], reply: httpx.Response, envelopes: list[bytes],
+                results: list[EventResult | None], pending_acks: dict[int, list[int]]) -> list[list[int]]:
+        """Record what one reply means for `chunk`; returns the requests to send next, at once."""
+        body = _json(reply)
+        code = body.get("code") if isinstance(body.get("code"), int) else None
+        known = HEC_CODES.get(code) if code is not None else None
+        text = str(body.get("text") or reply.reason_phrase)
+        if known is not None and known.action is Action.STOP:
+            raise HecRefused(f"Splunk HEC refused the request: HTTP {reply.status_code}, code {code} "
+                             f"\"{text}\"; {REMEDIES.get(code, 'check the sink settings')}")
+        if known is not None and known.action is Action.SPLIT:
+            return self._split(chunk, body, text, code, results)
+        if reply.status_code == 200:
+            if self.config.ack:
+                ack_id = body.get("ackId")
+                if not isinstance(ack_id, int):
+                    raise HecRefused("ack = true but Splunk's reply has no ackId: does this token use "
+                                     "indexer acknowledgement? set ack = false")
+                pending_acks[ack_id] = chunk
+            else:
+                _mark(results, chunk, DELIVERED)
+            return []
+        if reply.status_code == 413:
+            return self._shrink(chunk, envelopes, results)
+        if (known is not None and known.action is Action.RETRY) or reply.status_code in RETRY_STATUSES:
+            _mark(results, chunk, EventResult(Outcome.RETRY, f"HTTP {reply.status_code}: {text}"))
+            return []
+        raise HecRefused(f"Splunk HEC answered HTTP {reply.status_code} ({text}) at {self.config.url}{EVENT_PATH}: "
+                         "is `url` the HEC endpoint (port 8088)?")
+
+    def _split(self, chunk: list[int], body: dict[str, Any], text: str, code: int | None,
+               results: list[EventResult | None]) -> list[list[int]]:
+        bad = body.get("invalid-event-number")
+        if not isinstance(bad, int) or not 0 <= bad < len(chunk):
+            if len(chunk) == 1:
+                bad = 0
+            else:  # Splunk did not say which: halve until it does, or one event is left
+                half = len(chunk) // 2
+                return [chunk[:half], chunk[half:]]
+        _mark(results, chunk[:bad], DELIVERED)
+        results[chunk[bad]] = EventResult(Outcome.PERMANENT, f"Splunk HEC code {code}: {text}")
+        return [chunk[bad + 1:]] if bad + 1 < len(chunk) else []
+
+    def _shrink(self, chunk: list[int], envelopes: list[bytes], results: list[EventResult | None]) -> list[list[int]]:
+        size = sum(len(envelopes[i]) for i in chunk)
+        if len(chunk) == 1:
+            results[chunk[0]] = EventResult(Outcome.PERMANENT, f"Splunk refused {size} bytes as too large (413)")
+            return []
+        self.request_limit = max(1024, min(self.request_limit, size // 2))
+        log.warning("sink %s: Splunk refused %d bytes (413); requests now stay under %d bytes",
+                    self.name, size, self.request_limit)
+        half = len(chunk) // 2
+        return [chunk[:half], chunk[half:]]
+
+    async def _post(self, body: bytes) -> httpx.Response:
+        assert self._client is not None
+        headers = {}
+        if self.config.compress:
+            body = gzip.compress(body, self.config.compression_level, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        return await self._client.post(EVENT_PATH, content=body, headers=headers)
+
+    # ---- indexer acknowledgement ------------------------------------------------------------
+    async def _await_acks(self, pending: dict[int, list[int]], results: list[EventResult | None]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ack_timeout
+        while pending and loop.time() < deadline:
+            await asyncio.sleep(min(self.config.ack_poll_interval, max(0.0, deadline - loop.time())))
+            for ack_id in await self._acknowledged(list(pending)):
+                _mark(results, pending.pop(ack_id), DELIVERED)
+        for chunk in pending.values():
+            _mark(results, chunk, EventResult(Outcome.RETRY, f"no indexer acknowledgement within "
+                                              f"{self.config.ack_timeout:g}s: sending again"))
+
+    async def _acknowledged(self, ack_ids: list[int]) -> list[int]:
+        assert self._client is not None
+        try:
+            reply = await self._client.post(ACK_PATH, content=orjson.dumps({"acks": ack_ids}))
+        except httpx.HTTPError as err:
+            log.warning("sink %s: ack query failed (%s); asking again", self.name, type(err).__name__)
+            return []
+        body = _json(reply)
+        if reply.status_code != 200:
+            code = body.get("code")
+            if HEC_CODES.get(code, HecCode(0, "", Action.RETRY)).action is Action.STOP:
+                raise SinkFatal(f"Splunk HEC refused the ack query: code {code} \"{body.get('text')}\"; "
+                                f"{REMEDIES.get(code, 'check the sink settings')}")
+            return []
+        acks = body.get("acks") if isinstance(body.get("acks"), dict) else {}
+        return [ack_id for ack_id in ack_ids if acks.get(str(ack_id)) is True]
+
+    # ---- check --------------------------------------------------------------------------
+    async def probe(self) -> str:
+        await self.open()
+        assert self._client is not None
+        try:
+            health = await self._client.get(HEALTH_PATH)
+        except httpx.HTTPError as err:
+            refused = _certificate_refused(err)
+            raise SinkFatal(f"TLS: certificate fails verification ({refused}); set ca_file" if refused
+                            else f"{self.config.url}: {type(err).__name__}: {err}") from None
+        health_body = _json(health)
+        if health.status_code in (400, 401, 403):
+            code = health_body.get("code")
+            raise SinkFatal(f"HEC health: code {code} \"{health_body.get('text')}\"; "
+                            f"{REMEDIES.get(code, 'check token and url')}")
+        state = health_body.get("text") or f"HTTP {health.status_code}"
+        # A zero-event batch: a good token gets "No data" (code 5), a bad one its refusal.
+        empty = _json(await self._client.post(EVENT_PATH, content=b""))
+        code = empty.get("code")
+        if code in (5, 0):
+            return f"{self.config.url}: {state}; token accepted (a zero-event batch got \"{empty.get('text')}\")"
+        raise SinkFatal(f"zero-event batch: code {code} \"{empty.get('text')}\"; "
+                        f"{REMEDIES.get(code, 'check the sink settings')}")
+
+
+class _EnvelopeWriter:
+    """One event -> its HEC envelope, with `event` last so the body is spliced in as it is."""
+
+    def __init__(self, config: SplunkHecSinkConfig) -> None:
+        self.config = config
+        self.json_body = config.format != "cef"
+        self.host = config.host or socket.gethostname() or "defender-forwarder"
+        self.sourcetype = config.sourcetype_for_format()
+        self._metadata_by_tenant: dict[str, dict[str, str]] = {}
+
+    def write(self, event: Event) -> bytes:
+        meta = event.meta
+        fields = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label,
+                  "severity": meta.severity.name, "version_key": meta.version_key}
+        metadata = self._metadata_by_tenant.get(meta.tenant_id)
+        if metadata is None:
+            metadata = self._metadata_by_tenant[meta.tenant_id] = self._metadata(meta.tenant_id, meta.tenant_label)
+        head = orjson.dumps({"time": round(meta.time, 3), **metadata, "fields": fields})
+        body = event.body if self.json_body else orjson.dumps(event.body.decode("utf-8", "replace"))
+        return head[:-1] + b',"event":' + body + b"}"
+
+    def _metadata(self, tenant_id: str, label: str) -> dict[str, str]:
+        config = self.config
+        metadata = {"host": _template(self.host, tenant_id, label),
+                    "source": _template(config.source, tenant_id, label),
+                    "sourcetype": self.sourcetype}
+        if config.index:
+            metadata["index"] = _template(config.index, tenant_id, label)
+        return metadata
+
+
+def _template(text: str, tenant_id: str, label: str) -> str:
+    return text.replace("{tenant_id}", tenant_id).replace("{tenant}", label)
+
+
+def _requests(indexes: list[int], envelopes: list[bytes], limit: int) -> list[list[int]]:
+    """`indexes` grouped into requests of at most `limit` bytes, in order."""
+    requests: list[list[int]] = []
+    size = limit + 1
+    for i in indexes:
+        if size + len(envelopes[i]) > limit:
+            requests.append([])
+            size = 0
+        requests[-1].append(i)
+        size += len(envelopes[i])
+    return requests
+
+
+def _mark(results: list[EventResult | None], indexes: list[int], result: EventResult) -> None:
+    for i in indexes:
+        results[i] = result
+
+
+def _certificate_refused(err: BaseException) -> str | None:
+    """The verification failure behind an httpx error, if that is what it was."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _json(reply: httpx.Response) -> dict[str, Any]:
+    try:
+        body = orjson.loads(reply.content)
+    except orjson.JSONDecodeError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+CONNECTOR = SplunkHecConnector
