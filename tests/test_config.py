@@ -155,6 +155,10 @@ def test_every_example_config_is_valid(example: str, monkeypatch: pytest.MonkeyP
     for app in data.get("apps", {}).values():  # their certificate files live on the production host
         app.pop("certificate", None)
         app["client_secret"] = "env:DF_TEST_SECRET"
+    for sink in data.get("sinks", {}).values():  # the secrets they reference live there too
+        for value in sink.values():
+            if isinstance(value, str) and value.startswith("env:"):
+                monkeypatch.setenv(value[4:], "example-secret")
     config = parse_config(data, example)
     assert config.sinks and all(sink is not None for sink in config.sinks.values())
 
