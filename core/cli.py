@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "replay", "drop"])
     dead.add_argument("--sink", help="only this sink's dead letters")
     dead.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
+    setup = _add(commands, "setup", "install what a destination needs: for elasticsearch, the index template "
+                 "and ILM policy of the data streams")
+    setup.add_argument("target", choices=["elasticsearch"])
+    setup.add_argument("--sink", help="the elasticsearch sink to set up (default: every one in the config)")
+    setup.add_argument("--retention", default="365d", help="ILM: delete backing indices this old (default 365d)")
+    setup.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")
     return parser

@@ -319,6 +319,32 @@ def cmd_consent_url(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- setup ------------------------------------------------------------------------------
+@_guarded
+def cmd_setup(args: argparse.Namespace) -> int:
+    from connectors import elasticsearch_setup
+
+    config = _load(args)
+    sinks = {name: sink for name, sink in config.sinks.items() if sink.type == "elasticsearch"}
+    if args.sink is not None:
+        if args.sink not in sinks:
+            raise CommandFailed(f"--sink: no elasticsearch sink named {args.sink!r} in the config", EXIT_CONFIG)
+        sinks = {args.sink: sinks[args.sink]}
+    if not sinks:
+        raise CommandFailed("the config has no sink of type elasticsearch", EXIT_CONFIG)
+    for name, sink in sinks.items():
+        if args.dry_run:
+            print(elasticsearch_setup.dry_run(sink, args.retention))
+            continue
+        try:
+            lines = asyncio.run(elasticsearch_setup.apply(sink, args.retention))
+        except Exception as err:  # noqa: BLE001 - the cluster's refusal, whatever its kind, is the message
+            raise CommandFailed(f"sink {name}: {type(err).__name__}: {err}", EXIT_PARTIAL) from None
+        for line in lines:
+            err_console.print(f"sink {name}: {line}")
+    return EXIT_OK
+
+
 # ---- dead letters ----------------------------------------------------------------------
 @_guarded
 def cmd_dead_letters(args: argparse.Namespace) -> int:

@@ -25,8 +25,9 @@ SINK_MODULES: dict[str, str] = {
     "stdout": "connectors.stdout",
     "syslog": "connectors.syslog",
     "splunk_hec": "connectors.splunk_hec",
+    "elasticsearch": "connectors.elasticsearch",
 }
-PLANNED_SINKS = ("elasticsearch", "eventhub", "email")
+PLANNED_SINKS = ("eventhub", "email")
 GRAPH_SOURCES = ("graph_alerts",)
 
 

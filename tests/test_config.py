@@ -61,7 +61,7 @@ def test_wrong_value_names_its_key_path() -> None:
 
 def test_unknown_and_planned_sink_types_are_refused_clearly() -> None:
     assert "unknown sink type 'kafka'" in _problems(_with(sinks__archive__type="kafka"))[0]
-    planned = _problems(_with(sinks__archive__type="elasticsearch"))[0]
+    planned = _problems(_with(sinks__archive__type="eventhub"))[0]
     assert planned.startswith("sinks.archive.type: ") and "not available in this version" in planned
 
 

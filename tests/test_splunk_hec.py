@@ -270,13 +270,9 @@ class TestHecBattery(ConnectorBattery):
         while_down()
         peer.start()
 
-    def poison(self, alert: dict[str, Any], sink: dict[str, Any]) -> str:
-        self._poisoned = alert["id"]
+    def poison(self, peer: HecPeer, alert: dict[str, Any], sink: dict[str, Any]) -> str:
+        peer.reject_events(lambda envelope: envelope.get("event", {}).get("id") == alert["id"])
         return "Invalid data format"
 
     def secrets(self, peer: HecPeer, tmp: Path) -> list[str]:
         return [TOKEN, ACK_TOKEN]
-
-    def test_dead_letters_a_poisoned_event(self, setup: CloudSetup, peer: HecPeer) -> None:
-        peer.reject_events(lambda envelope: envelope.get("event", {}).get("id") == getattr(self, "_poisoned", None))
-        super().test_dead_letters_a_poisoned_event(setup, peer)

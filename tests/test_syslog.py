@@ -284,7 +284,7 @@ class TestSyslogBattery(ConnectorBattery):
         while_down()
         peer.start()
 
-    def poison(self, alert: dict[str, Any], sink: dict[str, Any]) -> str:
+    def poison(self, peer: SyslogNg, alert: dict[str, Any], sink: dict[str, Any]) -> str:
         # A CEF line is always cut to fit; a JSON body cannot be, so it must not be sent at all.
         sink["format"] = "raw"
         alert["description"] = "J" * 70_000

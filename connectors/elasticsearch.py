@@ -1,0 +1,267 @@
+"""`type = "elasticsearch"`: bulk `create` into one data stream per customer, idempotently.
+
+Facts: reference/sinks.md §2, reference/receivers.md §3. Uses the official async client
+(`elasticsearch[async]`, pinned 9.x), with its own retries off: the delivery worker owns
+retries and backoff, so that one policy and one outbox decide.
+
+Writing: each event is a `create` into `data_stream` (default
+`logs-defender_forwarder.alert-{tenant}`; `{tenant}` is the customer label made a valid
+namespace: lower case, `-` and `.` as `_`). `_id` is a SHA-256 of the version key, so a
+re-send after a crash or a lost response meets a 409 (the document is there) and counts as
+delivered: no duplicate document. The document is the event in the sink's format: `ecs` (the
+default) as it is; `ocsf` and `cim` with `@timestamp` added (data streams require it);
+`raw` and `cef` as `{"@timestamp", "message"}`, the shape Elastic's own m365_defender
+integration reads, so `pipeline = "<its ingest pipeline>"` maps it as Elastic does.
+
+Status table
+  per item 200/201, or 409 (already indexed under this `_id`)        delivered
+  per item 429, 5xx                                                   retry that item only (backoff)
+  per item 404 index_not_found (auto-create refused: no template)     the sink stops: run setup
+  per item 400 and other 4xx (mapping, parsing, pipeline errors)      dead letter, with ES's reason
+  whole request 429, 5xx, connection error, timeout                    retry the batch (backoff)
+  whole request 413                                                    halved; one document: dead letter
+  whole request 401, 403; a certificate that fails verification       the sink stops, clearly
+  a server that is not Elasticsearch (product check)                   the sink stops
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from core.durations import Duration
+from core.secrets import Secret
+
+log = logging.getLogger("defender_forwarder.elasticsearch")
+
+DEFAULT_DATA_STREAM = "logs-defender_forwarder.alert-{tenant}"
+# Formats whose document is the alert under `message` (what Elastic's integration pipelines read).
+MESSAGE_FORMATS = frozenset({"raw", "cef"})
+_NAMESPACE_UNSAFE = re.compile(r"[^a-z0-9_]")
+
+
+class ElasticsearchSinkConfig(SinkConfig):
+    type: str = "elasticsearch"
+    format: str = "ecs"
+    hosts: list[str] = Field(default_factory=list, description="https://es.example:9200")
+    cloud_id: Secret | None = None
+    api_key: Secret | None = None
+    username: str | None = None
+    password: Secret | None = None
+    data_stream: str = DEFAULT_DATA_STREAM
+    pipeline: str | None = None
+    ca_file: str | None = None
+    ssl_assert_fingerprint: str | None = Field(default=None, description="SHA-256 of the server certificate")
+    tls_verify: bool = True
+    api_compatibility: Literal[8, 9] = Field(default=9, description="the cluster's major version")
+    request_timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _where_and_who(self) -> ElasticsearchSinkConfig:
+        if bool(self.hosts) == (self.cloud_id is not None):
+            raise ValueError("set exactly one of hosts or cloud_id")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.api_key is not None and self.username is not None:
+            raise ValueError("set api_key or username/password, not both")
+        return self
+
+
+def namespace(label: str) -> str:
+    """A customer label as a data stream namespace: lower case, no `-` (sinks.md §2.2)."""
+    return _NAMESPACE_UNSAFE.sub("_", label.lower())
+
+
+def document_id(version_key: str) -> str:
+    return hashlib.sha256(version_key.encode()).hexdigest()
+
+
+def client_for(config: ElasticsearchSinkConfig) -> Any:
+    """The async client for a sink, its own retries off (the delivery worker retries)."""
+    from elasticsearch import AsyncElasticsearch
+
+    options: dict[str, Any] = {"request_timeout": config.request_timeout, "max_retries": 0,
+                               "retry_on_status": (), "retry_on_timeout": False}
+    if config.cloud_id is not None:
+        options["cloud_id"] = config.cloud_id.get_secret_value()
+    else:
+        options["hosts"] = config.hosts
+    if config.api_key is not None:
+        options["api_key"] = config.api_key.get_secret_value()
+    elif config.username is not None and config.password is not None:
+        options["basic_auth"] = (config.username, config.password.get_secret_value())
+    if config.ssl_assert_fingerprint:
+        options["ssl_assert_fingerprint"] = config.ssl_assert_fingerprint
+    elif config.ca_file:
+        options["ca_certs"] = config.ca_file
+    if not config.tls_verify:
+        options["verify_certs"] = False
+    return AsyncElasticsearch(**options)
+
+
+def compatibility_headers(major: int, body: str = "json") -> dict[str, str]:
+    """The media types of REST API compatibility `major` (the client sends its own major, 9,
+    unless told otherwise): an 8.x cluster refuses `compatible-with=9`."""
+    return {"accept": f"application/vnd.elasticsearch+json; compatible-with={major}",
+            "content-type": f"application/vnd.elasticsearch+{body}; compatible-with={major}"}
+
+
+async def call(client: Any, config: ElasticsearchSinkConfig, method: str, path: str, *, body: Any = None,
+               params: dict[str, str] | None = None, ndjson: bool = False) -> Any:
+    """One request with the sink's compatibility media types. The client's API methods set
+    their own `Accept`/`Content-Type` and rewrite them to its major version, so the request
+    goes through `perform_request`, whose explicit headers are sent as given."""
+    headers = compatibility_headers(config.api_compatibility, "x-ndjson" if ndjson else "json")
+    return await client.perform_request(method, path, params=params or None, headers=headers, body=body)
+
+
+class ElasticsearchConnector(Connector):
+    config_model = ElasticsearchSinkConfig
+    config: ElasticsearchSinkConfig
+
+    def __init__(self, name: str, config: ElasticsearchSinkConfig) -> None:
+        super().__init__(name, config)
+        self._client: Any = None
+        self._streams: dict[str, bytes] = {}  # tenant label -> its data stream, as JSON text
+
+    async def open(self) -> None:
+        if self._client is None:
+            if not self.config.tls_verify:
+                log.warning("sink %s: tls_verify = false: the server's certificate is NOT checked", self.name)
+            self._client = client_for(self.config)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # ---- sending ------------------------------------------------------------------------
+    async def send(self, batch: list[Event]) -> list[EventResult]:
+        await self.open()
+        results: list[EventResult | None] = [None] * len(batch)
+        pending = [list(range(len(batch)))]
+        while pending:
+            chunk = pending.pop()
+            pending.extend(await self._bulk(chunk, batch, results))
+        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+
+    async def _bulk(self, chunk: list[int], batch: list[Event], results: list[EventResult | None]) -> list[list[int]]:
+        """One `_bulk` request for `chunk`; returns the parts still to send (after a 413)."""
+        from elasticsearch import ApiError, TransportError
+
+        operations = []
+        for i in chunk:
+            operations += self._operation(batch[i])
+        try:
+            params = {"pipeline": self.config.pipeline} if self.config.pipeline else None
+            reply = await call(self._client, self.config, "PUT", "/_bulk", body=operations, params=params, ndjson=True)
+        except ApiError as err:
+            return self._refused(err, chunk, results)
+        except TransportError as err:
+            _stop_if_certificate(err)
+            _mark(results, chunk, EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+            return []
+        for i, item in zip(chunk, reply.body.get("items", ()), strict=False):
+            results[i] = self._item_result(item)
+        return []
+
+    def _operation(self, event: Event) -> list[bytes]:
+        meta = event.meta
+        stream = self._streams.get(meta.tenant_label)
+        if stream is None:
+            name = self.config.data_stream.replace("{tenant}", namespace(meta.tenant_label))
+            stream = self._streams[meta.tenant_label] = orjson.dumps(name)
+        action = b'{"create":{"_index":%b,"_id":"%b"}}' % (stream, document_id(meta.version_key).encode())
+        return [action, self._document(event)]
+
+    def _document(self, event: Event) -> bytes:
+        if self.config.format == "ecs":
+            return event.body
+        stamp = datetime.fromtimestamp(event.meta.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        if self.config.format in MESSAGE_FORMATS:
+            return orjson.dumps({"@timestamp": stamp, "message": event.body.decode("utf-8", "replace")})
+        return b'{"@timestamp":"%b",%b' % (stamp.encode(), event.body[1:])
+
+    def _item_result(self, item: dict[str, Any]) -> EventResult:
+        (outcome,) = item.values()
+        status = outcome.get("status", 500)
+        if status in (200, 201, 409):
+            return DELIVERED
+        error = outcome.get("error") or {}
+        reason = f"{status} {error.get('type', 'error')}: {error.get('reason', '')}"[:2000]
+        if status == 429 or status >= 500:
+            return EventResult(Outcome.RETRY, reason)
+        if status == 404 and error.get("type") == "index_not_found_exception":
+            raise SinkFatal(f"Elasticsearch will not create {outcome.get('_index')}: {reason}; "
+                            "run `defender-forwarder setup elasticsearch` to install the index template")
+        return EventResult(Outcome.PERMANENT, reason)
+
+    def _refused(self, err: Any, chunk: list[int], results: list[EventResult | None]) -> list[list[int]]:
+        status = err.meta.status
+        reason = f"HTTP {status}: {_error_text(err)}"
+        if status in (401, 403):
+            raise SinkFatal(f"Elasticsearch refused the credentials ({reason}); check api_key or "
+                            "username/password and the create_doc privilege on the data streams") from None
+        if status == 413:
+            if len(chunk) == 1:
+                results[chunk[0]] = EventResult(Outcome.PERMANENT, f"document too large for the cluster ({reason})")
+                return []
+            half = len(chunk) // 2
+            return [chunk[:half], chunk[half:]]
+        if status == 429 or status >= 500:
+            _mark(results, chunk, EventResult(Outcome.RETRY, reason))
+            return []
+        raise SinkFatal(f"Elasticsearch refused the bulk request ({reason})") from None
+
+    # ---- check --------------------------------------------------------------------------
+    async def probe(self) -> str:
+        from elasticsearch import ApiError, NotFoundError, TransportError
+
+        from connectors.elasticsearch_setup import TEMPLATE_NAME
+
+        await self.open()
+        try:
+            info = (await call(self._client, self.config, "GET", "/")).body
+            try:
+                await call(self._client, self.config, "GET", f"/_index_template/{TEMPLATE_NAME}")
+                template = f"template {TEMPLATE_NAME} installed"
+            except NotFoundError:
+                template = f"template {TEMPLATE_NAME} MISSING: run `defender-forwarder setup elasticsearch`"
+        except ApiError as err:
+            raise SinkFatal(f"HTTP {err.meta.status}: {_error_text(err)}") from None
+        except TransportError as err:
+            _stop_if_certificate(err)
+            raise SinkFatal(f"{type(err).__name__}: {err}") from None
+        version = info.get("version", {}).get("number", "?")
+        return f"cluster {info.get('cluster_name', '?')}, Elasticsearch {version}; {template}"
+
+
+def _mark(results: list[EventResult | None], indexes: list[int], result: EventResult) -> None:
+    for i in indexes:
+        results[i] = result
+
+
+def _error_text(err: Any) -> str:
+    body = getattr(err, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    return str(getattr(err, "message", err))
+
+
+def _stop_if_certificate(err: BaseException) -> None:
+    """A TLS verification failure is a configuration problem, not an outage: stop the sink."""
+    from elasticsearch import SSLError
+
+    if isinstance(err, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(err) or "fingerprint" in str(err).lower():
+        raise SinkFatal(f"TLS: the cluster's certificate fails verification ({err}); set ca_file or "
+                        "ssl_assert_fingerprint") from None
+
+
+CONNECTOR = ElasticsearchConnector
