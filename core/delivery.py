@@ -41,18 +41,29 @@ class SinkWorker:
         self.fatal: str | None = None
         self._opened = False
         self._failures = 0
+        self._read_ahead: list[OutboxRow] | None = None  # the batch after the one in flight
         self.wakeup = asyncio.Event()  # set by the poller when it queued rows for this sink
 
     async def deliver_batch(self) -> int:
-        """Send the oldest batch; returns how many rows it settled. Raises RetryLater or SinkFatal."""
+        """Send the oldest batch; returns how many rows it settled. Raises RetryLater or SinkFatal.
+
+        While a batch is in flight the next one is read in a thread, so that reading the outbox
+        overlaps the destination's answer; it is used only if this batch settled in full (a
+        retry must start again from the oldest row)."""
         if not self._opened:
             await self.connector.open()
             self._opened = True
-        rows = self.store.outbox_batch(self.name, self.config.batch_max_events)
+        limit = self.config.batch_max_events
+        rows, self._read_ahead = self._read_ahead or self.store.outbox_batch(self.name, limit), None
         if not rows:
             return 0
-        events = [Event(row.id, row.meta, row.payload) for row in rows]
-        await self._send(events, {row.id: row for row in rows})
+        ahead = asyncio.ensure_future(asyncio.to_thread(self.store.outbox_read_ahead, self.name, limit, rows[-1].id))
+        try:
+            await self._send([Event(row.id, row.meta, row.payload) for row in rows], {row.id: row for row in rows})
+        except BaseException:
+            ahead.cancel()
+            raise
+        self._read_ahead = await ahead
         return len(rows)
 
     async def _send(self, events: list[Event], rows: dict[int, OutboxRow]) -> None:

@@ -119,7 +119,8 @@ class StateStore(Protocol):
     def outbox_depth(self, sink: str) -> int: ...
     def outbox_depths(self) -> dict[str, int]: ...
     def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]: ...
-    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]: ...
+    def outbox_batch(self, sink: str, limit: int, after: int = 0) -> list[OutboxRow]: ...
+    def outbox_read_ahead(self, sink: str, limit: int, after: int) -> list[OutboxRow]: ...
     def outbox_delivered(self, row_ids: Iterable[int]) -> None: ...
     def outbox_failed(self, row_ids: Iterable[int], error: str) -> None: ...
     def outbox_dead(self, rows: Iterable[tuple[OutboxRow, str]]) -> None: ...
@@ -271,17 +272,18 @@ class SQLiteStore:
         rows = self.db.execute("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
         return {(tenant, sink): n for tenant, sink, n in rows}
 
-    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]:
-        rows = self.db.execute(
-            "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts "
-            "FROM outbox WHERE sink=? ORDER BY id LIMIT ?",
-            (sink, limit),
-        )
-        by_value = Severity.of_value
-        return [
-            OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when), payload, attempts)
-            for row_id, tenant, label, alert, key, severity, when, payload, attempts in rows
-        ]
+    def outbox_batch(self, sink: str, limit: int, after: int = 0) -> list[OutboxRow]:
+        """The oldest `limit` rows of `sink` (with ids above `after`)."""
+        return _outbox_rows(self.db, sink, limit, after)
+
+    def outbox_read_ahead(self, sink: str, limit: int, after: int) -> list[OutboxRow]:
+        """`outbox_batch` on a connection of its own, so that it can run in a thread while the
+        event loop's connection goes on (WAL lets a reader run beside the writer)."""
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            return _outbox_rows(db, sink, limit, after)
+        finally:
+            db.close()
 
     def outbox_delivered(self, row_ids: Iterable[int]) -> None:
         with self._transaction() as db:
@@ -363,6 +365,19 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> list[OutboxRow]:
+    rows = db.execute(
+        "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts "
+        "FROM outbox WHERE sink=? AND id>? ORDER BY id LIMIT ?",
+        (sink, after, limit),
+    )
+    by_value = Severity.of_value
+    return [
+        OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when), payload, attempts)
+        for row_id, tenant, label, alert, key, severity, when, payload, attempts in rows
+    ]
 
 
 def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, bytes]], now: float) -> None:
