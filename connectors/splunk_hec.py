@@ -51,7 +51,7 @@ EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
 HEALTH_PATH = "/services/collector/health"
 # What Splunk's own add-on calls Graph alerts; its props extract the CIM fields from `raw`.
-FIRST_ACK_POLL = 0.01  # seconds after the last request of a batch
+FIRST_ACK_POLL = 0.01  # seconds between the first two ack queries of a batch
 SOURCETYPES = {"raw": "ms365:defender:incident:alerts", "cef": "cef"}
 
 
@@ -295,12 +295,12 @@ class SplunkHecConnector(Connector):
     async def _await_acks(self, pending: dict[int, list[int]], results: list[EventResult | None]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.ack_timeout
-        pause = FIRST_ACK_POLL
+        pause = 0.0
         while pending and loop.time() < deadline:
             await asyncio.sleep(min(pause, max(0.0, deadline - loop.time())))
-            # Doubling up to ack_poll_interval: a quick indexer is heard from at once, a slow
-            # one is not asked more than every ack_poll_interval.
-            pause = min(pause * 2, self.config.ack_poll_interval)
+            # At once, then after 10 ms, doubling up to ack_poll_interval: a quick indexer is
+            # heard from at once, a slow one is not asked more than every ack_poll_interval.
+            pause = min(max(pause * 2, FIRST_ACK_POLL), self.config.ack_poll_interval)
             for ack_id in await self._acknowledged(list(pending)):
                 _mark(results, pending.pop(ack_id), DELIVERED)
         for chunk in pending.values():
