@@ -291,3 +291,24 @@ class TestElasticBattery(ConnectorBattery):
 
     def secrets(self, peer: EsPeer, tmp: Path) -> list[str]:
         return [API_KEY]
+
+
+def test_an_elastic_cloud_id_resolves_to_its_deployment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import base64
+
+    from connectors.elasticsearch import ElasticsearchSinkConfig, client_for
+
+    cloud_id = "mssp-prod:" + base64.b64encode(b"westeurope.azure.elastic-cloud.com:443$es1234$kb5678").decode()
+    monkeypatch.setenv("DF_TEST_CLOUD_ID", cloud_id)
+    monkeypatch.setenv("DF_TEST_ES_KEY", API_KEY)
+    config = ElasticsearchSinkConfig.model_validate({"cloud_id": "env:DF_TEST_CLOUD_ID",
+                                                     "api_key": "env:DF_TEST_ES_KEY"})
+    client = client_for(config)
+    try:
+        nodes = [(node.scheme, node.host, node.port) for node in client.transport.node_pool.all()]
+    finally:
+        asyncio.run(client.close())
+    assert nodes == [("https", "es1234.westeurope.azure.elastic-cloud.com", 443)]
+    with pytest.raises(ValueError, match="exactly one of hosts or cloud_id"):
+        ElasticsearchSinkConfig.model_validate({"hosts": ["https://h:9200"], "cloud_id": "env:DF_TEST_CLOUD_ID"})
