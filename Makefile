@@ -25,3 +25,5 @@ bench: install-test
 	$(BIN)/python bench/normalise.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/ship_syslog.py
+	$(BIN)/python bench/ship_hec.py
+	$(BIN)/python bench/ship_elastic.py
