@@ -26,8 +26,9 @@ SINK_MODULES: dict[str, str] = {
     "syslog": "connectors.syslog",
     "splunk_hec": "connectors.splunk_hec",
     "elasticsearch": "connectors.elasticsearch",
+    "eventhub": "connectors.eventhub",
 }
-PLANNED_SINKS = ("eventhub", "email")
+PLANNED_SINKS = ("email",)
 GRAPH_SOURCES = ("graph_alerts",)
 
 

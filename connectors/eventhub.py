@@ -1,0 +1,240 @@
+"""`type = "eventhub"`: Azure Event Hubs, with the official `azure-eventhub` async producer.
+
+Facts: reference/eventhub.md. Auth is a connection string, or the namespace + hub with an
+Entra app (azure-identity, a certificate or a secret from secret references), so that the MSSP
+app that reads Graph can write the hub too.
+
+Events: the body is the alert in the sink's format (default `ocsf`); `message_id` is the
+version key (a consumer can dedupe on it); application properties carry the tenant id,
+customer label, alert id, severity, format and schema version; the partition key is the tenant
+id (`partition_key`), so each customer's alerts stay in order on one partition.
+`envelope = "records"` wraps each alert as `{"records": [{"time", "tenantId",
+"operationName": "Publish", "category": "DefenderForwarder-Alert", "properties": <alert>}]}`,
+the shape Defender's own streaming API writes, which Elastic's azure-eventhub input and
+Splunk's add-on for Microsoft Cloud Services split into records; one alert per event keeps
+the message id and properties true to the alert. `envelope = "single"` sends the alert as it is.
+
+Batching: `create_batch` per partition key, filled up to the hub's maximum message size
+(what the hub announces: Standard 1 MB, Basic 256 KB). An event that does not fit even an
+empty batch goes to the dead letters with the sizes: it is never sent cut.
+
+Status table
+  send_batch returned                                           its events delivered
+  server busy, timeouts, connection lost, other EventHubErrors  retry (the SDK retries first,
+                                                                 then the worker backs off)
+  AuthenticationError (a refused token or key)                  the sink stops, clearly
+  the hub does not exist                                        the sink stops
+  an event larger than the hub's maximum                        dead letter
+"""
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from core.durations import Duration
+from core.schema import SCHEMA_VERSION
+from core.secrets import Secret
+
+log = logging.getLogger("defender_forwarder.eventhub")
+
+RECORD_CATEGORY = "DefenderForwarder-Alert"
+EVENTHUBS_SCOPE = "https://eventhubs.azure.net/.default"
+
+
+class EventHubSinkConfig(SinkConfig):
+    type: str = "eventhub"
+    format: str = "ocsf"
+    connection_string: Secret | None = None
+    fully_qualified_namespace: str | None = Field(default=None, description="mssp.servicebus.windows.net")
+    eventhub_name: str | None = Field(default=None, description="required unless the connection string has "
+                                      "EntityPath")
+    tenant_id: str | None = Field(default=None, description="the MSSP's own tenant, where the hub lives")
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    certificate: Secret | None = Field(default=None, description="PEM with the private key")
+    certificate_password: Secret | None = None
+    authority: str | None = Field(default=None, description="login host; default: the public cloud's")
+    ca_file: str | None = Field(default=None, description="an extra CA for the login host (a TLS-inspecting proxy)")
+    envelope: Literal["single", "records"] = "single"
+    partition_key: str | None = Field(default="{tenant_id}", description="templates: {tenant_id}, {tenant}; "
+                                      "empty: let the hub spread events")
+    retry_total: int = Field(default=3, ge=0, description="the SDK's own retries before the worker backs off")
+    send_timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> EventHubSinkConfig:
+        entra = self.fully_qualified_namespace is not None
+        if (self.connection_string is None) == (not entra):
+            raise ValueError("set connection_string, or fully_qualified_namespace with an Entra app")
+        if entra:
+            if not (self.tenant_id and self.client_id and self.eventhub_name):
+                raise ValueError("fully_qualified_namespace needs tenant_id, client_id and eventhub_name")
+            if (self.client_secret is None) == (self.certificate is None):
+                raise ValueError("set exactly one of client_secret or certificate")
+        return self
+
+
+def credential_for(config: EventHubSinkConfig) -> Any:
+    """The azure-identity async credential of the sink's Entra app."""
+    from azure.identity import AzureAuthorityHosts
+    from azure.identity.aio import CertificateCredential, ClientSecretCredential
+
+    options: dict[str, Any] = {}
+    if config.authority:
+        options["authority"] = config.authority
+        # A login host Entra's instance discovery does not know (a private cloud, a test) is
+        # taken as given.
+        known = {value for name, value in vars(AzureAuthorityHosts).items() if name.isupper()}
+        options["disable_instance_discovery"] = config.authority.removeprefix("https://") not in known
+    if config.ca_file:
+        options["connection_verify"] = config.ca_file
+    assert config.tenant_id and config.client_id  # the model guarantees them
+    if config.client_secret is not None:
+        return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret.get_secret_value(),
+                                      **options)
+    assert config.certificate is not None
+    password = config.certificate_password.get_secret_value().encode() if config.certificate_password else None
+    return CertificateCredential(config.tenant_id, config.client_id,
+                                 certificate_data=config.certificate.get_secret_value().encode(),
+                                 password=password, **options)
+
+
+class EventHubConnector(Connector):
+    config_model = EventHubSinkConfig
+    config: EventHubSinkConfig
+
+    def __init__(self, name: str, config: EventHubSinkConfig) -> None:
+        super().__init__(name, config)
+        self._producer: Any = None
+        self._credential: Any = None
+
+    async def open(self) -> None:
+        if self._producer is not None:
+            return
+        from azure.eventhub.aio import EventHubProducerClient
+
+        config = self.config
+        if config.connection_string is not None:
+            self._producer = EventHubProducerClient.from_connection_string(
+                config.connection_string.get_secret_value(), eventhub_name=config.eventhub_name,
+                retry_total=config.retry_total)
+        else:
+            self._credential = credential_for(config)
+            self._producer = EventHubProducerClient(config.fully_qualified_namespace, config.eventhub_name,
+                                                    self._credential, retry_total=config.retry_total)
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.close()
+            self._producer = None
+        if self._credential is not None:
+            await self._credential.close()
+            self._credential = None
+
+    # ---- sending ------------------------------------------------------------------------
+    async def send(self, batch: list[Event]) -> list[EventResult]:
+        from azure.eventhub.exceptions import AuthenticationError, EventHubError
+
+        await self.open()
+        results: list[EventResult | None] = [None] * len(batch)
+        try:
+            for key, indexes in self._by_partition_key(batch).items():
+                await self._send_key(key, indexes, batch, results)
+        except AuthenticationError as err:
+            raise SinkFatal(f"Event Hubs refused our credentials: {err}; check connection_string, or the app's "
+                            "\"Azure Event Hubs Data Sender\" role on the hub") from None
+        except EventHubError as err:
+            if "not found" in str(err).lower() or "404" in str(err):
+                raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
+            return [result or EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}") for result in results]
+        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+
+    def _by_partition_key(self, batch: list[Event]) -> dict[str | None, list[int]]:
+        template = self.config.partition_key or None
+        groups: dict[str | None, list[int]] = {}
+        for index, event in enumerate(batch):
+            key = None if template is None else (
+                template.replace("{tenant_id}", event.meta.tenant_id).replace("{tenant}", event.meta.tenant_label))
+            groups.setdefault(key, []).append(index)
+        return groups
+
+    async def _send_key(self, key: str | None, indexes: list[int], batch: list[Event],
+                        results: list[EventResult | None]) -> None:
+        """Fill batches of one partition key; a batch's events are delivered once it is sent."""
+        from azure.eventhub import EventData
+
+        pending: list[int] = []
+        data_batch = await self._producer.create_batch(partition_key=key)
+        for index in indexes:
+            data = self._event_data(batch[index], EventData)
+            try:
+                data_batch.add(data)
+            except ValueError:
+                if not pending:  # it does not fit even an empty batch
+                    results[index] = _too_large(batch[index], data_batch.max_size_in_bytes)
+                    continue
+                await self._send_batch(data_batch, pending, results)
+                pending = []
+                data_batch = await self._producer.create_batch(partition_key=key)
+                try:
+                    data_batch.add(data)
+                except ValueError:
+                    results[index] = _too_large(batch[index], data_batch.max_size_in_bytes)
+                    continue
+            pending.append(index)
+        if pending:
+            await self._send_batch(data_batch, pending, results)
+
+    async def _send_batch(self, data_batch: Any, indexes: list[int], results: list[EventResult | None]) -> None:
+        await self._producer.send_batch(data_batch, timeout=self.config.send_timeout)
+        for index in indexes:
+            results[index] = DELIVERED
+
+    def _event_data(self, event: Event, event_data: Any) -> Any:
+        meta = event.meta
+        data = event_data(self._body(event))
+        data.message_id = meta.version_key
+        data.content_type = "text/plain" if self.config.format == "cef" and self.config.envelope == "single" \
+            else "application/json"
+        data.properties = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label, "alert_id": meta.alert_id,
+                           "severity": meta.severity.name, "format": self.config.format,
+                           "schema_version": SCHEMA_VERSION}
+        return data
+
+    def _body(self, event: Event) -> bytes:
+        if self.config.envelope == "single":
+            return event.body
+        meta = event.meta
+        alert = event.body if self.config.format != "cef" else orjson.dumps(event.body.decode("utf-8", "replace"))
+        head = orjson.dumps({"time": datetime.fromtimestamp(meta.time, UTC).isoformat().replace("+00:00", "Z"),
+                             "tenantId": meta.tenant_id, "operationName": "Publish", "category": RECORD_CATEGORY})
+        return b'{"records":[' + head[:-1] + b',"properties":' + alert + b"}]}"
+
+    # ---- check --------------------------------------------------------------------------
+    async def probe(self) -> str:
+        from azure.eventhub.exceptions import AuthenticationError, EventHubError
+
+        await self.open()
+        try:
+            properties = await self._producer.get_eventhub_properties()
+        except AuthenticationError as err:
+            raise SinkFatal(f"Event Hubs refused our credentials: {err}") from None
+        except EventHubError as err:
+            raise SinkFatal(f"Event Hubs: {type(err).__name__}: {err}") from None
+        finally:
+            await self.close()
+        partitions = ", ".join(properties["partition_ids"])
+        return f"hub {properties['eventhub_name']}: partitions {partitions}; nothing sent"
+
+
+def _too_large(event: Event, maximum: int) -> EventResult:
+    return EventResult(Outcome.PERMANENT, f"{len(event.body)} bytes: larger than the hub's maximum message size "
+                       f"({maximum} bytes for a whole batch); never sent cut")
+
+
+CONNECTOR = EventHubConnector
