@@ -27,3 +27,4 @@ bench: install-test
 	$(BIN)/python bench/ship_syslog.py
 	$(BIN)/python bench/ship_hec.py
 	$(BIN)/python bench/ship_elastic.py
+	$(BIN)/python bench/ship_eventhub.py

@@ -1,0 +1,444 @@
+"""Event Hubs shipping benchmark: the outbox into an Event Hubs peer, against a bare
+`azure-eventhub` loop sending the same events to the same kind of peer (the reference).
+
+    .venv/bin/python bench/ship_eventhub.py [--events 50000] [--repeat 3] [--batch 500] [--tenants 10]
+                                            [--profile]
+
+Corpus: --events distinct alerts in the Event Hubs sink's default format, ocsf
+(`mappings.ocsf.encode`), envelope single (the alert as it is), made as bench/ship_syslog.py
+makes its corpus, but spread over --tenants customers so that partition keys vary as in
+production: per tenant up to 5,000 / --tenants generated alerts (tests/peers/alert_factory.py,
+the tenant's own id inside), each varied into several versions, normalised under that tenant.
+Event i belongs to tenant i mod --tenants: the tenants are polled together (Forwarder.poll_all
+gathers them), so in a steady state their few new alerts each land interleaved in the outbox, and
+every batch of --batch events holds every tenant (its worst case for grouping: one send_batch per
+tenant per batch). Every event is marked first_sight = True, as the pipeline marks it (each
+version carries its own alert id, never seen before), so every finding is OCSF's Create.
+
+Every measurement has a fresh peer in its own process (`python -m tests.peers.eventhub_peer
+--port 0 --count-only`, so it does not share this process's GIL): AMQP over plain TCP (the
+connection string's UseDevelopmentEmulator=true, the only way the SDK talks to a local peer),
+a SAS token from the connection string, 1 MiB maximum message size (Standard). Two senders,
+interleaved per round (which goes first alternates) so that drift of this noisy machine hits
+them alike:
+  forwarder  a fresh SQLite state with the corpus in the outbox of sink "hub" (filled untimed),
+             drained by `SinkWorker(EventHubConnector(...)).drain()` until the outbox is empty;
+             connection_string "env:..." (a secret reference, as a deployment's), batch_max_events
+             --batch, every other setting the sink's default (retry_total 3, partition key the
+             tenant id, message_id the version key, application properties).
+  reference  `EventHubProducerClient.from_connection_string(..., retry_total=3)` and the minimal
+             loop a program using the SDK directly writes, over the SAME events in the same order,
+             grouped as the connector groups them: per --batch events, per partition key
+             `create_batch(partition_key=key)`, then per event `EventData(body)` with the same
+             message_id, content_type and application properties, `add` until the batch is full,
+             `send_batch`, a new batch. The program's data (bodies, keys, ids, property dicts) is
+             made and grouped untimed: the reference times only the SDK's own work.
+Before measuring, every event is checked to be the same for both: the connector's grouping of
+each batch (`_by_partition_key`) is the reference's, and the connector's EventData
+(`_event_data`) has the reference's body, message_id, content_type and properties.
+
+The clock runs from before the producer exists (connection, SASL, $cbs token and link attach
+included, for both) to the last send_batch's answer; closing the producer is outside it. After
+each run the peer's totals must show --events events and nothing rejected; the forwarder's
+outbox must be empty with nothing dead and no retry. The peer's deliveries (send_batch calls) and
+bytes are shown: they must be the same for both senders (the same batches on the wire).
+
+It prints events/s (best, median, worst), wall and CPU seconds (this process, and the peer
+process) per sender, then the ratio forwarder / reference of the medians (of the bests in
+brackets) and the issue's verdict: at least 80% of the reference. --profile adds one run of each
+sender under cProfile and prints the top functions by own time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import os
+import pstats
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
+
+from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
+from connectors.base import Event
+from connectors.eventhub import EventHubConnector, EventHubSinkConfig
+from core.delivery import SinkWorker
+from core.schema import SCHEMA_VERSION, EventMeta, TenantRef
+from core.state import SQLiteStore
+from mappings.graph_alerts_v2 import normalise
+from mappings.ocsf import encode as encode_ocsf
+from tests.peers.alert_factory import make_alerts
+
+SINK = "hub"
+CONNECTION_ENV = "SHIP_EVENTHUB_CONNECTION"
+TARGET = 0.80  # the issue: at least 80% of the reference
+DEFAULTS = EventHubSinkConfig.model_fields
+SENDERS = ("forwarder", "reference")
+CONTENT_TYPE = "application/json"  # what the connector sets for a JSON format, envelope single
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    tenants: list[TenantRef]
+    metas: list[EventMeta]
+    bodies: list[bytes]  # format ocsf, all distinct
+
+
+def make_tenants(count: int) -> list[TenantRef]:
+    return [TenantRef(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ship-eventhub/tenant/{n}")), label=f"customer{n:02d}")
+            for n in range(count)]
+
+
+def build_corpus(events: int, tenant_count: int) -> Corpus:
+    tenants = make_tenants(tenant_count)
+    per_tenant = max(1, min(events, BASE_ALERTS) // tenant_count)
+    bases = [make_alerts(per_tenant, tenant.id, START, STEP, seed=1) for tenant in tenants]
+    ingested = datetime.now(UTC)
+    metas, bodies = [], []
+    for index in range(events):
+        turn, which = divmod(index, tenant_count)  # event i belongs to tenant i mod T
+        base, tenant = bases[which], tenants[which]
+        round_, slot = divmod(turn, len(base))
+        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (turn * STEP))
+        alert = normalise(graph, tenant, ingested)
+        alert.first_sight = True  # as the pipeline marks it: this alert id was never seen before
+        metas.append(EventMeta.of(alert))
+        bodies.append(encode_ocsf(alert))
+    if len(set(bodies)) != events:
+        raise SystemExit(f"corpus: only {len(set(bodies))} distinct bodies of {events}")
+    if len({meta.version_key for meta in metas}) != events:
+        raise SystemExit("corpus: version keys (message ids) are not distinct")
+    return Corpus(tenants, metas, bodies)
+
+
+# One event as the reference program holds it: body, message_id, application properties.
+RefEvent = tuple[bytes, str, dict[str, Any]]
+# The reference's sends: per outbox batch, per partition key (first-seen order), its events.
+RefBatches = list[list[tuple[str, list[RefEvent]]]]
+
+
+def reference_batches(corpus: Corpus, batch: int) -> RefBatches:
+    """The reference program's data, grouped as the connector groups each batch of the outbox:
+    per `batch` events, per partition key (the tenant id) in first-seen order."""
+    batches: RefBatches = []
+    for start in range(0, len(corpus.bodies), batch):
+        groups: dict[str, list[RefEvent]] = {}
+        for meta, body in zip(corpus.metas[start:start + batch], corpus.bodies[start:start + batch], strict=True):
+            properties = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label, "alert_id": meta.alert_id,
+                          "severity": meta.severity.name, "format": "ocsf", "schema_version": SCHEMA_VERSION}
+            groups.setdefault(meta.tenant_id, []).append((body, meta.version_key, properties))
+        batches.append(list(groups.items()))
+    return batches
+
+
+def check_same_events(corpus: Corpus, batch: int, batches: RefBatches) -> None:
+    """Untimed proof that both senders send the same thing: per outbox batch the connector's
+    partition-key groups are the reference's, and per event the connector's EventData carries
+    the reference's body, message_id, content_type and application properties."""
+    from azure.eventhub import EventData
+
+    config = EventHubSinkConfig(connection_string=f"env:{CONNECTION_ENV}", batch_max_events=batch)
+    connector = EventHubConnector(SINK, config)
+    if config.format != "ocsf" or config.envelope != "single" or config.partition_key != "{tenant_id}":
+        raise SystemExit(f"the sink's defaults changed: format {config.format}, envelope {config.envelope}, "
+                         f"partition_key {config.partition_key}; update this benchmark")
+    events = [Event(index, meta, body) for index, (meta, body) in enumerate(zip(corpus.metas, corpus.bodies,
+                                                                                strict=True))]
+    for number, start in enumerate(range(0, len(events), batch)):
+        chunk = events[start:start + batch]
+        groups = connector._by_partition_key(chunk)
+        reference = batches[number]
+        if list(groups) != [key for key, _ in reference]:
+            raise SystemExit(f"batch {number}: the connector's partition keys {list(groups)} are not the "
+                             f"reference's {[key for key, _ in reference]}")
+        for (key, indexes), (_, ref_events) in zip(groups.items(), reference, strict=True):
+            if len(indexes) != len(ref_events):
+                raise SystemExit(f"batch {number}, key {key}: {len(indexes)} events, reference {len(ref_events)}")
+            for index, (body, message_id, properties) in zip(indexes, ref_events, strict=True):
+                data = connector._event_data(chunk[index], EventData)
+                ours = (data.body_as_str(), data.message_id, data.content_type, data.properties)
+                theirs = (body.decode(), message_id, CONTENT_TYPE, properties)
+                if ours != theirs:
+                    raise SystemExit(f"not the same event for {message_id}: connector {ours[1:]}, "
+                                     f"reference {theirs[1:]}")
+
+
+def describe(corpus: Corpus, batch: int, batches: RefBatches) -> str:
+    sizes = [len(body) for body in corpus.bodies]
+    groups = sum(len(groups) for groups in batches)
+    return (f"corpus: {len(sizes):,} distinct OCSF alerts, {sum(sizes) / 1e6:.1f} MB, {min(sizes):,}-{max(sizes):,} "
+            f"bytes (median {statistics.median(sizes):,.0f}), over {len(corpus.tenants)} tenant(s) (partition keys) "
+            f"interleaved; {len(batches):,} batches of {batch} -> {groups:,} partition-key groups "
+            f"(~{len(sizes) / groups:,.0f} events each)")
+
+
+# --------------------------------------------------------------------------- the peer
+
+
+@dataclass
+class Peer:
+    connection_string: str
+    stats_port: int
+    pid: int
+
+    def stats(self) -> dict[str, int]:
+        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=30) as sock:
+            return json.loads(sock.makefile().readline())
+
+
+@contextmanager
+def peer_process(work: Path) -> Iterator[Peer]:
+    ready = work / "peer.json"
+    command = [sys.executable, "-m", "tests.peers.eventhub_peer", "--port", "0", "--count-only",
+               "--ready-file", str(ready)]
+    with (work / "peer.err").open("wb") as err:
+        process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"Event Hubs peer did not start (exit {process.returncode}):\n"
+                                 f"{(work / 'peer.err').read_text(errors='replace')[-2000:]}")
+            time.sleep(0.01)
+        info = json.loads(ready.read_text())
+        yield Peer(info["connection_string"], info["stats_port"], process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def peer_totals(peer: Peer, sender: str, events: int) -> dict[str, int]:
+    """The peer's totals, after checking it counted every event and refused none."""
+    stats = peer.stats()
+    if stats.get("events") != events or stats.get("rejected"):
+        raise SystemExit(f"{sender}: the peer counted {stats}, expected {events} events and nothing rejected")
+    return stats
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    seconds: float
+    client_cpu: float
+    peer_cpu: float
+    deliveries: int = 0
+    bytes: int = 0
+    connections: int = 0
+
+
+def timeout_for(events: int) -> float:
+    return 60 + events / 200  # far beyond any healthy run (200 events/s)
+
+
+def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Profile | None = None) -> Run:
+    events = len(corpus.bodies)
+    store = SQLiteStore(work / "state.db")
+    try:
+        store.outbox_append(SINK, zip(corpus.metas, corpus.bodies, strict=True))  # untimed: the poller's work
+        with peer_process(work) as peer:
+            os.environ[CONNECTION_ENV] = peer.connection_string  # the sink config references it
+            config = EventHubSinkConfig(connection_string=f"env:{CONNECTION_ENV}", batch_max_events=batch)
+            worker = SinkWorker(EventHubConnector(SINK, config), store)
+            run = asyncio.run(drain(worker, peer, events, profiler))
+            left = store.outbox_depth(SINK)
+            if left or worker.stats.dead or worker.stats.retries or worker.stats.delivered != events:
+                raise SystemExit(f"forwarder: {worker.stats.delivered} delivered, {left} left in the outbox, "
+                                 f"{worker.stats.dead} dead, {worker.stats.retries} retries")
+            return with_totals(run, peer_totals(peer, "forwarder", events))
+    finally:
+        store.close()
+
+
+async def drain(worker: SinkWorker, peer: Peer, events: int, profiler: cProfile.Profile | None) -> Run:
+    loop = asyncio.get_running_loop()
+    peer_cpu = cpu_seconds(peer.pid)
+    started, cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    try:
+        drained = await worker.drain(loop.time() + timeout_for(events))
+        if profiler is not None:
+            profiler.disable()
+        if not drained:
+            raise SystemExit(f"forwarder: outbox not drained ({worker.fatal or 'deadline passed'})")
+        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        await worker.close()
+
+
+def reference_run(batches: RefBatches, work: Path, profiler: cProfile.Profile | None = None) -> Run:
+    events = sum(len(group) for groups in batches for _, group in groups)
+    with peer_process(work) as peer:
+        run = asyncio.run(sdk_loop(peer, batches, timeout_for(events), profiler))
+        return with_totals(run, peer_totals(peer, "reference", events))
+
+
+async def sdk_loop(peer: Peer, batches: RefBatches, timeout: float, profiler: cProfile.Profile | None) -> Run:
+    """The minimal loop of a program using the SDK directly: per key, fill a batch, send it when
+    the next event does not fit, send the rest."""
+    from azure.eventhub import EventData
+    from azure.eventhub.aio import EventHubProducerClient
+
+    peer_cpu = cpu_seconds(peer.pid)
+    started, cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    producer = EventHubProducerClient.from_connection_string(peer.connection_string,
+                                                             retry_total=DEFAULTS["retry_total"].default)
+    try:
+        async with asyncio.timeout(timeout):
+            for groups in batches:
+                for key, group in groups:
+                    data_batch = await producer.create_batch(partition_key=key)
+                    for body, message_id, properties in group:
+                        data = EventData(body)
+                        data.message_id = message_id
+                        data.content_type = CONTENT_TYPE
+                        data.properties = properties
+                        try:
+                            data_batch.add(data)
+                        except ValueError:
+                            await producer.send_batch(data_batch)
+                            data_batch = await producer.create_batch(partition_key=key)
+                            data_batch.add(data)
+                    await producer.send_batch(data_batch)
+        if profiler is not None:
+            profiler.disable()
+        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        await producer.close()
+
+
+def with_totals(run: Run, stats: dict[str, int]) -> Run:
+    run.deliveries, run.bytes, run.connections = stats["deliveries"], stats["bytes"], stats["connections"]
+    return run
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def measure(args: argparse.Namespace, corpus: Corpus, batches: RefBatches, root: Path) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {sender: [] for sender in SENDERS}
+    events = len(corpus.bodies)
+    for round_ in range(args.repeat):
+        # Alternate which sender goes first, so neither always follows the other's aftermath.
+        for sender in (SENDERS if round_ % 2 == 0 else SENDERS[::-1]):
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                if sender == "forwarder":
+                    run = forwarder_run(corpus, args.batch, Path(tmp))
+                else:
+                    run = reference_run(batches, Path(tmp))
+            runs[sender].append(run)
+            print(f"  round {round_ + 1}: {sender:<10} {events / run.seconds:>9,.0f} events/s  "
+                  f"({run.seconds:.2f} s, {run.deliveries} deliveries)", flush=True)
+    return runs
+
+
+def rates(runs: list[Run], events: int) -> list[float]:
+    return sorted(events / run.seconds for run in runs)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def report(runs: dict[str, list[Run]], events: int) -> None:
+    print(f"\n{'sender':<11}{'events/s best':>14}{'median':>10}{'worst':>10}  "
+          f"{'wall s':<13}{'client CPU s':<14}{'peer CPU s':<13}{'deliveries':<12}{'MB':<8}connections")
+    for sender, sender_runs in runs.items():
+        r = rates(sender_runs, events)
+        deliveries = "/".join(map(str, sorted({run.deliveries for run in sender_runs})))
+        megabytes = "/".join(f"{b / 1e6:.2f}" for b in sorted({run.bytes for run in sender_runs}))
+        connections = "/".join(map(str, sorted({run.connections for run in sender_runs})))
+        print(f"{sender:<11}{r[-1]:>14,.0f}{statistics.median(r):>10,.0f}{r[0]:>10,.0f}  "
+              f"{spread([x.seconds for x in sender_runs]):<13}{spread([x.client_cpu for x in sender_runs]):<14}"
+              f"{spread([x.peer_cpu for x in sender_runs]):<13}{deliveries:<12}{megabytes:<8}{connections}")
+    print("(seconds as lowest-highest of the rounds, over the timed span; client CPU: this process, "
+          "peer CPU: the peer process; deliveries: send_batch calls the peer accepted; MB: their size on the wire)")
+    shapes = {(run.deliveries, run.bytes) for sender_runs in runs.values() for run in sender_runs}
+    if len(shapes) != 1:
+        print(f"note: the senders' deliveries/bytes differ {sorted(shapes)}: not the same batches on the wire")
+    ours, reference = rates(runs["forwarder"], events), rates(runs["reference"], events)
+    ratio = statistics.median(ours) / statistics.median(reference)
+    print(f"\nforwarder / reference: {ratio:.1%} of medians ({ours[-1] / reference[-1]:.1%} of bests)   "
+          f">= {TARGET:.0%} of the reference: {'yes' if ratio >= TARGET else 'no'}")
+
+
+def profile(args: argparse.Namespace, corpus: Corpus, batches: RefBatches, root: Path) -> None:
+    """One more run of each sender under cProfile: where this process's time goes."""
+    for sender in SENDERS:
+        profiler = cProfile.Profile()
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            if sender == "forwarder":
+                run = forwarder_run(corpus, args.batch, Path(tmp), profiler)
+            else:
+                run = reference_run(batches, Path(tmp), profiler)
+        print(f"\nprofile: {sender} under cProfile (the timed span only), "
+              f"{len(corpus.bodies) / run.seconds:,.0f} events/s while profiled, {run.client_cpu:.2f} s CPU")
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile_lines)
+        print(text.getvalue())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=DEFAULTS["batch_max_events"].default,
+                        help="the sink's batch_max_events, and the reference's grouping (default: the sink's)")
+    parser.add_argument("--tenants", type=int, default=10, help="customers the corpus is spread over (default 10)")
+    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
+    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
+    args = parser.parse_args(argv)
+    if args.tenants < 1 or args.events < 1 or args.batch < 1 or args.repeat < 1:
+        parser.error("--events, --repeat, --batch and --tenants must be at least 1")
+    # The sink config references it, as a deployment's would; each run sets its peer's string.
+    os.environ[CONNECTION_ENV] = "Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=k;SharedAccessKey=v;EntityPath=h"
+
+    started = time.perf_counter()
+    corpus = build_corpus(args.events, args.tenants)
+    batches = reference_batches(corpus, args.batch)
+    check_same_events(corpus, args.batch, batches)
+    print(f"{describe(corpus, args.batch, batches)}; built and checked in {time.perf_counter() - started:.1f} s")
+    print(f"batch_max_events {args.batch}, every other sink setting its default (format ocsf, envelope single, "
+          f"partition key the tenant id, retry_total {DEFAULTS['retry_total'].default}); {args.repeat} round(s), "
+          f"the senders interleaved; AMQP over loopback TCP with a SAS token, a fresh peer process per run",
+          flush=True)
+    with tempfile.TemporaryDirectory(prefix="ship-eventhub-") as tmp:
+        runs = measure(args, corpus, batches, Path(tmp))
+        report(runs, args.events)
+        if args.profile:
+            profile(args, corpus, batches, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
