@@ -15,18 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.durations import Duration
 from core.schema import EventMeta
+from core.state import SinkMemory
 
 
 class Outcome(enum.Enum):
     OK = "ok"
     RETRY = "retry"  # transient: back off and send again, without limit
     PERMANENT = "permanent"  # this event will never be accepted: dead-letter it
+    DEFER = "defer"  # not yet, by design (a digest not due, a rate limit): wait `after` seconds, no failure
 
 
 @dataclass(frozen=True)
 class EventResult:
     outcome: Outcome
     reason: str = ""
+    after: float = 0.0  # DEFER: seconds until it may go
 
 
 DELIVERED = EventResult(Outcome.OK)
@@ -69,6 +72,9 @@ class Connector:
         # What a run summary should show beside delivered/dead: events this connector had to
         # alter to deliver them (e.g. syslog's shortened and truncated lines), by kind.
         self.counters: dict[str, int] = {}
+        # Durable notes of this sink (e.g. what the e-mail sink already mailed), set by the
+        # delivery worker before the first send.
+        self.memory: SinkMemory | None = None
 
     async def open(self) -> None:
         """Connect; raise `SinkFatal` when the destination can never work with this config."""

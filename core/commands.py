@@ -99,7 +99,9 @@ async def _once(forwarder: Any, since: datetime | None = None, only: str | None 
         results = await forwarder.run_once(since, only)
     _print_summary(results, forwarder)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
-    pending = sum(forwarder.store.outbox_depth(name) for name in forwarder.workers)
+    # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
+    pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
+                  if w.deferred_until is None)
     return EXIT_PARTIAL if failed or pending else EXIT_OK
 
 
@@ -126,6 +128,8 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
         if altered:
             status += f" ({altered})"
         pending = forwarder.store.outbox_depth(name)
+        if pending and worker.deferred_until is not None and not worker.fatal:
+            status += " (the pending wait for their digest or rate limit)"
         sinks.add_row(name, str(worker.stats.delivered), str(worker.stats.dead), str(pending), status)
     err_console.print(sinks)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
 from core.sources.graph import backoff_delay
-from core.state import OutboxRow, SQLiteStore
+from core.state import OutboxRow, SinkMemory, SQLiteStore
 
 log = logging.getLogger("defender_forwarder.delivery")
 
@@ -42,6 +42,9 @@ class SinkWorker:
         self._opened = False
         self._failures = 0
         self._read_ahead: list[OutboxRow] | None = None  # the batch after the one in flight
+        # When rows the connector deferred (a digest not due, a rate limit) may go: loop time.
+        self.deferred_until: float | None = None
+        connector.memory = SinkMemory(store, connector.name)
         self.wakeup = asyncio.Event()  # set by the poller when it queued rows for this sink
 
     async def deliver_batch(self) -> int:
@@ -59,14 +62,18 @@ class SinkWorker:
             return 0
         ahead = asyncio.ensure_future(asyncio.to_thread(self.store.outbox_read_ahead, self.name, limit, rows[-1].id))
         try:
-            await self._send([Event(row.id, row.meta, row.payload) for row in rows], {row.id: row for row in rows})
+            deferred = await self._send([Event(row.id, row.meta, row.payload) for row in rows],
+                                        {row.id: row for row in rows})
         except BaseException:
             ahead.cancel()
             raise
-        self._read_ahead = await ahead
-        return len(rows)
+        read_ahead = await ahead
+        # Deferred rows stay at the head of the outbox: the next batch must start from them.
+        self._read_ahead = None if deferred else read_ahead
+        return len(rows) - deferred
 
-    async def _send(self, events: list[Event], rows: dict[int, OutboxRow]) -> None:
+    async def _send(self, events: list[Event], rows: dict[int, OutboxRow]) -> int:
+        """Send and settle one batch; returns how many of its rows the connector deferred."""
         try:
             results = await self.connector.send(events)
         except SinkFatal:
@@ -76,10 +83,12 @@ class SinkWorker:
             raise RetryLater(f"{type(err).__name__}: {err}") from None
         if len(results) != len(events):
             raise SinkFatal(f"connector returned {len(results)} results for {len(events)} events")
-        self._settle(events, results, rows)
+        return self._settle(events, results, rows)
 
-    def _settle(self, events: list[Event], results: list[EventResult], rows: dict[int, OutboxRow]) -> None:
+    def _settle(self, events: list[Event], results: list[EventResult], rows: dict[int, OutboxRow]) -> int:
         pairs = list(zip(events, results, strict=True))
+        waits = [r.after for _, r in pairs if r.outcome is Outcome.DEFER]
+        self.deferred_until = asyncio.get_running_loop().time() + min(waits) if waits else None
         ok = [e.row_id for e, r in pairs if r.outcome is Outcome.OK]
         dead = [(rows[e.row_id], r.reason) for e, r in pairs if r.outcome is Outcome.PERMANENT]
         again = [(e.row_id, r.reason) for e, r in pairs if r.outcome is Outcome.RETRY]
@@ -91,6 +100,7 @@ class SinkWorker:
         if again:
             self.store.outbox_failed([row_id for row_id, _ in again], again[0][1])
             raise RetryLater(again[0][1])
+        return len(waits)
 
     async def step(self) -> int:
         """One batch with the retry policy applied; returns rows settled (0 while backing off)."""
@@ -107,12 +117,18 @@ class SinkWorker:
         return settled
 
     async def drain(self, deadline: float) -> bool:
-        """Deliver until the outbox is empty (True) or the deadline passes or the sink stops."""
+        """Deliver until the outbox is empty, or holds only rows deferred past the deadline
+        (True), or the deadline passes or the sink stops (False)."""
         loop = asyncio.get_running_loop()
         try:
             while loop.time() < deadline:
-                if await self.step() == 0 and self.store.outbox_depth(self.name) == 0:
-                    return True
+                if await self.step() == 0:
+                    if self.store.outbox_depth(self.name) == 0:
+                        return True
+                    if self.deferred_until is not None:
+                        if self.deferred_until >= deadline:
+                            return True  # they wait, by design, for a later run
+                        await asyncio.sleep(max(0.0, self.deferred_until - loop.time()))
         except SinkFatal as err:
             self._stop(err)
         return False
@@ -122,7 +138,10 @@ class SinkWorker:
         try:
             while True:
                 settled = await self.step()
-                if settled < self.config.batch_max_events and not self._failures:
+                if self.deferred_until is not None and settled == 0:
+                    pause = self.deferred_until - asyncio.get_running_loop().time()
+                    await _wait(self.wakeup, max(pause, self.config.batch_timeout))
+                elif settled < self.config.batch_max_events and not self._failures:
                     await _wait(self.wakeup, self.config.batch_timeout)
         except SinkFatal as err:
             self._stop(err)

@@ -40,13 +40,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     tenant_id TEXT NOT NULL, version_key TEXT, payload BLOB NOT NULL, reason TEXT NOT NULL,
     created REAL NOT NULL, digest TEXT NOT NULL UNIQUE,
     tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL);
+CREATE TABLE IF NOT EXISTS sink_memory (
+    sink TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (sink, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tenant_status (
     tenant_id TEXT PRIMARY KEY, label TEXT NOT NULL, last_success REAL, last_error TEXT,
     last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
 """
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
 # rather than misread.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Defender keeps alerts 180 days; an alert id unseen for longer cannot come back as an update.
 KNOWN_ALERT_RETENTION = 180 * 86400
@@ -127,6 +130,8 @@ class StateStore(Protocol):
     def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None: ...
     def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]: ...
     def dead_letters_remove(self, ids: Iterable[int]) -> None: ...
+    def memory_get(self, sink: str, key: str) -> str | None: ...
+    def memory_put(self, sink: str, items: dict[str, str]) -> None: ...
     def record_success(self, tenant_id: str, label: str, forwarded: int) -> None: ...
     def record_error(self, tenant_id: str, label: str, error: str) -> None: ...
     def tenant_statuses(self) -> dict[str, TenantStatus]: ...
@@ -140,6 +145,20 @@ def format_time(moment: datetime) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class SinkMemory:
+    """A sink's own durable key -> text notes, kept in the state file beside its outbox."""
+
+    store: "StateStore"
+    sink: str
+
+    def get(self, key: str) -> str | None:
+        return self.store.memory_get(self.sink, key)
+
+    def put(self, items: dict[str, str]) -> None:
+        self.store.memory_put(self.sink, items)
 
 
 class StateLock:
@@ -326,6 +345,17 @@ class SQLiteStore:
     def dead_letters_remove(self, ids: Iterable[int]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids])
+
+    def memory_get(self, sink: str, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM sink_memory WHERE sink=? AND key=?", (sink, key)).fetchone()
+        return row[0] if row else None
+
+    def memory_put(self, sink: str, items: dict[str, str]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("INSERT INTO sink_memory VALUES (?, ?, ?, ?) ON CONFLICT (sink, key) "
+                           "DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                           [(sink, key, value, now) for key, value in items.items()])
 
     def record_success(self, tenant_id: str, label: str, forwarded: int) -> None:
         self.db.execute(
