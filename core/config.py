@@ -27,8 +27,8 @@ SINK_MODULES: dict[str, str] = {
     "splunk_hec": "connectors.splunk_hec",
     "elasticsearch": "connectors.elasticsearch",
     "eventhub": "connectors.eventhub",
+    "email": "connectors.email",
 }
-PLANNED_SINKS = ("email",)
 GRAPH_SOURCES = ("graph_alerts",)
 
 
@@ -212,10 +212,7 @@ def _validate_sink(name: str, raw: Any, problems: list[str]) -> Any:
 
 
 def _unknown_sink_type(sink_type: Any) -> str:
-    available = ", ".join(SINK_MODULES)
-    if sink_type in PLANNED_SINKS:
-        return f"sink type {sink_type!r} is not available in this version; available: {available}"
-    return f"unknown sink type {sink_type!r}; available: {available}"
+    return f"unknown sink type {sink_type!r}; available: {', '.join(SINK_MODULES)}"
 
 
 def _cross_check(config: Config) -> list[str]:

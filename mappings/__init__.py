@@ -24,6 +24,9 @@ AVAILABLE_FORMATS = {
     "cef": "mappings.cef",
 }
 OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
+# The common schema itself, as JSON: what a sink that renders alerts (e-mail) reads. Not one of
+# the SIEM formats above, but any sink or `convert` may name it.
+AVAILABLE_FORMATS["alert"] = "mappings.alert"
 
 SOURCES = {"graph": "mappings.graph_alerts_v2"}
 

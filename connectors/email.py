@@ -1,0 +1,375 @@
+"""`type = "email"`: alert notifications for the MSSP's analysts, for every customer at once.
+
+What Defender's per-tenant notification rules do, from one place: routed like any sink (by
+tenant, minimum severity, service source), to recipients templated per customer. The sink
+reads the common schema (`format = "alert"`) and writes its own messages.
+
+Messages: `mode = "each"` sends one message per new alert, subject
+`[<customer>] <Severity>: <title>`; `mode = "digest"` sends one message per customer every
+`digest_interval` with every alert since the last one. Each message has a plain-text and an
+HTML part: tenant, severity, status, times, category and MITRE techniques, the main evidence
+(devices, users, files, IPs, URLs), and links to the alert and the incident in the Defender
+portal. Alert text is HTML-escaped in the HTML part; control characters (CR and LF included)
+become spaces in every header, so a title cannot add a header.
+
+Noise: with `on_update = false` (the default) a later version of an alert already mailed is
+not mailed again (a status change, a comment), unless its severity went up. The sink
+remembers, per alert, the severity it last mailed (in the state file). A per-recipient rate
+limit (`max_per_recipient` per hour, remembered across runs) holds back what would exceed it:
+those events wait in the outbox (never dropped) and go when the window allows.
+
+Delivery: an event counts as delivered once the server accepted the message (250) for every
+recipient. Status table (SMTP reply -> outcome):
+  250 for every recipient                          delivered
+  4xx (greylisting, 421 busy), connection errors    retry with backoff; recipients that already
+                                                     took the message are not sent it again
+  5xx for a recipient (550 user unknown)            dead letter with the server's reply (the
+                                                     other recipients got it)
+  5xx for the message (554 at DATA)                 dead letter with the server's reply
+  535 bad login, TLS certificate that fails         the sink stops with a clear error
+"""
+from __future__ import annotations
+
+import asyncio
+import html
+import re
+import smtplib
+import socket
+import ssl
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formataddr, make_msgid
+from typing import Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from core.durations import Duration
+from core.schema import Alert, Severity
+from core.secrets import Secret
+
+PORTS = {"starttls": 587, "tls": 465, "none": 25}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+RATE_WINDOW = 3600.0
+
+
+class EmailSinkConfig(SinkConfig):
+    type: str = "email"
+    format: str = "alert"
+    batch_max_events: int = Field(default=10_000, ge=1, le=100_000)
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535, description="default 587, 465 for tls, 25 for none")
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: Secret | None = None
+    sender: str = Field(alias="from", description="the From address")
+    sender_name: str = "Defender forwarder"
+    to: list[str] = Field(min_length=1, description="recipients; {tenant} is the customer label")
+    mode: Literal["each", "digest"] = "each"
+    digest_interval: Duration = Field(default=900.0, gt=0)
+    on_update: bool = False
+    max_per_recipient: int = Field(default=60, ge=1, description="messages per recipient per hour")
+    ca_file: str | None = None
+    tls_verify: bool = True
+    timeout: Duration = 30.0
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("format")
+    @classmethod
+    def _reads_alerts(cls, value: str) -> str:
+        if value != "alert":
+            raise ValueError('the email sink writes its own messages from the alert: format must be "alert"')
+        return value
+
+    @model_validator(mode="after")
+    def _login_pairs(self) -> EmailSinkConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port or PORTS[self.security]
+
+
+class Refused(Exception):
+    """The server's lasting refusal of this message (5xx): a dead letter with its reply."""
+
+
+class EmailConnector(Connector):
+    config_model = EmailSinkConfig
+    config: EmailSinkConfig
+
+    def __init__(self, name: str, config: EmailSinkConfig) -> None:
+        super().__init__(name, config)
+        self.counters.update(messages=0, held_back=0, not_mailed_again=0)
+
+    # ---- sending ------------------------------------------------------------------------
+    async def send(self, batch: list[Event]) -> list[EventResult]:
+        from mappings.alert import decode
+
+        results: list[EventResult | None] = [None] * len(batch)
+        wanted: list[tuple[int, Alert]] = []
+        for index, event in enumerate(batch):
+            alert = decode(event.body)
+            if not self._worth_mailing(alert):
+                results[index] = DELIVERED
+                self.counters["not_mailed_again"] += 1
+            elif self.config.mode == "each":  # at once: a later version in this batch sees it mailed
+                results[index] = await self._deliver([alert], [event])
+            else:
+                wanted.append((index, alert))
+        if wanted:
+            await self._send_digests(wanted, batch, results)
+        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+
+    def _worth_mailing(self, alert: Alert) -> bool:
+        """A new alert, a later version when `on_update`, or a version whose severity went up."""
+        assert self.memory is not None
+        mailed = self.memory.get(f"severity/{alert.tenant.id}/{alert.id}")
+        return mailed is None or self.config.on_update or alert.severity > Severity(int(mailed))
+
+    async def _send_digests(self, wanted: list[tuple[int, Alert]], batch: list[Event],
+                            results: list[EventResult | None]) -> None:
+        assert self.memory is not None
+        by_tenant: dict[str, list[tuple[int, Alert]]] = defaultdict(list)
+        for index, alert in wanted:
+            by_tenant[alert.tenant.id].append((index, alert))
+        now = time.time()
+        for tenant_id, items in by_tenant.items():
+            last = float(self.memory.get(f"digest/{tenant_id}") or 0.0)
+            due = last + self.config.digest_interval
+            if now < due:
+                for index, _ in items:
+                    results[index] = EventResult(Outcome.DEFER, "digest not due", due - now)
+                continue
+            result = await self._deliver([alert for _, alert in items], [batch[index] for index, _ in items])
+            if result.outcome is Outcome.OK:
+                self.memory.put({f"digest/{tenant_id}": str(now)})
+            for index, _ in items:
+                results[index] = result
+
+    async def _deliver(self, alerts: list[Alert], events: list[Event]) -> EventResult:
+        """One message about `alerts` (one alert, or a customer's digest) to their recipients."""
+        assert self.memory is not None
+        tenant = alerts[0].tenant
+        recipients = [address.replace("{tenant}", tenant.label) for address in self.config.to]
+        key = f"sent/{events[0].meta.version_key}/{len(events)}"  # this message's recipients so far
+        already = set(filter(None, (self.memory.get(key) or "").split(",")))
+        todo = [r for r in recipients if r not in already]
+        wait = self._rate_wait(todo)
+        if wait > 0:
+            self.counters["held_back"] += len(events)
+            return EventResult(Outcome.DEFER, "per-recipient rate limit", wait)
+        message = compose(alerts, self.config, recipients)
+        try:
+            accepted = await asyncio.to_thread(self._smtp_send, message, todo)
+        except Refused as err:
+            return EventResult(Outcome.PERMANENT, str(err))
+        self._count_sent(accepted)
+        done = already | set(accepted)
+        if set(todo) - set(accepted):
+            self.memory.put({key: ",".join(sorted(done))})
+            return EventResult(Outcome.RETRY, "some recipients answered 4xx; they get it on the retry")
+        self.counters["messages"] += 1
+        self.memory.put({key: ",".join(sorted(done)), **{
+            f"severity/{a.tenant.id}/{a.id}": str(int(a.severity)) for a in alerts}})
+        return DELIVERED
+
+    def _rate_wait(self, recipients: list[str]) -> float:
+        """Seconds until every recipient may get one more message (0: now)."""
+        now = time.time()
+        wait = 0.0
+        for recipient in recipients:
+            sent = self._recent(recipient, now)
+            if len(sent) >= self.config.max_per_recipient:
+                wait = max(wait, RATE_WINDOW - (now - sent[0]))
+        return wait
+
+    def _count_sent(self, recipients: list[str]) -> None:
+        assert self.memory is not None
+        now = time.time()
+        self.memory.put({f"rate/{r}": ",".join(f"{t:.3f}" for t in [*self._recent(r, now), now])
+                         for r in recipients})
+
+    def _recent(self, recipient: str, now: float) -> list[float]:
+        """When `recipient` was sent a message in the last hour (kept in the state file, so a
+        cron run sees the messages of the runs before it)."""
+        assert self.memory is not None
+        stored = self.memory.get(f"rate/{recipient}") or ""
+        return [t for t in (float(text) for text in stored.split(",") if text) if now - t < RATE_WINDOW]
+
+    # ---- SMTP (in a thread: smtplib blocks) -------------------------------------------------
+    def _smtp_send(self, message: EmailMessage, recipients: list[str]) -> list[str]:
+        """Send to `recipients`; returns those that accepted it. Raises Refused for a 5xx of
+        the message or of every recipient; 4xx and connection errors propagate (retry)."""
+        with self._session() as smtp:
+            try:
+                refused = smtp.send_message(message, from_addr=self.config.sender, to_addrs=recipients)
+            except smtplib.SMTPRecipientsRefused as err:
+                refused = err.recipients
+            except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as err:
+                if 500 <= err.smtp_code < 600:
+                    raise Refused(f"SMTP {err.smtp_code} {_reply(err.smtp_error)}") from None
+                raise
+        lasting = {r: reply for r, reply in refused.items() if 500 <= reply[0] < 600}
+        if lasting:
+            raise Refused("; ".join(f"{r}: SMTP {code} {_reply(text)}" for r, (code, text) in lasting.items()))
+        return [r for r in recipients if r not in refused]
+
+    def _session(self) -> smtplib.SMTP:
+        config = self.config
+        context = self._tls()
+        try:
+            if config.security == "tls":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(config.host, config.smtp_port, timeout=config.timeout,
+                                                      context=context)
+            else:
+                smtp = smtplib.SMTP(config.host, config.smtp_port, timeout=config.timeout)
+                if config.security == "starttls":
+                    smtp.starttls(context=context)
+            if config.username is not None and config.password is not None:
+                smtp.login(config.username, config.password.get_secret_value())
+        except ssl.SSLCertVerificationError as err:
+            raise SinkFatal(f"TLS: {config.host}:{config.smtp_port} presented a certificate that fails "
+                            f"verification ({err.verify_message}); set ca_file") from None
+        except smtplib.SMTPAuthenticationError as err:
+            raise SinkFatal(f"SMTP login refused ({err.smtp_code} {_reply(err.smtp_error)}): check username and "
+                            "password") from None
+        except smtplib.SMTPNotSupportedError as err:
+            raise SinkFatal(f"{config.host}: {err}; check security") from None
+        return smtp
+
+    def _tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.config.ca_file)
+        if not self.config.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    async def probe(self) -> str:
+        def connect() -> str:
+            with self._session() as smtp:
+                code, _ = smtp.noop()
+            return f"{self.config.host}:{self.config.smtp_port} ({self.config.security}) answered {code}; nothing sent"
+
+        try:
+            return await asyncio.to_thread(connect)
+        except (OSError, smtplib.SMTPException) as err:
+            raise SinkFatal(f"{type(err).__name__}: {err}") from None
+
+
+def _reply(text: bytes | str) -> str:
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+
+
+# ---- composing ---------------------------------------------------------------------------------
+
+def header_text(text: str | None, limit: int = 200) -> str:
+    """One line of header text: control characters (CR and LF included) become a space."""
+    line = _CONTROL.sub(" ", text or "").strip()
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+
+
+def compose(alerts: list[Alert], config: EmailSinkConfig, recipients: list[str]) -> EmailMessage:
+    tenant = alerts[0].tenant
+    message = EmailMessage()
+    message["From"] = formataddr((header_text(config.sender_name), config.sender))
+    message["To"] = ", ".join(recipients)
+    message["Subject"] = subject(alerts)
+    message["Message-ID"] = make_msgid(domain=config.sender.rpartition("@")[2] or socket.gethostname())
+    message["X-Defender-Tenant"] = header_text(f"{tenant.label} ({tenant.id})")
+    message["X-Defender-Alert-Ids"] = header_text(" ".join(alert.id for alert in alerts), 4000)
+    message.set_content("\n\n".join(plain(alert) for alert in alerts))
+    message.add_alternative(html_page(alerts), subtype="html")
+    return message
+
+
+def subject(alerts: list[Alert]) -> str:
+    tenant = alerts[0].tenant.label
+    if len(alerts) == 1:
+        alert = alerts[0]
+        return header_text(f"[{tenant}] {alert.severity.name.capitalize()}: {alert.title or 'Defender alert'}", 250)
+    counts = defaultdict(int)
+    for alert in alerts:
+        counts[alert.severity.name] += 1
+    summary = ", ".join(f"{counts[s.name]} {s.name}" for s in sorted(Severity, reverse=True) if counts[s.name])
+    return header_text(f"[{tenant}] {len(alerts)} Defender alerts ({summary})", 250)
+
+
+def facts(alert: Alert) -> list[tuple[str, str]]:
+    """(label, text) rows every part shows, in order; empty values are left out."""
+    times = alert.times
+    evidence = evidence_lines(alert)
+    rows = [
+        ("Customer", f"{alert.tenant.label} ({alert.tenant.id})"),
+        ("Severity", alert.severity.name), ("Status", alert.status or ""),
+        ("Created", _when(times.created)), ("Last update", _when(times.last_updated)),
+        ("First activity", _when(times.first_activity)), ("Last activity", _when(times.last_activity)),
+        ("Category", alert.category or ", ".join(alert.categories)),
+        ("MITRE techniques", ", ".join(alert.mitre_techniques)),
+        ("Service source", alert.service_source or ""), ("Alert id", alert.id),
+        ("Incident id", alert.incident_id or ""),
+        *((kind, ", ".join(values)) for kind, values in evidence.items()),
+        ("Alert in the portal", alert.alert_web_url or ""), ("Incident in the portal", alert.incident_web_url or ""),
+    ]
+    return [(label, text) for label, text in rows if text]
+
+
+def evidence_lines(alert: Alert) -> dict[str, list[str]]:
+    """The main evidence by kind, each value once."""
+    found: dict[str, list[str]] = {"Devices": [], "Users": [], "Files": [], "IP addresses": [], "URLs": []}
+
+    def add(kind: str, value: str | None) -> None:
+        if value and value not in found[kind]:
+            found[kind].append(value)
+
+    for item in alert.evidence:
+        if item.kind == "device":
+            add("Devices", item.fqdn or item.hostname)
+        elif item.kind == "user":
+            add("Users", item.user.upn or item.user.account_name)
+        elif item.kind in ("file", "process"):
+            info = item.file if item.kind == "file" else item.image
+            if info is not None:
+                add("Files", "\\".join(filter(None, (info.path, info.name))) or info.sha256)
+        elif item.kind == "ip":
+            add("IP addresses", item.address)
+        elif item.kind == "url":
+            add("URLs", item.url)
+    return {kind: values for kind, values in found.items() if values}
+
+
+def plain(alert: Alert) -> str:
+    width = max(len(label) for label, _ in facts(alert))
+    lines = [header_text(alert.title or "Defender alert", 1000), ""]
+    lines += [f"{label + ':':<{width + 1}} {header_text(text, 4000)}" for label, text in facts(alert)]
+    if alert.description:
+        lines += ["", alert.description]
+    return "\n".join(lines)
+
+
+def html_page(alerts: list[Alert]) -> str:
+    sections = []
+    for alert in alerts:
+        rows = "".join(f"<tr><th align=\"left\">{html.escape(label)}</th><td>{_html_value(label, text)}</td></tr>"
+                       for label, text in facts(alert))
+        description = f"<p>{html.escape(alert.description)}</p>" if alert.description else ""
+        sections.append(f"<h2>{html.escape(alert.title or 'Defender alert')}</h2><table>{rows}</table>{description}")
+    return "<!DOCTYPE html><html><body>" + "<hr>".join(sections) + "</body></html>"
+
+
+def _html_value(label: str, text: str) -> str:
+    if label.endswith("in the portal") and text.startswith("https://"):
+        return f'<a href="{html.escape(text, quote=True)}">{html.escape(text)}</a>'
+    return html.escape(text)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
+
+
+CONNECTOR = EmailConnector
