@@ -1,0 +1,63 @@
+"""The four network peers the reliability tests route every tenant to, at once: a real
+syslog-ng (CEF over TCP), the HEC peer, the `_bulk` peer and the Event Hubs peer; with the
+sink tables that point at them and what each has received."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tests.cef_parser import parse as parse_cef
+from tests.peers.es_peer import EsPeer
+from tests.peers.eventhub_peer import EventHubPeer
+from tests.peers.hec_peer import HecPeer
+from tests.peers.syslog_ng import SyslogNg
+
+HEC_TOKEN = "33333333-aaaa-4bbb-8ccc-crashcrash00"
+ES_KEY = "crash-test-es-key"
+BATCH = 50
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass
+class Peers:
+    syslog: SyslogNg
+    hec: HecPeer
+    es: EsPeer
+    hub: EventHubPeer
+
+
+def sinks(peers: Peers) -> dict[str, dict[str, Any]]:
+    fast = {"batch_max_events": BATCH, "retry_initial": "0.05s", "retry_max": "0.5s"}
+    return {
+        "syslog": {"type": "syslog", "host": "127.0.0.1", "port": peers.syslog.ports["tcp"], "protocol": "tcp",
+                   **fast},
+        "splunk": {"type": "splunk_hec", "url": peers.hec.url, "token": "env:DF_CRASH_HEC_TOKEN",
+                   "ca_file": str(peers.hec.ca_file), **fast},
+        "elastic": {"type": "elasticsearch", "hosts": [peers.es.url], "api_key": "env:DF_CRASH_ES_KEY",
+                    "ca_file": str(peers.es.ca_file), **fast},
+        "hub": {"type": "eventhub", "connection_string": "env:DF_CRASH_EH", "format": "raw", "retry_total": 0,
+                **fast},
+    }
+
+
+def received(peers: Peers) -> dict[str, Counter[tuple[str, int]]]:
+    """Per sink: (alert id, lastUpdateDateTime in ms) -> times received."""
+    syslog = Counter()
+    for message in peers.syslog.messages("tcp"):
+        cef = parse_cef(message["MSG"])
+        syslog[(cef.extension["cs3"], int(cef.extension["rt"]))] += 1
+    splunk = Counter(version(r["fields"]["version_key"]) for r in peers.hec.events())
+    elastic = Counter(version(doc["source"]["defender_forwarder"]["version_key"]) for doc in peers.es.documents())
+    hub = Counter(version(event.message_id) for event in peers.hub.events())
+    return {"syslog": syslog, "splunk": splunk, "elastic": elastic, "hub": hub}
+
+
+def version(version_key: str) -> tuple[str, int]:
+    """(alert id, lastUpdateDateTime in whole ms): what every sink can tell (CEF carries ms)."""
+    _, alert_id, stamp = version_key.split("/", 2)
+    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return alert_id, (moment - EPOCH) // timedelta(milliseconds=1)
+
+
