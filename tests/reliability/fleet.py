@@ -14,8 +14,10 @@ from tests.peers.eventhub_peer import EventHubPeer
 from tests.peers.hec_peer import HecPeer
 from tests.peers.syslog_ng import SyslogNg
 
-HEC_TOKEN = "33333333-aaaa-4bbb-8ccc-crashcrash00"
-ES_KEY = "crash-test-es-key"
+# Recognisable, so that test_secrets can look for them in everything the forwarder wrote.
+HEC_TOKEN = "33333333-aaaa-4bbb-8ccc-SECRETfleet01"
+ES_KEY = "SECRET-fleet-es-api-key"
+HUB_KEY = "SECRET-fleet-eventhub-key"
 BATCH = 50
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
