@@ -311,7 +311,7 @@ def encode_for_sinks(
             queued.append((sink, meta, body))
         else:
             failures.append(DeadLetter("encode", sink, alert.tenant.id, alert.version_key,
-                                       jsonutil.dumps(alert.raw), body[:2000]))
+                                       jsonutil.dumps_for_keeping(alert.raw), body[:2000]))
     return queued, failures
 
 
@@ -323,7 +323,9 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
 
 def _dead_raw(ref: TenantRef, raw: Any, reason: str) -> DeadLetter:
     version = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
-    return DeadLetter("normalise", None, ref.id, version, jsonutil.dumps(raw), reason[:2000])
+    if version is not None:  # shown by `dead-letters list`; SQLite text must be valid UTF-8
+        version = version.encode("utf-8", "backslashreplace").decode()
+    return DeadLetter("normalise", None, ref.id, version, jsonutil.dumps_for_keeping(raw), reason[:2000])
 
 
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:

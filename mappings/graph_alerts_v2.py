@@ -1034,6 +1034,17 @@ _BUILD_ALERT = _Compiler(ALERT, pair=False, fixed={"source": SOURCE}, params=("r
 # --------------------------------------------------------------------------- entry point
 
 
+def _check_id(alert_id: str) -> None:
+    """The id keys the dedupe state (UTF-8 text) and names the alert in every format."""
+    if alert_id.isspace():
+        raise MappingError("id: blank")
+    if not alert_id.isascii():
+        try:
+            alert_id.encode()
+        except UnicodeEncodeError:
+            raise MappingError("id: not valid Unicode (a lone surrogate)") from None
+
+
 def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
     """One alerts_v2 alert of `tenant`, read at `ingested` -> Alert (with `raw` = `raw`).
 
@@ -1049,6 +1060,7 @@ def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
     alert_id = fields["id"]
     if not alert_id:
         raise MappingError("id: missing" if alert_id is None else "id: empty")
+    _check_id(alert_id)
     last_updated = fields["times"].__dict__["last_updated"]
     if last_updated is None:
         raise MappingError("lastUpdateDateTime: missing")

@@ -309,7 +309,9 @@ EVIDENCE = st.one_of(
 @st.composite
 def hostile_alerts(draw: st.DrawFn) -> Alert:
     raw = draw(st.fixed_dictionaries(
-        {"id": st.text(min_size=1, max_size=50)},
+        # any text an id may be: the mapping refuses blank ids and lone surrogates
+        {"id": st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=50).filter(
+            lambda text: not text.isspace())},
         optional={"title": MAYBE, "description": MAYBE, "category": MAYBE, "detectionSource": MAYBE,
                   "alertWebUrl": MAYBE, "incidentWebUrl": MAYBE, "incidentId": MAYBE,
                   "mitreTechniques": st.lists(TEXT, max_size=3), "evidence": st.lists(EVIDENCE, max_size=4)},

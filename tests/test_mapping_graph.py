@@ -593,3 +593,17 @@ def test_any_json_in_one_property_of_a_real_alert(data: st.DataObject) -> None:
         normalise(raw, TENANT, INGESTED)
     except MappingError as error:
         assert str(error)
+
+
+@pytest.mark.parametrize(("alert_id", "reason"), [
+    ("   ", "id: blank"),
+    ("da123\ud800", "id: not valid Unicode (a lone surrogate)"),
+    ("\udfff", "id: not valid Unicode (a lone surrogate)"),
+])
+def test_an_id_that_cannot_key_the_state_is_refused(alert_id: str, reason: str) -> None:
+    """The id keys the dedupe state and names the alert in every format: a blank id would leave
+    a CEF line without externalId, a lone surrogate cannot be stored (UTF-8) and crashed the run."""
+    raw = _factory_alerts(1)[0]
+    raw["id"] = alert_id
+    with pytest.raises(MappingError, match=re.escape(reason)):
+        normalise(raw, TENANT, INGESTED)
