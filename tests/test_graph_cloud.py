@@ -205,3 +205,19 @@ def test_requests_of_one_tenant_respect_its_per_minute_budget(setup: CloudSetup)
     assert len(times) == 5
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     assert min(gaps) >= 0.19, gaps
+
+
+def test_a_retry_after_far_ahead_is_capped() -> None:
+    """A Retry-After date from a server whose clock runs an hour ahead (or a huge number of
+    seconds) must not stall a tenant's window for that long: it is capped."""
+    import email.utils
+    from datetime import datetime, timedelta, timezone
+
+    import httpx
+
+    from core.sources.graph import RETRY_AFTER_CAP, retry_after
+
+    ahead = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(hours=1), usegmt=True)
+    assert retry_after(httpx.Response(429, headers={"Retry-After": ahead})) == RETRY_AFTER_CAP
+    assert retry_after(httpx.Response(429, headers={"Retry-After": "86400"})) == RETRY_AFTER_CAP
+    assert retry_after(httpx.Response(429, headers={"Retry-After": "7"})) == 7.0

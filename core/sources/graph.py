@@ -31,6 +31,9 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 8
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 60.0
+# The longest a Retry-After may hold a tenant's window: a date from a server whose clock runs
+# ahead, or an outlandish number of seconds, must not stall a run for hours.
+RETRY_AFTER_CAP = 300.0
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -40,17 +43,17 @@ def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF
 
 
 def retry_after(response: httpx.Response) -> float | None:
-    """Graph's Retry-After: seconds, or an HTTP date."""
+    """Graph's Retry-After: seconds, or an HTTP date; at most RETRY_AFTER_CAP."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     if value.strip().isdigit():
-        return float(value)
+        return min(float(value), RETRY_AFTER_CAP)
     try:
         moment = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+    return min(max(0.0, (moment - datetime.now(timezone.utc)).total_seconds()), RETRY_AFTER_CAP)
 
 
 class GraphAlertsSource:
