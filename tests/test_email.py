@@ -76,7 +76,8 @@ def test_one_message_per_new_alert_to_each_customers_team(setup: CloudSetup, smt
         by_id = {r.message["X-Defender-Alert-Ids"]: r.message for r in mine}
         for alert in alerts:
             message = by_id[alert["id"]]
-            assert message["Subject"] == f"[{label}] {alert['severity'].capitalize()}: {alert['title']}"
+            # (compared with whitespace normalised: a folded header comes back with its fold's space)
+            assert " ".join(message["Subject"].split()) == f"[{label}] {alert['severity'].capitalize()}: {alert['title']}"
             assert message["From"] == "Defender forwarder <defender@mssp.example>"
             text, page = _parts(message)
             for expected in (label, setup.tenants[label], alert["status"], alert["alertWebUrl"],
@@ -123,7 +124,7 @@ def test_an_update_mails_again_only_when_its_severity_rises(setup: CloudSetup, s
     setup.cloud.add_alerts(tenant_id, [updated_version(alert, recent(20), severity="high")])
     assert _run(setup).returncode == 0
     received = smtp.wait_for(2)
-    assert received[1].message["Subject"].startswith("[contoso] High: ")
+    assert received[1].message["Subject"].strip().startswith("[contoso] High: ")
 
 
 def test_digest_one_message_per_customer_per_interval(setup: CloudSetup, smtp: SmtpServer) -> None:
@@ -131,7 +132,7 @@ def test_digest_one_message_per_customer_per_interval(setup: CloudSetup, smtp: S
     setup.sinks = {"mail": _sink(smtp, mode="digest", digest_interval="3s")}
     assert _run(setup).returncode == 0
     received = smtp.wait_for(2)
-    subjects = sorted(r.message["Subject"] for r in received)
+    subjects = sorted(" ".join(r.message["Subject"].split()) for r in received)
     assert subjects[0].startswith("[contoso] 3 Defender alerts (") and subjects[1].startswith("[fabrikam] 2 Defender")
     contoso = next(r.message for r in received if r.recipients == ["soc+contoso@mssp.example"])
     assert set(contoso["X-Defender-Alert-Ids"].split()) == {a["id"] for a in first["contoso"]}
