@@ -46,13 +46,11 @@ import asyncio
 import base64
 import cProfile
 import io
-import json
 import math
 import os
 import pstats
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
 from bench.ship_syslog import BASE_ALERTS, START, STEP, TENANT, _version, cpu_seconds
+from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSinkConfig, document_id, namespace
 from core.delivery import SinkWorker
@@ -178,28 +177,8 @@ class Peer:
 
 @contextmanager
 def peer_process(work: Path) -> Iterator[Peer]:
-    ready = work / "peer.json"
-    command = [sys.executable, "-m", "tests.peers.es_peer", "--port", "0", "--count-only", "--api-key", API_KEY,
-               "--ready-file", str(ready)]
-    with (work / "peer.err").open("wb") as err:
-        process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=err)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"Elasticsearch peer did not start (exit {process.returncode}):\n"
-                                 f"{(work / 'peer.err').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.01)
-        info = json.loads(ready.read_text())
-        yield Peer(info["url"], Path(info["ca_file"]), process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with standalone_peer("tests.peers.es_peer", ["--port", "0", "--count-only", "--api-key", API_KEY], work, "Elasticsearch peer") as (info, pid):
+        yield Peer(info["url"], Path(info["ca_file"]), pid)
 
 
 def peer_requests(peer: Peer, sender: str, events: int) -> int:

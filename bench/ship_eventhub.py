@@ -59,7 +59,6 @@ import os
 import pstats
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -75,6 +74,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
 from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
+from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.eventhub import EventHubConnector, EventHubSinkConfig
 from core.delivery import SinkWorker
@@ -206,28 +206,8 @@ class Peer:
 
 @contextmanager
 def peer_process(work: Path) -> Iterator[Peer]:
-    ready = work / "peer.json"
-    command = [sys.executable, "-m", "tests.peers.eventhub_peer", "--port", "0", "--count-only",
-               "--ready-file", str(ready)]
-    with (work / "peer.err").open("wb") as err:
-        process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=err)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"Event Hubs peer did not start (exit {process.returncode}):\n"
-                                 f"{(work / 'peer.err').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.01)
-        info = json.loads(ready.read_text())
-        yield Peer(info["connection_string"], info["stats_port"], process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with standalone_peer("tests.peers.eventhub_peer", ["--port", "0", "--count-only"], work, "Event Hubs peer") as (info, pid):
+        yield Peer(info["connection_string"], info["stats_port"], pid)
 
 
 def peer_totals(peer: Peer, sender: str, events: int) -> dict[str, int]:

@@ -44,19 +44,17 @@ import asyncio
 import cProfile
 import gzip
 import io
-import json
 import os
 import pstats
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -65,16 +63,23 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
-from bench.ship_syslog import BASE_ALERTS, START, STEP, TENANT, _version, cpu_seconds  # noqa: E402
-from connectors.base import Event  # noqa: E402
-from connectors.splunk_hec import (ACK_PATH, EVENT_PATH, SplunkHecConnector, SplunkHecSinkConfig,  # noqa: E402
-                                   _EnvelopeWriter, _requests)
-from core.delivery import SinkWorker  # noqa: E402
-from core.schema import EventMeta  # noqa: E402
-from core.state import SQLiteStore  # noqa: E402
-from mappings.graph_alerts_v2 import normalise  # noqa: E402
-from mappings.raw import encode as encode_raw  # noqa: E402
-from tests.peers.alert_factory import make_alerts  # noqa: E402
+from bench.ship_syslog import BASE_ALERTS, START, STEP, TENANT, _version, cpu_seconds
+from bench.standalone import standalone_peer
+from connectors.base import Event
+from connectors.splunk_hec import (
+    ACK_PATH,
+    EVENT_PATH,
+    SplunkHecConnector,
+    SplunkHecSinkConfig,
+    _EnvelopeWriter,
+    _requests,
+)
+from core.delivery import SinkWorker
+from core.schema import EventMeta
+from core.state import SQLiteStore
+from mappings.graph_alerts_v2 import normalise
+from mappings.raw import encode as encode_raw
+from tests.peers.alert_factory import make_alerts
 
 SINK = "splunk"
 TOKEN_ENV = "SHIP_HEC_TOKEN"
@@ -95,7 +100,7 @@ class Corpus:
 
 def build_corpus(events: int) -> Corpus:
     base = make_alerts(min(events, BASE_ALERTS), TENANT.id, START, STEP, seed=1)
-    ingested = datetime.now(timezone.utc)
+    ingested = datetime.now(UTC)
     metas, bodies = [], []
     for index in range(events):
         round_, slot = divmod(index, len(base))
@@ -150,28 +155,8 @@ class Peer:
 
 @contextmanager
 def peer_process(work: Path, ack: bool) -> Iterator[Peer]:
-    ready = work / "peer.json"
-    command = [sys.executable, "-m", "tests.peers.hec_peer", "--port", "0", "--token", TOKEN, "--count-only",
-               "--ready-file", str(ready), *(["--ack"] if ack else [])]
-    with (work / "peer.err").open("wb") as err:
-        process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=err)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"HEC peer did not start (exit {process.returncode}):\n"
-                                 f"{(work / 'peer.err').read_text(errors='replace')[-2000:]}")
-            time.sleep(0.01)
-        info = json.loads(ready.read_text())
-        yield Peer(info["url"], Path(info["ca_file"]), process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with standalone_peer("tests.peers.hec_peer", ["--port", "0", "--token", TOKEN, "--count-only", *(["--ack"] if ack else [])], work, "HEC peer") as (info, pid):
+        yield Peer(info["url"], Path(info["ca_file"]), pid)
 
 
 def check_peer(peer: Peer, sender: str, events: int, requests: int) -> None:
