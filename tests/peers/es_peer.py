@@ -119,7 +119,6 @@ import secrets
 import shutil
 import signal
 import socket
-import socketserver
 import ssl
 import sys
 import tempfile
@@ -134,7 +133,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -142,10 +141,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
+from tests.peers.loopback_http import LoopbackHTTPServer
+
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
 DEFAULT_MAX_CONTENT_LENGTH = 100 * MIB  # http.max_content_length
-IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may idle before the peer drops it
 DRAIN_LIMIT = 256 * MIB  # an over-long body up to this is read and dropped before the 413
 
 VERSION = "9.1.0"
@@ -452,54 +452,10 @@ def _auto_id() -> str:
 
 # ---------------------------------------------------------------- HTTP server
 
-class _Server(ThreadingHTTPServer):
-    """TLS handshake in the per-connection thread; keeps open connections so stop() can cut them."""
-
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 1024
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, peer: EsPeer, port: int, context: ssl.SSLContext | None) -> None:
         self.peer = peer
-        self.context = context
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__((HOST, port), _Handler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # skip HTTPServer's getfqdn() lookup
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:  # type: ignore[override]
-        request.settimeout(IDLE_TIMEOUT)
-        connection: socket.socket = request
-        if self.context is not None:
-            try:
-                connection = self.context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return  # a client that does not trust the CA, or gave up
-        with self._open_lock:
-            self._open.add(connection)
-        try:
-            super().finish_request(connection, client_address)
-        finally:
-            with self._open_lock:
-                self._open.discard(connection)
-            connection.close()
-
-    def close_connections(self) -> None:
-        with self._open_lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
-            super().handle_error(request, client_address)
-
+        super().__init__(port, _Handler, context)
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

@@ -30,8 +30,6 @@ import os
 import re
 import secrets
 import signal
-import socket
-import socketserver
 import ssl
 import sys
 import threading
@@ -42,7 +40,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from itertools import takewhile
 from pathlib import Path
 from types import TracebackType
@@ -57,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from tests.peers.alert_factory import make_alerts
+from tests.peers.loopback_http import LoopbackHTTPServer
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
@@ -66,7 +65,6 @@ MAX_TOP = 1000
 PREFER_UNKNOWN_ENUMS = "include-unknown-enum-members"
 UNKNOWN_FUTURE_VALUE = "unknownFutureValue"
 TICKS_PER_SECOND = 10_000_000  # Graph timestamps have 7 fractional digits, i.e. 100 ns ticks
-IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may sit idle before the server drops it
 
 # Members Graph lists after `unknownFutureValue` (defender-source.md §1.3). A client sees them
 # only with `Prefer: include-unknown-enum-members`; otherwise they read `unknownFutureValue`.
@@ -223,7 +221,7 @@ def make_client_cert(common_name: str = "defender-forwarder-test") -> ClientCert
     """A self-signed RSA certificate and key, like one uploaded to an app registration."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
@@ -489,58 +487,10 @@ def _prefers_unknown_enums(prefer: str | None) -> bool:
     return any(p.strip().lower() == PREFER_UNKNOWN_ENUMS for p in (prefer or "").split(","))
 
 
-class _TLSServer(ThreadingHTTPServer):
-    """TLS handshake in the per-connection thread, because wrapping the listening socket
-    would serialise every handshake in the accept loop; TCP_NODELAY against the 40 ms
-    Nagle/delayed-ACK stall on small keep-alive answers."""
-
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for clients idling on keep-alive connections
-    request_queue_size = 1024  # ~100 clients connect at once; a backlog of 5 drops SYNs (1 s retry)
-
+class _TLSServer(LoopbackHTTPServer):
     def __init__(self, cloud: FakeCloud, context: ssl.SSLContext) -> None:
         self.cloud = cloud
-        self.context = context
-        self._open: set[ssl.SSLSocket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn); skip that lookup.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        request.settimeout(IDLE_TIMEOUT)
-        try:
-            tls = self.context.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return
-        with self._open_lock:
-            self._open.add(tls)
-        try:
-            super().finish_request(tls, client_address)
-        finally:
-            with self._open_lock:
-                self._open.discard(tls)
-            tls.close()
-
-    def close_connections(self) -> None:
-        """Hang up on keep-alive clients, so a stopped cloud really is gone."""
-        with self._open_lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up mid-answer (timeout tests, stop()) are normal here, not errors.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
-            super().handle_error(request, client_address)
-
+        super().__init__(0, _Handler, context)
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse their TLS connections
@@ -1056,7 +1006,7 @@ def build_standalone(args: argparse.Namespace) -> tuple[FakeCloud, list[str]]:
     cloud = FakeCloud(latency=args.latency, record_hits=False)
     step = dt.timedelta(seconds=args.step_seconds)
     # The newest alert is "now", so a poller's default look-back window finds the data.
-    start = dt.datetime.now(dt.timezone.utc) - (args.alerts_per_tenant - 1) * step
+    start = dt.datetime.now(dt.UTC) - (args.alerts_per_tenant - 1) * step
     tenant_ids = [standalone_tenant_id(i) for i in range(args.tenants)]
     for tenant_id in tenant_ids:
         cloud.add_tenant(tenant_id, client_id=args.client_id, secret=args.secret,

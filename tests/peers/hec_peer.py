@@ -73,8 +73,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import socketserver
 import ssl
 import sys
 import tempfile
@@ -86,13 +84,15 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import trustme
+
+from tests.peers.loopback_http import LoopbackHTTPServer
 
 try:
     import orjson as _orjson
@@ -102,7 +102,6 @@ except ImportError:  # the stdlib parser alone is correct, only slower
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
 DEFAULT_MAX_CONTENT_LENGTH = 800 * MIB  # limits.conf [http_input] max_content_length, Splunk 6.5+
-IDLE_TIMEOUT = 60.0  # seconds a keep-alive connection may sit idle before the peer drops it
 DRAIN_LIMIT = 64 * MIB  # an over-long body up to this is read and dropped, keeping the connection
 
 # HEC code -> (HTTP status, text): Splunk's "Possible error codes" table, as reproduced by
@@ -350,58 +349,10 @@ def gunzip(data: bytes, limit: int) -> bytes | None:
 
 # ---------------------------------------------------------------- HTTP server
 
-class _Server(ThreadingHTTPServer):
-    """TLS handshake in the per-connection thread (wrapping the listening socket would serialise
-    every handshake in the accept loop); keeps the open connections so stop() can cut them."""
-
-    daemon_threads = True
-    block_on_close = False  # stop() must not wait for clients idling on keep-alive connections
-    request_queue_size = 1024
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, peer: HecPeer, port: int, context: ssl.SSLContext | None) -> None:
         self.peer = peer
-        self.context = context
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__((HOST, port), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name (getfqdn); skip that lookup.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def finish_request(self, request: socket.socket, client_address: Any) -> None:  # type: ignore[override]
-        request.settimeout(IDLE_TIMEOUT)
-        connection: socket.socket = request
-        if self.context is not None:
-            try:
-                connection = self.context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return  # a client that gave up or does not trust the CA
-        with self._open_lock:
-            self._open.add(connection)
-        try:
-            super().finish_request(connection, client_address)
-        finally:
-            with self._open_lock:
-                self._open.discard(connection)
-            connection.close()
-
-    def close_connections(self) -> None:
-        """Hang up on keep-alive clients, so a stopped peer really is gone."""
-        with self._open_lock:
-            open_sockets = list(self._open)
-        for sock in open_sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up mid-answer (stop(), timeouts) are normal here, not errors.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
-            super().handle_error(request, client_address)
-
+        super().__init__(port, _Handler, context)
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as Splunk and every HEC client use it
