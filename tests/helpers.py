@@ -60,8 +60,17 @@ def write_replay(folder: Path, pages: list[list[dict[str, Any]]]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for number, alerts in enumerate(pages, start=1):
         body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/alerts_v2", "value": alerts}
-        (folder / f"page-{number:04d}.json").write_bytes(jsonutil.dumps(body))
+        (folder / f"page-{number:04d}.json").write_bytes(_page_bytes(body))
     return folder
+
+
+def _page_bytes(body: dict[str, Any]) -> bytes:
+    """A replay page as a server might send it: what JSON cannot hold (an infinite float) is
+    written as the standard library writes it (`Infinity`), which the forwarder must survive."""
+    try:
+        return jsonutil.dumps(body)
+    except ValueError:
+        return json.dumps(body).encode()
 
 
 def shared_sample(name: str) -> Any:

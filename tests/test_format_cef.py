@@ -407,6 +407,12 @@ _SHORT = st.lists(_PIECE, max_size=16).map("".join)
 _LONG = st.builds(lambda part, times: part * times, st.lists(_PIECE, min_size=1, max_size=4).map("".join),
                   st.integers(5, 700))
 TEXT = st.one_of(_SHORT, _SHORT, _LONG)
+
+
+def _usable_id(text: str) -> bool:
+    """What the mapping takes as an id (a blank one or a lone surrogate is a dead letter)."""
+    return bool(text) and not text.isspace() and text.encode("utf-8", "surrogatepass") == text.encode(
+        "utf-8", "replace")
 MAYBE = st.one_of(st.none(), TEXT)
 ADDRESS = st.one_of(st.ip_addresses().map(str), TEXT,
                     st.builds(lambda ip, zone: f"{ip}%{zone}", st.ip_addresses(v=6).map(str), TEXT))
@@ -439,7 +445,7 @@ EVIDENCE = st.one_of(
 @st.composite
 def hostile_alerts(draw: st.DrawFn) -> Alert:
     raw = draw(st.fixed_dictionaries(
-        {"id": TEXT.filter(bool), "lastUpdateDateTime": st.just("2026-11-29T10:00:00.1234567Z")},
+        {"id": TEXT.filter(_usable_id), "lastUpdateDateTime": st.just("2026-11-29T10:00:00.1234567Z")},
         optional={
             "title": MAYBE, "description": MAYBE, "category": MAYBE, "categories": st.lists(TEXT, max_size=2),
             "status": MAYBE, "detectionSource": MAYBE, "productName": MAYBE, "detectorId": MAYBE,
