@@ -254,9 +254,13 @@ class Forwarder:
         commit.outbox.extend(queued)
         commit.dead.extend(failures)
         outcome.sinks.update(sink for sink, _, _ in queued)
-        result.dead += len(failures)
+        for letter in failures:  # a sink's own dead letter, shown in its row of the summary
+            self.workers[letter.sink].stats.dead += 1
+        # Per tenant each alert counts once: queued if it reached a sink, else dead.
         if queued:
             result.queued += 1
+        elif failures:
+            result.dead += 1
 
     # ---- running ---------------------------------------------------------------
     async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:

@@ -256,3 +256,22 @@ def test_first_sight_is_marked_once_per_alert_across_runs(tmp_path: Path) -> Non
     # alerts[1] is first seen inProgress: still the finding's Create; alerts[0]'s second version is its Update.
     assert [f["type_uid"] for f in findings] == [200401, 200401, 200402]
     assert [f["activity_name"] for f in findings] == ["Create", "Create", "Update"]
+
+
+def test_an_alert_one_sink_cannot_take_counts_once_per_tenant_and_as_that_sinks_dead_letter(tmp_path: Path) -> None:
+    alerts = make_alerts(2, TENANT, T0, timedelta(minutes=1), seed=11)
+    deep: object = "bottom"
+    for _ in range(1_010):  # raw writes it back; ECS's encoder stops at the recursion limit
+        deep = [deep]
+    alerts[0]["additionalData"] = {"nested": deep}
+    replay = write_replay(tmp_path / "replay", [alerts])
+    config = write_config(tmp_path / "forwarder.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
+        "tenants.acme": {"tenant_id": TENANT, "replay": str(replay)},
+        "sinks.raw": {"type": "file", "path": str(tmp_path / "raw.ndjson"), "format": "raw"},
+        "sinks.ecs": {"type": "file", "path": str(tmp_path / "ecs.ndjson"), "format": "ecs"},
+    })
+    (result,), forwarder = _run(config)
+    assert (result.read, result.queued, result.dead) == (2, 2, 0)  # each alert once: it reached a sink
+    assert forwarder.workers["ecs"].stats.dead == 1 and forwarder.workers["raw"].stats.dead == 0
+    assert len(read_ndjson(tmp_path / "ecs.ndjson")) == 1
