@@ -57,7 +57,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +66,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
-from bench.ship_syslog import BASE_ALERTS, START, STEP, TENANT, _version, cpu_seconds
+from bench.ship_syslog import cpu_seconds, encoded_events
 from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSinkConfig, document_id, namespace
@@ -75,8 +74,6 @@ from core.delivery import SinkWorker
 from core.schema import EventMeta
 from core.state import SQLiteStore
 from mappings.ecs import encode as encode_ecs
-from mappings.graph_alerts_v2 import normalise
-from tests.peers.alert_factory import make_alerts
 
 SINK = "elastic"
 API_KEY_ENV = "SHIP_ELASTIC_API_KEY"
@@ -98,17 +95,7 @@ class Corpus:
 
 
 def build_corpus(events: int) -> Corpus:
-    base = make_alerts(min(events, BASE_ALERTS), TENANT.id, START, STEP, seed=1)
-    ingested = datetime.now(UTC)
-    metas, bodies = [], []
-    for index in range(events):
-        round_, slot = divmod(index, len(base))
-        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (index * STEP))
-        alert = normalise(graph, TENANT, ingested)
-        metas.append(EventMeta.of(alert))
-        bodies.append(encode_ecs(alert))
-    if len(set(bodies)) != events:
-        raise SystemExit(f"corpus: only {len(set(bodies))} distinct documents of {events}")
+    metas, bodies = encoded_events(events, encode_ecs)
     template = DEFAULTS["data_stream"].default
     streams = [template.replace("{tenant}", namespace(meta.tenant_label)) for meta in metas]
     ids = [document_id(meta.version_key) for meta in metas]

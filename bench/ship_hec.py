@@ -54,7 +54,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -63,7 +62,7 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
-from bench.ship_syslog import BASE_ALERTS, START, STEP, TENANT, _version, cpu_seconds
+from bench.ship_syslog import cpu_seconds, encoded_events
 from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.splunk_hec import (
@@ -77,9 +76,7 @@ from connectors.splunk_hec import (
 from core.delivery import SinkWorker
 from core.schema import EventMeta
 from core.state import SQLiteStore
-from mappings.graph_alerts_v2 import normalise
 from mappings.raw import encode as encode_raw
-from tests.peers.alert_factory import make_alerts
 
 SINK = "splunk"
 TOKEN_ENV = "SHIP_HEC_TOKEN"
@@ -99,17 +96,7 @@ class Corpus:
 
 
 def build_corpus(events: int) -> Corpus:
-    base = make_alerts(min(events, BASE_ALERTS), TENANT.id, START, STEP, seed=1)
-    ingested = datetime.now(UTC)
-    metas, bodies = [], []
-    for index in range(events):
-        round_, slot = divmod(index, len(base))
-        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (index * STEP))
-        alert = normalise(graph, TENANT, ingested)
-        metas.append(EventMeta.of(alert))
-        bodies.append(encode_raw(alert))
-    if len(set(bodies)) != events:
-        raise SystemExit(f"corpus: only {len(set(bodies))} distinct bodies of {events}")
+    metas, bodies = encoded_events(events, encode_raw)
     return Corpus(metas, bodies)
 
 

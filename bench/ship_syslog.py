@@ -44,10 +44,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +56,14 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
-from connectors.syslog import SyslogConnector, SyslogSinkConfig  # noqa: E402
-from core.delivery import SinkWorker  # noqa: E402
-from core.schema import EventMeta, TenantRef  # noqa: E402
-from core.state import SQLiteStore  # noqa: E402
-from mappings import cef  # noqa: E402
-from mappings.graph_alerts_v2 import normalise  # noqa: E402
-from tests.peers.alert_factory import graph_time, make_alerts  # noqa: E402
-from tests.peers.syslog_ng import SYSLOG_NG, SyslogCerts, SyslogNg, make_certs  # noqa: E402
+from connectors.syslog import SyslogConnector, SyslogSinkConfig
+from core.delivery import SinkWorker
+from core.schema import EventMeta, TenantRef
+from core.state import SQLiteStore
+from mappings import cef
+from mappings.graph_alerts_v2 import normalise
+from tests.peers.alert_factory import graph_time, make_alerts
+from tests.peers.syslog_ng import SYSLOG_NG, SyslogCerts, SyslogNg, make_certs
 
 TENANT = TenantRef(id="22222222-2222-4222-8222-222222222222", label="contoso")
 SINK = "siem"
@@ -71,7 +71,7 @@ PROTOCOLS = ("tcp", "tls")
 RELAYS = {"relay-default": "1", "relay-ff01": "0.1"}  # mode -> follow-freq()
 TARGET_TCP = 50_000
 BASE_ALERTS = 5_000  # generating alerts costs ~250 µs each; more versions of each are cheap
-START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+START = datetime(2026, 11, 1, tzinfo=UTC)
 STEP = timedelta(seconds=5)
 POLL = 0.005  # seconds between looks at the receiver's output, as the anchors polled
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -96,7 +96,7 @@ def build_corpus(events: int) -> Corpus:
     """`events` distinct CEF lines: `BASE_ALERTS` generated alerts, then versions of each that
     differ where two real alerts differ (ids, portal link, update time), in time order."""
     base = make_alerts(min(events, BASE_ALERTS), TENANT.id, START, STEP, seed=1)
-    ingested = datetime.now(timezone.utc)
+    ingested = datetime.now(UTC)
     metas, lines = [], []
     for index in range(events):
         round_, slot = divmod(index, len(base))
@@ -122,6 +122,23 @@ def _version(raw: dict[str, Any], round_: int, last_update: datetime) -> dict[st
     alert["alertWebUrl"] = raw["alertWebUrl"].replace(old, new)
     alert["lastUpdateDateTime"] = graph_time(last_update)
     return alert
+
+
+def encoded_events(events: int, encode: Callable[[Any], bytes]) -> tuple[list[EventMeta], list[bytes]]:
+    """`events` distinct alert versions of TENANT (BASE_ALERTS generated, then more versions of
+    each), each with its event meta and encoded by `encode`; all the bodies must differ."""
+    base = make_alerts(min(events, BASE_ALERTS), TENANT.id, START, STEP, seed=1)
+    ingested = datetime.now(UTC)
+    metas, bodies = [], []
+    for index in range(events):
+        round_, slot = divmod(index, len(base))
+        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (index * STEP))
+        alert = normalise(graph, TENANT, ingested)
+        metas.append(EventMeta.of(alert))
+        bodies.append(encode(alert))
+    if len(set(bodies)) != events:
+        raise SystemExit(f"corpus: only {len(set(bodies))} distinct bodies of {events}")
+    return metas, bodies
 
 
 def _redraw(text: str, seed: str) -> str:
