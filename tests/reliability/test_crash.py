@@ -75,7 +75,10 @@ def run_crash_scenario(setup: CloudSetup, peers: Peers, scale: Scale, seed: int 
     for number in range(scale.tenants):
         label = f"customer{number:02d}"
         tenant_id = setup.tenant(label)
-        alerts = make_alerts(per_tenant, tenant_id, recent(240), timedelta(seconds=30), seed=seed + number)
+        # Spread over 200 minutes that end well before the updates' lastUpdateDateTime, at any
+        # scale: a first version newer than its update would be a test of time travel.
+        alerts = make_alerts(per_tenant, tenant_id, recent(240), timedelta(minutes=200) / per_tenant,
+                             seed=seed + number)
         setup.cloud.add_alerts(tenant_id, alerts)
         versions += [(label, alert) for alert in alerts]
     setup.forwarder.update(poll_interval="1s", overlap="5m", initial_lookback="1d")
