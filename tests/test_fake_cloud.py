@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,19 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from core.schema import TenantRef
+from mappings.graph_alerts_v2 import normalise
 from tests.peers.fake_cloud import (
+    TICKS_PER_SECOND,
     ClientCert,
     FakeCloud,
     Fault,
+    LiveRelease,
+    SyntheticAlerts,
     Tenant,
+    alert_templates,
     make_client_cert,
+    parse_ticks,
     standalone_tenant_id,
 )
 
@@ -481,6 +489,36 @@ def test_concurrent_requests_overlap_and_are_all_counted(cloud: FakeCloud, ca_fi
 
 
 @pytest.mark.slow
+def test_synthetic_tenants_page_a_backlog_then_release_live_alerts(cloud: FakeCloud, ca_file: Path) -> None:
+    release = LiveRelease(rate=200.0, tenants=2)
+    templates = alert_templates(3)
+    backlog_start = datetime(2026, 1, 1, tzinfo=UTC)
+    tenants = [new_tenant(cloud, page_size=4) for _ in range(2)]
+    for index, tenant in enumerate(tenants):
+        tenant.alerts = SyntheticAlerts(tenant.tenant_id, index, templates, backlog=10, backlog_start=backlog_start,
+                                        step=timedelta(seconds=1.5), live=6, release=release)
+    second = tenants[1].tenant_id
+    with graph(cloud, access_token(cloud, ca_file, second)) as client:
+        oldest_first = {"$orderby": "lastUpdateDateTime asc"}
+        before = [a for page in follow_pages(client, ALERTS, oldest_first) for a in page]
+        release.begin()
+        time.sleep(6 * 2 / 200 + 0.05)  # every live alert of both tenants has appeared
+        after = [a for page in follow_pages(client, ALERTS, oldest_first) for a in page]
+        newest_first = [a for page in follow_pages(client, ALERTS) for a in page]
+        since = after[12]["lastUpdateDateTime"]
+        filtered = filtered_ids(client, f"lastUpdateDateTime ge {since}")
+
+    assert [a["lastUpdateDateTime"] for a in before[:2]] == ["2026-01-01T00:00:00.0000000Z",
+                                                             "2026-01-01T00:00:01.5000000Z"]
+    assert len(before) == 10 and len(after) == 16 and after[:10] == before and newest_first == after[::-1]
+    assert len({a["id"] for a in after}) == 16 and {a["tenantId"] for a in after} == {second}
+    live_ticks = [parse_ticks(a["lastUpdateDateTime"]) for a in after[10:]]
+    assert live_ticks == sorted(live_ticks) and live_ticks[0] / TICKS_PER_SECOND > time.time() - 5
+    assert filtered == [a["id"] for a in after[12:]]
+    for raw in after:  # the forwarder's own mapping takes every one of them
+        assert normalise(raw, TenantRef(id=second, label="synthetic"), datetime.now(UTC)).id == raw["id"]
+
+
 def test_standalone_process_serves_generated_tenants(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     process = subprocess.Popen(

@@ -17,6 +17,9 @@ Standalone, for benchmarks, with alerts from tests/peers/alert_factory.py; it se
 SIGTERM or SIGINT and writes a JSON ready file (base_url, ca_file, client_id, secret, tenant_ids):
   python -m tests.peers.fake_cloud --tenants 1000 --alerts-per-tenant 50 --latency 0.1 \
       --ready-file /tmp/cloud.json
+With --synthetic, alerts are stamped from templates when a page asks for them (a million cost
+nothing to keep), and --live-per-tenant more per tenant appear at --live-rate a second from the
+moment the process gets SIGUSR1, each last updated when it appears: what bench/soak.py uses.
 """
 from __future__ import annotations
 
@@ -184,7 +187,7 @@ class Tenant:
     graph_token_lifetime: float | None = None
     page_size: int = 100
     token_fail_status: int | None = None
-    alerts: _AlertStore = field(init=False, repr=False)
+    alerts: _AlertStore | SyntheticAlerts = field(init=False, repr=False)
     faults: deque[Fault] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -318,6 +321,119 @@ class _AlertStore:
 
 def _key_ticks(key: Key) -> int:
     return key[0]
+
+
+class _Made(NamedTuple):
+    """A synthetic alert as served: the same shape `_AlertStore.page` returns."""
+
+    key: Key
+    json: bytes
+    masked_json: bytes
+
+
+class _Template(NamedTuple):
+    """An alert's JSON with its id, tenant id and lastUpdateDateTime hollowed out."""
+
+    json: bytes
+    masked_json: bytes
+
+    @classmethod
+    def of(cls, alert: dict[str, Any]) -> _Template:
+        def hollow(body: bytes) -> bytes:
+            return (body.replace(alert["id"].encode(), b"@ID@")
+                    .replace(alert["tenantId"].encode(), b"@TENANT@")
+                    .replace(json.dumps(alert["lastUpdateDateTime"]).encode(), b'"@UPDATED@"'))
+
+        return cls(hollow(json.dumps(alert).encode()), hollow(json.dumps(_mask_alert(alert)).encode()))
+
+    def fill(self, alert_id: str, tenant_id: str, updated: str) -> tuple[bytes, bytes]:
+        values = ((b"@ID@", alert_id.encode()), (b"@TENANT@", tenant_id.encode()), (b"@UPDATED@", updated.encode()))
+        bodies = [self.json, self.masked_json]
+        for placeholder, value in values:
+            bodies = [body.replace(placeholder, value) for body in bodies]
+        return bodies[0], bodies[1]
+
+
+def alert_templates(count: int, seed: int = 0) -> list[_Template]:
+    """`count` varied alerts of the factory, ready to be stamped with any id, tenant and time."""
+    made = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)  # older than anything a template stands in for
+    return [_Template.of(alert) for alert in
+            make_alerts(count, "00000000-0000-4000-8000-00000000feed", made, dt.timedelta(minutes=1), seed)]
+
+
+@dataclass
+class LiveRelease:
+    """When synthetic tenants' live alerts appear: none before `begin()`, then `rate` a second
+    across all `tenants`, round robin, each last updated the moment it appears."""
+
+    rate: float
+    tenants: int
+    started_ticks: int | None = None
+
+    def begin(self) -> None:
+        self.started_ticks = time.time_ns() // 100
+
+    def visible(self, tenant_index: int, live: int) -> int:
+        """How many of a tenant's `live` alerts have appeared."""
+        if self.started_ticks is None:
+            return 0
+        released = (time.time_ns() // 100 - self.started_ticks) * self.rate / TICKS_PER_SECOND
+        return max(0, min(live, int((released - tenant_index) // self.tenants) + 1))
+
+    def ticks(self, tenant_index: int, number: int) -> int:
+        assert self.started_ticks is not None
+        return self.started_ticks + round((number * self.tenants + tenant_index) * TICKS_PER_SECOND / self.rate)
+
+
+class SyntheticAlerts:
+    """One tenant's alerts, made when a page asks for them: `backlog` alerts already there (the
+    i-th last updated at backlog_start + i * step), then `live` ones appearing as `release`
+    says. Memory stays a few templates whatever the count; `$filter` takes lastUpdateDateTime
+    bounds only, which is what a poller asks for."""
+
+    def __init__(self, tenant_id: str, tenant_index: int, templates: list[_Template], *, backlog: int,
+                 backlog_start: dt.datetime, step: dt.timedelta, live: int, release: LiveRelease) -> None:
+        self.tenant_id, self.tenant_index, self.templates = tenant_id, tenant_index, templates
+        self.backlog, self.live, self.release = backlog, live, release
+        self.backlog_start = calendar.timegm(backlog_start.utctimetuple()) * TICKS_PER_SECOND
+        self.step = round(step.total_seconds() * TICKS_PER_SECOND)
+
+    def page(self, query: _Query, after: Key | None) -> tuple[list[_Made], Key | None]:
+        if query.equals or set(query.bounds) - {"lastUpdateDateTime"}:
+            raise _bad_request("a synthetic tenant serves lastUpdateDateTime ranges only")
+        taken: list[_Made] = []
+        for index in self._scan(query, after):
+            if len(taken) == query.top:
+                return taken, taken[-1].key
+            taken.append(self._make(index, self._ticks(index)))
+        return taken, None
+
+    def _scan(self, query: _Query, after: Key | None) -> Iterator[int]:
+        """Indexes in paging order; ticks grow with the index, so bisecting indexes is bisecting keys."""
+        low, high = query.bounds.get("lastUpdateDateTime", _UNBOUNDED)
+        indexes = range(self.backlog + self.release.visible(self.tenant_index, self.live))
+        if query.descending:
+            end = bisect_right(indexes, high, key=self._ticks)
+            if after is not None:
+                end = min(end, bisect_left(indexes, after[0], key=self._ticks))
+            return takewhile(lambda index: self._ticks(index) >= low, reversed(indexes[:end]))
+        start = bisect_left(indexes, low, key=self._ticks)
+        if after is not None:
+            start = max(start, bisect_right(indexes, after[0], key=self._ticks))
+        return takewhile(lambda index: self._ticks(index) <= high, indexes[start:])
+
+    def _ticks(self, index: int) -> int:
+        if index < self.backlog:
+            return self.backlog_start + index * self.step
+        return self.release.ticks(self.tenant_index, index - self.backlog)
+
+    def _make(self, index: int, ticks: int) -> _Made:
+        alert_id = f"da{self.tenant_index:06d}{index:012d}_synthetic"
+        seconds, fraction = divmod(ticks, TICKS_PER_SECOND)
+        updated = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:07d}Z"
+        template = self.templates[(self.tenant_index + index) % len(self.templates)]
+        plain, masked = template.fill(alert_id, self.tenant_id, updated)
+        return _Made((ticks, alert_id), plain, masked)
 
 
 class _GraphError(Exception):
@@ -994,6 +1110,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--step-seconds", type=float, default=1.0,
                         help="spacing of lastUpdateDateTime; the newest alert is at start-up time")
     parser.add_argument("--seed", type=int, default=0, help="seed of the alert factory")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="make alerts when a page asks for them, so millions cost no memory; "
+                             "--live-per-tenant more appear at --live-rate a second from SIGUSR1 on")
+    parser.add_argument("--live-per-tenant", type=int, default=0)
+    parser.add_argument("--live-rate", type=float, default=100.0, help="live alerts a second, all tenants")
     parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     parser.add_argument("--secret", default=DEFAULT_SECRET)
     parser.add_argument("--ready-file", type=Path, required=True,
@@ -1002,17 +1123,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_standalone(args: argparse.Namespace) -> tuple[FakeCloud, list[str]]:
+def build_standalone(args: argparse.Namespace) -> tuple[FakeCloud, list[str], LiveRelease]:
     cloud = FakeCloud(latency=args.latency, record_hits=False)
     step = dt.timedelta(seconds=args.step_seconds)
     # The newest alert is "now", so a poller's default look-back window finds the data.
     start = dt.datetime.now(dt.UTC) - (args.alerts_per_tenant - 1) * step
     tenant_ids = [standalone_tenant_id(i) for i in range(args.tenants)]
-    for tenant_id in tenant_ids:
-        cloud.add_tenant(tenant_id, client_id=args.client_id, secret=args.secret,
-                         page_size=args.page_size)
-        cloud.add_alerts(tenant_id, make_alerts(args.alerts_per_tenant, tenant_id, start, step, args.seed))
-    return cloud, tenant_ids
+    release = LiveRelease(args.live_rate, args.tenants)
+    templates = alert_templates(64, args.seed) if args.synthetic else []
+    for index, tenant_id in enumerate(tenant_ids):
+        tenant = cloud.add_tenant(tenant_id, client_id=args.client_id, secret=args.secret,
+                                  page_size=args.page_size)
+        if args.synthetic:
+            tenant.alerts = SyntheticAlerts(tenant_id, index, templates, backlog=args.alerts_per_tenant,
+                                            backlog_start=start, step=step, live=args.live_per_tenant,
+                                            release=release)
+        else:
+            cloud.add_alerts(tenant_id, make_alerts(args.alerts_per_tenant, tenant_id, start, step, args.seed))
+    return cloud, tenant_ids, release
 
 
 def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
@@ -1024,8 +1152,9 @@ def _write_ready_file(path: Path, info: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    cloud, tenant_ids = build_standalone(args)
+    cloud, tenant_ids, release = build_standalone(args)
     stopping = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: release.begin())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     base_url = cloud.start()
