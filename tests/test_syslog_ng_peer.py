@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,9 +72,12 @@ def peer(tmp_path: Path) -> Iterator[SyslogNg]:
 @pytest.mark.parametrize("listener", LISTENERS)
 def test_each_listener_delivers_both_formats_byte_for_byte(peer: SyslogNg, listener: str) -> None:
     modern, legacy = rfc5424(f"{listener}-1"), rfc3164()
+    sent = time.time()
     send(peer, listener, [modern, legacy])
 
     got = {record["PROGRAM"]: record for record in peer.wait_for(2, listener)}
+    received = [float(record.pop("RECEIVED")) for record in got.values()]
+    assert all(sent - 0.01 <= moment <= time.time() for moment in received), (sent, received)
     assert sorted(peer.raw_messages(listener)) == sorted([modern, legacy])
     assert got["defender-fwd"] == {
         "listener": listener, "RAWMSG": modern.decode(), "MSG": TRICKY, "PROGRAM": "defender-fwd",
