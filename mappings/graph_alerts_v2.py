@@ -1076,3 +1076,18 @@ def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
     else:
         fields["version_key"] = version_key(tenant.id, alert_id, last_updated)
     return alert
+
+
+def version_of(raw: Any) -> tuple[str, datetime] | None:
+    """An alert's (id, lastUpdateDateTime) read straight from Graph's JSON, as `normalise` reads
+    them, at a small part of its cost; None when only `normalise` can tell what is wrong."""
+    if raw.__class__ is not dict:
+        return None
+    alert_id, sent = raw.get("id"), raw.get("lastUpdateDateTime")
+    if alert_id.__class__ is not str or not alert_id or sent is None:
+        return None
+    try:
+        _check_id(alert_id)
+        return alert_id, _timestamp(sent)
+    except (MappingError, _Invalid):
+        return None

@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
+from core import pipeline
 from core.config import load_config
 from core.pipeline import Forwarder, TenantResult
+from core.schema import Alert, TenantRef
 from core.state import SQLiteStore
+from mappings.graph_alerts_v2 import normalise
 from tests.conftest import CloudSetup, recent
 from tests.helpers import read_ndjson, run_cli
 from tests.peers.alert_factory import make_alerts, updated_version
@@ -82,6 +87,26 @@ def test_second_run_filters_from_cursor_minus_overlap_and_dedupes(setup: CloudSe
     # The ten alerts span nine minutes, all inside the 15-minute overlap: all re-read, none forwarded.
     assert (results["acme"].queued, results["acme"].duplicates) == (0, 10)
     assert len(read_ndjson(setup.out("acme"))) == 10
+
+
+def test_versions_read_again_in_the_overlap_are_not_normalised_again(
+        setup: CloudSetup, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant_id, alerts = _tenant(setup, "acme", 10)
+    config = setup.write()
+    _run_once(config)
+    setup.cloud.add_alerts(tenant_id, [updated_version(alerts[3], recent(1), status="resolved")])
+    normalised: list[str] = []
+
+    def counting_normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
+        normalised.append(raw["id"])
+        return normalise(raw, tenant, ingested)
+
+    monkeypatch.setattr(pipeline, "normalise", counting_normalise)
+    results, _ = _run_once(config)
+    acme = results["acme"]
+    assert (acme.read, acme.duplicates, acme.queued) == (10, 9, 1)
+    assert normalised == [alerts[3]["id"]]  # only the new version; the nine seen ones were skipped raw
+    assert [a["status"] for a in read_ndjson(setup.out("acme")) if a["id"] == alerts[3]["id"]][-1] == "resolved"
 
 
 def test_alert_update_is_a_new_version(setup: CloudSetup) -> None:
@@ -211,13 +236,13 @@ def test_a_retry_after_far_ahead_is_capped() -> None:
     """A Retry-After date from a server whose clock runs an hour ahead (or a huge number of
     seconds) must not stall a tenant's window for that long: it is capped."""
     import email.utils
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import httpx
 
     from core.sources.graph import RETRY_AFTER_CAP, retry_after
 
-    ahead = email.utils.format_datetime(datetime.now(timezone.utc) + timedelta(hours=1), usegmt=True)
+    ahead = email.utils.format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
     assert retry_after(httpx.Response(429, headers={"Retry-After": ahead})) == RETRY_AFTER_CAP
     assert retry_after(httpx.Response(429, headers={"Retry-After": "86400"})) == RETRY_AFTER_CAP
     assert retry_after(httpx.Response(429, headers={"Retry-After": "7"})) == 7.0
