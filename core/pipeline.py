@@ -15,6 +15,7 @@ import signal
 import ssl
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from core.config import SINK_MODULES, Config, RouteSettings, TenantSettings, sin
 from core.delivery import SinkWorker
 from core.schema import Alert, EventMeta, TenantRef
 from core.sources import AlertSource, Page, SourceError
-from core.sources.graph import GraphAlertsSource
+from core.sources.graph import PAGES_IN_MEMORY, GraphAlertsSource
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit, SQLiteStore, format_time
 from mappings import Encoder, encoder
@@ -81,6 +82,7 @@ class Forwarder:
         self._executor: ThreadPoolExecutor | None = None
         self._sessions: dict[str | None, Any] = {}
         self._global_bound = asyncio.Semaphore(self.settings.max_concurrent_requests)
+        self._page_slots = asyncio.Semaphore(PAGES_IN_MEMORY)
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
 
     async def __aenter__(self) -> "Forwarder":
@@ -118,6 +120,7 @@ class Forwarder:
             # whatever the window in which Graph counts it.
             limiter=AsyncLimiter(1, 60 / self.settings.tenant_requests_per_minute),
             concurrency=self._global_bound,
+            page_slots=self._page_slots,
             page_size=self.settings.page_size,
             max_pages=self.settings.max_pages_per_window,
             backoff_base=self.settings.retry_initial,
@@ -194,22 +197,31 @@ class Forwarder:
             since = cursor - overlap if cursor else self.clock() - timedelta(seconds=self.settings.initial_lookback)
         high_water = cursor
         ref = TenantRef(id=tenant.tenant_id, label=label)
-        async for page in source.pages(since):
-            if self._backpressured(sinks):
-                result.paused = True
-                log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
-                return
-            outcome = self._process_page(ref, source.name, page, result)
-            high_water = _later(high_water, outcome.high_water)
-            if page.last:
-                outcome.commit.cursor = high_water
-            self.store.commit_page(outcome.commit)
-            if self.on_page is not None:
-                self.on_page(label, len(page.alerts))
-            for name in outcome.sinks:
-                self.workers[name].wakeup.set()
+        # aclosing: a window left early (backpressure, an error) gives its page slot back now.
+        async with aclosing(source.pages(since)) as pages:
+            async for page in pages:
+                if self._backpressured(sinks):
+                    result.paused = True
+                    log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
+                    return
+                high_water = self._take_page(ref, source.name, page, high_water, result)
+                del page  # not kept while the next page waits for its request (see GraphAlertsSource.pages)
         if high_water is not None:
             self.store.prune_seen(tenant.tenant_id, high_water - overlap)
+
+    def _take_page(self, ref: TenantRef, source: str, page: Page, high_water: datetime | None,
+                   result: TenantResult) -> datetime | None:
+        """Queue one page in one transaction (the cursor with the window's last); the new high water."""
+        outcome = self._process_page(ref, source, page, result)
+        high_water = _later(high_water, outcome.high_water)
+        if page.last:
+            outcome.commit.cursor = high_water
+        self.store.commit_page(outcome.commit)
+        if self.on_page is not None:
+            self.on_page(ref.label, len(page.alerts))
+        for name in outcome.sinks:
+            self.workers[name].wakeup.set()
+        return high_water
 
     def _process_page(self, ref: TenantRef, source: str, page: Page, result: TenantResult) -> _PageOutcome:
         commit = PageCommit(tenant_id=ref.id, source=source)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncGenerator, Protocol
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class SourceError(Exception):
 class AlertSource(Protocol):
     name: str
 
-    def pages(self, since: datetime) -> AsyncIterator[Page]: ...
+    def pages(self, since: datetime) -> AsyncGenerator[Page, None]: ...
 
     async def probe(self) -> str:
         """For `check`: authenticate and read one alert; return what was found."""

@@ -14,7 +14,7 @@ import email.utils
 import logging
 import random
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -34,6 +34,11 @@ BACKOFF_CAP = 60.0
 # The longest a Retry-After may hold a tenant's window: a date from a server whose clock runs
 # ahead, or an outlandish number of seconds, must not stall a run for hours.
 RETRY_AFTER_CAP = 300.0
+# Alert pages in memory at once, all tenants together (from reading a page's body until the
+# pipeline is done with it). Requests still overlap up to max_concurrent_requests; a page
+# waiting for a slot stays in the socket. Pages are handled one at a time on one thread, so a
+# few slots keep the reading going; 32 full pages of 1,000 alerts held at once were 160 MB.
+PAGES_IN_MEMORY = 4
 
 
 def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -68,13 +73,14 @@ class GraphAlertsSource:
         tenant_id: str,
         limiter: AsyncLimiter,
         concurrency: asyncio.Semaphore,
+        page_slots: asyncio.Semaphore,
         page_size: int,
         max_pages: int,
         backoff_base: float = BACKOFF_BASE,
     ) -> None:
         self.client, self.graph_endpoint, self.tokens = client, graph_endpoint, tokens
         self.app, self.tenant_id = app, tenant_id
-        self.limiter, self.concurrency = limiter, concurrency
+        self.limiter, self.concurrency, self.page_slots = limiter, concurrency, page_slots
         self.page_size, self.max_pages = page_size, max_pages
         self.backoff_base = backoff_base
         self.requests = 0
@@ -87,11 +93,12 @@ class GraphAlertsSource:
     async def probe(self) -> str:
         query = httpx.QueryParams({"$top": "1"})
         body = await self._get_page(f"{self.graph_endpoint}{ALERTS_PATH}?{query}")
+        self.page_slots.release()
         newest = _page_values(body)[:1]
         seen = newest[0].get("lastUpdateDateTime", "?") if newest and isinstance(newest[0], dict) else None
         return f"token ok; read {len(newest)} alert" + (f" (last updated {seen})" if seen else "")
 
-    async def pages(self, since: datetime) -> AsyncIterator[Page]:
+    async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
         url: str | None = self.first_url(since)
         followed: set[str] = set()
         while url is not None:
@@ -101,8 +108,15 @@ class GraphAlertsSource:
                 raise SourceError(f"more than {self.max_pages} pages in one window; stopped paging")
             followed.add(url)
             body = await self._get_page(url)
-            url = _next_link(body)
-            yield Page(alerts=_page_values(body), last=url is None)
+            try:
+                url = _next_link(body)
+                yield Page(alerts=_page_values(body), last=url is None)
+            finally:
+                # Done with the page: while this window waits its turn for the next request it
+                # must keep neither the page nor its slot (with hundreds of windows waiting,
+                # kept pages were most of the RSS).
+                del body
+                self.page_slots.release()
 
     async def _token(self, refresh: bool = False) -> str:
         # Login requests count against the same global bound as Graph requests.
@@ -110,6 +124,7 @@ class GraphAlertsSource:
             return await (self.tokens.refresh() if refresh else self.tokens.token())
 
     async def _get_page(self, url: str) -> dict[str, Any]:
+        """The page at `url`, holding one of the page slots: the caller releases it."""
         token = await self._token()
         refreshed = False
         for attempt in range(MAX_ATTEMPTS):
@@ -120,6 +135,7 @@ class GraphAlertsSource:
                 body = _json_or_none(response.content)
                 if body is not None:
                     return body
+                self.page_slots.release()
                 log.warning("tenant %s: Graph sent a body that is not JSON; retrying", self.tenant_id)
                 await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
             elif response.status_code == 401 and not refreshed:
@@ -133,17 +149,35 @@ class GraphAlertsSource:
         raise SourceError(f"Graph did not answer successfully after {MAX_ATTEMPTS} attempts")
 
     async def _request(self, url: str, token: str, attempt: int) -> httpx.Response | None:
-        """One GET under the global and per-tenant bounds; None after a transport failure."""
+        """One GET under the global and per-tenant bounds; None after a transport failure.
+        A 200 is returned holding a page slot."""
         headers = {"Authorization": f"Bearer {token}", "Prefer": "include-unknown-enum-members"}
         async with self.concurrency:
             await self.limiter.acquire()
             self.requests += 1
             try:
-                return await self.client.get(url, headers=headers)
+                return await self._send(self.client.build_request("GET", url, headers=headers))
             except httpx.TransportError as err:
                 log.warning("tenant %s: %s reaching Graph; retrying", self.tenant_id, type(err).__name__)
         await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
         return None
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The response, its body read; a page's body only once a page slot is free."""
+        response = await self.client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                await response.aread()
+                return response
+            await self.page_slots.acquire()
+            try:
+                await response.aread()
+            except BaseException:
+                self.page_slots.release()
+                raise
+            return response
+        finally:
+            await response.aclose()
 
 
 def _json_or_none(content: bytes) -> dict[str, Any] | None:

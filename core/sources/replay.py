@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncGenerator
 
 from core import jsonutil
 from core.sources import Page, SourceError
@@ -21,7 +21,7 @@ class ReplaySource:
         self.folder = Path(folder)
         self.page_size = page_size
 
-    async def pages(self, since: datetime) -> AsyncIterator[Page]:
+    async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
         matching = [alert for alert in self._all_alerts() if _not_before(alert, since)]
         if not matching:
             yield Page(alerts=[], last=True)
