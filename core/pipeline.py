@@ -303,7 +303,8 @@ class Forwarder:
         return all(drained)
 
     async def run_forever(self) -> None:
-        """Daemon: workers deliver continuously; tenants are polled every poll_interval."""
+        """Daemon: workers deliver continuously; a poll cycle of every tenant starts every
+        poll_interval (at once when the last one took longer)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -311,11 +312,14 @@ class Forwarder:
         workers = [asyncio.create_task(w.run_forever()) for w in self.workers.values()]
         try:
             while not stop.is_set():
+                started = loop.time()
                 await self.poll_all()
-                # Jitter keeps many forwarders (and many tenants) from polling in lockstep.
-                pause = self.settings.poll_interval * random.uniform(0.9, 1.1)
+                # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
+                # which must not add to every alert's wait. Jitter keeps many forwarders from
+                # polling in lockstep.
+                pause = self.settings.poll_interval * random.uniform(0.9, 1.1) - (loop.time() - started)
                 try:
-                    await asyncio.wait_for(stop.wait(), pause)
+                    await asyncio.wait_for(stop.wait(), max(pause, 0.0))
                 except asyncio.TimeoutError:
                     pass
         finally:
