@@ -295,6 +295,7 @@ class Forwarder:
     async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
         results = await self.poll_all(since, only)
         await self.drain()
+        self.store.reclaim_space()
         return results
 
     async def drain(self) -> bool:
@@ -314,6 +315,7 @@ class Forwarder:
             while not stop.is_set():
                 started = loop.time()
                 await self.poll_all()
+                self.store.reclaim_space()
                 # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
                 # which must not add to every alert's wait. Jitter keeps many forwarders from
                 # polling in lockstep.

@@ -53,6 +53,8 @@ SCHEMA_VERSION = 3
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 # Defender keeps alerts 180 days; an alert id unseen for longer cannot come back as an update.
 KNOWN_ALERT_RETENTION = 180 * 86400
+# Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
+RECLAIM_PAGES_PER_CALL = 25_600
 
 
 class StateLocked(Exception):
@@ -136,6 +138,7 @@ class StateStore(Protocol):
     def record_error(self, tenant_id: str, label: str, error: str) -> None: ...
     def tenant_statuses(self) -> dict[str, TenantStatus]: ...
     def cursors(self) -> dict[tuple[str, str], datetime]: ...
+    def reclaim_space(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -194,6 +197,10 @@ class SQLiteStore:
         self.path = path
         _create_private(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if not self._check_version():
+            # Only a new file can take it (before WAL mode writes its header): it lets
+            # reclaim_space() shrink the file.
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a process crash (kill -9); the cursor and the outbox
         # roll back together on power loss, so even then nothing is skipped.
@@ -203,11 +210,13 @@ class SQLiteStore:
         # delivered batch; FAST overwrites only where that costs no extra I/O. The file is 0600
         # and holds no secrets, only alerts that were delivered.
         self.db.execute("PRAGMA secure_delete=FAST")
-        self._check_version()
+        # Past a checkpoint the WAL shrinks back to this, instead of staying at its largest.
+        self.db.execute("PRAGMA journal_size_limit=67108864")
         self.db.executescript(SCHEMA)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> bool:
+        """Whether the file has tables already; refuses those of another schema version."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
         if has_tables and version != SCHEMA_VERSION:
@@ -217,6 +226,7 @@ class SQLiteStore:
                 f"this version uses {SCHEMA_VERSION}); deliver its outbox with that version, or move it "
                 "aside to start afresh"
             )
+        return bool(has_tables)
 
     def _transaction(self) -> "_Tx":
         return _Tx(self.db)
@@ -378,6 +388,19 @@ class SQLiteStore:
             "SELECT tenant_id, label, last_success, last_error, last_error_at, forwarded_total FROM tenant_status"
         )
         return {row[0]: TenantStatus(*row) for row in rows}
+
+    def reclaim_space(self) -> int:
+        """Give free pages (those of a delivered backlog) back to the file system once they are
+        a quarter of the file: an outage must not leave the file at its peak size for ever.
+        Returns the pages given back (none for a file made before auto_vacuum was set)."""
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        total = self.db.execute("PRAGMA page_count").fetchone()[0]
+        if free * 4 < total:
+            return 0
+        # executescript steps the pragma to its end; execute() would free a single page.
+        self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES_PER_CALL});")
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return free - self.db.execute("PRAGMA freelist_count").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()

@@ -127,3 +127,24 @@ def test_second_lock_holder_is_refused(tmp_path: Path) -> None:
     finally:
         first.release()
     StateLock(tmp_path / "forwarder.db").acquire()
+
+
+def _state_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def test_a_drained_outbox_gives_its_space_back(store: SQLiteStore) -> None:
+    """A SIEM outage fills the outbox (here 40 MB); once delivered, the state file must not stay
+    at its peak size for ever."""
+    body = os.urandom(2000)
+    for batch in range(20):
+        store.outbox_append("archive", [(_meta(f"a{batch}-{i}", "x"), body) for i in range(1000)])
+    peak = _state_bytes(store.path)
+    while rows := store.outbox_batch("archive", 5000):
+        store.outbox_delivered(row.id for row in rows)
+    while store.reclaim_space():
+        pass
+    store.close()
+    assert peak > 40_000_000
+    assert _state_bytes(store.path) < 4_000_000, (peak, _state_bytes(store.path))
+    assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
