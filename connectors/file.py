@@ -28,13 +28,11 @@ class FileConnector(Connector):
     config_model = FileSinkConfig
     config: FileSinkConfig
 
-    def path_for(self, event: Event) -> Path:
-        return Path(self.config.path.replace("{tenant}", event.meta.tenant_label))
-
     async def send(self, batch: list[Event]) -> list[EventResult]:
-        by_path: dict[Path, list[bytes]] = defaultdict(list)
+        by_label: dict[str, list[bytes]] = defaultdict(list)
         for event in batch:
-            by_path[self.path_for(event)].append(event.body)
+            by_label[event.meta.tenant_label].append(event.body)
+        by_path = {Path(self.config.path.replace("{tenant}", label)): lines for label, lines in by_label.items()}
         try:
             await asyncio.to_thread(self._write_all, by_path)
         except OSError as err:

@@ -148,3 +148,30 @@ def test_a_drained_outbox_gives_its_space_back(store: SQLiteStore) -> None:
     assert peak > 40_000_000
     assert _state_bytes(store.path) < 4_000_000, (peak, _state_bytes(store.path))
     assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _counted(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink"))
+
+
+def test_outbox_depths_follow_every_change_and_a_file_without_them_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "forwarder.db"
+    store = SQLiteStore(path)
+    store.commit_page(_page(n=5, sink="archive"))
+    store.commit_page(_page(n=3, sink="siem"))
+    store.outbox_append("siem", [(_meta("x", "y"), b"{}")])
+    batch = store.outbox_batch("archive", 10)
+    store.outbox_delivered([batch[0].id, batch[1].id])
+    store.outbox_dead([(batch[2], "refused")])
+    assert store.outbox_depths() == _counted(path) == {"archive": 2, "siem": 4}
+    assert (store.outbox_depth("archive"), store.outbox_depth("nowhere")) == (2, 0)
+    store.close()
+
+    with sqlite3.connect(path) as db:  # as a state file written before the counts were kept
+        db.executescript("DROP TRIGGER outbox_depth_up; DROP TRIGGER outbox_depth_down; DROP TABLE outbox_depths;")
+    store = SQLiteStore(path)
+    assert store.outbox_depths() == {"archive": 2, "siem": 4}
+    store.outbox_delivered(row.id for row in store.outbox_batch("siem", 10))
+    assert store.outbox_depths() == {"archive": 2} and store.outbox_depth("siem") == 0
+    store.close()
