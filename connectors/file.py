@@ -29,10 +29,13 @@ class FileConnector(Connector):
     config: FileSinkConfig
 
     async def send(self, batch: list[Event]) -> list[EventResult]:
-        by_label: dict[str, list[bytes]] = defaultdict(list)
+        paths: dict[str, Path] = {}  # per tenant label: one Path a batch, not one an event
+        by_path: dict[Path, list[bytes]] = defaultdict(list)
         for event in batch:
-            by_label[event.meta.tenant_label].append(event.body)
-        by_path = {Path(self.config.path.replace("{tenant}", label)): lines for label, lines in by_label.items()}
+            label = event.meta.tenant_label
+            if label not in paths:
+                paths[label] = Path(self.config.path.replace("{tenant}", label))
+            by_path[paths[label]].append(event.body)
         try:
             await asyncio.to_thread(self._write_all, by_path)
         except OSError as err:

@@ -8,6 +8,8 @@ import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from connectors.base import Event
+from connectors.file import FileConnector, FileSinkConfig
 from core import jsonutil
 from core.config import load_config
 from core.pipeline import Forwarder, encode_for_sinks
@@ -275,3 +277,13 @@ def test_an_alert_one_sink_cannot_take_counts_once_per_tenant_and_as_that_sinks_
     assert (result.read, result.queued, result.dead) == (2, 2, 0)  # each alert once: it reached a sink
     assert forwarder.workers["ecs"].stats.dead == 1 and forwarder.workers["raw"].stats.dead == 0
     assert len(read_ndjson(tmp_path / "ecs.ndjson")) == 1
+
+
+def test_one_file_for_every_tenant_gets_every_line_of_a_batch_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "all.ndjson"
+    sink = FileConnector("archive", FileSinkConfig(path=str(path), fsync=False))
+    labels = ["acme", "globex", "acme", "initech", "globex"]
+    batch = [Event(i, EventMeta(f"t-{label}", label, f"a{i}", f"t-{label}/a{i}/x", 5, 0.0), b'{"n":%d}' % i)
+             for i, label in enumerate(labels)]
+    asyncio.run(sink.send(batch))
+    assert path.read_bytes().splitlines() == [b'{"n":%d}' % i for i in range(5)]
