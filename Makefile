@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test bench
+.PHONY: demo test install install-test bench soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,7 @@ bench: install-test
 	$(BIN)/python bench/ship_hec.py
 	$(BIN)/python bench/ship_elastic.py
 	$(BIN)/python bench/ship_eventhub.py
+
+# About 20 minutes: tests/reliability at full scale, then 1,000 tenants and 1,000,000 alerts.
+soak: install-test
+	$(BIN)/python bench/soak.py --reliability

@@ -385,6 +385,11 @@ class LiveRelease:
         return self.started_ticks + round((number * self.tenants + tenant_index) * TICKS_PER_SECOND / self.rate)
 
 
+def synthetic_alert_id(tenant_index: int, index: int) -> str:
+    """The id of a synthetic tenant's `index`-th alert (backlog first, then live)."""
+    return f"da{tenant_index:06d}{index:012d}_synthetic"
+
+
 class SyntheticAlerts:
     """One tenant's alerts, made when a page asks for them: `backlog` alerts already there (the
     i-th last updated at backlog_start + i * step), then `live` ones appearing as `release`
@@ -428,7 +433,7 @@ class SyntheticAlerts:
         return self.release.ticks(self.tenant_index, index - self.backlog)
 
     def _make(self, index: int, ticks: int) -> _Made:
-        alert_id = f"da{self.tenant_index:06d}{index:012d}_synthetic"
+        alert_id = synthetic_alert_id(self.tenant_index, index)
         seconds, fraction = divmod(ticks, TICKS_PER_SECOND)
         updated = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:07d}Z"
         template = self.templates[(self.tenant_index + index) % len(self.templates)]

@@ -7,7 +7,8 @@ alert version must have reached every sink; duplicates are counted per sink and 
 within one batch per kill (none in Elasticsearch, whose `_id` is the version key's hash).
 
 In CI this runs reduced (`RELIABILITY_SCALE` unset: 4 tenants, 240 alerts and their updates, 6
-kills); `bench/soak.py --crash` runs it at full size (20 tenants, 10,000 alerts, 25 kills).
+kills); `bench/soak.py --reliability` (`make soak`) runs it at full size (20 tenants, 10,000
+alerts, 25 kills).
 """
 from __future__ import annotations
 
