@@ -19,7 +19,8 @@ Figures, printed as a table for the README:
   peak RSS            the forwarder's VmHWM (target < 300 MB)
   state file          state.db + WAL on disk: peak while running and at the end, and the
                       rows each table holds at the end
-Every alert must be in both sinks; duplicates are counted (none expected: nothing crashes).
+Every alert must be in both sinks (else the exit status is 1); duplicates are counted (none
+expected: nothing crashes).
 
 `--reliability` first runs tests/reliability at full scale (RELIABILITY_SCALE=full: the crash
 test with 20 tenants, 10,000 alerts and 25 kills) and prints the figures its tests print.
@@ -314,7 +315,10 @@ def main() -> None:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
         work.mkdir(parents=True, exist_ok=True)
         figures = soak(args, work)
-        report(figures, verify(figures))
+        checks = verify(figures)
+        report(figures, checks)
+    if any(checks[sink]["missing"] or checks[sink]["unexpected"] for sink in ("file", "syslog")):
+        raise SystemExit("FAILED: an alert is missing from a sink, or one arrived that was never sent")
 
 
 if __name__ == "__main__":
