@@ -295,13 +295,18 @@ class Forwarder:
     async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
         results = await self.poll_all(since, only)
         await self.drain()
-        self.store.reclaim_space()
+        self._tidy_state()
         return results
 
     async def drain(self) -> bool:
         deadline = asyncio.get_running_loop().time() + self.settings.once_deadline
         drained = await asyncio.gather(*(w.drain(deadline) for w in self.workers.values()))
         return all(drained)
+
+    def _tidy_state(self) -> None:
+        """After a cycle: what the state no longer needs goes, and its space with it."""
+        self.store.forget_old_sink_memory()
+        self.store.reclaim_space()
 
     async def run_forever(self) -> None:
         """Daemon: workers deliver continuously; a poll cycle of every tenant starts every
@@ -315,7 +320,7 @@ class Forwarder:
             while not stop.is_set():
                 started = loop.time()
                 await self.poll_all()
-                self.store.reclaim_space()
+                self._tidy_state()
                 # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
                 # which must not add to every alert's wait. Jitter keeps many forwarders from
                 # polling in lockstep.

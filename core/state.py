@@ -150,6 +150,7 @@ class StateStore(Protocol):
     def record_error(self, tenant_id: str, label: str, error: str) -> None: ...
     def tenant_statuses(self) -> dict[str, TenantStatus]: ...
     def cursors(self) -> dict[tuple[str, str], datetime]: ...
+    def forget_old_sink_memory(self) -> int: ...
     def reclaim_space(self) -> int: ...
     def close(self) -> None: ...
 
@@ -401,6 +402,12 @@ class SQLiteStore:
             "SELECT tenant_id, label, last_success, last_error, last_error_at, forwarded_total FROM tenant_status"
         )
         return {row[0]: TenantStatus(*row) for row in rows}
+
+    def forget_old_sink_memory(self) -> int:
+        """Drop the sinks' notes untouched for longer than Defender keeps an alert (what the
+        e-mail sink mailed of each alert): no alert they speak of can come back. Returns how many."""
+        cur = self.db.execute("DELETE FROM sink_memory WHERE updated < ?", (time.time() - KNOWN_ALERT_RETENTION,))
+        return cur.rowcount
 
     def reclaim_space(self) -> int:
         """Give free pages (those of a delivered backlog) back to the file system once they are

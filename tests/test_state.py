@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from core.schema import EventMeta, Severity
-from core.state import DeadLetter, PageCommit, SQLiteStore, StateError, StateLock, format_time
+from core.state import (
+    KNOWN_ALERT_RETENTION,
+    DeadLetter,
+    PageCommit,
+    SQLiteStore,
+    StateError,
+    StateLock,
+    format_time,
+)
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -175,3 +183,12 @@ def test_outbox_depths_follow_every_change_and_a_file_without_them_is_counted_on
     store.outbox_delivered(row.id for row in store.outbox_batch("siem", 10))
     assert store.outbox_depths() == {"archive": 2} and store.outbox_depth("siem") == 0
     store.close()
+
+
+def test_sink_memory_past_defenders_retention_is_forgotten(store: SQLiteStore) -> None:
+    store.memory_put("mail", {"severity/t1/old": "high", "severity/t1/new": "high", "digest/t1": "1"})
+    store.db.execute("UPDATE sink_memory SET updated = updated - ? WHERE key = 'severity/t1/old'",
+                     (KNOWN_ALERT_RETENTION + 60,))
+    assert store.forget_old_sink_memory() == 1
+    assert store.memory_get("mail", "severity/t1/old") is None
+    assert store.memory_get("mail", "severity/t1/new") == "high" and store.memory_get("mail", "digest/t1") == "1"
