@@ -135,12 +135,12 @@ from datetime import UTC, datetime
 from functools import cache, lru_cache
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
+from tests.peers.lifecycle import Restartable
 from tests.peers.loopback_http import LoopbackHTTPServer
 
 HOST = "127.0.0.1"
@@ -589,7 +589,7 @@ STATS_PATH = "/_peer/stats"
 
 # ---------------------------------------------------------------- the peer
 
-class EsPeer:
+class EsPeer(Restartable):
     """An Elasticsearch 9 node on one loopback port that stays the same across `restart()`.
 
     Thread-safe: tests may change attributes and call the fault controls while clients are being
@@ -623,7 +623,6 @@ class EsPeer:
         self.node_name = f"{cluster_name}-node-0"
         self._port = port
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when documents are stored
         self._reset_state()
@@ -707,34 +706,13 @@ class EsPeer:
             self._leaf.configure_cert(context)
         self._server = _Server(self, self._port, context)
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"es-peer-{self._port}", daemon=True)
-        self._thread.start()
+        self._server.serve_in_background(f"es-peer-{self._port}")
         return self.url
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down `down_for` seconds, start on the same port; everything stored is kept."""
-        self.stop()
-        time.sleep(down_for)
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
+        if server is not None:
+            server.stop_serving()
 
     # ---- test controls
 

@@ -85,8 +85,7 @@ import time
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 from urllib.parse import parse_qs, quote_plus, urlsplit
 
 from tests.peers.amqp_codec import (
@@ -106,6 +105,7 @@ from tests.peers.amqp_codec import (
     encode_message,
     performative,
 )
+from tests.peers.lifecycle import Restartable
 
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
@@ -544,7 +544,7 @@ class _Connection:
 
 # ---------------------------------------------------------------- the peer
 
-class EventHubPeer:
+class EventHubPeer(Restartable):
     """An Event Hubs namespace with one hub (and `other_hubs`) on one loopback port that stays
     the same across restart(). See the module docstring for what it does."""
 
@@ -638,19 +638,6 @@ class EventHubPeer:
         for connection in connections:
             connection.thread.join(timeout=5)
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down `down_for` seconds, listen again on the same port."""
-        self.stop()
-        time.sleep(down_for)
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while True:

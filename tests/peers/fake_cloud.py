@@ -710,15 +710,12 @@ class FakeCloud:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         self._server = _TLSServer(self, context)
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                         name="fake-cloud", daemon=True).start()
+        self._server.serve_in_background("fake-cloud", poll_interval=0.1)
         return self.base_url
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.close_connections()
-            self._server.server_close()
+            self._server.stop_serving()
 
     def __enter__(self) -> FakeCloud:
         self.start()

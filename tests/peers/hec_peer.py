@@ -86,12 +86,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import trustme
 
+from tests.peers.lifecycle import Restartable
 from tests.peers.loopback_http import LoopbackHTTPServer
 
 try:
@@ -428,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # ---------------------------------------------------------------- the peer
 
-class HecPeer:
+class HecPeer(Restartable):
     """A Splunk HEC on one loopback port that stays the same across `restart()`.
 
     Thread-safe: tests may change tokens and attributes and call the fault controls while
@@ -447,7 +447,6 @@ class HecPeer:
         self.count_only = count_only  # validate, count, store nothing, log no requests
         self._port = port
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # notified when events are stored
         self._events: list[dict[str, Any]] = []
@@ -502,37 +501,18 @@ class HecPeer:
             self.ca.issue_cert(HOST, "localhost").configure_cert(context)
         self._server = _Server(self, self._port, context)
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"hec-peer-{self._port}", daemon=True)
-        self._thread.start()
+        self._server.serve_in_background(f"hec-peer-{self._port}")
         return self.url
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if server is not None:
+            server.stop_serving()
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down `down_for` seconds, start on the same port. Stored events are kept;
-        ack state is lost, as when splunkd restarts."""
-        self.stop()
+    def _while_down(self) -> None:
+        """Stored events are kept; ack state is lost, as when splunkd restarts."""
         with self._lock:
             self._channels.clear()
-        time.sleep(down_for)
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # ---- test controls
 

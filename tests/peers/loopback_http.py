@@ -53,6 +53,18 @@ class LoopbackHTTPServer(ThreadingHTTPServer):
                 self._open.discard(connection)
             connection.close()
 
+    def serve_in_background(self, name: str, poll_interval: float = 0.05) -> None:
+        self._serving = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": poll_interval},
+                                         name=name, daemon=True)
+        self._serving.start()
+
+    def stop_serving(self) -> None:
+        """Stop accepting, hang up on every client, free the port."""
+        self.shutdown()
+        self.close_connections()
+        self.server_close()
+        self._serving.join(timeout=5)
+
     def close_connections(self) -> None:
         """Hang up on keep-alive clients, so a stopped peer really is gone."""
         with self._open_lock:

@@ -65,12 +65,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.peers.lifecycle import Restartable
 
 HOST = "127.0.0.1"
 TlsMode = Literal["starttls", "implicit", "none"]
@@ -312,7 +313,7 @@ class _Controller(Controller):
 
 # ---------------------------------------------------------------- the server
 
-class SmtpServer:
+class SmtpServer(Restartable):
     """A real SMTP server on 127.0.0.1, one port that stays the same across restart().
 
     Thread-safe: tests may add rules and read what was received while clients are served."""
@@ -415,20 +416,6 @@ class SmtpServer:
         for _ in range(3):
             await asyncio.sleep(0)  # let connection_lost run and the sockets close
 
-    def restart(self, down_for: float = 0.0) -> None:
-        """Stop, stay down `down_for` seconds, start on the same port; messages, the reply
-        log and the rules are kept."""
-        self.stop()
-        time.sleep(down_for)
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # ---- test controls
 

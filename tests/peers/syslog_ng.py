@@ -48,10 +48,11 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import trustme
+
+from tests.peers.lifecycle import Restartable
 
 HOST = "127.0.0.1"
 LISTENERS = ("udp", "tcp", "tcp_lf", "tls", "tls_lf")
@@ -132,7 +133,7 @@ def free_ports(names: tuple[str, ...]) -> dict[str, int]:
     return ports
 
 
-class SyslogNg:
+class SyslogNg(Restartable):
     """One syslog-ng process; its ports stay the same across `restart()`."""
 
     def __init__(self, directory: Path, certs: SyslogCerts | None = None, *,
@@ -184,17 +185,6 @@ class SyslogNg:
             process.kill()
             process.wait()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def messages(self, listener: str | None = None) -> list[dict[str, Any]]:
         """What syslog-ng has written so far, readiness probes left out."""
