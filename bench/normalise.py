@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' alert factory is not installed
 
 import mappings  # noqa: E402
-from core.schema import Alert, TenantRef  # noqa: E402
+from core.model.schema import Alert, TenantRef  # noqa: E402
 from mappings import ocsf  # noqa: E402
 from mappings.graph_alerts_v2 import normalise  # noqa: E402
 from tests.peers.alert_factory import make_alerts  # noqa: E402

@@ -27,9 +27,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.config import parse_config  # noqa: E402
-from core.pipeline import Forwarder  # noqa: E402
-from core.state import SQLiteStore  # noqa: E402
+from core.app.config import parse_config  # noqa: E402
+from core.app.pipeline import Forwarder  # noqa: E402
+from core.state.sqlite import SQLiteStore  # noqa: E402
 
 
 def start_cloud(work: Path, tenants: int, alerts: int, latency: float) -> tuple[subprocess.Popen, dict[str, Any]]:

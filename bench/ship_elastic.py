@@ -71,8 +71,8 @@ from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSinkConfig, document_id, namespace
 from core.delivery import SinkWorker
-from core.schema import EventMeta
-from core.state import SQLiteStore
+from core.model.schema import EventMeta
+from core.state.sqlite import SQLiteStore
 from mappings.ecs import encode as encode_ecs
 
 SINK = "elastic"

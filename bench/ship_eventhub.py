@@ -78,8 +78,8 @@ from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.eventhub import EventHubConnector, EventHubSinkConfig
 from core.delivery import SinkWorker
-from core.schema import SCHEMA_VERSION, EventMeta, TenantRef
-from core.state import SQLiteStore
+from core.model.schema import SCHEMA_VERSION, EventMeta, TenantRef
+from core.state.sqlite import SQLiteStore
 from mappings.graph_alerts_v2 import normalise
 from mappings.ocsf import encode as encode_ocsf
 from tests.peers.alert_factory import make_alerts

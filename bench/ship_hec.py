@@ -74,8 +74,8 @@ from connectors.splunk_hec import (
     _requests,
 )
 from core.delivery import SinkWorker
-from core.schema import EventMeta
-from core.state import SQLiteStore
+from core.model.schema import EventMeta
+from core.state.sqlite import SQLiteStore
 from mappings.raw import encode as encode_raw
 
 SINK = "splunk"

@@ -58,8 +58,8 @@ sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers a
 
 from connectors.syslog import SyslogConnector, SyslogSinkConfig
 from core.delivery import SinkWorker
-from core.schema import EventMeta, TenantRef
-from core.state import SQLiteStore
+from core.model.schema import EventMeta, TenantRef
+from core.state.sqlite import SQLiteStore
 from mappings import cef
 from mappings.graph_alerts_v2 import normalise
 from tests.peers.alert_factory import graph_time, make_alerts

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.standalone import standalone_peer
-from core.durations import parse_duration
+from core.model.durations import parse_duration
 from tests.helpers import write_config
 from tests.peers.fake_cloud import synthetic_alert_id
 from tests.peers.syslog_ng import PROBE_PROGRAM, SyslogNg
@@ -132,7 +132,7 @@ def forwarder_config(work: Path, cloud: dict[str, Any], syslog: SyslogNg, poll_i
 
 def start_forwarder(config: Path, work: Path, secret: str) -> subprocess.Popen[bytes]:
     with (work / "forwarder.log").open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "core.cli", "run", "--config", str(config)], cwd=REPO,
+        return subprocess.Popen([sys.executable, "-m", "core.app.cli", "run", "--config", str(config)], cwd=REPO,
                                 env={**os.environ, "SOAK_CLIENT_SECRET": secret}, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT)
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.durations import Duration
-from core.schema import EventMeta
-from core.state import SinkMemory
+from core.model.durations import Duration
+from core.model.schema import EventMeta
 
 
 class Outcome(enum.Enum):
@@ -41,6 +40,14 @@ class Event(NamedTuple):
     row_id: int
     meta: EventMeta
     body: bytes  # without a trailing newline
+
+
+class Memory(Protocol):
+    """A sink's own durable key -> text notes (kept in the state store beside its outbox)."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def put(self, items: dict[str, str]) -> None: ...
 
 
 class SinkFatal(Exception):
@@ -74,7 +81,7 @@ class Connector:
         self.counters: dict[str, int] = {}
         # Durable notes of this sink (e.g. what the e-mail sink already mailed), set by the
         # delivery worker before the first send.
-        self.memory: SinkMemory | None = None
+        self.memory: Memory | None = None
 
     async def open(self) -> None:
         """Connect; raise `SinkFatal` when the destination can never work with this config."""

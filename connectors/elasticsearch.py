@@ -35,12 +35,15 @@ import orjson
 from pydantic import Field, model_validator
 
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
-from core.durations import Duration
-from core.secrets import Secret
+from core.model.durations import Duration
+from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.elasticsearch")
 
 DEFAULT_DATA_STREAM = "logs-defender_forwarder.alert-{tenant}"
+# What `setup elasticsearch` installs (connectors/elasticsearch_setup.py), and `check` looks for.
+TEMPLATE_NAME = "defender-forwarder-alerts"
+POLICY_NAME = "defender-forwarder-alerts"
 # Formats whose document is the alert under `message` (what Elastic's integration pipelines read).
 MESSAGE_FORMATS = frozenset({"raw", "cef"})
 _NAMESPACE_UNSAFE = re.compile(r"[^a-z0-9_]")
@@ -223,7 +226,6 @@ class ElasticsearchConnector(Connector):
     async def probe(self) -> str:
         from elasticsearch import ApiError, NotFoundError, TransportError
 
-        from connectors.elasticsearch_setup import TEMPLATE_NAME
 
         await self.open()
         try:

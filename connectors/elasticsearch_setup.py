@@ -21,10 +21,8 @@ from typing import Any
 
 import orjson
 
-from connectors.elasticsearch import ElasticsearchSinkConfig, call, client_for
+from connectors.elasticsearch import POLICY_NAME, TEMPLATE_NAME, ElasticsearchSinkConfig, call, client_for
 
-TEMPLATE_NAME = "defender-forwarder-alerts"
-POLICY_NAME = "defender-forwarder-alerts"
 DEFAULT_RETENTION = "365d"
 ROLLOVER = {"max_age": "30d", "max_primary_shard_size": "50gb"}
 

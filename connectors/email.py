@@ -46,9 +46,9 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
-from core.durations import Duration
-from core.schema import Alert, Severity
-from core.secrets import Secret
+from core.model.durations import Duration
+from core.model.schema import Alert, Severity
+from core.model.secrets import Secret
 
 PORTS = {"starttls": 587, "tls": 465, "none": 25}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")

@@ -36,9 +36,9 @@ import orjson
 from pydantic import Field, model_validator
 
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
-from core.durations import Duration
-from core.schema import SCHEMA_VERSION
-from core.secrets import Secret
+from core.model.durations import Duration
+from core.model.schema import SCHEMA_VERSION
+from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.eventhub")
 

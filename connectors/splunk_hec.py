@@ -42,8 +42,8 @@ import orjson
 from pydantic import Field, field_validator
 
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
-from core.durations import Duration
-from core.secrets import Secret
+from core.model.durations import Duration
+from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.splunk_hec")
 

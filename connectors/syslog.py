@@ -54,9 +54,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
-from core.durations import Duration
-from core.schema import Severity
-from core.secrets import Secret
+from core.model.durations import Duration
+from core.model.schema import Severity
+from core.model.secrets import Secret
 from mappings.cef import Fit
 from mappings.cef import fit as cef_fit
 

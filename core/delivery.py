@@ -14,8 +14,8 @@ import logging
 from dataclasses import dataclass
 
 from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
-from core.sources.graph import backoff_delay
-from core.state import OutboxRow, SinkMemory, SQLiteStore
+from core.model.durations import backoff_delay
+from core.state import OutboxRow, SinkMemory, StateStore
 
 log = logging.getLogger("defender_forwarder.delivery")
 
@@ -32,7 +32,7 @@ class SinkStats:
 
 
 class SinkWorker:
-    def __init__(self, connector: Connector, store: SQLiteStore) -> None:
+    def __init__(self, connector: Connector, store: StateStore) -> None:
         self.connector = connector
         self.name = connector.name
         self.store = store

@@ -1,4 +1,4 @@
-"""Mappings: Defender source shapes -> `core.schema.Alert` -> each output format.
+"""Mappings: Defender source shapes -> `core.model.schema.Alert` -> each output format.
 
 Every output format is a module with `encode(alert: Alert) -> bytes` returning one
 line (no trailing newline); every source is a module with
@@ -13,7 +13,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.schema import Alert, TenantRef
+    from core.model.schema import Alert, TenantRef
 
 # Every format a sink or `convert` may name -> its module (DESIGN.md).
 AVAILABLE_FORMATS = {

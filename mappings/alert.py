@@ -1,4 +1,4 @@
-"""`core.schema.Alert` -> the common schema itself, one JSON line (format `alert`).
+"""`core.model.schema.Alert` -> the common schema itself, one JSON line (format `alert`).
 
 For sinks that render the alert themselves (the e-mail sink writes its messages from it) and
 for anyone who wants the normalised schema as it is: every `Alert` field, `raw` included.
@@ -6,7 +6,7 @@ for anyone who wants the normalised schema as it is: every `Alert` field, `raw` 
 """
 from __future__ import annotations
 
-from core.schema import Alert
+from core.model.schema import Alert
 
 
 def encode(alert: Alert) -> bytes:

@@ -1,4 +1,4 @@
-r"""`core.schema.Alert` -> one ArcSight CEF:0 line (header + extension), for syslog receivers.
+r"""`core.model.schema.Alert` -> one ArcSight CEF:0 line (header + extension), for syslog receivers.
 
     CEF:0|Microsoft|<product>|<device version>|<event class id>|<name>|<severity>|<extension>
 
@@ -126,7 +126,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.schema import Alert, Severity, UserInfo
+from core.model.schema import Alert, Severity, UserInfo
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 VENDOR = "Microsoft"

@@ -1,4 +1,4 @@
-r"""`core.schema.Alert` -> flat JSON with the Splunk CIM "Alerts" fields, one line.
+r"""`core.model.schema.Alert` -> flat JSON with the Splunk CIM "Alerts" fields, one line.
 
 For Splunk searches without Microsoft's add-on: the CIM fields are in the event itself
 (`KV_MODE = json` extracts them), placed as the Splunk Add-on for Microsoft Security's
@@ -53,7 +53,7 @@ from typing import Any, Literal, get_args, get_origin
 import orjson
 from pydantic import BaseModel
 
-from core.schema import Alert, UserInfo
+from core.model.schema import Alert, UserInfo
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 APP = "ms:defender"
@@ -85,7 +85,7 @@ def _json_default(value: Any) -> Any:
 def _dumps(doc: dict[str, Any]) -> bytes:
     """orjson, which writes datetimes itself (RFC 3339, `Z`, microseconds unless zero); the
     standard library for what orjson refuses (integers beyond 64 bits, lone surrogates in
-    `extra` data), as `core.jsonutil` does."""
+    `extra` data), as `core.model.jsonutil` does."""
     try:
         return orjson.dumps(doc, option=orjson.OPT_UTC_Z)
     except TypeError:

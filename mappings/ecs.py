@@ -1,4 +1,4 @@
-"""`core.schema.Alert` -> an Elastic Common Schema (ECS 8.11) document, one JSON line.
+"""`core.model.schema.Alert` -> an Elastic Common Schema (ECS 8.11) document, one JSON line.
 
 Made so that what Elastic's own `m365_defender` integration builds on top of the `alert`
 data stream (dashboards, detection rules, the Security app's alert views) works on our
@@ -67,8 +67,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from core import jsonutil
-from core.schema import Alert, Comment, FileInfo, Severity, UserInfo
+from core.model import jsonutil
+from core.model.schema import Alert, Comment, FileInfo, Severity, UserInfo
 
 ECS_VERSION = "8.11.0"
 _NS = "#microsoft.graph.security."

@@ -1,4 +1,4 @@
-"""Microsoft Graph `security/alerts_v2` alert -> `core.schema.Alert`.
+"""Microsoft Graph `security/alerts_v2` alert -> `core.model.schema.Alert`.
 
 The mapping is data: every table below is a list of rows (Graph property, Alert field,
 converter). What no row knows is kept verbatim in an `extra` dict (the evidence's own, or
@@ -42,7 +42,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.schema import (
+from core.model.schema import (
     Alert,
     AlertTimes,
     CloudApplicationEvidence,

@@ -1,4 +1,4 @@
-"""`core.schema.Alert` -> OCSF 1.8.0 Detection Finding (class_uid 2004), one JSON line.
+"""`core.model.schema.Alert` -> OCSF 1.8.0 Detection Finding (class_uid 2004), one JSON line.
 
 Choices a README documents (reference: sinks.md §4 and the OCSF schema):
 - `activity_id` (and `type_uid` = 200400 + it): 3 Close when the alert's status is
@@ -50,8 +50,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from core import jsonutil
-from core.schema import Alert, Comment, FileInfo, Severity, UserInfo
+from core.model import jsonutil
+from core.model.schema import Alert, Comment, FileInfo, Severity, UserInfo
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 OCSF_VERSION = "1.8.0"

@@ -1,4 +1,4 @@
-"""`core.schema.Alert` -> the original Defender alert plus MSSP context, one JSON line.
+"""`core.model.schema.Alert` -> the original Defender alert plus MSSP context, one JSON line.
 
 Made for consumers that already understand Graph's alert JSON (Splunk's Microsoft add-ons,
 Elastic's m365_defender ingest pipeline). Shape, which a README documents:
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import jsonutil
-from core.schema import Alert
+from core.model import jsonutil
+from core.model.schema import Alert
 
 _CONTEXT_KEYS = ("tenant", "forwarder")
 

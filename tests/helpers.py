@@ -1,14 +1,22 @@
-"""Small helpers shared by the tests: write configs, run the CLI, read NDJSON output."""
+"""Small helpers shared by the tests: write configs (`CloudSetup` for the simulated cloud), run the CLI
+and the daemon, read NDJSON output."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core import jsonutil
+from core.model import jsonutil
+
+if TYPE_CHECKING:
+    from tests.peers.fake_cloud import FakeCloud
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLES = REPO.parent / "shared" / "samples"
@@ -45,7 +53,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
             timeout: float = 120) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "core.app.cli", *args],
         cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
 
@@ -81,3 +89,76 @@ def shared_sample(name: str) -> Any:
     if not path.exists():
         pytest.skip(f"shared sample {path} is not here (the tests read ../shared/samples)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+CLIENT_ID = "11111111-1111-4111-8111-111111111111"
+# Recognisable, so the secret-leak tests can search every byte the forwarder wrote for it.
+SECRET = "SECRET-canary-7f3a9c-do-not-leak"
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+@dataclass
+class CloudSetup:
+    """A config file for some tenants of the simulated cloud, built step by step by a test."""
+
+    cloud: FakeCloud
+    tmp: Path
+    tenants: dict[str, str] = field(default_factory=dict)  # label -> tenant id
+    forwarder: dict[str, Any] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    app: dict[str, Any] = field(default_factory=dict)
+
+    def tenant(self, label: str, alerts: list[dict[str, Any]] | None = None, **options: Any) -> str:
+        tenant_id = str(uuid.uuid4())
+        self.cloud.add_tenant(tenant_id, client_id=CLIENT_ID, secret=SECRET, **options)
+        if alerts:
+            self.cloud.add_alerts(tenant_id, alerts)
+        self.tenants[label] = tenant_id
+        return tenant_id
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state.db"
+
+    def out(self, label: str) -> Path:
+        return self.tmp / "out" / f"{label}.ndjson"
+
+    def write(self) -> Path:
+        ca_file = self.tmp / "ca.pem"
+        self.cloud.write_ca(ca_file)
+        tables: dict[str, dict[str, Any]] = {
+            "forwarder": {"state": str(self.state), "initial_lookback": "30d", "overlap": "15m",
+                          "request_timeout": "5s", "retry_initial": "0.05s", **self.forwarder},
+            "apps.mssp": {"client_id": CLIENT_ID, "client_secret": "env:DF_TEST_CLIENT_SECRET",
+                          "login_endpoint": self.cloud.base_url, "graph_endpoint": self.cloud.base_url,
+                          "ca_file": str(ca_file), **self.app},
+        }
+        for label, tenant_id in self.tenants.items():
+            tables[f"tenants.{label}"] = {"tenant_id": tenant_id, "app": "mssp"}
+        sinks = self.sinks or {"archive": {"type": "file", "path": str(self.tmp / "out" / "{tenant}.ndjson"),
+                                           "format": "raw", "retry_initial": 0.01, "retry_max": 0.1}}
+        for name, sink in sinks.items():
+            tables[f"sinks.{name}"] = sink
+        return write_config(self.tmp / "forwarder.toml", tables)
+
+
+def recent(minutes_ago: float) -> datetime:
+    return NOW - timedelta(minutes=minutes_ago)
+
+
+def daemon(config: Path) -> subprocess.Popen[str]:
+    """`defender-forwarder run` (the daemon loop) in a child process, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "core.app.cli", "run", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def until(condition: Any, process: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    """Wait for `condition()`; fail, with the forwarder's output, if it exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the forwarder exited ({process.returncode}):\n{process.stdout.read()}")
+        if time.monotonic() > deadline:
+            process.terminate()
+            raise AssertionError(f"timed out; forwarder output:\n{process.communicate(timeout=10)[0]}")
+        time.sleep(0.05)

@@ -12,25 +12,22 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import random
 from datetime import datetime, timezone
 from typing import Any, AsyncGenerator
 
 import httpx
 from aiolimiter import AsyncLimiter
 
-from core import jsonutil
-from core.auth import TokenProvider, graph_refusal
-from core.config import AppSettings
+from core.model import jsonutil
+from core.model.durations import BACKOFF_BASE, backoff_delay
 from core.sources import Page, SourceError
+from core.sources.auth import AppSettings, TokenProvider, graph_refusal
 
 log = logging.getLogger("defender_forwarder.graph")
 
 ALERTS_PATH = "/v1.0/security/alerts_v2"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 8
-BACKOFF_BASE = 1.0
-BACKOFF_CAP = 60.0
 # The longest a Retry-After may hold a tenant's window: a date from a server whose clock runs
 # ahead, or an outlandish number of seconds, must not stall a run for hours.
 RETRY_AFTER_CAP = 300.0
@@ -39,12 +36,6 @@ RETRY_AFTER_CAP = 300.0
 # waiting for a slot stays in the socket. Pages are handled one at a time on one thread, so a
 # few slots keep the reading going; 32 full pages of 1,000 alerts held at once were 160 MB.
 PAGES_IN_MEMORY = 4
-
-
-def backoff_delay(attempt: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Exponential backoff with jitter, so many tenants retrying do not retry in step."""
-    ceiling = min(cap, base * 2 ** attempt)
-    return random.uniform(ceiling / 2, ceiling)
 
 
 def retry_after(response: httpx.Response) -> float | None:

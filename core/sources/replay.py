@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
-from core import jsonutil
+from core.model import jsonutil
 from core.sources import Page, SourceError
 
 

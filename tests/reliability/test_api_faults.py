@@ -21,10 +21,8 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
-from core.state import SQLiteStore
-from tests.conftest import CloudSetup, recent
-from tests.connector_battery import daemon, until
-from tests.helpers import read_ndjson, run_cli
+from core.state.sqlite import SQLiteStore
+from tests.helpers import CloudSetup, daemon, read_ndjson, recent, run_cli, until
 from tests.peers.alert_factory import make_alerts, updated_version
 from tests.peers.fake_cloud import Fault, parse_ticks
 

@@ -21,11 +21,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from core.schema import TenantRef
-from core.state import SQLiteStore
+from core.model.schema import TenantRef
+from core.state.sqlite import SQLiteStore
 from mappings.graph_alerts_v2 import normalise
-from tests.conftest import CloudSetup, recent
-from tests.connector_battery import daemon, until
+from tests.helpers import CloudSetup, daemon, recent, until
 from tests.peers.alert_factory import make_alerts, updated_version
 from tests.reliability.fleet import BATCH, Peers, received, sinks, version
 

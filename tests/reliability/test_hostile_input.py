@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 
-from core.schema import TenantRef
-from core.state import SQLiteStore
+from core.model.schema import TenantRef
+from core.state.sqlite import SQLiteStore
 from mappings import cef as cef_mapping
 from mappings.graph_alerts_v2 import MappingError, normalise, version_of
 from tests import cef_parser

@@ -18,9 +18,8 @@ from typing import Any
 import orjson
 import pytest
 
-from core.state import SQLiteStore
-from tests.conftest import CloudSetup, recent
-from tests.connector_battery import daemon, until
+from core.state.sqlite import SQLiteStore
+from tests.helpers import CloudSetup, daemon, recent, until
 from tests.peers.alert_factory import make_alerts
 from tests.reliability.fleet import Peers, received, sinks
 

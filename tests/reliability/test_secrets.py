@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SECRET, CloudSetup, recent
-from tests.helpers import run_cli
+from tests.helpers import SECRET, CloudSetup, recent, run_cli
 from tests.peers.alert_factory import make_alerts
 from tests.peers.smtp_server import SmtpServer
 from tests.reliability.fleet import ES_KEY, HEC_TOKEN, HUB_KEY, Peers, sinks

@@ -1,0 +1,1 @@
+"""The application: the pipeline, the commands and the CLI. The only layer that imports both mappings and connectors."""

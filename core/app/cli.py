@@ -1,0 +1,68 @@
+"""`defender-forwarder` command line. Heavy modules are imported inside each command so
+that `--help` and cron start-up stay fast."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, NoReturn
+
+DESCRIPTION = """\
+Forward Microsoft Defender alerts of many customer tenants (Microsoft Graph
+security/alerts_v2) into the MSSP's SIEM: syslog CEF, Splunk HEC, Elasticsearch,
+Azure Event Hubs, or NDJSON files.
+
+exit codes: 0 all well; 1 some tenants or sinks failed (the rest were forwarded);
+2 bad configuration or usage; 3 another run holds the state lock.
+"""
+CONFIG_HELP = "config file (default: ./defender-forwarder.toml or $DEFENDER_FORWARDER_CONFIG)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="defender-forwarder", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add(commands, "run", "poll every tenant and deliver; a daemon loop, or one cycle with --once (cron)")
+    commands.choices["run"].add_argument("--once", action="store_true", help="one poll cycle, drain, exit")
+    convert = _add(commands, "convert", "convert saved alerts to an output format on stdout", config=False)
+    convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
+    convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")
+    convert.add_argument("--tenant-label", default="convert", help="customer label to stamp on the output")
+    convert.add_argument("file", nargs="?", default="-", help="Graph list response, one alert, or NDJSON (- = stdin)")
+    _add(commands, "check", "validate config, get a token per tenant, read one alert, probe every sink")
+    _add(commands, "tenants", "per tenant: cursor, lag, last success, last error, outbox depth per sink")
+    backfill = _add(commands, "backfill", "re-read history since a date and forward it, with a progress bar")
+    backfill.add_argument("--since", required=True, help="ISO date or time, e.g. 2026-11-01 or 2026-11-01T12:00Z")
+    backfill.add_argument("--tenant", help="one tenant label (default: every tenant)")
+    dead = _add(commands, "dead-letters", "inspect and re-send rejected events")
+    dead.add_argument("action", choices=["list", "replay", "drop"])
+    dead.add_argument("--sink", help="only this sink's dead letters")
+    dead.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
+    setup = _add(commands, "setup", "install what a destination needs: for elasticsearch, the index template "
+                 "and ILM policy of the data streams")
+    setup.add_argument("target", choices=["elasticsearch"])
+    setup.add_argument("--sink", help="the elasticsearch sink to set up (default: every one in the config)")
+    setup.add_argument("--retention", default="365d", help="ILM: delete backing indices this old (default 365d)")
+    setup.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
+    consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
+    consent.add_argument("--tenant", required=True, help="tenant label from the config")
+    return parser
+
+
+def _add(commands: Any, name: str, text: str, config: bool = True) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=text, description=text)
+    if config:
+        command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    return command
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = build_parser().parse_args(argv)
+    from core.app import commands  # here, not at the top: `--help` must not pay for its imports
+
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, "cmd_" + args.command.replace("-", "_"))
+    sys.exit(handler(args))
+
+
+if __name__ == "__main__":
+    main()

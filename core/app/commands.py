@@ -1,0 +1,372 @@
+"""The work behind each CLI command."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+from core.app.config import Config, ConfigError, config_path, load_config
+from core.app.logs import setup_logging
+from core.model import jsonutil
+from core.model.secrets import REDACTOR
+from core.state import StateError, StateLocked
+from core.state.sqlite import SQLiteStore, StateLock
+
+# The documented exit codes (`defender-forwarder --help` lists them).
+EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+
+log = logging.getLogger("defender_forwarder")
+err_console = Console(stderr=True, highlight=False)
+
+
+class CommandFailed(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(message: str, code: int) -> int:
+    err_console.print(f"[bold red]error:[/] {REDACTOR.redact(message)}", markup=True, soft_wrap=True)
+    return code
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        config = load_config(config_path(getattr(args, "config", None)))
+    except ConfigError as err:
+        raise CommandFailed("invalid configuration:\n  " + "\n  ".join(err.problems), EXIT_CONFIG) from None
+    setup_logging(config.forwarder.log_level, config.forwarder.log_format == "json")
+    for warning in config._literal_secret_warnings:
+        log.warning("%s", warning)
+    return config
+
+
+@contextlib.contextmanager
+def _state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
+    path = Path(config.forwarder.state)
+    state_lock = StateLock(path)
+    if lock:
+        try:
+            state_lock.acquire()
+        except StateLocked as err:
+            raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
+    try:
+        store = SQLiteStore(path)
+    except StateError as err:
+        state_lock.release()
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+    try:
+        yield store
+    finally:
+        store.close()
+        state_lock.release()
+
+
+def _guarded(func: Any) -> Any:
+    """Turn the expected failures of a command into a clear line and its exit code."""
+
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except CommandFailed as err:
+            return _fail(str(err), err.code)
+        except KeyboardInterrupt:
+            return _fail("interrupted", EXIT_PARTIAL)
+
+    return wrapper
+
+
+# ---- run / backfill ---------------------------------------------------------------
+@_guarded
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.app.pipeline import Forwarder
+
+    config = _load(args)
+    with _state(config) as store:
+        if args.once:
+            return asyncio.run(_once(Forwarder(config, store)))
+        asyncio.run(_forever(Forwarder(config, store)))
+    return EXIT_OK
+
+
+async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None) -> int:
+    async with forwarder:
+        results = await forwarder.run_once(since, only)
+    _print_summary(results, forwarder)
+    failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
+    # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
+    pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
+                  if w.deferred_until is None)
+    return EXIT_PARTIAL if failed or pending else EXIT_OK
+
+
+async def _forever(forwarder: Any) -> None:
+    async with forwarder:
+        log.info("forwarding %d tenants to %d sinks", len(forwarder.sources), len(forwarder.workers))
+        await forwarder.run_forever()
+
+
+def _print_summary(results: list[Any], forwarder: Any) -> None:
+    table = Table(title="defender-forwarder: this cycle", title_justify="left")
+    for column in ("tenant", "read", "new versions", "duplicates", "filtered", "dead letters", "status"):
+        table.add_column(column, justify="left" if column in ("tenant", "status") else "right")
+    for r in sorted(results, key=lambda r: r.label):
+        status = "[red]" + r.error + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
+        table.add_row(r.label, str(r.read), str(r.queued), str(r.duplicates), str(r.filtered), str(r.dead), status)
+    err_console.print(table)
+    sinks = Table(title="sinks", title_justify="left")
+    for column in ("sink", "delivered", "dead letters", "pending", "status"):
+        sinks.add_column(column, justify="left" if column in ("sink", "status") else "right")
+    for name, worker in forwarder.workers.items():
+        status = f"[red]stopped: {worker.fatal}[/]" if worker.fatal else "[green]ok[/]"
+        altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
+        if altered:
+            status += f" ({altered})"
+        pending = forwarder.store.outbox_depth(name)
+        if pending and worker.deferred_until is not None and not worker.fatal:
+            status += " (the pending wait for their digest or rate limit)"
+        sinks.add_row(name, str(worker.stats.delivered), str(worker.stats.dead), str(pending), status)
+    err_console.print(sinks)
+
+
+@_guarded
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from core.app.pipeline import Forwarder
+
+    since = _parse_since(args.since)
+    config = _load(args)
+    if args.tenant and args.tenant not in config.tenants:
+        raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
+    with _state(config) as store, Progress(console=err_console, transient=False) as progress:
+        forwarder = Forwarder(config, store)
+        labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
+        tasks = {label: progress.add_task(f"{label}: alerts read", total=None) for label in labels}
+        forwarder.on_page = lambda label, n: progress.advance(tasks[label], n)
+        return asyncio.run(_once(forwarder, since, args.tenant))
+
+
+def _parse_since(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandFailed(f"--since: {text!r} is not an ISO date such as 2026-11-01", EXIT_CONFIG) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# ---- convert ------------------------------------------------------------------------
+@_guarded
+def cmd_convert(args: argparse.Namespace) -> int:
+    from mappings import FormatNotAvailable, encoder, normaliser
+
+    try:
+        encode = encoder(args.format)
+    except FormatNotAvailable as err:
+        raise CommandFailed(f"--format: {err}", EXIT_CONFIG) from None
+    normalise = normaliser(args.source)
+    data = sys.stdin.buffer.read() if args.file == "-" else _read_file(args.file)
+    failures = 0
+    out = sys.stdout.buffer
+    for where, alert in _alerts_in(data):
+        try:
+            out.write(encode(_convert_one(normalise, alert, where, args.tenant_label)) + b"\n")
+        except Exception as err:  # noqa: BLE001 - one bad alert must not stop the others
+            failures += 1
+            err_console.print(f"error: {where}: {err}", markup=False, soft_wrap=True)
+    out.flush()
+    return EXIT_PARTIAL if failures else EXIT_OK
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise CommandFailed(f"{path}: {err.strerror}", EXIT_CONFIG) from None
+
+
+def _convert_one(normalise: Any, raw: Any, where: str, label: str) -> Any:
+    from core.model.schema import TenantRef
+
+    if isinstance(raw, ValueError):
+        raise raw
+    tenant_id = raw.get("tenantId") if isinstance(raw, dict) and isinstance(raw.get("tenantId"), str) else ""
+    return normalise(raw, TenantRef(id=tenant_id or "unknown", label=label), datetime.now(timezone.utc))
+
+
+def _alerts_in(data: bytes) -> Iterator[tuple[str, Any]]:
+    """Alerts of a list response, one alert object, or NDJSON, each with where it came from."""
+    try:
+        whole = jsonutil.loads(data)
+    except ValueError:
+        yield from _ndjson(data)
+        return
+    if isinstance(whole, dict) and isinstance(whole.get("value"), list):
+        yield from ((f"value[{i}] (id {_id(a)})", a) for i, a in enumerate(whole["value"]))
+    elif isinstance(whole, list):
+        yield from ((f"[{i}] (id {_id(a)})", a) for i, a in enumerate(whole))
+    else:
+        yield f"alert (id {_id(whole)})", whole
+
+
+def _ndjson(data: bytes) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            alert = jsonutil.loads(line)
+        except ValueError as err:
+            yield f"line {number}", ValueError(f"not JSON: {err}")
+            continue
+        if isinstance(alert, dict) and isinstance(alert.get("value"), list):
+            # A saved list response per line (how Elastic's fixtures store pages).
+            yield from ((f"line {number} value[{i}] (id {_id(a)})", a) for i, a in enumerate(alert["value"]))
+        else:
+            yield f"line {number} (id {_id(alert)})", alert
+
+
+def _id(alert: Any) -> str:
+    return str(alert.get("id")) if isinstance(alert, dict) else "?"
+
+
+# ---- check / tenants / consent-url ---------------------------------------------------
+@_guarded
+def cmd_check(args: argparse.Namespace) -> int:
+    from core.app.pipeline import Forwarder
+
+    config = _load(args)
+    err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
+    with _state(config, lock=False) as store:
+        rows = asyncio.run(_check(Forwarder(config, store)))
+    table = Table(title="check", title_justify="left")
+    for column in ("what", "name", "result"):
+        table.add_column(column)
+    for kind, name, ok, text in rows:
+        table.add_row(kind, name, ("[green]ok[/] " if ok else "[red]FAILED[/] ") + text)
+    err_console.print(table)
+    return EXIT_OK if all(ok for _, _, ok, _ in rows) else EXIT_PARTIAL
+
+
+async def _check(forwarder: Any) -> list[tuple[str, str, bool, str]]:
+    async with forwarder:
+        tenants = await asyncio.gather(*(_probe("tenant", t, s.probe()) for t, s in forwarder.sources.items()))
+        sinks = await asyncio.gather(*(_probe("sink", n, w.connector.probe()) for n, w in forwarder.workers.items()))
+    return [*tenants, *sinks]
+
+
+async def _probe(kind: str, name: str, probe: Any) -> tuple[str, str, bool, str]:
+    try:
+        return kind, name, True, await probe
+    except Exception as err:  # noqa: BLE001 - check reports every failure, whatever its kind
+        return kind, name, False, REDACTOR.redact(str(err))
+
+
+@_guarded
+def cmd_tenants(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _state(config, lock=False) as store:
+        table = _tenant_table(config, store)
+    Console(highlight=False).print(table)
+    return EXIT_OK
+
+
+def _tenant_table(config: Config, store: SQLiteStore) -> Table:
+    now = datetime.now(timezone.utc)
+    statuses, cursors, depths = store.tenant_statuses(), store.cursors(), store.outbox_depths_by_tenant()
+    table = Table(title=f"tenants (state {config.forwarder.state})", title_justify="left")
+    for column in ("tenant", "tenant id", "cursor", "lag", "last success", "last error", *config.sinks):
+        table.add_column(column, overflow="fold")
+    for label, tenant in sorted(config.tenants.items()):
+        status = statuses.get(tenant.tenant_id)
+        cursor = cursors.get((tenant.tenant_id, "graph_alerts"))
+        table.add_row(
+            label,
+            tenant.tenant_id,
+            cursor.strftime("%Y-%m-%d %H:%M:%S") if cursor else "-",
+            _age(now, cursor),
+            _when(status.last_success if status else None),
+            (status.last_error or "-") if status else "-",
+            *(str(depths.get((tenant.tenant_id, sink), 0)) for sink in config.sinks),
+        )
+    return table
+
+
+def _age(now: datetime, then: datetime | None) -> str:
+    if then is None:
+        return "-"
+    seconds = int((now - then).total_seconds())
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h" if seconds >= 86400 else f"{seconds // 60}m"
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@_guarded
+def cmd_consent_url(args: argparse.Namespace) -> int:
+    from core.sources.auth import consent_url
+
+    config = _load(args)
+    tenant = config.tenants.get(args.tenant)
+    if tenant is None:
+        raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
+    if tenant.app is None:
+        raise CommandFailed(f"tenants.{args.tenant}: a replay tenant has no app to consent to", EXIT_CONFIG)
+    print(consent_url(config.apps[tenant.app], tenant.tenant_id))
+    return EXIT_OK
+
+
+# ---- setup ------------------------------------------------------------------------------
+@_guarded
+def cmd_setup(args: argparse.Namespace) -> int:
+    from connectors import elasticsearch_setup
+
+    config = _load(args)
+    sinks = {name: sink for name, sink in config.sinks.items() if sink.type == "elasticsearch"}
+    if args.sink is not None:
+        if args.sink not in sinks:
+            raise CommandFailed(f"--sink: no elasticsearch sink named {args.sink!r} in the config", EXIT_CONFIG)
+        sinks = {args.sink: sinks[args.sink]}
+    if not sinks:
+        raise CommandFailed("the config has no sink of type elasticsearch", EXIT_CONFIG)
+    for name, sink in sinks.items():
+        if args.dry_run:
+            print(elasticsearch_setup.dry_run(sink, args.retention))
+            continue
+        try:
+            lines = asyncio.run(elasticsearch_setup.apply(sink, args.retention))
+        except Exception as err:  # noqa: BLE001 - the cluster's refusal, whatever its kind, is the message
+            raise CommandFailed(f"sink {name}: {type(err).__name__}: {err}", EXIT_PARTIAL) from None
+        for line in lines:
+            err_console.print(f"sink {name}: {line}")
+    return EXIT_OK
+
+
+# ---- dead letters ----------------------------------------------------------------------
+@_guarded
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from core.app import dead_letters
+
+    config = _load(args)
+    with _state(config) as store:
+        chosen = [d for d in store.dead_letters(args.sink, limit=1_000_000) if not args.ids or d.id in args.ids]
+        if args.action == "list":
+            Console(highlight=False).print(dead_letters.table(chosen))
+            return EXIT_OK
+        if args.action == "drop":
+            store.dead_letters_remove(d.id for d in chosen)
+            err_console.print(f"dropped {len(chosen)} dead letters")
+            return EXIT_OK
+        replayed, kept = dead_letters.replay(config, store, chosen)
+        err_console.print(f"replayed {replayed} dead letters into the outbox; {kept} still fail and stay")
+        return EXIT_OK if not kept else EXIT_PARTIAL

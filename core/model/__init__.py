@@ -1,0 +1,1 @@
+"""The common schema and the small helpers every layer shares (durations, secrets, JSON). Imports nothing of ours."""

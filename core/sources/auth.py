@@ -1,0 +1,251 @@
+"""Tokens for the MSSP's multi-tenant app in each customer tenant, and clear auth errors.
+
+One MSAL `ConfidentialClientApplication` per (app, tenant). MSAL is blocking (requests),
+so every call runs in a bounded thread pool; a per-tenant lock keeps one token request
+in flight per tenant (MSAL has no single-flight of its own).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from core.model.secrets import Secret
+
+GRAPH_SCOPE_PATH = "/.default"
+
+
+class AppSettings(BaseModel):
+    """`[apps.NAME]`: the MSSP's multi-tenant Entra app, consented in every customer tenant."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    client_id: str
+    client_secret: Secret | None = None
+    certificate: Secret | None = None
+    certificate_password: Secret | None = None
+    cloud: Literal["public", "gcc", "gcc-high", "dod"] = "public"
+    # Overrides of the cloud's endpoints: for a private test cloud or a proxy that terminates TLS.
+    login_endpoint: str | None = None
+    graph_endpoint: str | None = None
+    ca_file: str | None = None
+    consent_redirect_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> "AppSettings":
+        if (self.client_secret is None) == (self.certificate is None):
+            raise ValueError("set exactly one of client_secret or certificate")
+        return self
+
+
+@dataclass(frozen=True)
+class Cloud:
+    login: str
+    graph: str
+
+
+# GCC uses the commercial endpoints; GCC High and DoD have their own (defender-source.md §0.9).
+CLOUDS: dict[str, Cloud] = {
+    "public": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    "gcc": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    "gcc-high": Cloud("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+    "dod": Cloud("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+}
+
+
+def endpoints(app: AppSettings) -> Cloud:
+    cloud = CLOUDS[app.cloud]
+    return Cloud(
+        (app.login_endpoint or cloud.login).rstrip("/"),
+        (app.graph_endpoint or cloud.graph).rstrip("/"),
+    )
+
+
+def consent_url(app: AppSettings, tenant_id: str) -> str:
+    """The admin-consent URL a customer's Global Administrator opens to grant the MSSP app access."""
+    query = {"client_id": app.client_id}
+    if app.consent_redirect_uri:
+        query["redirect_uri"] = app.consent_redirect_uri
+    return f"{endpoints(app).login}/{tenant_id}/adminconsent?{urlencode(query)}"
+
+
+class TenantAuthError(Exception):
+    """This tenant cannot be read until someone acts; the message says who and how."""
+
+    def __init__(self, problem: str, remedy: str) -> None:
+        super().__init__(f"{problem}. Remedy: {remedy}")
+        self.problem = problem
+        self.remedy = remedy
+
+
+class TransientAuthError(Exception):
+    """The login service failed in a way that a later retry can fix (5xx, timeout)."""
+
+
+def _remedies(app_name: str, app: AppSettings, label: str, tenant_id: str) -> dict[int, tuple[str, str]]:
+    return {
+        700016: (
+            f"app {app.client_id} is not consented in tenant {tenant_id} (AADSTS700016)",
+            f"a Global Administrator of the customer opens {consent_url(app, tenant_id)}",
+        ),
+        7000222: (
+            f"the client secret of [apps.{app_name}] has expired (AADSTS7000222)",
+            f"create a new secret for app {app.client_id} in Entra ID and update apps.{app_name}.client_secret",
+        ),
+        7000215: (
+            f"the client secret of [apps.{app_name}] is invalid (AADSTS7000215)",
+            f"apps.{app_name}.client_secret must hold the secret's value, not its id",
+        ),
+        700027: (
+            f"the certificate of [apps.{app_name}] is not accepted (AADSTS700027)",
+            f"upload the certificate to app {app.client_id} in Entra ID, or fix apps.{app_name}.certificate",
+        ),
+        90002: (
+            f"tenant {tenant_id} does not exist (AADSTS90002)",
+            f"check tenants.{label}.tenant_id",
+        ),
+    }
+
+
+def graph_refusal(status: int, app: AppSettings, tenant_id: str) -> TenantAuthError:
+    if status == 403:
+        return TenantAuthError(
+            "Graph refused access (403): the app lacks the SecurityAlert.Read.All application permission here",
+            f"add the permission to app {app.client_id} and have the customer consent again: "
+            f"{consent_url(app, tenant_id)}",
+        )
+    return TenantAuthError(
+        "Graph rejected a fresh token (401)",
+        f"check that app {app.client_id} is consented in tenant {tenant_id}: {consent_url(app, tenant_id)}",
+    )
+
+
+class TokenProvider:
+    """Client-credential tokens for Graph in one customer tenant."""
+
+    def __init__(
+        self,
+        app_name: str,
+        app: AppSettings,
+        label: str,
+        tenant_id: str,
+        executor: ThreadPoolExecutor,
+        http_session: Any,
+    ) -> None:
+        self.app_name, self.app, self.label, self.tenant_id = app_name, app, label, tenant_id
+        self._executor = executor
+        self._session = http_session
+        self._msal: Any = None
+        self._lock = asyncio.Lock()
+        self.scope = endpoints(app).graph + GRAPH_SCOPE_PATH
+
+    async def token(self) -> str:
+        async with self._lock:
+            return await self._run(self._acquire)
+
+    async def refresh(self) -> str:
+        """Drop the cached token (the server no longer accepts it) and get a new one."""
+        async with self._lock:
+            if self._msal is not None:
+                await self._run(self._msal.remove_tokens_for_client)
+            return await self._run(self._acquire)
+
+    async def _run(self, func: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+    def _acquire(self) -> str:
+        import msal
+
+        if self._msal is None:
+            self._msal = self._build()
+        try:
+            result = self._msal.acquire_token_for_client([self.scope])
+        except msal.exceptions.MsalServiceError as err:
+            raise TransientAuthError(f"login service error: {err.error}") from None
+        except OSError as err:  # requests' connection errors derive from OSError
+            raise TransientAuthError(f"login service unreachable: {type(err).__name__}") from None
+        if "access_token" in result:
+            return result["access_token"]
+        raise self._classify(result.get("error_codes") or [], result.get("error", "error"))
+
+    def _build(self) -> Any:
+        import msal
+
+        try:
+            return msal.ConfidentialClientApplication(
+                self.app.client_id,
+                client_credential=_credential(self.app),
+                authority=f"{endpoints(self.app).login}/{self.tenant_id}",
+                # The authority comes from a fixed table, so there is nothing to discover,
+                # and discovery would call the public cloud even for a sovereign one.
+                instance_discovery=False,
+                http_client=self._session,
+                token_cache=msal.TokenCache(),
+            )
+        except ValueError as err:
+            # MSAL hides the AADSTS text of a failed tenant discovery in the exception context.
+            context = str(err.__context__ or err)
+            codes = [90002] if "90002" in context else []
+            raise self._classify(codes, "invalid_tenant") from None
+        except OSError as err:
+            raise TransientAuthError(f"login service unreachable: {type(err).__name__}") from None
+
+    def _classify(self, codes: list[int], error: str) -> Exception:
+        known = _remedies(self.app_name, self.app, self.label, self.tenant_id)
+        for code in codes:
+            if code in known:
+                return TenantAuthError(*known[code])
+        if error in ("temporarily_unavailable", "server_error"):
+            return TransientAuthError(f"login service error: {error}")
+        return TenantAuthError(
+            f"login failed ({error}, AADSTS codes {codes or 'none'})",
+            f"check [apps.{self.app_name}] and tenants.{self.label}.tenant_id",
+        )
+
+
+def _credential(app: AppSettings) -> Any:
+    if app.client_secret is not None:
+        return app.client_secret.get_secret_value()
+    assert app.certificate is not None  # the config model guarantees one of the two
+    return _certificate_credential(app.certificate.get_secret_value(), app.certificate_password)
+
+
+def _certificate_credential(pem: str, password: Any) -> dict[str, str]:
+    """MSAL's certificate form: the key, the SHA-1 thumbprint (x5t) and the public cert (x5c)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    start = pem.find("-----BEGIN CERTIFICATE-----")
+    if start < 0:
+        raise TenantAuthError("the certificate file holds no certificate", "use a PEM with the key and the certificate")
+    cert = x509.load_pem_x509_certificate(pem[start:].encode())
+    credential = {
+        "private_key": pem,
+        "thumbprint": hashlib.sha1(cert.public_bytes(Encoding.DER)).hexdigest(),
+        "public_certificate": cert.public_bytes(Encoding.PEM).decode(),
+    }
+    if password is not None:
+        credential["passphrase"] = password.get_secret_value()
+    return credential
+
+
+def http_session(ca_file: str | None, pool_size: int, timeout: float) -> Any:
+    """The requests session MSAL uses: pooled, with our CA and timeout."""
+    import requests
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    if ca_file:
+        # requests lets REQUESTS_CA_BUNDLE override session.verify; an explicit CA must win.
+        session.trust_env = False
+        session.verify = ca_file
+    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
+    return session

@@ -1,0 +1,120 @@
+"""The state store contract: what the pipeline and the workers keep durably, whatever the backend.
+
+Cursors, seen versions, one outbox per sink, dead letters, sink memory and tenant health.
+`StateStore` is the interface; `core.state.sqlite.SQLiteStore` the default backend (a
+PostgreSQL one can follow). A page of alerts is committed in ONE transaction (`PageCommit`):
+its outbox rows, its seen-marks, its dead letters and, on the window's last page, the cursor.
+That transaction is the acknowledgement point: whatever it holds survives a crash.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, NamedTuple, Protocol
+
+from core.model.schema import EventMeta
+
+# Defender keeps alerts 180 days; an alert id unseen for longer cannot come back as an update.
+KNOWN_ALERT_RETENTION = 180 * 86400
+
+
+class StateLocked(Exception):
+    """Another run holds the state lock."""
+
+
+class StateError(Exception):
+    """The state file cannot be used by this version."""
+
+
+class OutboxRow(NamedTuple):
+    id: int
+    sink: str
+    meta: EventMeta
+    payload: bytes  # the alert in the sink's format
+    attempts: int
+
+    @property
+    def version_key(self) -> str:
+        return self.meta.version_key
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """stage "normalise" or "encode": `payload` is the alert as the API sent it; "deliver":
+    the body the sink refused, with its `meta`, so that a replay re-sends it as it was."""
+
+    stage: str
+    sink: str | None
+    tenant_id: str
+    version_key: str | None
+    payload: bytes
+    reason: str
+    meta: EventMeta | None = None
+    id: int = 0
+    created: float = 0.0
+
+
+@dataclass
+class PageCommit:
+    """Everything one page of one tenant changes, applied atomically."""
+
+    tenant_id: str
+    source: str
+    seen: list[tuple[str, str]] = field(default_factory=list)  # (alert id, last update)
+    outbox: list[tuple[str, EventMeta, bytes]] = field(default_factory=list)  # (sink, meta, body)
+    dead: list[DeadLetter] = field(default_factory=list)
+    cursor: datetime | None = None  # set on the window's last page only
+
+
+@dataclass(frozen=True)
+class TenantStatus:
+    tenant_id: str
+    label: str
+    last_success: float | None
+    last_error: str | None
+    last_error_at: float | None
+    forwarded_total: int
+
+
+class StateStore(Protocol):
+    def cursor(self, tenant_id: str, source: str) -> datetime | None: ...
+    def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
+    def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]: ...
+    def commit_page(self, page: PageCommit) -> None: ...
+    def prune_seen(self, tenant_id: str, older_than: datetime) -> int: ...
+    def outbox_depth(self, sink: str) -> int: ...
+    def outbox_depths(self) -> dict[str, int]: ...
+    def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]: ...
+    def outbox_batch(self, sink: str, limit: int, after: int = 0) -> list[OutboxRow]: ...
+    def outbox_read_ahead(self, sink: str, limit: int, after: int) -> list[OutboxRow]: ...
+    def outbox_delivered(self, row_ids: Iterable[int]) -> None: ...
+    def outbox_failed(self, row_ids: Iterable[int], error: str) -> None: ...
+    def outbox_dead(self, rows: Iterable[tuple[OutboxRow, str]]) -> None: ...
+    def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None: ...
+    def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]: ...
+    def dead_letters_remove(self, ids: Iterable[int]) -> None: ...
+    def memory_get(self, sink: str, key: str) -> str | None: ...
+    def memory_put(self, sink: str, items: dict[str, str]) -> None: ...
+    def record_success(self, tenant_id: str, label: str, forwarded: int) -> None: ...
+    def record_error(self, tenant_id: str, label: str, error: str) -> None: ...
+    def tenant_statuses(self) -> dict[str, TenantStatus]: ...
+    def cursors(self) -> dict[tuple[str, str], datetime]: ...
+    def forget_old_sink_memory(self) -> int: ...
+    def reclaim_space(self) -> int: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SinkMemory:
+    """A sink's own durable key -> text notes, kept in the state file beside its outbox."""
+
+    store: "StateStore"
+    sink: str
+
+    def get(self, key: str) -> str | None:
+        return self.store.memory_get(self.sink, key)
+
+    def put(self, items: dict[str, str]) -> None:
+        self.store.memory_put(self.sink, items)
+
+

@@ -1,0 +1,402 @@
+"""The default state store: one SQLite file in WAL mode, created 0600, used from one thread.
+
+It implements `core.state.StateStore`; see there for what a page's one transaction holds.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import sqlite3
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from core.model.schema import EventMeta, Severity
+from core.model.times import format_time, parse_time
+from core.state import (
+    KNOWN_ALERT_RETENTION,
+    DeadLetter,
+    OutboxRow,
+    PageCommit,
+    StateError,
+    StateLocked,
+    TenantStatus,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursors (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, cursor TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, source));
+CREATE TABLE IF NOT EXISTS seen (
+    tenant_id TEXT NOT NULL, alert_id TEXT NOT NULL, last_update TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, alert_id, last_update)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS known_alerts (
+    tenant_id TEXT NOT NULL, alert_id TEXT NOT NULL, first_queued REAL NOT NULL,
+    PRIMARY KEY (tenant_id, alert_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, tenant_id TEXT NOT NULL,
+    tenant_label TEXT NOT NULL, alert_id TEXT NOT NULL, version_key TEXT NOT NULL,
+    severity INTEGER NOT NULL, event_time REAL NOT NULL, payload BLOB NOT NULL, enqueued REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, id);
+-- Kept by triggers, because counting a full outbox (100,000 rows) took milliseconds, and the
+-- backpressure check asks before every page of every tenant.
+CREATE TABLE IF NOT EXISTS outbox_depths (sink TEXT PRIMARY KEY, depth INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS outbox_depth_up AFTER INSERT ON outbox BEGIN
+    INSERT INTO outbox_depths VALUES (NEW.sink, 1) ON CONFLICT (sink) DO UPDATE SET depth = depth + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS outbox_depth_down AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_depths SET depth = depth - 1 WHERE sink = OLD.sink;
+END;
+-- A state file from before the counts: count once. (Once the triggers exist, a sink with rows
+-- always has its count, so this changes nothing.)
+INSERT OR IGNORE INTO outbox_depths SELECT sink, count(*) FROM outbox GROUP BY sink;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, sink TEXT,
+    tenant_id TEXT NOT NULL, version_key TEXT, payload BLOB NOT NULL, reason TEXT NOT NULL,
+    created REAL NOT NULL, digest TEXT NOT NULL UNIQUE,
+    tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL);
+CREATE TABLE IF NOT EXISTS sink_memory (
+    sink TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (sink, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tenant_status (
+    tenant_id TEXT PRIMARY KEY, label TEXT NOT NULL, last_success REAL, last_error TEXT,
+    last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
+"""
+# Bumped whenever a table changes shape: an older state file is refused with a clear error
+# rather than misread.
+SCHEMA_VERSION = 3
+# Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
+RECLAIM_PAGES_PER_CALL = 25_600
+
+
+class StateLock:
+    """An exclusive advisory lock beside the state file, so two runs never share one state."""
+
+    def __init__(self, state_path: Path) -> None:
+        self.path = state_path.with_name(state_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateLocked(f"another defender-forwarder run (pid {holder}) holds {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class SQLiteStore:
+    """The default `StateStore`: one SQLite file in WAL mode, used from one thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        _create_private(path)
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if not self._check_version():
+            # Only a new file can take it (before WAL mode writes its header): it lets
+            # reclaim_space() shrink the file.
+            self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against a process crash (kill -9); the cursor and the outbox
+        # roll back together on power loss, so even then nothing is skipped.
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        # Some builds (Debian's) zero every deleted row, which doubles the writes of each
+        # delivered batch; FAST overwrites only where that costs no extra I/O. The file is 0600
+        # and holds no secrets, only alerts that were delivered.
+        self.db.execute("PRAGMA secure_delete=FAST")
+        # Past a checkpoint the WAL shrinks back to this, instead of staying at its largest.
+        self.db.execute("PRAGMA journal_size_limit=67108864")
+        self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _check_version(self) -> bool:
+        """Whether the file has tables already; refuses those of another schema version."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
+        if has_tables and version != SCHEMA_VERSION:
+            self.db.close()
+            raise StateError(
+                f"{self.path} was written by another version of defender-forwarder (state schema {version}, "
+                f"this version uses {SCHEMA_VERSION}); deliver its outbox with that version, or move it "
+                "aside to start afresh"
+            )
+        return bool(has_tables)
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self.db)
+
+    def cursor(self, tenant_id: str, source: str) -> datetime | None:
+        row = self.db.execute(
+            "SELECT cursor FROM cursors WHERE tenant_id=? AND source=?", (tenant_id, source)
+        ).fetchone()
+        return parse_time(row[0]) if row else None
+
+    def cursors(self) -> dict[tuple[str, str], datetime]:
+        rows = self.db.execute("SELECT tenant_id, source, cursor FROM cursors")
+        return {(t, s): parse_time(c) for t, s, c in rows}
+
+    def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        wanted = set(versions)
+        seen = self._rows_of_alerts(
+            "SELECT alert_id, last_update FROM seen WHERE tenant_id=? AND alert_id IN ({marks})",
+            tenant_id, (alert_id for alert_id, _ in wanted),
+        )
+        return wanted - set(seen)
+
+    def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]:
+        """The ids of alerts of which some version was queued before."""
+        rows = self._rows_of_alerts(
+            "SELECT alert_id FROM known_alerts WHERE tenant_id=? AND alert_id IN ({marks})", tenant_id, alert_ids
+        )
+        return {alert_id for (alert_id,) in rows}
+
+    def _rows_of_alerts(self, query: str, tenant_id: str, alert_ids: Iterable[str]) -> Iterator[tuple[str, ...]]:
+        """Run `query` for one tenant's alert ids, in chunks below SQLite's parameter limit."""
+        for chunk in _chunks(sorted(set(alert_ids)), 500):
+            yield from self.db.execute(query.format(marks=",".join("?" * len(chunk))), (tenant_id, *chunk))
+
+    def commit_page(self, page: PageCommit) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
+                [(page.tenant_id, alert_id, last) for alert_id, last in page.seen],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO known_alerts VALUES (?, ?, ?)",
+                [(page.tenant_id, alert_id, now) for alert_id, _ in page.seen],
+            )
+            _insert_outbox(db, page.outbox, now)
+            _insert_dead(db, page.dead, now)
+            if page.cursor is not None:
+                db.execute(
+                    "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (tenant_id, source) "
+                    "DO UPDATE SET cursor=max(cursor, excluded.cursor)",
+                    (page.tenant_id, page.source, format_time(page.cursor)),
+                )
+
+    def prune_seen(self, tenant_id: str, older_than: datetime) -> int:
+        cur = self.db.execute(
+            "DELETE FROM seen WHERE tenant_id=? AND last_update < ?", (tenant_id, format_time(older_than))
+        )
+        self.db.execute(
+            "DELETE FROM known_alerts WHERE tenant_id=? AND first_queued < ?",
+            (tenant_id, time.time() - KNOWN_ALERT_RETENTION),
+        )
+        return cur.rowcount
+
+    def outbox_depth(self, sink: str) -> int:
+        row = self.db.execute("SELECT depth FROM outbox_depths WHERE sink=?", (sink,)).fetchone()
+        return row[0] if row else 0
+
+    def outbox_depths(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT sink, depth FROM outbox_depths WHERE depth > 0"))
+
+    def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]:
+        rows = self.db.execute("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
+        return {(tenant, sink): n for tenant, sink, n in rows}
+
+    def outbox_batch(self, sink: str, limit: int, after: int = 0) -> list[OutboxRow]:
+        """The oldest `limit` rows of `sink` (with ids above `after`)."""
+        return _outbox_rows(self.db, sink, limit, after)
+
+    def outbox_read_ahead(self, sink: str, limit: int, after: int) -> list[OutboxRow]:
+        """`outbox_batch` on a connection of its own, so that it can run in a thread while the
+        event loop's connection goes on (WAL lets a reader run beside the writer)."""
+        db = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            return _outbox_rows(db, sink, limit, after)
+        finally:
+            db.close()
+
+    def outbox_delivered(self, row_ids: Iterable[int]) -> None:
+        with self._transaction() as db:
+            for chunk in _chunks(list(row_ids), 500):  # one statement per chunk: a batch is the hot path
+                db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+
+    def outbox_failed(self, row_ids: Iterable[int], error: str) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE outbox SET attempts=attempts+1, last_error=? WHERE id=?",
+                [(error[:1000], i) for i in row_ids],
+            )
+
+    def outbox_dead(self, rows: Iterable[tuple[OutboxRow, str]]) -> None:
+        now = time.time()
+        rows = list(rows)
+        with self._transaction() as db:
+            _insert_dead(
+                db,
+                [DeadLetter("deliver", r.sink, r.meta.tenant_id, r.meta.version_key, r.payload, reason, r.meta)
+                 for r, reason in rows],
+                now,
+            )
+            db.executemany("DELETE FROM outbox WHERE id=?", [(r.id,) for r, _ in rows])
+
+    def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None:
+        with self._transaction() as db:
+            _insert_outbox(db, [(sink, meta, payload) for meta, payload in rows], time.time())
+
+    def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        query = ("SELECT stage, sink, tenant_id, version_key, payload, reason, id, created, "
+                 "tenant_label, alert_id, severity, event_time FROM dead_letters")
+        params: tuple[object, ...] = ()
+        if sink is not None:
+            query += " WHERE sink=?"
+            params = (sink,)
+        rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))
+        return [_dead_letter(*row) for row in rows]
+
+    def dead_letters_remove(self, ids: Iterable[int]) -> None:
+        with self._transaction() as db:
+            db.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids])
+
+    def memory_get(self, sink: str, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM sink_memory WHERE sink=? AND key=?", (sink, key)).fetchone()
+        return row[0] if row else None
+
+    def memory_put(self, sink: str, items: dict[str, str]) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("INSERT INTO sink_memory VALUES (?, ?, ?, ?) ON CONFLICT (sink, key) "
+                           "DO UPDATE SET value=excluded.value, updated=excluded.updated",
+                           [(sink, key, value, now) for key, value in items.items()])
+
+    def record_success(self, tenant_id: str, label: str, forwarded: int) -> None:
+        self.db.execute(
+            "INSERT INTO tenant_status (tenant_id, label, last_success, forwarded_total) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET label=excluded.label, last_success=excluded.last_success, "
+            "last_error=NULL, forwarded_total=forwarded_total+excluded.forwarded_total",
+            (tenant_id, label, time.time(), forwarded),
+        )
+
+    def record_error(self, tenant_id: str, label: str, error: str) -> None:
+        self.db.execute(
+            "INSERT INTO tenant_status (tenant_id, label, last_error, last_error_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET label=excluded.label, last_error=excluded.last_error, "
+            "last_error_at=excluded.last_error_at",
+            (tenant_id, label, error, time.time()),
+        )
+
+    def tenant_statuses(self) -> dict[str, TenantStatus]:
+        rows = self.db.execute(
+            "SELECT tenant_id, label, last_success, last_error, last_error_at, forwarded_total FROM tenant_status"
+        )
+        return {row[0]: TenantStatus(*row) for row in rows}
+
+    def forget_old_sink_memory(self) -> int:
+        """Drop the sinks' notes untouched for longer than Defender keeps an alert (what the
+        e-mail sink mailed of each alert): no alert they speak of can come back. Returns how many."""
+        cur = self.db.execute("DELETE FROM sink_memory WHERE updated < ?", (time.time() - KNOWN_ALERT_RETENTION,))
+        return cur.rowcount
+
+    def reclaim_space(self) -> int:
+        """Give free pages (those of a delivered backlog) back to the file system once they are
+        a quarter of the file: an outage must not leave the file at its peak size for ever.
+        Returns the pages given back (none for a file made before auto_vacuum was set)."""
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        total = self.db.execute("PRAGMA page_count").fetchone()[0]
+        if free * 4 < total:
+            return 0
+        # executescript steps the pragma to its end; execute() would free a single page.
+        self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES_PER_CALL});")
+        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return free - self.db.execute("PRAGMA freelist_count").fetchone()[0]
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> list[OutboxRow]:
+    rows = db.execute(
+        "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts "
+        "FROM outbox WHERE sink=? AND id>? ORDER BY id LIMIT ?",
+        (sink, after, limit),
+    )
+    by_value = Severity.of_value
+    return [
+        OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when), payload, attempts)
+        for row_id, tenant, label, alert, key, severity, when, payload, attempts in rows
+    ]
+
+
+def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, bytes]], now: float) -> None:
+    db.executemany(
+        "INSERT INTO outbox (sink, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, "
+        "enqueued) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(sink, m.tenant_id, m.tenant_label, m.alert_id, m.version_key, int(m.severity), m.time, payload, now)
+         for sink, m, payload in rows],
+    )
+
+
+def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> None:
+    # The digest makes a dead letter idempotent: re-reading the overlap window must not
+    # file the same malformed alert twice.
+    db.executemany(
+        "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, digest, "
+        "tenant_label, alert_id, severity, event_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta))
+         for d in dead],
+    )
+
+
+def _meta_columns(meta: EventMeta | None) -> tuple[object, ...]:
+    if meta is None:
+        return (None, None, None, None)
+    return (meta.tenant_label, meta.alert_id, int(meta.severity), meta.time)
+
+
+def _dead_letter(stage: str, sink: str | None, tenant_id: str, version_key: str | None, payload: bytes, reason: str,
+                 row_id: int, created: float, label: str | None, alert_id: str | None, severity: int | None,
+                 when: float | None) -> DeadLetter:
+    meta = None
+    if label is not None and alert_id is not None and version_key is not None and when is not None:
+        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity.of_value(severity or 0), when)
+    return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created)
+
+
+def _digest(dead: DeadLetter) -> str:
+    h = hashlib.sha256()
+    for part in (dead.stage, dead.sink or "", dead.tenant_id):
+        h.update(part.encode() + b"\0")
+    h.update(dead.payload)
+    return h.hexdigest()
+
+
+def _create_private(path: Path) -> None:
+    """Create the state file 0600 before SQLite opens it (SQLite gives -wal/-shm the same mode)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,188 @@
+"""The SQLite state store: atomic pages, cursor monotony, dedupe marks, outbox, dead letters, lock."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from core.model.schema import EventMeta, Severity
+from core.model.times import format_time
+from core.state import KNOWN_ALERT_RETENTION, DeadLetter, PageCommit, StateError
+from core.state.sqlite import SQLiteStore, StateLock
+
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SQLiteStore:
+    s = SQLiteStore(tmp_path / "state" / "forwarder.db")
+    yield s
+    s.close()
+
+
+def _meta(alert_id: str, last_update: str) -> EventMeta:
+    return EventMeta("t1", "acme", alert_id, f"t1/{alert_id}/{last_update}", Severity.high, T0.timestamp())
+
+
+def _page(cursor: datetime | None = None, n: int = 2, sink: str = "archive") -> PageCommit:
+    versions = [(f"a{i}", format_time(T0 + timedelta(minutes=i))) for i in range(n)]
+    return PageCommit(
+        tenant_id="t1",
+        source="graph_alerts",
+        seen=versions,
+        outbox=[(sink, _meta(a, u), b"{}") for a, u in versions],
+        cursor=cursor,
+    )
+
+
+def test_state_file_is_private_and_in_wal_mode(store: SQLiteStore) -> None:
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_page_commit_is_atomic(store: SQLiteStore) -> None:
+    bad = _page(cursor=T0)
+    bad.outbox.append(("archive", _meta("x", "y"), None))  # NOT NULL violation after the other rows
+    with pytest.raises(sqlite3.IntegrityError):
+        store.commit_page(bad)
+    assert store.outbox_depth("archive") == 0
+    assert store.cursor("t1", "graph_alerts") is None
+    assert store.unseen("t1", [("a0", format_time(T0))]) == {("a0", format_time(T0))}
+
+
+def test_cursor_only_moves_forward(store: SQLiteStore) -> None:
+    store.commit_page(_page(cursor=T0 + timedelta(hours=1)))
+    store.commit_page(PageCommit("t1", "graph_alerts", cursor=T0))
+    assert store.cursor("t1", "graph_alerts") == T0 + timedelta(hours=1)
+
+
+def test_unseen_and_prune(store: SQLiteStore) -> None:
+    store.commit_page(_page(n=3))
+    later = ("a1", format_time(T0 + timedelta(minutes=5)))
+    assert store.unseen("t1", [("a0", format_time(T0)), later]) == {later}
+    assert store.unseen("other-tenant", [("a0", format_time(T0))]) == {("a0", format_time(T0))}
+    assert store.prune_seen("t1", T0 + timedelta(minutes=2)) == 2
+    assert store.unseen("t1", [("a0", format_time(T0))]) == {("a0", format_time(T0))}
+
+
+def test_outbox_order_failures_and_dead_letters(store: SQLiteStore) -> None:
+    store.commit_page(_page(n=3))
+    rows = store.outbox_batch("archive", 10)
+    assert [r.version_key.split("/")[1] for r in rows] == ["a0", "a1", "a2"]
+    store.outbox_failed([rows[0].id], "timeout")
+    store.outbox_dead([(rows[1], "rejected: mapping error")])
+    store.outbox_delivered([rows[2].id])
+    remaining = store.outbox_batch("archive", 10)
+    assert [(r.id, r.attempts) for r in remaining] == [(rows[0].id, 1)]
+    dead = store.dead_letters()
+    assert [(d.stage, d.sink, d.reason) for d in dead] == [("deliver", "archive", "rejected: mapping error")]
+
+
+def test_outbox_rows_and_delivery_dead_letters_keep_the_event_meta(store: SQLiteStore) -> None:
+    store.commit_page(_page(n=2))
+    first, second = store.outbox_batch("archive", 10)
+    assert first.meta == _meta("a0", format_time(T0)) and first.payload == b"{}"
+    store.outbox_dead([(second, "refused")])
+    (letter,) = store.dead_letters()
+    assert letter.meta == second.meta and letter.version_key == second.meta.version_key
+
+    store.outbox_append("archive", [(letter.meta, letter.payload)])
+    assert [row.meta for row in store.outbox_batch("archive", 10)] == [first.meta, second.meta]
+
+
+def test_state_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, sink TEXT, payload BLOB)")
+    old.commit()
+    old.close()
+    with pytest.raises(StateError, match="another version of defender-forwarder"):
+        SQLiteStore(path)
+
+
+def test_same_dead_letter_is_filed_once(store: SQLiteStore) -> None:
+    letter = DeadLetter("normalise", None, "t1", None, b'{"title": 1}', "normalise: id: missing")
+    store.commit_page(PageCommit("t1", "graph_alerts", dead=[letter]))
+    store.commit_page(PageCommit("t1", "graph_alerts", dead=[letter]))
+    assert len(store.dead_letters()) == 1
+
+
+def test_second_lock_holder_is_refused(tmp_path: Path) -> None:
+    first = StateLock(tmp_path / "forwarder.db")
+    first.acquire()
+    try:
+        code = (
+            "import sys; from pathlib import Path; from core.state import StateLocked; from core.state.sqlite import StateLock\n"
+            "try:\n StateLock(Path(sys.argv[1])).acquire()\nexcept StateLocked as e:\n print(e); sys.exit(3)\n"
+        )
+        other = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "forwarder.db")], capture_output=True, text=True
+        )
+        assert other.returncode == 3
+        assert f"pid {os.getpid()}" in other.stdout
+    finally:
+        first.release()
+    StateLock(tmp_path / "forwarder.db").acquire()
+
+
+def _state_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def test_a_drained_outbox_gives_its_space_back(store: SQLiteStore) -> None:
+    """A SIEM outage fills the outbox (here 40 MB); once delivered, the state file must not stay
+    at its peak size for ever."""
+    body = os.urandom(2000)
+    for batch in range(20):
+        store.outbox_append("archive", [(_meta(f"a{batch}-{i}", "x"), body) for i in range(1000)])
+    peak = _state_bytes(store.path)
+    while rows := store.outbox_batch("archive", 5000):
+        store.outbox_delivered(row.id for row in rows)
+    while store.reclaim_space():
+        pass
+    store.close()
+    assert peak > 40_000_000
+    assert _state_bytes(store.path) < 4_000_000, (peak, _state_bytes(store.path))
+    assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _counted(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT sink, count(*) FROM outbox GROUP BY sink"))
+
+
+def test_outbox_depths_follow_every_change_and_a_file_without_them_is_counted_once(tmp_path: Path) -> None:
+    path = tmp_path / "forwarder.db"
+    store = SQLiteStore(path)
+    store.commit_page(_page(n=5, sink="archive"))
+    store.commit_page(_page(n=3, sink="siem"))
+    store.outbox_append("siem", [(_meta("x", "y"), b"{}")])
+    batch = store.outbox_batch("archive", 10)
+    store.outbox_delivered([batch[0].id, batch[1].id])
+    store.outbox_dead([(batch[2], "refused")])
+    assert store.outbox_depths() == _counted(path) == {"archive": 2, "siem": 4}
+    assert (store.outbox_depth("archive"), store.outbox_depth("nowhere")) == (2, 0)
+    store.close()
+
+    with sqlite3.connect(path) as db:  # as a state file written before the counts were kept
+        db.executescript("DROP TRIGGER outbox_depth_up; DROP TRIGGER outbox_depth_down; DROP TABLE outbox_depths;")
+    store = SQLiteStore(path)
+    assert store.outbox_depths() == {"archive": 2, "siem": 4}
+    store.outbox_delivered(row.id for row in store.outbox_batch("siem", 10))
+    assert store.outbox_depths() == {"archive": 2} and store.outbox_depth("siem") == 0
+    store.close()
+
+
+def test_sink_memory_past_defenders_retention_is_forgotten(store: SQLiteStore) -> None:
+    store.memory_put("mail", {"severity/t1/old": "high", "severity/t1/new": "high", "digest/t1": "1"})
+    store.db.execute("UPDATE sink_memory SET updated = updated - ? WHERE key = 'severity/t1/old'",
+                     (KNOWN_ALERT_RETENTION + 60,))
+    assert store.forget_old_sink_memory() == 1
+    assert store.memory_get("mail", "severity/t1/old") is None
+    assert store.memory_get("mail", "severity/t1/new") == "high" and store.memory_get("mail", "digest/t1") == "1"
