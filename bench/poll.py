@@ -67,7 +67,7 @@ async def one_cycle(config: Any, store: SQLiteStore, deliver: bool) -> tuple[flo
         results = await (forwarder.run_once() if deliver else forwarder.poll_all())
         elapsed = time.perf_counter() - started
         print(f"  (cpu {time.process_time() - cpu_started:.2f} s of {elapsed:.2f} s wall)")
-        graph_requests = sum(source.requests for source in forwarder.sources.values())
+        graph_requests = sum(reader.requests for readers in forwarder.readers.values() for reader in readers.values())
     return elapsed, graph_requests, results
 
 

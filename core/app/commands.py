@@ -13,7 +13,7 @@ from typing import Any, Iterator
 from rich.console import Console
 from rich.table import Table
 
-from core.app.config import Config, ConfigError, config_path, load_config
+from core.app.config import Config, ConfigError, TenantSettings, config_path, load_config
 from core.app.logs import setup_logging
 from core.model import jsonutil
 from core.model.secrets import REDACTOR
@@ -110,7 +110,7 @@ async def _once(forwarder: Any, since: datetime | None = None, only: str | None 
 
 async def _forever(forwarder: Any) -> None:
     async with forwarder:
-        log.info("forwarding %d tenants to %d sinks", len(forwarder.sources), len(forwarder.workers))
+        log.info("forwarding %d tenants to %d sinks", len(forwarder.readers), len(forwarder.workers))
         await forwarder.run_forever()
 
 
@@ -257,7 +257,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 async def _check(forwarder: Any) -> list[tuple[str, str, bool, str]]:
     async with forwarder:
-        tenants = await asyncio.gather(*(_probe("tenant", t, s.probe()) for t, s in forwarder.sources.items()))
+        # A row per (tenant, source kind); named by the tenant alone when it reads one kind.
+        tenants = await asyncio.gather(*(
+            _probe("tenant", label if len(readers) == 1 else f"{label} ({kind})", reader.probe())
+            for label, readers in forwarder.readers.items() for kind, reader in readers.items()
+        ))
         sinks = await asyncio.gather(*(_probe("sink", n, w.connector.probe()) for n, w in forwarder.workers.items()))
     return [*tenants, *sinks]
 
@@ -286,7 +290,7 @@ def _tenant_table(config: Config, store: SQLiteStore) -> Table:
         table.add_column(column, overflow="fold")
     for label, tenant in sorted(config.tenants.items()):
         status = statuses.get(tenant.tenant_id)
-        cursor = cursors.get((tenant.tenant_id, "graph_alerts"))
+        cursor = _tenant_cursor(cursors, tenant)
         table.add_row(
             label,
             tenant.tenant_id,
@@ -297,6 +301,14 @@ def _tenant_table(config: Config, store: SQLiteStore) -> Table:
             *(str(depths.get((tenant.tenant_id, sink), 0)) for sink in config.sinks),
         )
     return table
+
+
+def _tenant_cursor(cursors: dict[tuple[str, str], datetime], tenant: TenantSettings) -> datetime | None:
+    """The cursor of a tenant's sources (one per kind it reads): the one furthest behind, so that
+    the lag shown is the worst; none until every kind has one."""
+    wanted = [(tenant.tenant_id, kind) for kind in dict.fromkeys(tenant.sources)]
+    found = [cursors[key] for key in wanted if key in cursors]
+    return min(found) if found and len(found) == len(wanted) else None
 
 
 def _age(now: datetime, then: datetime | None) -> str:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from core.model.durations import Duration
 from core.model.schema import Severity
 from core.model.secrets import LiteralSecretWarning
+from core.sources import DEFAULT_SOURCES, KINDS
 from core.sources.auth import AppSettings
 
 DEFAULT_CONFIG = "defender-forwarder.toml"
@@ -30,7 +31,6 @@ SINK_MODULES: dict[str, str] = {
     "eventhub": "connectors.eventhub",
     "email": "connectors.email",
 }
-GRAPH_SOURCES = ("graph_alerts",)
 
 
 class ConfigError(Exception):
@@ -64,16 +64,20 @@ class ForwarderSettings(_Strict):
 class TenantSettings(_Strict):
     tenant_id: str
     app: str | None = None
-    sources: list[str] = Field(default_factory=lambda: ["graph_alerts"])
+    sources: list[str] = Field(default_factory=lambda: list(DEFAULT_SOURCES))
     replay: str | None = None
     enabled: bool = True
 
     @field_validator("sources")
     @classmethod
     def _known_sources(cls, sources: list[str]) -> list[str]:
+        available = ", ".join(KINDS)
+        if not sources:
+            # Without a source the tenant would never be read, and nothing would say so.
+            raise ValueError(f"at least one source is needed; available: {available}")
         for source in sources:
-            if source not in GRAPH_SOURCES:
-                raise ValueError(f"unknown source {source!r}; available: {', '.join(GRAPH_SOURCES)}")
+            if source not in KINDS:
+                raise ValueError(f"unknown source {source!r}; available: {available}")
         return sources
 
 

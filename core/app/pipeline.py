@@ -28,14 +28,14 @@ from core.delivery import SinkWorker
 from core.model import jsonutil
 from core.model.schema import Alert, EventMeta, TenantRef
 from core.model.times import format_time
-from core.sources import AlertSource, Page, SourceError
-from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
-from core.sources.graph import PAGES_IN_MEMORY, GraphAlertsSource
+from core.sources import KINDS, AlertSource, LiveContext, Page, SourceError, SourceKind
+from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, http_session
+from core.sources.graph import PAGES_IN_MEMORY
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
 from mappings import Encoder, encoder
-from mappings.graph_alerts_v2 import MappingError, normalise, version_of
+from mappings.graph_alerts_v2 import version_of
 
 log = logging.getLogger("defender_forwarder.pipeline")
 
@@ -68,6 +68,20 @@ class _PageOutcome:
     sinks: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Mapping:
+    """What the app takes from a source kind's mapping module: `normalise`, and the error by which
+    it refuses a record (dead-lettered with its message; any other error is a mapping bug)."""
+
+    normalise: Callable[[Any, TenantRef, datetime], Alert]
+    refusal: type[Exception]
+
+    @classmethod
+    def of(cls, kind: SourceKind) -> "Mapping":
+        module = importlib.import_module(f"mappings.{kind.mapping}")
+        return cls(module.normalise, module.MappingError)
+
+
 class Forwarder:
     """Owns the clients, sources and sink workers of one configuration."""
 
@@ -79,7 +93,9 @@ class Forwarder:
         self.routes: list[RouteSettings] = config.routes_or_default()
         self.workers: dict[str, SinkWorker] = {}
         self.encoders: dict[str, Encoder] = {name: encoder(sink.format) for name, sink in config.sinks.items()}
-        self.sources: dict[str, AlertSource] = {}
+        # label -> source kind name -> its reader: one per (tenant, kind in its `sources`).
+        self.readers: dict[str, dict[str, AlertSource]] = {}
+        self.mappings: dict[str, Mapping] = {}  # source kind name -> its mapping
         self._http: dict[str | None, list[httpx.AsyncClient]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._sessions: dict[str | None, Any] = {}
@@ -89,7 +105,9 @@ class Forwarder:
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
-        self.sources = {label: self._source(label, t) for label, t in self.config.tenants.items() if t.enabled}
+        self.readers = {label: self._readers(label, t) for label, t in self.config.tenants.items() if t.enabled}
+        kinds = {kind for readers in self.readers.values() for kind in readers}
+        self.mappings = {kind: Mapping.of(KINDS[kind]) for kind in sorted(kinds)}
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -106,18 +124,23 @@ class Forwarder:
         connector_class = importlib.import_module(SINK_MODULES[sink.type]).CONNECTOR
         return SinkWorker(connector_class(name, sink), self.store)
 
-    def _source(self, label: str, tenant: TenantSettings) -> AlertSource:
+    def _readers(self, label: str, tenant: TenantSettings) -> dict[str, AlertSource]:
+        """A reader per source kind the tenant reads; a replay tenant replays its folder for each."""
+        kinds = [KINDS[name] for name in dict.fromkeys(tenant.sources)]
         if tenant.replay is not None:
-            return ReplaySource(tenant.replay, self.settings.page_size)
+            return {kind.name: ReplaySource(kind, tenant.replay, self.settings.page_size) for kind in kinds}
+        context = self._live_context(label, tenant)
+        return {kind.name: kind.open(context) for kind in kinds}
+
+    def _live_context(self, label: str, tenant: TenantSettings) -> LiveContext:
+        """What the live readers of one tenant share: its tokens, connection pool and request budget."""
         assert tenant.app is not None  # the config model guarantees it
         app = self.config.apps[tenant.app]
-        tokens = TokenProvider(tenant.app, app, label, tenant.tenant_id, self._thread_pool(), self._session(app))
-        return GraphAlertsSource(
-            client=self._client(app.ca_file, tenant.tenant_id),
-            graph_endpoint=endpoints(app).graph,
-            tokens=tokens,
-            app=app,
+        return LiveContext(
             tenant_id=tenant.tenant_id,
+            app=app,
+            tokens=TokenProvider(tenant.app, app, label, tenant.tenant_id, self._thread_pool(), self._session(app)),
+            client=self._client(app.ca_file, tenant.tenant_id),
             # One request per 60/N seconds, no burst: a tenant never exceeds its Graph budget,
             # whatever the window in which Graph counts it.
             limiter=AsyncLimiter(1, 60 / self.settings.tenant_requests_per_minute),
@@ -166,21 +189,23 @@ class Forwarder:
         return any(self.store.outbox_depth(name) >= self.workers[name].config.max_outbox for name in sinks)
 
     async def poll_all(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
-        labels = [label for label in self.sources if only is None or label == only]
+        labels = [label for label in self.readers if only is None or label == only]
         return list(await asyncio.gather(*(self.poll_tenant(label, since) for label in labels)))
 
     async def poll_tenant(self, label: str, since: datetime | None = None) -> TenantResult:
-        """Read one window of one tenant; `since` overrides the cursor (backfill)."""
+        """Read one window of each source kind of one tenant; `since` overrides the cursors (backfill)."""
         tenant = self.config.tenants[label]
         result = TenantResult(label, tenant.tenant_id)
-        try:
-            await self._read_window(label, tenant, result, since)
-        except TenantAuthError as err:
-            result.error = str(err)
-        except (SourceError, TransientAuthError) as err:
-            result.error = f"{err} (will retry next cycle)"
-        except httpx.HTTPError as err:
-            result.error = f"{type(err).__name__} talking to Graph (will retry next cycle)"
+        readers = self.readers[label]
+        errors = []
+        for name, reader in readers.items():
+            error = await self._poll_source(label, tenant, reader, result, since)
+            if error is not None:
+                # One line per kind that failed; a tenant of one kind keeps the plain message.
+                errors.append(error if len(readers) == 1 else f"{name}: {error}")
+            if result.paused:
+                break
+        result.error = "; ".join(errors) or None
         if result.error:
             log.error("tenant %s: %s", label, result.error)
             self.store.record_error(tenant.tenant_id, label, result.error)
@@ -188,33 +213,45 @@ class Forwarder:
             self.store.record_success(tenant.tenant_id, label, result.queued)
         return result
 
-    async def _read_window(
-        self, label: str, tenant: TenantSettings, result: TenantResult, since: datetime | None
-    ) -> None:
+    async def _poll_source(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
+                           since: datetime | None) -> str | None:
+        """Read one window of one kind of one tenant into `result`; what failed, if anything."""
+        try:
+            await self._read_window(label, tenant, reader, result, since)
+        except TenantAuthError as err:
+            return str(err)
+        except (SourceError, TransientAuthError) as err:
+            return f"{err} (will retry next cycle)"
+        except httpx.HTTPError as err:
+            return f"{type(err).__name__} talking to Graph (will retry next cycle)"
+        return None
+
+    async def _read_window(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
+                           since: datetime | None) -> None:
         sinks = self.sinks_for(label)
-        source = self.sources[label]
-        cursor = self.store.cursor(tenant.tenant_id, source.name)
+        kind = reader.kind
+        cursor = self.store.cursor(tenant.tenant_id, kind.name)
         overlap = timedelta(seconds=self.settings.overlap)
         if since is None:
             since = cursor - overlap if cursor else self.clock() - timedelta(seconds=self.settings.initial_lookback)
         high_water = cursor
         ref = TenantRef(id=tenant.tenant_id, label=label)
         # aclosing: a window left early (backpressure, an error) gives its page slot back now.
-        async with aclosing(source.pages(since)) as pages:
+        async with aclosing(reader.pages(since)) as pages:
             async for page in pages:
                 if self._backpressured(sinks):
                     result.paused = True
                     log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
                     return
-                high_water = self._take_page(ref, source.name, page, high_water, result)
-                del page  # not kept while the next page waits for its request (see GraphAlertsSource.pages)
+                high_water = self._take_page(ref, kind, page, high_water, result)
+                del page  # not kept while the next page waits for its request (see GraphSource.pages)
         if high_water is not None:
             self.store.prune_seen(tenant.tenant_id, high_water - overlap)
 
-    def _take_page(self, ref: TenantRef, source: str, page: Page, high_water: datetime | None,
+    def _take_page(self, ref: TenantRef, kind: SourceKind, page: Page, high_water: datetime | None,
                    result: TenantResult) -> datetime | None:
         """Queue one page in one transaction (the cursor with the window's last); the new high water."""
-        outcome = self._process_page(ref, source, page, result)
+        outcome = self._process_page(ref, kind, page, result)
         high_water = _later(high_water, outcome.high_water)
         if page.last:
             outcome.commit.cursor = high_water
@@ -225,10 +262,11 @@ class Forwarder:
             self.workers[name].wakeup.set()
         return high_water
 
-    def _process_page(self, ref: TenantRef, source: str, page: Page, result: TenantResult) -> _PageOutcome:
-        commit = PageCommit(tenant_id=ref.id, source=source)
+    def _process_page(self, ref: TenantRef, kind: SourceKind, page: Page, result: TenantResult) -> _PageOutcome:
+        commit = PageCommit(tenant_id=ref.id, source=kind.name)
         outcome = _PageOutcome(commit, None)
-        alerts = self._normalise_page(ref, self._not_seen(ref, page.alerts, outcome, result), commit)
+        fresh = self._not_seen(ref, page.alerts, outcome, result)
+        alerts = self._normalise_page(ref, self.mappings[kind.name], fresh, commit)
         result.read += len(alerts) + len(commit.dead)
         result.dead += len(commit.dead)
         versions = [(a.id, format_time(a.times.last_updated)) for a in alerts]
@@ -263,13 +301,14 @@ class Forwarder:
                 fresh.append(raw)
         return fresh
 
-    def _normalise_page(self, ref: TenantRef, raws: list[Any], commit: PageCommit) -> list[Alert]:
+    def _normalise_page(self, ref: TenantRef, mapping: Mapping, raws: list[Any], commit: PageCommit) -> list[Alert]:
         ingested = self.clock()
+        normalise, refusal = mapping.normalise, mapping.refusal
         alerts = []
         for raw in raws:
             try:
                 alerts.append(normalise(raw, ref, ingested))
-            except MappingError as err:
+            except refusal as err:
                 commit.dead.append(_dead_raw(ref, raw, f"normalise: {err}"))
             except Exception as err:  # noqa: BLE001 - a mapping bug must cost one alert, not the run
                 log.exception("tenant %s: mapping failed unexpectedly", ref.label)

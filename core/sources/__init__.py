@@ -1,26 +1,28 @@
-"""Alert sources: each yields pages of raw alerts for one tenant and one time window."""
+"""Alert sources: one module per source kind, the readers of their APIs, auth, and the
+incremental window (`incremental.py`).
+
+The registry below is the one list of source kinds. Adding one = its module here (a
+`SourceKind`, see `contract.py`), its entry in `KINDS`, its mapping in `mappings/`, and tests.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, AsyncGenerator, Protocol
+from core.sources import graph_alerts
+from core.sources.contract import (
+    AlertSource,
+    LiveContext,
+    Page,
+    Permission,
+    SourceError,
+    SourceKind,
+    VersionKey,
+    lazy_reader,
+)
 
+KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (graph_alerts.KIND,)}
+# What a tenant reads when its config names no `sources`.
+DEFAULT_SOURCES: tuple[str, ...] = (graph_alerts.KIND.name,)
 
-@dataclass(frozen=True)
-class Page:
-    alerts: list[Any]  # raw alert objects as the API sent them (not yet validated)
-    last: bool  # no page follows in this window: the cursor may advance with it
-
-
-class SourceError(Exception):
-    """The window could not be read to its end; what was committed stays, the cursor does not move."""
-
-
-class AlertSource(Protocol):
-    name: str
-
-    def pages(self, since: datetime) -> AsyncGenerator[Page, None]: ...
-
-    async def probe(self) -> str:
-        """For `check`: authenticate and read one alert; return what was found."""
-        ...
+__all__ = [
+    "DEFAULT_SOURCES", "KINDS", "AlertSource", "LiveContext", "Page", "Permission", "SourceError", "SourceKind",
+    "VersionKey", "lazy_reader",
+]

@@ -50,7 +50,7 @@ class Cloud:
     graph: str
 
 
-# GCC uses the commercial endpoints; GCC High and DoD have their own (defender-source.md §0.9).
+# GCC uses the commercial endpoints; GCC High and DoD have their own login and Graph hosts.
 CLOUDS: dict[str, Cloud] = {
     "public": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
     "gcc": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
@@ -113,10 +113,12 @@ def _remedies(app_name: str, app: AppSettings, label: str, tenant_id: str) -> di
     }
 
 
-def graph_refusal(status: int, app: AppSettings, tenant_id: str) -> TenantAuthError:
+def graph_refusal(status: int, app: AppSettings, tenant_id: str, permission: str) -> TenantAuthError:
+    """Graph's 401 (after a fresh token) or 403, for a source kind that needs the application
+    permission `permission`."""
     if status == 403:
         return TenantAuthError(
-            "Graph refused access (403): the app lacks the SecurityAlert.Read.All application permission here",
+            f"Graph refused access (403): the app lacks the {permission} application permission here",
             f"add the permission to app {app.client_id} and have the customer consent again: "
             f"{consent_url(app, tenant_id)}",
         )

@@ -1,4 +1,5 @@
-"""Microsoft Graph `GET /v1.0/security/alerts_v2`, read incrementally for one tenant.
+"""A Microsoft Graph collection (a source kind's path, e.g. `/v1.0/security/alerts_v2`), read
+incrementally for one tenant: `$filter=<time property> ge <start>`, `@odata.nextLink` followed.
 
 Status table (one place decides what every response means):
   200            page; a body that is not JSON is retried (a truncated response)
@@ -16,16 +17,14 @@ from datetime import datetime, timezone
 from typing import Any, AsyncGenerator
 
 import httpx
-from aiolimiter import AsyncLimiter
 
 from core.model import jsonutil
-from core.model.durations import BACKOFF_BASE, backoff_delay
-from core.sources import Page, SourceError
-from core.sources.auth import AppSettings, TokenProvider, graph_refusal
+from core.model.durations import backoff_delay
+from core.sources.auth import endpoints, graph_refusal
+from core.sources.contract import LiveContext, Page, SourceError, SourceKind
 
 log = logging.getLogger("defender_forwarder.graph")
 
-ALERTS_PATH = "/v1.0/security/alerts_v2"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ATTEMPTS = 8
 # The longest a Retry-After may hold a tenant's window: a date from a server whose clock runs
@@ -52,41 +51,30 @@ def retry_after(response: httpx.Response) -> float | None:
     return min(max(0.0, (moment - datetime.now(timezone.utc)).total_seconds()), RETRY_AFTER_CAP)
 
 
-class GraphAlertsSource:
-    name = "graph_alerts"
+class GraphSource:
+    """The Graph collection of `kind` in one tenant, under the bounds of `context`."""
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        graph_endpoint: str,
-        tokens: TokenProvider,
-        app: AppSettings,
-        tenant_id: str,
-        limiter: AsyncLimiter,
-        concurrency: asyncio.Semaphore,
-        page_slots: asyncio.Semaphore,
-        page_size: int,
-        max_pages: int,
-        backoff_base: float = BACKOFF_BASE,
-    ) -> None:
-        self.client, self.graph_endpoint, self.tokens = client, graph_endpoint, tokens
-        self.app, self.tenant_id = app, tenant_id
-        self.limiter, self.concurrency, self.page_slots = limiter, concurrency, page_slots
-        self.page_size, self.max_pages = page_size, max_pages
-        self.backoff_base = backoff_base
+    def __init__(self, kind: SourceKind, context: LiveContext) -> None:
+        self.kind = kind
+        self.client, self.tokens, self.app = context.client, context.tokens, context.app
+        self.graph_endpoint = endpoints(context.app).graph
+        self.tenant_id = context.tenant_id
+        self.limiter, self.concurrency, self.page_slots = context.limiter, context.concurrency, context.page_slots
+        self.page_size, self.max_pages = context.page_size, context.max_pages
+        self.backoff_base = context.backoff_base
         self.requests = 0
 
     def first_url(self, since: datetime) -> str:
         stamp = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        query = httpx.QueryParams({"$filter": f"lastUpdateDateTime ge {stamp}", "$top": str(self.page_size)})
-        return f"{self.graph_endpoint}{ALERTS_PATH}?{query}"
+        query = httpx.QueryParams({"$filter": f"{self.kind.time_property} ge {stamp}", "$top": str(self.page_size)})
+        return f"{self.graph_endpoint}{self.kind.path}?{query}"
 
     async def probe(self) -> str:
         query = httpx.QueryParams({"$top": "1"})
-        body = await self._get_page(f"{self.graph_endpoint}{ALERTS_PATH}?{query}")
+        body = await self._get_page(f"{self.graph_endpoint}{self.kind.path}?{query}")
         self.page_slots.release()
         newest = _page_values(body)[:1]
-        seen = newest[0].get("lastUpdateDateTime", "?") if newest and isinstance(newest[0], dict) else None
+        seen = newest[0].get(self.kind.time_property, "?") if newest and isinstance(newest[0], dict) else None
         return f"token ok; read {len(newest)} alert" + (f" (last updated {seen})" if seen else "")
 
     async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
@@ -132,7 +120,7 @@ class GraphAlertsSource:
             elif response.status_code == 401 and not refreshed:
                 token, refreshed = await self._token(refresh=True), True
             elif response.status_code in (401, 403):
-                raise graph_refusal(response.status_code, self.app, self.tenant_id)
+                raise graph_refusal(response.status_code, self.app, self.tenant_id, self.kind.permission.name)
             elif response.status_code in RETRY_STATUSES:
                 await asyncio.sleep(retry_after(response) or backoff_delay(attempt, self.backoff_base))
             else:

@@ -1,8 +1,8 @@
-"""Saved Graph responses replayed as if the API served them (demo, tests, air-gapped trials).
+"""Saved API responses replayed as if the API served them (demo, tests, air-gapped trials).
 
 The folder holds list responses (`{"value": [...]}`) in files read in name order. The
-source applies the same `lastUpdateDateTime ge <since>` filter Graph would, so cursors,
-overlap and dedupe behave exactly as they do against the live API.
+reader applies the same `<time property> ge <since>` filter the API would, on the kind's time
+property, so cursors, overlap and dedupe behave exactly as they do against the live API.
 """
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any, AsyncGenerator
 
 from core.model import jsonutil
-from core.sources import Page, SourceError
+from core.sources.contract import Page, SourceError, SourceKind
 
 
 class ReplaySource:
-    name = "graph_alerts"
-
-    def __init__(self, folder: str, page_size: int) -> None:
+    def __init__(self, kind: SourceKind, folder: str, page_size: int) -> None:
+        self.kind = kind
         self.folder = Path(folder)
         self.page_size = page_size
 
     async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
-        matching = [alert for alert in self._all_alerts() if _not_before(alert, since)]
+        time_property = self.kind.time_property
+        matching = [record for record in self._all_records() if _not_before(record, time_property, since)]
         if not matching:
             yield Page(alerts=[], last=True)
             return
@@ -31,12 +31,12 @@ class ReplaySource:
             yield Page(alerts=chunk, last=start + self.page_size >= len(matching))
 
     async def probe(self) -> str:
-        return f"replay folder {self.folder}: {len(self._all_alerts())} alerts"
+        return f"replay folder {self.folder}: {len(self._all_records())} alerts"
 
-    def _all_alerts(self) -> list[Any]:
+    def _all_records(self) -> list[Any]:
         if not self.folder.is_dir():
             raise SourceError(f"replay folder {self.folder} does not exist")
-        alerts: list[Any] = []
+        records: list[Any] = []
         for path in sorted(self.folder.glob("*.json")):
             try:
                 body = jsonutil.loads(path.read_bytes())
@@ -45,13 +45,13 @@ class ReplaySource:
             values = body.get("value") if isinstance(body, dict) else None
             if not isinstance(values, list):
                 raise SourceError(f"{path}: not a Graph list response (no 'value' list)")
-            alerts.extend(values)
-        return alerts
+            records.extend(values)
+        return records
 
 
-def _not_before(alert: Any, since: datetime) -> bool:
-    """Graph's `ge` filter; an alert whose time cannot be read is passed on to be dead-lettered."""
-    stamp = alert.get("lastUpdateDateTime") if isinstance(alert, dict) else None
+def _not_before(record: Any, time_property: str, since: datetime) -> bool:
+    """The API's `ge` filter; a record whose time cannot be read is passed on to be dead-lettered."""
+    stamp = record.get(time_property) if isinstance(record, dict) else None
     try:
         moment = datetime.fromisoformat(str(stamp))
     except ValueError:
