@@ -27,15 +27,14 @@ from core.app.config import SINK_MODULES, Config, RouteSettings, TenantSettings,
 from core.delivery import SinkWorker
 from core.model import jsonutil
 from core.model.schema import Alert, EventMeta, TenantRef
-from core.model.times import format_time
 from core.sources import KINDS, AlertSource, LiveContext, Page, SourceError, SourceKind
 from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, http_session
 from core.sources.graph import PAGES_IN_MEMORY
+from core.sources.incremental import Window, window_start
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
 from mappings import Encoder, encoder
-from mappings.graph_alerts_v2 import version_of
 
 log = logging.getLogger("defender_forwarder.pipeline")
 
@@ -64,7 +63,6 @@ class TenantResult:
 @dataclass
 class _PageOutcome:
     commit: PageCommit
-    high_water: datetime | None
     sinks: set[str] = field(default_factory=set)
 
 
@@ -231,75 +229,55 @@ class Forwarder:
         sinks = self.sinks_for(label)
         kind = reader.kind
         cursor = self.store.cursor(tenant.tenant_id, kind.name)
-        overlap = timedelta(seconds=self.settings.overlap)
-        if since is None:
-            since = cursor - overlap if cursor else self.clock() - timedelta(seconds=self.settings.initial_lookback)
-        high_water = cursor
+        overlap, lookback = timedelta(seconds=self.settings.overlap), timedelta(seconds=self.settings.initial_lookback)
+        window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap)
+        start = window_start(cursor, overlap=overlap, initial_lookback=lookback, now=self.clock, since=since)
         ref = TenantRef(id=tenant.tenant_id, label=label)
         # aclosing: a window left early (backpressure, an error) gives its page slot back now.
-        async with aclosing(reader.pages(since)) as pages:
+        async with aclosing(reader.pages(start)) as pages:
             async for page in pages:
                 if self._backpressured(sinks):
                     result.paused = True
                     log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
                     return
-                high_water = self._take_page(ref, kind, page, high_water, result)
+                self._take_page(ref, kind, window, page, result)
                 del page  # not kept while the next page waits for its request (see GraphSource.pages)
-        if high_water is not None:
-            self.store.prune_seen(tenant.tenant_id, high_water - overlap)
+        horizon = window.prune_before()
+        if horizon is not None:
+            self.store.prune_seen(tenant.tenant_id, horizon)
 
-    def _take_page(self, ref: TenantRef, kind: SourceKind, page: Page, high_water: datetime | None,
-                   result: TenantResult) -> datetime | None:
-        """Queue one page in one transaction (the cursor with the window's last); the new high water."""
-        outcome = self._process_page(ref, kind, page, result)
-        high_water = _later(high_water, outcome.high_water)
-        if page.last:
-            outcome.commit.cursor = high_water
+    def _take_page(self, ref: TenantRef, kind: SourceKind, window: Window, page: Page, result: TenantResult) -> None:
+        """Queue one page in one transaction (the cursor with the window's last page)."""
+        outcome = self._process_page(ref, kind, window, page, result)
+        outcome.commit.cursor = window.end_page(page.last)
         self.store.commit_page(outcome.commit)
         if self.on_page is not None:
             self.on_page(ref.label, len(page.alerts))
         for name in outcome.sinks:
             self.workers[name].wakeup.set()
-        return high_water
 
-    def _process_page(self, ref: TenantRef, kind: SourceKind, page: Page, result: TenantResult) -> _PageOutcome:
+    def _process_page(self, ref: TenantRef, kind: SourceKind, window: Window, page: Page,
+                      result: TenantResult) -> _PageOutcome:
         commit = PageCommit(tenant_id=ref.id, source=kind.name)
-        outcome = _PageOutcome(commit, None)
-        fresh = self._not_seen(ref, page.alerts, outcome, result)
+        outcome = _PageOutcome(commit)
+        # Every cycle re-reads the overlap, which in steady state is most of what is read:
+        # skipping the versions seen before, unnormalised, saves most of a cycle's CPU.
+        fresh, skipped = window.skip_seen(page.alerts)
         alerts = self._normalise_page(ref, self.mappings[kind.name], fresh, commit)
-        result.read += len(alerts) + len(commit.dead)
+        result.read += skipped + len(alerts) + len(commit.dead)
+        result.duplicates += skipped
         result.dead += len(commit.dead)
-        versions = [(a.id, format_time(a.times.last_updated)) for a in alerts]
-        unseen = self.store.unseen(ref.id, versions)
-        known = self.store.known(ref.id, [alert_id for alert_id, _ in unseen])
+        versions = window.new_versions([(a.id, a.times.last_updated) for a in alerts])
+        known = self.store.known(ref.id, [version[0] for version in versions if version is not None])
         for alert, version in zip(alerts, versions, strict=True):
-            outcome.high_water = _later(outcome.high_water, alert.times.last_updated)
-            if version not in unseen:
+            if version is None:
                 result.duplicates += 1
                 continue
-            unseen.discard(version)  # the same version twice in one page is one version
             commit.seen.append(version)
             alert.first_sight = alert.id not in known
             known.add(alert.id)
             self._route(alert, commit, outcome, result)
         return outcome
-
-    def _not_seen(self, ref: TenantRef, raws: list[Any], outcome: _PageOutcome, result: TenantResult) -> list[Any]:
-        """The raw alerts whose version was not queued before. Every cycle re-reads the overlap
-        window, which in steady state is most of what is read: skipping those versions before
-        normalising them saves most of a cycle's CPU. An alert this cannot judge stays in."""
-        versions = {position: found for position, raw in enumerate(raws) if (found := version_of(raw)) is not None}
-        keys = {position: (alert_id, format_time(moment)) for position, (alert_id, moment) in versions.items()}
-        unseen = self.store.unseen(ref.id, list(keys.values()))
-        fresh = []
-        for position, raw in enumerate(raws):
-            if position in keys and keys[position] not in unseen:
-                result.read += 1
-                result.duplicates += 1
-                outcome.high_water = _later(outcome.high_water, versions[position][1])
-            else:
-                fresh.append(raw)
-        return fresh
 
     def _normalise_page(self, ref: TenantRef, mapping: Mapping, raws: list[Any], commit: PageCommit) -> list[Alert]:
         ingested = self.clock()
@@ -398,12 +376,6 @@ def encode_for_sinks(
             failures.append(DeadLetter("encode", sink, alert.tenant.id, alert.version_key,
                                        jsonutil.dumps_for_keeping(alert.raw), body[:2000]))
     return queued, failures
-
-
-def _later(a: datetime | None, b: datetime | None) -> datetime | None:
-    if a is None or b is None:
-        return a or b
-    return max(a, b)
 
 
 def _dead_raw(ref: TenantRef, raw: Any, reason: str) -> DeadLetter:

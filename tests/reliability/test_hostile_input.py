@@ -31,9 +31,11 @@ from typing import Any
 import pytest
 
 from core.model.schema import TenantRef
+from core.sources import graph_alerts
+from core.sources.incremental import version_reader
 from core.state.sqlite import SQLiteStore
 from mappings import cef as cef_mapping
-from mappings.graph_alerts_v2 import MappingError, normalise, version_of
+from mappings.graph_alerts_v2 import MappingError, normalise
 from tests import cef_parser
 from tests.helpers import run_cli, write_config
 from tests.reliability import make_hostile_corpus as corpus_module
@@ -85,11 +87,13 @@ def test_corpus_is_current_and_large_enough() -> None:
 
 
 def test_the_cheap_version_read_agrees_with_normalise_on_every_hostile_alert() -> None:
-    """The pipeline skips versions it has queued before by `version_of`, without normalising:
-    where `normalise` takes an alert, both must read the same version, or an alert would be
-    skipped as a duplicate of another; where it cannot judge, it must say so (None), not crash."""
+    """The incremental window skips versions queued before by reading them with the kind's
+    version key, without normalising: where `normalise` takes an alert, both must read the same
+    version, or an alert would be skipped as a duplicate of another; where it cannot judge, it
+    must say so (None), not crash."""
     lines, _ = _load_corpus()
     tenant = TenantRef(id=TENANT, label="hostile")
+    version_of = version_reader(graph_alerts.KIND.version)
     agreed = 0
     for line in lines:
         value = json.loads(line)

@@ -1,0 +1,135 @@
+"""The incremental window of one (tenant, source kind), in one place.
+
+A window reads every record whose time (the kind's `version.time`) is at or after its start,
+a closed start: `time ge start`, so a record stamped exactly at the start is read.
+
+- Start: backfill's `since` when given; else the cursor minus the overlap, so that records
+  the API indexed late (stamped before the cursor, visible only after it) are read again;
+  else, on a tenant's first read, now minus the initial lookback.
+- Versions: a record's (id, time), read by the kind's version key. One already seen is a
+  duplicate (the overlap re-reads most of a window in steady state); a later time is an
+  update, a new version. The same version twice in one page is one version.
+- Seen check before normalising: a cheap read of (id, time) from the raw record skips the
+  versions seen before at a small part of normalising's cost. A record it cannot judge goes
+  on to be normalised (which dead-letters it or reads its version), never skipped.
+- Cursor: the window's high-water mark, the largest time read (seen or new). It is committed
+  with the window's last page only: the API does not promise page order, so a window broken
+  off mid-way is read again whole, and the seen-marks drop what was queued already.
+- Pruning: a seen-mark older than the high-water mark minus the overlap can go, since no
+  later window starts below it (a backfill re-reads history on purpose).
+
+The seen-marks live in the state store; sources may not import it, so the window asks
+through `SeenVersions`, which `core.state.sqlite.SQLiteStore` satisfies.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from core.model.checks import InvalidValue, check_record_id
+from core.model.times import format_time, parse_timestamp
+from core.sources.contract import VersionKey
+
+# (record id, time as the state writes it): how a version is stored and compared.
+Version = tuple[str, str]
+Clock = Callable[[], datetime]
+
+
+class SeenVersions(Protocol):
+    def unseen(self, tenant_id: str, versions: list[Version]) -> set[Version]:
+        """Those of `versions` not marked seen for the tenant."""
+        ...
+
+
+def window_start(cursor: datetime | None, *, overlap: timedelta, initial_lookback: timedelta, now: Clock,
+                 since: datetime | None = None) -> datetime:
+    """Where a window starts (closed): `since` (backfill), else cursor - overlap, else now - initial_lookback."""
+    if since is not None:
+        return since
+    if cursor is not None:
+        return cursor - overlap
+    return now() - initial_lookback
+
+
+def version_reader(key: VersionKey) -> Callable[[Any], tuple[str, datetime] | None]:
+    """A function reading a raw record's version (id, time) by `key`, as a mapping reads them,
+    or None where only the mapping can tell what is wrong. It runs on every record read."""
+    id_property, time_property = key.id, key.time
+
+    def read(record: Any) -> tuple[str, datetime] | None:
+        if record.__class__ is not dict:
+            return None
+        record_id, sent = record.get(id_property), record.get(time_property)
+        if record_id.__class__ is not str or not record_id or sent is None:
+            return None
+        try:
+            check_record_id(record_id)
+            return record_id, parse_timestamp(sent)
+        except InvalidValue:
+            return None
+
+    return read
+
+
+class Window:
+    """One read of one tenant's records of one kind, page after page, from its start to its
+    last page. The caller commits each page with the seen-marks of `new_versions` and the
+    cursor of `end_page`, in one transaction."""
+
+    def __init__(self, tenant_id: str, key: VersionKey, seen: SeenVersions, *, cursor: datetime | None,
+                 overlap: timedelta) -> None:
+        self.tenant_id = tenant_id
+        self._seen = seen
+        self._read_version = version_reader(key)
+        self._overlap = overlap
+        # Starts at the cursor: a window that reads nothing leaves the cursor where it was.
+        self.high_water = cursor
+
+    def skip_seen(self, records: list[Any]) -> tuple[list[Any], int]:
+        """The records of a page whose version was not seen before (in page order), and how many
+        were skipped as seen. A skipped version still counts for the high-water mark."""
+        read = self._read_version
+        versions = {position: found for position, record in enumerate(records) if (found := read(record)) is not None}
+        keys = {position: (record_id, format_time(moment)) for position, (record_id, moment) in versions.items()}
+        unseen = self._seen.unseen(self.tenant_id, list(keys.values()))
+        fresh: list[Any] = []
+        seen_times: list[datetime] = []
+        for position, record in enumerate(records):
+            key = keys.get(position)
+            if key is not None and key not in unseen:
+                seen_times.append(versions[position][1])
+            else:
+                fresh.append(record)
+        if seen_times:
+            self._raise_high_water(max(seen_times))
+        return fresh, len(seen_times)
+
+    def new_versions(self, versions: Sequence[tuple[str, datetime]]) -> list[Version | None]:
+        """For each normalised record's (id, time), in order: its version as the state stores it
+        when it is new, or None when it is a duplicate (seen before, or earlier in this page)."""
+        keys = [(record_id, format_time(moment)) for record_id, moment in versions]
+        unseen = self._seen.unseen(self.tenant_id, keys)
+        if versions:
+            self._raise_high_water(max(moment for _, moment in versions))
+        new: list[Version | None] = []
+        for key in keys:
+            if key in unseen:
+                unseen.discard(key)  # the same version twice in one page is one version
+                new.append(key)
+            else:
+                new.append(None)
+        return new
+
+    def end_page(self, last: bool) -> datetime | None:
+        """The cursor to commit with this page: the high-water mark on the window's last page,
+        else None (the cursor stays)."""
+        return self.high_water if last else None
+
+    def prune_before(self) -> datetime | None:
+        """Once the window is read to its end: seen-marks older than this may go."""
+        return None if self.high_water is None else self.high_water - self._overlap
+
+    def _raise_high_water(self, moment: datetime) -> None:
+        if self.high_water is None or moment > self.high_water:
+            self.high_water = moment
