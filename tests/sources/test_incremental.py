@@ -1,0 +1,262 @@
+"""The incremental window (core/sources/incremental.py), against the real state store.
+
+A closed start; the overlap re-read and its duplicates skipped; dedupe on the version key (the
+same version again is a duplicate, an update a new version, the same version twice in a page
+one); the cursor that moves with a window's last page only, never back; backfill's `since`;
+the prune horizon. The seen-marks are the SQLite store's, as the pipeline commits them.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import pytest
+
+from core.sources import graph_alerts
+from core.sources.contract import VersionKey
+from core.sources.incremental import SeenVersions, Version, Window, version_reader, window_start
+from core.sources.replay import ReplaySource
+from core.state import PageCommit
+from core.state.sqlite import SQLiteStore
+from tests.helpers import write_replay
+
+TENANT = "22222222-2222-4222-8222-222222222222"
+KIND = graph_alerts.KIND
+T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
+OVERLAP = timedelta(minutes=15)
+LOOKBACK = timedelta(days=1)
+
+
+def stamp(moment: datetime) -> str:
+    """Graph's own spelling: seven fraction digits and a Z."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+
+
+def record(record_id: str, moment: datetime, **extra: Any) -> dict[str, Any]:
+    return {"id": record_id, "lastUpdateDateTime": stamp(moment), **extra}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "state.db")
+    yield store
+    store.close()
+
+
+def open_window(store: SQLiteStore, since: datetime | None = None) -> tuple[Window, datetime]:
+    """A window from the stored cursor, as the pipeline opens one."""
+    cursor = store.cursor(TENANT, KIND.name)
+    seen: SeenVersions = store  # the store is the window's SeenVersions as it is
+    window = Window(TENANT, KIND.version, seen, cursor=cursor, overlap=OVERLAP)
+    return window, window_start(cursor, overlap=OVERLAP, initial_lookback=LOOKBACK, now=lambda: T0, since=since)
+
+
+def take_page(store: SQLiteStore, window: Window, records: list[Any], last: bool) -> tuple[list[Version], int]:
+    """One page through the window (the records being their own normalised form here), committed
+    as the pipeline commits it; the new versions and how many were skipped unnormalised."""
+    fresh, skipped = window.skip_seen(records)
+    read = version_reader(KIND.version)
+    versions = window.new_versions([found for found in map(read, fresh) if found is not None])
+    new = [version for version in versions if version is not None]
+    store.commit_page(PageCommit(TENANT, KIND.name, seen=new, cursor=window.end_page(last)))
+    return new, skipped
+
+
+def run_window(store: SQLiteStore, pages: list[list[Any]], since: datetime | None = None) -> list[Version]:
+    window, _ = open_window(store, since)
+    new: list[Version] = []
+    for number, records in enumerate(pages, start=1):
+        new += take_page(store, window, records, last=number == len(pages))[0]
+    horizon = window.prune_before()
+    if horizon is not None:
+        store.prune_seen(TENANT, horizon)
+    return new
+
+
+# ---------------------------------------------------------------- where a window starts
+
+def test_first_window_starts_initial_lookback_ago() -> None:
+    assert window_start(None, overlap=OVERLAP, initial_lookback=LOOKBACK, now=lambda: T0) == T0 - LOOKBACK
+
+
+def test_next_windows_start_one_overlap_before_the_cursor() -> None:
+    def no_clock() -> datetime:
+        raise AssertionError("a window with a cursor does not ask the clock")
+
+    assert window_start(T0, overlap=OVERLAP, initial_lookback=LOOKBACK, now=no_clock) == T0 - OVERLAP
+
+
+def test_backfill_starts_at_since_whatever_the_cursor() -> None:
+    since = datetime(2026, 10, 1, tzinfo=UTC)
+    assert window_start(T0, overlap=OVERLAP, initial_lookback=LOOKBACK, now=lambda: T0, since=since) == since
+    assert window_start(None, overlap=OVERLAP, initial_lookback=LOOKBACK, now=lambda: T0, since=since) == since
+
+
+def test_the_start_is_closed(tmp_path: Path) -> None:
+    """A record stamped exactly at the start is read; one a microsecond before is not."""
+    start = T0 - OVERLAP
+    folder = write_replay(tmp_path / "replay", [[
+        record("before", start - timedelta(microseconds=1)), record("at", start), record("after", T0)]])
+
+    async def read() -> list[str]:
+        return [r["id"] async for page in ReplaySource(KIND, str(folder), 10).pages(start) for r in page.alerts]
+
+    assert asyncio.run(read()) == ["at", "after"]
+
+
+# ---------------------------------------------------------------- overlap and dedupe
+
+def test_the_overlap_is_read_again_and_what_it_holds_is_not_new(store: SQLiteStore) -> None:
+    first = [record("a", T0 - timedelta(minutes=10)), record("b", T0 - timedelta(minutes=5))]
+    assert [v[0] for v in run_window(store, [first])] == ["a", "b"]
+    assert store.cursor(TENANT, KIND.name) == T0 - timedelta(minutes=5)
+    window, start = open_window(store)
+    assert start == T0 - timedelta(minutes=20)  # both fall in the overlap: read again
+    late = record("late", T0 - timedelta(minutes=7))  # indexed late, stamped before the cursor
+    new, skipped = take_page(store, window, [*first, late, record("c", T0 - timedelta(minutes=1))], last=True)
+    assert ([v[0] for v in new], skipped) == (["late", "c"], 2)
+    assert store.cursor(TENANT, KIND.name) == T0 - timedelta(minutes=1)
+
+
+def test_the_same_version_again_is_a_duplicate_and_an_update_a_new_version(store: SQLiteStore) -> None:
+    run_window(store, [[record("a", T0 - timedelta(minutes=3))]])
+    window, _ = open_window(store)
+    again, update = record("a", T0 - timedelta(minutes=3)), record("a", T0 - timedelta(minutes=1), status="resolved")
+    fresh, skipped = window.skip_seen([again, update])
+    assert (fresh, skipped) == ([update], 1)  # skipped before normalising
+    assert window.new_versions([("a", T0 - timedelta(minutes=3)), ("a", T0 - timedelta(minutes=1))]) == [
+        None, ("a", "2026-11-20T11:59:00.000000Z")]  # and after normalising, should it get that far
+
+
+def test_the_same_version_twice_in_one_page_is_one(store: SQLiteStore) -> None:
+    window, _ = open_window(store)
+    twice = [record("a", T0), record("b", T0), record("a", T0)]
+    fresh, skipped = window.skip_seen(twice)
+    assert (len(fresh), skipped) == (3, 0)  # none seen before: the dedupe after normalising decides
+    assert window.new_versions([("a", T0), ("b", T0), ("a", T0)]) == [
+        ("a", "2026-11-20T12:00:00.000000Z"), ("b", "2026-11-20T12:00:00.000000Z"), None]
+
+
+def test_the_version_is_the_id_and_the_time_to_the_microsecond(store: SQLiteStore) -> None:
+    """Graph's 7th fraction digit is below what the state keeps: 100 ns apart is one version."""
+    run_window(store, [[{"id": "a", "lastUpdateDateTime": "2026-11-20T11:59:00.1234561Z"}]])
+    window, _ = open_window(store)
+    _, skipped = window.skip_seen([{"id": "a", "lastUpdateDateTime": "2026-11-20T11:59:00.1234569Z"},
+                                   {"id": "a", "lastUpdateDateTime": "2026-11-20T11:59:00.1234571Z"},
+                                   {"id": "b", "lastUpdateDateTime": "2026-11-20T11:59:00.1234561Z"}])
+    assert skipped == 1
+
+
+def test_what_the_cheap_read_cannot_judge_goes_on_to_be_normalised(store: SQLiteStore) -> None:
+    run_window(store, [[record("a", T0)]])
+    window, _ = open_window(store)
+    at = stamp(T0)
+    unjudged = [["a"], {"id": "a"}, {"id": 7, "lastUpdateDateTime": at}, {"id": "", "lastUpdateDateTime": at},
+                {"id": " ", "lastUpdateDateTime": at}, {"id": "a\ud800", "lastUpdateDateTime": at},
+                {"id": "a", "lastUpdateDateTime": "soon"}, {"id": "a", "lastUpdateDateTime": 1.5}]
+    assert window.skip_seen([*unjudged, record("a", T0)]) == (unjudged, 1)
+
+
+# ---------------------------------------------------------------- the cursor
+
+def test_the_cursor_moves_only_with_the_windows_last_page_to_its_high_water(store: SQLiteStore) -> None:
+    """Pages come in no promised order: the newest record may be on the first page."""
+    window, _ = open_window(store)
+    take_page(store, window, [record("new", T0), record("x", T0 - timedelta(hours=3))], last=False)
+    assert store.cursor(TENANT, KIND.name) is None
+    take_page(store, window, [record("old", T0 - timedelta(hours=2))], last=True)
+    assert store.cursor(TENANT, KIND.name) == T0
+
+
+def test_a_window_broken_off_is_read_again_from_the_old_cursor(store: SQLiteStore) -> None:
+    run_window(store, [[record("a", T0 - timedelta(hours=1))]])
+    window, _ = open_window(store)
+    take_page(store, window, [record("b", T0)], last=False)  # then the read fails: no last page
+    window, start = open_window(store)
+    assert start == T0 - timedelta(hours=1) - OVERLAP
+    new, skipped = take_page(store, window, [record("b", T0), record("c", T0 - timedelta(minutes=30))], last=True)
+    assert ([v[0] for v in new], skipped) == (["c"], 1)  # b was queued by the broken window: not again
+    assert store.cursor(TENANT, KIND.name) == T0
+
+
+def test_a_high_water_from_seen_versions_counts_too(store: SQLiteStore) -> None:
+    """A page of nothing but duplicates still carries the window's high-water mark."""
+    window, _ = open_window(store)
+    take_page(store, window, [record("a", T0)], last=False)  # seen-marked, cursor not yet moved
+    window, _ = open_window(store)
+    assert take_page(store, window, [record("a", T0)], last=True)[1] == 1
+    assert store.cursor(TENANT, KIND.name) == T0
+
+
+def test_an_empty_window_leaves_the_cursor_where_it_was(store: SQLiteStore) -> None:
+    run_window(store, [[record("a", T0)]])
+    window, _ = open_window(store)
+    assert window.end_page(True) == T0
+    assert run_window(store, [[]]) == [] and store.cursor(TENANT, KIND.name) == T0
+    window, _ = open_window(store)
+    assert window.skip_seen([]) == ([], 0) and window.new_versions([]) == []
+
+
+def test_backfill_reads_from_since_and_the_cursor_never_goes_back(store: SQLiteStore) -> None:
+    run_window(store, [[record("a", T0)]])
+    since = T0 - timedelta(days=30)
+    window, start = open_window(store, since=since)
+    assert start == since
+    new, _ = take_page(store, window, [record("old", since + timedelta(days=1)), record("a", T0)], last=True)
+    assert [v[0] for v in new] == ["old"]
+    assert store.cursor(TENANT, KIND.name) == T0
+
+
+# ---------------------------------------------------------------- pruning
+
+def test_seen_marks_are_pruned_below_high_water_minus_overlap(store: SQLiteStore) -> None:
+    old, inside = record("old", T0 - timedelta(hours=2)), record("inside", T0 - timedelta(minutes=10))
+    run_window(store, [[old, inside, record("top", T0)]])
+    window, _ = open_window(store)
+    assert window.prune_before() == T0 - OVERLAP
+    # The overlap's seen-marks stay (the next window re-reads it); those below it went.
+    assert window.skip_seen([old, inside]) == ([old], 1)
+
+
+def test_nothing_is_pruned_before_anything_was_read(store: SQLiteStore) -> None:
+    window, _ = open_window(store)
+    assert window.prune_before() is None
+
+
+# ---------------------------------------------------------------- the version key
+
+def test_the_version_is_read_by_the_kinds_version_key() -> None:
+    """A kind whose records name their id and time otherwise (MDE's `lastUpdateTime`)."""
+    read = version_reader(VersionKey(id="id", time="lastUpdateTime"))
+    assert read({"id": "da1", "lastUpdateTime": "2026-11-20T12:00:00Z"}) == ("da1", T0)
+    assert read({"id": "da1", "lastUpdateDateTime": "2026-11-20T12:00:00Z"}) is None
+
+
+@pytest.fixture
+def deep_json() -> Iterator[None]:
+    """The hostile corpus has 1,010-level alerts, and building them recurses once per level."""
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, 10_000))
+    yield
+    sys.setrecursionlimit(previous)
+
+
+@pytest.mark.usefixtures("deep_json")
+def test_the_version_read_agrees_with_the_golden_snapshot_on_every_case() -> None:
+    """The snapshot keeps, per case of the fixed corpus (generated, hostile, demo), the version
+    the Graph mapping reads: the window's read must be the same, case by case."""
+    from tests.mappings import golden_formats
+
+    expected = {row["case"]: row["version_of"]
+                for row in map(orjson.loads, golden_formats.SNAPSHOT.read_bytes().splitlines())}
+    read = version_reader(KIND.version)
+    found = {}
+    for case, raw in golden_formats.corpus():
+        version = read(raw)
+        found[case] = None if version is None else [version[0], version[1].isoformat()]
+    assert found == expected
+    assert sum(version is None for version in found.values()) > 20  # the hostile cases are in
