@@ -30,7 +30,7 @@ from core.model.schema import Alert, EventMeta, TenantRef
 from core.sources import KINDS, AlertSource, LiveContext, Page, SourceError, SourceKind
 from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, http_session
 from core.sources.graph import PAGES_IN_MEMORY
-from core.sources.incremental import Window, window_start
+from core.sources.incremental import Window, prune_horizon, window_start
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
@@ -195,12 +195,15 @@ class Forwarder:
         tenant = self.config.tenants[label]
         result = TenantResult(label, tenant.tenant_id)
         readers = self.readers[label]
-        errors = []
+        errors: list[str] = []
+        windows: list[Window] = []  # those read to their end
         for name, reader in readers.items():
-            error = await self._poll_source(label, tenant, reader, result, since)
+            window, error = await self._poll_source(label, tenant, reader, result, since)
             if error is not None:
                 # One line per kind that failed; a tenant of one kind keeps the plain message.
                 errors.append(error if len(readers) == 1 else f"{name}: {error}")
+            if window is not None:
+                windows.append(window)
             if result.paused:
                 break
         result.error = "; ".join(errors) or None
@@ -208,24 +211,28 @@ class Forwarder:
             log.error("tenant %s: %s", label, result.error)
             self.store.record_error(tenant.tenant_id, label, result.error)
         elif not result.paused:
+            horizon = prune_horizon(windows)
+            if horizon is not None:
+                self.store.prune_seen(tenant.tenant_id, horizon)
             self.store.record_success(tenant.tenant_id, label, result.queued)
         return result
 
     async def _poll_source(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
-                           since: datetime | None) -> str | None:
-        """Read one window of one kind of one tenant into `result`; what failed, if anything."""
+                           since: datetime | None) -> tuple[Window | None, str | None]:
+        """Read one window of one kind of one tenant into `result`: the window if it was read to
+        its end, and what failed, if anything."""
         try:
-            await self._read_window(label, tenant, reader, result, since)
+            return await self._read_window(label, tenant, reader, result, since), None
         except TenantAuthError as err:
-            return str(err)
+            return None, str(err)
         except (SourceError, TransientAuthError) as err:
-            return f"{err} (will retry next cycle)"
+            return None, f"{err} (will retry next cycle)"
         except httpx.HTTPError as err:
-            return f"{type(err).__name__} talking to Graph (will retry next cycle)"
-        return None
+            return None, f"{type(err).__name__} talking to Graph (will retry next cycle)"
 
     async def _read_window(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
-                           since: datetime | None) -> None:
+                           since: datetime | None) -> Window | None:
+        """Read one window to its end and return it; None if an outbox is full (`result.paused`)."""
         sinks = self.sinks_for(label)
         kind = reader.kind
         cursor = self.store.cursor(tenant.tenant_id, kind.name)
@@ -239,12 +246,10 @@ class Forwarder:
                 if self._backpressured(sinks):
                     result.paused = True
                     log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
-                    return
+                    return None
                 self._take_page(ref, kind, window, page, result)
                 del page  # not kept while the next page waits for its request (see GraphSource.pages)
-        horizon = window.prune_before()
-        if horizon is not None:
-            self.store.prune_seen(tenant.tenant_id, horizon)
+        return window
 
     def _take_page(self, ref: TenantRef, kind: SourceKind, window: Window, page: Page, result: TenantResult) -> None:
         """Queue one page in one transaction (the cursor with the window's last page)."""

@@ -16,14 +16,16 @@ a closed start: `time ge start`, so a record stamped exactly at the start is rea
   with the window's last page only: the API does not promise page order, so a window broken
   off mid-way is read again whole, and the seen-marks drop what was queued already.
 - Pruning: a seen-mark older than the high-water mark minus the overlap can go, since no
-  later window starts below it (a backfill re-reads history on purpose).
+  later window starts below it (a backfill re-reads history on purpose). A tenant's seen-marks
+  are one set for all its kinds (the state keys them by tenant, record id and time), so a
+  tenant's horizon is the lowest of its kinds' (`prune_horizon`).
 
 The seen-marks live in the state store; sources may not import it, so the window asks
 through `SeenVersions`, which `core.state.sqlite.SQLiteStore` satisfies.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -38,7 +40,7 @@ Clock = Callable[[], datetime]
 
 class SeenVersions(Protocol):
     def unseen(self, tenant_id: str, versions: list[Version]) -> set[Version]:
-        """Those of `versions` not marked seen for the tenant."""
+        """Those of `versions` not marked seen for the tenant (whatever the kind that marked them)."""
         ...
 
 
@@ -127,9 +129,18 @@ class Window:
         return self.high_water if last else None
 
     def prune_before(self) -> datetime | None:
-        """Once the window is read to its end: seen-marks older than this may go."""
+        """Once the window is read to its end: where the next window of its kind starts at the
+        latest, so that its seen-marks older than this may go. None when it has no cursor."""
         return None if self.high_water is None else self.high_water - self._overlap
 
     def _raise_high_water(self, moment: datetime) -> None:
         if self.high_water is None or moment > self.high_water:
             self.high_water = moment
+
+
+def prune_horizon(windows: Iterable[Window]) -> datetime | None:
+    """Once every kind's window of a tenant was read to its end: the tenant's seen-marks older
+    than this may go. The lowest of the windows' `prune_before`, since the seen-marks of all the
+    tenant's kinds are one set; a kind without a cursor has none of its own to keep."""
+    horizons = [horizon for window in windows if (horizon := window.prune_before()) is not None]
+    return min(horizons, default=None)

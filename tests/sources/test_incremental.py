@@ -18,7 +18,7 @@ import pytest
 
 from core.sources import graph_alerts
 from core.sources.contract import VersionKey
-from core.sources.incremental import SeenVersions, Version, Window, version_reader, window_start
+from core.sources.incremental import SeenVersions, Version, Window, prune_horizon, version_reader, window_start
 from core.sources.replay import ReplaySource
 from core.state import PageCommit
 from core.state.sqlite import SQLiteStore
@@ -225,6 +225,17 @@ def test_seen_marks_are_pruned_below_high_water_minus_overlap(store: SQLiteStore
 def test_nothing_is_pruned_before_anything_was_read(store: SQLiteStore) -> None:
     window, _ = open_window(store)
     assert window.prune_before() is None
+    assert prune_horizon([window]) is None and prune_horizon([]) is None
+
+
+def test_a_tenants_horizon_is_the_lowest_of_its_kinds(store: SQLiteStore) -> None:
+    """The seen-marks of a tenant are one set for all its kinds: one kind's window may not prune
+    what the next window of another, further behind, reads again."""
+    ahead = Window(TENANT, KIND.version, store, cursor=T0, overlap=OVERLAP)
+    behind = Window(TENANT, KIND.version, store, cursor=T0 - timedelta(hours=2), overlap=OVERLAP)
+    never_read = Window(TENANT, KIND.version, store, cursor=None, overlap=OVERLAP)
+    assert prune_horizon([ahead, never_read, behind]) == T0 - timedelta(hours=2) - OVERLAP
+    assert prune_horizon([ahead]) == ahead.prune_before() == T0 - OVERLAP
 
 
 # ---------------------------------------------------------------- the version key
