@@ -286,9 +286,10 @@ def cited_files() -> list[Path]:
 @pytest.mark.parametrize("path", [pytest.param(p, id=_rel(p)) for p in cited_files()])
 def test_nothing_cites_a_document_outside_the_repository(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    cited = [f"{_rel(path)}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if CITATION.search(line)]
+    lines = text.splitlines()
+    cited = [f"{_rel(path)}:{n}: {line.strip()}" for n, line in enumerate(lines, 1) if CITATION.search(line)]
     names = {p.name for p in REPO.rglob("*.md") if ".venv" not in p.parts}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         for name in re.findall(r"(?<![\w/.-])([\w-]+\.md)\b", line):
             if name not in names:
                 cited.append(f"{_rel(path)}:{number}: {name} is not in the repository")
@@ -435,7 +436,8 @@ def test_formats_are_the_configurations(monkeypatch: pytest.MonkeyPatch) -> None
     (convert,) = re.findall(r"convert --source graph --format ([\w|]+)", readme)
     assert sorted(convert.split("|")) == sorted(formats())
     # `alert`, the common schema, is a format too, though the error lists only the SIEM formats.
-    data = {"tenants": {"t": {"tenant_id": TENANT_ID, "replay": "x"}}, "sinks": {"s": {"type": "stdout", "format": "alert"}}}
+    data = {"tenants": {"t": {"tenant_id": TENANT_ID, "replay": "x"}},
+            "sinks": {"s": {"type": "stdout", "format": "alert"}}}
     assert parse_config(data).sinks["s"].format == "alert"
 
 
@@ -460,7 +462,8 @@ def test_the_hec_status_table_exists_once() -> None:
     from connectors.splunk_hec import HEC_CODES
 
     texts = {hec.text for hec in HEC_CODES.values()}
-    holders = [_rel(p) for p in doc_pages() if "Query string authorization is not enabled" in p.read_text(encoding="utf-8")]
+    row = "Query string authorization is not enabled"
+    holders = [_rel(p) for p in doc_pages() if row in p.read_text(encoding="utf-8")]
     assert holders == ["docs/sinks/splunk_hec.md"], holders
     for page in doc_pages():
         for table in tables(page.read_text(encoding="utf-8")):
@@ -598,7 +601,6 @@ def test_syslog_facilities_and_levels_are_the_sinks() -> None:
 
 
 def test_the_syslog_severity_table_is_what_the_sink_sends() -> None:
-    from connectors.base import Event
     from core.model.schema import Severity
 
     _, levels = syslog_names()
@@ -616,9 +618,11 @@ def test_the_syslog_severity_table_is_what_the_sink_sends() -> None:
         model = sink_model("syslog")
         config = model(type="syslog", host="127.0.0.1", port=receiver.getsockname()[1], protocol="udp",
                        facility="local4")
+        # Outbox rows as the contract describes them (`connectors.base.Event`): row id, meta, body.
         events = [
-            Event(n, SimpleNamespace(tenant_id=TENANT_ID, tenant_label="contoso", alert_id=f"a{n}",
-                                     version_key=f"v{n}", severity=Severity[name], time=0.0), b"CEF:0|x")
+            SimpleNamespace(row_id=n, body=b"CEF:0|x", meta=SimpleNamespace(
+                tenant_id=TENANT_ID, tenant_label="contoso", alert_id=f"a{n}", version_key=f"v{n}",
+                severity=Severity[name], time=0.0))
             for n, name in enumerate(documented)
         ]
 
