@@ -1,7 +1,8 @@
 """Mappings: Defender source shapes -> `core.model.schema.Alert` -> each output format.
 
 Every output format is a module with `encode(alert: Alert) -> bytes` returning one
-line (no trailing newline); every source is a module with
+line (no trailing newline); a format whose lines can be cut to fit a budget offers a
+shortener too (`shortener(name)`); every source is a module with
 `normalise(raw, tenant, ingested) -> Alert`. Modules are imported on first use so that
 `--help` and cron start-up stay fast.
 """
@@ -32,6 +33,9 @@ SOURCES = {"graph": "mappings.graph_alerts_v2"}
 
 
 Encoder = Callable[["Alert"], bytes]
+# (line, budget in bytes) -> the line within the budget, and whether it had to be cut (it may
+# no longer parse) rather than only shortened value by value.
+Shortener = Callable[[bytes, int], tuple[bytes, bool]]
 
 
 class FormatNotAvailable(ValueError):
@@ -44,6 +48,20 @@ def encoder(name: str) -> Encoder:
     if module is None:
         raise FormatNotAvailable(f"unknown format {name!r}; formats: {', '.join(OUTPUT_FORMATS)}")
     return import_module(module).encode
+
+
+def shortener(name: str) -> Shortener | None:
+    """How format `name` shortens a line that does not fit a budget; None for a format whose
+    lines cannot be cut without corrupting them (JSON)."""
+    if name != "cef":
+        return None
+    from mappings.cef import Fit, fit
+
+    def shorten(line: bytes, budget: int) -> tuple[bytes, bool]:
+        fitted, how = fit(line, budget)
+        return fitted, how is Fit.CUT
+
+    return shorten
 
 
 def normaliser(source: str) -> Callable[[Any, TenantRef, datetime], Alert]:

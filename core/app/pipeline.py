@@ -7,7 +7,6 @@ alert a format cannot encode is dead-lettered for that sink at once, with its re
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import random
@@ -23,7 +22,8 @@ from typing import Any, Callable
 import httpx
 from aiolimiter import AsyncLimiter
 
-from core.app.config import SINK_MODULES, Config, RouteSettings, TenantSettings, sinks_for_alert
+from connectors import connector_class
+from core.app.config import Config, RouteSettings, TenantSettings, sinks_for_alert
 from core.delivery import SinkWorker
 from core.model import jsonutil
 from core.model.schema import Alert, EventMeta, TenantRef
@@ -34,7 +34,7 @@ from core.sources.graph import PAGES_IN_MEMORY, GraphAlertsSource
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
-from mappings import Encoder, encoder
+from mappings import Encoder, encoder, shortener
 from mappings.graph_alerts_v2 import MappingError, normalise, version_of
 
 log = logging.getLogger("defender_forwarder.pipeline")
@@ -103,8 +103,10 @@ class Forwarder:
 
     # ---- construction ---------------------------------------------------
     def _worker(self, name: str, sink: Any) -> SinkWorker:
-        connector_class = importlib.import_module(SINK_MODULES[sink.type]).CONNECTOR
-        return SinkWorker(connector_class(name, sink), self.store)
+        # The connector gets the part of its format it needs: how to shorten a line that does
+        # not fit the destination's message.
+        connector = connector_class(sink.type)(name, sink, shortener=shortener(sink.format))
+        return SinkWorker(connector, self.store)
 
     def _source(self, label: str, tenant: TenantSettings) -> AlertSource:
         if tenant.replay is not None:
