@@ -100,7 +100,8 @@ class ElasticsearchSinkConfig(TlsSinkConfig):
 
 
 def namespace(label: str) -> str:
-    """A customer label as a data stream namespace: lower case, no `-` (sinks.md §2.2)."""
+    """A customer label as a data stream namespace: lower case, no `-` (the naming scheme
+    `type-dataset-namespace` splits on it)."""
     return _NAMESPACE_UNSAFE.sub("_", label.lower())
 
 
