@@ -113,6 +113,9 @@ HEC_CODES: dict[int, HecCode] = {
     22: HecCode(400, "Token disabled", Action.STOP),
 }
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# What a request may fail with: httpx's errors, and an SSLError that httpcore lets through
+# unwrapped when it comes on a read (a server refusing our session after the handshake).
+TRANSPORT_ERRORS = (httpx.HTTPError, ssl.SSLError)
 # Replies without a HEC code (a proxy, a load balancer, a wrong URL): (statuses, outcome).
 NO_CODE_OUTCOMES: tuple[tuple[str, str], ...] = (
     (", ".join(map(str, sorted(RETRY_STATUSES))), "retry with backoff"),
@@ -253,7 +256,7 @@ class SplunkHecConnector(Connector):
             chunk = queue.pop(0)
             try:
                 reply = await self._post(b"".join(envelopes[i] for i in chunk))
-            except httpx.HTTPError as err:
+            except TRANSPORT_ERRORS as err:
                 refused = certificate_refused(err)
                 if refused:
                     raise HecRefused(f"TLS: {self.config.url} presented a certificate that fails verification "
@@ -337,7 +340,7 @@ class SplunkHecConnector(Connector):
         try:
             reply = await self._client.post(ACK_PATH, content=orjson.dumps({"acks": ack_ids}),
                                             extensions=self._extensions)
-        except httpx.HTTPError as err:
+        except TRANSPORT_ERRORS as err:
             log.warning("sink %s: ack query failed (%s); asking again", self.name, type(err).__name__)
             return []
         body = _json(reply)
@@ -356,7 +359,7 @@ class SplunkHecConnector(Connector):
         assert self._client is not None
         try:
             health = await self._client.get(HEALTH_PATH, extensions=self._extensions)
-        except httpx.HTTPError as err:
+        except TRANSPORT_ERRORS as err:
             refused = certificate_refused(err)
             raise SinkFatal(f"TLS: certificate fails verification ({refused}); set ca_file" if refused
                             else f"{self.config.url}: {type(err).__name__}: {err}") from None
