@@ -44,6 +44,7 @@ import asyncio
 import cProfile
 import gzip
 import io
+import logging
 import os
 import pstats
 import ssl
@@ -65,13 +66,13 @@ sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers a
 from bench.ship_syslog import cpu_seconds, encoded_events
 from bench.standalone import standalone_peer
 from connectors.base import Event
+from connectors.sizes import RequestLimit
 from connectors.splunk_hec import (
     ACK_PATH,
     EVENT_PATH,
     SplunkHecConnector,
     SplunkHecSinkConfig,
     _EnvelopeWriter,
-    _requests,
 )
 from core.delivery import SinkWorker
 from core.model.schema import EventMeta
@@ -106,11 +107,12 @@ def ceiling_requests(corpus: Corpus, batch: int) -> list[list[bytes]]:
     config = SplunkHecSinkConfig(url="https://127.0.0.1:8088", token=f"env:{TOKEN_ENV}", batch_max_events=batch)
     writer = _EnvelopeWriter(config)
     envelopes = [writer.write(Event(0, meta, body)) for meta, body in zip(corpus.metas, corpus.bodies, strict=True)]
+    limit = RequestLimit(config.request_limit, SINK, "Splunk", logging.getLogger("bench"))  # never refused here
     requests = []
     for start in range(0, len(envelopes), batch):
         chunk = envelopes[start:start + batch]
-        requests.extend([chunk[i] for i in part] for part in _requests(list(range(len(chunk))), chunk,
-                                                                       config.request_limit))
+        requests.extend([chunk[i] for i in part]
+                        for part in limit.requests(range(len(chunk)), [len(envelope) for envelope in chunk]))
     return requests
 
 

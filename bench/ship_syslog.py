@@ -60,7 +60,7 @@ from connectors.syslog import SyslogConnector, SyslogSinkConfig
 from core.delivery import SinkWorker
 from core.model.schema import EventMeta, TenantRef
 from core.state.sqlite import SQLiteStore
-from mappings import cef
+from mappings import cef, shortener
 from mappings.graph_alerts_v2 import normalise
 from tests.peers.alert_factory import graph_time, make_alerts
 from tests.peers.syslog_ng import SYSLOG_NG, SyslogCerts, SyslogNg, make_certs
@@ -309,7 +309,7 @@ def forwarder_run(corpus: Corpus, protocol: str, batch: int, certs: SyslogCerts,
         store.outbox_append(SINK, zip(corpus.metas, corpus.lines, strict=True))  # untimed: the poller's work
         with receiving(work / "receiver", certs) as receiver:
             config = sink_config(receiver, protocol, batch, certs)
-            worker = SinkWorker(SyslogConnector(SINK, config), store)
+            worker = SinkWorker(SyslogConnector(SINK, config, shortener(config.format)), store)
             seconds, cpu, receiver_cpu = asyncio.run(ship(worker, receiver, protocol, corpus, profiler))
             verify_outbox(worker, store)
             return finish(receiver, protocol, corpus, seconds, cpu, receiver_cpu)

@@ -8,6 +8,7 @@ speaks its wire protocol.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple, Protocol
 
@@ -32,6 +33,7 @@ class EventResult:
 
 
 DELIVERED = EventResult(Outcome.OK)
+NOT_SENT = EventResult(Outcome.RETRY, "not sent")
 
 
 class Event(NamedTuple):
@@ -48,6 +50,48 @@ class Memory(Protocol):
     def get(self, key: str) -> str | None: ...
 
     def put(self, items: dict[str, str]) -> None: ...
+
+
+class BatchResults:
+    """The result of each event of one batch, filled in as the destination answers; an event
+    no answer settled is sent again (`NOT_SENT`, or the failure that stopped the sending)."""
+
+    def __init__(self, size: int) -> None:
+        self._results: list[EventResult | None] = [None] * size
+
+    def __setitem__(self, index: int, result: EventResult) -> None:
+        self._results[index] = result
+
+    def mark(self, indexes: Iterable[int], result: EventResult) -> None:
+        for index in indexes:
+            self._results[index] = result
+
+    def unsettled(self) -> list[int]:
+        """The indexes that have no result yet, in order."""
+        return [index for index, result in enumerate(self._results) if result is None]
+
+    def final(self, unsent: EventResult = NOT_SENT) -> list[EventResult]:
+        """One result per event, in order; `unsent` for those without one."""
+        return [result or unsent for result in self._results]
+
+
+# (line, budget in bytes) -> the line within the budget, and whether it had to be cut
+# (it may no longer parse) rather than only shortened value by value. The app takes it from
+# the sink's format; a format whose lines cannot be cut (JSON) has none.
+Shortener = Callable[[bytes, int], tuple[bytes, bool]]
+
+
+class SetupPlan:
+    """What a connector prepares at its destination before the first delivery
+    (`defender-forwarder setup`): index templates, policies, ..."""
+
+    def describe(self) -> str:
+        """For `--dry-run`: what `apply` would send, sending nothing."""
+        raise NotImplementedError
+
+    async def apply(self) -> list[str]:
+        """Prepare what is missing or differs; one line per step saying what happened."""
+        raise NotImplementedError
 
 
 class SinkFatal(Exception):
@@ -73,15 +117,25 @@ class Connector:
 
     config_model: ClassVar[type[SinkConfig]] = SinkConfig
 
-    def __init__(self, name: str, config: SinkConfig) -> None:
+    def __init__(self, name: str, config: SinkConfig, shortener: Shortener | None = None) -> None:
         self.name = name
         self.config = config
+        # How the sink's format shortens a line that does not fit the destination's message;
+        # without one, such an event is a dead letter.
+        self.shortener = shortener
         # What a run summary should show beside delivered/dead: events this connector had to
         # alter to deliver them (e.g. syslog's shortened and truncated lines), by kind.
         self.counters: dict[str, int] = {}
         # Durable notes of this sink (e.g. what the e-mail sink already mailed), set by the
         # delivery worker before the first send.
         self.memory: Memory | None = None
+
+    @classmethod
+    def setup(cls, config: SinkConfig, options: Mapping[str, str]) -> SetupPlan | None:
+        """For `defender-forwarder setup`: what this sink needs prepared at the destination,
+        or None when it needs nothing. `options` holds every option the sink type declares in
+        the registry (`connectors.SINKS`), defaults filled in."""
+        return None
 
     async def open(self) -> None:
         """Connect; raise `SinkFatal` when the destination can never work with this config."""

@@ -1,8 +1,7 @@
 """`type = "elasticsearch"`: bulk `create` into one data stream per customer, idempotently.
 
-Facts: reference/sinks.md §2, reference/receivers.md §3. Uses the official async client
-(`elasticsearch[async]`, pinned 9.x), with its own retries off: the delivery worker owns
-retries and backoff, so that one policy and one outbox decide.
+Uses the official async client (`elasticsearch[async]`, pinned 9.x), with its own retries
+off: the delivery worker owns retries and backoff, so that one policy and one outbox decide.
 
 Writing: each event is a `create` into `data_stream` (default
 `logs-defender_forwarder.alert-{tenant}`; `{tenant}` is the customer label made a valid
@@ -19,37 +18,60 @@ Status table
   per item 404 index_not_found (auto-create refused: no template)     the sink stops: run setup
   per item 400 and other 4xx (mapping, parsing, pipeline errors)      dead letter, with ES's reason
   whole request 429, 5xx, connection error, timeout                    retry the batch (backoff)
-  whole request 413                                                    halved; one document: dead letter
+  whole request 413                                                    halved, the limit kept for the run
+                                                                       (connectors.sizes); one document: dead letter
   whole request 401, 403; a certificate that fails verification       the sink stops, clearly
   a server that is not Elasticsearch (product check)                   the sink stops
+
+TLS: the keys of `connectors.tls`, handed to the client's own TLS options (it builds one
+context per node: an IP address is not checked as a host name, and an http node takes no TLS
+option). `client_cert` and `client_key` are presented for mutual TLS; the client takes no key
+password and no other server name, so `client_key_password` and `tls_server_name` are refused.
+`setup` (`ElasticsearchConnector.setup`) installs the index template and ILM policy of
+`connectors/elasticsearch_setup.py`.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
 
-from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from connectors import elasticsearch_setup
+from connectors.base import (
+    DELIVERED,
+    BatchResults,
+    Connector,
+    Event,
+    EventResult,
+    Outcome,
+    SetupPlan,
+    Shortener,
+    SinkConfig,
+    SinkFatal,
+)
+from connectors.elasticsearch_setup import TEMPLATE_NAME, Request
+from connectors.sizes import RequestLimit
+from connectors.tls import TlsSinkConfig, certificate_refused
 from core.model.durations import Duration
 from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.elasticsearch")
 
 DEFAULT_DATA_STREAM = "logs-defender_forwarder.alert-{tenant}"
-# What `setup elasticsearch` installs (connectors/elasticsearch_setup.py), and `check` looks for.
-TEMPLATE_NAME = "defender-forwarder-alerts"
-POLICY_NAME = "defender-forwarder-alerts"
 # Formats whose document is the alert under `message` (what Elastic's integration pipelines read).
 MESSAGE_FORMATS = frozenset({"raw", "cef"})
 _NAMESPACE_UNSAFE = re.compile(r"[^a-z0-9_]")
 
 
-class ElasticsearchSinkConfig(SinkConfig):
+class ElasticsearchSinkConfig(TlsSinkConfig):
+    tls_unsupported: ClassVar[frozenset[str]] = frozenset({"client_key_password", "tls_server_name"})
+
     type: str = "elasticsearch"
     format: str = "ecs"
     hosts: list[str] = Field(default_factory=list, description="https://es.example:9200")
@@ -59,9 +81,7 @@ class ElasticsearchSinkConfig(SinkConfig):
     password: Secret | None = None
     data_stream: str = DEFAULT_DATA_STREAM
     pipeline: str | None = None
-    ca_file: str | None = None
     ssl_assert_fingerprint: str | None = Field(default=None, description="SHA-256 of the server certificate")
-    tls_verify: bool = True
     api_compatibility: Literal[8, 9] = Field(default=9, description="the cluster's major version")
     request_timeout: Duration = 60.0
 
@@ -73,11 +93,15 @@ class ElasticsearchSinkConfig(SinkConfig):
             raise ValueError("username and password go together")
         if self.api_key is not None and self.username is not None:
             raise ValueError("set api_key or username/password, not both")
+        if self.ssl_assert_fingerprint and self.client_cert:
+            # A pinned fingerprint is checked on a connection of the client's own, without it.
+            raise ValueError("client_cert cannot be used with ssl_assert_fingerprint")
         return self
 
 
 def namespace(label: str) -> str:
-    """A customer label as a data stream namespace: lower case, no `-` (sinks.md §2.2)."""
+    """A customer label as a data stream namespace: lower case, no `-` (the naming scheme
+    `type-dataset-namespace` splits on it)."""
     return _NAMESPACE_UNSAFE.sub("_", label.lower())
 
 
@@ -103,6 +127,10 @@ def client_for(config: ElasticsearchSinkConfig) -> Any:
         options["ssl_assert_fingerprint"] = config.ssl_assert_fingerprint
     elif config.ca_file:
         options["ca_certs"] = config.ca_file
+    if config.client_cert:
+        options["client_cert"] = config.client_cert
+        if config.client_key:
+            options["client_key"] = config.client_key
     if not config.tls_verify:
         options["verify_certs"] = False
     return AsyncElasticsearch(**options)
@@ -128,15 +156,20 @@ class ElasticsearchConnector(Connector):
     config_model = ElasticsearchSinkConfig
     config: ElasticsearchSinkConfig
 
-    def __init__(self, name: str, config: ElasticsearchSinkConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: ElasticsearchSinkConfig, shortener: Shortener | None = None) -> None:
+        super().__init__(name, config, shortener)
+        self.limit = RequestLimit(None, name, "Elasticsearch", log)  # none known until a 413 says it
         self._client: Any = None
         self._streams: dict[str, bytes] = {}  # tenant label -> its data stream, as JSON text
 
+    @classmethod
+    def setup(cls, config: SinkConfig, options: Mapping[str, str]) -> SetupPlan:
+        assert isinstance(config, ElasticsearchSinkConfig)
+        return IndexTemplateSetup(config, options["retention"])
+
     async def open(self) -> None:
         if self._client is None:
-            if not self.config.tls_verify:
-                log.warning("sink %s: tls_verify = false: the server's certificate is NOT checked", self.name)
+            self.config.warn_if_unverified(self.name, log)
             self._client = client_for(self.config)
 
     async def close(self) -> None:
@@ -147,28 +180,29 @@ class ElasticsearchConnector(Connector):
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         await self.open()
-        results: list[EventResult | None] = [None] * len(batch)
-        pending = [list(range(len(batch)))]
-        while pending:
-            chunk = pending.pop()
-            pending.extend(await self._bulk(chunk, batch, results))
-        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+        results = BatchResults(len(batch))
+        operations = [self._operation(event) for event in batch]
+        sizes = [len(action) + len(document) + 2 for action, document in operations]  # two lines of NDJSON
+        queue = self.limit.requests(range(len(batch)), sizes)
+        while queue:
+            chunk = queue.pop(0)
+            queue[:0] = await self._bulk(chunk, operations, sizes, results)
+        return results.final()
 
-    async def _bulk(self, chunk: list[int], batch: list[Event], results: list[EventResult | None]) -> list[list[int]]:
-        """One `_bulk` request for `chunk`; returns the parts still to send (after a 413)."""
+    async def _bulk(self, chunk: list[int], operations: list[list[bytes]], sizes: list[int],
+                    results: BatchResults) -> list[list[int]]:
+        """One `_bulk` request for `chunk`; returns the requests to send next, at once (after a 413)."""
         from elasticsearch import ApiError, TransportError
 
-        operations = []
-        for i in chunk:
-            operations += self._operation(batch[i])
         try:
             params = {"pipeline": self.config.pipeline} if self.config.pipeline else None
-            reply = await call(self._client, self.config, "PUT", "/_bulk", body=operations, params=params, ndjson=True)
+            body = [line for i in chunk for line in operations[i]]
+            reply = await call(self._client, self.config, "PUT", "/_bulk", body=body, params=params, ndjson=True)
         except ApiError as err:
-            return self._refused(err, chunk, results)
+            return self._refused(err, chunk, sum(sizes[i] for i in chunk), results)
         except TransportError as err:
             _stop_if_certificate(err)
-            _mark(results, chunk, EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+            results.mark(chunk, EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
             return []
         for i, item in zip(chunk, reply.body.get("items", ()), strict=False):
             results[i] = self._item_result(item)
@@ -205,27 +239,23 @@ class ElasticsearchConnector(Connector):
                             "run `defender-forwarder setup elasticsearch` to install the index template")
         return EventResult(Outcome.PERMANENT, reason)
 
-    def _refused(self, err: Any, chunk: list[int], results: list[EventResult | None]) -> list[list[int]]:
+    def _refused(self, err: Any, chunk: list[int], size: int, results: BatchResults) -> list[list[int]]:
         status = err.meta.status
         reason = f"HTTP {status}: {_error_text(err)}"
         if status in (401, 403):
             raise SinkFatal(f"Elasticsearch refused the credentials ({reason}); check api_key or "
                             "username/password and the create_doc privilege on the data streams") from None
         if status == 413:
-            if len(chunk) == 1:
-                results[chunk[0]] = EventResult(Outcome.PERMANENT, f"document too large for the cluster ({reason})")
-                return []
-            half = len(chunk) // 2
-            return [chunk[:half], chunk[half:]]
+            return self.limit.refused(chunk, size, results, EventResult(
+                Outcome.PERMANENT, f"document too large for the cluster ({reason})"))
         if status == 429 or status >= 500:
-            _mark(results, chunk, EventResult(Outcome.RETRY, reason))
+            results.mark(chunk, EventResult(Outcome.RETRY, reason))
             return []
         raise SinkFatal(f"Elasticsearch refused the bulk request ({reason})") from None
 
     # ---- check --------------------------------------------------------------------------
     async def probe(self) -> str:
         from elasticsearch import ApiError, NotFoundError, TransportError
-
 
         await self.open()
         try:
@@ -244,9 +274,41 @@ class ElasticsearchConnector(Connector):
         return f"cluster {info.get('cluster_name', '?')}, Elasticsearch {version}; {template}"
 
 
-def _mark(results: list[EventResult | None], indexes: list[int], result: EventResult) -> None:
-    for i in indexes:
-        results[i] = result
+class IndexTemplateSetup(SetupPlan):
+    """`defender-forwarder setup elasticsearch`: the ILM policy and the index template of the
+    sink's data streams (`connectors/elasticsearch_setup.py`), each installed only where what
+    the cluster has differs (their digests tell)."""
+
+    def __init__(self, config: ElasticsearchSinkConfig, retention: str) -> None:
+        self.config = config
+        self.requests = elasticsearch_setup.requests(config.data_stream, config.format, retention)
+
+    def describe(self) -> str:
+        return elasticsearch_setup.describe(self.requests)
+
+    async def apply(self) -> list[str]:
+        client = client_for(self.config)
+        lines = []
+        try:
+            for request in self.requests:
+                if await self._installed_digest(client, request) == elasticsearch_setup.digest_of(request):
+                    lines.append(f"{request.kind} {request.name}: unchanged")
+                    continue
+                await call(client, self.config, "PUT", request.path, body=request.body)
+                lines.append(f"{request.kind} {request.name}: installed")
+        finally:
+            await client.close()
+        return lines
+
+    async def _installed_digest(self, client: Any, request: Request) -> str | None:
+        """The digest of what the cluster has under that name, or None when it has nothing."""
+        from elasticsearch import NotFoundError
+
+        try:
+            body = (await call(client, self.config, "GET", request.path)).body
+        except NotFoundError:
+            return None
+        return elasticsearch_setup.digest_in(request, body)
 
 
 def _error_text(err: Any) -> str:
@@ -258,10 +320,12 @@ def _error_text(err: Any) -> str:
 
 
 def _stop_if_certificate(err: BaseException) -> None:
-    """A TLS verification failure is a configuration problem, not an outage: stop the sink."""
+    """A TLS failure (a certificate that fails verification, a pinned fingerprint that does
+    not match) is a configuration problem, not an outage: stop the sink."""
+    from aiohttp import ServerFingerprintMismatch
     from elasticsearch import SSLError
 
-    if isinstance(err, SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(err) or "fingerprint" in str(err).lower():
+    if isinstance(err, SSLError) or certificate_refused(err, also=(ServerFingerprintMismatch,)):
         raise SinkFatal(f"TLS: the cluster's certificate fails verification ({err}); set ca_file or "
                         "ssl_assert_fingerprint") from None
 

@@ -1,4 +1,5 @@
-"""`defender-forwarder setup elasticsearch`: the index template and ILM policy our data streams need.
+"""`defender-forwarder setup elasticsearch`: the index template and ILM policy our data streams need
+(what `ElasticsearchConnector.setup` installs, and `check` looks for).
 
 The template matches the sink's data streams (`data_stream` with `{tenant}` as `*`), makes
 them data streams, sets the ILM policy and maps every field the `ecs` format writes (table
@@ -21,9 +22,8 @@ from typing import Any
 
 import orjson
 
-from connectors.elasticsearch import POLICY_NAME, TEMPLATE_NAME, ElasticsearchSinkConfig, call, client_for
-
-DEFAULT_RETENTION = "365d"
+TEMPLATE_NAME = "defender-forwarder-alerts"
+POLICY_NAME = "defender-forwarder-alerts"
 ROLLOVER = {"max_age": "30d", "max_primary_shard_size": "50gb"}
 
 _DATES = """@timestamp event.created event.start event.end event.ingested email.delivery_timestamp process.start
@@ -101,15 +101,17 @@ def template_pattern(data_stream: str) -> str:
     return data_stream.replace("{tenant}", "*")
 
 
-def requests(config: ElasticsearchSinkConfig, retention: str = DEFAULT_RETENTION) -> list[Request]:
+def requests(data_stream: str, sink_format: str, retention: str) -> list[Request]:
+    """The ILM policy (rollover, then delete after `retention`) and the index template of the
+    data streams `data_stream` names, mapped for the sink's format."""
     policy = {"policy": {"phases": {"hot": {"actions": {"rollover": ROLLOVER}},
                                     "delete": {"min_age": retention, "actions": {"delete": {}}}}}}
     template = {
-        "index_patterns": [template_pattern(config.data_stream)],
+        "index_patterns": [template_pattern(data_stream)],
         "data_stream": {},
         "priority": 200,  # above the built-in logs-*-* template (100)
         "template": {"settings": {"index": {"lifecycle": {"name": POLICY_NAME}}},
-                     "mappings": mappings(FIELD_TYPES if config.format == "ecs" else BASE_FIELD_TYPES)},
+                     "mappings": mappings(FIELD_TYPES if sink_format == "ecs" else BASE_FIELD_TYPES)},
     }
     return [Request("ILM policy", POLICY_NAME, f"/_ilm/policy/{POLICY_NAME}", _with_digest(policy, "policy")),
             Request("index template", TEMPLATE_NAME, f"/_index_template/{TEMPLATE_NAME}", _with_digest(template))]
@@ -129,37 +131,15 @@ def digest_of(request: Request) -> str:
     return holder["_meta"]["digest"]
 
 
-async def installed_digest(client: Any, config: ElasticsearchSinkConfig, request: Request) -> str | None:
-    """The digest of what the cluster has under that name, or None when it has nothing."""
-    from elasticsearch import NotFoundError
-
-    try:
-        body = (await call(client, config, "GET", request.path)).body
-    except NotFoundError:
-        return None
+def digest_in(request: Request, found: dict[str, Any]) -> str | None:
+    """The digest of what the cluster answered to the GET of `request.path`."""
     if request.kind == "ILM policy":
-        found = body[request.name]["policy"]
+        installed = found[request.name]["policy"]
     else:
-        found = body["index_templates"][0]["index_template"]
-    return (found.get("_meta") or {}).get("digest")
+        installed = found["index_templates"][0]["index_template"]
+    return (installed.get("_meta") or {}).get("digest")
 
 
-async def apply(config: ElasticsearchSinkConfig, retention: str = DEFAULT_RETENTION) -> list[str]:
-    """Install what differs; returns one line per request saying what happened."""
-    client = client_for(config)
-    lines = []
-    try:
-        for request in requests(config, retention):
-            if await installed_digest(client, config, request) == digest_of(request):
-                lines.append(f"{request.kind} {request.name}: unchanged")
-                continue
-            await call(client, config, "PUT", request.path, body=request.body)
-            lines.append(f"{request.kind} {request.name}: installed")
-    finally:
-        await client.close()
-    return lines
-
-
-def dry_run(config: ElasticsearchSinkConfig, retention: str = DEFAULT_RETENTION) -> str:
-    return "\n".join(f"PUT {r.path}\n{orjson.dumps(r.body, option=orjson.OPT_INDENT_2).decode()}"
-                     for r in requests(config, retention))
+def describe(requests: list[Request]) -> str:
+    """What `--dry-run` prints: each request as it would be sent."""
+    return "\n".join(f"PUT {r.path}\n{orjson.dumps(r.body, option=orjson.OPT_INDENT_2).decode()}" for r in requests)

@@ -27,11 +27,17 @@ recipient. Status table (SMTP reply -> outcome):
                                                      other recipients got it)
   5xx for the message (554 at DATA)                 dead letter with the server's reply
   535 bad login, TLS certificate that fails         the sink stops with a clear error
+    verification (connectors.tls)
+
+TLS: the keys of `connectors.tls`; a client certificate (`client_cert`) is presented when the
+server asks for one. smtplib sends and checks the host's own name, so `tls_server_name` is
+refused.
 """
 from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import re
 import smtplib
 import socket
@@ -41,21 +47,26 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
+from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
 from core.model.schema import Alert, Severity
 from core.model.secrets import Secret
+
+log = logging.getLogger("defender_forwarder.email")
 
 PORTS = {"starttls": 587, "tls": 465, "none": 25}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 RATE_WINDOW = 3600.0
 
 
-class EmailSinkConfig(SinkConfig):
+class EmailSinkConfig(TlsSinkConfig):
+    tls_unsupported: ClassVar[frozenset[str]] = frozenset({"tls_server_name"})
+
     type: str = "email"
     format: str = "alert"
     batch_max_events: int = Field(default=10_000, ge=1, le=100_000)
@@ -71,8 +82,6 @@ class EmailSinkConfig(SinkConfig):
     digest_interval: Duration = Field(default=900.0, gt=0)
     on_update: bool = False
     max_per_recipient: int = Field(default=60, ge=1, description="messages per recipient per hour")
-    ca_file: str | None = None
-    tls_verify: bool = True
     timeout: Duration = 30.0
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -88,6 +97,8 @@ class EmailSinkConfig(SinkConfig):
     def _login_pairs(self) -> EmailSinkConfig:
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if self.security == "none" and self.client_cert is not None:
+            raise ValueError('client_cert needs security = "starttls" or "tls"')
         return self
 
     @property
@@ -103,15 +114,16 @@ class EmailConnector(Connector):
     config_model = EmailSinkConfig
     config: EmailSinkConfig
 
-    def __init__(self, name: str, config: EmailSinkConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: EmailSinkConfig, shortener: Shortener | None = None) -> None:
+        super().__init__(name, config, shortener)
         self.counters.update(messages=0, held_back=0, not_mailed_again=0)
+        self._context: ssl.SSLContext | None = None
 
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         from mappings.alert import decode
 
-        results: list[EventResult | None] = [None] * len(batch)
+        results = BatchResults(len(batch))
         wanted: list[tuple[int, Alert]] = []
         for index, event in enumerate(batch):
             alert = decode(event.body)
@@ -124,7 +136,7 @@ class EmailConnector(Connector):
                 wanted.append((index, alert))
         if wanted:
             await self._send_digests(wanted, batch, results)
-        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+        return results.final()
 
     def _worth_mailing(self, alert: Alert) -> bool:
         """A new alert, a later version when `on_update`, or a version whose severity went up."""
@@ -133,7 +145,7 @@ class EmailConnector(Connector):
         return mailed is None or self.config.on_update or alert.severity > Severity(int(mailed))
 
     async def _send_digests(self, wanted: list[tuple[int, Alert]], batch: list[Event],
-                            results: list[EventResult | None]) -> None:
+                            results: BatchResults) -> None:
         assert self.memory is not None
         by_tenant: dict[str, list[tuple[int, Alert]]] = defaultdict(list)
         for index, alert in wanted:
@@ -143,14 +155,12 @@ class EmailConnector(Connector):
             last = float(self.memory.get(f"digest/{tenant_id}") or 0.0)
             due = last + self.config.digest_interval
             if now < due:
-                for index, _ in items:
-                    results[index] = EventResult(Outcome.DEFER, "digest not due", due - now)
+                results.mark((index for index, _ in items), EventResult(Outcome.DEFER, "digest not due", due - now))
                 continue
             result = await self._deliver([alert for _, alert in items], [batch[index] for index, _ in items])
             if result.outcome is Outcome.OK:
                 self.memory.put({f"digest/{tenant_id}": str(now)})
-            for index, _ in items:
-                results[index] = result
+            results.mark((index for index, _ in items), result)
 
     async def _deliver(self, alerts: list[Alert], events: list[Event]) -> EventResult:
         """One message about `alerts` (one alert, or a customer's digest) to their recipients."""
@@ -222,7 +232,7 @@ class EmailConnector(Connector):
 
     def _session(self) -> smtplib.SMTP:
         config = self.config
-        context = self._tls()
+        context = self._tls() if config.security != "none" else None
         try:
             if config.security == "tls":
                 smtp: smtplib.SMTP = smtplib.SMTP_SSL(config.host, config.smtp_port, timeout=config.timeout,
@@ -233,9 +243,12 @@ class EmailConnector(Connector):
                     smtp.starttls(context=context)
             if config.username is not None and config.password is not None:
                 smtp.login(config.username, config.password.get_secret_value())
-        except ssl.SSLCertVerificationError as err:
+        except ssl.SSLError as err:
+            refused = certificate_refused(err)
+            if refused is None:
+                raise
             raise SinkFatal(f"TLS: {config.host}:{config.smtp_port} presented a certificate that fails "
-                            f"verification ({err.verify_message}); set ca_file") from None
+                            f"verification ({refused}); set ca_file") from None
         except smtplib.SMTPAuthenticationError as err:
             raise SinkFatal(f"SMTP login refused ({err.smtp_code} {_reply(err.smtp_error)}): check username and "
                             "password") from None
@@ -244,11 +257,14 @@ class EmailConnector(Connector):
         return smtp
 
     def _tls(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.config.ca_file)
-        if not self.config.tls_verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        """One context for every session of this sink."""
+        if self._context is None:
+            try:
+                self._context = ssl_context(self.config)
+            except TlsFileError as err:
+                raise err.error from None  # as any failure to connect: retried, and `check` names it
+            self.config.warn_if_unverified(self.name, log)
+        return self._context
 
     async def probe(self) -> str:
         def connect() -> str:

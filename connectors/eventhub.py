@@ -1,8 +1,8 @@
 """`type = "eventhub"`: Azure Event Hubs, with the official `azure-eventhub` async producer.
 
-Facts: reference/eventhub.md. Auth is a connection string, or the namespace + hub with an
-Entra app (azure-identity, a certificate or a secret from secret references), so that the MSSP
-app that reads Graph can write the hub too.
+Auth is a connection string, or the namespace + hub with an Entra app (azure-identity, a
+certificate or a secret from secret references), so that the MSSP app that reads Graph can
+write the hub too.
 
 Events: the body is the alert in the sink's format (default `ocsf`); `message_id` is the
 version key (a consumer can dedupe on it); application properties carry the tenant id,
@@ -25,17 +25,21 @@ Status table
   AuthenticationError (a refused token or key)                  the sink stops, clearly
   the hub does not exist                                        the sink stops
   an event larger than the hub's maximum                        dead letter
+
+TLS: the AMQP connection is the SDK's own; of the keys of `connectors.tls` only `ca_file`
+applies, and to the Entra login host (`authority`), not to the hub. The others are refused.
 """
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
 
-from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
+from connectors.tls import TLS_KEYS, TlsSinkConfig
 from core.model.durations import Duration
 from core.model.schema import SCHEMA_VERSION
 from core.model.secrets import Secret
@@ -46,7 +50,9 @@ RECORD_CATEGORY = "DefenderForwarder-Alert"
 EVENTHUBS_SCOPE = "https://eventhubs.azure.net/.default"
 
 
-class EventHubSinkConfig(SinkConfig):
+class EventHubSinkConfig(TlsSinkConfig):
+    tls_unsupported: ClassVar[frozenset[str]] = frozenset(TLS_KEYS) - {"ca_file"}
+
     type: str = "eventhub"
     format: str = "ocsf"
     connection_string: Secret | None = None
@@ -108,8 +114,8 @@ class EventHubConnector(Connector):
     config_model = EventHubSinkConfig
     config: EventHubSinkConfig
 
-    def __init__(self, name: str, config: EventHubSinkConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: EventHubSinkConfig, shortener: Shortener | None = None) -> None:
+        super().__init__(name, config, shortener)
         self._producer: Any = None
         self._credential: Any = None
 
@@ -141,7 +147,7 @@ class EventHubConnector(Connector):
         from azure.eventhub.exceptions import AuthenticationError, EventHubError
 
         await self.open()
-        results: list[EventResult | None] = [None] * len(batch)
+        results = BatchResults(len(batch))
         try:
             for key, indexes in self._by_partition_key(batch).items():
                 await self._send_key(key, indexes, batch, results)
@@ -151,8 +157,8 @@ class EventHubConnector(Connector):
         except EventHubError as err:
             if "not found" in str(err).lower() or "404" in str(err):
                 raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
-            return [result or EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}") for result in results]
-        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+            return results.final(EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+        return results.final()
 
     def _by_partition_key(self, batch: list[Event]) -> dict[str | None, list[int]]:
         template = self.config.partition_key or None
@@ -164,7 +170,7 @@ class EventHubConnector(Connector):
         return groups
 
     async def _send_key(self, key: str | None, indexes: list[int], batch: list[Event],
-                        results: list[EventResult | None]) -> None:
+                        results: BatchResults) -> None:
         """Fill batches of one partition key; a batch's events are delivered once it is sent."""
         from azure.eventhub import EventData
 
@@ -190,10 +196,9 @@ class EventHubConnector(Connector):
         if pending:
             await self._send_batch(data_batch, pending, results)
 
-    async def _send_batch(self, data_batch: Any, indexes: list[int], results: list[EventResult | None]) -> None:
+    async def _send_batch(self, data_batch: Any, indexes: list[int], results: BatchResults) -> None:
         await self._producer.send_batch(data_batch, timeout=self.config.send_timeout)
-        for index in indexes:
-            results[index] = DELIVERED
+        results.mark(indexes, DELIVERED)
 
     def _event_data(self, event: Event, event_data: Any) -> Any:
         meta = event.meta

@@ -1,9 +1,9 @@
 """`type = "splunk_hec"`: Splunk's HTTP Event Collector, with optional indexer acknowledgement.
 
-Facts: reference/sinks.md §1. Each event is one JSON envelope; a request carries many,
-concatenated, to `/services/collector/event`, gzip-compressed by default, over one
-keep-alive httpx pool, with `Authorization: Splunk <token>` and this sink's channel GUID in
-`X-Splunk-Request-Channel` (required by tokens with indexer acknowledgement).
+Each event is one JSON envelope; a request carries many, concatenated, to
+`/services/collector/event`, gzip-compressed by default, over one keep-alive httpx pool, with
+`Authorization: Splunk <token>` and this sink's channel GUID in `X-Splunk-Request-Channel`
+(required by tokens with indexer acknowledgement).
 
 Envelope: `time` (the version's lastUpdateDateTime, epoch seconds with milliseconds), `host`,
 `source`, `sourcetype`, `index` (templates: `{tenant}` the customer label, `{tenant_id}`),
@@ -12,18 +12,22 @@ sink's format: a JSON object, or a string for CEF).
 
 Sizes: a request holds at most `batch_max_bytes` of envelopes (uncompressed) and never more
 than `max_content_length`; a 413 from the server halves the limit for the rest of the run
-(the server has told us its own). One envelope over the limit goes to the dead letters.
+(the server has told us its own; `connectors.sizes`). One envelope over the limit goes to the
+dead letters.
 
 Acknowledgement (`ack = true`): every 200 carries an `ackId`; the connector polls
 `/services/collector/ack` until Splunk says true, and only then reports the events
 delivered, so their outbox rows are released. An ackId still false after `ack_timeout` (Splunk
 advises five minutes) means the events may be lost inside Splunk: they are sent again.
 
-Status table: `HEC_CODES` below (every documented code, 0-22), then for replies without a
-HEC code: 408, 429 and 5xx retry, 413 shrinks the request, other 4xx stop the sink. Codes
-6, 7, 12, 13 and 15 name the bad event (`invalid-event-number`): the events before it count
-as delivered, it goes to the dead letters with Splunk's text, and the rest is sent again at
-once.
+Status table: `HEC_CODES` below, every documented reply code with what this connector does
+(`Action`), then `NO_CODE_OUTCOMES` for replies without a HEC code; `markdown_table()`
+renders both for the docs. A `SPLIT` code names the bad event (`invalid-event-number`): the
+events before it count as delivered, it goes to the dead letters with Splunk's text, and the
+rest is sent again at once.
+
+TLS: `connectors.tls` (a client certificate is presented when `client_cert` is set;
+`tls_server_name` is the name sent and checked instead of the URL's host).
 """
 from __future__ import annotations
 
@@ -39,9 +43,11 @@ from typing import Any
 
 import httpx
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
+from connectors.sizes import RequestLimit
+from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
 from core.model.secrets import Secret
 
@@ -62,6 +68,16 @@ class Action(enum.Enum):
     STOP = "stop"  # a configuration problem: the sink stops, its outbox waits
 
 
+# What each action means for the events, as the docs' status table says it.
+OUTCOMES: dict[Action, str] = {
+    Action.DELIVERED: "delivered (with `ack`: once acknowledged)",
+    Action.RETRY: "retry with backoff",
+    Action.SPLIT: "split at `invalid-event-number`: the events before it delivered, it to the dead letters "
+                  "with Splunk's text, the rest sent again at once",
+    Action.STOP: "the sink stops with the remedy; its outbox waits",
+}
+
+
 @dataclass(frozen=True)
 class HecCode:
     status: int
@@ -69,7 +85,7 @@ class HecCode:
     action: Action
 
 
-# Splunk's documented reply codes (sinks.md §1.5), each with what this connector does.
+# Splunk's documented reply codes, each with what this connector does.
 HEC_CODES: dict[int, HecCode] = {
     0: HecCode(200, "Success", Action.DELIVERED),
     1: HecCode(403, "Token disabled", Action.STOP),
@@ -97,6 +113,15 @@ HEC_CODES: dict[int, HecCode] = {
     22: HecCode(400, "Token disabled", Action.STOP),
 }
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# What a request may fail with: httpx's errors, and an SSLError that httpcore lets through
+# unwrapped when it comes on a read (a server refusing our session after the handshake).
+TRANSPORT_ERRORS = (httpx.HTTPError, ssl.SSLError)
+# Replies without a HEC code (a proxy, a load balancer, a wrong URL): (statuses, outcome).
+NO_CODE_OUTCOMES: tuple[tuple[str, str], ...] = (
+    (", ".join(map(str, sorted(RETRY_STATUSES))), "retry with backoff"),
+    ("413", "halved, and the smaller limit kept for the run; one event too large: dead letter"),
+    ("other 4xx", "the sink stops"),
+)
 REMEDIES = {
     1: "enable the token in Splunk (Settings > Data inputs > HTTP Event Collector)",
     2: "set `token`",
@@ -112,7 +137,16 @@ REMEDIES = {
 }
 
 
-class SplunkHecSinkConfig(SinkConfig):
+
+def markdown_table() -> str:
+    """The status table as the docs show it, from `HEC_CODES` and `NO_CODE_OUTCOMES`: one row
+    per code, then the replies without one."""
+    lines = ["| HEC code | HTTP | Splunk's text | outcome |", "|---|---|---|---|"]
+    lines += [f"| {code} | {hec.status} | {hec.text} | {OUTCOMES[hec.action]} |" for code, hec in HEC_CODES.items()]
+    lines += [f"| none | {statuses} | | {outcome} |" for statuses, outcome in NO_CODE_OUTCOMES]
+    return "\n".join(lines)
+
+class SplunkHecSinkConfig(TlsSinkConfig):
     type: str = "splunk_hec"
     format: str = "raw"
     url: str = Field(description="https://splunk.example:8088")
@@ -129,8 +163,6 @@ class SplunkHecSinkConfig(SinkConfig):
     ack: bool = False
     ack_timeout: Duration = Field(default=300.0, gt=0)
     ack_poll_interval: Duration = Field(default=1.0, gt=0, description="the longest pause between ack queries")
-    ca_file: str | None = None
-    tls_verify: bool = True
     request_timeout: Duration = 60.0
 
     @field_validator("url")
@@ -140,6 +172,13 @@ class SplunkHecSinkConfig(SinkConfig):
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError("expected http(s)://host:port of the HEC endpoint")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> SplunkHecSinkConfig:
+        tls_only = self.tls_keys_set("client_cert", "tls_server_name")
+        if self.url.startswith("http:") and tls_only:
+            raise ValueError(f"{', '.join(tls_only)} need an https url")
+        return self
 
     @property
     def request_limit(self) -> int:
@@ -157,19 +196,20 @@ class SplunkHecConnector(Connector):
     config_model = SplunkHecSinkConfig
     config: SplunkHecSinkConfig
 
-    def __init__(self, name: str, config: SplunkHecSinkConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: SplunkHecSinkConfig, shortener: Shortener | None = None) -> None:
+        super().__init__(name, config, shortener)
         self.channel = str(uuid.uuid4())
-        self.request_limit = config.request_limit
+        self.limit = RequestLimit(config.request_limit, name, "Splunk", log)
         self._client: httpx.AsyncClient | None = None
         self._envelopes = _EnvelopeWriter(config)
+        # The name the server's certificate must carry (and SNI), when it is not the URL's host.
+        self._extensions = {"sni_hostname": config.tls_server_name} if config.tls_server_name else {}
 
     async def open(self) -> None:
         if self._client is not None:
             return
         config = self.config
-        if not config.tls_verify:
-            log.warning("sink %s: tls_verify = false: the server's certificate is NOT checked", self.name)
+        config.warn_if_unverified(self.name, log)
         if config.url.startswith("http:"):
             log.warning("sink %s: %s is plain HTTP: the token travels unencrypted", self.name, config.url)
         headers = {"Authorization": f"Splunk {config.token.get_secret_value()}",
@@ -178,13 +218,11 @@ class SplunkHecConnector(Connector):
                                          timeout=config.request_timeout,
                                          limits=httpx.Limits(max_connections=2, max_keepalive_connections=2))
 
-    def _tls(self) -> ssl.SSLContext | bool:
-        if not self.config.tls_verify:
-            return False
+    def _tls(self) -> ssl.SSLContext:
         try:
-            return ssl.create_default_context(cafile=self.config.ca_file)
-        except OSError as err:
-            raise SinkFatal(f"ca_file: {err}") from None
+            return ssl_context(self.config)
+        except TlsFileError as err:
+            raise SinkFatal(str(err)) from None
 
     async def close(self) -> None:
         if self._client is not None:
@@ -194,43 +232,42 @@ class SplunkHecConnector(Connector):
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         await self.open()
-        results: list[EventResult | None] = [None] * len(batch)
+        results = BatchResults(len(batch))
         envelopes = [self._envelopes.write(event) for event in batch]
         for index, envelope in enumerate(envelopes):
-            if len(envelope) > self.request_limit:
+            if len(envelope) > self.limit.bytes:
                 results[index] = EventResult(Outcome.PERMANENT, f"{len(envelope)} bytes: larger than a request "
-                                             f"may be ({self.request_limit} bytes)")
-        waiting = [i for i, result in enumerate(results) if result is None]
+                                             f"may be ({self.limit.bytes} bytes)")
         pending_acks: dict[int, list[int]] = {}
         try:
-            await self._send_all(waiting, envelopes, results, pending_acks)
+            await self._send_all(results.unsettled(), envelopes, results, pending_acks)
         except HecRefused as err:
             raise SinkFatal(str(err)) from None
         if pending_acks:
             await self._await_acks(pending_acks, results)
-        return [result or EventResult(Outcome.RETRY, "not sent") for result in results]
+        return results.final()
 
-    async def _send_all(self, waiting: list[int], envelopes: list[bytes], results: list[EventResult | None],
+    async def _send_all(self, waiting: list[int], envelopes: list[bytes], results: BatchResults,
                         pending_acks: dict[int, list[int]]) -> None:
         """Send `waiting` (indexes into the batch) in requests within the size limit; a failure
         marks the unsent rest for a retry, and what was accepted stays accepted."""
-        queue = list(_requests(waiting, envelopes, self.request_limit))
+        queue = self.limit.requests(waiting, [len(envelope) for envelope in envelopes])
         while queue:
             chunk = queue.pop(0)
             try:
                 reply = await self._post(b"".join(envelopes[i] for i in chunk))
-            except httpx.HTTPError as err:
-                refused = _certificate_refused(err)
+            except TRANSPORT_ERRORS as err:
+                refused = certificate_refused(err)
                 if refused:
                     raise HecRefused(f"TLS: {self.config.url} presented a certificate that fails verification "
                                      f"({refused}); set ca_file to the CA that signed it") from None
-                _mark(results, [i for part in [chunk, *queue] for i in part],
-                      EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+                results.mark([i for part in [chunk, *queue] for i in part],
+                             EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
                 return
             queue[:0] = self._settle(chunk, reply, envelopes, results, pending_acks)
 
     def _settle(self, chunk: list[int], reply: httpx.Response, envelopes: list[bytes],
-                results: list[EventResult | None], pending_acks: dict[int, list[int]]) -> list[list[int]]:
+                results: BatchResults, pending_acks: dict[int, list[int]]) -> list[list[int]]:
         """Record what one reply means for `chunk`; returns the requests to send next, at once."""
         body = _json(reply)
         code = body.get("code") if isinstance(body.get("code"), int) else None
@@ -249,18 +286,20 @@ class SplunkHecConnector(Connector):
                                      "indexer acknowledgement? set ack = false")
                 pending_acks[ack_id] = chunk
             else:
-                _mark(results, chunk, DELIVERED)
+                results.mark(chunk, DELIVERED)
             return []
         if reply.status_code == 413:
-            return self._shrink(chunk, envelopes, results)
+            size = sum(len(envelopes[i]) for i in chunk)
+            return self.limit.refused(chunk, size, results, EventResult(
+                Outcome.PERMANENT, f"Splunk refused {size} bytes as too large (413)"))
         if (known is not None and known.action is Action.RETRY) or reply.status_code in RETRY_STATUSES:
-            _mark(results, chunk, EventResult(Outcome.RETRY, f"HTTP {reply.status_code}: {text}"))
+            results.mark(chunk, EventResult(Outcome.RETRY, f"HTTP {reply.status_code}: {text}"))
             return []
         raise HecRefused(f"Splunk HEC answered HTTP {reply.status_code} ({text}) at {self.config.url}{EVENT_PATH}: "
                          "is `url` the HEC endpoint (port 8088)?")
 
     def _split(self, chunk: list[int], body: dict[str, Any], text: str, code: int | None,
-               results: list[EventResult | None]) -> list[list[int]]:
+               results: BatchResults) -> list[list[int]]:
         bad = body.get("invalid-event-number")
         if not isinstance(bad, int) or not 0 <= bad < len(chunk):
             if len(chunk) == 1:
@@ -268,20 +307,9 @@ class SplunkHecConnector(Connector):
             else:  # Splunk did not say which: halve until it does, or one event is left
                 half = len(chunk) // 2
                 return [chunk[:half], chunk[half:]]
-        _mark(results, chunk[:bad], DELIVERED)
+        results.mark(chunk[:bad], DELIVERED)
         results[chunk[bad]] = EventResult(Outcome.PERMANENT, f"Splunk HEC code {code}: {text}")
         return [chunk[bad + 1:]] if bad + 1 < len(chunk) else []
-
-    def _shrink(self, chunk: list[int], envelopes: list[bytes], results: list[EventResult | None]) -> list[list[int]]:
-        size = sum(len(envelopes[i]) for i in chunk)
-        if len(chunk) == 1:
-            results[chunk[0]] = EventResult(Outcome.PERMANENT, f"Splunk refused {size} bytes as too large (413)")
-            return []
-        self.request_limit = max(1024, min(self.request_limit, size // 2))
-        log.warning("sink %s: Splunk refused %d bytes (413); requests now stay under %d bytes",
-                    self.name, size, self.request_limit)
-        half = len(chunk) // 2
-        return [chunk[:half], chunk[half:]]
 
     async def _post(self, body: bytes) -> httpx.Response:
         assert self._client is not None
@@ -289,10 +317,10 @@ class SplunkHecConnector(Connector):
         if self.config.compress:
             body = gzip.compress(body, self.config.compression_level, mtime=0)
             headers["Content-Encoding"] = "gzip"
-        return await self._client.post(EVENT_PATH, content=body, headers=headers)
+        return await self._client.post(EVENT_PATH, content=body, headers=headers, extensions=self._extensions)
 
     # ---- indexer acknowledgement ------------------------------------------------------------
-    async def _await_acks(self, pending: dict[int, list[int]], results: list[EventResult | None]) -> None:
+    async def _await_acks(self, pending: dict[int, list[int]], results: BatchResults) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.ack_timeout
         pause = 0.0
@@ -302,16 +330,17 @@ class SplunkHecConnector(Connector):
             # heard from at once, a slow one is not asked more than every ack_poll_interval.
             pause = min(max(pause * 2, FIRST_ACK_POLL), self.config.ack_poll_interval)
             for ack_id in await self._acknowledged(list(pending)):
-                _mark(results, pending.pop(ack_id), DELIVERED)
+                results.mark(pending.pop(ack_id), DELIVERED)
         for chunk in pending.values():
-            _mark(results, chunk, EventResult(Outcome.RETRY, f"no indexer acknowledgement within "
-                                              f"{self.config.ack_timeout:g}s: sending again"))
+            results.mark(chunk, EventResult(Outcome.RETRY, f"no indexer acknowledgement within "
+                                            f"{self.config.ack_timeout:g}s: sending again"))
 
     async def _acknowledged(self, ack_ids: list[int]) -> list[int]:
         assert self._client is not None
         try:
-            reply = await self._client.post(ACK_PATH, content=orjson.dumps({"acks": ack_ids}))
-        except httpx.HTTPError as err:
+            reply = await self._client.post(ACK_PATH, content=orjson.dumps({"acks": ack_ids}),
+                                            extensions=self._extensions)
+        except TRANSPORT_ERRORS as err:
             log.warning("sink %s: ack query failed (%s); asking again", self.name, type(err).__name__)
             return []
         body = _json(reply)
@@ -329,9 +358,9 @@ class SplunkHecConnector(Connector):
         await self.open()
         assert self._client is not None
         try:
-            health = await self._client.get(HEALTH_PATH)
-        except httpx.HTTPError as err:
-            refused = _certificate_refused(err)
+            health = await self._client.get(HEALTH_PATH, extensions=self._extensions)
+        except TRANSPORT_ERRORS as err:
+            refused = certificate_refused(err)
             raise SinkFatal(f"TLS: certificate fails verification ({refused}); set ca_file" if refused
                             else f"{self.config.url}: {type(err).__name__}: {err}") from None
         health_body = _json(health)
@@ -341,7 +370,7 @@ class SplunkHecConnector(Connector):
                             f"{REMEDIES.get(code, 'check token and url')}")
         state = health_body.get("text") or f"HTTP {health.status_code}"
         # A zero-event batch: a good token gets "No data" (code 5), a bad one its refusal.
-        empty = _json(await self._client.post(EVENT_PATH, content=b""))
+        empty = _json(await self._client.post(EVENT_PATH, content=b"", extensions=self._extensions))
         code = empty.get("code")
         if code in (5, 0):
             return f"{self.config.url}: {state}; token accepted (a zero-event batch got \"{empty.get('text')}\")"
@@ -382,34 +411,6 @@ class _EnvelopeWriter:
 
 def _template(text: str, tenant_id: str, label: str) -> str:
     return text.replace("{tenant_id}", tenant_id).replace("{tenant}", label)
-
-
-def _requests(indexes: list[int], envelopes: list[bytes], limit: int) -> list[list[int]]:
-    """`indexes` grouped into requests of at most `limit` bytes, in order."""
-    requests: list[list[int]] = []
-    size = limit + 1
-    for i in indexes:
-        if size + len(envelopes[i]) > limit:
-            requests.append([])
-            size = 0
-        requests[-1].append(i)
-        size += len(envelopes[i])
-    return requests
-
-
-def _mark(results: list[EventResult | None], indexes: list[int], result: EventResult) -> None:
-    for i in indexes:
-        results[i] = result
-
-
-def _certificate_refused(err: BaseException) -> str | None:
-    """The verification failure behind an httpx error, if that is what it was."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return cause.verify_message or str(cause)
-        cause = cause.__cause__ or cause.__context__
-    return None
 
 
 def _json(reply: httpx.Response) -> dict[str, Any]:

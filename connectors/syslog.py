@@ -1,7 +1,7 @@
 """`type = "syslog"`: each event as the MSG of one syslog message, over UDP, TCP or TLS.
 
 The connector ArcSight, QRadar and Sentinel log forwarders (AMA) are fed by, with
-`format = "cef"` (the default). Facts: reference/sinks.md §3.5-3.6.
+`format = "cef"` (the default).
 
 Wire shape
 - RFC 5424: `<PRI>1 TIMESTAMP HOSTNAME APP-NAME - - - MSG` (PROCID, MSGID and
@@ -19,11 +19,12 @@ Sizes
 - `max_message_bytes` (the syslog message, header included; the framing prefix is not)
   defaults to 2048 over UDP (what RFC 5426 receivers should accept) and 64 KiB over TCP/TLS
   (syslog-ng's default `log-msg-size`; a larger frame makes it drop the connection).
-- A CEF line that does not fit is shortened by the format's own truncation
-  (`mappings.cef.fit`: whole values cut and marked `…`, never mid-escape). If even that
-  cannot fit it, the line is cut at a safe point and marked, sent, and counted as
-  truncated; a line is never split and never dropped. An event of a JSON format that does
-  not fit cannot be cut without corrupting it: it goes to the dead letters with the reason.
+- A line that does not fit is shortened by its format's own shortener, which the app hands
+  the connector (`Connector.shortener`; CEF's cuts whole values and marks them `…`, never
+  mid-escape), and counted as shortened. If even that cannot fit it, the shortener cuts the
+  line at a safe point and marks it: sent, and counted as truncated; a line is never split
+  and never dropped. An event of a format without a shortener (JSON) cannot be cut without
+  corrupting it: it goes to the dead letters with the reason.
 
 Status table (what happened -> outcome)
   connected, every frame written and flushed, connection still open     delivered
@@ -31,7 +32,7 @@ Status table (what happened -> outcome)
   connection found closed by the receiver after the flush                retry the batch (a
                                                                            duplicate at worst)
   UDP: ICMP port unreachable reported while sending                      retry the batch
-  TLS: the server's certificate fails verification                       the sink stops
+  TLS: the server's certificate fails verification (connectors.tls)      the sink stops
   TLS: the server refuses our session (e.g. client certificate)          the sink stops
   JSON event larger than max_message_bytes                               dead letter
 
@@ -53,12 +54,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
+from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
+from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
 from core.model.schema import Severity
-from core.model.secrets import Secret
-from mappings.cef import Fit
-from mappings.cef import fit as cef_fit
 
 log = logging.getLogger("defender_forwarder.syslog")
 
@@ -88,7 +87,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 _HEADER_TEXT = "printable US-ASCII without spaces"
 
 
-class SyslogSinkConfig(SinkConfig):
+class SyslogSinkConfig(TlsSinkConfig):
     type: str = "syslog"
     format: str = "cef"
     batch_max_events: int = Field(default=1000, ge=1, le=100_000)
@@ -102,12 +101,6 @@ class SyslogSinkConfig(SinkConfig):
     app_name: str = "defender-forwarder"
     hostname: str | None = Field(default=None, description="default: this machine's name")
     max_message_bytes: int | None = Field(default=None, ge=480, le=16 * 1024 * 1024)
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    client_key_password: Secret | None = None
-    tls_verify: bool = True
-    tls_server_name: str | None = Field(default=None, description="default: host")
     connect_timeout: Duration = 10.0
     send_timeout: Duration = 30.0
 
@@ -142,11 +135,9 @@ class SyslogSinkConfig(SinkConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> SyslogSinkConfig:
-        if self.client_key is not None and self.client_cert is None:
-            raise ValueError("client_key needs client_cert")
-        tls_only = {"ca_file": self.ca_file, "client_cert": self.client_cert, "tls_server_name": self.tls_server_name}
-        if self.protocol != "tls" and any(v is not None for v in tls_only.values()):
-            raise ValueError(f"{', '.join(k for k, v in tls_only.items() if v is not None)} need protocol = \"tls\"")
+        tls_only = self.tls_keys_set("ca_file", "client_cert", "tls_server_name")
+        if self.protocol != "tls" and tls_only:
+            raise ValueError(f"{', '.join(tls_only)} need protocol = \"tls\"")
         if self.protocol == "udp" and "framing" in self.model_fields_set:
             raise ValueError("framing applies to tcp and tls only (UDP sends one message per datagram)")
         if self.protocol == "udp" and self.message_limit > UDP_MAX_DATAGRAM:
@@ -174,8 +165,8 @@ class SyslogConnector(Connector):
     config_model = SyslogSinkConfig
     config: SyslogSinkConfig
 
-    def __init__(self, name: str, config: SyslogSinkConfig) -> None:
-        super().__init__(name, config)
+    def __init__(self, name: str, config: SyslogSinkConfig, shortener: Shortener | None = None) -> None:
+        super().__init__(name, config, shortener)
         self.counters.update(shortened=0, truncated=0)
         self._tls: ssl.SSLContext | None = None
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -188,18 +179,11 @@ class SyslogConnector(Connector):
             self._tls = self._tls_context()
 
     def _tls_context(self) -> ssl.SSLContext:
-        config = self.config
         try:
-            context = ssl.create_default_context(cafile=config.ca_file)
-            if config.client_cert:
-                password = config.client_key_password.get_secret_value() if config.client_key_password else None
-                context.load_cert_chain(config.client_cert, config.client_key, password)
-        except (OSError, ssl.SSLError) as err:
-            raise SinkFatal(f"TLS set-up: {err}") from None
-        if not config.tls_verify:
-            log.warning("sink %s: tls_verify = false: the server's certificate is NOT checked", self.name)
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+            context = ssl_context(self.config)
+        except TlsFileError as err:
+            raise SinkFatal(f"TLS set-up: {err.error}") from None
+        self.config.warn_if_unverified(self.name, log)
         return context
 
     # ---- sending --------------------------------------------------------------------------
@@ -234,11 +218,11 @@ class SyslogConnector(Connector):
         return frames, results
 
     def _fitted(self, event: Event, room: int) -> bytes | None:
-        """The CEF line within `room` bytes (counted); None for a format that cannot be cut."""
-        if self.config.format != "cef":
+        """The line within `room` bytes (counted); None for a format that cannot be cut."""
+        if self.shortener is None:
             return None
-        body, how = cef_fit(event.body, room)
-        if how is Fit.CUT:
+        body, cut = self.shortener(event.body, room)
+        if cut:
             self.counters["truncated"] += 1
             log.warning("sink %s: %s did not fit %d bytes even shortened: sent truncated and marked",
                         self.name, event.meta.version_key, self.config.message_limit)
@@ -274,10 +258,11 @@ class SyslogConnector(Connector):
                                         server_hostname=(config.tls_server_name or config.host) if self._tls else None),
                 config.connect_timeout,
             )
-        except ssl.SSLCertVerificationError as err:
-            raise SinkFatal(f"TLS: {config.host}:{config.target_port} presented a certificate that fails "
-                            f"verification ({err.verify_message}); set ca_file to the CA that signed it") from None
         except ssl.SSLError as err:
+            refused = certificate_refused(err)
+            if refused:
+                raise SinkFatal(f"TLS: {config.host}:{config.target_port} presented a certificate that fails "
+                                f"verification ({refused}); set ca_file to the CA that signed it") from None
             raise SinkFatal(f"TLS handshake with {config.host}:{config.target_port} failed: {err.reason}") from None
         _keep_alive(writer)
         if self._tls is not None:

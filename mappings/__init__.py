@@ -1,7 +1,8 @@
 """Mappings: Defender source shapes -> `core.model.schema.Alert` -> each output format.
 
 Every output format is a module with `encode(alert: Alert) -> bytes` returning one
-line (no trailing newline); every source is a module with
+line (no trailing newline); a format whose lines can be cut to fit a budget offers a
+shortener too (`shortener(name)`); every source is a module with
 `normalise(raw, tenant, ingested) -> Alert`. Modules are imported on first use so that
 `--help` and cron start-up stay fast.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from core.model.schema import Alert, TenantRef
@@ -28,10 +29,14 @@ OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 # the SIEM formats above, but any sink or `convert` may name it.
 AVAILABLE_FORMATS["alert"] = "mappings.alert"
 
-SOURCES = {"graph": "mappings.graph_alerts_v2"}
+# `convert --source` names -> the mapping module of that source shape.
+SOURCES = {"graph": "graph_alerts_v2"}
 
 
 Encoder = Callable[["Alert"], bytes]
+# (line, budget in bytes) -> the line within the budget, and whether it had to be cut (it may
+# no longer parse) rather than only shortened value by value.
+Shortener = Callable[[bytes, int], tuple[bytes, bool]]
 
 
 class FormatNotAvailable(ValueError):
@@ -46,9 +51,37 @@ def encoder(name: str) -> Encoder:
     return import_module(module).encode
 
 
+def shortener(name: str) -> Shortener | None:
+    """How format `name` shortens a line that does not fit a budget; None for a format whose
+    lines cannot be cut without corrupting them (JSON)."""
+    if name != "cef":
+        return None
+    from mappings.cef import Fit, fit
+
+    def shorten(line: bytes, budget: int) -> tuple[bytes, bool]:
+        fitted, how = fit(line, budget)
+        return fitted, how is Fit.CUT
+
+    return shorten
+
+
+class SourceMapping(NamedTuple):
+    """What a source's mapping module offers: `normalise`, and the error by which it refuses a
+    record (dead-lettered with its message; any other error is a bug of the mapping)."""
+
+    normalise: Callable[[Any, TenantRef, datetime], Alert]
+    refusal: type[Exception]
+
+
+def source_mapping(module: str) -> SourceMapping:
+    """The mapping module `mappings.<module>` (what a source kind names as its `mapping`)."""
+    found = import_module(f"mappings.{module}")
+    return SourceMapping(found.normalise, found.MappingError)
+
+
 def normaliser(source: str) -> Callable[[Any, TenantRef, datetime], Alert]:
     """The `normalise` function of source `source` (a `SOURCES` key)."""
     module = SOURCES.get(source)
     if module is None:
         raise ValueError(f"unknown source {source!r}; sources: {', '.join(SOURCES)}")
-    return import_module(module).normalise
+    return source_mapping(module).normalise

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any, Callable, NoReturn
 
+from connectors import setup_offers  # the registry alone: no connector is imported
+
 DESCRIPTION = """\
 Forward Microsoft Defender alerts of many customer tenants (Microsoft Graph
 security/alerts_v2) into the MSSP's SIEM: syslog CEF, Splunk HEC, Elasticsearch,
@@ -38,15 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "replay", "drop"])
     dead.add_argument("--sink", help="only this sink's dead letters")
     dead.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
-    setup = _add(commands, "setup", "install what a destination needs: for elasticsearch, the index template "
-                 "and ILM policy of the data streams")
-    setup.add_argument("target", choices=["elasticsearch"])
-    setup.add_argument("--sink", help="the elasticsearch sink to set up (default: every one in the config)")
-    setup.add_argument("--retention", default="365d", help="ILM: delete backing indices this old (default 365d)")
-    setup.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
+    _add_setup(commands)
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")
     return parser
+
+
+def _add_setup(commands: Any) -> None:
+    """`setup TYPE`, for each sink type that offers it, with the options each declares in the
+    registry (read without importing any connector). An option left out is None here: the
+    command fills in the default of the type named."""
+    offers = setup_offers()
+    prepares = "; ".join(f"for {sink_type}, {offer.prepares}" for sink_type, offer in offers.items())
+    setup = _add(commands, "setup", f"install what a destination needs: {prepares}")
+    setup.add_argument("target", choices=list(offers))
+    setup.add_argument("--sink", help=f"the {' or '.join(offers)} sink to set up (default: every one in the config)")
+    options = {option.name: option for offer in offers.values() for option in offer.options}
+    for option in options.values():
+        setup.add_argument("--" + option.name.replace("_", "-"), help=option.help)
+    setup.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
 
 
 def _add(commands: Any, name: str, text: str, config: bool = True) -> argparse.ArgumentParser:

@@ -341,27 +341,47 @@ def cmd_consent_url(args: argparse.Namespace) -> int:
 # ---- setup ------------------------------------------------------------------------------
 @_guarded
 def cmd_setup(args: argparse.Namespace) -> int:
-    from connectors import elasticsearch_setup
+    from connectors import connector_class
 
     config = _load(args)
-    sinks = {name: sink for name, sink in config.sinks.items() if sink.type == "elasticsearch"}
+    target = args.target
+    options = _setup_options(args, target)
+    sinks = {name: sink for name, sink in config.sinks.items() if sink.type == target}
     if args.sink is not None:
         if args.sink not in sinks:
-            raise CommandFailed(f"--sink: no elasticsearch sink named {args.sink!r} in the config", EXIT_CONFIG)
+            raise CommandFailed(f"--sink: no {target} sink named {args.sink!r} in the config", EXIT_CONFIG)
         sinks = {args.sink: sinks[args.sink]}
     if not sinks:
-        raise CommandFailed("the config has no sink of type elasticsearch", EXIT_CONFIG)
+        raise CommandFailed(f"the config has no sink of type {target}", EXIT_CONFIG)
     for name, sink in sinks.items():
-        if args.dry_run:
-            print(elasticsearch_setup.dry_run(sink, args.retention))
-            continue
-        try:
-            lines = asyncio.run(elasticsearch_setup.apply(sink, args.retention))
-        except Exception as err:  # noqa: BLE001 - the cluster's refusal, whatever its kind, is the message
-            raise CommandFailed(f"sink {name}: {type(err).__name__}: {err}", EXIT_PARTIAL) from None
-        for line in lines:
-            err_console.print(f"sink {name}: {line}")
+        plan = connector_class(target).setup(sink, options)
+        if plan is None:
+            err_console.print(f"sink {name}: nothing to prepare")
+        elif args.dry_run:
+            print(plan.describe())
+        else:
+            try:
+                lines = asyncio.run(plan.apply())
+            except Exception as err:  # noqa: BLE001 - the destination's refusal, whatever its kind, is the message
+                raise CommandFailed(f"sink {name}: {type(err).__name__}: {err}", EXIT_PARTIAL) from None
+            for line in lines:
+                err_console.print(f"sink {name}: {line}")
     return EXIT_OK
+
+
+def _setup_options(args: argparse.Namespace, target: str) -> dict[str, str]:
+    """The setup options of sink type `target`, defaults filled in; an option of another
+    type's setup is a usage error."""
+    from connectors import setup_offers
+
+    offers = setup_offers()
+    own = {option.name: option for option in offers[target].options}
+    for offer in offers.values():
+        for option in offer.options:
+            if option.name not in own and getattr(args, option.name) is not None:
+                raise CommandFailed(f"--{option.name.replace('_', '-')}: not an option of setup {target}", EXIT_CONFIG)
+    return {name: option.default if getattr(args, name) is None else getattr(args, name)
+            for name, option in own.items()}
 
 
 # ---- dead letters ----------------------------------------------------------------------

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import os
 import re
 import tomllib
@@ -12,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from connectors import connector_class, sink_types
 from core.model.durations import Duration
 from core.model.schema import Severity
 from core.model.secrets import LiteralSecretWarning
@@ -21,16 +21,6 @@ from core.sources.auth import AppSettings
 DEFAULT_CONFIG = "defender-forwarder.toml"
 CONFIG_ENV = "DEFENDER_FORWARDER_CONFIG"
 
-# Sink type -> module in connectors/ (imported only when a config uses that type).
-SINK_MODULES: dict[str, str] = {
-    "file": "connectors.file",
-    "stdout": "connectors.stdout",
-    "syslog": "connectors.syslog",
-    "splunk_hec": "connectors.splunk_hec",
-    "elasticsearch": "connectors.elasticsearch",
-    "eventhub": "connectors.eventhub",
-    "email": "connectors.email",
-}
 
 
 class ConfigError(Exception):
@@ -186,10 +176,10 @@ def _validate_sink(name: str, raw: Any, problems: list[str]) -> Any:
         problems.append(f"sinks.{name}: expected a table")
         return None
     sink_type = raw.get("type")
-    if sink_type not in SINK_MODULES:
+    if sink_type not in sink_types():
         problems.append(f"sinks.{name}.type: {_unknown_sink_type(sink_type)}")
         return None
-    model = importlib.import_module(SINK_MODULES[sink_type]).CONNECTOR.config_model
+    model = connector_class(sink_type).config_model
     try:
         return model.model_validate(raw)
     except ValidationError as err:
@@ -198,7 +188,7 @@ def _validate_sink(name: str, raw: Any, problems: list[str]) -> Any:
 
 
 def _unknown_sink_type(sink_type: Any) -> str:
-    return f"unknown sink type {sink_type!r}; available: {', '.join(SINK_MODULES)}"
+    return f"unknown sink type {sink_type!r}; available: {', '.join(sink_types())}"
 
 
 def _cross_check(config: Config) -> list[str]:

@@ -7,7 +7,6 @@ alert a format cannot encode is dead-lettered for that sink at once, with its re
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import math
 import random
@@ -23,7 +22,8 @@ from typing import Any, Callable
 import httpx
 from aiolimiter import AsyncLimiter
 
-from core.app.config import SINK_MODULES, Config, RouteSettings, TenantSettings, sinks_for_alert
+from connectors import connector_class
+from core.app.config import Config, RouteSettings, TenantSettings, sinks_for_alert
 from core.delivery import SinkWorker
 from core.model import jsonutil
 from core.model.schema import Alert, EventMeta, TenantRef
@@ -34,7 +34,7 @@ from core.sources.incremental import Window, prune_horizon, window_start
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
-from mappings import Encoder, encoder
+from mappings import Encoder, SourceMapping, encoder, shortener, source_mapping
 
 log = logging.getLogger("defender_forwarder.pipeline")
 
@@ -66,20 +66,6 @@ class _PageOutcome:
     sinks: set[str] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """What the app takes from a source kind's mapping module: `normalise`, and the error by which
-    it refuses a record (dead-lettered with its message; any other error is a mapping bug)."""
-
-    normalise: Callable[[Any, TenantRef, datetime], Alert]
-    refusal: type[Exception]
-
-    @classmethod
-    def of(cls, kind: SourceKind) -> "Mapping":
-        module = importlib.import_module(f"mappings.{kind.mapping}")
-        return cls(module.normalise, module.MappingError)
-
-
 class Forwarder:
     """Owns the clients, sources and sink workers of one configuration."""
 
@@ -93,7 +79,7 @@ class Forwarder:
         self.encoders: dict[str, Encoder] = {name: encoder(sink.format) for name, sink in config.sinks.items()}
         # label -> source kind name -> its reader: one per (tenant, kind in its `sources`).
         self.readers: dict[str, dict[str, AlertSource]] = {}
-        self.mappings: dict[str, Mapping] = {}  # source kind name -> its mapping
+        self.mappings: dict[str, SourceMapping] = {}  # source kind name -> its mapping
         self._http: dict[str | None, list[httpx.AsyncClient]] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._sessions: dict[str | None, Any] = {}
@@ -105,7 +91,7 @@ class Forwarder:
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
         self.readers = {label: self._readers(label, t) for label, t in self.config.tenants.items() if t.enabled}
         kinds = {kind for readers in self.readers.values() for kind in readers}
-        self.mappings = {kind: Mapping.of(KINDS[kind]) for kind in sorted(kinds)}
+        self.mappings = {kind: source_mapping(KINDS[kind].mapping) for kind in sorted(kinds)}
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -119,8 +105,10 @@ class Forwarder:
 
     # ---- construction ---------------------------------------------------
     def _worker(self, name: str, sink: Any) -> SinkWorker:
-        connector_class = importlib.import_module(SINK_MODULES[sink.type]).CONNECTOR
-        return SinkWorker(connector_class(name, sink), self.store)
+        # The connector gets the part of its format it needs: how to shorten a line that does
+        # not fit the destination's message.
+        connector = connector_class(sink.type)(name, sink, shortener=shortener(sink.format))
+        return SinkWorker(connector, self.store)
 
     def _readers(self, label: str, tenant: TenantSettings) -> dict[str, AlertSource]:
         """A reader per source kind the tenant reads; a replay tenant replays its folder for each."""
@@ -284,7 +272,7 @@ class Forwarder:
             self._route(alert, commit, outcome, result)
         return outcome
 
-    def _normalise_page(self, ref: TenantRef, mapping: Mapping, raws: list[Any], commit: PageCommit) -> list[Alert]:
+    def _normalise_page(self, ref: TenantRef, mapping: SourceMapping, raws: list[Any], commit: PageCommit) -> list[Alert]:
         ingested = self.clock()
         normalise, refusal = mapping.normalise, mapping.refusal
         alerts = []

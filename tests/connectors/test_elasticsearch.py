@@ -5,6 +5,7 @@ failures, auth and TLS, the compatibility header, the template and ILM policy, a
 standard battery."""
 from __future__ import annotations
 
+import asyncio
 import signal
 import ssl
 from collections.abc import Iterator
@@ -15,10 +16,19 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import trustme
+from cryptography.hazmat.primitives import serialization
 
-from connectors.elasticsearch import TEMPLATE_NAME, document_id, namespace
+from connectors.base import Event, Outcome
+from connectors.elasticsearch import (
+    TEMPLATE_NAME,
+    ElasticsearchConnector,
+    ElasticsearchSinkConfig,
+    document_id,
+    namespace,
+)
 from connectors.elasticsearch_setup import FIELD_TYPES
-from core.model.schema import TenantRef
+from core.model.schema import EventMeta, Severity, TenantRef
 from core.state.sqlite import SQLiteStore
 from mappings import ecs, raw
 from mappings.graph_alerts_v2 import normalise
@@ -26,6 +36,7 @@ from tests.connectors.battery import ConnectorBattery
 from tests.helpers import SHARED_SAMPLES, CloudSetup, daemon, recent, run_cli, until
 from tests.peers.alert_factory import make_alerts
 from tests.peers.es_peer import EsPeer
+from tests.peers.mutual_tls import client_certificate
 
 API_KEY = "SECRET-es-api-key-9d2b"  # recognisable, for the secret scan
 
@@ -311,3 +322,93 @@ def test_an_elastic_cloud_id_resolves_to_its_deployment(monkeypatch: pytest.Monk
     assert nodes == [("https", "es1234.westeurope.azure.elastic-cloud.com", 443)]
     with pytest.raises(ValueError, match="exactly one of hosts or cloud_id"):
         ElasticsearchSinkConfig.model_validate({"hosts": ["https://h:9200"], "cloud_id": "env:DF_TEST_CLOUD_ID"})
+
+
+# ---- TLS keys, a pinned fingerprint, a cluster's size limit ----------------------------------------
+
+CLIENT_KEY_PASSWORD = "SECRET-es-client-key-2f8a"
+
+
+def test_a_client_certificate_for_mutual_tls(setup: CloudSetup, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DF_TEST_ES_KEY", API_KEY)
+    client_ca = trustme.CA()
+    files = client_certificate(client_ca, tmp_path, CLIENT_KEY_PASSWORD)
+    plain_key = tmp_path / "client-key-plain.pem"  # the client takes no key password
+    plain_key.write_bytes(serialization.load_pem_private_key(files.key.read_bytes(), CLIENT_KEY_PASSWORD.encode())
+                          .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+    with EsPeer(api_key=API_KEY, client_ca=client_ca) as strict:
+        _alerts(setup, "contoso", 2, 72)
+        setup.forwarder["once_deadline"] = "1s"
+        setup.sinks = {"elastic": _sink(strict)}  # no client certificate: the cluster hangs up
+        refused = _run(setup)
+        assert refused.returncode == 1 and strict.count() == 0
+        setup.sinks = {"elastic": _sink(strict, client_cert=str(files.cert), client_key=str(plain_key))}
+        result = _run(setup)
+        assert result.returncode == 0, result.stderr
+        assert strict.count() == 2
+
+
+def test_tls_keys_the_client_cannot_honour_are_refused(setup: CloudSetup, es: EsPeer) -> None:
+    setup.tenant("contoso")
+    setup.sinks = {"elastic": _sink(es, client_cert="/etc/c.pem", client_key_password="env:DF_TEST_ES_KEY",
+                                    tls_server_name="es.example")}
+    result = _run(setup)
+    assert result.returncode == 2
+    assert "sinks.elastic.client_key_password: not supported by the elasticsearch sink" in result.stderr
+    assert "sinks.elastic.tls_server_name: not supported by the elasticsearch sink" in result.stderr
+    setup.sinks = {"elastic": _sink(es, client_cert="/etc/c.pem", ssl_assert_fingerprint=es.fingerprint)}
+    result = _run(setup)
+    assert result.returncode == 2 and "client_cert cannot be used with ssl_assert_fingerprint" in result.stderr
+
+
+def test_a_fingerprint_that_does_not_match_stops_the_sink(setup: CloudSetup, es: EsPeer) -> None:
+    _alerts(setup, "contoso", 1, 73)
+    sink = _sink(es, ssl_assert_fingerprint="ab" * 32)
+    del sink["ca_file"]
+    setup.sinks = {"elastic": sink}
+    result = _run(setup)
+    assert result.returncode == 1 and "fails verification" in result.stderr
+    assert es.bulk_requests == []
+
+
+def _padded(sizes: list[int]) -> list[Event]:
+    """One event per size, each a document of about that many bytes."""
+    meta = EventMeta("t-1", "acme", "a", "t-1/a/2026", Severity.high, 1.5e9)
+    return [Event(i, meta._replace(alert_id=f"a{i}", version_key=f"t-1/a{i}/2026"),
+                  b'{"n":%d,"pad":"%b"}' % (i, b"x" * size)) for i, size in enumerate(sizes)]
+
+
+def test_a_413_halves_the_bulk_and_later_batches_stay_under_the_learnt_limit(es: EsPeer) -> None:
+    connector = ElasticsearchConnector("elastic", ElasticsearchSinkConfig.model_validate(_sink(es, format="cim")))
+    events = _padded([1000] * 8)
+    one = len(b"".join(connector._operation(events[0]))) + 2
+    es.max_content_length = 2 * one + 100  # two documents fit a request, three do not
+
+    async def go() -> list[list[Any]]:
+        try:
+            return [await connector.send(events[:4]), await connector.send(events[4:])]
+        finally:
+            await connector.close()
+
+    first, second = asyncio.run(go())
+    assert {r.outcome for r in first + second} == {Outcome.OK} and es.count() == 8
+    assert [(r.status, r.items) for r in es.bulk_requests] == [(413, 0), (200, 2), (200, 2), (200, 2), (200, 2)]
+
+
+def test_one_document_too_large_for_the_cluster_is_a_dead_letter(es: EsPeer) -> None:
+    connector = ElasticsearchConnector("elastic", ElasticsearchSinkConfig.model_validate(_sink(es, format="cim")))
+    events = _padded([100, 5000, 100])
+    es.max_content_length = 3000
+
+    async def go() -> list[Any]:
+        try:
+            return await connector.send(events)
+        finally:
+            await connector.close()
+
+    results = asyncio.run(go())
+    assert [r.outcome for r in results] == [Outcome.OK, Outcome.PERMANENT, Outcome.OK]
+    assert results[1].reason.startswith("document too large for the cluster (HTTP 413")
+    assert es.count() == 2

@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
+import trustme
 
 from core.state.sqlite import SQLiteStore
 from tests.connectors.battery import ConnectorBattery
 from tests.helpers import CloudSetup, recent, run_cli
 from tests.peers.alert_factory import make_alerts, updated_version
+from tests.peers.mutual_tls import client_certificate
 from tests.peers.smtp_server import SmtpServer
 
 PASSWORD = "SECRET-smtp-password-1b9e"  # recognisable, for the secret scan
@@ -247,3 +249,37 @@ class TestEmailBattery(ConnectorBattery):
 
     def secrets(self, peer: SmtpServer, tmp: Path) -> list[str]:
         return [PASSWORD]
+
+
+# ---- TLS keys ---------------------------------------------------------------------------------------
+
+CLIENT_KEY_PASSWORD = "SECRET-smtp-client-key-8e4b"
+
+
+def test_a_client_certificate_for_mutual_tls(setup: CloudSetup, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    client_ca = trustme.CA()
+    files = client_certificate(client_ca, tmp_path, CLIENT_KEY_PASSWORD)
+    monkeypatch.setenv("DF_TEST_SMTP_PASSWORD", PASSWORD)
+    monkeypatch.setenv("DF_TEST_CLIENT_KEY_PASSWORD", CLIENT_KEY_PASSWORD)
+    with SmtpServer(tls="starttls", users={"forwarder": PASSWORD}, client_ca=client_ca) as strict:
+        _alerts(setup, "contoso", 1, 105)
+        setup.forwarder["once_deadline"] = "1s"
+        setup.sinks = {"mail": _sink(strict)}
+        assert _run(setup).returncode == 1 and _pending(setup) == 1
+        setup.sinks = {"mail": _sink(strict, client_cert=str(files.cert), client_key=str(files.key),
+                                     client_key_password="env:DF_TEST_CLIENT_KEY_PASSWORD")}
+        result = _run(setup)
+        assert result.returncode == 0, result.stderr
+        (received,) = strict.wait_for(1)
+        assert received.tls and received.recipients == ["soc+contoso@mssp.example"]
+
+
+def test_tls_keys_smtplib_cannot_honour_are_refused(setup: CloudSetup, smtp: SmtpServer) -> None:
+    setup.tenant("contoso")
+    setup.sinks = {"mail": _sink(smtp, tls_server_name="mail.example")}
+    result = _run(setup)
+    assert result.returncode == 2 and "sinks.mail.tls_server_name: not supported by the email sink" in result.stderr
+    setup.sinks = {"mail": _sink(smtp, security="none", client_cert="/etc/c.pem")}
+    result = _run(setup)
+    assert result.returncode == 2 and 'client_cert needs security = "starttls" or "tls"' in result.stderr

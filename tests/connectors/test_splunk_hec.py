@@ -13,9 +13,19 @@ from typing import Any
 
 import orjson
 import pytest
+import trustme
 
 from connectors.base import Event, Outcome, SinkFatal
-from connectors.splunk_hec import EVENT_PATH, HEC_CODES, Action, SplunkHecConnector, SplunkHecSinkConfig
+from connectors.splunk_hec import (
+    EVENT_PATH,
+    HEC_CODES,
+    NO_CODE_OUTCOMES,
+    OUTCOMES,
+    Action,
+    SplunkHecConnector,
+    SplunkHecSinkConfig,
+    markdown_table,
+)
 from core.model.schema import EventMeta, Severity, TenantRef
 from core.state.sqlite import SQLiteStore
 from mappings import raw
@@ -24,6 +34,7 @@ from tests.connectors.battery import ConnectorBattery
 from tests.helpers import CloudSetup, daemon, recent, run_cli, until
 from tests.peers.alert_factory import make_alerts
 from tests.peers.hec_peer import HecPeer, HecRequest, TokenSettings
+from tests.peers.mutual_tls import client_certificate
 
 TOKEN = "11111111-aaaa-4bbb-8ccc-SECRET0hec0token"  # recognisable, for the secret scan
 ACK_TOKEN = "22222222-aaaa-4bbb-8ccc-SECRET0ack0token"
@@ -275,3 +286,47 @@ class TestHecBattery(ConnectorBattery):
 
     def secrets(self, peer: HecPeer, tmp: Path) -> list[str]:
         return [TOKEN, ACK_TOKEN]
+
+
+# ---- TLS: a client certificate, another server name, the status table for the docs ------------------
+
+CLIENT_KEY_PASSWORD = "SECRET-hec-client-key-5d1c"
+
+
+def test_a_client_certificate_for_mutual_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    client_ca = trustme.CA()
+    files = client_certificate(client_ca, tmp_path, CLIENT_KEY_PASSWORD)
+    monkeypatch.setenv("DF_TEST_HEC_TOKEN", TOKEN)
+    monkeypatch.setenv("DF_TEST_CLIENT_KEY_PASSWORD", CLIENT_KEY_PASSWORD)
+    with HecPeer(tokens={TOKEN: TokenSettings()}, client_ca=client_ca) as strict:
+        refused = asyncio.run(_send(_connector(strict), _events(2)))
+        assert [r.outcome for r in refused] == [Outcome.RETRY] * 2 and strict.events() == []
+        results = asyncio.run(_send(_connector(strict, client_cert=str(files.cert), client_key=str(files.key),
+                                               client_key_password="env:DF_TEST_CLIENT_KEY_PASSWORD"), _events(2)))
+        assert [r.outcome for r in results] == [Outcome.OK] * 2 and len(strict.events()) == 2
+
+
+def test_tls_server_name_is_the_name_the_certificate_must_carry(hec: HecPeer) -> None:
+    # The peer's certificate names 127.0.0.1 and localhost; the URL says 127.0.0.1.
+    results = asyncio.run(_send(_connector(hec, tls_server_name="localhost"), _events(1)))
+    assert [r.outcome for r in results] == [Outcome.OK]
+    with pytest.raises(SinkFatal, match="fails verification .*Hostname mismatch"):
+        asyncio.run(_send(_connector(hec, tls_server_name="splunk.example"), _events(1)))
+    assert len(hec.events()) == 1
+
+
+def test_tls_keys_of_a_plain_http_url_are_refused(hec: HecPeer) -> None:
+    with pytest.raises(ValueError, match="client_cert, tls_server_name need an https url"):
+        SplunkHecSinkConfig.model_validate(_sink(hec, url="http://127.0.0.1:8088", client_cert="/c.pem",
+                                                 tls_server_name="splunk.example"))
+
+
+def test_the_status_table_for_the_docs_comes_from_the_code_table() -> None:
+    rows = markdown_table().splitlines()[2:]
+    by_code = {row.split(" | ")[0].removeprefix("| "): row for row in rows}
+    for code, hec_code in HEC_CODES.items():
+        assert by_code[str(code)] == (f"| {code} | {hec_code.status} | {hec_code.text} | "
+                                      f"{OUTCOMES[hec_code.action]} |")
+    assert [row for row in rows if row.startswith("| none |")] == [
+        f"| none | {statuses} | | {outcome} |" for statuses, outcome in NO_CODE_OUTCOMES]
+    assert len(rows) == len(HEC_CODES) + len(NO_CODE_OUTCOMES)

@@ -3,6 +3,7 @@ and framing byte for byte, TLS verification and mutual TLS, sizes, a receiver th
 and the standard connector battery."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Iterator
@@ -13,9 +14,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from core.model.schema import Alert, TenantRef
+from connectors.base import Event, EventResult, Outcome
+from connectors.syslog import SyslogConnector, SyslogSinkConfig
+from core.model.schema import Alert, EventMeta, TenantRef
 from core.state.sqlite import SQLiteStore
-from mappings import cef, raw
+from mappings import cef, raw, shortener
 from mappings.graph_alerts_v2 import normalise
 from tests.cef_parser import parse as parse_cef
 from tests.connectors.battery import ConnectorBattery
@@ -297,3 +300,36 @@ def _password_file(tmp: Path) -> Path:
     path = tmp / "key-password"
     path.write_text(KEY_PASSWORD)
     return path
+
+
+# ---- the format's shortener, handed over by the app ---------------------------------------------
+
+def test_a_line_that_does_not_fit_is_shortened_only_by_a_shortener_it_was_given(receiver: SyslogNg) -> None:
+    ref = TenantRef(id="44444444-4444-4444-8444-444444444444", label="contoso")
+    alerts = make_alerts(2, ref.id, recent(60), timedelta(minutes=1), seed=31)
+    alerts[0]["description"] = "long = description \\ " * 200
+    normalised = [normalise(a, ref, recent(0)) for a in alerts]
+    lines = [cef.encode(alert) for alert in normalised]
+    events = [Event(i, EventMeta.of(alert), line)
+              for i, (alert, line) in enumerate(zip(normalised, lines, strict=True))]
+    limit = len(lines[1]) + 200  # the second fits with its header, the first does not
+    assert len(lines[0]) > limit
+    config = SyslogSinkConfig.model_validate(_sink(receiver, "udp", max_message_bytes=limit))
+    assert shortener("raw") is None and shortener("cef") is not None
+
+    async def send(connector: SyslogConnector) -> list[EventResult]:
+        try:
+            return await connector.send(events)
+        finally:
+            await connector.close()
+
+    bare = asyncio.run(send(SyslogConnector("siem", config)))
+    assert [r.outcome for r in bare] == [Outcome.PERMANENT, Outcome.OK]
+    assert bare[0].reason.endswith(f"exceed max_message_bytes {limit}; a cef event cannot be cut")
+    assert [m["MSG"].encode() for m in receiver.wait_for(1, "udp")] == [lines[1]]
+
+    given = SyslogConnector("siem", config, shortener=shortener("cef"))
+    assert [r.outcome for r in asyncio.run(send(given))] == [Outcome.OK, Outcome.OK]
+    assert given.counters == {"shortened": 1, "truncated": 0}
+    shortened = next(m["MSG"] for m in receiver.wait_for(3, "udp") if f"cs3={alerts[0]['id']}" in m["MSG"])
+    assert parse_cef(shortened).extension["msg"].endswith("\u2026")

@@ -3,7 +3,8 @@
 No Elasticsearch can run here (shared/reference/receivers.md §3), so this peer answers the way
 Elasticsearch 9.1 does, over real sockets, for the APIs a log forwarder and its set-up command
 use: HTTPS with a certificate from a trustme CA by default (`ca_file` for `ca_certs=`,
-`fingerprint` for `ssl_assert_fingerprint=`), plain HTTP on request; HTTP/1.1 keep-alive;
+`fingerprint` for `ssl_assert_fingerprint=`; with `client_ca=` a client certificate that CA
+signed is required), plain HTTP on request; HTTP/1.1 keep-alive;
 Nagle off (without it every answer waits ~40 ms for the client's delayed ACK).
 
   GET|HEAD        /                               cluster info (version.number VERSION)
@@ -142,6 +143,7 @@ import trustme
 
 from tests.peers.lifecycle import Restartable
 from tests.peers.loopback_http import LoopbackHTTPServer
+from tests.peers.mutual_tls import require_client_certificate
 
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
@@ -603,9 +605,10 @@ class EsPeer(Restartable):
                  require_pipelines: bool = True, count_only: bool = False,
                  max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
                  http_compression: bool | None = None, response_content_type: str | None = None,
-                 cluster_name: str = "es-peer") -> None:
+                 cluster_name: str = "es-peer", client_ca: trustme.CA | None = None) -> None:
         self.tls = tls
         self.ca = ca or trustme.CA()
+        self.client_ca = client_ca  # when set: mutual TLS, a client certificate it signed required
         self.api_key = api_key  # when set, "Authorization: ApiKey <api_key>" is accepted
         self.basic = basic  # when set, Basic auth with (user, password) is accepted
         self.compatible_versions = frozenset(compatible_versions)
@@ -704,6 +707,7 @@ class EsPeer(Restartable):
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self._leaf.configure_cert(context)
+            require_client_certificate(context, self.client_ca)
         self._server = _Server(self, self._port, context)
         self._port = self._server.server_address[1]
         self._server.serve_in_background(f"es-peer-{self._port}")

@@ -2,9 +2,9 @@
 
 No Splunk can run here (shared/reference/receivers.md §2), so this peer answers the way
 Splunk's HEC is documented to (shared/reference/sinks.md §1), over real sockets: HTTPS with a
-certificate from a trustme CA by default (`ca_file` for clients), plain HTTP on request;
-HTTP/1.1 keep-alive; Nagle off (without it every answer waits ~40 ms for the client's delayed
-ACK, anchors/README.md §3).
+certificate from a trustme CA by default (`ca_file` for clients; with `client_ca=` a client
+certificate that CA signed is required), plain HTTP on request; HTTP/1.1 keep-alive; Nagle
+off (without it every answer waits ~40 ms for the client's delayed ACK, anchors/README.md §3).
 
   POST /services/collector/event    (also /services/collector and /services/collector/event/1.0)
   POST /services/collector/ack      indexer acknowledgement status
@@ -93,6 +93,7 @@ import trustme
 
 from tests.peers.lifecycle import Restartable
 from tests.peers.loopback_http import LoopbackHTTPServer
+from tests.peers.mutual_tls import require_client_certificate
 
 try:
     import orjson as _orjson
@@ -437,10 +438,11 @@ class HecPeer(Restartable):
     def __init__(self, tokens: dict[str, TokenSettings] | None = None, *, tls: bool = True,
                  ca: trustme.CA | None = None, port: int = 0, partial_accept: bool = True,
                  ack_delay: float = 0.0, max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
-                 count_only: bool = False) -> None:
+                 count_only: bool = False, client_ca: trustme.CA | None = None) -> None:
         self.tokens: dict[str, TokenSettings] = dict(tokens or {})
         self.tls = tls
         self.ca = ca or trustme.CA()
+        self.client_ca = client_ca  # when set: mutual TLS, a client certificate it signed required
         self.partial_accept = partial_accept  # store the events before a rejected one
         self.ack_delay = ack_delay  # seconds from a request's answer until its ackId reads true
         self.max_content_length = max_content_length
@@ -499,6 +501,7 @@ class HecPeer(Restartable):
         if self.tls:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ca.issue_cert(HOST, "localhost").configure_cert(context)
+            require_client_certificate(context, self.client_ca)
         self._server = _Server(self, self._port, context)
         self._port = self._server.server_address[1]
         self._server.serve_in_background(f"hec-peer-{self._port}")

@@ -33,7 +33,7 @@ reply to MAIL/RCPT/DATA, accepted or not, including aiosmtpd's own (503 bad sequ
 Deliberately not done: relaying or delivery of any kind (an accepted message is only recorded);
 replies to other commands are not logged, nor are refusals aiosmtpd sends before a command is
 dispatched (the 530 STARTTLS-first, 500 line too long) — a test sees those on the client side;
-no client-certificate checks, no PIPELINING, CHUNKING/BDAT, DSN, VRFY/EXPN answers beyond
+client certificates only with `client_ca=` (then required); no PIPELINING, CHUNKING/BDAT, DSN, VRFY/EXPN answers beyond
 aiosmtpd's; no SPF/DKIM/greylisting logic (reject_recipient with a 4xx and times=n stands in for
 greylisting); no standalone/benchmark mode.
 
@@ -72,6 +72,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.peers.lifecycle import Restartable
+from tests.peers.mutual_tls import require_client_certificate
 
 HOST = "127.0.0.1"
 TlsMode = Literal["starttls", "implicit", "none"]
@@ -320,7 +321,8 @@ class SmtpServer(Restartable):
 
     def __init__(self, *, tls: TlsMode = "starttls", users: dict[str, str] | None = None,
                  hostname: str = "localhost", auth_require_tls: bool = True, ca: trustme.CA | None = None,
-                 port: int = 0, data_size_limit: int | None = DEFAULT_DATA_SIZE_LIMIT) -> None:
+                 port: int = 0, data_size_limit: int | None = DEFAULT_DATA_SIZE_LIMIT,
+                 client_ca: trustme.CA | None = None) -> None:
         if tls not in ("starttls", "implicit", "none"):
             raise ValueError(f"tls must be 'starttls', 'implicit' or 'none', not {tls!r}")
         self.tls: TlsMode = tls
@@ -329,6 +331,7 @@ class SmtpServer(Restartable):
         self.auth_require_tls = auth_require_tls
         self.data_size_limit = data_size_limit
         self.ca = ca or trustme.CA()
+        self.client_ca = client_ca  # when set: mutual TLS, a client certificate it signed required
         self._port = port
         self._controller: _Controller | None = None
         self._lock = threading.Lock()
@@ -392,6 +395,7 @@ class SmtpServer(Restartable):
         if self.tls != "none":
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ca.issue_cert(HOST, "localhost", self.hostname).configure_cert(context)
+            require_client_certificate(context, self.client_ca)
             if self.tls == "implicit":
                 options["ssl_context"] = context
             else:

@@ -21,10 +21,11 @@ import pytest
 
 from core.app import commands
 from core.app.config import ConfigError, load_config, parse_config
-from core.app.pipeline import Forwarder, Mapping
+from core.app.pipeline import Forwarder
 from core.sources import DEFAULT_SOURCES, KINDS, SourceKind, graph_alerts
 from core.state import PageCommit
 from core.state.sqlite import SQLiteStore
+from mappings import source_mapping
 from tests.helpers import REPO, read_ndjson, run_cli, write_config, write_replay
 from tests.peers.alert_factory import make_alerts
 
@@ -84,7 +85,7 @@ def test_graph_alerts_is_declared_as_the_api_documents_it() -> None:
 
 @pytest.mark.parametrize("name", sorted(KINDS))
 def test_every_kind_has_its_mapping(name: str) -> None:
-    mapping = Mapping.of(KINDS[name])
+    mapping = source_mapping(KINDS[name].mapping)
     assert callable(mapping.normalise) and issubclass(mapping.refusal, Exception)
 
 
