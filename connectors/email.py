@@ -54,7 +54,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
-from core.model.schema import Alert, Severity
+from core.model.schema import Alert, Severity, decode_alert
 from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.email")
@@ -121,12 +121,10 @@ class EmailConnector(Connector):
 
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
-        from mappings.alert import decode
-
         results = BatchResults(len(batch))
         wanted: list[tuple[int, Alert]] = []
         for index, event in enumerate(batch):
-            alert = decode(event.body)
+            alert = decode_alert(event.body)
             if not self._worth_mailing(alert):
                 results[index] = DELIVERED
                 self.counters["not_mailed_again"] += 1

@@ -4,7 +4,7 @@ The mapping is data: every table below is a list of rows (Graph property, Alert 
 converter). What no row knows is kept verbatim in an `extra` dict (the evidence's own, or
 the alert's), so a new Graph property is carried along instead of lost.
 
-Rules (they are what a README documents):
+Rules (docs/formats.md documents them):
 - null or a missing property means "absent": the Alert field keeps its default.
 - Types are checked strictly, against the JSON types Graph documents; a wrong one raises
   `MappingError` naming the property path (`evidence[3].fileDetails: expected an object,
@@ -23,31 +23,27 @@ Rules (they are what a README documents):
   with the whole object in `extra`; nested evidence (malwareEvidence.files, ...) stays
   inside its parent's `extra`, not flattened.
 
-How it runs: each table is compiled once, at import, into a plain Python function (see
-`_Compiler`) that reads the object's properties, checks and converts them, and builds the
-model instance directly. The checks are the ones pydantic's strict mode would make (str,
-int but not bool, int or float stored as float, list of str, object), done by the tables
-themselves so that the models can be built without a second validation pass: this path
-is the forwarder's hot loop. `Alert.model_validate` remains the way in for everything
-else.
+How a table is applied: `fill` walks it over one object, property by property, each converter
+checking its value and naming what is wrong; the plain strings of an object are taken and
+checked together. The models are built from what the tables checked, without a second
+validation.
 """
 from __future__ import annotations
 
-import linecache
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from functools import cached_property
-from typing import Any
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any, NamedTuple
 
-from pydantic import BaseModel
+import msgspec
 
+from core.model.checks import InvalidValue, check_record_id
 from core.model.schema import (
     Alert,
     AlertTimes,
     CloudApplicationEvidence,
     Comment,
     DeviceEvidence,
+    EvidenceBase,
     FileEvidence,
     FileInfo,
     IpEvidence,
@@ -63,17 +59,17 @@ from core.model.schema import (
     UserInfo,
     version_key,
 )
+from core.model.times import parse_timestamp
 
 SOURCE = "graph_alerts"
-UTC = timezone.utc
 
 
 class MappingError(ValueError):
     """The alert cannot be normalised; the message names the property and the reason."""
 
 
-class _Invalid(Exception):
-    """One converter's complaint; the table walk prepends the property path on the way out."""
+class _Invalid(InvalidValue):
+    """One converter's complaint; the walk adds the property path on the way out."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -93,216 +89,345 @@ def _at(part: str | int, error: _Invalid) -> _Invalid:
     return error
 
 
-# --------------------------------------------------------------------------- converters
-
-Convert = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class Checked:
-    """A row whose value is copied (lists and objects: shallow copies) once its JSON type is
-    checked, strictly: a bool is not an integer, a string is not a number. `what` names the
-    JSON type, for readers. A `collection` target has a list/dict default: a null is not
-    copied onto it."""
-
-    what: str
-    collection: bool = False
-
-
-TEXT = Checked("a string")
-INTEGER = Checked("an integer")
-NUMBER = Checked("a number")  # an integer is accepted and stored as a float
-TEXT_LIST = Checked("a list of strings", collection=True)
-OBJECT = Checked("an object", collection=True)
-
-
-def _preview(value: Any) -> str:
-    """A short rendering of a bad value for an error message (a description may be 10 MB)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _expected(what: str, value: Any) -> _Invalid:
     return _Invalid(f"expected {what}, got {type(value).__name__}")
 
 
-# The slow paths of the checks the compiled tables make inline: each either accepts an
-# unusual but valid value (a str subclass, say) or raises, naming `source`.
-
 def _object(value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
+    if value.__class__ is dict or isinstance(value, dict):
         return value
     raise _expected("an object", value)
 
 
-def _object_at(source: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
+def _list(value: Any) -> list[Any]:
+    if value.__class__ is list or isinstance(value, list):
         return value
-    raise _at(source, _expected("an object", value))
+    raise _expected("a list", value)
 
 
-def _object_copy(source: str, value: Any) -> dict[str, Any]:
-    return dict(_object_at(source, value))
+# --------------------------------------------------------------------------- converters
+#
+# A converter says how one property becomes its field's value:
+# - `convert(value)`: the conversion of the value as sent (never None: null means absent),
+#   raising `_Invalid` with the reason; the walk adds the property to the path;
+# - `put(value, row, fields, rest)`: where the result goes: its field, by default; a
+#   sub-object also hands what its table does not know to `rest`, the leftovers of the
+#   object being walked.
 
 
-def _bad_text(source: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise _at(source, _expected("a string", value))
+class Row(NamedTuple):
+    graph: str  # the Graph property
+    field: str  # the model field it fills ('' for a `Flattened` sub-object)
+    convert: Converter
 
 
-def _bad_texts(sources: tuple[str, ...], values: tuple[Any, ...]) -> None:
-    for source, value in zip(sources, values):
-        if value is not None:
-            _bad_text(source, value)
+class Converter:
+    def convert(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def put(self, value: Any, row: Row, fields: dict[str, Any], rest: dict[str, Any]) -> None:
+        fields[row.field] = self.convert(value)
+
+    @property
+    def plain(self) -> bool:
+        """Whether `put` only stores `convert`'s result (the walk then calls `convert` itself)."""
+        return type(self).put is Converter.put
 
 
-def _integer(source: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _at(source, _expected("an integer", value))
+class _Text(Converter):
+    """A string. (`fill` checks a table's strings together; this is for the odd one out.)"""
 
 
-def _number(source: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise _at(source, _expected("a number", value))
-    try:
-        return float(value)
-    except OverflowError:  # an integer beyond any float
-        raise _at(source, _expected("a number", value)) from None
-
-
-def _text_list(source: str, value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise _at(source, _expected("a list", value))
-    for index, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _at(source, _at(index, _expected("a string", item)))
-    return list(value)
-
-
-def _id_text(value: Any) -> str:
-    """A string id; an integer is accepted and written in decimal (MDE-style ids are numbers)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            return str(value)
-        except ValueError:  # beyond Python's int->str digit limit: no real id is
-            raise _Invalid("expected a string, got an integer of over 4300 digits") from None
-    raise _expected("a string", value)
-
-
-# The timestamps parsed lately: an alert's evidence mostly share one createdDateTime, and
-# datetimes are immutable, so equal strings may share one. Emptied when full.
-_TIMES: dict[str, datetime] = {}
-_TIMES_MAX = 1024
-
-
-def _timestamp(value: Any) -> datetime:
-    return _timestamp_at(None, value)
-
-
-def _timestamp_at(source: str | None, value: Any) -> datetime:
-    """`_timestamp`, naming `source` in a complaint (the compiled tables look `_TIMES` up
-    themselves and call this on a miss)."""
-    if value.__class__ is not str and not isinstance(value, str):
-        raise _located(source, _expected("an ISO 8601 date-time string", value))
-    parsed = _TIMES.get(value)
-    if parsed is not None:
-        return parsed
-    try:
-        parsed = datetime.fromisoformat(value)  # 3.11+: 'Z', any number of fraction digits
-    except ValueError:
-        raise _located(source, _Invalid(f"not an ISO 8601 date-time: {_preview(value)}")) from None
-    if parsed.tzinfo is not UTC:  # what Graph sends, 'Z' (or +00:00), gives the UTC singleton
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        else:
-            try:
-                parsed = parsed.astimezone(UTC)
-            except OverflowError:
-                raise _located(source, _Invalid(f"out of range once converted to UTC: {_preview(value)}")) from None
-    if len(_TIMES) >= _TIMES_MAX:
-        _TIMES.clear()
-    _TIMES[value] = parsed
-    return parsed
-
-
-def _located(source: str | None, error: _Invalid) -> _Invalid:
-    return error if source is None else _at(source, error)
-
-
-class _Enum:
-    """Case-insensitive match on Graph's members; unknown values are kept verbatim.
-    (The compiled tables inline the lookup: `exact` first, which spares the lower-casing
-    of values Graph already spells canonically.)"""
-
-    def __init__(self, members: Iterable[str], aliases: Mapping[str, str] | None = None) -> None:
-        folded = {member.lower(): member for member in members}
-        folded.update({alias.lower(): member for alias, member in (aliases or {}).items()})
-        self.folded = folded
-        self.exact = {name: folded[name.lower()] for name in (*folded.values(), *(aliases or {}))}
-
-    def __call__(self, value: Any) -> str:
-        if isinstance(value, str):
-            return self.exact.get(value) or self.folded.get(value.lower(), value)
+    def convert(self, value: Any) -> str:
+        if value.__class__ is str or isinstance(value, str):
+            return value
         raise _expected("a string", value)
 
 
-def _enum(members: Iterable[str], aliases: Mapping[str, str] | None = None) -> _Enum:
-    return _Enum(members, aliases)
+class _Integer(Converter):
+    """An integer; a bool is not one."""
 
 
-def _enum_at(enum: _Enum, source: str, value: Any) -> str:
-    try:
-        return enum(value)
-    except _Invalid as error:
-        error.path.append(source)
-        raise
+    def convert(self, value: Any) -> int:
+        if value.__class__ is int or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise _expected("an integer", value)
 
 
-class _ListOf:
-    """Converter for a list whose every item goes through `item`."""
+class _Number(Converter):
+    """A number, stored as a float (an integer too); a bool or a string is not one."""
 
-    def __init__(self, item: Convert) -> None:
-        self.item = item
-        self.exact = item.exact if isinstance(item, _Enum) else None
-        self.folded = item.folded if isinstance(item, _Enum) else None
 
-    def __call__(self, value: Any) -> list[Any]:
-        if value.__class__ is not list and not isinstance(value, list):
-            raise _expected("a list", value)
-        if not value:  # the usual case for roles
-            return []
-        exact = self.exact
-        if exact is not None and _STR_ONLY.issuperset(map(type, value)):
-            folded = self.folded
-            return [exact.get(item) or folded.get(item.lower(), item) for item in value]
-        out = []
-        item = self.item
+    def convert(self, value: Any) -> float:
+        if value.__class__ is float:
+            return value
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise _expected("a number", value)
         try:
-            for element in value:
-                out.append(item(element))
-        except _Invalid as error:
-            error.path.append(len(out))  # the index of the item that failed
-            raise
-        return out
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise _expected("a number", value) from None
 
 
-def _list_of(item: Convert) -> _ListOf:
-    return _ListOf(item)
+class _TextList(Converter):
+    """A list of strings, copied."""
 
+
+    def convert(self, value: Any) -> list[str]:
+        value = _list(value)
+        if _STR_ONLY.issuperset(map(type, value)):
+            return value[:]
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise _at(index, _expected("a string", item))
+        return list(value)
+
+
+class _Object(Converter):
+    """A JSON object kept as it is (a shallow copy)."""
+
+
+    def convert(self, value: Any) -> dict[str, Any]:
+        return dict(_object(value))
+
+
+class _Fallback(Converter):
+    """A string that fills its field only where the table's main property for it did not."""
+
+    def put(self, value: Any, row: Row, fields: dict[str, Any], rest: dict[str, Any]) -> None:
+        text = TEXT.convert(value)
+        if fields.get(row.field) is None:
+            fields[row.field] = text
+
+
+TEXT = _Text()
+INTEGER = _Integer()
+NUMBER = _Number()
+TEXT_LIST = _TextList()
+OBJECT = _Object()
+FALLBACK_TEXT = _Fallback()
 
 _STR_ONLY = frozenset({str})
 _STR_OR_NONE = frozenset({str, type(None)})
 
 
-# Graph's enumerations (defender-source.md §1.3, Appendix A), in metadata order.
-ALERT_STATUS = _enum(("unknown", "new", "inProgress", "resolved", "unknownFutureValue"))
-ALERT_CLASSIFICATION = _enum(
+def _timestamp(value: Any) -> datetime:
+    try:
+        return parse_timestamp(value)
+    except InvalidValue as error:
+        raise _Invalid(str(error)) from None
+
+
+class _Timestamp(Converter):
+    """ISO 8601 -> an aware UTC datetime (`core.model.times.parse_timestamp`: 'Z' or an
+    offset, the 7th fraction digit truncated; msgspec's own reading would round that digit,
+    so it reads the text)."""
+
+
+    def convert(self, value: Any) -> datetime:
+        return _timestamp(value)
+
+
+TIMESTAMP = _Timestamp()
+
+
+class Enum(Converter):
+    """Case-insensitive match on Graph's members; unknown values are kept verbatim."""
+
+
+    def __init__(self, members: Iterable[str], aliases: Mapping[str, str] | None = None) -> None:
+        folded = {member.lower(): member for member in members}
+        folded.update({alias.lower(): member for alias, member in (aliases or {}).items()})
+        self.folded = folded
+        # The exact spellings first: most values come spelled as Graph spells them.
+        self.exact = {name: folded[name.lower()] for name in (*folded.values(), *(aliases or {}))}
+
+    def convert(self, value: Any) -> str:
+        if value.__class__ is str or isinstance(value, str):
+            return self.exact.get(value) or self.folded.get(value.lower(), value)
+        raise _expected("a string", value)
+
+
+class ListOf(Converter):
+    """A list whose every item goes through `item`."""
+
+    def __init__(self, item: Converter) -> None:
+        self.item = item
+
+    def convert(self, value: Any) -> list[Any]:
+        value = _list(value)
+        out = []
+        convert = self.item.convert
+        try:
+            for element in value:
+                out.append(convert(element))
+        except _Invalid as error:
+            raise _at(len(out), error) from None  # the index of the item that failed
+        return out
+
+
+class _IdText(Converter):
+    """A string id; an integer is accepted and written in decimal (MDE-style ids are numbers)."""
+
+
+    def convert(self, value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return str(value)
+            except ValueError:  # beyond Python's int->str digit limit: no real id is
+                raise _Invalid("expected a string, got an integer of over 4300 digits") from None
+        raise _expected("a string", value)
+
+
+ID_TEXT = _IdText()
+
+
+class Nested(Converter):
+    """A sub-object: its members go through `table` into `table.model`. Members the table
+    does not know stay in the parent's leftovers under the property name, as a sub-object."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def put(self, value: Any, row: Row, fields: dict[str, Any], rest: dict[str, Any]) -> None:
+        fields[row.field], left = self.table.build(value)
+        if left:
+            rest[row.graph] = left
+
+
+class NestedList(Converter):
+    """A list of sub-objects. If any item has members the table does not know, the whole
+    list stays in the parent's leftovers under the property name."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def put(self, value: Any, row: Row, fields: dict[str, Any], rest: dict[str, Any]) -> None:
+        value = _list(value)
+        items = []
+        kept = False
+        build = self.table.build
+        try:
+            for element in value:
+                item, left = build(element)
+                items.append(item)
+                kept = kept or bool(left)
+        except _Invalid as error:
+            raise _at(len(items), error) from None
+        fields[row.field] = items
+        if kept:
+            rest[row.graph] = value  # kept whole
+
+
+class Flattened(Converter):
+    """A sub-object whose members map onto the parent's own fields (the row's field name is
+    unused). Unknown members stay in the leftovers as for `Nested`."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def put(self, value: Any, row: Row, fields: dict[str, Any], rest: dict[str, Any]) -> None:
+        own = dict(_object(value))
+        fields.update(fill(self.table, own))
+        if own:
+            rest[row.graph] = own
+
+
+class _EvidenceList(Converter):
+    """The alert's evidence: each item into the model of its @odata.type (`EVIDENCE_TABLES`),
+    any other type (or none) into OtherEvidence with the whole object in its `extra`."""
+
+    def put(self, value: Any, row: Row, fields: dict[str, Any], rest: dict[str, Any]) -> None:
+        value = _list(value)
+        out: list[EvidenceBase] = []
+        try:
+            for item in value:
+                table = _evidence_table(_object(item))
+                if table is None:
+                    out.append(_other_evidence(item))
+                else:
+                    out.append(table.build(item)[0])
+        except _Invalid as error:
+            raise _at(len(out), error) from None  # the index of the evidence that failed
+        fields[row.field] = out
+
+
+EVIDENCE = _EvidenceList()
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class Table:
+    """The rows for one JSON object shape, and the model they fill (`model`; a table only
+    ever `Flattened` into another needs none). A model with an `extra` field keeps what the
+    rows do not know there; a sub-object hands it to its parent instead."""
+
+    def __init__(self, *rows: tuple[str, str, Converter], model: type[msgspec.Struct] | None = None) -> None:
+        self.rows = tuple(Row(*row) for row in rows)
+        self.model = model
+        # For the walk: the plain strings, taken and checked together; then the others, as
+        # (property, field, convert, row), `convert` for a plain converter, else the row,
+        # whose converter's `put` stores what it makes. (Bound methods spare a lookup.)
+        texts = [row for row in self.rows if row.convert is TEXT]
+        self.text_properties = tuple(row.graph for row in texts)
+        self.text_fields = tuple(row.field for row in texts)
+        self.nulls = (None,) * len(texts)
+        self.others = tuple((row.graph, row.field, row.convert.convert if row.convert.plain else None, row)
+                            for row in self.rows if row.convert is not TEXT)
+        self.keeps_extra = model is not None and "extra" in model.__struct_fields__
+
+    def build(self, value: Any) -> tuple[Any, dict[str, Any] | None]:
+        """obj -> (model instance, leftovers); leftovers are None where the model keeps them."""
+        rest = dict(value if value.__class__ is dict else _object(value))
+        fields = fill(self, rest)
+        if self.keeps_extra:
+            fields["extra"] = rest
+            return self.make(fields), None
+        return self.make(fields), rest
+
+    def make(self, fields: dict[str, Any]) -> Any:
+        """The model, from {field: value}; a field not in `fields` takes its default."""
+        return self.model(**fields)  # type: ignore[misc]
+
+
+def fill(table: Table, rest: dict[str, Any]) -> dict[str, Any]:
+    """Take every property `table` knows out of `rest`: {field: value}. What the table does
+    not know stays in `rest` (with the leftovers of its sub-objects added)."""
+    texts = tuple(map(rest.pop, table.text_properties, table.nulls))
+    if not _STR_OR_NONE.issuperset(map(type, texts)):
+        _name_the_bad_text(table.text_properties, texts)
+    fields = dict(zip(table.text_fields, texts))
+    pop = rest.pop
+    for graph, field, convert, row in table.others:
+        value = pop(graph, None)
+        if value is not None:
+            try:
+                if convert is not None:
+                    fields[field] = convert(value)
+                else:
+                    row.convert.put(value, row, fields, rest)
+            except _Invalid as error:
+                raise _at(graph, error) from None
+    return fields
+
+
+def _name_the_bad_text(properties: tuple[str, ...], values: tuple[Any, ...]) -> None:
+    """Raise for the first value that is neither a string nor null (a str subclass passes)."""
+    for prop, value in zip(properties, values):
+        if value is not None and not isinstance(value, str):
+            raise _at(prop, _expected("a string", value))
+
+
+# Graph's enumerations, in the order of Graph's v1.0 metadata.
+ALERT_STATUS = Enum(("unknown", "new", "inProgress", "resolved", "unknownFutureValue"))
+ALERT_CLASSIFICATION = Enum(
     ("unknown", "falsePositive", "truePositive", "informationalExpectedActivity", "unknownFutureValue",
      "benignPositive"),  # benignPositive: an older revision of the v1.0 docs still lists it
 )
-ALERT_DETERMINATION = _enum(
+ALERT_DETERMINATION = Enum(
     ("unknown", "apt", "malware", "securityPersonnel", "securityTesting", "unwantedSoftware", "other",
      "multiStagedAttack", "compromisedAccount", "phishing", "maliciousUserActivity", "notMalicious",
      "notEnoughDataToValidate", "confirmedActivity", "lineOfBusinessApplication", "unknownFutureValue"),
@@ -311,13 +436,13 @@ ALERT_DETERMINATION = _enum(
     aliases={"compromisedUser": "compromisedAccount", "clean": "notMalicious",
              "insufficientData": "notEnoughDataToValidate", "confirmedUserActivity": "confirmedActivity"},
 )
-SERVICE_SOURCE = _enum(
+SERVICE_SOURCE = Enum(
     ("unknown", "microsoftDefenderForEndpoint", "microsoftDefenderForIdentity", "microsoftDefenderForCloudApps",
      "microsoftDefenderForOffice365", "microsoft365Defender", "azureAdIdentityProtection", "microsoftAppGovernance",
      "dataLossPrevention", "unknownFutureValue", "microsoftDefenderForCloud", "microsoftSentinel",
      "microsoftInsiderRiskManagement", "microsoftThreatIntelligence", "microsoftSecurityForAI"),
 )
-DETECTION_SOURCE = _enum(
+DETECTION_SOURCE = Enum(
     ("unknown", "microsoftDefenderForEndpoint", "antivirus", "smartScreen", "customTi",
      "microsoftDefenderForOffice365", "automatedInvestigation", "microsoftThreatExperts", "customDetection",
      "microsoftDefenderForIdentity", "cloudAppSecurity", "microsoft365Defender", "azureAdIdentityProtection",
@@ -330,22 +455,22 @@ DETECTION_SOURCE = _enum(
      "microsoftInsiderRiskManagement", "microsoftThreatIntelligence", "microsoftDefenderForAIServices",
      "securityCopilot", "microsoftSentinel"),
 )
-INVESTIGATION_STATE = _enum(
+INVESTIGATION_STATE = Enum(
     ("unknown", "terminated", "successfullyRemediated", "benign", "failed", "partiallyRemediated", "running",
      "pendingApproval", "pendingResource", "queued", "innerFailure", "preexistingAlert", "unsupportedOs",
      "unsupportedAlertType", "suppressedAlert", "partiallyInvestigated", "terminatedByUser",
      "terminatedBySystem", "unknownFutureValue"),
 )
-EVIDENCE_VERDICT = _enum(("unknown", "suspicious", "malicious", "noThreatsFound", "unknownFutureValue"))
-EVIDENCE_REMEDIATION_STATUS = _enum(
+EVIDENCE_VERDICT = Enum(("unknown", "suspicious", "malicious", "noThreatsFound", "unknownFutureValue"))
+EVIDENCE_REMEDIATION_STATUS = Enum(
     ("none", "remediated", "prevented", "blocked", "notFound", "unknownFutureValue", "active", "pendingApproval",
      "declined", "unremediated", "running", "partiallyRemediated"),
 )
-EVIDENCE_ROLE = _enum(
+EVIDENCE_ROLE = Enum(
     ("unknown", "contextual", "scanned", "source", "destination", "created", "added", "compromised", "edited",
      "attacked", "attacker", "commandAndControl", "loaded", "suspicious", "policyViolator", "unknownFutureValue"),
 )
-DETECTION_STATUS = _enum(("detected", "blocked", "prevented", "unknownFutureValue"))
+DETECTION_STATUS = Enum(("detected", "blocked", "prevented", "unknownFutureValue"))
 
 
 # Graph's alertSeverity (lower-cased) -> Severity, which `normalise` derives; an unknown
@@ -360,393 +485,8 @@ _SEVERITIES = {
 }
 
 
-# --------------------------------------------------------------------------- tables
-
-
-@dataclass(frozen=True)
-class Nested:
-    """Converter for a sub-object: its members go through `table` into `table.model`.
-    Members the table does not know stay in the parent's leftovers under the property
-    name, as a sub-object. A sub-object the parent model requires is built empty when
-    Graph sends none."""
-
-    table: _Table
-
-
-@dataclass(frozen=True)
-class NestedList:
-    """Converter for a list of sub-objects. If any item has members the table does not
-    know, the whole list stays in the parent's leftovers under the property name."""
-
-    table: _Table
-
-
-@dataclass(frozen=True)
-class Flattened:
-    """Converter for a sub-object whose members map onto the parent itself (the row's
-    target name is unused). Unknown members stay in the leftovers as for `Nested`."""
-
-    table: _Table
-
-
-Row = tuple[str, str, Checked | Convert | Nested | NestedList | Flattened]
-# A compiled table: (the JSON object, then `params`) -> (model instance, leftovers).
-Build = Callable[..., tuple[BaseModel, dict[str, Any] | None]]
-
-
-class _Table:
-    """The rows for one JSON object shape, and the model they fill (`model`; a table only
-    ever used `Flattened` needs none). `groups` are rows of the same JSON object that fill a
-    nested model of the target (the alert's `times`). A table runs compiled (`build`...)."""
-
-    def __init__(self, *rows: Row, model: type[BaseModel] | None = None,
-                 groups: Mapping[str, _Table] | None = None) -> None:
-        self.rows = rows
-        self.model = model
-        self.groups = dict(groups or {})
-
-    @cached_property
-    def build(self) -> Build:
-        """obj -> (model instance, leftovers). `obj` is any value: not an object raises."""
-        return _Compiler(self).function()
-
-    @cached_property
-    def build_model(self) -> Callable[[Any], BaseModel]:
-        """obj -> model instance (its leftovers are in its `extra`)."""
-        return _Compiler(self, pair=False).function()
-
-    @cached_property
-    def build_whole(self) -> Callable[[Any], BaseModel]:
-        """obj -> model instance, with a copy of the whole object in the model's `extra`."""
-        return _Compiler(self, whole=True, pair=False).function()
-
-
-# --------------------------------------------------------------------------- compiler
-
-
-# What `BaseModel.model_construct` sets on a new instance, called through the slots'
-# descriptors directly (half the cost of `object.__setattr__`, which looks them up).
-_SLOT_SETTERS = {
-    "_set_dict": BaseModel.__dict__["__dict__"].__set__,
-    "_set_fields_set": BaseModel.__dict__["__pydantic_fields_set__"].__set__,
-    "_set_extra": BaseModel.__dict__["__pydantic_extra__"].__set__,
-    "_set_private": BaseModel.__dict__["__pydantic_private__"].__set__,
-}
-
-
-def _every_field(model: type[BaseModel]) -> set[str]:
-    """The `model_fields_set` of every instance the tables build: all the fields, as for a
-    model read back from its JSON (the outbox). One set per model class, shared: copying a
-    set of 40 names per instance cost 5% of the mapping. Sharing is safe as pydantic only
-    ever adds a field's name to it (on assignment: a no-op here) and copies it for
-    `model_copy`; nothing may remove names from it."""
-    every = _EVERY_FIELD.get(model)
-    if every is None:
-        every = _EVERY_FIELD[model] = set(model.model_fields)
-    return every
-
-
-_EVERY_FIELD: dict[type[BaseModel], set[str]] = {}
-
-
-class _Compiler:
-    """Writes one table as the straight-line Python function one would write by hand for
-    speed: pop every property the table knows in one C-level pass, check all the plain
-    strings in another, convert the rest one by one, then build the model's `__dict__` as
-    one dict display in field order (pydantic serialises in `__dict__` order) and set it on
-    a new instance, as `BaseModel.model_construct` does, minus its per-field loop (every
-    field counts as set: see `_every_field`).
-
-    Every field the rows do not fill gets the model's default (a fresh list or dict for a
-    `default_factory`), `fixed` a constant, `params` a parameter of the function, `later`
-    a None placeholder the caller fills before anyone sees the model. A row whose target is
-    not a field of the model, or a required field nobody fills, fails at import.
-
-    `pair`: return (model, leftovers) rather than the model alone (a sub-object's leftovers
-    go to its parent's). `whole`: the model's `extra` is a copy of the whole object and
-    nothing is popped (OtherEvidence keeps the evidence as sent).
-    """
-
-    def __init__(self, table: _Table, *, pair: bool = True, whole: bool = False,
-                 fixed: Mapping[str, Any] | None = None, params: tuple[str, ...] = (),
-                 later: tuple[str, ...] = ()) -> None:
-        if table.model is None:
-            raise TypeError("only a table with a model compiles to a function")
-        self.table = table
-        self.pair = pair
-        self.whole = whole
-        self.fixed = dict(fixed or {})
-        self.params = params
-        self.later = later
-        self.lines: list[str] = []
-        self.namespace: dict[str, Any] = {
-            "_Invalid": _Invalid, "_STR_ONLY": _STR_ONLY, "_STR_OR_NONE": _STR_OR_NONE, "_TIMES": _TIMES,
-            "_bad_texts": _bad_texts, "_integer": _integer, "_number": _number, "_text_list": _text_list,
-            "_object": _object, "_object_at": _object_at, "_object_copy": _object_copy, "_enum_at": _enum_at,
-            "_timestamp_at": _timestamp_at, "_fromisoformat": datetime.fromisoformat, "_UTC": UTC,
-            "_TIMES_MAX": _TIMES_MAX, "_sub_list": _sub_list, "_new": object.__new__, **_SLOT_SETTERS,
-        }
-        self.count = 0
-
-    def name(self, hint: str) -> str:
-        self.count += 1
-        return f"{hint}{self.count}"
-
-    def const(self, value: Any, hint: str = "_k") -> str:
-        name = self.name(hint)
-        self.namespace[name] = value
-        return name
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
-    def function(self) -> Callable[..., Any]:
-        table, model = self.table, self.table.model
-        fname = f"build_{model.__name__}_{id(table):x}" + ("_whole" if self.whole else "")
-        self.emit(0, f"def {fname}(obj{''.join(', ' + p for p in self.params)}):")
-        self.emit(1, "if obj.__class__ is not dict:")
-        self.emit(2, "_object(obj)  # raises unless a dict subclass (the caller names the property)")
-        if self.whole:
-            if any(isinstance(c, (Nested, NestedList, Flattened)) for _, _, c in table.rows):
-                raise TypeError("a `whole` table has no sub-objects")
-            pop, rest = "obj.get", "None"
-        else:
-            self.emit(1, "rest = dict(obj)")
-            pop, rest = "rest.pop", "rest"
-        slots: dict[str, str] = {}  # target field -> local variable
-        requires: dict[str, str] = {}  # target field -> builder of its empty sub-model
-        rows = list(table.rows)
-        for group_table in table.groups.values():
-            rows += group_table.rows  # rows of the same object: popped in the same pass
-        group_slots: dict[str, dict[str, str]] = {group: {} for group in table.groups}
-        owner = {id(row): group for group, group_table in table.groups.items() for row in group_table.rows}
-        self.rows(rows, pop, rest, lambda row: group_slots[owner[id(row)]] if id(row) in owner else slots,
-                  requires, 1)
-        groups = {group: self.instance(table.groups[group].model, group_slots[group], {}, {}, None, 1)
-                  for group in table.groups}
-        extra = "dict(obj)" if self.whole else "rest"
-        result = self.instance(model, slots, requires, groups, extra, 1)
-        self.emit(1, f"return {result}, {rest}" if self.pair else f"return {result}")
-        source = "\n".join(self.lines) + "\n"
-        filename = f"<mapping {fname}>"
-        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # readable tracebacks
-        exec(compile(source, filename, "exec"), self.namespace)  # noqa: S102 - source written above from the tables
-        function = self.namespace[fname]
-        function.source = source
-        return function
-
-    # ---- rows -> local variables
-
-    def rows(self, rows: list[Row], pop: str, rest: str, slots_of: Callable[[Row], dict[str, str]],
-             requires: dict[str, str], depth: int) -> None:
-        """Pop every row's property in one pass (plain strings first, checked together: a
-        wrong type takes the slow path, which names it), then convert the others."""
-        rows = sorted(rows, key=lambda row: row[2] != TEXT)  # stable: aliases keep their order
-        texts = sum(1 for row in rows if row[2] == TEXT)
-        values = [self.name("v") for _ in rows]
-        popped = self.name("popped")
-        sources = self.const(tuple(source for source, _, _ in rows), "_sources")
-        nulls = self.const((None,) * len(rows), "_nulls")
-        self.emit(depth, f"{popped} = tuple(map({pop}, {sources}, {nulls}))")
-        if texts:
-            checked = popped if texts == len(rows) else f"{popped}[:{texts}]"
-            text_sources = self.const(tuple(source for source, _, _ in rows[:texts]), "_texts")
-            self.emit(depth, f"if not _STR_OR_NONE.issuperset(map(type, {checked})): "
-                             f"_bad_texts({text_sources}, {checked})")
-        self.emit(depth, f"{', '.join(values)}, = {popped}")
-        for row, value in zip(rows, values):
-            source, target, convert = row
-            slots = slots_of(row)
-            if isinstance(convert, Flattened):
-                self.flattened(source, convert.table, value, rest, slots, requires, depth)
-                continue
-            self.row(source, convert, value, rest, requires, target, depth)
-            if target not in slots:
-                slots[target] = value
-            else:  # an alias: a null must not overwrite what another property filled
-                self.emit(depth, f"if {value} is not None: {slots[target]} = {value}")
-
-    def row(self, source: str, convert: Any, value: str, rest: str, requires: dict[str, str],
-            target: str, depth: int) -> None:
-        """Code that turns `value`, the property as sent, into the field's value (None: absent)."""
-        src = repr(source)
-        if convert == TEXT:
-            pass  # checked with the other strings
-        elif convert == INTEGER:
-            self.emit(depth, f"if {value}.__class__ is not int and {value} is not None: _integer({src}, {value})")
-        elif convert == NUMBER:
-            self.emit(depth, f"if {value}.__class__ is not float and {value} is not None: "
-                             f"{value} = _number({src}, {value})")
-        elif convert == TEXT_LIST:
-            self.emit(depth, f"if {value} is not None: {value} = {value}[:] if {value}.__class__ is list and "
-                             f"(not {value} or _STR_ONLY.issuperset(map(type, {value}))) "
-                             f"else _text_list({src}, {value})")
-        elif convert == OBJECT:
-            self.emit(depth, f"if {value} is not None: {value} = {value}.copy() if {value}.__class__ is dict "
-                             f"else _object_copy({src}, {value})")
-        elif isinstance(convert, _Enum):
-            exact, folded = self.const(convert.exact, "_exact"), self.const(convert.folded, "_folded")
-            enum = self.const(convert, "_enum")
-            self.emit(depth, f"if {value} is not None: {value} = ({exact}.get({value}) or "
-                             f"{folded}.get({value}.lower(), {value})) if {value}.__class__ is str "
-                             f"else _enum_at({enum}, {src}, {value})")
-        elif convert is _timestamp:
-            # A miss parses inline (a call to `_timestamp_at` cost twice the parse); any
-            # value that is not a UTC ISO string takes `_timestamp_at`, which converts or names it.
-            self.emit(depth, f"if {value} is not None:")
-            self.emit(depth + 1, f"if {value}.__class__ is str:")
-            self.emit(depth + 2, f"parsed = _TIMES.get({value})")
-            self.emit(depth + 2, "if parsed is None:")
-            self.emit(depth + 3, "try:")
-            self.emit(depth + 4, f"parsed = _fromisoformat({value})")
-            self.emit(depth + 3, "except ValueError:")
-            self.emit(depth + 4, "pass")
-            self.emit(depth + 3, "if parsed is None or parsed.tzinfo is not _UTC:")
-            self.emit(depth + 4, f"parsed = _timestamp_at({src}, {value})")
-            self.emit(depth + 3, "else:")
-            self.emit(depth + 4, "if len(_TIMES) >= _TIMES_MAX: _TIMES.clear()")
-            self.emit(depth + 4, f"_TIMES[{value}] = parsed")
-            self.emit(depth + 2, f"{value} = parsed")
-            self.emit(depth + 1, f"else: {value} = _timestamp_at({src}, {value})")
-        elif isinstance(convert, _ListOf):
-            function = self.const(convert, "_convert")
-            self.emit(depth, f"if {value} is not None:")
-            self.emit(depth + 1, f"if {value}.__class__ is list and not {value}: {value} = []")
-            if convert.exact is not None:  # a list of enumeration strings: `_ListOf`'s fast path, inline
-                exact, folded = self.const(convert.exact, "_exact"), self.const(convert.folded, "_folded")
-                self.emit(depth + 1, f"elif {value}.__class__ is list and _STR_ONLY.issuperset(map(type, {value})): "
-                                     f"{value} = [{exact}.get(item) or {folded}.get(item.lower(), item) "
-                                     f"for item in {value}]")
-            self.emit(depth + 1, "else:")
-            self.guarded(depth + 2, source, f"{value} = {function}({value})")
-        elif isinstance(convert, Nested):
-            sub = self.const(convert.table.build, "_build")
-            left = self.name("left")
-            self.emit(depth, f"if {value} is not None:")
-            self.guarded(depth + 1, source, f"{value}, {left} = {sub}({value})")
-            self.emit(depth + 1, f"if {left}: {rest}[{src}] = {left}")
-            requires[target] = sub
-        elif isinstance(convert, NestedList):
-            sub = self.const(convert.table.build, "_build")
-            items, kept = self.name("items"), self.name("kept")
-            self.emit(depth, f"if {value} is not None:")
-            self.emit(depth + 1, f"if {value}.__class__ is list and not {value}: {value} = []  # the usual comments")
-            self.emit(depth + 1, "else:")
-            self.guarded(depth + 2, source, f"{items}, {kept} = _sub_list({sub}, {value})")
-            self.emit(depth + 2, f"if {kept}: {rest}[{src}] = {value}  # kept whole")
-            self.emit(depth + 2, f"{value} = {items}")
-        elif callable(convert):
-            function = self.const(convert, "_convert")
-            self.emit(depth, f"if {value} is not None:")
-            self.guarded(depth + 1, source, f"{value} = {function}({value})")
-        else:
-            raise TypeError(f"row {source!r}: no converter {convert!r}")
-
-    def guarded(self, depth: int, source: str, statement: str) -> None:
-        """`statement`, with `source` added to the path of any complaint it raises."""
-        self.emit(depth, "try:")
-        self.emit(depth + 1, statement)
-        self.emit(depth, "except _Invalid as error:")
-        self.emit(depth + 1, f"error.path.append({source!r})")
-        self.emit(depth + 1, "raise")
-
-    def flattened(self, source: str, table: _Table, value: str, rest: str, slots: dict[str, str],
-                  requires: dict[str, str], depth: int) -> None:
-        """A sub-object's members as fields of the parent: its rows, inline."""
-        src = repr(source)
-        sub_rest = self.name("rest")
-        before = set(slots)
-        if before & {target for _, target, _ in table.rows}:
-            raise TypeError(f"flattened {source!r} fills a field of its parent twice")
-        self.emit(depth, f"if {value} is not None:")
-        self.emit(depth + 1, f"if {value}.__class__ is not dict: _object_at({src}, {value})")
-        self.emit(depth + 1, f"{sub_rest} = dict({value})")
-        self.emit(depth + 1, "try:")
-        self.rows(list(table.rows), f"{sub_rest}.pop", sub_rest, lambda row: slots, requires, depth + 2)
-        self.emit(depth + 1, "except _Invalid as error:")
-        self.emit(depth + 2, f"error.path.append({src})")
-        self.emit(depth + 2, "raise")
-        self.emit(depth + 1, f"if {sub_rest}: {rest}[{src}] = {sub_rest}")
-        filled = [slot for target, slot in slots.items() if target not in before]
-        if filled:
-            self.emit(depth, "else:")
-            self.emit(depth + 1, f"{' = '.join(filled)} = None")
-
-    # ---- local variables -> model instance
-
-    def instance(self, model: type[BaseModel], slots: dict[str, str], requires: dict[str, str],
-                 groups: dict[str, str], extra: str | None, depth: int) -> str:
-        fields = model.model_fields
-        unknown = set(slots) - set(fields)
-        if unknown:
-            raise TypeError(f"{model.__name__} has no field {', '.join(sorted(unknown))}")
-        items = []
-        for name, info in fields.items():
-            if name in slots:
-                slot = slots[name]
-                if info.default_factory is not None:
-                    expr = f"{slot} if {slot} is not None else {self.default(info)}"
-                elif info.is_required() and name in requires:
-                    expr = f"{slot} if {slot} is not None else {requires[name]}({{}})[0]"
-                else:
-                    expr = slot
-            elif name in self.fixed:
-                expr = self.const(self.fixed[name], "_fixed")
-            elif name in self.params:
-                expr = name
-            elif name in groups:
-                expr = groups[name]
-            elif name == "extra" and extra is not None:
-                expr = extra
-            elif not info.is_required():
-                expr = self.default(info)
-            elif name in self.later:
-                expr = "None"
-            else:
-                raise TypeError(f"{model.__name__}.{name} is required and nothing fills it")
-            items.append(f"{name!r}: {expr}")
-        instance = self.name("m")
-        cls = self.const(model, "_" + model.__name__)
-        every = self.const(_every_field(model), "_fields")
-        self.emit(depth, f"{instance} = _new({cls})")
-        self.emit(depth, f"_set_dict({instance}, {{{', '.join(items)}}})")
-        self.emit(depth, f"_set_fields_set({instance}, {every})")
-        self.emit(depth, f"_set_extra({instance}, None)")
-        self.emit(depth, f"_set_private({instance}, None)")
-        return instance
-
-    def default(self, info: Any) -> str:
-        factory = info.default_factory
-        if factory is list:
-            return "[]"
-        if factory is dict:
-            return "{}"
-        if factory is not None:
-            return f"{self.const(factory, '_factory')}()"
-        if info.default is None or isinstance(info.default, (str, int, float, bool)):
-            return repr(info.default)
-        return self.const(info.default, "_default")
-
-
-def _sub_list(build: Build, value: Any) -> tuple[list[BaseModel], bool]:
-    """A list of sub-objects -> (their models, whether any had members the table does not know)."""
-    if value.__class__ is not list and not isinstance(value, list):
-        raise _expected("a list", value)
-    items = []
-    kept = False
-    try:
-        for element in value:
-            item, left = build(element)
-            items.append(item)
-            kept = kept or bool(left)
-    except _Invalid as error:
-        error.path.append(len(items))  # the index of the item that failed
-        raise
-    return items, kept
-
-
-# Complex types shared by several evidence types (Appendix A).
-FILE_DETAILS = _Table(
+# Complex types shared by several evidence types (Graph's evidence model).
+FILE_DETAILS = Table(
     ("fileName", "name", TEXT),
     ("filePath", "path", TEXT),
     ("fileSize", "size", INTEGER),
@@ -759,7 +499,7 @@ FILE_DETAILS = _Table(
     # sha256Ac has no typed field: kept in the evidence's extra under the parent property.
     model=FileInfo,
 )
-USER_ACCOUNT = _Table(
+USER_ACCOUNT = Table(
     ("accountName", "account_name", TEXT),
     ("domainName", "domain", TEXT),
     ("userPrincipalName", "upn", TEXT),
@@ -769,38 +509,38 @@ USER_ACCOUNT = _Table(
     # activeDirectoryObjectGuid, tenantId, resourceAccessEvents: kept in extra.
     model=UserInfo,
 )
-LOGGED_ON_USER = _Table(
+LOGGED_ON_USER = Table(
     ("accountName", "account_name", TEXT),
     ("domainName", "domain", TEXT),
     model=UserInfo,
 )
-GEO_LOCATION = _Table(
+GEO_LOCATION = Table(
     ("city", "city", TEXT),
     ("state", "state", TEXT),
     ("countryName", "country_name", TEXT),
     ("latitude", "latitude", NUMBER),
     ("longitude", "longitude", NUMBER),
 )
-EMAIL_SENDER = _Table(
+EMAIL_SENDER = Table(
     ("emailAddress", "sender", TEXT),
     ("displayName", "sender_display_name", TEXT),
     # domainName: kept in extra (it is the domain part of emailAddress).
 )
 
-# alertEvidence base properties (§1.4); remediationStatusDetails has no typed field.
+# alertEvidence base properties; remediationStatusDetails has no typed field.
 # On its own, the table of an evidence type with no typed model (OtherEvidence).
-EVIDENCE_BASE = _Table(
+EVIDENCE_BASE = Table(
     ("@odata.type", "odata_type", TEXT),
-    ("createdDateTime", "created", _timestamp),
+    ("createdDateTime", "created", TIMESTAMP),
     ("verdict", "verdict", EVIDENCE_VERDICT),
     ("remediationStatus", "remediation_status", EVIDENCE_REMEDIATION_STATUS),
-    ("roles", "roles", _list_of(EVIDENCE_ROLE)),
+    ("roles", "roles", ListOf(EVIDENCE_ROLE)),
     ("detailedRoles", "detailed_roles", TEXT_LIST),
     ("tags", "tags", TEXT_LIST),
     model=OtherEvidence,
 )
 
-DEVICE = _Table(
+DEVICE = Table(
     *EVIDENCE_BASE.rows,
     ("mdeDeviceId", "mde_device_id", TEXT),
     ("azureAdDeviceId", "aad_device_id", TEXT),
@@ -822,26 +562,26 @@ DEVICE = _Table(
     # resourceAccessEvents: kept in extra.
     model=DeviceEvidence,
 )
-USER = _Table(
+USER = Table(
     *EVIDENCE_BASE.rows,
     ("userAccount", "user", Nested(USER_ACCOUNT)),
     # stream: kept in extra.
     model=UserEvidence,
 )
-FILE = _Table(
+FILE = Table(
     *EVIDENCE_BASE.rows,
     ("fileDetails", "file", Nested(FILE_DETAILS)),
     ("mdeDeviceId", "mde_device_id", TEXT),
     ("detectionStatus", "detection_status", DETECTION_STATUS),
     model=FileEvidence,
 )
-PROCESS = _Table(
+PROCESS = Table(
     *EVIDENCE_BASE.rows,  # createdDateTime -> created, as on every evidence
     ("processId", "pid", INTEGER),
     ("parentProcessId", "parent_pid", INTEGER),
     ("processCommandLine", "command_line", TEXT),
-    ("processCreationDateTime", "process_created", _timestamp),
-    ("parentProcessCreationDateTime", "parent_created", _timestamp),
+    ("processCreationDateTime", "process_created", TIMESTAMP),
+    ("parentProcessCreationDateTime", "parent_created", TIMESTAMP),
     ("imageFile", "image", Nested(FILE_DETAILS)),
     ("parentProcessImageFile", "parent_image", Nested(FILE_DETAILS)),
     ("userAccount", "user", Nested(USER_ACCOUNT)),
@@ -849,7 +589,7 @@ PROCESS = _Table(
     ("detectionStatus", "detection_status", DETECTION_STATUS),
     model=ProcessEvidence,
 )
-IP = _Table(
+IP = Table(
     *EVIDENCE_BASE.rows,
     ("ipAddress", "address", TEXT),
     ("countryLetterCode", "country_code", TEXT),
@@ -857,12 +597,12 @@ IP = _Table(
     # stream: kept in extra.
     model=IpEvidence,
 )
-URL = _Table(
+URL = Table(
     *EVIDENCE_BASE.rows,
     ("url", "url", TEXT),
     model=UrlEvidence,
 )
-MAILBOX = _Table(
+MAILBOX = Table(
     *EVIDENCE_BASE.rows,
     ("primaryAddress", "primary_address", TEXT),
     ("upn", "upn", TEXT),
@@ -870,7 +610,7 @@ MAILBOX = _Table(
     ("userAccount", "user", Nested(USER_ACCOUNT)),
     model=MailboxEvidence,
 )
-ANALYZED_MESSAGE = _Table(
+ANALYZED_MESSAGE = Table(
     *EVIDENCE_BASE.rows,
     ("networkMessageId", "network_message_id", TEXT),
     ("internetMessageId", "internet_message_id", TEXT),
@@ -880,7 +620,7 @@ ANALYZED_MESSAGE = _Table(
     ("p1Sender", "", Flattened(EMAIL_SENDER)),  # sender, sender_display_name
     ("recipientEmailAddress", "recipient", TEXT),
     ("senderIp", "sender_ip", TEXT),
-    ("receivedDateTime", "received", _timestamp),
+    ("receivedDateTime", "received", TIMESTAMP),
     ("deliveryAction", "delivery_action", TEXT),
     ("deliveryLocation", "delivery_location", TEXT),
     ("antiSpamDirection", "direction", TEXT),
@@ -889,18 +629,18 @@ ANALYZED_MESSAGE = _Table(
     # p2Sender, attachmentsCount, urlCount, threatDetectionMethods, language, urn: kept in extra.
     model=MailMessageEvidence,
 )
-CLOUD_APPLICATION = _Table(
+CLOUD_APPLICATION = Table(
     *EVIDENCE_BASE.rows,
     # cloudApplicationEvidence.appId is an Int, oauthApplicationEvidence.appId a String:
     # both land in the one string field.
-    ("appId", "app_id", _id_text),
+    ("appId", "app_id", ID_TEXT),
     ("displayName", "display_name", TEXT),
     ("instanceName", "instance_name", TEXT),
     ("publisher", "publisher", TEXT),  # oauthApplicationEvidence only
     # instanceId, saasAppId, stream (cloud app), objectId (OAuth app): kept in extra.
     model=CloudApplicationEvidence,
 )
-REGISTRY = _Table(
+REGISTRY = Table(
     *EVIDENCE_BASE.rows,
     ("registryHive", "hive", TEXT),
     ("registryKey", "key", TEXT),
@@ -915,8 +655,8 @@ REGISTRY = _Table(
 _NAMESPACE = "#microsoft.graph.security."
 
 # Dispatch on @odata.type. Every type not listed here, including the 36 other types of
-# Appendix A and types Graph adds later, becomes OtherEvidence (EVIDENCE_BASE).
-EVIDENCE_TABLES: Mapping[str, _Table] = {
+# Graph's evidence model and types Graph adds later, becomes OtherEvidence (EVIDENCE_BASE).
+EVIDENCE_TABLES: Mapping[str, Table] = {
     f"{_NAMESPACE}{name}": table
     for name, table in (
         ("deviceEvidence", DEVICE),
@@ -933,68 +673,53 @@ EVIDENCE_TABLES: Mapping[str, _Table] = {
         ("registryValueEvidence", REGISTRY),
     )
 }
-# The compiled tables, by @odata.type as Graph spells it, and lower-cased (any case matches).
-_BUILD_EXACT: Mapping[str, Callable[[Any], BaseModel]] = {
-    name: table.build_model for name, table in EVIDENCE_TABLES.items()}
-_BUILD_FOLDED: Mapping[str, Callable[[Any], BaseModel]] = {name.lower(): build for name, build in _BUILD_EXACT.items()}
+_TABLES_FOLDED: Mapping[str, Table] = {name.lower(): table for name, table in EVIDENCE_TABLES.items()}
 
 
-def _other_evidence(item: dict[str, Any]) -> BaseModel:
+def _evidence_table(item: dict[str, Any]) -> Table | None:
+    """The table of an evidence's @odata.type, in any case; None: no typed model."""
+    odata_type = item.get("@odata.type")
+    if odata_type.__class__ is not str and not isinstance(odata_type, str):
+        return None
+    return EVIDENCE_TABLES.get(odata_type) or _TABLES_FOLDED.get(odata_type.lower())
+
+
+def _other_evidence(item: dict[str, Any]) -> EvidenceBase:
     """OtherEvidence keeps the whole object, base properties included, as the schema says."""
-    evidence = EVIDENCE_BASE.build_whole(item)
-    if evidence.odata_type is None:
-        evidence.__dict__["odata_type"] = ""  # no @odata.type at all: an untyped evidence
-    return evidence
+    fields = fill(EVIDENCE_BASE, dict(item))
+    if fields["odata_type"] is None:
+        fields["odata_type"] = ""  # no @odata.type at all: an untyped evidence
+    fields["extra"] = dict(item)
+    return EVIDENCE_BASE.make(fields)
 
 
-def _evidences(value: Any) -> list[BaseModel]:
-    """The alert's evidence list -> a typed model per item (OtherEvidence when there is none)."""
-    if value.__class__ is not list and not isinstance(value, list):
-        raise _expected("a list", value)
-    out: list[BaseModel] = []
-    try:
-        for item in value:
-            if item.__class__ is not dict:
-                _object(item)
-            odata_type = item.get("@odata.type")
-            build = _BUILD_EXACT.get(odata_type) if odata_type.__class__ is str else None
-            if build is None:
-                build = _BUILD_FOLDED.get(odata_type.lower(), _other_evidence) if isinstance(
-                    odata_type, str) else _other_evidence
-            out.append(build(item))
-    except _Invalid as error:
-        error.path.append(len(out))  # the index of the evidence that failed
-        raise
-    return out
-
-
-COMMENT = _Table(
-    # The metadata names win over the names in the incidents docs example (§1.2), so
-    # they come last; both are known, so neither lands in extra.
-    ("createdBy", "author", TEXT),
-    ("createdTime", "created", _timestamp),
+COMMENT = Table(
+    # The metadata's names win over the names in the incidents docs example, which fill a
+    # field only when the metadata's name is absent; both are known, so neither is in extra.
     ("comment", "text", TEXT),
     ("createdByDisplayName", "author", TEXT),
-    ("createdDateTime", "created", _timestamp),
+    ("createdBy", "author", FALLBACK_TEXT),
+    ("createdTime", "created", TIMESTAMP),
+    ("createdDateTime", "created", TIMESTAMP),
     model=Comment,
 )
 
-TIMES = _Table(
-    ("createdDateTime", "created", _timestamp),
-    ("lastUpdateDateTime", "last_updated", _timestamp),
-    ("firstActivityDateTime", "first_activity", _timestamp),
-    ("lastActivityDateTime", "last_activity", _timestamp),
-    ("resolvedDateTime", "resolved", _timestamp),
-    model=AlertTimes,  # and `ingested`, the time the forwarder read the alert
+TIMES = Table(
+    ("createdDateTime", "created", TIMESTAMP),
+    ("lastUpdateDateTime", "last_updated", TIMESTAMP),
+    ("firstActivityDateTime", "first_activity", TIMESTAMP),
+    ("lastActivityDateTime", "last_activity", TIMESTAMP),
+    ("resolvedDateTime", "resolved", TIMESTAMP),
+    # and `ingested`, the time the forwarder read the alert
 )
 
-# Every alert property of §1.2 except tenantId: the alert is filed under the tenant that
-# was polled (`tenant`), and Graph's own tenantId is kept in `extra` with anything else
+# Every alert property Graph documents except tenantId: the alert is filed under the tenant
+# that was polled (`tenant`), and Graph's own tenantId is kept in `extra` with anything else
 # this table does not know (`@odata.type`, properties Graph adds later).
-ALERT = _Table(
+ALERT = Table(
     ("id", "id", TEXT),
     ("providerAlertId", "provider_alert_id", TEXT),
-    ("incidentId", "incident_id", _id_text),  # a number in MDE's API, a string in Graph
+    ("incidentId", "incident_id", ID_TEXT),  # a number in MDE's API, a string in Graph
     ("status", "status", ALERT_STATUS),
     ("severity", "severity_original", TEXT),  # `severity` itself is derived from it, below
     ("classification", "classification", ALERT_CLASSIFICATION),
@@ -1021,28 +746,12 @@ ALERT = _Table(
     ("comments", "comments", NestedList(COMMENT)),
     ("customDetails", "custom_details", OBJECT),
     ("additionalData", "additional_data", OBJECT),
-    ("evidence", "evidence", _evidences),
+    ("evidence", "evidence", EVIDENCE),
     model=Alert,
-    groups={"times": TIMES},
 )
-# (raw, raw, tenant, ingested) -> Alert; `severity` and `version_key` are
-# placeholders `normalise` fills once it has checked the id and lastUpdateDateTime.
-_BUILD_ALERT = _Compiler(ALERT, pair=False, fixed={"source": SOURCE}, params=("raw", "tenant", "ingested"),
-                         later=("severity", "version_key")).function()
 
 
 # --------------------------------------------------------------------------- entry point
-
-
-def _check_id(alert_id: str) -> None:
-    """The id keys the dedupe state (UTF-8 text) and names the alert in every format."""
-    if alert_id.isspace():
-        raise MappingError("id: blank")
-    if not alert_id.isascii():
-        try:
-            alert_id.encode()
-        except UnicodeEncodeError:
-            raise MappingError("id: not valid Unicode (a lone surrogate)") from None
 
 
 def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
@@ -1052,42 +761,34 @@ def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
     """
     if not isinstance(raw, dict):
         raise MappingError(f"alert: expected an object, got {type(raw).__name__}")
+    rest = dict(raw)
     try:
-        alert = _BUILD_ALERT(raw, raw, tenant, ingested)
+        fields = fill(ALERT, rest)
+        times = fill(TIMES, rest)
     except _Invalid as error:
         raise MappingError(f"{error.where()}: {error.reason}") from None
-    fields = alert.__dict__
     alert_id = fields["id"]
     if not alert_id:
         raise MappingError("id: missing" if alert_id is None else "id: empty")
-    _check_id(alert_id)
-    last_updated = fields["times"].__dict__["last_updated"]
+    try:
+        check_record_id(alert_id)
+    except InvalidValue as error:
+        raise MappingError(f"id: {error}") from None
+    last_updated = times.get("last_updated")
     if last_updated is None:
         raise MappingError("lastUpdateDateTime: missing")
     original = fields["severity_original"]
-    fields["severity"] = _SEVERITIES.get(original.lower(), Severity.unknown) if original else Severity.unknown
+    return Alert(**fields, source=SOURCE, tenant=tenant, times=AlertTimes(**times, ingested=ingested), extra=rest,
+                 version_key=_version_key(raw, tenant.id, alert_id, last_updated), raw=raw,
+                 severity=_SEVERITIES.get(original.lower(), Severity.unknown) if original else Severity.unknown)
+
+
+def _version_key(raw: dict[str, Any], tenant_id: str, alert_id: str, last_updated: datetime) -> str:
     sent = raw["lastUpdateDateTime"]
     if (len(sent) == 28 and sent[27] == "Z" and sent[19] == "." and sent[10] == "T" and sent[7] == "-"
             and sent[4] == "-" and sent[0] != "0"):
         # Graph's own spelling, 'YYYY-MM-DDTHH:MM:SS.fffffffZ' (year 1000 on), parsed above:
         # its first 26 characters are what `version_key` formats (µs truncated), at a fifth
         # of the cost.
-        fields["version_key"] = f"{tenant.id}/{alert_id}/{sent[:26]}Z"
-    else:
-        fields["version_key"] = version_key(tenant.id, alert_id, last_updated)
-    return alert
-
-
-def version_of(raw: Any) -> tuple[str, datetime] | None:
-    """An alert's (id, lastUpdateDateTime) read straight from Graph's JSON, as `normalise` reads
-    them, at a small part of its cost; None when only `normalise` can tell what is wrong."""
-    if raw.__class__ is not dict:
-        return None
-    alert_id, sent = raw.get("id"), raw.get("lastUpdateDateTime")
-    if alert_id.__class__ is not str or not alert_id or sent is None:
-        return None
-    try:
-        _check_id(alert_id)
-        return alert_id, _timestamp(sent)
-    except (MappingError, _Invalid):
-        return None
+        return f"{tenant_id}/{alert_id}/{sent[:26]}Z"
+    return version_key(tenant_id, alert_id, last_updated)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from core.model import jsonutil
 from core.model.schema import Alert
 
@@ -26,7 +28,7 @@ def to_raw(alert: Alert) -> dict[str, Any]:
     """The document `encode` writes, as a dict."""
     original = alert.raw
     if not isinstance(original, dict):
-        return alert.model_dump(mode="json", exclude={"raw"})
+        return {name: value for name, value in msgspec.to_builtins(alert).items() if name != "raw"}
     forwarder: dict[str, Any] = {"version_key": alert.version_key}
     shadowed = {key: original[key] for key in _CONTEXT_KEYS if key in original}
     if shadowed:

@@ -1,5 +1,10 @@
 """The common alert schema every source maps into and every output format maps out of.
 
+The models are `msgspec.Struct`s: typed, built and encoded in C, and read through plain
+attributes. A mapping checks what it puts in (the Graph mapping checks every JSON type), so
+building a model does not validate a second time; `decode_alert` validates what it reads.
+Fields are declared in the order the `alert` format writes them.
+
 Enum-like fields are plain strings on purpose: Defender adds members over time
 (see `Prefer: include-unknown-enum-members`), and an unknown value must be kept,
 never rejected. Known members are stored in Graph's lowerCamelCase spelling whatever
@@ -9,9 +14,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
 
 SCHEMA_VERSION = "1.0"
 
@@ -41,16 +46,16 @@ class Severity(IntEnum):
 _SEVERITY_BY_VALUE = tuple(Severity)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+class _Model(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Fields are given by keyword; reading a model (decode_alert) refuses a key it has no field for."""
 
 
-class TenantRef(_Model):
+class TenantRef(_Model, kw_only=True):
     id: str
     label: str
 
 
-class FileInfo(_Model):
+class FileInfo(_Model, kw_only=True):
     name: str | None = None
     path: str | None = None
     size: int | None = None
@@ -62,7 +67,7 @@ class FileInfo(_Model):
     issuer: str | None = None
 
 
-class UserInfo(_Model):
+class UserInfo(_Model, kw_only=True):
     account_name: str | None = None
     domain: str | None = None
     upn: str | None = None
@@ -71,21 +76,21 @@ class UserInfo(_Model):
     display_name: str | None = None
 
 
-class _EvidenceBase(_Model):
+class EvidenceBase(_Model, kw_only=True):
     """Fields every Graph evidence carries (alertEvidence)."""
 
     odata_type: str
     created: datetime | None = None
     verdict: str | None = None
     remediation_status: str | None = None
-    roles: list[str] = Field(default_factory=list)
-    detailed_roles: list[str] = Field(default_factory=list)
-    tags: list[str] = Field(default_factory=list)
+    roles: list[str] = []
+    detailed_roles: list[str] = []
+    tags: list[str] = []
     # Evidence properties with no typed field above, kept verbatim so nothing is lost.
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = {}
 
 
-class DeviceEvidence(_EvidenceBase):
+class DeviceEvidence(EvidenceBase, kw_only=True):
     kind: Literal["device"] = "device"
     mde_device_id: str | None = None
     aad_device_id: str | None = None
@@ -96,28 +101,28 @@ class DeviceEvidence(_EvidenceBase):
     os_platform: str | None = None
     os_build: int | None = None
     os_version: str | None = None
-    ip_addresses: list[str] = Field(default_factory=list)
+    ip_addresses: list[str] = []
     last_ip: str | None = None
     last_external_ip: str | None = None
-    logged_on_users: list[UserInfo] = Field(default_factory=list)
+    logged_on_users: list[UserInfo] = []
     health_status: str | None = None
     risk_score: str | None = None
     rbac_group: str | None = None
 
 
-class UserEvidence(_EvidenceBase):
+class UserEvidence(EvidenceBase, kw_only=True):
     kind: Literal["user"] = "user"
-    user: UserInfo
+    user: UserInfo = msgspec.field(default_factory=UserInfo)  # empty when Graph sends none
 
 
-class FileEvidence(_EvidenceBase):
+class FileEvidence(EvidenceBase, kw_only=True):
     kind: Literal["file"] = "file"
-    file: FileInfo
+    file: FileInfo = msgspec.field(default_factory=FileInfo)  # empty when Graph sends none
     mde_device_id: str | None = None
     detection_status: str | None = None
 
 
-class ProcessEvidence(_EvidenceBase):
+class ProcessEvidence(EvidenceBase, kw_only=True):
     kind: Literal["process"] = "process"
     pid: int | None = None
     parent_pid: int | None = None
@@ -133,7 +138,7 @@ class ProcessEvidence(_EvidenceBase):
     detection_status: str | None = None
 
 
-class IpEvidence(_EvidenceBase):
+class IpEvidence(EvidenceBase, kw_only=True):
     kind: Literal["ip"] = "ip"
     address: str | None = None
     country_code: str | None = None
@@ -144,12 +149,12 @@ class IpEvidence(_EvidenceBase):
     longitude: float | None = None
 
 
-class UrlEvidence(_EvidenceBase):
+class UrlEvidence(EvidenceBase, kw_only=True):
     kind: Literal["url"] = "url"
     url: str | None = None
 
 
-class MailboxEvidence(_EvidenceBase):
+class MailboxEvidence(EvidenceBase, kw_only=True):
     kind: Literal["mailbox"] = "mailbox"
     primary_address: str | None = None
     upn: str | None = None
@@ -157,7 +162,7 @@ class MailboxEvidence(_EvidenceBase):
     user: UserInfo | None = None
 
 
-class MailMessageEvidence(_EvidenceBase):
+class MailMessageEvidence(EvidenceBase, kw_only=True):
     kind: Literal["mail_message"] = "mail_message"
     network_message_id: str | None = None
     internet_message_id: str | None = None
@@ -170,11 +175,11 @@ class MailMessageEvidence(_EvidenceBase):
     delivery_action: str | None = None
     delivery_location: str | None = None
     direction: str | None = None
-    urls: list[str] = Field(default_factory=list)
-    threats: list[str] = Field(default_factory=list)
+    urls: list[str] = []
+    threats: list[str] = []
 
 
-class CloudApplicationEvidence(_EvidenceBase):
+class CloudApplicationEvidence(EvidenceBase, kw_only=True):
     kind: Literal["cloud_application"] = "cloud_application"
     app_id: str | None = None
     display_name: str | None = None
@@ -182,7 +187,7 @@ class CloudApplicationEvidence(_EvidenceBase):
     publisher: str | None = None
 
 
-class RegistryEvidence(_EvidenceBase):
+class RegistryEvidence(EvidenceBase, kw_only=True):
     kind: Literal["registry"] = "registry"
     hive: str | None = None
     key: str | None = None
@@ -192,7 +197,7 @@ class RegistryEvidence(_EvidenceBase):
     mde_device_id: str | None = None
 
 
-class OtherEvidence(_EvidenceBase):
+class OtherEvidence(EvidenceBase, kw_only=True):
     """An evidence type with no typed model (rare or new): the whole object is in `extra`."""
 
     kind: Literal["other"] = "other"
@@ -211,9 +216,23 @@ Evidence = (
     | RegistryEvidence
     | OtherEvidence
 )
+# Each evidence model by its `kind`, the tag `decode_alert` reads an evidence back by.
+EVIDENCE_KINDS: dict[str, type[EvidenceBase]] = {
+    "device": DeviceEvidence,
+    "user": UserEvidence,
+    "file": FileEvidence,
+    "process": ProcessEvidence,
+    "ip": IpEvidence,
+    "url": UrlEvidence,
+    "mailbox": MailboxEvidence,
+    "mail_message": MailMessageEvidence,
+    "cloud_application": CloudApplicationEvidence,
+    "registry": RegistryEvidence,
+    "other": OtherEvidence,
+}
 
 
-class AlertTimes(_Model):
+class AlertTimes(_Model, kw_only=True):
     created: datetime | None = None
     last_updated: datetime
     first_activity: datetime | None = None
@@ -222,13 +241,13 @@ class AlertTimes(_Model):
     ingested: datetime
 
 
-class Comment(_Model):
+class Comment(_Model, kw_only=True):
     text: str | None = None
     author: str | None = None
     created: datetime | None = None
 
 
-class Alert(_Model):
+class Alert(_Model, kw_only=True):
     """One version of one Defender alert of one customer tenant."""
 
     schema_version: str = SCHEMA_VERSION
@@ -248,8 +267,8 @@ class Alert(_Model):
     description: str | None = None
     recommended_actions: str | None = None
     category: str | None = None
-    categories: list[str] = Field(default_factory=list)
-    mitre_techniques: list[str] = Field(default_factory=list)
+    categories: list[str] = []
+    mitre_techniques: list[str] = []
     service_source: str | None = None
     detection_source: str | None = None
     product_name: str | None = None
@@ -262,16 +281,14 @@ class Alert(_Model):
     threat_display_name: str | None = None
     threat_family_name: str | None = None
     investigation_state: str | None = None
-    system_tags: list[str] = Field(default_factory=list)
-    comments: list[Comment] = Field(default_factory=list)
-    custom_details: dict[str, Any] = Field(default_factory=dict)
-    additional_data: dict[str, Any] = Field(default_factory=dict)
-    # Discriminated on `kind`: pydantic picks the model from the tag instead of trying all
-    # eleven (several times faster, and a dict can never land in the wrong model).
-    evidence: list[Annotated[Evidence, Field(discriminator="kind")]] = Field(default_factory=list)
+    system_tags: list[str] = []
+    comments: list[Comment] = []
+    custom_details: dict[str, Any] = {}
+    additional_data: dict[str, Any] = {}
+    evidence: list[EvidenceBase] = []  # each of a model of EVIDENCE_KINDS, by its `kind`
     # Alert properties with no typed field above (Graph's tenantId, properties Graph adds
     # later), verbatim, so that formats other than `raw` carry them too.
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = {}
     # Set by the pipeline: True when no earlier version of this alert was ever queued
     # (OCSF's Create), False for an update; None where nobody knows (e.g. `convert`).
     first_sight: bool | None = None
@@ -304,3 +321,34 @@ class EventMeta(NamedTuple):
     def of(cls, alert: Alert) -> "EventMeta":
         return cls(alert.tenant.id, alert.tenant.label, alert.id, alert.version_key, alert.severity,
                    alert.times.last_updated.timestamp())
+
+
+def encode_alert(alert: Alert) -> bytes:
+    """The common schema itself as one line of JSON (the `alert` format): every field, in
+    declaration order, times as RFC 3339 UTC with `Z`."""
+    return msgspec.json.encode(alert)
+
+
+def decode_alert(body: bytes) -> Alert:
+    """`encode_alert` read back, every type checked; raises `msgspec.ValidationError` (a
+    ValueError) for what is not an encoded Alert."""
+    return alert_from_data(msgspec.json.decode(body))
+
+
+def alert_from_data(data: Any) -> Alert:
+    """An Alert from JSON-like data (an encoded alert, parsed), every type checked: the
+    evidence by its `kind`, times from their RFC 3339 text."""
+    if not isinstance(data, dict):
+        raise msgspec.ValidationError("Expected `object`")
+    fields = dict(data)
+    evidence = fields.pop("evidence", [])
+    alert = msgspec.convert(fields, Alert)
+    alert.evidence = [msgspec.convert(item, EVIDENCE_KINDS[_kind(item)]) for item in evidence]
+    return alert
+
+
+def _kind(item: Any) -> str:
+    kind = item.get("kind") if isinstance(item, dict) else None
+    if kind not in EVIDENCE_KINDS:
+        raise msgspec.ValidationError(f"evidence of unknown kind {kind!r}")
+    return kind

@@ -10,6 +10,7 @@ import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -304,7 +305,7 @@ def test_powershell_sample_values() -> None:
     (Severity.high, "8"), (Severity.critical, "10"),
 ])
 def test_severity(severity: Severity, expected: str) -> None:
-    alert = _alert().model_copy(update={"severity": severity})
+    alert = msgspec.structs.replace(_alert(), severity=severity)
     assert parse(cef.encode(alert).decode()).severity == expected
 
 
