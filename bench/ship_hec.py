@@ -23,7 +23,7 @@ machine hits them alike:
              SAME requests: the connector's own envelopes (`_EnvelopeWriter`, built once, untimed),
              grouped per batch of --batch events into requests as the connector groups them
              (`_requests`, batch_max_bytes). Per request, timed: join (as the connector joins,
-             with nothing between envelopes; --newline joins with "\\n" as anchors §3's client
+             with nothing between envelopes; --newline joins with "\\n" as a plain HEC client
              did), gzip at the same level when the mode gzips, POST, check HTTP 200 and code 0;
              in ack modes then ask /services/collector/ack for that ackId at once, again and
              again, until it is true (the least an acknowledging client can do).
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--level", type=int, default=DEFAULTS["compression_level"].default,
                         help="gzip level (default: the connector's compression_level)")
     parser.add_argument("--newline", action="store_true",
-                        help="the ceiling joins envelopes with \\n (anchors §3) instead of as the connector does")
+                        help="the ceiling joins envelopes with \\n instead of as the connector does")
     parser.add_argument("--profile", action="store_true", help="add one forwarder run (gzip, no ack) under cProfile")
     args = parser.parse_args(argv)
     os.environ[TOKEN_ENV] = TOKEN  # the sink config references it, as a deployment's would

@@ -25,7 +25,7 @@ at least 50,000 events/s over TCP, and not slower than syslog-ng. --profile adds
 TCP run under cProfile and prints its top costs.
 
 The receiver writes JSON (RAWMSG), so it costs more per message than the anchors' receiver
-(reference/anchors, section 2), which writes only ${MSG}: it pushes back on a sender sooner,
+(the measured anchor the project was given), which writes only ${MSG}: it pushes back on a sender sooner,
 and the default relay's flow-control stalls (~1 s each) come more often than the anchors show.
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from core.model.schema import Alert, TenantRef
 
-# Every format a sink or `convert` may name -> its module (DESIGN.md).
+# Every format a sink or `convert` may name -> its module.
 AVAILABLE_FORMATS = {
     "raw": "mappings.raw",
     "ocsf": "mappings.ocsf",

@@ -1,5 +1,5 @@
 """A strict CEF parser for the tests, written from the CEF specification ("Implementing
-ArcSight Common Event Format", revisions 23-26; summarised in reference/sinks.md §3), not
+ArcSight Common Event Format", revisions 23-26), not
 from `mappings/cef.py`, so that it can tell the encoder it is wrong.
 
     CEF:Version|Device Vendor|Device Product|Device Version|Device Event Class ID|Name|Severity|Extension

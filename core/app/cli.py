@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
     convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")
     convert.add_argument("--tenant-label", default="convert", help="customer label to stamp on the output")
+    convert.add_argument("--ingested", metavar="TIME", help="when the alerts count as read, ISO 8601 "
+                         "(default: each alert's lastUpdateDateTime, so the same input gives the same output)")
     convert.add_argument("file", nargs="?", default="-", help="Graph list response, one alert, or NDJSON (- = stdin)")
     _add(commands, "check", "validate config, get a token per tenant, read one alert, probe every sink")
     _add(commands, "tenants", "per tenant: cursor, lag, last success, last error, outbox depth per sink")

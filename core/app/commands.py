@@ -156,10 +156,16 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def _parse_since(text: str) -> datetime:
+    return _parse_time_option("--since", text)
+
+
+def _parse_time_option(option: str, text: str) -> datetime:
+    """An ISO 8601 date or time given on the command line (UTC where it has no offset)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise CommandFailed(f"--since: {text!r} is not an ISO date such as 2026-11-01", EXIT_CONFIG) from None
+        raise CommandFailed(f"{option}: {text!r} is not an ISO date such as 2026-11-01",
+                            EXIT_CONFIG) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
@@ -173,12 +179,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except FormatNotAvailable as err:
         raise CommandFailed(f"--format: {err}", EXIT_CONFIG) from None
     normalise = normaliser(args.source)
+    ingested = _parse_time_option("--ingested", args.ingested) if args.ingested else None
     data = sys.stdin.buffer.read() if args.file == "-" else _read_file(args.file)
     failures = 0
     out = sys.stdout.buffer
     for where, alert in _alerts_in(data):
         try:
-            out.write(encode(_convert_one(normalise, alert, where, args.tenant_label)) + b"\n")
+            out.write(encode(_convert_one(normalise, alert, args.tenant_label, ingested)) + b"\n")
         except Exception as err:  # noqa: BLE001 - one bad alert must not stop the others
             failures += 1
             err_console.print(f"error: {where}: {err}", markup=False, soft_wrap=True)
@@ -193,13 +200,25 @@ def _read_file(path: str) -> bytes:
         raise CommandFailed(f"{path}: {err.strerror}", EXIT_CONFIG) from None
 
 
-def _convert_one(normalise: Any, raw: Any, where: str, label: str) -> Any:
+def _convert_one(normalise: Any, raw: Any, label: str, ingested: datetime | None) -> Any:
     from core.model.schema import TenantRef
 
     if isinstance(raw, ValueError):
         raise raw
     tenant_id = raw.get("tenantId") if isinstance(raw, dict) and isinstance(raw.get("tenantId"), str) else ""
-    return normalise(raw, TenantRef(id=tenant_id or "unknown", label=label), datetime.now(timezone.utc))
+    return normalise(raw, TenantRef(id=tenant_id or "unknown", label=label), ingested or _time_in(raw))
+
+
+def _time_in(raw: Any) -> datetime:
+    """The alert's own lastUpdateDateTime, for its ingestion time: `convert` writes the same
+    bytes for the same input every time. (An alert without one is refused by normalise.)"""
+    from core.model.checks import InvalidValue
+    from core.model.times import parse_timestamp
+
+    try:
+        return parse_timestamp(raw.get("lastUpdateDateTime") if isinstance(raw, dict) else None)
+    except InvalidValue:
+        return datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _alerts_in(data: bytes) -> Iterator[tuple[str, Any]]:

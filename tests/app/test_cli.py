@@ -141,6 +141,28 @@ def test_convert_to_every_format_one_line_per_alert(tmp_path: Path) -> None:
             assert all(isinstance(json.loads(line), dict) for line in lines)
 
 
+def test_convert_writes_the_same_bytes_for_the_same_input(tmp_path: Path) -> None:
+    """The ingestion time of a converted alert is its own lastUpdateDateTime, or --ingested,
+    never the wall clock: a second run writes the same bytes in every format."""
+    from mappings import AVAILABLE_FORMATS
+
+    alerts = make_alerts(3, "77777777-7777-4777-8777-777777777777", recent(10), timedelta(minutes=1), seed=9)
+    source = tmp_path / "page.json"
+    source.write_text(json.dumps({"value": alerts}))
+    for fmt in AVAILABLE_FORMATS:
+        first, second = (run_cli("convert", "--format", fmt, str(source)) for _ in range(2))
+        assert first.returncode == second.returncode == 0, (fmt, first.stderr)
+        assert first.stdout == second.stdout, fmt
+    ecs = [json.loads(line) for line in run_cli("convert", "--format", "ecs", str(source)).stdout.splitlines()]
+    assert [doc["defender_forwarder"]["ingested"] for doc in ecs] == [doc["@timestamp"] for doc in ecs]
+    given = run_cli("convert", "--format", "ecs", "--ingested", "2026-11-01T12:00:00Z", str(source))
+    assert {json.loads(line)["defender_forwarder"]["ingested"] for line in given.stdout.splitlines()} == {
+        "2026-11-01T12:00:00.000Z"}
+    wrong = run_cli("convert", "--format", "ecs", "--ingested", "yesterday", str(source))
+    assert wrong.returncode == 2 and "--ingested: 'yesterday' is not an ISO date" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+
+
 def test_convert_ndjson_with_a_bad_alert_writes_the_good_ones_then_exits_1(tmp_path: Path) -> None:
     alerts = make_alerts(3, "77777777-7777-4777-8777-777777777777", recent(10), timedelta(minutes=1))
     bad = dict(alerts[1])

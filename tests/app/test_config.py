@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from core.app.config import ConfigError, load_config, parse_config
-from core.model.durations import parse_duration
 from tests.helpers import REPO
 
 BASE = {
@@ -111,20 +110,6 @@ def test_tenant_label_must_be_file_name_safe() -> None:
     data = _with()
     data["tenants"]["../etc"] = {"tenant_id": "x", "replay": "y"}
     assert "tenant label '../etc'" in _problems(data)[0]
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("5m", 300), ("1d", 86400), ("1h30m", 5400), ("90s", 90), (30, 30), ("2.5", 2.5), ("250ms", 0.25)],
-)
-def test_durations(text: object, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["5 minutes", "m5", "", "-5m", True, "5x"])
-def test_bad_durations(text: object) -> None:
-    with pytest.raises(ValueError):
-        parse_duration(text)
 
 
 def test_toml_file_and_its_errors(tmp_path: Path) -> None:

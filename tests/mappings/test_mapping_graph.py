@@ -23,7 +23,7 @@ TENANT = TenantRef(id="b3c1b5fc-828c-45fa-a1e1-10d74f6d6e9c", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 NS = "#microsoft.graph.security."
 
-# Appendix A of reference/defender-source.md: every @odata.type of the v1.0 model, and the
+# Every @odata.type of Graph's v1.0 evidence model, and the
 # kind of common-schema evidence each must become.
 TYPED = {
     "deviceEvidence": "device", "userEvidence": "user", "fileEvidence": "file", "processEvidence": "process",

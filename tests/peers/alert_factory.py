@@ -2,7 +2,7 @@
 
 Every alert is a plain dict shaped exactly like one element of the `value` array Graph
 returns from `GET /v1.0/security/alerts_v2` (property names, nesting, nulls, enum spellings
-and the 7-digit timestamps; see `reference/defender-source.md` §1.2-§1.4 and Appendix A).
+and the 7-digit timestamps, as Microsoft Graph's v1.0 alert and evidence model defines them).
 
 Everything in here is invented: fictional organisations on `.test` domains, RFC 5737 / RFC
 3849 documentation addresses for anything on the internet, private ranges for office LANs,

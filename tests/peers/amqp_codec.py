@@ -1,7 +1,7 @@
 """AMQP 1.0 types and messages, just enough for the Event Hubs test peer (stdlib only).
 
 Written from the OASIS AMQP 1.0 spec (part 1 "Types", part 3 "Messaging"), vendored from the
-spike in shared/reference/eventhub-peer/ and cleaned up.
+spike the project started from, and cleaned up.
 
 Decoding covers every constructor of part 1 (fixed width, variable width, compound, array,
 described). Python values on decode: None, bool, int (every integer type), float, str (string),
@@ -13,7 +13,7 @@ Encoding covers what the peer sends. A plain int is encoded as a long; the marke
 (`UByte`, `UShort`, `UInt`, `ULong`, `Int`, `Timestamp`, `Symbol`) pick the AMQP type, and
 `Array` an array of symbols or strings. Lists and maps always use the 32-bit forms.
 
-Two constraints of azure-eventhub's pyamqp (<= 5.15.1) shape the encoder (eventhub.md §5):
+Two constraints of azure-eventhub's pyamqp (<= 5.15.1) shape the encoder:
   * descriptors must be `00 53 <code>` (smallulong): pyamqp reads the performative code at a
     fixed offset, so `ULong` below 256 is always encoded as smallulong;
   * performatives must carry all their fields, trailing nulls included: pyamqp indexes them

@@ -1,6 +1,6 @@
 """An Elasticsearch 9 cluster on loopback, for tests and benchmarks (stdlib server + trustme).
 
-No Elasticsearch can run here (shared/reference/receivers.md §3), so this peer answers the way
+No Elasticsearch can run here (it needs more memory and a JVM than a test may take), so this peer answers the way
 Elasticsearch 9.1 does, over real sockets, for the APIs a log forwarder and its set-up command
 use: HTTPS with a certificate from a trustme CA by default (`ca_file` for `ca_certs=`,
 `fingerprint` for `ssl_assert_fingerprint=`; with `client_ca=` a client certificate that CA
@@ -41,7 +41,7 @@ Accept=<header>" (or the Content-Type / "must match" variants). Answers are
 client against `text/plain`). Answers are gzipped when the client accepts gzip and
 `http_compression` is on (None = ES's default: on for HTTP, off for HTTPS).
 
-_bulk (sinks.md §2.1-2.2). Whole-request answers: `reject_requests()` -> 429
+_bulk (Elasticsearch's bulk API documentation). Whole-request answers: `reject_requests()` -> 429
 es_rejected_execution_exception (503 cluster_block_exception; other statuses a generic
 status_exception); no body -> 400 parse_exception "request body is required"; gzip that does
 not gunzip -> 400 parse_exception; a body not ending in "\\n" -> 400 illegal_argument_exception

@@ -3,8 +3,8 @@
 No Event Hubs (nor its Docker emulator) can run here, so this peer speaks the part of AMQP 1.0
 that the real `azure-eventhub` producer (sync and aio, pure-Python pyamqp transport, >= 5.12)
 uses, over plain TCP: the client connects with `UseDevelopmentEmulator=true` in its connection
-string, which switches TLS off and keeps the port (shared/reference/eventhub.md §2).
-Vendored from the spike in shared/reference/eventhub-peer/. Off-the-shelf AMQP servers do not
+string, which switches TLS off and keeps the port.
+Vendored from the spike the project started from. Off-the-shelf AMQP servers do not
 work as the peer: pyamqp <= 5.15.1 indexes performative fields positionally and crashes on the
 compact (trailing nulls omitted) encoding, so every frame here carries all its fields
 (amqp_codec.performative).
@@ -385,7 +385,7 @@ class _Connection:
             self._send(channel, BEGIN, [UShort(channel), UInt(0), UInt(65536), UInt(65536), UInt(4095),
                                         None, None, None])
         elif channel not in self.sessions:
-            pass  # pyamqp sends a detach after it ended the session (eventhub.md §5.8): ignore
+            pass  # pyamqp sends a detach after it ended the session: ignore
         elif code == ATTACH:
             self._attach(self.sessions[channel], fields)
         elif code == TRANSFER:

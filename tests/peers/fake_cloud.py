@@ -8,8 +8,9 @@ uses login endpoint = Graph endpoint = `base_url`:
   POST /{tenant}/oauth2/v2.0/token                      client_credentials, secret or certificate
   GET  /v1.0/security/alerts_v2                         tenant taken from the bearer token
 
-The login half is adapted from the MSAL spike (shared/reference/entra-peer/fake_entra.py).
-The Graph half follows shared/reference/defender-source.md §1.3-1.6 and §4.4-4.6. Limits of the
+The login half is adapted from the MSAL spike the project started from.
+The Graph half follows Microsoft Graph's documentation of alerts_v2 (list, $filter, paging,
+throttling, errors). Limits of the
 simulation: `$filter` takes only `and`-joined comparisons (no `or`, no parentheses, no
 `any()`), and the only query options are `$filter`, `$orderby`, `$top` and `$skiptoken`.
 
@@ -69,7 +70,7 @@ PREFER_UNKNOWN_ENUMS = "include-unknown-enum-members"
 UNKNOWN_FUTURE_VALUE = "unknownFutureValue"
 TICKS_PER_SECOND = 10_000_000  # Graph timestamps have 7 fractional digits, i.e. 100 ns ticks
 
-# Members Graph lists after `unknownFutureValue` (defender-source.md §1.3). A client sees them
+# Members Graph lists after `unknownFutureValue` (evolvable enums). A client sees them
 # only with `Prefer: include-unknown-enum-members`; otherwise they read `unknownFutureValue`.
 EVOLVED_ALERT_ENUMS: dict[str, frozenset[str]] = {
     "serviceSource": frozenset({
@@ -90,7 +91,7 @@ EVOLVED_EVIDENCE_ENUMS: dict[str, frozenset[str]] = {
         "active", "pendingApproval", "declined", "unremediated", "running", "partiallyRemediated"}),
 }
 
-# Properties `$filter` accepts (defender-source.md §1.5).
+# Properties `$filter` accepts (Graph's alerts_v2 list documentation).
 DATETIME_PROPERTIES = ("lastUpdateDateTime", "createdDateTime")
 STRING_PROPERTIES = ("assignedTo", "classification", "determination", "serviceSource",
                      "severity", "status")

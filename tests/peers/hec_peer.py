@@ -1,10 +1,10 @@
 """A Splunk HTTP Event Collector on loopback, for tests and benchmarks (stdlib server).
 
-No Splunk can run here (shared/reference/receivers.md §2), so this peer answers the way
-Splunk's HEC is documented to (shared/reference/sinks.md §1), over real sockets: HTTPS with a
+No Splunk can run here (no package of it can be installed here), so this peer answers the way
+Splunk's HEC is documented to (Splunk's HTTP Event Collector docs), over real sockets: HTTPS with a
 certificate from a trustme CA by default (`ca_file` for clients; with `client_ca=` a client
 certificate that CA signed is required), plain HTTP on request; HTTP/1.1 keep-alive; Nagle
-off (without it every answer waits ~40 ms for the client's delayed ACK, anchors/README.md §3).
+off (without it every answer waits ~40 ms for the client's delayed ACK).
 
   POST /services/collector/event    (also /services/collector and /services/collector/event/1.0)
   POST /services/collector/ack      indexer acknowledgement status
@@ -25,10 +25,10 @@ sourcetype, source, host (None when absent: a test sees what the client sent, no
 defaults), time (float or None), fields, event (as parsed), raw (the envelope's bytes as
 received), channel, request (the number of the request that carried it).
 
-Choices where sinks.md is silent or says [inferred] (each is a constructor argument or
+Choices where Splunk's documentation is silent (each is a constructor argument or
 documented here, so a test can see what it relies on):
   * Events before a bad one in a rejected request: stored when `partial_accept` (default, what
-    Splunk is suspected to do, sinks.md §1.5), not stored otherwise.
+    Splunk is suspected to do), not stored otherwise.
   * `max_content_length` (default 800 MiB, Splunk 6.5+) is checked on the bytes received AND on
     the gunzipped body; over it -> 413 `{"text":"Content too large","code":413}`. Splunk's own
     answer is unverified; 413 is not a HEC code, so the body's code repeats the HTTP status and
@@ -106,7 +106,7 @@ DEFAULT_MAX_CONTENT_LENGTH = 800 * MIB  # limits.conf [http_input] max_content_l
 DRAIN_LIMIT = 64 * MIB  # an over-long body up to this is read and dropped, keeping the connection
 
 # HEC code -> (HTTP status, text): Splunk's "Possible error codes" table, as reproduced by
-# gjanders/SplunkAdmins lookups/splunkadmins_hec_reply_code_lookup.csv (sinks.md §1.5).
+# gjanders/SplunkAdmins lookups/splunkadmins_hec_reply_code_lookup.csv.
 HEC_CODES: dict[int, tuple[int, str]] = {
     0: (200, "Success"),
     1: (403, "Token disabled"),

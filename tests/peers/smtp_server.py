@@ -1,4 +1,4 @@
-"""A real SMTP server on loopback for tests: aiosmtpd 1.4 in its own thread (receivers.md §4).
+"""A real SMTP server on loopback for tests: aiosmtpd 1.4 in its own thread.
 
 Not a fake: clients speak real SMTP over a real socket to aiosmtpd's protocol implementation
 (STARTTLS, SMTPS, AUTH PLAIN/LOGIN, dot-unstuffing, SMTPUTF8, SIZE), and this module adds what a
@@ -37,7 +37,7 @@ client certificates only with `client_ca=` (then required); no PIPELINING, CHUNK
 aiosmtpd's; no SPF/DKIM/greylisting logic (reject_recipient with a 4xx and times=n stands in for
 greylisting); no standalone/benchmark mode.
 
-Gotchas of aiosmtpd 1.4 handled here (receivers.md §4): `Controller(port=0)` fails (it connects to
+Gotchas of aiosmtpd 1.4 handled here: `Controller(port=0)` fails (it connects to
 its own port to confirm startup), so a free port is picked first and kept for restarts;
 `AuthResult(success=False)` must say `handled=False` or no reply is sent and the client hangs;
 with implicit TLS aiosmtpd does not count the connection as encrypted for `auth_require_tls`, so
@@ -506,7 +506,7 @@ class SmtpServer(Restartable):
             user = auth_data.login.decode("utf-8", "replace")
             if user in users and users[user] == auth_data.password.decode("utf-8", "replace"):
                 return AuthResult(success=True, auth_data=user)
-        # handled=False, or aiosmtpd sends no reply at all (receivers.md §4): 535 5.7.8.
+        # handled=False, or aiosmtpd sends no reply at all: 535 5.7.8.
         return AuthResult(success=False, handled=False)
 
     def _mail_refusal(self, session: Session) -> str | None:

@@ -2,8 +2,8 @@
 
 No mocking: every check sends bytes across a loopback socket to tests/peers/es_peer.py, through
 `Elasticsearch`, `AsyncElasticsearch` and `helpers.async_streaming_bulk`, the way the connector
-will. Expected texts are written out here from ES (shared/reference/receivers.md §3, sinks.md
-§2.1-2.4), not taken from the peer module, so a typo in the peer fails a test. A few raw-protocol
+will. Expected texts are written out here from Elasticsearch's documented answers, not taken
+from the peer module, so a typo in the peer fails a test. A few raw-protocol
 checks the client cannot provoke (a body without its last newline, a text/plain body) use httpx.
 """
 from __future__ import annotations

@@ -53,7 +53,7 @@ def producer(peer: EventHubPeer, hub: str | None = None, *, key: str = DEFAULT_K
 
 
 def alert(i: int, tenant: str = "tenant-1") -> EventData:
-    """An event shaped like Defender XDR's streaming API output (eventhub.md §2)."""
+    """An event shaped like Defender XDR's streaming API output."""
     record = {"time": "2024-01-01T00:00:00Z", "tenantId": tenant, "operationName": "Publish",
               "category": "AdvancedHunting-AlertInfo", "properties": {"AlertId": f"da{i}"}}
     event = EventData(json.dumps({"records": [record]}))

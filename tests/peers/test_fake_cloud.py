@@ -77,7 +77,7 @@ def new_tenant(cloud: FakeCloud, **settings: Any) -> Tenant:
 def msal_app(cloud: FakeCloud, ca_file: Path, tenant_id: str,
              credential: str | dict[str, str] = SECRET,
              client_id: str = APP_ID) -> msal.ConfidentialClientApplication:
-    """The constructor from msal-local.md: own session (the image sets REQUESTS_CA_BUNDLE,
+    """The constructor the forwarder uses: own session (the image sets REQUESTS_CA_BUNDLE,
     which would beat `verify`), no instance discovery, no region probe."""
     session = requests.Session()
     session.trust_env = False

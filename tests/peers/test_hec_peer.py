@@ -1,7 +1,7 @@
 """The Splunk HEC test peer, driven by httpx (the client library the connector uses).
 
 No mocking: every check below sends bytes across a loopback socket to tests/peers/hec_peer.py.
-Expected texts and statuses are written out here from Splunk's table (sinks.md §1.5), not taken
+Expected texts and statuses are written out here from Splunk's documented table, not taken
 from the peer module, so a typo in the peer's table fails a test.
 """
 from __future__ import annotations
