@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import importlib
 from datetime import UTC, datetime, timedelta
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ def test_graph_alerts_is_declared_as_the_api_documents_it() -> None:
 def test_every_kind_has_its_mapping(name: str) -> None:
     mapping = source_mapping(KINDS[name].mapping)
     assert callable(mapping.normalise) and issubclass(mapping.refusal, Exception)
+    # The alerts it makes say which kind they came from (`Alert.source`), by the kind's name.
+    assert import_module(f"mappings.{KINDS[name].mapping}").SOURCE == name
 
 
 # ---------------------------------------------------------------- the config's check
