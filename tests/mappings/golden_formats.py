@@ -61,10 +61,12 @@ def _encoded(encode: Any, alert: Any) -> str:
 def outputs(name: str, raw: Any) -> dict[str, Any]:
     """What the mappings make of one alert, as the snapshot keeps it."""
     from core.model.schema import TenantRef
+    from core.sources import graph_alerts
+    from core.sources.incremental import version_reader
     from mappings import encoder
-    from mappings.graph_alerts_v2 import MappingError, normalise, version_of
+    from mappings.graph_alerts_v2 import MappingError, normalise
 
-    found = version_of(raw)
+    found = version_reader(graph_alerts.KIND.version)(raw)
     row: dict[str, Any] = {"case": name,
                            "version_of": None if found is None else [found[0], found[1].isoformat()]}
     try:
