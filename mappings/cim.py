@@ -51,7 +51,8 @@ from typing import Any, get_origin
 import msgspec
 import orjson
 
-from core.model.schema import EVIDENCE_KINDS, Alert, AlertTimes, Comment, FileInfo, TenantRef, UserInfo
+from core.model import schema
+from core.model.schema import Alert, UserInfo
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 APP = "ms:defender"
@@ -72,37 +73,30 @@ def _seconds(moment: datetime) -> float:
     return (d.days * 86400000 + d.seconds * 1000 + d.microseconds // 1000) / 1000
 
 
-def _json_default(value: Any) -> Any:
-    """The fallback encoder's view of what orjson writes natively."""
-    if isinstance(value, datetime):
-        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-        return utc.isoformat()[:-6] + "Z"
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def _dumps(doc: dict[str, Any]) -> bytes:
-    """orjson, which writes datetimes itself (RFC 3339, `Z`, microseconds unless zero); the
-    standard library for what orjson refuses (integers beyond 64 bits, lone surrogates in
-    `extra` data), as `core.model.jsonutil` does."""
+    """orjson; the standard library for what orjson refuses (integers beyond 64 bits, lone
+    surrogates in `extra` data), as `core.model.jsonutil` does. (The document holds JSON data
+    only: `remainder` has written the times as text.)"""
     try:
-        return orjson.dumps(doc, option=orjson.OPT_UTC_Z)
+        return orjson.dumps(doc)
     except TypeError:
-        return json.dumps(doc, ensure_ascii=True, default=_json_default, separators=(",", ":")).encode("ascii")
+        return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 # --------------------------------------------------------------------------- lossless remainder
 #
 # `defender` is the alert as `mappings.plain` writes it (`plain(alert, skip=_CARRIED)`: fields in
-# the schema's order, absent ones left out, the evidence `kind` always written, times left for
-# the encoder). It is built here from `msgspec.to_builtins`, which converts the whole model in C
-# (times to the same RFC 3339 text orjson writes), and one pass that leaves out the absent
-# fields: about half the cost of `plain`'s attribute-by-attribute walk, the largest part of this
-# format's own encoding. `tests/mappings/test_format_cim.py` checks that both agree.
+# the schema's order, absent ones left out, the evidence `kind` always written) and orjson then
+# encodes it. It is built here from `msgspec.to_builtins`, which converts the whole model in C
+# (times to the RFC 3339 text orjson would write: `Z`, microseconds unless zero), and one pass
+# that leaves out the absent fields: half the cost of `plain`'s attribute-by-attribute walk,
+# which was most of this format's own encoding. `tests/mappings/test_format_cim.py` checks that
+# both give the same bytes.
 
-# The schema's verbatim JSON objects (`extra`, `custom_details`, `additional_data`): every
-# other object in what `to_builtins` gives is a model.
-_VERBATIM = frozenset(field.name for model in (Alert, AlertTimes, TenantRef, Comment, UserInfo, FileInfo,
-                                               *EVIDENCE_KINDS.values())
+# The schema's verbatim JSON objects (`extra`, `custom_details`, `additional_data`: the dict
+# fields of its models); every other object in what `to_builtins` gives is a model.
+_VERBATIM = frozenset(field.name for model in vars(schema).values()
+                      if isinstance(model, type) and issubclass(model, msgspec.Struct)
                       for field in msgspec.structs.fields(model) if get_origin(field.type) is dict)
 
 
