@@ -441,9 +441,9 @@ def _time_writer(prefix: str) -> Writer:
     return write
 
 
-def _address_writer(prefix: str, version: int) -> Writer:
+def _address_writer(prefix: str, address: Callable[[str | None], str | None]) -> Writer:
     def write(text: str) -> str:
-        return prefix + text if _ip_version(text) == version else ""
+        return prefix + text if address(text) else ""
 
     return write
 
@@ -484,8 +484,10 @@ def _remembered(write: Writer) -> Writer:
 def _writer(row: Key) -> Writer:
     if row.kind == "time":
         write = _time_writer(row.prefix)
-    elif row.kind == "ipv4" or row.kind == "ipv6":
-        write = _address_writer(row.prefix, int(row.kind[3]))
+    elif row.kind == "ipv4":
+        write = _address_writer(row.prefix, ipv4)
+    elif row.kind == "ipv6":
+        write = _address_writer(row.prefix, ipv6)
     else:
         assert row.limit is not None, row.key
         write = _text_writer(row.prefix, row.limit)
