@@ -2,9 +2,10 @@ r"""`core.model.schema.Alert` -> one ArcSight CEF:0 line (header + extension), f
 
     CEF:0|Microsoft|<product>|<device version>|<event class id>|<name>|<severity>|<extension>
 
-Reference: `reference/sinks.md` §3 (header §3.1, escaping §3.2, keys and lengths §3.3,
-Microsoft's historical Defender -> ArcSight mapping §3.4, Sentinel CommonSecurityLog §3.6).
-`encode` returns one line of UTF-8 without a trailing newline. Choices a README documents:
+The header, the escaping, the keys and their lengths are the ArcSight CEF specification's;
+the extension keys follow Microsoft's historical Defender -> ArcSight mapping, and
+`docs/sentinel.md` says where they land in Sentinel's CommonSecurityLog. `encode` returns
+one line of UTF-8 without a trailing newline. Choices `docs/formats.md` documents:
 
 Header
 - Device Vendor `Microsoft`. Device Product from `serviceSource` (table `PRODUCTS` in `mappings/products.py`); a
@@ -34,7 +35,7 @@ Extension
   address (or has a scope id, `fe80::1%eth0`) is left out.
 
 Text rules (every string value, header and extension)
-- Escaping (§3.2): header `\` -> `\\` and `|` -> `\|`; extension `\` -> `\\`,
+- Escaping: header `\` -> `\\` and `|` -> `\|`; extension `\` -> `\\`,
   `=` -> `\=`, LF -> `\n`, CR -> `\r` (`|` needs no escape there). The header has no
   newline escape (decoders accept only `\|` and `\\` there), so CR and LF in a header
   field become a space, as logstash's CEF codec does.
@@ -122,11 +123,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
-from core.model.schema import Alert, Severity, UserInfo
+from core.model.schema import Alert, FileInfo, Severity, UserInfo
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 VENDOR = "Microsoft"
@@ -223,7 +225,13 @@ def _header(text: str | None, limit: int, default: str) -> str:
 # --------------------------------------------------------------------------- derived values
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
+
+
+def _milliseconds(moment: datetime) -> int:
+    """Milliseconds since the epoch, rounded down (integer arithmetic: exact for any date)."""
+    d = moment - _EPOCH
+    return d.days * 86400000 + d.seconds * 1000 + d.microseconds // 1000
+
 
 # address text -> 4, 6, or 0 (not an IP address); the alerts of one tenant repeat addresses.
 _IP_VERSIONS: dict[str, int] = {}
@@ -256,18 +264,17 @@ def account(user: UserInfo | None) -> str | None:
     """An account as `duser` writes it: UPN, else `domain\\account`, else the account name."""
     if user is None:
         return None
-    u = user.__dict__
-    if u["upn"]:
-        return u["upn"]
-    name, domain = u["account_name"], u["domain"]
+    if user.upn:
+        return user.upn
+    name, domain = user.account_name, user.domain
     if name and domain:
         return f"{domain}\\{name}"
     return name or None
 
 
-def full_path(f: dict[str, Any]) -> str | None:
+def full_path(file: FileInfo) -> str | None:
     """Graph's filePath is the folder; CEF's filePath is the full path, file name included."""
-    name, folder = f["name"], f["path"]
+    name, folder = file.name, file.path
     if not folder:
         return name
     if not name:
@@ -276,42 +283,51 @@ def full_path(f: dict[str, Any]) -> str | None:
     return folder + name if folder.endswith(separator) else folder + separator + name
 
 
-def picks(evidence: list[Any]) -> tuple[Any, ...]:
-    """The evidence the table reads: (device name, device IP, user, IP address, file (a
-    FileInfo's fields), URL), each from the first evidence of its kind that has one (the
-    device's name and IP: from the first device evidence)."""
+class Picks(NamedTuple):
+    """The evidence the table reads, each from the first evidence of its kind that has one
+    (the device's name and IP: from the first device evidence)."""
+
+    device_name: str | None
+    device_ip: str | None
+    user: str | None
+    ip: str | None
+    file: FileInfo | None  # the first file evidence's file, else the first process evidence's image
+    url: str | None
+
+
+def picks(evidence: list[Any]) -> Picks:
+    """`Picks` of an alert's evidence, in one pass. (Each item is a model of `EVIDENCE_KINDS`,
+    told apart by its `kind`; each branch reads only its kind's fields.)"""
     device = user = ip = file = image = url = None
     for item in evidence:
-        e = item.__dict__
-        kind = e["kind"]
+        kind = item.kind
         if kind == "device":
             if device is None:
-                device = e
+                device = item
         elif kind == "user":
             if not user:
-                user = account(e["user"])
+                user = account(item.user)
         elif kind == "ip":
             if not ip:
-                ip = e["address"]
+                ip = item.address
         elif kind == "file":
             if file is None:
-                file = e["file"]
+                file = item.file
         elif kind == "process":
             if image is None:
-                image = e["image"]
+                image = item.image
         elif kind == "url":
             if not url:
-                url = e["url"]
+                url = item.url
         elif kind == "mailbox" and not user:
-            user = account(e["user"]) or e["upn"] or e["primary_address"]
+            user = account(item.user) or item.upn or item.primary_address
     if device is None:
         device_name = device_ip = None
     else:
-        addresses = device["ip_addresses"]
-        device_name = device["fqdn"] or device["hostname"]
-        device_ip = device["last_ip"] or (addresses[0] if addresses else None)
-    file = file or image
-    return device_name, device_ip, user, ip, None if file is None else file.__dict__, url
+        addresses = device.ip_addresses
+        device_name = device.fqdn or device.hostname
+        device_ip = device.last_ip or (addresses[0] if addresses else None)
+    return Picks(device_name, device_ip, user, ip, file or image, url)
 
 
 # --------------------------------------------------------------------------- the table
@@ -321,17 +337,16 @@ def picks(evidence: list[Any]) -> tuple[Any, ...]:
 class Key:
     """One extension key.
 
-    `field` says what it carries (for the README); `read` is the Python expression that reads
-    it, over `a` (the alert's fields), `t` (its times), `tenant`, and the evidence `picks`
-    (`device_name`, `device_ip`, `user`, `ip`, `f`, `url`). `kind` is "text" (cleaned, fitted
-    to `limit` UTF-8 bytes, escaped), "time" (a datetime, written as ms since the epoch),
+    `field` says what it carries (for the README); `read` reads it from the alert and the
+    `Picks` of its evidence (None or "" when absent). `kind` is "text" (cleaned, fitted to
+    `limit` UTF-8 bytes, escaped), "time" (a datetime, written as ms since the epoch),
     "ipv4" or "ipv6" (written when it is an address of that version, else left out). `label`
     is written as `<key>Label` before the value. `repeats`: values recur across alerts
     (a tenant's hosts, users, categories), so the written text is remembered per value."""
 
     key: str
     field: str
-    read: str
+    read: Callable[[Alert, Picks], Any]
     limit: int | None = None
     label: str | None = None
     kind: str = "text"
@@ -351,42 +366,52 @@ class Key:
         return f"{self.key}Label={_extension(self.label, 1023)} {self.key}=" if self.label else f"{self.key}="
 
 
+def _category(a: Alert) -> str | None:
+    return a.category or (a.categories[0] if a.categories else None)
+
+
+def _file_hash(file: FileInfo | None) -> str | None:
+    return file.sha1 or file.sha256 or file.md5 if file else None
+
+
 EXTENSION: tuple[Key, ...] = (
-    Key("rt", "`times.last_updated` (ms since epoch)", 't["last_updated"]', kind="time"),
-    Key("start", "`times.first_activity` (ms since epoch)", 't["first_activity"]', kind="time"),
-    Key("end", "`times.last_activity` (ms since epoch)", 't["last_activity"]', kind="time"),
-    Key("externalId", "`id` (cut when longer; the full id is in `cs3`)", 'a["id"]', 40),
-    Key("cat", "`category`, else the first of `categories`",
-        'a["category"] or (a["categories"][0] if a["categories"] else None)', 1023, repeats=True),
-    Key("act", "`status`", 'a["status"]', 63, repeats=True),
-    Key("sourceServiceName", "`detection_source`", 'a["detection_source"]', 1023, repeats=True),
-    Key("msg", "`description`", 'a["description"]', 1023),
-    Key("dhost", "first device evidence: `fqdn`, else `hostname`", "device_name", 1023, repeats=True),
-    Key("dst", "that device's `last_ip`, else its first `ip_addresses`", "device_ip", kind="ipv4", repeats=True),
-    Key("c6a3", "the same address when it is IPv6", "device_ip", label="Destination IPv6 Address", kind="ipv6",
+    Key("rt", "`times.last_updated` (ms since epoch)", lambda a, p: a.times.last_updated, kind="time"),
+    Key("start", "`times.first_activity` (ms since epoch)", lambda a, p: a.times.first_activity, kind="time"),
+    Key("end", "`times.last_activity` (ms since epoch)", lambda a, p: a.times.last_activity, kind="time"),
+    Key("externalId", "`id` (cut when longer; the full id is in `cs3`)", lambda a, p: a.id, 40),
+    Key("cat", "`category`, else the first of `categories`", lambda a, p: _category(a), 1023, repeats=True),
+    Key("act", "`status`", lambda a, p: a.status, 63, repeats=True),
+    Key("sourceServiceName", "`detection_source`", lambda a, p: a.detection_source, 1023, repeats=True),
+    Key("msg", "`description`", lambda a, p: a.description, 1023),
+    Key("dhost", "first device evidence: `fqdn`, else `hostname`", lambda a, p: p.device_name, 1023, repeats=True),
+    Key("dst", "that device's `last_ip`, else its first `ip_addresses`", lambda a, p: p.device_ip, kind="ipv4",
         repeats=True),
+    Key("c6a3", "the same address when it is IPv6", lambda a, p: p.device_ip, label="Destination IPv6 Address",
+        kind="ipv6", repeats=True),
     Key("duser", "first user (or mailbox) evidence with an account: `upn`, else `domain\\account`, else "
-        "`account_name` (mailbox: else its `upn`, else `primary_address`)", "user", 1023, repeats=True),
-    Key("src", "first IP evidence `address`", "ip", kind="ipv4", repeats=True),
-    Key("c6a2", "the same address when it is IPv6", "ip", label="Source IPv6 Address", kind="ipv6", repeats=True),
-    Key("fname", "first file evidence (else first process evidence's image): `name`",
-        'f["name"] if f else None', 1023, repeats=True),
-    Key("filePath", "that file's full path: `path` + separator + `name`", "full_path(f) if f else None", 1023,
+        "`account_name` (mailbox: else its `upn`, else `primary_address`)", lambda a, p: p.user, 1023, repeats=True),
+    Key("src", "first IP evidence `address`", lambda a, p: p.ip, kind="ipv4", repeats=True),
+    Key("c6a2", "the same address when it is IPv6", lambda a, p: p.ip, label="Source IPv6 Address", kind="ipv6",
         repeats=True),
-    Key("fileHash", "that file's `sha1`, else `sha256`, else `md5`",
-        'f["sha1"] or f["sha256"] or f["md5"] if f else None', 255, repeats=True),
-    Key("request", "first URL evidence `url`", "url", 1023, repeats=True),
-    Key("flexString1", "`alert_web_url`", 'a["alert_web_url"]', 1023, "alertWebUrl"),
-    Key("flexString2", "`incident_web_url`", 'a["incident_web_url"]', 1023, "incidentWebUrl"),
-    Key("deviceCustomDate1", "`times.created` (ms since epoch)", 't["created"]', label="createdDateTime",
-        kind="time"),
-    Key("cs1", "`tenant.id`", 'tenant["id"]', 1023, "tenantId", repeats=True),
-    Key("cs2", "`tenant.label`", 'tenant["label"]', 1023, "customer", repeats=True),
-    Key("cs3", "`id` (whole)", 'a["id"]', 1023, "alertId"),
-    Key("cs4", "`mitre_techniques`, joined with `,`", '",".join(a["mitre_techniques"])', 1023,
+    Key("fname", "first file evidence (else first process evidence's image): `name`",
+        lambda a, p: p.file.name if p.file else None, 1023, repeats=True),
+    Key("filePath", "that file's full path: `path` + separator + `name`",
+        lambda a, p: full_path(p.file) if p.file else None, 1023, repeats=True),
+    Key("fileHash", "that file's `sha1`, else `sha256`, else `md5`", lambda a, p: _file_hash(p.file), 255,
+        repeats=True),
+    Key("request", "first URL evidence `url`", lambda a, p: p.url, 1023, repeats=True),
+    Key("flexString1", "`alert_web_url`", lambda a, p: a.alert_web_url, 1023, "alertWebUrl"),
+    Key("flexString2", "`incident_web_url`", lambda a, p: a.incident_web_url, 1023, "incidentWebUrl"),
+    Key("deviceCustomDate1", "`times.created` (ms since epoch)", lambda a, p: a.times.created,
+        label="createdDateTime", kind="time"),
+    Key("cs1", "`tenant.id`", lambda a, p: a.tenant.id, 1023, "tenantId", repeats=True),
+    Key("cs2", "`tenant.label`", lambda a, p: a.tenant.label, 1023, "customer", repeats=True),
+    Key("cs3", "`id` (whole)", lambda a, p: a.id, 1023, "alertId"),
+    Key("cs4", "`mitre_techniques`, joined with `,`", lambda a, p: ",".join(a.mitre_techniques), 1023,
         "mitreTechniques", repeats=True),
-    Key("cs5", "`incident_id`", 'a["incident_id"]', 1023, "incidentId"),
-    Key("cs6", "that file's `sha256`", 'f["sha256"] if f else None', 1023, "sha256", repeats=True),
+    Key("cs5", "`incident_id`", lambda a, p: a.incident_id, 1023, "incidentId"),
+    Key("cs6", "that file's `sha256`", lambda a, p: p.file.sha256 if p.file else None, 1023, "sha256",
+        repeats=True),
 )
 
 
@@ -399,72 +424,92 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-def _part(row: Key, value: Any) -> str:
-    """`key=value` as written (labelled, cleaned, escaped), or "" when the value is left out."""
-    if row.kind == "time":
-        return row.prefix + str((value - _EPOCH) // _MS)
-    if row.kind == "ipv4":
-        return row.prefix + value if ipv4(value) else ""
-    if row.kind == "ipv6":
-        return row.prefix + value if ipv6(value) else ""
-    value = _extension(value, row.limit)
-    return row.prefix + value if value else ""
+# --------------------------------------------------------------------------- writing a row
 
+# A row's writer: a present value (not None, not "") -> `key=value` as written (labelled,
+# cleaned, escaped), or "" when the value is left out after all.
+Writer = Callable[[Any], str]
 
 _MEMO_MAX = 1024  # texts remembered per `repeats` key; emptied when full
 _MEMO_LEN = 256  # longer values are not remembered (memory stays small whatever the data)
 
 
-def _compile_extension(rows: tuple[Key, ...]) -> Any:
-    """The table as one straight-line function, as it runs for every alert of every CEF sink:
-    per key, one read and one truth test, then a dict look-up (`repeats`) or, for text, the
-    usual case inline (printable ASCII within the limit, no spaces to trim); `_part` does
-    the rest."""
-    namespace: dict[str, Any] = {"_part": _part, "_EPOCH": _EPOCH, "full_path": full_path, "_MEMO_MAX": _MEMO_MAX,
-                                 "_MEMO_LEN": _MEMO_LEN}
-    lines = ["def extension(a, t, tenant, device_name, device_ip, user, ip, f, url):",
-             "    parts = []", "    append = parts.append"]
-    for index, row in enumerate(rows):
-        namespace[f"R{index}"], namespace[f"P{index}"] = row, row.prefix
-        lines.append(f"    value = {row.read}")
-        if row.repeats:
-            namespace[f"M{index}"] = {}
-            lines += [
-                "    if value:",
-                f"        part = M{index}.get(value)",
-                "        if part is None:",
-                f"            part = _part(R{index}, value)",
-                "            if len(value) <= _MEMO_LEN:",
-                f"                if len(M{index}) >= _MEMO_MAX: M{index}.clear()",
-                f"                M{index}[value] = part",
-                "        if part: append(part)",
-            ]
-        elif row.kind == "time":
-            lines += [
-                "    if value is not None:",
-                "        d = value - _EPOCH",
-                f"        append(P{index} + str(d.days * 86400000 + d.seconds * 1000 + d.microseconds // 1000))",
-            ]
-        elif row.kind == "text":
-            lines += [
-                "    if value:",
-                (f"        if value.isprintable() and value.isascii() and len(value) <= {row.limit} "
-                 "and value[0] != ' ' and value[-1] != ' ':"),
-                "            if '\\\\' in value: value = value.replace('\\\\', '\\\\\\\\')",
-                "            if '=' in value: value = value.replace('=', '\\\\=')",
-                f"            append(P{index} + value)",
-                "        else:",
-                f"            value = _part(R{index}, value)",
-                "            if value: append(value)",
-            ]
-        else:
-            lines += ["    if value:", f"        value = _part(R{index}, value)", "        if value: append(value)"]
-    lines.append("    return ' '.join(parts)")
-    exec("\n".join(lines), namespace)  # noqa: S102 - code written above from the fixed table
-    return namespace["extension"]
+def _time_writer(prefix: str) -> Writer:
+    def write(moment: datetime) -> str:
+        return prefix + str(_milliseconds(moment))
+
+    return write
 
 
-_EXTENSION_TEXT = _compile_extension(EXTENSION)
+def _address_writer(prefix: str, address: Callable[[str | None], str | None]) -> Writer:
+    def write(text: str) -> str:
+        return prefix + text if address(text) else ""
+
+    return write
+
+
+def _text_writer(prefix: str, limit: int) -> Writer:
+    def write(text: str) -> str:
+        # The usual value (printable ASCII within the limit, no space to trim) needs only the
+        # two escapes it can hold; `_extension` applies every rule to the rest.
+        if text.isprintable() and text.isascii() and len(text) <= limit and text[0] != " " and text[-1] != " ":
+            if "\\" in text:
+                text = text.replace("\\", "\\\\")
+            if "=" in text:
+                text = text.replace("=", "\\=")
+            return prefix + text
+        text = _extension(text, limit)
+        return prefix + text if text else ""
+
+    return write
+
+
+def _remembered(write: Writer) -> Writer:
+    """`write`, remembering what it wrote for recent values (short ones; emptied when full)."""
+    memo: dict[str, str] = {}
+
+    def remembered(value: str) -> str:
+        part = memo.get(value)
+        if part is None:
+            part = write(value)
+            if len(value) <= _MEMO_LEN:
+                if len(memo) >= _MEMO_MAX:
+                    memo.clear()
+                memo[value] = part
+        return part
+
+    return remembered
+
+
+def _writer(row: Key) -> Writer:
+    if row.kind == "time":
+        write = _time_writer(row.prefix)
+    elif row.kind == "ipv4":
+        write = _address_writer(row.prefix, ipv4)
+    elif row.kind == "ipv6":
+        write = _address_writer(row.prefix, ipv6)
+    else:
+        assert row.limit is not None, row.key
+        write = _text_writer(row.prefix, row.limit)
+    return _remembered(write) if row.repeats else write
+
+
+# The table as it runs for every alert of every CEF sink: each row's reader and writer, built
+# once (prefix, limit and kind are fixed per row, so they are bound now, not looked up per alert).
+_ROWS: tuple[tuple[Callable[[Alert, Picks], Any], Writer], ...] = tuple((row.read, _writer(row)) for row in EXTENSION)
+
+
+def extension_text(alert: Alert) -> str:
+    """The extension: `key=value` of each row whose value is present, in table order."""
+    evidence = picks(alert.evidence)
+    parts = []
+    for read, write in _ROWS:
+        value = read(alert, evidence)
+        if value:  # (None or "": absent; a datetime is always true)
+            part = write(value)
+            if part:
+                parts.append(part)
+    return " ".join(parts)
 
 
 # --------------------------------------------------------------------------- entry points
@@ -472,19 +517,18 @@ _EXTENSION_TEXT = _compile_extension(EXTENSION)
 
 def header_fields(alert: Alert) -> list[str]:
     """The seven header fields, escaped."""
-    a = alert.__dict__
-    service_source = a["service_source"]
-    product = (PRODUCTS.get(service_source) if service_source else None) or a["product_name"] or service_source
-    source = a["source"]
+    service_source = alert.service_source
+    product = (PRODUCTS.get(service_source) if service_source else None) or alert.product_name or service_source
+    source = alert.source
     return [
         "CEF:0",
         VENDOR,
         _header(product, HEADER_LIMITS["product"], DEFAULT_PRODUCT),
         _header(DEVICE_VERSIONS.get(source, source), HEADER_LIMITS["device_version"], "unknown"),
-        _header(a["detector_id"] or a["alert_policy_id"] or a["category"], HEADER_LIMITS["event_class_id"],
+        _header(alert.detector_id or alert.alert_policy_id or alert.category, HEADER_LIMITS["event_class_id"],
                 DEFAULT_EVENT_CLASS),
-        _header(a["title"], HEADER_LIMITS["name"], DEFAULT_NAME),
-        str(SEVERITIES.get(a["severity"], 0)),
+        _header(alert.title, HEADER_LIMITS["name"], DEFAULT_NAME),
+        str(SEVERITIES.get(alert.severity, 0)),
     ]
 
 
@@ -495,18 +539,17 @@ _HEADERS: dict[tuple[Any, ...], str] = {}
 
 def encode(alert: Alert) -> bytes:
     """One CEF:0 line (UTF-8, no trailing newline)."""
-    a = alert.__dict__
-    key = (a["service_source"], a["product_name"], a["source"], a["detector_id"], a["alert_policy_id"],
-           a["category"], a["title"], a["severity"])
+    title = alert.title
+    key = (alert.service_source, alert.product_name, alert.source, alert.detector_id, alert.alert_policy_id,
+           alert.category, title, alert.severity)
     head = _HEADERS.get(key)
     if head is None:
         head = "|".join(header_fields(alert)) + "|"
-        if len(key[6] or "") <= 1024:  # (a title is short; a huge one is not worth remembering)
+        if len(title or "") <= 1024:  # (a title is short; a huge one is not worth remembering)
             if len(_HEADERS) >= 1024:
                 _HEADERS.clear()
             _HEADERS[key] = head
-    extension = _EXTENSION_TEXT(a, a["times"].__dict__, a["tenant"].__dict__, *picks(a["evidence"]))
-    return (head + extension).encode()
+    return (head + extension_text(alert)).encode()
 
 
 # --------------------------------------------------------------------------- fitting a line into a budget

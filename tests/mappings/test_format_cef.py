@@ -27,7 +27,7 @@ INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 NS = "#microsoft.graph.security."
 MARK = "\u2026"
 
-# The CEF key table's limits (reference/sinks.md §3.3), as the docstring documents them.
+# The limits of the CEF specification's key table, as the docstring documents them.
 LIMITS = {
     "externalId": 40, "act": 63, "fileHash": 255,
     **{key: 1023 for key in ("cat", "sourceServiceName", "msg", "dhost", "duser", "fname", "filePath", "request",
