@@ -1050,7 +1050,8 @@ def _evidence(evidence: list[EvidenceBase], acc: Slots) -> tuple[list[dict[str, 
     items: list[dict[str, Any]] = []
     categories: list[str] = []
     builders = EVIDENCE_BUILDERS
-    created_at: datetime | None = None  # the evidence of an alert mostly share one createdDateTime
+    # The evidence of an alert mostly share one createdDateTime: its text is made once.
+    created_at: datetime | None = None
     created_text = ""
     for ev in evidence:
         kind = ev.kind  # type: ignore[attr-defined]  # every evidence model has its tag
@@ -1058,7 +1059,7 @@ def _evidence(evidence: list[EvidenceBase], acc: Slots) -> tuple[list[dict[str, 
         # The alertEvidence base properties, which every evidence has typed.
         out: dict[str, Any] = {"odata_type": odata_type} if odata_type else {}
         if (value := ev.created) is not None:
-            if value is not created_at:
+            if value != created_at:
                 created_at, created_text = value, _iso(value)
             out["created_datetime"] = created_text
         if value := ev.verdict:
@@ -1150,30 +1151,70 @@ class _Filled(NamedTuple):
     reduce: Callable[[list[Any]], list[Any]]
 
 
-# EVIDENCE_FIELDS then RELATED_FIELDS, as rows ready to walk (document order).
-_FILLED: tuple[_Filled, ...] = (
-    *(_Filled(path[:-1], path[-1], slots, _sorted_set if how == SORTED else _in_order)
-      for path, slots, how in EVIDENCE_FIELDS),
-    *(_Filled(("related",), name, slots, _in_order) for name, slots in RELATED_FIELDS),
-)
+def _filled_rows() -> tuple[_Filled, ...]:
+    """EVIDENCE_FIELDS then RELATED_FIELDS as rows, in document order. Equal parent paths
+    are one tuple, so that a walk sees a change of object by identity."""
+    parents: dict[tuple[str, ...], tuple[str, ...]] = {}
+    rows = [(path[:-1], path[-1], slots, _sorted_set if how == SORTED else _in_order)
+            for path, slots, how in EVIDENCE_FIELDS]
+    rows += [(("related",), name, slots, _in_order) for name, slots in RELATED_FIELDS]
+    return tuple(_Filled(parents.setdefault(parent, parent), name, slots, reduce)
+                 for parent, name, slots, reduce in rows)
+
+
+_FILLED = _filled_rows()
+
+
+class _Planned(NamedTuple):
+    """A row of `_FILLED` as one alert's slots fill it: `slot` when a single slot of the
+    row holds values, else `slots`, those of its slots that hold values (two or more)."""
+
+    parent: tuple[str, ...]
+    name: str
+    slot: str | None
+    slots: tuple[str, ...]
+    reduce: Callable[[list[Any]], list[Any]]
+
+
+# The rows an alert writes depend only on which slots hold values, and alerts repeat a
+# handful of evidence combinations: the rows for each set of slots are worked out once, so
+# an alert walks its ~20 rows, not all 60 and their absent slots. (Keyed by the slots in the
+# order they were filled: a tuple is hashed and compared at half a frozenset's cost, and
+# the same evidence combination fills them in the same order.)
+_FILL_PLANS: dict[tuple[str, ...], tuple[_Planned, ...]] = {}
+
+
+def _fill_plan(present: tuple[str, ...]) -> tuple[_Planned, ...]:
+    plan = []
+    for row in _FILLED:
+        slots = tuple(slot for slot in row.slots if slot in present)
+        if slots:
+            plan.append(_Planned(row.parent, row.name, slots[0] if len(slots) == 1 else None, slots, row.reduce))
+    return tuple(plan)
 
 
 def _fill_slots(doc: dict[str, Any], acc: Slots) -> None:
     """Every field of `_FILLED` whose slots hold values, in table order. A field with one
     value takes the slot's list as it is (no copy: most fields have one value); more values
     are reduced first."""
-    for parent, name, slots, reduce in _FILLED:
-        if len(slots) == 1:
-            values = acc.get(slots[0])  # (.get: a defaultdict's [] would add the slot)
-            if values is None:
-                continue
-        else:
-            values = [value for slot in slots if slot in acc for value in acc[slot]]
-            if not values:
-                continue
-        if len(values) > 1:
-            values = reduce(values)
-        _at(doc, parent)[name] = values
+    present = tuple(acc)
+    plan = _FILL_PLANS.get(present)
+    if plan is None:
+        if len(_FILL_PLANS) >= 4096:
+            _FILL_PLANS.clear()
+        plan = _FILL_PLANS[present] = _fill_plan(present)
+    parent: tuple[str, ...] | None = None
+    target: dict[str, Any] = doc
+    for row_parent, name, slot, slots, reduce in plan:
+        if slot is not None:
+            values = acc[slot]
+            if len(values) > 1:
+                values = reduce(values)
+        else:  # two or more slots, each with a value
+            values = reduce([value for slot in slots for value in acc[slot]])
+        if row_parent is not parent:
+            parent, target = row_parent, _at(doc, row_parent)
+        target[name] = values
 
 
 def _fill_evidence_fields(doc: dict[str, Any], acc: Slots) -> None:
