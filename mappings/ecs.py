@@ -395,20 +395,47 @@ def _uri_parts(url: str) -> dict[str, Any]:
 Slots = defaultdict  # slot name -> values, in evidence order
 
 
-def _file_details(info: FileInfo, out: dict[str, Any], name: str, graph_name: str) -> None:
-    """FileInfo -> out[name] with the pipeline's names (fileName -> name, ...); md5, which
-    the pipeline does not rename, stays under the Graph property name."""
+class _FileSlots(NamedTuple):
+    """The slots the values of a FileInfo feed (None: the value feeds no slot)."""
+
+    sha1: str
+    sha256: str
+    md5: str
+    name: str | None = None
+    path: str | None = None
+    size: str | None = None
+
+
+_FILE_SLOTS = _FileSlots("file.hash.sha1", "file.hash.sha256", "file.hash.md5", "file.name", "file.path", "file.size")
+_IMAGE_SLOTS = _FileSlots("process.hash.sha1", "process.hash.sha256", "process.hash.md5", "process.name")
+_PARENT_IMAGE_SLOTS = _FileSlots("process.parent.hash.sha1", "process.parent.hash.sha256", "process.parent.hash.md5")
+
+
+def _file_details(info: FileInfo, out: dict[str, Any], name: str, graph_name: str, acc: Slots,
+                  slots: _FileSlots) -> None:
+    """FileInfo -> out[name] with the pipeline's names (fileName -> name, ...), its values
+    appended to `slots`; md5, which the pipeline does not rename, stays under the Graph
+    property name."""
+    sha1_slot, sha256_slot, md5_slot, name_slot, path_slot, size_slot = slots
     details: dict[str, Any] = {}
     if value := info.name:
         details["name"] = value
+        if name_slot:
+            acc[name_slot].append(value)
     if value := info.path:
         details["path"] = value
+        if path_slot:
+            acc[path_slot].append(value)
     if (value := info.size) is not None:
         details["size"] = value
+        if size_slot:
+            acc[size_slot].append(value)
     if value := info.sha1:
         details["sha1"] = value
+        acc[sha1_slot].append(value)
     if value := info.sha256:
         details["sha256"] = value
+        acc[sha256_slot].append(value)
     if value := info.publisher:
         details["publisher"] = value
     if value := info.signer:
@@ -419,6 +446,7 @@ def _file_details(info: FileInfo, out: dict[str, Any], name: str, graph_name: st
         out[name] = details
     if value := info.md5:
         out[graph_name] = {"md5": value}
+        acc[md5_slot].append(value)
 
 
 def _user_account(info: UserInfo | None, out: dict[str, Any], acc: Slots, role: str) -> None:
@@ -522,19 +550,7 @@ def _user(e: UserEvidence, out: dict[str, Any], acc: Slots) -> None:
 
 def _file(e: FileEvidence, out: dict[str, Any], acc: Slots) -> None:
     if (info := e.file) is not None:
-        _file_details(info, out, "file_details", "fileDetails")
-        if value := info.sha1:
-            acc["file.hash.sha1"].append(value)
-        if value := info.sha256:
-            acc["file.hash.sha256"].append(value)
-        if value := info.md5:
-            acc["file.hash.md5"].append(value)
-        if value := info.name:
-            acc["file.name"].append(value)
-        if value := info.path:
-            acc["file.path"].append(value)
-        if (value := info.size) is not None:
-            acc["file.size"].append(value)
+        _file_details(info, out, "file_details", "fileDetails", acc, _FILE_SLOTS)
     _device_and_status(e, out, acc)
 
 
@@ -562,15 +578,7 @@ def _process(e: ProcessEvidence, out: dict[str, Any], acc: Slots) -> None:
     if process:
         out["process"] = process
     if (image := e.image) is not None:
-        _file_details(image, out, "image_file", "imageFile")
-        if value := image.sha1:
-            acc["process.hash.sha1"].append(value)
-        if value := image.sha256:
-            acc["process.hash.sha256"].append(value)
-        if value := image.md5:
-            acc["process.hash.md5"].append(value)
-        if value := image.name:
-            acc["process.name"].append(value)
+        _file_details(image, out, "image_file", "imageFile", acc, _IMAGE_SLOTS)
     parent: dict[str, Any] = {}
     if (value := e.parent_created) is not None:
         parent["creation_datetime"] = text = _iso(value)
@@ -579,18 +587,10 @@ def _process(e: ProcessEvidence, out: dict[str, Any], acc: Slots) -> None:
         parent["id"] = value
         acc["process.parent.pid"].append(value)
     if (image := e.parent_image) is not None:
-        leftover: dict[str, Any] = {}
-        _file_details(image, parent, "image_file", "parentProcessImageFile")
+        _file_details(image, parent, "image_file", "parentProcessImageFile", acc, _PARENT_IMAGE_SLOTS)
+        # The md5 holder belongs beside parent_process, not in it (as the pipeline leaves it).
         if md5 := parent.pop("parentProcessImageFile", None):
-            leftover = md5
-        if value := image.sha1:
-            acc["process.parent.hash.sha1"].append(value)
-        if value := image.sha256:
-            acc["process.parent.hash.sha256"].append(value)
-        if value := image.md5:
-            acc["process.parent.hash.md5"].append(value)
-        if leftover:
-            out["parentProcessImageFile"] = leftover
+            out["parentProcessImageFile"] = md5
     if parent:
         out["parent_process"] = parent
     _user_account(e.user, out, acc, "process")
@@ -1141,76 +1141,64 @@ def _sorted_set(values: list[Any]) -> list[Any]:
     return sorted(set(values))
 
 
-class _Filled(NamedTuple):
-    """One ECS field the evidence fills: the object it is a member of (made when first
-    needed), its name, the slots its values come from, and how more than one is reduced."""
+class _Row(NamedTuple):
+    """An ECS field the evidence fills: the object it is a member of (made when first
+    needed), its name, the slots its values come from (`slot`: the one slot, when a row has
+    only one), and how more than one value is reduced to the field's list."""
 
     parent: tuple[str, ...]
     name: str
     slots: tuple[str, ...]
+    slot: str | None
     reduce: Callable[[list[Any]], list[Any]]
 
 
-def _filled_rows() -> tuple[_Filled, ...]:
+def _rows() -> tuple[_Row, ...]:
     """EVIDENCE_FIELDS then RELATED_FIELDS as rows, in document order. Equal parent paths
     are one tuple, so that a walk sees a change of object by identity."""
     parents: dict[tuple[str, ...], tuple[str, ...]] = {}
-    rows = [(path[:-1], path[-1], slots, _sorted_set if how == SORTED else _in_order)
-            for path, slots, how in EVIDENCE_FIELDS]
-    rows += [(("related",), name, slots, _in_order) for name, slots in RELATED_FIELDS]
-    return tuple(_Filled(parents.setdefault(parent, parent), name, slots, reduce)
-                 for parent, name, slots, reduce in rows)
+    fields = [(path, slots, _sorted_set if how == SORTED else _in_order) for path, slots, how in EVIDENCE_FIELDS]
+    fields += [(("related", name), slots, _in_order) for name, slots in RELATED_FIELDS]
+    return tuple(_Row(parents.setdefault(path[:-1], path[:-1]), path[-1], slots, None, reduce)
+                 for path, slots, reduce in fields)
 
 
-_FILLED = _filled_rows()
-
-
-class _Planned(NamedTuple):
-    """A row of `_FILLED` as one alert's slots fill it: `slot` when a single slot of the
-    row holds values, else `slots`, those of its slots that hold values (two or more)."""
-
-    parent: tuple[str, ...]
-    name: str
-    slot: str | None
-    slots: tuple[str, ...]
-    reduce: Callable[[list[Any]], list[Any]]
-
-
+_ROWS = _rows()
 # The rows an alert writes depend only on which slots hold values, and alerts repeat a
 # handful of evidence combinations: the rows for each set of slots are worked out once, so
 # an alert walks its ~20 rows, not all 60 and their absent slots. (Keyed by the slots in the
 # order they were filled: a tuple is hashed and compared at half a frozenset's cost, and
 # the same evidence combination fills them in the same order.)
-_FILL_PLANS: dict[tuple[str, ...], tuple[_Planned, ...]] = {}
+_PLANS: dict[tuple[str, ...], tuple[_Row, ...]] = {}
 
 
-def _fill_plan(present: tuple[str, ...]) -> tuple[_Planned, ...]:
+def _plan(present: tuple[str, ...]) -> tuple[_Row, ...]:
+    """The rows the slots `present` feed, each with only those of its slots."""
     plan = []
-    for row in _FILLED:
+    for row in _ROWS:
         slots = tuple(slot for slot in row.slots if slot in present)
         if slots:
-            plan.append(_Planned(row.parent, row.name, slots[0] if len(slots) == 1 else None, slots, row.reduce))
+            plan.append(row._replace(slots=slots, slot=slots[0] if len(slots) == 1 else None))
     return tuple(plan)
 
 
 def _fill_slots(doc: dict[str, Any], acc: Slots) -> None:
-    """Every field of `_FILLED` whose slots hold values, in table order. A field with one
-    value takes the slot's list as it is (no copy: most fields have one value); more values
-    are reduced first."""
+    """Every row whose slots hold values, in table order. A field with one value takes the
+    slot's list as it is (no copy: most fields have one value); more values are reduced."""
     present = tuple(acc)
-    plan = _FILL_PLANS.get(present)
+    plan = _PLANS.get(present)
     if plan is None:
-        if len(_FILL_PLANS) >= 4096:
-            _FILL_PLANS.clear()
-        plan = _FILL_PLANS[present] = _fill_plan(present)
+        if len(_PLANS) >= 4096:
+            _PLANS.clear()
+        plan = _PLANS[present] = _plan(present)
     parent: tuple[str, ...] | None = None
-    target: dict[str, Any] = doc
-    for row_parent, name, slot, slots, reduce in plan:
+    target = doc
+    for row_parent, name, slots, slot, reduce in plan:
         if slot is not None:
             values = acc[slot]
             if len(values) > 1:
                 values = reduce(values)
-        else:  # two or more slots, each with a value
+        else:  # two or more slots; a slot is only made by appending to it, so each holds a value
             values = reduce([value for slot in slots for value in acc[slot]])
         if row_parent is not parent:
             parent, target = row_parent, _at(doc, row_parent)
@@ -1356,7 +1344,7 @@ def to_ecs(alert: Alert) -> dict[str, Any]:
     for comment in comments:
         if value := comment.author:
             acc["user.comment_author"].append(value)
-    evidence, categories = _evidence(alert.evidence, acc) if alert.evidence else ([], [])
+    evidence, categories = _evidence(evidence, acc) if (evidence := alert.evidence) else ([], [])
 
     event: dict[str, Any] = {"kind": "alert", "id": alert.id}
     if categories or determination:
