@@ -64,7 +64,6 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from operator import attrgetter
 from typing import Any, NamedTuple
 
 from core.model import jsonutil
@@ -1278,16 +1277,15 @@ _VENDOR_TEXT = (
     ("alert_policy_id", "alert_policy_id"),
     ("investigation_state", "investigation_state"),
 )
-# The table's fields read in one call (attrgetter of several names returns their values as a
-# tuple, in C), and its names in the same order: a tenth of reading each field by getattr.
-_vendor_text_values = attrgetter(*(field for field, _ in _VENDOR_TEXT))
-_VENDOR_TEXT_NAMES = tuple(name for _, name in _VENDOR_TEXT)
 
 
 def _vendor(alert: Alert, resolved: datetime | None, tenant_id: str,
             evidence: list[dict[str, Any]]) -> dict[str, Any]:
     """m365_defender.alert: what no ECS field holds, with the pipeline's names."""
-    out = {name: value for name, value in zip(_VENDOR_TEXT_NAMES, _vendor_text_values(alert)) if value}
+    out: dict[str, Any] = {}
+    for field, name in _VENDOR_TEXT:
+        if value := getattr(alert, field):
+            out[name] = value
     if value := alert.incident_web_url:
         out["incident_web_url"] = _uri_parts(value)
     if resolved is not None:
