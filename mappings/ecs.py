@@ -2,11 +2,10 @@
 
 Made so that what Elastic's own `m365_defender` integration builds on top of the `alert`
 data stream (dashboards, detection rules, the Security app's alert views) works on our
-documents: every field is placed where that integration's ingest pipeline
-(elastic/integrations `packages/m365_defender/data_stream/alert/elasticsearch/ingest_pipeline/
-default.yml`, the 21/47/73/99 severity revision; reference/sinks.md §2.5) places it, with
-the same value shapes (lists where the pipeline appends, sorted sets where its scripts
-collect, strings where it renders templates). Choices a README documents:
+documents: every field is placed where that integration's ingest pipeline for the `alert`
+data stream (its revision with the 21/47/73/99 severity scale) places it, with the same
+value shapes (lists where the pipeline appends, sorted sets where its scripts collect,
+strings where it renders templates). The choices, which docs/formats.md documents:
 
 - `@timestamp` = lastUpdateDateTime. Every timestamp is ISO 8601 UTC with exactly three
   fraction digits and `Z` (`2023-10-20T09:54:07.503Z`), as the pipeline's date processor
@@ -65,10 +64,27 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from core.model import jsonutil
-from core.model.schema import Alert, Comment, FileInfo, Severity, UserInfo
+from core.model.schema import (
+    Alert,
+    CloudApplicationEvidence,
+    Comment,
+    DeviceEvidence,
+    EvidenceBase,
+    FileEvidence,
+    FileInfo,
+    IpEvidence,
+    MailboxEvidence,
+    MailMessageEvidence,
+    ProcessEvidence,
+    RegistryEvidence,
+    Severity,
+    UrlEvidence,
+    UserEvidence,
+    UserInfo,
+)
 
 ECS_VERSION = "8.11.0"
 _NS = "#microsoft.graph.security."
@@ -371,39 +387,65 @@ def _uri_parts(url: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- typed evidence
 #
-# Each builder reads one typed evidence's `__dict__` (pydantic keeps fields there; reading
-# it directly is what keeps this cheap), writes the evidence as the pipeline leaves it
-# into `out`, and appends its ECS values to the slots in `acc`.
+# Each builder reads one typed evidence's fields (plain attributes of the model, each read
+# once), writes the evidence as the pipeline leaves it into `out`, and appends its ECS values
+# to the slots in `acc`.
 
 Slots = defaultdict  # slot name -> values, in evidence order
 
 
-def _file_details(info: FileInfo, out: dict[str, Any], name: str, graph_name: str) -> dict[str, Any]:
-    """FileInfo -> out[name] with the pipeline's names (fileName -> name, ...); md5, which
-    the pipeline does not rename, stays under the Graph property name. Returns the fields."""
-    f = info.__dict__
+class _FileSlots(NamedTuple):
+    """The slots the values of a FileInfo feed (None: the value feeds no slot)."""
+
+    sha1: str
+    sha256: str
+    md5: str
+    name: str | None = None
+    path: str | None = None
+    size: str | None = None
+
+
+_FILE_SLOTS = _FileSlots("file.hash.sha1", "file.hash.sha256", "file.hash.md5", "file.name", "file.path", "file.size")
+_IMAGE_SLOTS = _FileSlots("process.hash.sha1", "process.hash.sha256", "process.hash.md5", "process.name")
+_PARENT_IMAGE_SLOTS = _FileSlots("process.parent.hash.sha1", "process.parent.hash.sha256", "process.parent.hash.md5")
+
+
+def _file_details(info: FileInfo, out: dict[str, Any], name: str, graph_name: str, acc: Slots,
+                  slots: _FileSlots) -> None:
+    """FileInfo -> out[name] with the pipeline's names (fileName -> name, ...), its values
+    appended to `slots`; md5, which the pipeline does not rename, stays under the Graph
+    property name."""
+    sha1_slot, sha256_slot, md5_slot, name_slot, path_slot, size_slot = slots
     details: dict[str, Any] = {}
-    if value := f["name"]:
+    if value := info.name:
         details["name"] = value
-    if value := f["path"]:
+        if name_slot:
+            acc[name_slot].append(value)
+    if value := info.path:
         details["path"] = value
-    if (value := f["size"]) is not None:
+        if path_slot:
+            acc[path_slot].append(value)
+    if (value := info.size) is not None:
         details["size"] = value
-    if value := f["sha1"]:
+        if size_slot:
+            acc[size_slot].append(value)
+    if value := info.sha1:
         details["sha1"] = value
-    if value := f["sha256"]:
+        acc[sha1_slot].append(value)
+    if value := info.sha256:
         details["sha256"] = value
-    if value := f["publisher"]:
+        acc[sha256_slot].append(value)
+    if value := info.publisher:
         details["publisher"] = value
-    if value := f["signer"]:
+    if value := info.signer:
         details["signer"] = value
-    if value := f["issuer"]:
+    if value := info.issuer:
         details["issuer"] = value
     if details:
         out[name] = details
-    if value := f["md5"]:
+    if value := info.md5:
         out[graph_name] = {"md5": value}
-    return f
+        acc[md5_slot].append(value)
 
 
 def _user_account(info: UserInfo | None, out: dict[str, Any], acc: Slots, role: str) -> None:
@@ -411,50 +453,49 @@ def _user_account(info: UserInfo | None, out: dict[str, Any], acc: Slots, role: 
     mailbox evidence), "process" fills process.user.* (process evidence)."""
     if info is None:
         return
-    u = info.__dict__
     account: dict[str, Any] = {}
-    if value := u["account_name"]:
+    if value := info.account_name:
         account["account_name"] = value
         acc["user.account"].append(value)
         if role == "user":
             acc["user.name"].append(value)
         elif role == "process":
             acc["process.user.name"].append(value)
-    if value := u["domain"]:
+    if value := info.domain:
         account["domain_name"] = value
         acc["hosts.account_domain"].append(value)
         if role == "user":
             acc["user.domain"].append(value)
-    if value := u["sid"]:
+    if value := info.sid:
         account["user_sid"] = value
         acc["user.sid"].append(value)
-    if value := u["aad_user_id"]:
+    if value := info.aad_user_id:
         account["azure_ad_user_id"] = value
         acc["user.aad_id"].append(value)
         if role == "user":
             acc["user.id"].append(value)
         elif role == "process":
             acc["process.user.id"].append(value)
-    if value := u["upn"]:
+    if value := info.upn:
         account["user_principal_name"] = value
         acc["user.upn"].append(value)
         if role == "user":
             acc["user.email"].append(value)
     if account:
         out["user_account"] = account
-    if value := u["display_name"]:
+    if value := info.display_name:
         out["userAccount"] = {"displayName": value}  # the pipeline renames no displayName here
 
 
-def _device(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["mde_device_id"]:
+def _device(e: DeviceEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.mde_device_id:
         out["mde_device_id"] = value
         acc["hosts.mde_device_id"].append(value)
         acc["host.id"].append(value)
-    if value := e["aad_device_id"]:
+    if value := e.aad_device_id:
         out["azure_ad_device_id"] = value
         acc["device.id"].append(value)
-    fqdn, hostname = e["fqdn"], e["hostname"]
+    fqdn, hostname = e.fqdn, e.hostname
     if fqdn:
         out["device_dns_name"] = fqdn
         acc["hosts.dns_name"].append(fqdn)
@@ -462,245 +503,217 @@ def _device(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
         out["hostName"] = hostname
     if name := fqdn or hostname:
         acc["host.name"].append(name.lower())  # lower case, as Elastic Agent reports host.name
-    if value := e["dns_domain"]:
+    if value := e.dns_domain:
         out["dnsDomain"] = value
-    if value := e["nt_domain"]:
+    if value := e.nt_domain:
         out["ntDomain"] = value
-    if value := e["os_platform"]:
+    if value := e.os_platform:
         out["os_platform"] = value
         acc["host.os.name"].append(value)
-    if (value := e["os_build"]) is not None:
+    if (value := e.os_build) is not None:
         out["os_build"] = str(value)
-    if value := e["os_version"]:
+    if value := e.os_version:
         out["version"] = value
         acc["host.os.version"].append(value)
-    if value := e["ip_addresses"]:
+    if value := e.ip_addresses:
         out["ip_interfaces"] = value
-    if value := e["last_ip"]:
+    if value := e.last_ip:
         out["lastIpAddress"] = value
-    if value := e["last_external_ip"]:
+    if value := e.last_external_ip:
         out["lastExternalIpAddress"] = value
-    if users := e["logged_on_users"]:
+    if users := e.logged_on_users:
         logged_on = []
         for user in users:
-            u = user.__dict__
             item = {}
-            if value := u["account_name"]:
+            if value := user.account_name:
                 item["account_name"] = value
                 acc["user.logged_on"].append(value)
-            if value := u["domain"]:
+            if value := user.domain:
                 item["domain_name"] = value
                 acc["hosts.logged_on_domain"].append(value)
             if item:
                 logged_on.append(item)
         if logged_on:
             out["logged_on_users"] = logged_on
-    if value := e["health_status"]:
+    if value := e.health_status:
         out["health_status"] = value
-    if value := e["risk_score"]:
+    if value := e.risk_score:
         out["risk_score"] = value
-    if value := e["rbac_group"]:
+    if value := e.rbac_group:
         out["rbac_group"] = {"name": value}
 
 
-def _user(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    _user_account(e["user"], out, acc, "user")
+def _user(e: UserEvidence, out: dict[str, Any], acc: Slots) -> None:
+    _user_account(e.user, out, acc, "user")
 
 
-def _file(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if (info := e["file"]) is not None:
-        f = _file_details(info, out, "file_details", "fileDetails")
-        if value := f["sha1"]:
-            acc["file.hash.sha1"].append(value)
-        if value := f["sha256"]:
-            acc["file.hash.sha256"].append(value)
-        if value := f["md5"]:
-            acc["file.hash.md5"].append(value)
-        if value := f["name"]:
-            acc["file.name"].append(value)
-        if value := f["path"]:
-            acc["file.path"].append(value)
-        if (value := f["size"]) is not None:
-            acc["file.size"].append(value)
+def _file(e: FileEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if (info := e.file) is not None:
+        _file_details(info, out, "file_details", "fileDetails", acc, _FILE_SLOTS)
     _device_and_status(e, out, acc)
 
 
-def _device_and_status(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
+def _device_and_status(e: FileEvidence | ProcessEvidence, out: dict[str, Any], acc: Slots) -> None:
     """mdeDeviceId and detectionStatus, which file and process evidence share."""
-    if value := e["mde_device_id"]:
+    if value := e.mde_device_id:
         out["mde_device_id"] = value
         acc["hosts.mde_device_id"].append(value)
-    if value := e["detection_status"]:
+    if value := e.detection_status:
         out["detection_status"] = value
         acc["event.action"].append(value)
 
 
-def _process(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
+def _process(e: ProcessEvidence, out: dict[str, Any], acc: Slots) -> None:
     process: dict[str, Any] = {}
-    if value := e["command_line"]:
+    if value := e.command_line:
         process["command_line"] = value
         acc["process.command_line"].append(value)
-    if (value := e["process_created"]) is not None:
+    if (value := e.process_created) is not None:
         process["creation_datetime"] = text = _iso(value)
         acc["process.start"].append(text)
-    if (value := e["pid"]) is not None:
+    if (value := e.pid) is not None:
         process["id"] = value
         acc["process.pid"].append(value)
     if process:
         out["process"] = process
-    if (image := e["image"]) is not None:
-        f = _file_details(image, out, "image_file", "imageFile")
-        if value := f["sha1"]:
-            acc["process.hash.sha1"].append(value)
-        if value := f["sha256"]:
-            acc["process.hash.sha256"].append(value)
-        if value := f["md5"]:
-            acc["process.hash.md5"].append(value)
-        if value := f["name"]:
-            acc["process.name"].append(value)
+    if (image := e.image) is not None:
+        _file_details(image, out, "image_file", "imageFile", acc, _IMAGE_SLOTS)
     parent: dict[str, Any] = {}
-    if (value := e["parent_created"]) is not None:
+    if (value := e.parent_created) is not None:
         parent["creation_datetime"] = text = _iso(value)
         acc["process.parent.start"].append(text)
-    if (value := e["parent_pid"]) is not None:
+    if (value := e.parent_pid) is not None:
         parent["id"] = value
         acc["process.parent.pid"].append(value)
-    if (image := e["parent_image"]) is not None:
-        leftover: dict[str, Any] = {}
-        f = _file_details(image, parent, "image_file", "parentProcessImageFile")
+    if (image := e.parent_image) is not None:
+        _file_details(image, parent, "image_file", "parentProcessImageFile", acc, _PARENT_IMAGE_SLOTS)
+        # The md5 holder belongs beside parent_process, not in it (as the pipeline leaves it).
         if md5 := parent.pop("parentProcessImageFile", None):
-            leftover = md5
-        if value := f["sha1"]:
-            acc["process.parent.hash.sha1"].append(value)
-        if value := f["sha256"]:
-            acc["process.parent.hash.sha256"].append(value)
-        if value := f["md5"]:
-            acc["process.parent.hash.md5"].append(value)
-        if leftover:
-            out["parentProcessImageFile"] = leftover
+            out["parentProcessImageFile"] = md5
     if parent:
         out["parent_process"] = parent
-    _user_account(e["user"], out, acc, "process")
+    _user_account(e.user, out, acc, "process")
     _device_and_status(e, out, acc)
 
 
-def _ip_evidence(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["address"]:
+def _ip_evidence(e: IpEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.address:
         if _ip(value) is not None:
             out["ip_address"] = value
             acc["host.ip"].append(value)
         else:
             out["ipAddress"] = value  # not an IP: kept, out of the ip-typed fields
-    if value := e["country_code"]:
+    if value := e.country_code:
         out["countryLetterCode"] = value
     location: dict[str, Any] = {}
-    if value := e["city"]:
+    if value := e.city:
         location["city"] = value
-    if value := e["state"]:
+    if value := e.state:
         location["state"] = value
-    if value := e["country_name"]:
+    if value := e.country_name:
         location["countryName"] = value
-    if (value := e["latitude"]) is not None:
+    if (value := e.latitude) is not None:
         location["latitude"] = value
-    if (value := e["longitude"]) is not None:
+    if (value := e.longitude) is not None:
         location["longitude"] = value
     if location:
         out["location"] = location  # the pipeline does not touch Graph's geolocation
 
 
-def _url(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["url"]:
+def _url(e: UrlEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.url:
         out["url"] = value
         acc["url.full"].append(value)
 
 
-def _mailbox(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["primary_address"]:
+def _mailbox(e: MailboxEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.primary_address:
         out["primary_address"] = value
-    if value := e["upn"]:
+    if value := e.upn:
         out["upn"] = value
-    if value := e["display_name"]:
+    if value := e.display_name:
         out["display_name"] = value
-    _user_account(e["user"], out, acc, "user")
+    _user_account(e.user, out, acc, "user")
 
 
-def _mail_message(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["network_message_id"]:
+def _mail_message(e: MailMessageEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.network_message_id:
         out["network_message_id"] = value
         acc["email.local_id"].append(value)
-    if value := e["internet_message_id"]:
+    if value := e.internet_message_id:
         out["internet_message_id"] = value
         acc["email.message_id"].append(value)
-    if value := e["subject"]:
+    if value := e.subject:
         out["subject"] = value
         acc["email.subject"].append(value)
     sender: dict[str, Any] = {}
-    if value := e["sender_display_name"]:
+    if value := e.sender_display_name:
         sender["display_name"] = value
         acc["user.p1_name"].append(value)
-    if value := e["sender"]:
+    if value := e.sender:
         sender["email_address"] = value
         acc["email.sender.address"].append(value)
     if sender:
         out["p1_sender"] = sender
-    if value := e["recipient"]:
+    if value := e.recipient:
         out["recipient_email_address"] = value
         acc["email.to.address"].append(value)
-    if value := e["sender_ip"]:
+    if value := e.sender_ip:
         if _ip(value) is not None:
             out["sender_ip"] = value
             acc["source.ip"].append(value)
         else:
             out["senderIp"] = value
-    if (value := e["received"]) is not None:
+    if (value := e.received) is not None:
         out["received_datetime"] = text = _iso(value)
         acc["email.delivery_timestamp"].append(text)
-    if value := e["delivery_action"]:
+    if value := e.delivery_action:
         out["delivery_action"] = value
-    if value := e["delivery_location"]:
+    if value := e.delivery_location:
         out["delivery_location"] = value
-    if value := e["direction"]:
+    if value := e.direction:
         out["antispam_direction"] = value
         acc["email.direction"].append(value)
-    if value := e["urls"]:
+    if value := e.urls:
         out["urls"] = value
-    if value := e["threats"]:
+    if value := e.threats:
         out["threats"] = value
 
 
-def _cloud_application(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["app_id"]:
+def _cloud_application(e: CloudApplicationEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.app_id:
         out["app_id"] = value
-    if value := e["display_name"]:
+    if value := e.display_name:
         out["display_name"] = value
-    if value := e["instance_name"]:
+    if value := e.instance_name:
         out["instance_name"] = value
         acc["cloud.instance.name"].append(value)
-    if value := e["publisher"]:
+    if value := e.publisher:
         out["publisher"] = value
 
 
-def _registry(e: dict[str, Any], out: dict[str, Any], acc: Slots) -> None:
-    if value := e["hive"]:
+def _registry(e: RegistryEvidence, out: dict[str, Any], acc: Slots) -> None:
+    if value := e.hive:
         out["registry_hive"] = value
         acc["registry.hive"].append(value)
-    if value := e["key"]:
+    if value := e.key:
         out["registry_key"] = value
         acc["registry.key"].append(value)
-    if value := e["value_type"]:
+    if value := e.value_type:
         out["registry_value_type"] = value
         acc["registry.data.type"].append(value)
-    if value := e["value_data"]:
+    if value := e.value_data:
         out["registry_value"] = value  # registryValue is the data; the pipeline puts it in registry.value
         acc["registry.value"].append(value)
-    if value := e["value_name"]:
+    if value := e.value_name:
         out["registry_value_name"] = value
-    if value := e["mde_device_id"]:
+    if value := e.mde_device_id:
         out["mde_device_id"] = value
         acc["hosts.mde_device_id"].append(value)
 
 
-EVIDENCE_BUILDERS: dict[str, Callable[[dict[str, Any], dict[str, Any], Slots], None]] = {
+# A builder per typed evidence kind (the schema's `kind`); the others have no typed model.
+EVIDENCE_BUILDERS: dict[str, Callable[[Any, dict[str, Any], Slots], None]] = {
     "device": _device,
     "user": _user,
     "file": _file,
@@ -1030,42 +1043,43 @@ _UNTYPED_RULES: dict[str, Rename | Rule | None] = {
 # --------------------------------------------------------------------------- evidence
 
 
-def _evidence(evidence: list[Any], acc: Slots) -> tuple[list[dict[str, Any]], list[str]]:
+def _evidence(evidence: list[EvidenceBase], acc: Slots) -> tuple[list[dict[str, Any]], list[str]]:
     """Every evidence -> (the pipeline's evidence objects, the event.category of each
     evidence that has one, in evidence order)."""
     items: list[dict[str, Any]] = []
     categories: list[str] = []
     builders = EVIDENCE_BUILDERS
-    created_at: datetime | None = None  # the evidence of an alert mostly share one createdDateTime
+    # The evidence of an alert mostly share one createdDateTime: its text is made once.
+    created_at: datetime | None = None
     created_text = ""
     for ev in evidence:
-        e = ev.__dict__
-        kind = e["kind"]
-        odata_type = e["odata_type"]
+        kind = ev.kind  # type: ignore[attr-defined]  # every evidence model has its tag
+        odata_type = ev.odata_type
         # The alertEvidence base properties, which every evidence has typed.
         out: dict[str, Any] = {"odata_type": odata_type} if odata_type else {}
-        if (value := e["created"]) is not None:
-            if value is not created_at:
+        if (value := ev.created) is not None:
+            if value != created_at:
                 created_at, created_text = value, _iso(value)
             out["created_datetime"] = created_text
-        if value := e["verdict"]:
+        if value := ev.verdict:
             out["verdict"] = value
-        if value := e["remediation_status"]:
+        if value := ev.remediation_status:
             out["remediation_status"] = value
-        if value := e["roles"]:
+        if value := ev.roles:
             out["roles"] = value
-        if value := e["detailed_roles"]:
+        if value := ev.detailed_roles:
             out["detailed_roles"] = value
-        if value := e["tags"]:
+        if value := ev.tags:
             out["tags"] = value
+        extra = ev.extra
         build = builders.get(kind)
         if build is None:  # no typed model: the rest of the whole object in `extra`, Graph-named
-            _graph_properties(e["extra"], out, acc, odata_type, _UNTYPED_RULES)
+            _graph_properties(extra, out, acc, odata_type, _UNTYPED_RULES)
             category = CATEGORY_OF_TYPE.get(odata_type)
         else:
-            build(e, out, acc)
+            build(ev, out, acc)
             # (An extra of only Graph's usual `"remediationStatusDetails": null` adds nothing.)
-            if (extra := e["extra"]) and (len(extra) != 1 or extra.get("remediationStatusDetails", 1) is not None):
+            if extra and (len(extra) != 1 or extra.get("remediationStatusDetails", 1) is not None):
                 _graph_properties(extra, out, acc, odata_type)
             category = CATEGORY_OF_KIND.get(kind)
         if category is not None:
@@ -1116,50 +1130,78 @@ def _process_names(acc: Slots) -> str | list[str] | None:
     return next(iter(names)) if len(names) == 1 else list(names)
 
 
-def _compile_fill() -> Callable[[dict[str, Any], Slots], None]:
-    """`fill(doc, acc)`: every ECS field of EVIDENCE_FIELDS and RELATED_FIELDS whose slots
-    hold values, written as straight-line code from the tables (this runs for every alert,
-    and a loop over ~50 table rows costs several times as much). A field with one value
-    takes the slot's list as it is; more values are de-duplicated (or sorted) first."""
-    fields = [(path, slots, how) for path, slots, how in EVIDENCE_FIELDS]
-    fields += [(("related", name), slots, LIST) for name, slots in RELATED_FIELDS]
-    lines = ["def fill(doc, acc):"]
-    groups: set[tuple[str, ...]] = set()
-    for path, _, _ in fields:
-        for depth in range(1, len(path)):
-            groups.add(path[:depth])
-    names = {group: "g_" + "_".join(group) for group in groups}
-    lines += [f"    {names[group]} = None" for group in sorted(groups)]
-
-    def ensure(group: tuple[str, ...], indent: str) -> list[str]:
-        """Code that makes `group`'s object exist (and its parents), in a local variable."""
-        name = names[group]
-        holder = "doc" if len(group) == 1 else names[group[:-1]]
-        code = [] if len(group) == 1 else ensure(group[:-1], indent)
-        code += [f"{indent}if {name} is None:",
-                 f"{indent}    {name} = {holder}.get({group[-1]!r})",
-                 f"{indent}    if {name} is None:",
-                 f"{indent}        {name} = {holder}[{group[-1]!r}] = {{}}"]
-        return code
-
-    for path, slots, how in fields:
-        dedupe = "sorted(set(v))" if how == SORTED else "list(dict.fromkeys(v))"
-        if len(slots) == 1:  # (`in` then `[]` costs less than `.get`, and most slots are empty)
-            lines += [f"    if {slots[0]!r} in acc:", f"        v = acc[{slots[0]!r}]"]
-        else:
-            lines.append("    v = []")
-            for slot in slots:
-                lines += [f"    if {slot!r} in acc:", f"        v += acc[{slot!r}]"]
-            lines.append("    if v:")
-        lines.append(f"        if len(v) > 1: v = {dedupe}")
-        lines += ensure(path[:-1], "        ")
-        lines.append(f"        {names[path[:-1]]}[{path[-1]!r}] = v")
-    namespace: dict[str, Any] = {}
-    exec("\n".join(lines), namespace)  # noqa: S102 - code written above from the field tables
-    return namespace["fill"]
+def _in_order(values: list[Any]) -> list[Any]:
+    """LIST: de-duplicated, first occurrence first."""
+    return list(dict.fromkeys(values))
 
 
-_fill_slots = _compile_fill()
+def _sorted_set(values: list[Any]) -> list[Any]:
+    """SORTED: the distinct values, sorted."""
+    return sorted(set(values))
+
+
+class _Row(NamedTuple):
+    """An ECS field the evidence fills: the object it is a member of (made when first
+    needed), its name, the slots its values come from (`slot`: the one slot, when a row has
+    only one), and how more than one value is reduced to the field's list."""
+
+    parent: tuple[str, ...]
+    name: str
+    slots: tuple[str, ...]
+    slot: str | None
+    reduce: Callable[[list[Any]], list[Any]]
+
+
+def _rows() -> tuple[_Row, ...]:
+    """EVIDENCE_FIELDS then RELATED_FIELDS as rows, in document order. Equal parent paths
+    are one tuple, so that a walk sees a change of object by identity."""
+    parents: dict[tuple[str, ...], tuple[str, ...]] = {}
+    fields = [(path, slots, _sorted_set if how == SORTED else _in_order) for path, slots, how in EVIDENCE_FIELDS]
+    fields += [(("related", name), slots, _in_order) for name, slots in RELATED_FIELDS]
+    return tuple(_Row(parents.setdefault(path[:-1], path[:-1]), path[-1], slots, None, reduce)
+                 for path, slots, reduce in fields)
+
+
+_ROWS = _rows()
+# The rows an alert writes depend only on which slots hold values, and alerts repeat a
+# handful of evidence combinations: the rows for each set of slots are worked out once, so
+# an alert walks its ~20 rows, not all 60 and their absent slots. (Keyed by the slots in the
+# order they were filled: a tuple is hashed and compared at half a frozenset's cost, and
+# the same evidence combination fills them in the same order.)
+_PLANS: dict[tuple[str, ...], tuple[_Row, ...]] = {}
+
+
+def _plan(present: tuple[str, ...]) -> tuple[_Row, ...]:
+    """The rows the slots `present` feed, each with only those of its slots."""
+    plan = []
+    for row in _ROWS:
+        slots = tuple(slot for slot in row.slots if slot in present)
+        if slots:
+            plan.append(row._replace(slots=slots, slot=slots[0] if len(slots) == 1 else None))
+    return tuple(plan)
+
+
+def _fill_slots(doc: dict[str, Any], acc: Slots) -> None:
+    """Every row whose slots hold values, in table order. A field with one value takes the
+    slot's list as it is (no copy: most fields have one value); more values are reduced."""
+    present = tuple(acc)
+    plan = _PLANS.get(present)
+    if plan is None:
+        if len(_PLANS) >= 4096:
+            _PLANS.clear()
+        plan = _PLANS[present] = _plan(present)
+    parent: tuple[str, ...] | None = None
+    target = doc
+    for row_parent, name, slots, slot, reduce in plan:
+        if slot is not None:
+            values = acc[slot]
+            if len(values) > 1:
+                values = reduce(values)
+        else:  # two or more slots; a slot is only made by appending to it, so each holds a value
+            values = reduce([value for slot in slots for value in acc[slot]])
+        if row_parent is not parent:
+            parent, target = row_parent, _at(doc, row_parent)
+        target[name] = values
 
 
 def _fill_evidence_fields(doc: dict[str, Any], acc: Slots) -> None:
@@ -1179,10 +1221,10 @@ def _fill_evidence_fields(doc: dict[str, Any], acc: Slots) -> None:
 # --------------------------------------------------------------------------- the alert
 
 
-def _threat(a: dict[str, Any]) -> dict[str, Any] | None:
+def _threat(alert: Alert) -> dict[str, Any] | None:
     """threat.*: tactic names from the category (and the newer categories), techniques."""
     threat: dict[str, Any] = {}
-    category, categories, techniques = a["category"], a["categories"], a["mitre_techniques"]
+    category, categories, techniques = alert.category, alert.categories, alert.mitre_techniques
     if categories and categories != [category]:
         tactics = list(dict.fromkeys(c for c in ([category, *categories] if category else categories) if c))
     else:
@@ -1191,7 +1233,7 @@ def _threat(a: dict[str, Any]) -> dict[str, Any] | None:
         techniques = [t for t in techniques if t]
     if tactics or techniques:
         threat["framework"] = _FRAMEWORK
-    if value := a["threat_family_name"]:
+    if value := alert.threat_family_name:
         threat["group"] = {"name": value}
     if tactics:
         threat["tactic"] = {"name": tactics}
@@ -1206,13 +1248,12 @@ def _threat(a: dict[str, Any]) -> dict[str, Any] | None:
 
 def _comment(comment: Comment) -> dict[str, Any]:
     """A comment with the field names the integration maps (comments.message, ...)."""
-    c = comment.__dict__
     out: dict[str, Any] = {}
-    if value := c["author"]:
+    if value := comment.author:
         out["created_by_display_name"] = value
-    if (value := c["created"]) is not None:
+    if (value := comment.created) is not None:
         out["created_datetime"] = _iso(value)
-    if value := c["text"]:
+    if value := comment.text:
         out["message"] = value
     return out
 
@@ -1238,42 +1279,30 @@ _VENDOR_TEXT = (
 )
 
 
-def _compile_copy(table: tuple[tuple[str, str], ...]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """`copy(fields) -> {name: value}` for the non-empty fields of `table`, as straight-line
-    code (a loop over the table costs twice as much, for every alert)."""
-    lines = ["def copy(a):", "    out = {}"]
-    for field, name in table:
-        lines += [f"    v = a[{field!r}]", "    if v:", f"        out[{name!r}] = v"]
-    lines.append("    return out")
-    namespace: dict[str, Any] = {}
-    exec("\n".join(lines), namespace)  # noqa: S102 - code written above from the table
-    return namespace["copy"]
-
-
-_copy_vendor_text = _compile_copy(_VENDOR_TEXT)
-
-
-def _vendor(a: dict[str, Any], times: dict[str, Any], tenant_id: str,
+def _vendor(alert: Alert, resolved: datetime | None, tenant_id: str,
             evidence: list[dict[str, Any]]) -> dict[str, Any]:
     """m365_defender.alert: what no ECS field holds, with the pipeline's names."""
-    out = _copy_vendor_text(a)
-    if value := a["incident_web_url"]:
+    out: dict[str, Any] = {}
+    for field, name in _VENDOR_TEXT:
+        if value := getattr(alert, field):
+            out[name] = value
+    if value := alert.incident_web_url:
         out["incident_web_url"] = _uri_parts(value)
-    if (value := times["resolved"]) is not None:
-        out["resolved_datetime"] = _iso(value)
-    if value := a["comments"]:
+    if resolved is not None:
+        out["resolved_datetime"] = _iso(resolved)
+    if value := alert.comments:
         comments = [c for c in map(_comment, value) if c]
         if comments:
             out["comments"] = comments
-    if value := a["categories"]:
+    if value := alert.categories:
         out["categories"] = value
-    if value := a["system_tags"]:
+    if value := alert.system_tags:
         out["system_tags"] = value
-    if (value := a["custom_details"]) and (value := _clean(value)) is not _DROP:
+    if (value := alert.custom_details) and (value := _clean(value)) is not _DROP:
         out["custom_details"] = value
-    if (value := a["additional_data"]) and (value := _clean(value)) is not _DROP:
+    if (value := alert.additional_data) and (value := _clean(value)) is not _DROP:
         out["additional_data"] = value
-    if extra := a["extra"]:
+    if extra := alert.extra:
         for name, value in extra.items():
             if name == "tenantId" and value == tenant_id:
                 continue  # it is cloud.account.id
@@ -1297,68 +1326,71 @@ def to_ecs(alert: Alert) -> dict[str, Any]:
     """The alert as an ECS document (a JSON-ready dict). Lists of text the alert holds
     (roles, tags, urls, mitreTechniques, ...) are shared with it, not copied: copy the
     document before changing it in place."""
-    a = alert.__dict__
-    times = a["times"].__dict__
-    tenant = a["tenant"].__dict__
-    extra = a["extra"]
+    times = alert.times
+    tenant = alert.tenant
+    tenant_id, label = tenant.id, tenant.label
+    extra = alert.extra
     graph_tenant = extra.get("tenantId") if extra else None
-    account_id = graph_tenant if graph_tenant.__class__ is str and graph_tenant else tenant["id"]
+    account_id = graph_tenant if graph_tenant.__class__ is str and graph_tenant else tenant_id
+    assigned_to = alert.assigned_to
+    comments = alert.comments
+    determination = alert.determination
 
     acc: Slots = defaultdict(list)
-    if value := a["assigned_to"]:
-        acc["user.assigned_to"].append(value)
-    for comment in a["comments"]:
-        if value := comment.__dict__["author"]:
+    if assigned_to:
+        acc["user.assigned_to"].append(assigned_to)
+    for comment in comments:
+        if value := comment.author:
             acc["user.comment_author"].append(value)
-    evidence, categories = _evidence(a["evidence"], acc) if a["evidence"] else ([], [])
+    evidence, categories = _evidence(evidence, acc) if (evidence := alert.evidence) else ([], [])
 
-    event: dict[str, Any] = {"kind": "alert", "id": a["id"]}
-    if categories or a["determination"]:
-        key = (*categories, a["determination"])
+    event: dict[str, Any] = {"kind": "alert", "id": alert.id}
+    if categories or determination:
+        key = (*categories, determination)
         known = _EVENT_CATEGORIES.get(key)
         if known is None:
             if len(_EVENT_CATEGORIES) >= 4096:
                 _EVENT_CATEGORIES.clear()
-            known = _EVENT_CATEGORIES[key] = _event_category(categories, a["determination"])
+            known = _EVENT_CATEGORIES[key] = _event_category(categories, determination)
         if known[0]:
             event["category"] = list(known[0])  # copies: the document is the caller's to change
             event["type"] = list(known[1])
-    if (value := times["created"]) is not None:
+    if (value := times.created) is not None:
         event["created"] = _iso(value)
-    first, last = times["first_activity"], times["last_activity"]
+    first, last = times.first_activity, times.last_activity
     if first is not None:
         event["start"] = _iso(first)
     if last is not None:
         event["end"] = _iso(last)
     if first is not None and last is not None:
         event["duration"] = _duration_ns(first, last)
-    original = a["severity_original"]
-    if value := EVENT_SEVERITY.get(original.lower()) if original else _SEVERITY_SCORE[a["severity"]]:
+    original = alert.severity_original
+    if value := EVENT_SEVERITY.get(original.lower()) if original else _SEVERITY_SCORE[alert.severity]:
         event["severity"] = value
-    if value := a["service_source"]:
+    if value := alert.service_source:
         event["provider"] = value
-    if value := a["alert_web_url"]:
+    if value := alert.alert_web_url:
         event["url"] = value
 
-    doc: dict[str, Any] = {"@timestamp": _iso(times["last_updated"]), "ecs": {"version": ECS_VERSION},
+    doc: dict[str, Any] = {"@timestamp": _iso(times.last_updated), "ecs": {"version": ECS_VERSION},
                            "event": event}
-    if value := a["description"]:
+    if value := alert.description:
         doc["message"] = value
     doc["cloud"] = {"account": {"id": account_id}}
-    doc["organization"] = {"id": tenant["id"], "name": tenant["label"]}
-    if (threat := _threat(a)) is not None:
+    doc["organization"] = {"id": tenant_id, "name": label}
+    if (threat := _threat(alert)) is not None:
         doc["threat"] = threat
-    if value := a["assigned_to"]:
-        doc["source"] = {"user": {"name": value}}
+    if assigned_to:
+        doc["source"] = {"user": {"name": assigned_to}}
     if acc:
         _fill_evidence_fields(doc, acc)
-    doc["m365_defender"] = {"alert": _vendor(a, times, account_id, evidence)}
+    doc["m365_defender"] = {"alert": _vendor(alert, times.resolved, account_id, evidence)}
     doc["defender_forwarder"] = {
-        "customer": tenant["label"],
-        "tenant_id": tenant["id"],
-        "version_key": a["version_key"],
-        "source": a["source"],
-        "ingested": _iso(times["ingested"]),
+        "customer": label,
+        "tenant_id": tenant_id,
+        "version_key": alert.version_key,
+        "source": alert.source,
+        "ingested": _iso(times.ingested),
     }
     return doc
 
