@@ -46,13 +46,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, get_origin
+from typing import Any
 
-import msgspec
 import orjson
 
-from core.model import schema
 from core.model.schema import Alert, UserInfo
+from mappings.plain import plain
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 APP = "ms:defender"
@@ -73,62 +72,32 @@ def _seconds(moment: datetime) -> float:
     return (d.days * 86400000 + d.seconds * 1000 + d.microseconds // 1000) / 1000
 
 
+def _json_default(value: Any) -> Any:
+    """What orjson writes natively, for the standard library's encoder."""
+    if isinstance(value, datetime):
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+        return utc.isoformat()[:-6] + "Z"
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
 def _dumps(doc: dict[str, Any]) -> bytes:
-    """orjson; the standard library for what orjson refuses (integers beyond 64 bits, lone
-    surrogates in `extra` data), as `core.model.jsonutil` does. (The document holds JSON data
-    only: `remainder` has written the times as text.)"""
+    """orjson, which writes datetimes itself (RFC 3339, `Z`, microseconds unless zero); the
+    standard library for what orjson refuses (integers beyond 64 bits, lone surrogates in
+    `extra` data), as `core.model.jsonutil` does."""
     try:
-        return orjson.dumps(doc)
+        return orjson.dumps(doc, option=orjson.OPT_UTC_Z)
     except TypeError:
-        return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        return json.dumps(doc, ensure_ascii=True, default=_json_default, separators=(",", ":")).encode("ascii")
 
 
 # --------------------------------------------------------------------------- lossless remainder
-#
-# `defender` is the alert as `mappings.plain` writes it (`plain(alert, skip=_CARRIED)`: fields in
-# the schema's order, absent ones left out, the evidence `kind` always written) and orjson then
-# encodes it. It is built here from `msgspec.to_builtins`, which converts the whole model in C
-# (times to the RFC 3339 text orjson would write: `Z`, microseconds unless zero), and one pass
-# that leaves out the absent fields: half the cost of `plain`'s attribute-by-attribute walk,
-# which was most of this format's own encoding. `tests/mappings/test_format_cim.py` checks that
-# both give the same bytes.
-
-# The schema's verbatim JSON objects (`extra`, `custom_details`, `additional_data`: the dict
-# fields of its models); every other object in what `to_builtins` gives is a model.
-_VERBATIM = frozenset(field.name for model in vars(schema).values()
-                      if isinstance(model, type) and issubclass(model, msgspec.Struct)
-                      for field in msgspec.structs.fields(model) if get_origin(field.type) is dict)
-
-
-def _present(model: dict[str, Any]) -> dict[str, Any]:
-    """A model as `to_builtins` gives it, without its absent fields: None, empty lists, and
-    empty verbatim objects (a sub-model is written even when all its fields are absent, as
-    `plain` writes it); verbatim objects are kept whole, nulls inside included."""
-    out: dict[str, Any] = {}
-    for name, value in model.items():
-        if value is None:
-            continue
-        cls = value.__class__
-        if cls is dict:
-            if name in _VERBATIM:
-                if value:
-                    out[name] = value
-            else:
-                out[name] = _present(value)
-        elif cls is list:
-            if value:  # (a list holds models, or strings)
-                out[name] = [_present(item) for item in value] if value[0].__class__ is dict else value
-        else:
-            out[name] = value
-    return out
 
 
 def remainder(alert: Alert) -> dict[str, Any]:
-    """`defender`: every Alert field that no CIM field carries exactly, as plain JSON data."""
-    data = msgspec.to_builtins(msgspec.structs.replace(alert, raw=None))  # (`raw` is left out: no need to copy it)
-    for name in _CARRIED:
-        del data[name]
-    return _present(data)
+    """`defender`: every Alert field that no CIM field carries exactly, as plain JSON data
+    (`mappings.plain`: the schema's order, absent fields left out, times as datetimes, which
+    orjson writes as RFC 3339 text with `Z`, microseconds unless zero)."""
+    return plain(alert, skip=_CARRIED)
 
 
 # --------------------------------------------------------------------------- CIM fields

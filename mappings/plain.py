@@ -3,96 +3,75 @@
 `data`).
 
 Fields come in the schema's order; absent ones are left out (None, an empty list, and an
-empty object unless `keep_empty_objects`); the evidence `kind`, which names the model, is
-always written. Times are left as datetimes for the JSON encoder, or turned by `time`.
-What a field holds is read from its annotation once per model, so each field gets just the
-test it needs.
+empty verbatim object unless `keep_empty_objects`); a sub-model is written even when all its
+fields are absent (`{}`); the verbatim objects (`extra`, `custom_details`, `additional_data`,
+`raw`) are kept whole, nulls inside included. Times are left as datetimes for the JSON encoder,
+or turned by `time`.
+
+msgspec converts the whole model in C (`to_builtins`, datetimes kept as they are), and one
+pass over the result leaves out what is absent: several times cheaper than reading the
+models attribute by attribute.
 """
 from __future__ import annotations
 
-import types
 from collections.abc import Callable
 from datetime import datetime
-from enum import Enum, auto
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, get_origin
 
 import msgspec
 
+from core.model import schema
+
 Time = Callable[[datetime], Any] | None
 
-
-class _Holds(Enum):
-    KIND = auto()  # a Literal: the model's tag, always written
-    VALUE = auto()  # str, int, float, bool, or Any: as it is
-    TIME = auto()  # a datetime
-    TEXTS = auto()  # a list of strings, as it is
-    LIST = auto()  # a list of models
-    OBJECT = auto()  # a dict, kept verbatim
-    MODEL = auto()  # a sub-model
+# The schema's verbatim values (the fields holding JSON as it came: dicts, and `raw`); every
+# other dict in what `to_builtins` gives is a model.
+VERBATIM = frozenset(field.name for model in vars(schema).values()
+                     if isinstance(model, type) and issubclass(model, msgspec.Struct)
+                     for field in msgspec.structs.fields(model)
+                     if get_origin(field.type) is dict or field.type is Any)
 
 
 def plain(value: Any, time: Time = None, keep_empty_objects: bool = False, skip: frozenset[str] = frozenset()) -> Any:
-    """`value` (a model, a list, or plain data) as JSON data; `skip`: fields of the model
-    `value` itself to leave out."""
+    """`value` (a model, a list of them, or plain data) as JSON data; `skip`: fields of the
+    model `value` itself to leave out (not even converted: `raw` costs a copy of the alert)."""
     if isinstance(value, msgspec.Struct):
-        return _model(value, time, keep_empty_objects, skip)
+        if skip:
+            value = msgspec.structs.replace(value, **dict.fromkeys(skip))
+        data = msgspec.to_builtins(value, builtin_types=(datetime,))
+        for name in skip:
+            del data[name]
+        return _present(data, time, keep_empty_objects)
     if isinstance(value, list):
-        return [plain(item, time, keep_empty_objects) for item in value]
-    if time is not None and isinstance(value, datetime):
-        return time(value)
-    return value
+        converted = msgspec.to_builtins(value, builtin_types=(datetime,))
+        return [_present(item, time, keep_empty_objects) if item.__class__ is dict
+                else _value(item, time) for item in converted]
+    return _value(value, time)
 
 
-def _model(model: msgspec.Struct, time: Time, keep_empty_objects: bool,
-           skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _value(value: Any, time: Time) -> Any:
+    return time(value) if time is not None and value.__class__ is datetime else value
+
+
+def _present(model: dict[str, Any], time: Time, keep_empty_objects: bool) -> dict[str, Any]:
+    """A model as `to_builtins` gave it, without its absent fields."""
     out: dict[str, Any] = {}
-    for name, holds in _fields(type(model)):
-        if name in skip:
+    for name, value in model.items():
+        if value is None:
             continue
-        value = getattr(model, name)
-        if holds is _Holds.KIND:
-            out[name] = value
-        elif value is None:
-            continue
-        elif holds is _Holds.VALUE or holds is _Holds.TEXTS:
-            if value or holds is _Holds.VALUE:
-                out[name] = value
-        elif holds is _Holds.TIME:
+        cls = value.__class__
+        if cls is dict:
+            if name in VERBATIM:
+                if value or keep_empty_objects:
+                    out[name] = value
+            else:
+                out[name] = _present(value, time, keep_empty_objects)
+        elif cls is list:
+            if value:  # a list holds models, or strings
+                out[name] = [_present(item, time, keep_empty_objects) for item in value] \
+                    if value[0].__class__ is dict else value
+        elif cls is datetime:
             out[name] = value if time is None else time(value)
-        elif holds is _Holds.OBJECT:
-            if value or keep_empty_objects:
-                out[name] = value
-        elif holds is _Holds.LIST:
-            if value:
-                out[name] = [plain(item, time, keep_empty_objects) for item in value]
         else:
-            out[name] = _model(value, time, keep_empty_objects)
+            out[name] = value
     return out
-
-
-_FIELDS: dict[type, tuple[tuple[str, _Holds], ...]] = {}
-
-
-def _fields(model: type[msgspec.Struct]) -> tuple[tuple[str, _Holds], ...]:
-    found = _FIELDS.get(model)
-    if found is None:
-        found = _FIELDS[model] = tuple((field.name, _holds(field.type)) for field in msgspec.structs.fields(model))
-    return found
-
-
-def _holds(annotation: Any) -> _Holds:
-    origin = get_origin(annotation)
-    if origin is Union or origin is types.UnionType:  # X | None
-        (annotation,) = [arg for arg in get_args(annotation) if arg is not type(None)]
-        origin = get_origin(annotation)
-    if origin is Literal:
-        return _Holds.KIND
-    if origin is list:
-        return _Holds.TEXTS if get_args(annotation) == (str,) else _Holds.LIST
-    if origin is dict:
-        return _Holds.OBJECT
-    if annotation is datetime:
-        return _Holds.TIME
-    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
-        return _Holds.MODEL
-    return _Holds.VALUE
