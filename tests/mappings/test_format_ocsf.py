@@ -348,7 +348,7 @@ def test_activity_follows_first_sight(status: str | None, first_sight: bool | No
 # --------------------------------------------------------------------------- OCSF validation
 #
 # What every emitted line is checked against: a JSON Schema of the Detection Finding
-# attributes this mapping writes, derived from the OCSF schema (sinks.md §4; the object
+# attributes this mapping writes, derived from the OCSF schema (the object
 # definitions of ocsf/ocsf-schema, cross-checked against the compiled 1.7.0 schema; 1.8.0
 # changed none of these objects' requirements we rely on).
 #
