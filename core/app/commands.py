@@ -180,12 +180,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise CommandFailed(f"--format: {err}", EXIT_CONFIG) from None
     normalise = normaliser(args.source)
     ingested = _parse_time_option("--ingested", args.ingested) if args.ingested else None
+    time_property = _time_property(args.source)
     data = sys.stdin.buffer.read() if args.file == "-" else _read_file(args.file)
     failures = 0
     out = sys.stdout.buffer
     for where, alert in _alerts_in(data):
         try:
-            out.write(encode(_convert_one(normalise, alert, args.tenant_label, ingested)) + b"\n")
+            out.write(encode(_convert_one(normalise, alert, args.tenant_label, ingested or _time_in(alert, time_property)))
+                      + b"\n")
         except Exception as err:  # noqa: BLE001 - one bad alert must not stop the others
             failures += 1
             err_console.print(f"error: {where}: {err}", markup=False, soft_wrap=True)
@@ -200,23 +202,32 @@ def _read_file(path: str) -> bytes:
         raise CommandFailed(f"{path}: {err.strerror}", EXIT_CONFIG) from None
 
 
-def _convert_one(normalise: Any, raw: Any, label: str, ingested: datetime | None) -> Any:
+def _convert_one(normalise: Any, raw: Any, label: str, ingested: datetime) -> Any:
     from core.model.schema import TenantRef
 
     if isinstance(raw, ValueError):
         raise raw
     tenant_id = raw.get("tenantId") if isinstance(raw, dict) and isinstance(raw.get("tenantId"), str) else ""
-    return normalise(raw, TenantRef(id=tenant_id or "unknown", label=label), ingested or _time_in(raw))
+    return normalise(raw, TenantRef(id=tenant_id or "unknown", label=label), ingested)
 
 
-def _time_in(raw: Any) -> datetime:
-    """The alert's own lastUpdateDateTime, for its ingestion time: `convert` writes the same
-    bytes for the same input every time. (An alert without one is refused by normalise.)"""
+def _time_property(source: str) -> str:
+    """The property whose time makes a version of `convert --source` records (lastUpdateDateTime
+    for Graph alerts): the source kind whose mapping reads that shape says it."""
+    from core.sources import KINDS
+    from mappings import SOURCES
+
+    return next(kind.version.time for kind in KINDS.values() if kind.mapping == SOURCES[source])
+
+
+def _time_in(raw: Any, time_property: str) -> datetime:
+    """The record's own version time, for its ingestion time: `convert` writes the same bytes
+    for the same input every time. (A record without one is refused by normalise.)"""
     from core.model.checks import InvalidValue
     from core.model.times import parse_timestamp
 
     try:
-        return parse_timestamp(raw.get("lastUpdateDateTime") if isinstance(raw, dict) else None)
+        return parse_timestamp(raw.get(time_property) if isinstance(raw, dict) else None)
     except InvalidValue:
         return datetime(1970, 1, 1, tzinfo=timezone.utc)
 
