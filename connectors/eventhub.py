@@ -110,6 +110,13 @@ def credential_for(config: EventHubSinkConfig) -> Any:
                                  password=password, **options)
 
 
+def _is_unknown_hub(err: Exception) -> bool:
+    """The namespace answered amqp:not-found (the SDK's documented `error` condition; its
+    message spells it ErrorCondition.NotFound). Not the digits of the text: a refused
+    connection to port 40403 is a hub down, to be retried."""
+    return getattr(err, "error", None) == "not-found" or "ErrorCondition.NotFound" in str(err)
+
+
 class EventHubConnector(Connector):
     config_model = EventHubSinkConfig
     config: EventHubSinkConfig
@@ -155,7 +162,7 @@ class EventHubConnector(Connector):
             raise SinkFatal(f"Event Hubs refused our credentials: {err}; check connection_string, or the app's "
                             "\"Azure Event Hubs Data Sender\" role on the hub") from None
         except EventHubError as err:
-            if "not found" in str(err).lower() or "404" in str(err):
+            if _is_unknown_hub(err):
                 raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
             return results.final(EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
         return results.final()

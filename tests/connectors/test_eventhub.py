@@ -5,6 +5,7 @@ from the simulated cloud, and the standard battery."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,8 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from connectors.eventhub import EVENTHUBS_SCOPE, RECORD_CATEGORY, EventHubSinkConfig, credential_for
-from core.model.schema import SCHEMA_VERSION, TenantRef
+from connectors.base import Event, EventResult, Outcome, SinkFatal
+from connectors.eventhub import EVENTHUBS_SCOPE, RECORD_CATEGORY, EventHubConnector, EventHubSinkConfig, credential_for
+from core.model.schema import SCHEMA_VERSION, EventMeta, Severity, TenantRef
 from core.state.sqlite import SQLiteStore
 from mappings import ocsf
 from mappings.graph_alerts_v2 import normalise
@@ -138,6 +140,51 @@ def test_a_refused_token_stops_the_sink(setup: CloudSetup, hub: EventHubPeer) ->
     check = _run(setup, "check")
     assert check.returncode == 0, check.stderr
     assert f"partitions {', '.join(hub.partition_ids)}" in check.stderr
+    assert hub.events() == []
+
+
+def _free_port_spelling_404() -> int:
+    """A free loopback port whose digits contain "404" (as a random one sometimes does)."""
+    for port in (*range(40400, 40500), *range(14040, 14050), *range(24040, 24050)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free loopback port spelling 404")
+
+
+def _send(config: dict[str, Any], batch: list[Event]) -> list[EventResult]:
+    connector = EventHubConnector("hub", EventHubSinkConfig.model_validate(config))
+
+    async def send() -> list[EventResult]:
+        try:
+            return await connector.send(batch)
+        finally:
+            await connector.close()
+    return asyncio.run(send())
+
+
+def _events(count: int) -> list[Event]:
+    return [Event(i, EventMeta("t-1", "acme", f"a{i}", f"t-1/a{i}/v", Severity.high, 1.5e9), b'{"n":%d}' % i)
+            for i in range(count)]
+
+
+def test_a_hub_down_is_retried_whatever_its_port_spells(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connection refused on port 40403 once read as "404: check eventhub_name" and stopped the sink."""
+    port = _free_port_spelling_404()
+    with EventHubPeer(port=port) as peer:
+        monkeypatch.setenv("DF_TEST_EH_CONNECTION", peer.connection_string(key=HUB_KEY))
+        peer.stop()
+        results = _send(_sink(), _events(3))
+    assert [result.outcome for result in results] == [Outcome.RETRY] * 3
+    assert str(port) in results[0].reason
+
+
+def test_an_unknown_hub_stops_the_sink_naming_eventhub_name(hub: EventHubPeer) -> None:
+    with pytest.raises(SinkFatal, match="check eventhub_name"):
+        _send(_sink(eventhub_name="no-such-hub"), _events(1))
     assert hub.events() == []
 
 
