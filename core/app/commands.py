@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.app.config import Config, ConfigError, TenantSettings, config_path, load_config
@@ -34,7 +35,8 @@ class CommandFailed(Exception):
 
 
 def _fail(message: str, code: int) -> int:
-    err_console.print(f"[bold red]error:[/] {REDACTOR.redact(message)}", markup=True, soft_wrap=True)
+    # Escaped: a message names TOML tables (`[apps.mssp2]`), which rich would take for markup and drop.
+    err_console.print(f"[bold red]error:[/] {escape(REDACTOR.redact(message))}", markup=True, soft_wrap=True)
     return code
 
 
