@@ -107,6 +107,9 @@ class CloudSetup:
     forwarder: dict[str, Any] = field(default_factory=dict)
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     app: dict[str, Any] = field(default_factory=dict)
+    tenant_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # label -> keys set or overridden
+    routes: list[dict[str, Any]] = field(default_factory=list)
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict)  # more [apps.NAME] tables, as written
 
     def tenant(self, label: str, alerts: list[dict[str, Any]] | None = None, **options: Any) -> str:
         tenant_id = str(uuid.uuid4())
@@ -134,12 +137,14 @@ class CloudSetup:
                           "ca_file": str(ca_file), **self.app},
         }
         for label, tenant_id in self.tenants.items():
-            tables[f"tenants.{label}"] = {"tenant_id": tenant_id, "app": "mssp"}
+            tables[f"tenants.{label}"] = {"tenant_id": tenant_id, "app": "mssp", **self.tenant_keys.get(label, {})}
+        for name, app in self.apps.items():
+            tables[f"apps.{name}"] = app
         sinks = self.sinks or {"archive": {"type": "file", "path": str(self.tmp / "out" / "{tenant}.ndjson"),
                                            "format": "raw", "retry_initial": 0.01, "retry_max": 0.1}}
         for name, sink in sinks.items():
             tables[f"sinks.{name}"] = sink
-        return write_config(self.tmp / "forwarder.toml", tables)
+        return write_config(self.tmp / "forwarder.toml", tables, self.routes)
 
 
 def recent(minutes_ago: float) -> datetime:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import tomllib
@@ -51,12 +52,27 @@ class ForwarderSettings(_Strict):
     log_format: Literal["text", "json"] = "text"
 
 
+# A tenant is named to Entra by its GUID or by one of its verified domains; anything else
+# fails only at the first token request, long after the operator's edit.
+TENANT_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+TENANT_DOMAIN = re.compile(r"(?=.{4,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+
+
 class TenantSettings(_Strict):
     tenant_id: str
     app: str | None = None
     sources: list[str] = Field(default_factory=lambda: list(DEFAULT_SOURCES))
     replay: str | None = None
     enabled: bool = True
+
+    @field_validator("tenant_id")
+    @classmethod
+    def _tenant_id(cls, tenant_id: str) -> str:
+        if not (TENANT_GUID.fullmatch(tenant_id) or TENANT_DOMAIN.fullmatch(tenant_id)):
+            raise ValueError(f"{tenant_id!r} is not a tenant id; use the tenant's GUID "
+                             "(e.g. 22222222-2222-4222-8222-222222222222) or a verified domain "
+                             "such as contoso.onmicrosoft.com")
+        return tenant_id
 
     @field_validator("sources")
     @classmethod
@@ -109,6 +125,8 @@ TENANT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Config(_Strict):
+    """The whole configuration, built by `parse_config` from sections validated one by one."""
+
     forwarder: ForwarderSettings = Field(default_factory=ForwarderSettings)
     apps: dict[str, AppSettings] = Field(default_factory=dict)
     tenants: dict[str, TenantSettings]
@@ -117,17 +135,20 @@ class Config(_Strict):
     _source: str = PrivateAttr(default="<config>")
     _literal_secret_warnings: list[str] = PrivateAttr(default_factory=list)
 
-    @field_validator("tenants")
-    @classmethod
-    def _labels(cls, tenants: dict[str, TenantSettings]) -> dict[str, TenantSettings]:
-        for label in tenants:
-            if not TENANT_LABEL.fullmatch(label):
-                raise ValueError(f"tenant label {label!r}: use letters, digits, '-', '_' or '.' (it names files)")
-        return tenants
-
     def routes_or_default(self) -> list[RouteSettings]:
         """Without [[routes]], every tenant goes to every sink."""
         return self.routes or [RouteSettings(sinks=list(self.sinks))]
+
+
+class _Sections(_Strict):
+    """The file's top level alone: its tables are validated entry by entry afterwards, so that
+    one bad entry does not hide the problems of the others."""
+
+    forwarder: dict[str, Any] = Field(default_factory=dict)
+    apps: dict[str, Any] = Field(default_factory=dict)
+    tenants: dict[str, Any] = Field(default_factory=dict)  # its absence is a problem of its own (below)
+    sinks: dict[str, Any] = Field(default_factory=dict)
+    routes: list[Any] = Field(default_factory=list)
 
 
 def config_path(explicit: str | None) -> Path:
@@ -145,29 +166,85 @@ def load_config(path: Path) -> Config:
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """The configuration, or a ConfigError listing every problem of the file, one per line."""
     problems: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LiteralSecretWarning)
-        try:
-            config = Config.model_validate(data)
-        except ValidationError as err:
-            raise ConfigError(_problems(err)) from None
-        sinks = {name: _validate_sink(name, raw, problems) for name, raw in config.sinks.items()}
-    config.sinks = sinks
-    problems += _cross_check(config)
-    if problems:
+        parts = _validate_sections(data, problems)
+    if parts is not None:
+        problems += _cross_check(data, parts)
+    if problems or parts is None:
         raise ConfigError(problems)
+    config = Config.model_validate(parts)  # every part is validated already: this only assembles
     config._source = source
     config._literal_secret_warnings = [str(w.message) for w in caught]
     return config
 
 
+def _validate_sections(data: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+    """Each section and each entry of it validated on its own, their problems appended; the
+    valid parts (an invalid entry left out), or None when the top level itself is wrong."""
+    try:
+        sections = _Sections.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_problems(err))
+        return None
+    if not sections.tenants:
+        problems.append("tenants: at least one tenant is needed; add a [tenants.NAME] table")
+    labels = _valid_labels(sections.tenants, problems)
+    return {
+        "forwarder": _validated(ForwarderSettings, sections.forwarder, ("forwarder",), problems),
+        "apps": _entries(AppSettings, sections.apps, "apps", problems),
+        "tenants": _entries(TenantSettings, {label: sections.tenants[label] for label in labels}, "tenants", problems),
+        "sinks": {name: _validate_sink(name, raw, problems) for name, raw in sections.sinks.items()},
+        "routes": [_validated(RouteSettings, raw, ("routes", index), problems)
+                   for index, raw in enumerate(sections.routes)],
+    }
+
+
+def _valid_labels(tenants: dict[str, Any], problems: list[str]) -> list[str]:
+    labels = []
+    for label in tenants:
+        if TENANT_LABEL.fullmatch(label):
+            labels.append(label)
+        else:
+            problems.append(f"tenants: tenant label {label!r}: use letters, digits, '-', '_' or '.' (it names files)")
+    return labels
+
+
+def _entries(model: type[BaseModel], raw: dict[str, Any], section: str, problems: list[str]) -> dict[str, Any]:
+    """The entries of one `[section.NAME]` family, each validated by `model`; None for an invalid one."""
+    return {name: _validated(model, value, (section, name), problems) for name, value in raw.items()}
+
+
+def _validated(model: type[BaseModel], raw: Any, where: tuple[Any, ...], problems: list[str]) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_problems(err, where))
+        return None
+
+
+def key_path(parts: tuple[Any, ...]) -> str:
+    """A key as the file spells it: `routes[1].sinks`, `tenants.contoso.tenant_id`."""
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
+
+
+# pydantic's wording, where it names no fix, in the operator's terms.
+_MESSAGES = {
+    "extra_forbidden": "unknown key (check the spelling)",
+    "missing": "missing; this key is required",
+}
+
+
 def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
     lines = []
     for item in err.errors():
-        loc = ".".join(str(part) for part in (*prefix, *item["loc"]))
-        message = "unknown key (check the spelling)" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{loc}: {message.removeprefix('Value error, ')}")
+        message = _MESSAGES.get(item["type"], item["msg"])
+        lines.append(f"{key_path((*prefix, *item['loc']))}: {message.removeprefix('Value error, ')}")
     return lines
 
 
@@ -179,38 +256,95 @@ def _validate_sink(name: str, raw: Any, problems: list[str]) -> Any:
     if sink_type not in sink_types():
         problems.append(f"sinks.{name}.type: {_unknown_sink_type(sink_type)}")
         return None
-    model = connector_class(sink_type).config_model
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        problems.extend(_problems(err, ("sinks", name)))
-        return None
+    return _validated(connector_class(sink_type).config_model, raw, ("sinks", name), problems)
 
 
 def _unknown_sink_type(sink_type: Any) -> str:
     return f"unknown sink type {sink_type!r}; available: {', '.join(sink_types())}"
 
 
-def _cross_check(config: Config) -> list[str]:
+def _cross_check(data: dict[str, Any], parts: dict[str, Any]) -> list[str]:
+    """What refers to what: apps, sinks and tenants named elsewhere. Read from the file's own
+    names, so that an entry with a problem of its own is still checked here."""
+    return [
+        *_check_apps(data, parts),
+        *_check_formats(parts["sinks"]),
+        *_check_routes(data),
+        *([] if parts["sinks"] else ["sinks: at least one sink is needed; add a [sinks.NAME] table"]),
+    ]
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings of a list the file gives (its wrong types are reported by the models)."""
+    return [item for item in value if isinstance(item, str)] if isinstance(value, list) else []
+
+
+def _tables(data: dict[str, Any], section: str) -> dict[str, dict[str, Any]]:
+    found = data.get(section)
+    if not isinstance(found, dict):
+        return {}
+    return {name: table for name, table in found.items() if isinstance(table, dict)}
+
+
+def _check_apps(data: dict[str, Any], parts: dict[str, Any]) -> list[str]:
+    apps = ", ".join(_tables(data, "apps")) or "none"
+    problems = []
+    for label, tenant in _tables(data, "tenants").items():
+        app = tenant.get("app")
+        if tenant.get("replay") is None and app is None:
+            problems.append(f"tenants.{label}.app: missing; name an [apps.NAME] table (defined apps: {apps}), "
+                            "or set replay")
+        elif isinstance(app, str) and app not in _tables(data, "apps"):
+            problems.append(f"tenants.{label}.app = {json.dumps(app)}: no [apps.{app}] table; defined apps: {apps}")
+    return problems
+
+
+def _check_formats(sinks: dict[str, Any]) -> list[str]:
     from mappings import FormatNotAvailable, encoder
 
     problems = []
-    for label, tenant in config.tenants.items():
-        if tenant.replay is None and tenant.app is None:
-            problems.append(f"tenants.{label}.app: required unless the tenant has `replay`")
-        elif tenant.app is not None and tenant.app not in config.apps:
-            problems.append(f"tenants.{label}.app: no [apps.{tenant.app}] table")
-    for name, sink in config.sinks.items():
+    for name, sink in sinks.items():
         if sink is None:
             continue
         try:
             encoder(sink.format)
         except FormatNotAvailable as err:
             problems.append(f"sinks.{name}.format: {err}")
-    for index, route in enumerate(config.routes):
-        for sink_name in route.sinks:
-            if sink_name not in config.sinks:
-                problems.append(f"routes[{index}].sinks: no sink named {sink_name!r}")
-    if not config.sinks:
-        problems.append("sinks: at least one sink is needed")
+    return problems
+
+
+def _check_routes(data: dict[str, Any]) -> list[str]:
+    """Every route's sinks exist and each of its globs takes a tenant; every enabled tenant is
+    taken by some route (an alert of a tenant no route takes would be read and dropped)."""
+    routes = data.get("routes")
+    if not isinstance(routes, list) or not routes:
+        return []  # no [[routes]]: every tenant goes to every sink
+    tenants = _tables(data, "tenants")
+    sinks = ", ".join(_tables(data, "sinks")) or "none"
+    problems = []
+    globs: list[tuple[int, list[str]]] = []
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        for sink_name in _strings(route.get("sinks")):
+            if sink_name not in _tables(data, "sinks"):
+                problems.append(f"routes[{index}].sinks: no sink named {sink_name!r}; sinks: {sinks}")
+        patterns = _strings(route.get("tenants", ["*"]))
+        globs.append((index, patterns))
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(label, pattern) for label in tenants):
+                problems.append(f"routes[{index}].tenants: {json.dumps(pattern)} matches no tenant; "
+                                f"tenants: {', '.join(tenants) or 'none'}")
+    return problems + _untaken_tenants(tenants, globs)
+
+
+def _untaken_tenants(tenants: dict[str, dict[str, Any]], globs: list[tuple[int, list[str]]]) -> list[str]:
+    named = ", ".join(f"routes[{index}].tenants = {json.dumps(patterns)}" for index, patterns in globs)
+    problems = []
+    for label, tenant in tenants.items():
+        if tenant.get("enabled", True) is False:
+            continue  # a disabled tenant is not read: nothing of it can be lost
+        if not any(fnmatch.fnmatchcase(label, p) for _, patterns in globs for p in patterns):
+            problems.append(f"tenants.{label}: no route takes its alerts ({named}); "
+                            "add it to a route's tenants, or set enabled = false")
     return problems

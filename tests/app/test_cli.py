@@ -33,7 +33,7 @@ def test_help_is_fast_and_imports_no_connector_or_sdk() -> None:
 
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     config = write_config(tmp_path / "c.toml", {
-        "tenants.a": {"tenant_id": "t", "replay": "x"},
+        "tenants.a": {"tenant_id": "22222222-2222-4222-8222-222222222222", "replay": "x"},
         "sinks.out": {"type": "file", "formt": "raw"},
     })
     result = run_cli("run", "--once", "--config", str(config))

@@ -70,9 +70,10 @@ def test_unknown_format_is_refused_with_its_path() -> None:
 
 
 def test_references_between_tables_are_checked() -> None:
-    assert _problems(_with(tenants__contoso__app="nope")) == ["tenants.contoso.app: no [apps.nope] table"]
+    assert _problems(_with(tenants__contoso__app="nope")) == [
+        'tenants.contoso.app = "nope": no [apps.nope] table; defined apps: mssp']
     data = _with(routes=[{"sinks": ["siem"]}])
-    assert _problems(data) == ["routes[0].sinks: no sink named 'siem'"]
+    assert _problems(data) == ["routes[0].sinks: no sink named 'siem'; sinks: archive"]
 
 
 def test_missing_env_secret_is_reported_without_any_value(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,7 +121,7 @@ def test_toml_file_and_its_errors(tmp_path: Path) -> None:
     assert "not valid TOML" in caught.value.problems[0]
     path.write_text(textwrap.dedent("""
         [tenants.demo]
-        tenant_id = "t"
+        tenant_id = "22222222-2222-4222-8222-222222222222"
         replay = "examples/demo/contoso"
         [sinks.out]
         type = "stdout"

@@ -184,7 +184,8 @@ def test_keys_a_sink_cannot_honour_are_refused_one_line_each(monkeypatch: pytest
     sink = {"type": "eventhub", "connection_string": "env:DF_TEST_EH", "ca_file": "/etc/ca.pem",
             "client_cert": "/etc/c.pem", "tls_verify": False}
     with pytest.raises(ConfigError) as refused:
-        parse_config({"tenants": {"a": {"tenant_id": "t", "replay": "r"}}, "sinks": {"hub": sink}})
+        parse_config({"tenants": {"a": {"tenant_id": "22222222-2222-4222-8222-222222222222", "replay": "r"}},
+                      "sinks": {"hub": sink}})
     assert refused.value.problems == ["sinks.hub.client_cert: not supported by the eventhub sink",
                                       "sinks.hub.tls_verify: not supported by the eventhub sink"]
 
