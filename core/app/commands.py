@@ -118,11 +118,12 @@ async def _forever(forwarder: Any) -> None:
 
 def _print_summary(results: list[Any], forwarder: Any) -> None:
     table = Table(title="defender-forwarder: this cycle", title_justify="left")
-    for column in ("tenant", "read", "new versions", "duplicates", "filtered", "dead letters", "status"):
-        table.add_column(column, justify="left" if column in ("tenant", "status") else "right")
+    for column in ("tenant", "read", "new versions", "duplicates", "held back", "dead letters", "status"):
+        table.add_column(column, justify="left" if column in ("tenant", "held back", "status") else "right")
     for r in sorted(results, key=lambda r: r.label):
-        status = "[red]" + r.error + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
-        table.add_row(r.label, str(r.read), str(r.queued), str(r.duplicates), str(r.filtered), str(r.dead), status)
+        status = "[red]" + escape(r.error) + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
+        table.add_row(r.label, str(r.read), str(r.queued), str(r.duplicates), _held_back(r.held_back, "0"),
+                      str(r.dead), status)
     err_console.print(table)
     sinks = Table(title="sinks", title_justify="left")
     for column in ("sink", "delivered", "dead letters", "pending", "status"):
@@ -137,6 +138,11 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
             status += " (the pending wait for their digest or rate limit)"
         sinks.add_row(name, str(worker.stats.delivered), str(worker.stats.dead), str(pending), status)
     err_console.print(sinks)
+
+
+def _held_back(counts: dict[str, int], none: str) -> str:
+    """`4 below min_severity, 2 service source not routed`: why alerts no route took stayed here."""
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items()) if count) or none
 
 
 @_guarded
@@ -317,8 +323,9 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 def _tenant_table(config: Config, store: SQLiteStore) -> Table:
     now = datetime.now(timezone.utc)
     statuses, cursors, depths = store.tenant_statuses(), store.cursors(), store.outbox_depths_by_tenant()
+    held_back = store.held_back_counts()
     table = Table(title=f"tenants (state {config.forwarder.state})", title_justify="left")
-    for column in ("tenant", "tenant id", "cursor", "lag", "last success", "last error", *config.sinks):
+    for column in ("tenant", "tenant id", "cursor", "lag", "last success", "last error", "held back", *config.sinks):
         table.add_column(column, overflow="fold")
     for label, tenant in sorted(config.tenants.items()):
         status = statuses.get(tenant.tenant_id)
@@ -329,7 +336,8 @@ def _tenant_table(config: Config, store: SQLiteStore) -> Table:
             cursor.strftime("%Y-%m-%d %H:%M:%S") if cursor else "-",
             _age(now, cursor),
             _when(status.last_success if status else None),
-            (status.last_error or "-") if status else "-",
+            escape(status.last_error or "-") if status else "-",
+            _held_back(held_back.get(tenant.tenant_id, {}), "-"),
             *(str(depths.get((tenant.tenant_id, sink), 0)) for sink in config.sinks),
         )
     return table

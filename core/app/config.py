@@ -87,6 +87,13 @@ class TenantSettings(_Strict):
         return sources
 
 
+# Why an alert is held back, counted per tenant in the run summary and in `tenants`.
+BELOW_MIN_SEVERITY = "below min_severity"
+SOURCE_NOT_ROUTED = "service source not routed"
+HELD_BACK_REASONS = (BELOW_MIN_SEVERITY, SOURCE_NOT_ROUTED)
+NO_ROUTE = "no route for the tenant"  # the config check refuses this for an enabled tenant
+
+
 class RouteSettings(_Strict):
     tenants: list[str] = Field(default_factory=lambda: ["*"])
     sinks: list[str]
@@ -104,14 +111,17 @@ class RouteSettings(_Strict):
         return any(fnmatch.fnmatchcase(tenant_label, pattern) for pattern in self.tenants)
 
     def matches(self, tenant_label: str, severity: Severity, service_source: str | None) -> bool:
-        if not self.covers(tenant_label):
-            return False
+        return self.covers(tenant_label) and self.holds_back(severity, service_source) is None
+
+    def holds_back(self, severity: Severity, service_source: str | None) -> str | None:
+        """Which of this route's filters keeps an alert out of its sinks, if one does."""
         if severity < Severity[self.min_severity] and severity != Severity.unknown:
-            return False
+            return BELOW_MIN_SEVERITY
         if self.service_sources:
             wanted = {s.lower() for s in self.service_sources}
-            return (service_source or "").lower() in wanted
-        return True
+            if (service_source or "").lower() not in wanted:
+                return SOURCE_NOT_ROUTED
+        return None
 
 
 def sinks_for_alert(
@@ -119,6 +129,16 @@ def sinks_for_alert(
 ) -> list[str]:
     """The sinks one alert goes to: the union of the sinks of every route it matches."""
     return sorted({sink for route in routes if route.matches(label, severity, service_source) for sink in route.sinks})
+
+
+def held_back_reason(
+    routes: list[RouteSettings], label: str, severity: Severity, service_source: str | None
+) -> str:
+    """Why an alert no route takes is held back: the filter of each route of its tenant that
+    refused it (both, joined, when its routes refused it for different reasons)."""
+    reasons = {route.holds_back(severity, service_source) for route in routes if route.covers(label)}
+    named = [reason for reason in HELD_BACK_REASONS if reason in reasons]
+    return " and ".join(named) or NO_ROUTE
 
 
 TENANT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -23,7 +23,7 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from connectors import connector_class
-from core.app.config import Config, RouteSettings, TenantSettings, sinks_for_alert
+from core.app.config import Config, RouteSettings, TenantSettings, held_back_reason, sinks_for_alert
 from core.delivery import SinkWorker
 from core.model import jsonutil
 from core.model.schema import Alert, EventMeta, TenantRef
@@ -54,7 +54,7 @@ class TenantResult:
     read: int = 0
     queued: int = 0
     duplicates: int = 0
-    filtered: int = 0
+    held_back: dict[str, int] = field(default_factory=dict)  # reason -> alerts no route took for it
     dead: int = 0
     paused: bool = False
     error: str | None = None
@@ -289,7 +289,9 @@ class Forwarder:
     def _route(self, alert: Alert, commit: PageCommit, outcome: _PageOutcome, result: TenantResult) -> None:
         sinks = sinks_for_alert(self.routes, alert.tenant.label, alert.severity, alert.service_source)
         if not sinks:
-            result.filtered += 1
+            reason = held_back_reason(self.routes, alert.tenant.label, alert.severity, alert.service_source)
+            commit.held_back[reason] = commit.held_back.get(reason, 0) + 1
+            result.held_back[reason] = result.held_back.get(reason, 0) + 1
             return
         queued, failures = encode_for_sinks(alert, sinks, self.encoders)
         commit.outbox.extend(queued)

@@ -1,6 +1,7 @@
 """The state store contract: what the pipeline and the workers keep durably, whatever the backend.
 
-Cursors, seen versions, one outbox per sink, dead letters, sink memory and tenant health.
+Cursors, seen versions, one outbox per sink, dead letters, sink memory and tenant health
+(with the alerts each tenant's routes held back, per reason).
 `StateStore` is the interface; `core.state.sqlite.SQLiteStore` the default backend (a
 PostgreSQL one can follow). A page of alerts is committed in ONE transaction (`PageCommit`):
 its outbox rows, its seen-marks, its dead letters and, on the window's last page, the cursor.
@@ -64,6 +65,9 @@ class PageCommit:
     outbox: list[tuple[str, EventMeta, bytes]] = field(default_factory=list)  # (sink, meta, body)
     dead: list[DeadLetter] = field(default_factory=list)
     cursor: datetime | None = None  # set on the window's last page only
+    # Alerts of the page no route took, per reason: counted with their seen-marks, so that the
+    # overlap re-reading them never counts them twice.
+    held_back: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class StateStore(Protocol):
     def record_success(self, tenant_id: str, label: str, forwarded: int) -> None: ...
     def record_error(self, tenant_id: str, label: str, error: str) -> None: ...
     def tenant_statuses(self) -> dict[str, TenantStatus]: ...
+    def held_back_counts(self) -> dict[str, dict[str, int]]: ...
     def cursors(self) -> dict[tuple[str, str], datetime]: ...
     def forget_old_sink_memory(self) -> int: ...
     def reclaim_space(self) -> int: ...

@@ -64,9 +64,14 @@ CREATE TABLE IF NOT EXISTS sink_memory (
 CREATE TABLE IF NOT EXISTS tenant_status (
     tenant_id TEXT PRIMARY KEY, label TEXT NOT NULL, last_success REAL, last_error TEXT,
     last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
+-- Added after schema 3 without a new version: a file from before gets it here, and the version
+-- before ignores it, so either version reads the other's file.
+CREATE TABLE IF NOT EXISTS held_back (
+    tenant_id TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, reason)) WITHOUT ROWID;
 """
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
-# rather than misread.
+# rather than misread. (A new table needs no bump: CREATE TABLE IF NOT EXISTS adds it.)
 SCHEMA_VERSION = 3
 # Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
 RECLAIM_PAGES_PER_CALL = 25_600
@@ -182,6 +187,11 @@ class SQLiteStore:
             )
             _insert_outbox(db, page.outbox, now)
             _insert_dead(db, page.dead, now)
+            db.executemany(
+                "INSERT INTO held_back VALUES (?, ?, ?) ON CONFLICT (tenant_id, reason) "
+                "DO UPDATE SET count=count+excluded.count",
+                [(page.tenant_id, reason, count) for reason, count in page.held_back.items()],
+            )
             if page.cursor is not None:
                 db.execute(
                     "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (tenant_id, source) "
@@ -297,6 +307,13 @@ class SQLiteStore:
             "SELECT tenant_id, label, last_success, last_error, last_error_at, forwarded_total FROM tenant_status"
         )
         return {row[0]: TenantStatus(*row) for row in rows}
+
+    def held_back_counts(self) -> dict[str, dict[str, int]]:
+        """tenant id -> reason -> how many alerts its routes held back, ever."""
+        counts: dict[str, dict[str, int]] = {}
+        for tenant_id, reason, count in self.db.execute("SELECT tenant_id, reason, count FROM held_back ORDER BY reason"):
+            counts.setdefault(tenant_id, {})[reason] = count
+        return counts
 
     def forget_old_sink_memory(self) -> int:
         """Drop the sinks' notes untouched for longer than Defender keeps an alert (what the
