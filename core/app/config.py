@@ -208,7 +208,12 @@ def _validate_sections(data: dict[str, Any], problems: list[str]) -> dict[str, A
         sections = _Sections.model_validate(data)
     except ValidationError as err:
         problems.extend(_problems(err))
-        return None
+        # A misspelt table (`[tenant.x]`) must not hide the problems of the others.
+        known = {key: value for key, value in data.items() if key in _Sections.model_fields}
+        try:
+            sections = _Sections.model_validate(known)
+        except ValidationError:
+            return None
     if not sections.tenants:
         problems.append("tenants: at least one tenant is needed; add a [tenants.NAME] table")
     labels = _valid_labels(sections.tenants, problems)
@@ -351,6 +356,9 @@ def _check_routes(data: dict[str, Any]) -> list[str]:
                 problems.append(f"routes[{index}].sinks: no sink named {sink_name!r}; sinks: {sinks}")
         patterns = _strings(route.get("tenants", ["*"]))
         globs.append((index, patterns))
+        if route.get("tenants") == []:
+            problems.append(f"routes[{index}].tenants: empty, so the route takes no tenant; "
+                            'name tenants, or "*" for every one')
         for pattern in patterns:
             if not any(fnmatch.fnmatchcase(label, pattern) for label in tenants):
                 problems.append(f"routes[{index}].tenants: {json.dumps(pattern)} matches no tenant; "

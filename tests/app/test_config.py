@@ -169,3 +169,17 @@ def test_syslog_sink_keys_are_checked() -> None:
                         (dict(protocol="udp", max_message_bytes=70000), "at most 65507")):
         with pytest.raises(ConfigError, match=phrase):
             parse_config(_with(sinks={"siem": {"type": "syslog", "host": "h", **bad}}))
+
+
+def test_a_misspelt_table_does_not_hide_the_other_problems() -> None:
+    data = _with(tenants__contoso__tenant_id="t")
+    data["tenant"] = {"fabrikam": {"tenant_id": "x"}}
+    problems = _problems(data)
+    assert problems[0] == "tenant: unknown key (check the spelling)"
+    assert any(p.startswith("tenants.contoso.tenant_id: 't' is not a tenant id") for p in problems), problems
+
+
+def test_a_route_with_no_tenants_is_a_slip() -> None:
+    data = _with(routes=[{"tenants": ["*"], "sinks": ["archive"]}, {"tenants": [], "sinks": ["archive"]}])
+    assert _problems(data) == ['routes[1].tenants: empty, so the route takes no tenant; name tenants, or "*" for '
+                               "every one"]
