@@ -13,10 +13,19 @@ from typing import Any, Iterator
 from rich.console import Console
 from rich.table import Table
 
-from core.app.config import Config, ConfigError, TenantSettings, config_path, load_config
+from core.app.config import (
+    Config,
+    ConfigError,
+    TenantSettings,
+    apps_in_use,
+    config_path,
+    load_config,
+    secret_refs,
+    unresolved_secrets,
+)
 from core.app.logs import setup_logging
 from core.model import jsonutil
-from core.model.secrets import REDACTOR
+from core.model.secrets import REDACTOR, SecretUnavailable
 from core.state import StateError, StateLocked
 from core.state.sqlite import SQLiteStore, StateLock
 
@@ -49,6 +58,19 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def _need_secrets(config: Config, apps: list[str], sinks: list[str]) -> None:
+    """Resolve up front the secrets a command will use, so that a missing one stops it before
+    anything starts, every one named; the others stay unread."""
+    problems = unresolved_secrets(secret_refs(config, apps, sinks))
+    if problems:
+        raise CommandFailed("a secret this command needs cannot be read:\n  " + "\n  ".join(problems), EXIT_CONFIG)
+
+
+def _need_run_secrets(config: Config) -> None:
+    """What polling and delivering use: the apps of the enabled tenants, and every sink."""
+    _need_secrets(config, apps_in_use(config), list(config.sinks))
+
+
 @contextlib.contextmanager
 def _state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
     path = Path(config.forwarder.state)
@@ -78,6 +100,8 @@ def _guarded(func: Any) -> Any:
             return func(args)
         except CommandFailed as err:
             return _fail(str(err), err.code)
+        except SecretUnavailable as err:  # read on first use, where no command resolved it up front
+            return _fail(str(err), EXIT_CONFIG)
         except KeyboardInterrupt:
             return _fail("interrupted", EXIT_PARTIAL)
 
@@ -90,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
     config = _load(args)
+    _need_run_secrets(config)
     with _state(config) as store:
         if args.once:
             return asyncio.run(_once(Forwarder(config, store)))
@@ -147,6 +172,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant and args.tenant not in config.tenants:
         raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
+    _need_run_secrets(config)
     with _state(config) as store, Progress(console=err_console, transient=False) as progress:
         forwarder = Forwarder(config, store)
         labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
@@ -273,6 +299,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
     config = _load(args)
+    _need_run_secrets(config)
     err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
     with _state(config, lock=False) as store:
         rows = asyncio.run(_check(Forwarder(config, store)))
@@ -383,6 +410,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
         sinks = {args.sink: sinks[args.sink]}
     if not sinks:
         raise CommandFailed(f"the config has no sink of type {target}", EXIT_CONFIG)
+    if not args.dry_run:
+        _need_secrets(config, [], list(sinks))
     for name, sink in sinks.items():
         plan = connector_class(target).setup(sink, options)
         if plan is None:
