@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.app.config import (
@@ -43,7 +44,8 @@ class CommandFailed(Exception):
 
 
 def _fail(message: str, code: int) -> int:
-    err_console.print(f"[bold red]error:[/] {REDACTOR.redact(message)}", markup=True, soft_wrap=True)
+    # Escaped: a message quotes the config (`no [apps.x] table`), which rich would take for markup.
+    err_console.print(f"[bold red]error:[/] {escape(REDACTOR.redact(message))}", markup=True, soft_wrap=True)
     return code
 
 
@@ -52,7 +54,9 @@ def _load(args: argparse.Namespace) -> Config:
         config = load_config(config_path(getattr(args, "config", None)))
     except ConfigError as err:
         raise CommandFailed("invalid configuration:\n  " + "\n  ".join(err.problems), EXIT_CONFIG) from None
-    setup_logging(config.forwarder.log_level, config.forwarder.log_format == "json")
+    # --log-level, before or after the command, overrides the config for this one command.
+    setup_logging(getattr(args, "log_level", None) or config.forwarder.log_level,
+                  config.forwarder.log_format == "json")
     for warning in config._literal_secret_warnings:
         log.warning("%s", warning)
     return config
@@ -293,7 +297,21 @@ def _id(alert: Any) -> str:
     return str(alert.get("id")) if isinstance(alert, dict) else "?"
 
 
-# ---- check / tenants / consent-url ---------------------------------------------------
+# ---- validate / check / tenants / consent-url ------------------------------------------
+@_guarded
+def cmd_validate(args: argparse.Namespace) -> int:
+    """The parsing every command does, so every check of the config, and nothing more: no
+    state, no network, no secret read (a reference is checked for its syntax only)."""
+    config = _load(args)
+    routes = _count(len(config.routes), "route") + ("" if config.routes else " (every tenant to every sink)")
+    print(f"valid: {_count(len(config.tenants), 'tenant')}, {_count(len(config.sinks), 'sink')}, {routes}")
+    return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @_guarded
 def cmd_check(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
