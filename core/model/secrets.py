@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, SecretStr
+from pydantic import BeforeValidator, PlainSerializer, SecretStr
 
 MASK = "***"
 
@@ -146,4 +146,5 @@ def _from_file(path: str) -> str:
     return secret if "-----BEGIN" in secret else secret.strip()
 
 
-Secret = Annotated[SecretStr, BeforeValidator(check_secret)]
+# Dumped to JSON as the mask without reading the secret (pydantic's own dump would resolve it).
+Secret = Annotated[SecretStr, BeforeValidator(check_secret), PlainSerializer(lambda secret: str(secret), when_used="json")]
