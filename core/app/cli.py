@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
 
 from connectors import setup_offers  # the registry alone: no connector is imported
 
@@ -17,22 +18,68 @@ exit codes: 0 all well; 1 some tenants or sinks failed (the rest were forwarded)
 2 bad configuration or usage; 3 another run holds the state lock.
 """
 CONFIG_HELP = "config file (default: ./defender-forwarder.toml or $DEFENDER_FORWARDER_CONFIG)"
+LOG_LEVELS = ["debug", "info", "warning", "error"]  # the config's forwarder.log_level
+
+
+def _global_options(suppress: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name. The main parser holds the
+    defaults; a command's parser leaves an option it was not given unset (SUPPRESS), so that
+    `--config x run` is not undone by the command's own default."""
+    default: Any = argparse.SUPPRESS if suppress else None
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--config", metavar="FILE", default=default, help=CONFIG_HELP)
+    options.add_argument("--log-level", choices=LOG_LEVELS, default=default,
+                         help="overrides the config's forwarder.log_level")
+    return options
+
+
+class _Version(argparse.Action):
+    """`--version`, worked out only when asked: `--help` and every command stay fast."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
+        print(f"defender-forwarder {version()}")
+        parser.exit()
+
+
+def version() -> str:
+    """The version of this code: pyproject.toml's when it runs from a checkout (the installed
+    metadata may be another checkout's), else the installed package's."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
+        if project.get("name") == "defender-forwarder" and "version" in project:
+            return str(project["version"])
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("defender-forwarder")
+    except PackageNotFoundError:
+        return "unknown (neither installed nor run from a checkout)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="defender-forwarder", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="defender-forwarder", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[_global_options(suppress=False)],
     )
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add(commands, "run", "poll every tenant and deliver; a daemon loop, or one cycle with --once (cron)")
     commands.choices["run"].add_argument("--once", action="store_true", help="one poll cycle, drain, exit")
-    convert = _add(commands, "convert", "convert saved alerts to an output format on stdout", config=False)
+    convert = _add(commands, "convert", "convert saved alerts to an output format on stdout")
     convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
     convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")
     convert.add_argument("--tenant-label", default="convert", help="customer label to stamp on the output")
     convert.add_argument("--ingested", metavar="TIME", help="when the alerts count as read, ISO 8601 "
                          "(default: each alert's lastUpdateDateTime, so the same input gives the same output)")
     convert.add_argument("file", nargs="?", default="-", help="Graph list response, one alert, or NDJSON (- = stdin)")
+    _add(commands, "validate", "check the config offline: no network, no state, secret references by syntax only")
     _add(commands, "check", "validate config, get a token per tenant, read one alert, probe every sink")
     _add(commands, "tenants", "per tenant: cursor, lag, last success, last error, outbox depth per sink")
     backfill = _add(commands, "backfill", "re-read history since a date and forward it, with a progress bar")
@@ -63,11 +110,9 @@ def _add_setup(commands: Any) -> None:
     setup.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
 
 
-def _add(commands: Any, name: str, text: str, config: bool = True) -> argparse.ArgumentParser:
-    command = commands.add_parser(name, help=text, description=text)
-    if config:
-        command.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
-    return command
+def _add(commands: Any, name: str, text: str) -> argparse.ArgumentParser:
+    # `convert` takes the global options too (and reads no config): one rule for every command.
+    return commands.add_parser(name, help=text, description=text, parents=[_global_options(suppress=True)])
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

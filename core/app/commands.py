@@ -14,10 +14,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from core.app.config import Config, ConfigError, TenantSettings, config_path, load_config
+from core.app.config import (
+    Config,
+    ConfigError,
+    TenantSettings,
+    apps_in_use,
+    config_path,
+    load_config,
+    secret_refs,
+    unresolved_secrets,
+)
 from core.app.logs import setup_logging
 from core.model import jsonutil
-from core.model.secrets import REDACTOR
+from core.model.secrets import REDACTOR, SecretUnavailable
 from core.state import StateError, StateLocked
 from core.state.sqlite import SQLiteStore, StateLock
 
@@ -45,10 +54,25 @@ def _load(args: argparse.Namespace) -> Config:
         config = load_config(config_path(getattr(args, "config", None)))
     except ConfigError as err:
         raise CommandFailed("invalid configuration:\n  " + "\n  ".join(err.problems), EXIT_CONFIG) from None
-    setup_logging(config.forwarder.log_level, config.forwarder.log_format == "json")
+    # --log-level, before or after the command, overrides the config for this one command.
+    setup_logging(getattr(args, "log_level", None) or config.forwarder.log_level,
+                  config.forwarder.log_format == "json")
     for warning in config._literal_secret_warnings:
         log.warning("%s", warning)
     return config
+
+
+def _need_secrets(config: Config, apps: list[str], sinks: list[str]) -> None:
+    """Resolve up front the secrets a command will use, so that a missing one stops it before
+    anything starts, every one named; the others stay unread."""
+    problems = unresolved_secrets(secret_refs(config, apps, sinks))
+    if problems:
+        raise CommandFailed("a secret this command needs cannot be read:\n  " + "\n  ".join(problems), EXIT_CONFIG)
+
+
+def _need_run_secrets(config: Config) -> None:
+    """What polling and delivering use: the apps of the enabled tenants, and every sink."""
+    _need_secrets(config, apps_in_use(config), list(config.sinks))
 
 
 @contextlib.contextmanager
@@ -80,6 +104,8 @@ def _guarded(func: Any) -> Any:
             return func(args)
         except CommandFailed as err:
             return _fail(str(err), err.code)
+        except SecretUnavailable as err:  # read on first use, where no command resolved it up front
+            return _fail(str(err), EXIT_CONFIG)
         except KeyboardInterrupt:
             return _fail("interrupted", EXIT_PARTIAL)
 
@@ -92,6 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
     config = _load(args)
+    _need_run_secrets(config)
     with _state(config) as store:
         if args.once:
             return asyncio.run(_once(Forwarder(config, store)))
@@ -155,6 +182,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant and args.tenant not in config.tenants:
         raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
+    _need_run_secrets(config)
     with _state(config) as store, Progress(console=err_console, transient=False) as progress:
         forwarder = Forwarder(config, store)
         labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
@@ -275,12 +303,27 @@ def _id(alert: Any) -> str:
     return str(alert.get("id")) if isinstance(alert, dict) else "?"
 
 
-# ---- check / tenants / consent-url ---------------------------------------------------
+# ---- validate / check / tenants / consent-url ------------------------------------------
+@_guarded
+def cmd_validate(args: argparse.Namespace) -> int:
+    """The parsing every command does, so every check of the config, and nothing more: no
+    state, no network, no secret read (a reference is checked for its syntax only)."""
+    config = _load(args)
+    routes = _count(len(config.routes), "route") + ("" if config.routes else " (every tenant to every sink)")
+    print(f"valid: {_count(len(config.tenants), 'tenant')}, {_count(len(config.sinks), 'sink')}, {routes}")
+    return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @_guarded
 def cmd_check(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
     config = _load(args)
+    _need_run_secrets(config)
     err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
     with _state(config, lock=False) as store:
         rows = asyncio.run(_check(Forwarder(config, store)))
@@ -393,6 +436,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
         sinks = {args.sink: sinks[args.sink]}
     if not sinks:
         raise CommandFailed(f"the config has no sink of type {target}", EXIT_CONFIG)
+    if not args.dry_run:
+        _need_secrets(config, [], list(sinks))
     for name, sink in sinks.items():
         plan = connector_class(target).setup(sink, options)
         if plan is None:

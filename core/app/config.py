@@ -8,14 +8,14 @@ import re
 import tomllib
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from connectors import connector_class, sink_types
 from core.model.durations import Duration
 from core.model.schema import Severity
-from core.model.secrets import LiteralSecretWarning
+from core.model.secrets import LiteralSecretWarning, SecretRef, SecretUnavailable
 from core.sources import DEFAULT_SOURCES, KINDS
 from core.sources.auth import AppSettings
 
@@ -198,6 +198,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     config = Config.model_validate(parts)  # every part is validated already: this only assembles
     config._source = source
     config._literal_secret_warnings = [str(w.message) for w in caught]
+    _name_secrets(config)
     return config
 
 
@@ -263,6 +264,48 @@ _MESSAGES = {
     "extra_forbidden": "unknown key (check the spelling)",
     "missing": "missing; this key is required",
 }
+
+
+def _name_secrets(config: Config) -> None:
+    """Tell every secret reference its key path, for the error it raises if it cannot be read."""
+    for path, ref in _secrets_in(config, ""):
+        ref.where = path
+
+
+def _secrets_in(value: Any, path: str) -> Iterable[tuple[str, SecretRef]]:
+    """Every secret reference under a model, with its key path. Walks every model, so that a
+    secret key added to any sink is found without a list to keep."""
+    if isinstance(value, SecretRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secrets_in(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secrets_in(item, f"{path}.{key}")
+
+
+def secret_refs(config: Config, apps: Iterable[str] = (), sinks: Iterable[str] = ()) -> list[SecretRef]:
+    """The secret references of the apps and sinks named."""
+    models = [config.apps[name] for name in apps] + [config.sinks[name] for name in sinks]
+    return [ref for model in models for _, ref in _secrets_in(model, "")]
+
+
+def apps_in_use(config: Config) -> list[str]:
+    """The apps that enabled tenants read through (a replay tenant reads its folder, no app)."""
+    return sorted({t.app for t in config.tenants.values() if t.enabled and t.replay is None and t.app})
+
+
+def unresolved_secrets(refs: Iterable[SecretRef]) -> list[str]:
+    """Resolve every reference now; a line per one that cannot be read (key path, variable or
+    file, the fix). Resolved values stay in their references, registered for redaction."""
+    problems = []
+    for ref in refs:
+        try:
+            ref.get_secret_value()
+        except SecretUnavailable as err:
+            problems.append(str(err))
+    return problems
 
 
 def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core.app.config import ConfigError, load_config, parse_config
+from core.app.config import ConfigError, load_config, parse_config, secret_refs, unresolved_secrets
+from core.model.secrets import SecretUnavailable
 from tests.helpers import REPO
 
 BASE = {
@@ -76,18 +77,35 @@ def test_references_between_tables_are_checked() -> None:
     assert _problems(data) == ["routes[0].sinks: no sink named 'siem'; sinks: archive"]
 
 
-def test_missing_env_secret_is_reported_without_any_value(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_env_secret_is_reported_when_resolved_without_any_value(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DF_TEST_SECRET")
-    problems = _problems(BASE)
-    assert problems == ["apps.mssp.client_secret: environment variable DF_TEST_SECRET is not set or empty"]
+    config = parse_config(BASE)  # a reference is read on first use, not when the config is
+    problems = unresolved_secrets(secret_refs(config, apps=["mssp"]))
+    assert problems == ["apps.mssp.client_secret: environment variable DF_TEST_SECRET is not set or empty; "
+                        "set it where the forwarder runs"]
+    with pytest.raises(SecretUnavailable, match="apps.mssp.client_secret: environment variable DF_TEST_SECRET"):
+        config.apps["mssp"].client_secret.get_secret_value()
 
 
 def test_bad_literal_secret_never_appears_in_errors() -> None:
     literal = "Very-Secret-Literal-123"
-    data = _with(apps__mssp__client_secret=literal, apps__mssp__certificate="file:/nonexistent/x.pem")
-    text = "\n".join(_problems(data))
-    assert "apps.mssp.certificate: cannot read secret file" in text
-    assert literal not in text
+    data = _with(apps__mssp__client_secret=None, apps__mssp__certificate="file:/nonexistent/x.pem",
+                 apps__mssp__certificate_password=literal)
+    del data["apps"]["mssp"]["client_secret"]
+    text = "\n".join(unresolved_secrets(secret_refs(parse_config(data), apps=["mssp"])))
+    assert "apps.mssp.certificate: cannot read secret file /nonexistent/x.pem" in text
+    assert literal not in text and literal not in "\n".join(_problems(_with(apps__mssp__client_secret=7)))
+
+
+@pytest.mark.parametrize(("reference", "message"), [
+    ("env:", "'' is not an environment variable name"),
+    ("env:DF-SECRET", "'DF-SECRET' is not an environment variable name"),
+    ("file:", "a file reference needs a path"),
+])
+def test_a_reference_is_checked_for_syntax_when_the_config_is_read(reference: str, message: str) -> None:
+    assert _problems(_with(apps__mssp__client_secret=reference)) == [f"apps.mssp.client_secret: {message} "
+                                                                    + ("(env:NAME)" if "env" in reference
+                                                                       else "(file:/path)")]
 
 
 def test_literal_secret_is_accepted_with_a_warning() -> None:

@@ -42,3 +42,23 @@ def test_a_missing_secret_names_the_variable_not_a_value(monkeypatch: pytest.Mon
     monkeypatch.delenv("DF_MODEL_TEST_ABSENT", raising=False)
     with pytest.raises(ValueError, match="DF_MODEL_TEST_ABSENT is not set"):
         resolve_secret("env:DF_MODEL_TEST_ABSENT")
+
+
+def test_a_reference_is_read_on_first_use_and_named_by_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import BaseModel
+
+    from core.model.secrets import Secret, SecretRef, SecretUnavailable
+
+    class Holder(BaseModel):
+        token: Secret
+
+    monkeypatch.delenv("DF_MODEL_TEST_LATER", raising=False)
+    holder = Holder(token="env:DF_MODEL_TEST_LATER")  # not set yet: only the syntax is checked
+    assert isinstance(holder.token, SecretRef) and holder.model_dump_json() == '{"token":"**********"}'
+    holder.token.where = "sinks.x.token"
+    with pytest.raises(SecretUnavailable, match="sinks.x.token: environment variable DF_MODEL_TEST_LATER is not set"):
+        holder.token.get_secret_value()
+    monkeypatch.setenv("DF_MODEL_TEST_LATER", "read-later-value-77")
+    assert holder.token.get_secret_value() == "read-later-value-77"
+    assert REDACTOR.redact("got read-later-value-77") == f"got {MASK}"
+    assert holder.token == Holder(token="env:DF_MODEL_TEST_LATER").token  # compared by reference, unread
