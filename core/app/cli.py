@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill = _add(commands, "backfill", "re-read history since a date and forward it, with a progress bar")
     backfill.add_argument("--since", required=True, help="ISO date or time, e.g. 2026-11-01 or 2026-11-01T12:00Z")
     backfill.add_argument("--tenant", help="one tenant label (default: every tenant)")
+    backfill.add_argument("--resend", action="store_true",
+                          help="send again the versions already taken (default: only what the sinks have not had)")
     dead = _add(commands, "dead-letters", "inspect and re-send rejected events")
     dead.add_argument("action", choices=["list", "replay", "drop"])
     dead.add_argument("--sink", help="only this sink's dead letters")

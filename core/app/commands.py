@@ -185,6 +185,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _need_run_secrets(config)
     with _state(config) as store, Progress(console=err_console, transient=False) as progress:
         forwarder = Forwarder(config, store)
+        forwarder.resend = args.resend
         labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
         tasks = {label: progress.add_task(f"{label}: alerts read", total=None) for label in labels}
         forwarder.on_page = lambda label, n: progress.advance(tasks[label], n)

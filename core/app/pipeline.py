@@ -86,6 +86,7 @@ class Forwarder:
         self._global_bound = asyncio.Semaphore(self.settings.max_concurrent_requests)
         self._page_slots = asyncio.Semaphore(PAGES_IN_MEMORY)
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
+        self.resend = False  # backfill --resend: versions taken before are sent again
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
@@ -225,7 +226,8 @@ class Forwarder:
         kind = reader.kind
         cursor = self.store.cursor(tenant.tenant_id, kind.name)
         overlap, lookback = timedelta(seconds=self.settings.overlap), timedelta(seconds=self.settings.initial_lookback)
-        window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap)
+        window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap,
+                        resend=self.resend and since is not None)
         start = window_start(cursor, overlap=overlap, initial_lookback=lookback, now=self.clock, since=since)
         ref = TenantRef(id=tenant.tenant_id, label=label)
         # aclosing: a window left early (backpressure, an error) gives its page slot back now.

@@ -9,6 +9,10 @@ a closed start: `time ge start`, so a record stamped exactly at the start is rea
 - Versions: a record's (id, time), read by the kind's version key. One already seen is a
   duplicate (the overlap re-reads most of a window in steady state); a later time is an
   update, a new version. The same version twice in one page is one version.
+- Taken before: past the overlap the seen-marks are pruned, but the state keeps each record's
+  latest version taken (180 days). A version at or before it is a duplicate too, so that a
+  backfill does not send again what the sinks already had; an update since is new. With
+  `resend` (backfill --resend) nothing read counts as seen, only a repeat within one page.
 - Seen check before normalising: a cheap read of (id, time) from the raw record skips the
   versions seen before at a small part of normalising's cost. A record it cannot judge goes
   on to be normalised (which dead-letters it or reads its version), never skipped.
@@ -41,6 +45,10 @@ Clock = Callable[[], datetime]
 class SeenVersions(Protocol):
     def unseen(self, tenant_id: str, versions: list[Version]) -> set[Version]:
         """Those of `versions` not marked seen for the tenant (whatever the kind that marked them)."""
+        ...
+
+    def latest_taken(self, tenant_id: str, record_ids: Iterable[str]) -> dict[str, str]:
+        """For those of the records of which a version was taken before: the latest one's time."""
         ...
 
 
@@ -80,9 +88,10 @@ class Window:
     cursor of `end_page`, in one transaction."""
 
     def __init__(self, tenant_id: str, key: VersionKey, seen: SeenVersions, *, cursor: datetime | None,
-                 overlap: timedelta) -> None:
+                 overlap: timedelta, resend: bool = False) -> None:
         self.tenant_id = tenant_id
         self._seen = seen
+        self._resend = resend
         self._read_version = version_reader(key)
         self._overlap = overlap
         # Starts at the cursor: a window that reads nothing leaves the cursor where it was.
@@ -94,7 +103,7 @@ class Window:
         read = self._read_version
         versions = {position: found for position, record in enumerate(records) if (found := read(record)) is not None}
         keys = {position: (record_id, format_time(moment)) for position, (record_id, moment) in versions.items()}
-        unseen = self._seen.unseen(self.tenant_id, list(keys.values()))
+        unseen = self._unseen(list(keys.values()))
         fresh: list[Any] = []
         seen_times: list[datetime] = []
         for position, record in enumerate(records):
@@ -111,7 +120,7 @@ class Window:
         """For each normalised record's (id, time), in order: its version as the state stores it
         when it is new, or None when it is a duplicate (seen before, or earlier in this page)."""
         keys = [(record_id, format_time(moment)) for record_id, moment in versions]
-        unseen = self._seen.unseen(self.tenant_id, keys)
+        unseen = self._unseen(keys)
         if versions:
             self._raise_high_water(max(moment for _, moment in versions))
         new: list[Version | None] = []
@@ -122,6 +131,18 @@ class Window:
             else:
                 new.append(None)
         return new
+
+    def _unseen(self, keys: list[Version]) -> set[Version]:
+        """Those of `keys` neither seen-marked nor at or before their record's latest version
+        taken; every one of them when resending."""
+        if self._resend:
+            return set(keys)
+        unseen = self._seen.unseen(self.tenant_id, keys)
+        if not unseen:
+            return unseen
+        # Only the few the seen-marks do not know are looked up (a backfill, or new records).
+        latest = self._seen.latest_taken(self.tenant_id, {record_id for record_id, _ in unseen})
+        return {key for key in unseen if key[1] > latest.get(key[0], "")}
 
     def end_page(self, last: bool) -> datetime | None:
         """The cursor to commit with this page: the high-water mark on the window's last page,

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (tenant_id, alert_id, last_update)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS known_alerts (
     tenant_id TEXT NOT NULL, alert_id TEXT NOT NULL, first_queued REAL NOT NULL,
+    last_update TEXT,  -- the latest version taken (seen's format); NULL in files migrated from schema 3
     PRIMARY KEY (tenant_id, alert_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, tenant_id TEXT NOT NULL,
@@ -64,15 +65,22 @@ CREATE TABLE IF NOT EXISTS sink_memory (
 CREATE TABLE IF NOT EXISTS tenant_status (
     tenant_id TEXT PRIMARY KEY, label TEXT NOT NULL, last_success REAL, last_error TEXT,
     last_error_at REAL, forwarded_total INTEGER NOT NULL DEFAULT 0);
--- Added after schema 3 without a new version: a file from before gets it here, and the version
--- before ignores it, so either version reads the other's file.
+-- Added within schema 3, without a new version: a file from before gets it here.
 CREATE TABLE IF NOT EXISTS held_back (
     tenant_id TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, reason)) WITHOUT ROWID;
 """
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
-# rather than misread. (A new table needs no bump: CREATE TABLE IF NOT EXISTS adds it.)
-SCHEMA_VERSION = 3
+# rather than misread, or migrated (MIGRATIONS). (A new table needs no bump: CREATE TABLE IF NOT
+# EXISTS adds it.)
+SCHEMA_VERSION = 4
+# Older schema -> the statements that bring a file of it to the next one; a file older than
+# the oldest key here is refused.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 4: known_alerts remembers each alert's latest version taken, so that a backfill past the
+    # seen-marks' horizon does not re-send it. Rows of older files have none (a backfill re-sends those).
+    3: ("ALTER TABLE known_alerts ADD COLUMN last_update TEXT",),
+}
 # Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
 RECLAIM_PAGES_PER_CALL = 25_600
 
@@ -129,17 +137,29 @@ class SQLiteStore:
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _check_version(self) -> bool:
-        """Whether the file has tables already; refuses those of another schema version."""
+        """Whether the file has tables already; migrates those of an older schema this version
+        knows, and refuses any other."""
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self.db.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0]
         if has_tables and version != SCHEMA_VERSION:
-            self.db.close()
-            raise StateError(
-                f"{self.path} was written by another version of defender-forwarder (state schema {version}, "
-                f"this version uses {SCHEMA_VERSION}); deliver its outbox with that version, or move it "
-                "aside to start afresh"
-            )
+            if version not in MIGRATIONS:
+                self.db.close()
+                raise StateError(
+                    f"{self.path} was written by another version of defender-forwarder (state schema {version}, "
+                    f"this version uses {SCHEMA_VERSION}); deliver its outbox with that version, or move it "
+                    "aside to start afresh"
+                )
+            self._migrate(version)
         return bool(has_tables)
+
+    def _migrate(self, version: int) -> None:
+        """Bring a file of schema `version` to SCHEMA_VERSION, one step a transaction."""
+        while version != SCHEMA_VERSION:
+            with self._transaction() as db:
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+                db.execute(f"PRAGMA user_version={version}")
 
     def _transaction(self) -> "_Tx":
         return _Tx(self.db)
@@ -169,6 +189,15 @@ class SQLiteStore:
         )
         return {alert_id for (alert_id,) in rows}
 
+    def latest_taken(self, tenant_id: str, alert_ids: Iterable[str]) -> dict[str, str]:
+        """For those of the alerts of which a version was taken before: the latest such version's
+        time (seen's format). Kept 180 days, past the seen-marks' horizon."""
+        rows = self._rows_of_alerts(
+            "SELECT alert_id, last_update FROM known_alerts WHERE tenant_id=? AND last_update IS NOT NULL "
+            "AND alert_id IN ({marks})", tenant_id, alert_ids
+        )
+        return dict(rows)
+
     def _rows_of_alerts(self, query: str, tenant_id: str, alert_ids: Iterable[str]) -> Iterator[tuple[str, ...]]:
         """Run `query` for one tenant's alert ids, in chunks below SQLite's parameter limit."""
         for chunk in _chunks(sorted(set(alert_ids)), 500):
@@ -182,8 +211,9 @@ class SQLiteStore:
                 [(page.tenant_id, alert_id, last) for alert_id, last in page.seen],
             )
             db.executemany(
-                "INSERT OR IGNORE INTO known_alerts VALUES (?, ?, ?)",
-                [(page.tenant_id, alert_id, now) for alert_id, _ in page.seen],
+                "INSERT INTO known_alerts VALUES (?, ?, ?, ?) ON CONFLICT (tenant_id, alert_id) "
+                "DO UPDATE SET last_update=max(coalesce(last_update, ''), excluded.last_update)",
+                [(page.tenant_id, alert_id, now, last) for alert_id, last in page.seen],
             )
             _insert_outbox(db, page.outbox, now)
             _insert_dead(db, page.dead, now)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO, SHARED_SAMPLES, CloudSetup, read_ndjson, recent, run_cli, write_config, write_replay
-from tests.peers.alert_factory import make_alerts
+from tests.peers.alert_factory import make_alerts, updated_version
 
 
 def test_help_is_fast_and_imports_no_connector_or_sdk() -> None:
@@ -229,6 +230,33 @@ def test_backfill_rereads_history_with_progress(setup: CloudSetup) -> None:
     assert "acme: alerts read" in result.stderr
     assert len(read_ndjson(setup.out("acme"))) == 6
     assert run_cli("backfill", "--since", "yesterday", "--config", str(config)).returncode == 2
+
+
+def test_backfill_does_not_resend_what_was_forwarded_unless_resend(setup: CloudSetup) -> None:
+    """Past the overlap window the seen versions are pruned; backfill still knows which
+    version of each alert was forwarded, and re-sends only with --resend."""
+    tenant_id = setup.tenant("acme")
+    alerts = make_alerts(6, tenant_id, recent(60 * 24 * 10), timedelta(hours=1))
+    setup.cloud.add_alerts(tenant_id, alerts)
+    setup.forwarder["initial_lookback"] = "11d"
+    config = setup.write()
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    assert len(read_ndjson(setup.out("acme"))) == 6
+    since = recent(60 * 24 * 11).strftime("%Y-%m-%d")
+    again = run_cli("backfill", "--since", since, "--config", str(config))
+    assert again.returncode == 0, again.stderr
+    assert len(read_ndjson(setup.out("acme"))) == 6  # each version was forwarded already
+    assert re.search(r"acme\s*│\s*6\s*│\s*0\s*│\s*6", again.stderr), again.stderr  # read 6, new 0, duplicates 6
+
+    updated = updated_version(alerts[0], recent(60 * 24 * 9), status="resolved")
+    setup.cloud.add_alerts(tenant_id, [updated])  # a newer version of a forwarded alert: sent
+    assert run_cli("backfill", "--since", since, "--config", str(config)).returncode == 0
+    forwarded = read_ndjson(setup.out("acme"))
+    assert len(forwarded) == 7 and forwarded[-1]["id"] == alerts[0]["id"]
+
+    resent = run_cli("backfill", "--since", since, "--resend", "--config", str(config))
+    assert resent.returncode == 0, resent.stderr
+    assert len(read_ndjson(setup.out("acme"))) == 7 + 6
 
 
 def test_daemon_polls_every_interval_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -238,7 +238,10 @@ def test_requests_of_one_tenant_respect_its_per_minute_budget(setup: CloudSetup)
     times = sorted(h.t for h in setup.cloud.hits if h.tenant == tenant_id and h.kind == "alerts")
     assert len(times) == 5
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
-    assert min(gaps) >= 0.19, gaps
+    # Paced, not bursting (an unpaced client sends them milliseconds apart). Measured where the
+    # peer receives them, one request's delay on a loaded machine shortens the next gap a little;
+    # the span of all of them cannot shrink that way.
+    assert min(gaps) >= 0.15 and times[-1] - times[0] >= 4 * 0.19, gaps
 
 
 def test_a_retry_after_far_ahead_is_capped() -> None:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import orjson
 import pytest
 
+from core.model.times import format_time
 from core.sources import graph_alerts
 from core.sources.contract import VersionKey
 from core.sources.incremental import SeenVersions, Version, Window, prune_horizon, version_reader, window_start
@@ -211,6 +212,38 @@ def test_backfill_reads_from_since_and_the_cursor_never_goes_back(store: SQLiteS
     assert store.cursor(TENANT, KIND.name) == T0
 
 
+def version(raw: dict[str, Any]) -> Version:
+    """A raw record's version as the state stores it."""
+    found = version_reader(KIND.version)(raw)
+    assert found is not None
+    return found[0], format_time(found[1])
+
+
+def test_a_backfill_past_the_horizon_skips_what_was_taken_and_takes_its_updates(store: SQLiteStore) -> None:
+    old = record("old", T0 - timedelta(days=3))
+    run_window(store, [[old, record("top", T0)]])
+    assert store.unseen(TENANT, [version(old)]) == {version(old)}  # its seen-mark was pruned
+    since = T0 - timedelta(days=5)
+    window, _ = open_window(store, since=since)
+    assert window.skip_seen([old]) == ([], 1)
+    updated = record("old", T0 - timedelta(days=2), status="resolved")
+    new, skipped = take_page(store, window, [old, updated], last=True)
+    assert (new, skipped) == ([version(updated)], 1)
+    # The update is the latest taken now: the version before it stays a duplicate.
+    window, _ = open_window(store, since=since)
+    assert window.new_versions([("old", T0 - timedelta(days=3)), ("old", T0 - timedelta(days=2))]) == [None, None]
+
+
+def test_resend_takes_every_version_again_but_once_a_page(store: SQLiteStore) -> None:
+    a, b = record("a", T0 - timedelta(minutes=1)), record("b", T0)
+    run_window(store, [[a, b]])
+    window = Window(TENANT, KIND.version, store, cursor=T0, overlap=OVERLAP, resend=True)
+    fresh, skipped = window.skip_seen([a, b, a])
+    assert (fresh, skipped) == ([a, b, a], 0)
+    read = version_reader(KIND.version)
+    assert window.new_versions([read(r) for r in fresh]) == [version(a), version(b), None]  # type: ignore[misc]
+
+
 # ---------------------------------------------------------------- pruning
 
 def test_seen_marks_are_pruned_below_high_water_minus_overlap(store: SQLiteStore) -> None:
@@ -219,7 +252,9 @@ def test_seen_marks_are_pruned_below_high_water_minus_overlap(store: SQLiteStore
     window, _ = open_window(store)
     assert window.prune_before() == T0 - OVERLAP
     # The overlap's seen-marks stay (the next window re-reads it); those below it went.
-    assert window.skip_seen([old, inside]) == ([old], 1)
+    assert store.unseen(TENANT, [version(old), version(inside)]) == {version(old)}
+    # ... and the pruned version still counts as taken (see the backfill tests below).
+    assert window.skip_seen([old, inside]) == ([], 2)
 
 
 def test_nothing_is_pruned_before_anything_was_read(store: SQLiteStore) -> None:

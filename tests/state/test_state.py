@@ -14,7 +14,7 @@ import pytest
 from core.model.schema import EventMeta, Severity
 from core.model.times import format_time
 from core.state import KNOWN_ALERT_RETENTION, DeadLetter, PageCommit, StateError
-from core.state.sqlite import SQLiteStore, StateLock
+from core.state.sqlite import SCHEMA_VERSION, SQLiteStore, StateLock
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -104,6 +104,36 @@ def test_state_file_of_another_schema_version_is_refused(tmp_path: Path) -> None
     old.close()
     with pytest.raises(StateError, match="another version of defender-forwarder"):
         SQLiteStore(path)
+
+
+def test_a_schema_3_file_is_migrated_keeping_what_it_holds(tmp_path: Path) -> None:
+    """Schema 4 added known_alerts.last_update; a schema 3 file is migrated in place."""
+    path = tmp_path / "v3.db"
+    store = SQLiteStore(path)
+    store.commit_page(PageCommit("t1", "graph_alerts", seen=[("a1", "2026-11-01T00:00:00.000000Z")],
+                                 cursor=datetime(2026, 11, 1, tzinfo=timezone.utc)))
+    store.close()
+    v3 = sqlite3.connect(path)  # the file as schema 3 wrote it
+    v3.execute("ALTER TABLE known_alerts DROP COLUMN last_update")
+    v3.execute("PRAGMA user_version=3")
+    v3.commit()
+    v3.close()
+
+    store = SQLiteStore(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert store.known("t1", ["a1"]) == {"a1"}
+    assert store.cursor("t1", "graph_alerts") == datetime(2026, 11, 1, tzinfo=timezone.utc)
+    assert store.latest_taken("t1", ["a1"]) == {}  # schema 3 did not keep it: a backfill re-sends a1
+    store.commit_page(PageCommit("t1", "graph_alerts", seen=[("a1", "2026-11-02T00:00:00.000000Z")]))
+    assert store.latest_taken("t1", ["a1"]) == {"a1": "2026-11-02T00:00:00.000000Z"}
+    store.close()
+
+
+def test_the_latest_version_taken_only_moves_forward(store: SQLiteStore) -> None:
+    newer, older = "2026-11-02T00:00:00.000000Z", "2026-11-01T00:00:00.000000Z"
+    store.commit_page(PageCommit("t1", "graph_alerts", seen=[("a1", newer)]))
+    store.commit_page(PageCommit("t1", "graph_alerts", seen=[("a1", older)]))  # a backfill --resend
+    assert store.latest_taken("t1", ["a1", "never"]) == {"a1": newer}
 
 
 def test_same_dead_letter_is_filed_once(store: SQLiteStore) -> None:
