@@ -14,7 +14,9 @@ security/alerts_v2) into the MSSP's SIEM: syslog CEF, Splunk HEC, Elasticsearch,
 Azure Event Hubs, or NDJSON files.
 
 exit codes: 0 all well; 1 some tenants or sinks failed (the rest were forwarded);
-2 bad configuration or usage; 3 another run holds the state lock.
+2 bad configuration or usage, or a machine it cannot run on (a state path it
+cannot use, a full disk, a missing extra, an unreadable certificate or secret file);
+3 another run holds the state lock.
 """
 CONFIG_HELP = "config file (default: ./defender-forwarder.toml or $DEFENDER_FORWARDER_CONFIG)"
 

@@ -5,12 +5,15 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import ssl
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core.app.config import Config, ConfigError, TenantSettings, config_path, load_config
@@ -34,7 +37,8 @@ class CommandFailed(Exception):
 
 
 def _fail(message: str, code: int) -> int:
-    err_console.print(f"[bold red]error:[/] {REDACTOR.redact(message)}", markup=True, soft_wrap=True)
+    # Escaped: a message may hold brackets that are not markup ('defender-forwarder[elastic]').
+    err_console.print(f"[bold red]error:[/] {escape(REDACTOR.redact(message))}", markup=True, soft_wrap=True)
     return code
 
 
@@ -53,21 +57,96 @@ def _load(args: argparse.Namespace) -> Config:
 def _state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
     path = Path(config.forwarder.state)
     state_lock = StateLock(path)
-    if lock:
-        try:
-            state_lock.acquire()
-        except StateLocked as err:
-            raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
     try:
+        if lock:
+            state_lock.acquire()
         store = SQLiteStore(path)
+    except StateLocked as err:
+        raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
     except StateError as err:
         state_lock.release()
         raise CommandFailed(str(err), EXIT_CONFIG) from None
+    except (OSError, sqlite3.Error) as err:
+        state_lock.release()
+        raise _state_problem(path, err) from None
     try:
         yield store
+    except sqlite3.Error as err:
+        raise _state_problem(path, err) from None
     finally:
         store.close()
         state_lock.release()
+
+
+# ---- what the machine around the forwarder can get wrong ----------------------------------
+# The one place that turns what an operator can cause (a state path that cannot be used, a
+# full disk, a missing extra, an unreadable TLS file) into one line and exit 2. Anything else
+# (an OSError without a file, an SQL error of our own) is a bug and keeps its traceback.
+
+# SQLite's primary result codes an operator causes, each with its remedy.
+_SQLITE_REMEDIES = {
+    sqlite3.SQLITE_FULL: "its disk is full: free space there (df), then run again (nothing committed is lost; "
+                         "what was not is read again)",
+    sqlite3.SQLITE_CANTOPEN: "cannot open it: make its directory writable by this user, or set forwarder.state "
+                             "to another path",
+    sqlite3.SQLITE_READONLY: "it is read-only: make the file and its directory writable by this user",
+    sqlite3.SQLITE_PERM: "permission denied: make the file and its directory writable by this user",
+    # A write past a file-size limit (EFBIG) comes back as an I/O error, not SQLITE_FULL.
+    sqlite3.SQLITE_IOERR: "writing or reading it failed: free space on its disk (df), lift a file-size limit "
+                          "(ulimit -f, LimitFSIZE=) or check the disk (dmesg), then run again",
+    sqlite3.SQLITE_NOTADB: "it is not a defender-forwarder state file: set forwarder.state to another path",
+    sqlite3.SQLITE_CORRUPT: "it is damaged: move it aside to start afresh (its outbox is lost)",
+}
+
+
+def _state_problem(path: Path, err: OSError | sqlite3.Error) -> Exception:
+    """CommandFailed naming the state file and the fix, or `err` itself when no operator caused it."""
+    if isinstance(err, OSError):
+        if err.filename is None:
+            return err
+        return CommandFailed(f"forwarder.state: cannot use {path}: {err.filename}: {err.strerror}; it must be a "
+                             "file path this user can create and write, or set forwarder.state to another path",
+                             EXIT_CONFIG)
+    code = getattr(err, "sqlite_errorcode", None)
+    remedy = _SQLITE_REMEDIES.get(code & 0xFF) if code is not None else None
+    if remedy is None:
+        return err
+    return CommandFailed(f"forwarder.state: {path}: {remedy} (SQLite: {err})", EXIT_CONFIG)
+
+
+def _preflight(config: Config) -> None:
+    """Before a command reaches a destination: every sink's SDK is installed and every TLS file
+    it names can be read, so that neither fails later as a traceback or a stopped sink."""
+    from importlib import import_module
+
+    from connectors import extra_of
+    from connectors.tls import TlsFileError, TlsSettings, ssl_context
+
+    for name, sink in config.sinks.items():
+        extra = extra_of(sink.type)
+        if extra is not None:
+            try:
+                import_module(extra.module)
+            except ImportError as err:
+                raise CommandFailed(f"sinks.{name}: type {sink.type} needs the {extra.name} extra, which is not "
+                                    f"installed ({err}): pip install 'defender-forwarder[{extra.name}]'",
+                                    EXIT_CONFIG) from None
+        if isinstance(sink, TlsSettings):
+            try:
+                ssl_context(sink)
+            except TlsFileError as err:
+                raise CommandFailed(f"sinks.{name}.{err.key}: {_tls_reason(sink, err)}; it must name a readable "
+                                    "PEM file", EXIT_CONFIG) from None
+
+
+def _tls_reason(sink: Any, err: Any) -> str:
+    """Why a TLS file failed, with the file: an OSError names it, an SSL error does not."""
+    files = err.key.replace(" or ", " ").split()
+    named = " ".join(str(getattr(sink, key)) for key in files if getattr(sink, key, None))
+    if isinstance(err.error, OSError) and not isinstance(err.error, ssl.SSLError):
+        return f"{err.error.filename or named}: {err.error.strerror or err.error}"
+    reason = getattr(err.error, "reason", None) or err.error
+    return f"{named}: not a usable PEM certificate or key ({reason})"
 
 
 def _guarded(func: Any) -> Any:
@@ -90,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
     config = _load(args)
+    _preflight(config)
     with _state(config) as store:
         if args.once:
             return asyncio.run(_once(Forwarder(config, store)))
@@ -147,6 +227,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     config = _load(args)
     if args.tenant and args.tenant not in config.tenants:
         raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
+    _preflight(config)
     with _state(config) as store, Progress(console=err_console, transient=False) as progress:
         forwarder = Forwarder(config, store)
         labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
@@ -273,6 +354,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
     config = _load(args)
+    _preflight(config)
     err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
     with _state(config, lock=False) as store:
         rows = asyncio.run(_check(Forwarder(config, store)))

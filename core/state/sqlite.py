@@ -332,7 +332,12 @@ class _Tx:
         return self.db
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            # SQLite has already rolled back after some errors (a full disk): a second
+            # ROLLBACK would fail and hide the error that matters.
+            self.db.execute("ROLLBACK")
 
 
 def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> list[OutboxRow]:
