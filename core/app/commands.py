@@ -8,6 +8,7 @@ import logging
 import sqlite3
 import ssl
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -178,14 +179,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None) -> int:
+    started = time.time()
     async with forwarder:
         results = await forwarder.run_once(since, only)
     _print_summary(results, forwarder)
+    _warn_of_dead_letters(forwarder.store.dead_letter_counts(since=started))
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
     # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
     pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
                   if w.deferred_until is None)
     return EXIT_PARTIAL if failed or pending else EXIT_OK
+
+
+def _warn_of_dead_letters(counts: dict[str | None, int]) -> None:
+    """A line per sink that dead-lettered in this run, and where to look. Dead letters alone
+    leave the exit code as it is (README): each was handled, and is kept with its reason."""
+    for sink, count in sorted(counts.items(), key=lambda item: item[0] or ""):
+        plural = "" if count == 1 else "s"
+        if sink is None:
+            log.warning("%d alert%s could not be normalised and became dead letters of no sink; see: "
+                        "defender-forwarder dead-letters list", count, plural)
+        else:
+            log.warning("sink %s: %d dead letter%s in this run, refused for good; see: defender-forwarder "
+                        "dead-letters list --sink %s", sink, count, plural, sink)
 
 
 async def _forever(forwarder: Any) -> None:
@@ -502,15 +518,58 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     from core.app import dead_letters
 
     config = _load(args)
+    if (args.action == "show") != (args.ident is not None):
+        raise CommandFailed("dead-letters show ID prints one dead letter; list, replay and drop pick some with "
+                            "--sink and --id", EXIT_CONFIG)
     with _state(config) as store:
-        chosen = [d for d in store.dead_letters(args.sink, limit=1_000_000) if not args.ids or d.id in args.ids]
+        chosen = _chosen_dead_letters(config, store, args)
+        labels = dead_letters.labels_of(config)
+        if args.action == "show":
+            print(dead_letters.describe(chosen[0], labels))
+            return EXIT_OK
         if args.action == "list":
-            Console(highlight=False).print(dead_letters.table(chosen))
+            Console(highlight=False).print(dead_letters.table(chosen, labels))
             return EXIT_OK
         if args.action == "drop":
+            _confirm_drop(args, len(chosen))
             store.dead_letters_remove(d.id for d in chosen)
             err_console.print(f"dropped {len(chosen)} dead letters")
             return EXIT_OK
         replayed, kept = dead_letters.replay(config, store, chosen)
         err_console.print(f"replayed {replayed} dead letters into the outbox; {kept} still fail and stay")
         return EXIT_OK if not kept else EXIT_PARTIAL
+
+
+def _chosen_dead_letters(config: Config, store: SQLiteStore, args: argparse.Namespace) -> list[Any]:
+    """The dead letters `--sink`, `--id` or `show ID` pick; a name or id that picks nothing is
+    an error, so that a typo is not mistaken for "none"."""
+    stored = store.dead_letters(args.sink, limit=1_000_000)
+    # A sink since removed from the config may still hold dead letters: those can be seen.
+    if args.sink is not None and args.sink not in config.sinks and not stored:
+        raise CommandFailed(f"--sink: no sink named {args.sink!r} in the config, and no dead letters of one",
+                            EXIT_CONFIG)
+    wanted = [args.ident] if args.ident is not None else (args.ids or [])
+    missing = sorted(set(wanted) - {d.id for d in stored})
+    if missing:
+        of = f" of sink {args.sink}" if args.sink is not None else ""
+        raise CommandFailed(f"no dead letter{of} with id {', '.join(map(str, missing))} "
+                            "(defender-forwarder dead-letters list shows them)", EXIT_CONFIG)
+    return [d for d in stored if not wanted or d.id in wanted]
+
+
+def _confirm_drop(args: argparse.Namespace, count: int) -> None:
+    """Dropping loses alerts for good: without a filter it takes --all and a yes, typed at a
+    terminal or given as --yes (cron and scripts have no terminal to ask)."""
+    if args.sink is not None or args.ids:
+        return
+    if not args.all:
+        raise CommandFailed("dead-letters drop: pick some with --sink or --id, or say --all to drop every one",
+                            EXIT_CONFIG)
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"dead-letters drop --all would drop all {count} dead letters: add --yes to confirm "
+                            "(there is no terminal to ask)", EXIT_CONFIG)
+    answer = input(f"drop all {count} dead letters for good? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CommandFailed("nothing dropped", EXIT_CONFIG)

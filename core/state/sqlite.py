@@ -261,6 +261,12 @@ class SQLiteStore:
         rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))
         return [_dead_letter(*row) for row in rows]
 
+    def dead_letter_counts(self, since: float = 0.0) -> dict[str | None, int]:
+        """How many dead letters each sink (None: the normalisation stage, of no sink) holds
+        that were filed at or after `since` (epoch seconds)."""
+        rows = self.db.execute("SELECT sink, count(*) FROM dead_letters WHERE created >= ? GROUP BY sink", (since,))
+        return {sink: count for sink, count in rows}
+
     def dead_letters_remove(self, ids: Iterable[int]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids])
