@@ -116,13 +116,20 @@ def _state_problem(path: Path, err: OSError | sqlite3.Error) -> Exception:
 
 
 def _preflight(config: Config) -> None:
-    """Before a command reaches a destination: every sink's SDK is installed and every TLS file
-    it names can be read, so that neither fails later as a traceback or a stopped sink."""
+    """Before a command reaches a tenant or a destination: every app's certificate can sign a
+    login, every sink's SDK is installed and every TLS file it names can be read, so that none
+    fails later as a traceback, an error per tenant or a stopped sink."""
     from importlib import import_module
 
     from connectors import extra_of
     from connectors.tls import TlsFileError, TlsSettings, ssl_context
+    from core.sources.auth import certificate_problem
 
+    for name, app in config.apps.items():
+        problem = certificate_problem(app)
+        if problem is not None:
+            raise CommandFailed(f"apps.{name}.certificate: {problem}; it must be a PEM with the private key "
+                                "and the certificate uploaded to the app", EXIT_CONFIG)
     for name, sink in config.sinks.items():
         extra = extra_of(sink.type)
         if extra is not None:

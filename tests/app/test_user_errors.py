@@ -148,3 +148,17 @@ def test_a_genuine_bug_still_shows_its_traceback(tmp_path: Path) -> None:
 def test_the_systemd_unit_does_not_restart_on_a_configuration_error() -> None:
     unit = (REPO / "examples" / "systemd" / "defender-forwarder.service").read_text()
     assert "RestartPreventExitStatus=2" in unit.splitlines()
+
+
+@pytest.mark.parametrize("content", ["not a pem at all\n",
+                                     "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n"])
+def test_an_unusable_app_certificate_is_named(setup: Any, content: str) -> None:
+    pem = setup.tmp / "mssp.pem"
+    pem.write_text(content)
+    pem.chmod(0o600)
+    setup.tenant("acme")
+    config = setup.write()
+    config.write_text(config.read_text().replace('client_secret = "env:DF_TEST_CLIENT_SECRET"',
+                                                 f'certificate = "file:{pem}"'))
+    result = run_cli("run", "--once", "--config", str(config))
+    _one_clear_line(result, "apps.mssp.certificate", "PEM")
