@@ -190,25 +190,12 @@ async def _once(forwarder: Any, since: datetime | None = None, only: str | None 
     async with forwarder:
         results = await forwarder.run_once(since, only)
     _print_summary(results, forwarder)
-    _warn_of_dead_letters(forwarder.store.dead_letter_counts(since=started))
+    forwarder.warn_of_dead_letters(since=started)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
     # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
     pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
                   if w.deferred_until is None)
     return EXIT_PARTIAL if failed or pending else EXIT_OK
-
-
-def _warn_of_dead_letters(counts: dict[str | None, int]) -> None:
-    """A line per sink that dead-lettered in this run, and where to look. Dead letters alone
-    leave the exit code as it is (README): each was handled, and is kept with its reason."""
-    for sink, count in sorted(counts.items(), key=lambda item: item[0] or ""):
-        plural = "" if count == 1 else "s"
-        if sink is None:
-            log.warning("%d alert%s could not be normalised and became dead letters of no sink; see: "
-                        "defender-forwarder dead-letters list", count, plural)
-        else:
-            log.warning("sink %s: %d dead letter%s in this run, refused for good; see: defender-forwarder "
-                        "dead-letters list --sink %s", sink, count, plural, sink)
 
 
 async def _forever(forwarder: Any) -> None:
