@@ -209,14 +209,15 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
     for column in ("tenant", "read", "new versions", "duplicates", "filtered", "dead letters", "status"):
         table.add_column(column, justify="left" if column in ("tenant", "status") else "right")
     for r in sorted(results, key=lambda r: r.label):
-        status = "[red]" + r.error + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
+        # Escaped: an error names keys in brackets ([apps.mssp]) that are text, not markup.
+        status = "[red]" + escape(r.error) + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
         table.add_row(r.label, str(r.read), str(r.queued), str(r.duplicates), str(r.filtered), str(r.dead), status)
     err_console.print(table)
     sinks = Table(title="sinks", title_justify="left")
     for column in ("sink", "delivered", "dead letters", "pending", "status"):
         sinks.add_column(column, justify="left" if column in ("sink", "status") else "right")
     for name, worker in forwarder.workers.items():
-        status = f"[red]stopped: {worker.fatal}[/]" if worker.fatal else "[green]ok[/]"
+        status = f"[red]stopped: {escape(worker.fatal)}[/]" if worker.fatal else "[green]ok[/]"
         altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
         if altered:
             status += f" ({altered})"

@@ -162,3 +162,23 @@ def test_an_unusable_app_certificate_is_named(setup: Any, content: str) -> None:
                                                  f'certificate = "file:{pem}"'))
     result = run_cli("run", "--once", "--config", str(config))
     _one_clear_line(result, "apps.mssp.certificate", "PEM")
+
+
+def test_a_certificate_not_uploaded_is_named_in_the_summary_with_its_brackets(setup: Any) -> None:
+    """A usable certificate the app does not know is the tenant's error (exit 1), and the
+    summary shows the key as written: `[apps.mssp]` is text, not markup to swallow."""
+    from tests.peers.fake_cloud import make_client_cert
+
+    uploaded, other = make_client_cert(), make_client_cert("another")
+    pem = setup.tmp / "mssp.pem"
+    pem.write_text(other.key_pem.decode() + other.cert_pem.decode() if isinstance(other.key_pem, bytes)
+                   else other.key_pem + other.cert_pem)
+    pem.chmod(0o600)
+    setup.tenant("acme", cert=uploaded.cert)
+    config = setup.write()
+    config.write_text(config.read_text().replace('client_secret = "env:DF_TEST_CLIENT_SECRET"',
+                                                 f'certificate = "file:{pem}"'))
+    result = run_cli("run", "--once", "--config", str(config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    status = [line for line in result.stderr.splitlines() if line.startswith("│ acme")]
+    assert status and "[apps.mssp]" in status[0], result.stderr
