@@ -182,3 +182,12 @@ def test_a_certificate_not_uploaded_is_named_in_the_summary_with_its_brackets(se
     assert result.returncode == 1 and "Traceback" not in result.stderr
     status = [line for line in result.stderr.splitlines() if line.startswith("│ acme")]
     assert status and "[apps.mssp]" in status[0], result.stderr
+
+
+def test_a_config_path_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe not text")
+    for path in (tmp_path, binary):  # a directory; not UTF-8
+        result = run_cli("check", "--config", str(path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert str(path) in result.stderr
