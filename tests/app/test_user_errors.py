@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO, recent, run_cli, write_config, write_replay
+from tests.helpers import REPO, read_ndjson, recent, run_cli, write_config, write_replay
 from tests.peers.alert_factory import make_alerts
 
 TENANT_ID = "66666666-6666-4666-8666-666666666666"
@@ -25,7 +25,7 @@ def _config(tmp_path: Path, state: Path | None = None, sinks: dict[str, dict[str
         "forwarder": {"state": str(state or tmp_path / "state.db"), "initial_lookback": "3650d"},
         "tenants.acme": {"tenant_id": TENANT_ID, "replay": str(replay)},
     }
-    for name, sink in (sinks or {"out": {"type": "file", "path": str(tmp_path / "out.ndjson")}}).items():
+    for name, sink in (sinks or {"out": {"type": "file", "path": str(tmp_path / "out.ndjson"), "format": "raw"}}).items():
         tables[f"sinks.{name}"] = sink
     return write_config(tmp_path / "c.toml", tables)
 
@@ -79,6 +79,9 @@ def test_a_full_disk_while_writing_the_state_is_one_line(tmp_path: Path) -> None
     assert run_cli("tenants", "--config", str(config)).returncode == 0  # the state exists, empty
     result = run_cli("run", "--once", "--config", str(config), preexec_fn=_file_size_limit(256 * 1024))
     _one_clear_line(result, str(tmp_path / "state.db"), "free space on its disk", "ulimit -f")
+    again = run_cli("run", "--once", "--config", str(config))  # space freed: nothing was lost
+    assert again.returncode == 0, again.stderr
+    assert len({alert["id"] for alert in read_ndjson(tmp_path / "out.ndjson")}) == 400
 
 
 def test_a_sink_whose_extra_is_not_installed_names_the_pip_command(tmp_path: Path) -> None:
