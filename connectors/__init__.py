@@ -38,9 +38,19 @@ class SetupOffer:
 
 
 @dataclass(frozen=True)
+class Extra:
+    """A sink type's SDK, installed by the extra of that name: `pip install
+    'defender-forwarder[<name>]'` (pyproject's optional dependencies)."""
+
+    name: str
+    module: str  # what the connector imports; importing it tells whether the extra is there
+
+
+@dataclass(frozen=True)
 class SinkType:
     module: str
     setup: SetupOffer | None = None  # None: nothing to prepare before the first delivery
+    extra: Extra | None = None  # None: the standard library and the core dependencies suffice
 
 
 # Sink type -> its module and what it offers; the order is the one error messages list.
@@ -51,8 +61,9 @@ SINKS: dict[str, SinkType] = {
     "splunk_hec": SinkType("connectors.splunk_hec"),
     "elasticsearch": SinkType("connectors.elasticsearch", SetupOffer(
         "the index template and ILM policy of the data streams",
-        (SetupOption("retention", "365d", "ILM: delete backing indices this old (default 365d)"),))),
-    "eventhub": SinkType("connectors.eventhub"),
+        (SetupOption("retention", "365d", "ILM: delete backing indices this old (default 365d)"),)),
+        Extra("elastic", "elasticsearch")),
+    "eventhub": SinkType("connectors.eventhub", extra=Extra("eventhub", "azure.eventhub")),
     "email": SinkType("connectors.email"),
 }
 
@@ -64,6 +75,10 @@ def sink_types() -> tuple[str, ...]:
 def setup_offers() -> dict[str, SetupOffer]:
     """The sink types that offer `setup`, with what each prepares and its options."""
     return {name: kind.setup for name, kind in SINKS.items() if kind.setup is not None}
+
+
+def extra_of(sink_type: str) -> Extra | None:
+    return SINKS[sink_type].extra
 
 
 def connector_class(sink_type: str) -> type[Connector]:

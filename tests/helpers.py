@@ -50,11 +50,14 @@ def write_config(path: Path, tables: dict[str, dict[str, Any]], routes: list[dic
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+            timeout: float = 120, preexec_fn: Any = None, input: str | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """The CLI in a child process; `preexec_fn` sets up the child (a resource limit), `input`
+    is its stdin (a pipe, never a terminal)."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "core.app.cli", *args],
-        cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "core.app.cli", *args], cwd=cwd or REPO, env=full_env, capture_output=True,
+        text=True, timeout=timeout, preexec_fn=preexec_fn, input=input if input is not None else "",
     )
 
 

@@ -15,7 +15,9 @@ security/alerts_v2) into the MSSP's SIEM: syslog CEF, Splunk HEC, Elasticsearch,
 Azure Event Hubs, or NDJSON files.
 
 exit codes: 0 all well; 1 some tenants or sinks failed (the rest were forwarded);
-2 bad configuration or usage; 3 another run holds the state lock.
+2 bad configuration or usage, or a machine it cannot run on (a state path it
+cannot use, a full disk, a missing extra, an unreadable certificate or secret file);
+3 another run holds the state lock.
 """
 CONFIG_HELP = "config file (default: ./defender-forwarder.toml or $DEFENDER_FORWARDER_CONFIG)"
 LOG_LEVELS = ["debug", "info", "warning", "error"]  # the config's forwarder.log_level
@@ -87,10 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--tenant", help="one tenant label (default: every tenant)")
     backfill.add_argument("--resend", action="store_true",
                           help="send again the versions already taken (default: only what the sinks have not had)")
-    dead = _add(commands, "dead-letters", "inspect and re-send rejected events")
-    dead.add_argument("action", choices=["list", "replay", "drop"])
+    dead = _add(commands, "dead-letters", "inspect, re-send or drop rejected events")
+    dead.add_argument("action", choices=["list", "show", "replay", "drop"])
+    dead.add_argument("ident", nargs="?", type=int, metavar="ID", help="show: the dead letter to print")
     dead.add_argument("--sink", help="only this sink's dead letters")
     dead.add_argument("--id", type=int, action="append", dest="ids", help="only this dead letter (repeatable)")
+    dead.add_argument("--all", action="store_true", help="drop: every dead letter (asks first, unless --yes)")
+    dead.add_argument("--yes", action="store_true", help="drop --all: do not ask")
     _add_setup(commands)
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")

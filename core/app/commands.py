@@ -5,7 +5,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import ssl
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,7 +47,8 @@ class CommandFailed(Exception):
 
 
 def _fail(message: str, code: int) -> int:
-    # Escaped: a message names TOML tables (`[apps.mssp2]`), which rich would take for markup and drop.
+    # Escaped: a message names TOML tables (`[apps.mssp2]`) and extras ('defender-forwarder[elastic]'),
+    # which rich would take for markup and drop.
     err_console.print(f"[bold red]error:[/] {escape(REDACTOR.redact(message))}", markup=True, soft_wrap=True)
     return code
 
@@ -79,21 +83,103 @@ def _need_run_secrets(config: Config) -> None:
 def _state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
     path = Path(config.forwarder.state)
     state_lock = StateLock(path)
-    if lock:
-        try:
-            state_lock.acquire()
-        except StateLocked as err:
-            raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
     try:
+        if lock:
+            state_lock.acquire()
         store = SQLiteStore(path)
+    except StateLocked as err:
+        raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
     except StateError as err:
         state_lock.release()
         raise CommandFailed(str(err), EXIT_CONFIG) from None
+    except (OSError, sqlite3.Error) as err:
+        state_lock.release()
+        raise _state_problem(path, err) from None
     try:
         yield store
+    except sqlite3.Error as err:
+        raise _state_problem(path, err) from None
     finally:
         store.close()
         state_lock.release()
+
+
+# ---- what the machine around the forwarder can get wrong ----------------------------------
+# The one place that turns what an operator can cause (a state path that cannot be used, a
+# full disk, a missing extra, an unreadable TLS file) into one line and exit 2. Anything else
+# (an OSError without a file, an SQL error of our own) is a bug and keeps its traceback.
+
+# SQLite's primary result codes an operator causes, each with its remedy.
+_SQLITE_REMEDIES = {
+    sqlite3.SQLITE_FULL: "its disk is full: free space there (df), then run again (nothing committed is lost; "
+                         "what was not is read again)",
+    sqlite3.SQLITE_CANTOPEN: "cannot open it: make its directory writable by this user, or set forwarder.state "
+                             "to another path",
+    sqlite3.SQLITE_READONLY: "it is read-only: make the file and its directory writable by this user",
+    sqlite3.SQLITE_PERM: "permission denied: make the file and its directory writable by this user",
+    # A write past a file-size limit (EFBIG) comes back as an I/O error, not SQLITE_FULL.
+    sqlite3.SQLITE_IOERR: "writing or reading it failed: free space on its disk (df), lift a file-size limit "
+                          "(ulimit -f, LimitFSIZE=) or check the disk (dmesg), then run again",
+    sqlite3.SQLITE_NOTADB: "it is not a defender-forwarder state file: set forwarder.state to another path",
+    sqlite3.SQLITE_CORRUPT: "it is damaged: move it aside to start afresh (its outbox is lost)",
+}
+
+
+def _state_problem(path: Path, err: OSError | sqlite3.Error) -> Exception:
+    """CommandFailed naming the state file and the fix, or `err` itself when no operator caused it."""
+    if isinstance(err, OSError):
+        if err.filename is None:
+            return err
+        return CommandFailed(f"forwarder.state: cannot use {path}: {err.filename}: {err.strerror}; it must be a "
+                             "file path this user can create and write, or set forwarder.state to another path",
+                             EXIT_CONFIG)
+    code = getattr(err, "sqlite_errorcode", None)
+    remedy = _SQLITE_REMEDIES.get(code & 0xFF) if code is not None else None
+    if remedy is None:
+        return err
+    return CommandFailed(f"forwarder.state: {path}: {remedy} (SQLite: {err})", EXIT_CONFIG)
+
+
+def _preflight(config: Config) -> None:
+    """Before a command reaches a tenant or a destination: every app's certificate can sign a
+    login, every sink's SDK is installed and every TLS file it names can be read, so that none
+    fails later as a traceback, an error per tenant or a stopped sink."""
+    from importlib import import_module
+
+    from connectors import extra_of
+    from connectors.tls import TlsFileError, TlsSettings, ssl_context
+    from core.sources.auth import certificate_problem
+
+    for name in apps_in_use(config):  # an app no enabled tenant reads through may lack its files here
+        problem = certificate_problem(config.apps[name])
+        if problem is not None:
+            raise CommandFailed(f"apps.{name}.certificate: {problem}; it must be a PEM with the private key "
+                                "and the certificate uploaded to the app", EXIT_CONFIG)
+    for name, sink in config.sinks.items():
+        extra = extra_of(sink.type)
+        if extra is not None:
+            try:
+                import_module(extra.module)
+            except ImportError as err:
+                raise CommandFailed(f"sinks.{name}: type {sink.type} needs the {extra.name} extra, which is not "
+                                    f"installed ({err}): pip install 'defender-forwarder[{extra.name}]'",
+                                    EXIT_CONFIG) from None
+        if isinstance(sink, TlsSettings):
+            try:
+                ssl_context(sink)
+            except TlsFileError as err:
+                raise CommandFailed(f"sinks.{name}.{err.key}: {_tls_reason(sink, err)}; it must name a readable "
+                                    "PEM file", EXIT_CONFIG) from None
+
+
+def _tls_reason(sink: Any, err: Any) -> str:
+    """Why a TLS file failed, with the file: an OSError names it, an SSL error does not."""
+    files = err.key.replace(" or ", " ").split()
+    named = " ".join(str(getattr(sink, key)) for key in files if getattr(sink, key, None))
+    if isinstance(err.error, OSError) and not isinstance(err.error, ssl.SSLError):
+        return f"{err.error.filename or named}: {err.error.strerror or err.error}"
+    reason = getattr(err.error, "reason", None) or err.error
+    return f"{named}: not a usable PEM certificate or key ({reason})"
 
 
 def _guarded(func: Any) -> Any:
@@ -119,6 +205,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _need_run_secrets(config)
+    _preflight(config)
     with _state(config) as store:
         if args.once:
             return asyncio.run(_once(Forwarder(config, store)))
@@ -127,9 +214,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None) -> int:
+    started = time.time()
     async with forwarder:
         results = await forwarder.run_once(since, only)
     _print_summary(results, forwarder)
+    forwarder.warn_of_dead_letters(since=started)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
     # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
     pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
@@ -148,6 +237,7 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
     for column in ("tenant", "read", "new versions", "duplicates", "held back", "dead letters", "status"):
         table.add_column(column, justify="left" if column in ("tenant", "held back", "status") else "right")
     for r in sorted(results, key=lambda r: r.label):
+        # Escaped: an error names keys in brackets ([apps.mssp]) that are text, not markup.
         status = "[red]" + escape(r.error) + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
         table.add_row(r.label, str(r.read), str(r.queued), str(r.duplicates), _held_back(r.held_back, "0"),
                       str(r.dead), status)
@@ -156,7 +246,7 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
     for column in ("sink", "delivered", "dead letters", "pending", "status"):
         sinks.add_column(column, justify="left" if column in ("sink", "status") else "right")
     for name, worker in forwarder.workers.items():
-        status = f"[red]stopped: {worker.fatal}[/]" if worker.fatal else "[green]ok[/]"
+        status = f"[red]stopped: {escape(worker.fatal)}[/]" if worker.fatal else "[green]ok[/]"
         altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
         if altered:
             status += f" ({altered})"
@@ -183,6 +273,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.tenant and args.tenant not in config.tenants:
         raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
     _need_run_secrets(config)
+    _preflight(config)
     with _state(config) as store, Progress(console=err_console, transient=False) as progress:
         forwarder = Forwarder(config, store)
         forwarder.resend = args.resend
@@ -325,6 +416,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _need_run_secrets(config)
+    _preflight(config)
     err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
     with _state(config, lock=False) as store:
         rows = asyncio.run(_check(Forwarder(config, store)))
@@ -476,15 +568,58 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     from core.app import dead_letters
 
     config = _load(args)
+    if (args.action == "show") != (args.ident is not None):
+        raise CommandFailed("dead-letters show ID prints one dead letter; list, replay and drop pick some with "
+                            "--sink and --id", EXIT_CONFIG)
     with _state(config) as store:
-        chosen = [d for d in store.dead_letters(args.sink, limit=1_000_000) if not args.ids or d.id in args.ids]
+        chosen = _chosen_dead_letters(config, store, args)
+        labels = dead_letters.labels_of(config)
+        if args.action == "show":
+            print(dead_letters.describe(chosen[0], labels))
+            return EXIT_OK
         if args.action == "list":
-            Console(highlight=False).print(dead_letters.table(chosen))
+            Console(highlight=False).print(dead_letters.table(chosen, labels))
             return EXIT_OK
         if args.action == "drop":
+            _confirm_drop(args, len(chosen))
             store.dead_letters_remove(d.id for d in chosen)
             err_console.print(f"dropped {len(chosen)} dead letters")
             return EXIT_OK
         replayed, kept = dead_letters.replay(config, store, chosen)
         err_console.print(f"replayed {replayed} dead letters into the outbox; {kept} still fail and stay")
         return EXIT_OK if not kept else EXIT_PARTIAL
+
+
+def _chosen_dead_letters(config: Config, store: SQLiteStore, args: argparse.Namespace) -> list[Any]:
+    """The dead letters `--sink`, `--id` or `show ID` pick; a name or id that picks nothing is
+    an error, so that a typo is not mistaken for "none"."""
+    stored = store.dead_letters(args.sink, limit=1_000_000)
+    # A sink since removed from the config may still hold dead letters: those can be seen.
+    if args.sink is not None and args.sink not in config.sinks and not stored:
+        raise CommandFailed(f"--sink: no sink named {args.sink!r} in the config, and no dead letters of one",
+                            EXIT_CONFIG)
+    wanted = [args.ident] if args.ident is not None else (args.ids or [])
+    missing = sorted(set(wanted) - {d.id for d in stored})
+    if missing:
+        of = f" of sink {args.sink}" if args.sink is not None else ""
+        raise CommandFailed(f"no dead letter{of} with id {', '.join(map(str, missing))} "
+                            "(defender-forwarder dead-letters list shows them)", EXIT_CONFIG)
+    return [d for d in stored if not wanted or d.id in wanted]
+
+
+def _confirm_drop(args: argparse.Namespace, count: int) -> None:
+    """Dropping loses alerts for good: without a filter it takes --all and a yes, typed at a
+    terminal or given as --yes (cron and scripts have no terminal to ask)."""
+    if args.sink is not None or args.ids:
+        return
+    if not args.all:
+        raise CommandFailed("dead-letters drop: pick some with --sink or --id, or say --all to drop every one",
+                            EXIT_CONFIG)
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CommandFailed(f"dead-letters drop --all would drop all {count} dead letters: add --yes to confirm "
+                            "(there is no terminal to ask)", EXIT_CONFIG)
+    answer = input(f"drop all {count} dead letters for good? [y/N] ")
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CommandFailed("nothing dropped", EXIT_CONFIG)

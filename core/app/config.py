@@ -180,6 +180,10 @@ def load_config(path: Path) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such config file"]) from None
+    except OSError as err:  # a directory, no permission: the operator's to fix, not a bug
+        raise ConfigError([f"{path}: cannot read the config file: {err.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text (a TOML file is)"]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([f"{path}: not valid TOML: {err}"]) from None
     return parse_config(data, str(path))

@@ -7,6 +7,7 @@ still fails stays.
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 from rich.table import Table
@@ -20,19 +21,60 @@ from core.state.sqlite import SQLiteStore
 from mappings import Encoder, encoder
 
 
-def table(dead: list[DeadLetter]) -> Table:
+def labels_of(config: Config) -> dict[str, str]:
+    """Tenant id -> the label the config gives it."""
+    return {t.tenant_id: label for label, t in config.tenants.items()}
+
+
+def label_of(letter: DeadLetter, labels: dict[str, str]) -> str:
+    """The tenant's label: the config's, else the one stored with the event (a tenant since
+    removed from the config), else its id."""
+    if letter.tenant_id in labels:
+        return labels[letter.tenant_id]
+    return letter.meta.tenant_label if letter.meta is not None else letter.tenant_id
+
+
+def _when(letter: DeadLetter) -> str:
+    return datetime.fromtimestamp(letter.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(dead: list[DeadLetter], labels: dict[str, str]) -> Table:
     view = Table(title=f"{len(dead)} dead letters", title_justify="left")
     for column in ("id", "when", "stage", "sink", "tenant", "alert version", "reason"):
         view.add_column(column, overflow="fold")
     for d in dead:
-        when = datetime.fromtimestamp(d.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        view.add_row(str(d.id), when, d.stage, d.sink or "-", d.tenant_id, d.version_key or "-", d.reason)
+        view.add_row(str(d.id), _when(d), d.stage, d.sink or "-", label_of(d, labels), d.version_key or "-", d.reason)
     return view
+
+
+def describe(letter: DeadLetter, labels: dict[str, str]) -> str:
+    """One dead letter in full: where it stopped, why, and the stored alert (indented when it is
+    JSON; a CEF line as it is)."""
+    held = "the body the sink refused" if letter.stage == "deliver" else "the alert as the API sent it"
+    lines = [
+        f"dead letter {letter.id}",
+        f"stage: {letter.stage}",
+        f"sink: {letter.sink or '-'}",
+        f"tenant: {label_of(letter, labels)} ({letter.tenant_id})",
+        f"alert version: {letter.version_key or '-'}",
+        f"when: {_when(letter)} UTC",
+        f"reason: {letter.reason}",
+        f"{held}:",
+        _readable(letter.payload),
+    ]
+    return "\n".join(lines)
+
+
+def _readable(payload: bytes) -> str:
+    try:
+        return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    except ValueError:  # not JSON (a CEF line), or not UTF-8
+        return payload.decode("utf-8", "backslashreplace")
 
 
 def replay(config: Config, store: SQLiteStore, dead: list[DeadLetter]) -> tuple[int, int]:
     """Returns (replayed, still failing)."""
-    labels = {t.tenant_id: label for label, t in config.tenants.items()}
+    labels = labels_of(config)
     encoders = {name: encoder(sink.format) for name, sink in config.sinks.items()}
     replayed, kept = [], 0
     for letter in dead:

@@ -12,6 +12,7 @@ import math
 import random
 import signal
 import ssl
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -324,6 +325,22 @@ class Forwarder:
         self.store.forget_old_sink_memory()
         self.store.reclaim_space()
 
+    def warn_of_dead_letters(self, since: float) -> float:
+        """A WARNING per sink that filed dead letters since `since` (epoch seconds), with the
+        count and the command that lists them; returns when this count ended, where the next
+        one starts. Dead letters change no exit code: each was handled and is kept."""
+        until = time.time()
+        counts = self.store.dead_letter_counts(since)
+        for sink, count in sorted(counts.items(), key=lambda item: item[0] or ""):
+            plural = "" if count == 1 else "s"
+            if sink is None:
+                log.warning("%d alert%s could not be normalised and became dead letters of no sink; see: "
+                            "defender-forwarder dead-letters list", count, plural)
+            else:
+                log.warning("sink %s: %d new dead letter%s, refused for good; see: defender-forwarder "
+                            "dead-letters list --sink %s", sink, count, plural, sink)
+        return until
+
     async def run_forever(self) -> None:
         """Daemon: workers deliver continuously; a poll cycle of every tenant starts every
         poll_interval (at once when the last one took longer)."""
@@ -332,11 +349,13 @@ class Forwarder:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         workers = [asyncio.create_task(w.run_forever()) for w in self.workers.values()]
+        since = time.time()
         try:
             while not stop.is_set():
                 started = loop.time()
                 await self.poll_all()
                 self._tidy_state()
+                since = self.warn_of_dead_letters(since)
                 # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
                 # which must not add to every alert's wait. Jitter keeps many forwarders from
                 # polling in lockstep.

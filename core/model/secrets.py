@@ -140,8 +140,15 @@ def _from_env(name: str) -> str:
 def _from_file(path: str) -> str:
     try:
         secret = Path(path).read_text(encoding="utf-8")
+        mode = os.stat(path).st_mode
     except OSError as err:
         raise ValueError(f"cannot read secret file {path}: {err.strerror}; check the path and its permissions") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from None
+    if mode & 0o077:
+        # Like ssh with a private key: a secret others can read is already leaked; refuse it.
+        raise ValueError(f"secret file {path} is readable by group or others (mode {mode & 0o777:o}): "
+                         f"chmod 600 {path}")
     # A PEM file keeps its line structure; a one-line secret file loses the trailing newline.
     return secret if "-----BEGIN" in secret else secret.strip()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -216,6 +217,28 @@ def _credential(app: AppSettings) -> Any:
         return app.client_secret.get_secret_value()
     assert app.certificate is not None  # the config model guarantees one of the two
     return _certificate_credential(app.certificate.get_secret_value(), app.certificate_password)
+
+
+def certificate_problem(app: AppSettings) -> str | None:
+    """Why the app's certificate cannot sign a login (not PEM, no certificate, no key it can
+    unlock), or None when it can: checked once before a run, not as an error per tenant."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    if app.certificate is None:
+        return None
+    pem = app.certificate.get_secret_value()
+    password = app.certificate_password.get_secret_value().encode() if app.certificate_password else None
+    key = re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", pem, re.S)
+    try:
+        _certificate_credential(pem, None)
+        if key is None:
+            return "the PEM holds no private key"
+        load_pem_private_key(key.group(0).encode(), password)
+    except TenantAuthError as err:
+        return err.problem
+    except (ValueError, TypeError) as err:  # what cryptography raises for a bad PEM or password
+        return f"not a usable PEM certificate and key ({err})"
+    return None
 
 
 def _certificate_credential(pem: str, password: Any) -> dict[str, str]:

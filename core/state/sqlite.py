@@ -301,6 +301,12 @@ class SQLiteStore:
         rows = self.db.execute(query + " ORDER BY id LIMIT ?", (*params, limit))
         return [_dead_letter(*row) for row in rows]
 
+    def dead_letter_counts(self, since: float = 0.0) -> dict[str | None, int]:
+        """How many dead letters each sink (None: the normalisation stage, of no sink) holds
+        that were filed at or after `since` (epoch seconds)."""
+        rows = self.db.execute("SELECT sink, count(*) FROM dead_letters WHERE created >= ? GROUP BY sink", (since,))
+        return {sink: count for sink, count in rows}
+
     def dead_letters_remove(self, ids: Iterable[int]) -> None:
         with self._transaction() as db:
             db.executemany("DELETE FROM dead_letters WHERE id=?", [(i,) for i in ids])
@@ -379,7 +385,12 @@ class _Tx:
         return self.db
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self.db.execute("COMMIT")
+        elif self.db.in_transaction:
+            # SQLite has already rolled back after some errors (a full disk): a second
+            # ROLLBACK would fail and hide the error that matters.
+            self.db.execute("ROLLBACK")
 
 
 def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> list[OutboxRow]:

@@ -212,7 +212,7 @@ def test_dead_letters_list_replay_drop(tmp_path: Path) -> None:
     assert run_cli("run", "--once", "--config", str(config)).returncode == 0
     assert [a["finding_info"]["uid"] for a in read_ndjson(out_file)][-1] == rejected["id"]
 
-    dropped = run_cli("dead-letters", "drop", "--config", str(config))
+    dropped = run_cli("dead-letters", "drop", "--all", "--yes", "--config", str(config))
     assert dropped.returncode == 0 and "dropped 1" in dropped.stderr
     assert "0 dead letters" in run_cli("dead-letters", "list", "--config", str(config)).stdout
 

@@ -44,7 +44,7 @@ def assert_clean_exit(result: Any, code: int) -> None:
     ["tenants"],
     ["dead-letters", "list"],
     ["dead-letters", "replay"],
-    ["dead-letters", "drop"],
+    ["dead-letters", "drop", "--all", "--yes"],
     ["setup", "elasticsearch", "--dry-run"],
 ])
 def test_admin_commands_need_no_secret(tmp_path: Path, command: list[str]) -> None:

@@ -116,6 +116,7 @@ def test_literal_secret_is_accepted_with_a_warning() -> None:
 def test_file_secret_reference(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("from-a-file\n")
+    secret.chmod(0o600)  # a secret file others can read is refused
     config = parse_config(_with(apps__mssp__client_secret=f"file:{secret}"))
     assert config.apps["mssp"].client_secret.get_secret_value() == "from-a-file"
 

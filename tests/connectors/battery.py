@@ -93,6 +93,9 @@ class ConnectorBattery:
         setup.cloud.add_alerts(tenant_id, alerts)
         result = run_cli("run", "--once", "--config", str(setup.write()))
         assert result.returncode == 0, result.stderr  # a dead letter is handled, not a failure
+        warning = [line for line in result.stderr.splitlines() if "WARNING" in line and "sink siem" in line]
+        assert len(warning) == 1 and "1 new dead letter" in warning[0], result.stderr
+        assert "defender-forwarder dead-letters list --sink siem" in warning[0]
         store = SQLiteStore(setup.state)
         (letter,) = store.dead_letters()
         store.close()

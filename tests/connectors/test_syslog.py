@@ -299,6 +299,7 @@ class TestSyslogBattery(ConnectorBattery):
 def _password_file(tmp: Path) -> Path:
     path = tmp / "key-password"
     path.write_text(KEY_PASSWORD)
+    path.chmod(0o600)  # a secret file others can read is refused
     return path
 
 
