@@ -488,3 +488,43 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         replayed, kept = dead_letters.replay(config, store, chosen)
         err_console.print(f"replayed {replayed} dead letters into the outbox; {kept} still fail and stay")
         return EXIT_OK if not kept else EXIT_PARTIAL
+
+
+# ---- init / app certificate ----------------------------------------------------------------
+@_guarded
+def cmd_init(args: argparse.Namespace) -> int:
+    from core.app import onboard
+
+    out = Path(args.out) if args.out else Path("defender-forwarder.toml")
+    options = onboard.InitOptions(args.client_id or "", Path(args.certificate) if args.certificate else None,
+                                  args.client_secret_env, sink=args.sink)
+    try:
+        options.tenants = [onboard.parse_tenant(value) for value in args.tenant]
+        if _no_init_flags(args) and sys.stdin.isatty():
+            options = onboard.ask(options, onboard.Prompt())
+        onboard.write_config(onboard.render_config(options), out, args.force)
+    except onboard.OnboardError as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+    except EOFError:
+        raise CommandFailed("no answer; nothing written", EXIT_CONFIG) from None
+    err_console.print(f"wrote {escape(str(out))}; next: defender-forwarder validate --config {escape(str(out))}")
+    return EXIT_OK
+
+
+def _no_init_flags(args: argparse.Namespace) -> bool:
+    return not (args.client_id or args.certificate or args.client_secret_env or args.tenant)
+
+
+@_guarded
+def cmd_app(args: argparse.Namespace) -> int:
+    from core.app import onboard
+
+    try:
+        files = onboard.make_certificate(Path(args.out), args.name, args.days, args.force)
+    except onboard.OnboardError as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+    print(f"thumbprint (SHA-1): {files.thumbprint}")
+    print(f"upload to the app registration: {files.certificate}")
+    print(f"private key (0600): {files.key}")
+    print(f'for the config (0600): certificate = "file:{files.combined}"')
+    return EXIT_OK
