@@ -178,3 +178,40 @@ def test_init_into_an_unwritable_folder_is_one_line(tmp_path: Path) -> None:
 def test_init_without_flags_off_a_terminal_says_what_it_needs(tmp_path: Path) -> None:
     result = run_cli("init", "--out", str(tmp_path / "f.toml"))
     assert result.returncode == 2 and "--client-id" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_init_on_a_terminal_without_flags_asks(tmp_path: Path) -> None:
+    """The questions, answered through a real terminal (a pty): stdin must be a tty for them."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    out = tmp_path / "forwarder.toml"
+    answers = [CLIENT_ID, "", "MY_SECRET_VAR", "contoso", "contoso=contoso.onmicrosoft.com", "", "syslog"]
+    main, child = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "core.app.cli", "init", "--out", str(out)], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=child, stdout=child, stderr=child)
+    os.close(child)
+    os.write(main, "".join(answer + "\n" for answer in answers).encode())
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert process.wait(timeout=60) == 0, seen.decode(errors="replace")
+    os.close(main)
+    text = seen.decode(errors="replace")
+    assert "client) ID" in text and "LABEL=TENANT_ID" in text
+    assert "write LABEL=TENANT_ID" in text  # the slip ("contoso") is named, and asked again
+    config = tomllib.loads(out.read_text())
+    assert config["apps"]["mssp"]["client_secret"] == "env:MY_SECRET_VAR"
+    assert config["tenants"]["contoso"]["tenant_id"] == "contoso.onmicrosoft.com"
+    assert [s["type"] for s in config["sinks"].values()] == ["syslog"]
+    assert run_cli("validate", "--config", str(out)).returncode == 0
