@@ -527,4 +527,5 @@ def cmd_app(args: argparse.Namespace) -> int:
     print(f"upload to the app registration: {files.certificate}")
     print(f"private key (0600): {files.key}")
     print(f'for the config (0600): certificate = "file:{files.combined}"')
+    print(f"upload with: az ad app credential reset --id <client id> --cert @{files.certificate} --append")
     return EXIT_OK

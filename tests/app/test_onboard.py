@@ -39,6 +39,7 @@ def test_app_certificate_writes_a_private_key_a_certificate_and_prints_the_thumb
     thumbprint = cert.fingerprint(hashes.SHA1()).hex().upper()
     assert thumbprint in result.stdout  # as Entra shows it: 40 upper-case hex digits
     assert str(cer) in result.stdout and str(combined) in result.stdout
+    assert f"--cert @{cer} --append" in result.stdout  # the upload, ready to paste
     assert "PRIVATE KEY" not in result.stdout + result.stderr
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert timedelta(days=29) < lifetime <= timedelta(days=31)
