@@ -97,9 +97,35 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="drop: every dead letter (asks first, unless --yes)")
     dead.add_argument("--yes", action="store_true", help="drop --all: do not ask")
     _add_setup(commands)
+    _add_onboarding(commands)
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")
     return parser
+
+
+def _add_onboarding(commands: Any) -> None:
+    """`init` (a starter config) and `app certificate` (the app registration's credential)."""
+    init = _add(commands, "init", "write a commented starter config from flags, or from a few questions on a terminal")
+    init.add_argument("--client-id", help="Application (client) ID of the MSSP's multi-tenant app")
+    credential = init.add_mutually_exclusive_group()
+    credential.add_argument("--certificate", metavar="PATH", help="PEM with the private key and the certificate")
+    credential.add_argument("--client-secret-env", metavar="NAME",
+                            help="environment variable that holds the client secret (never the secret itself)")
+    init.add_argument("--tenant", action="append", default=[], metavar="LABEL=TENANT_ID",
+                      help="a customer: its label and tenant GUID or verified domain (repeatable)")
+    init.add_argument("--sink", default="file", metavar="TYPE",
+                      help="file | syslog | splunk_hec | elasticsearch | eventhub (default file)")
+    init.add_argument("--out", metavar="FILE", help="where to write (default: ./defender-forwarder.toml)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    app = _add(commands, "app", "the MSSP app registration's credential: app certificate")
+    actions = app.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cert = actions.add_parser("certificate", help="create a private key and a self-signed certificate to upload",
+                              description="create a private key and a self-signed certificate to upload",
+                              parents=[_global_options(suppress=True)])
+    cert.add_argument("--out", metavar="DIR", required=True, help="folder for NAME.key, NAME.cer and NAME.pem")
+    cert.add_argument("--name", default="mssp", help="file names and certificate subject (default mssp)")
+    cert.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
+    cert.add_argument("--force", action="store_true", help="replace an existing private key")
 
 
 def _add_setup(commands: Any) -> None:

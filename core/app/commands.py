@@ -623,3 +623,44 @@ def _confirm_drop(args: argparse.Namespace, count: int) -> None:
     answer = input(f"drop all {count} dead letters for good? [y/N] ")
     if answer.strip().lower() not in ("y", "yes"):
         raise CommandFailed("nothing dropped", EXIT_CONFIG)
+
+
+# ---- init / app certificate ----------------------------------------------------------------
+@_guarded
+def cmd_init(args: argparse.Namespace) -> int:
+    from core.app import onboard
+
+    out = Path(args.out) if args.out else Path("defender-forwarder.toml")
+    options = onboard.InitOptions(args.client_id or "", Path(args.certificate) if args.certificate else None,
+                                  args.client_secret_env, sink=args.sink)
+    try:
+        options.tenants = [onboard.parse_tenant(value) for value in args.tenant]
+        if _no_init_flags(args) and sys.stdin.isatty():
+            options = onboard.ask(options, onboard.Prompt())
+        onboard.write_config(onboard.render_config(options), out, args.force)
+    except onboard.OnboardError as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+    except EOFError:
+        raise CommandFailed("no answer; nothing written", EXIT_CONFIG) from None
+    err_console.print(f"wrote {escape(str(out))}; next: defender-forwarder validate --config {escape(str(out))}")
+    return EXIT_OK
+
+
+def _no_init_flags(args: argparse.Namespace) -> bool:
+    return not (args.client_id or args.certificate or args.client_secret_env or args.tenant)
+
+
+@_guarded
+def cmd_app(args: argparse.Namespace) -> int:
+    from core.app import onboard
+
+    try:
+        files = onboard.make_certificate(Path(args.out), args.name, args.days, args.force)
+    except onboard.OnboardError as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+    print(f"thumbprint (SHA-1): {files.thumbprint}")
+    print(f"upload to the app registration: {files.certificate}")
+    print(f"private key (0600): {files.key}")
+    print(f'for the config (0600): certificate = "file:{files.combined}"')
+    print(f"upload with: az ad app credential reset --id <client id> --cert @{files.certificate} --append")
+    return EXIT_OK

@@ -15,6 +15,7 @@ What is checked against what:
 - the ECS differences -> the ECS conformance test's `DELIBERATE_DIFFERENCES`
 - the syslog severity table -> the PRI of messages the syslog sink sends
 - exit codes and commands -> `defender-forwarder --help`
+- the error lines docs/onboarding.md quotes -> the messages written in core/
 - the AADSTS codes of the tenant-failure table -> the codes the sources know
 - the layers table -> `tests/test_layers.py`'s own table; the folder layout -> the tree
 """
@@ -679,6 +680,27 @@ def test_the_tenant_failure_table_is_the_sources() -> None:
     known = {code for path in (REPO / "core").rglob("*.py") for code in re.findall(r"AADSTS\d+", path.read_text())}
     assert documented == known
     assert all(re.search(rf"\b{code}\b", read("docs/sources.md")) for code in known)
+
+
+# --------------------------------------------------------------------------- onboarding
+
+# What an error line in the onboarding table leaves to the case: a placeholder, an elision,
+# the example app (mssp), its secret's variable, an example tenant, the permission's name.
+ERROR_LINE_BLANKS = re.compile(r"<[^>]+>|…|\S*mssp\S*|'contoso'|SecurityAlert\.Read\.All", re.I)
+
+
+def test_the_onboarding_error_lines_are_the_codes() -> None:
+    """Every line the onboarding table quotes is one the code prints: each literal part of
+    it is in the source of core/ (where the messages are written)."""
+    source = "\n".join(path.read_text(encoding="utf-8") for path in sorted((REPO / "core").rglob("*.py")))
+    rows = table_with(read("docs/onboarding.md"), "the line says", "meaning", "fix")
+    assert len(rows) >= 10
+    unknown = []
+    for row in rows:
+        (line, *_) = code_spans(row[0])
+        parts = [part.strip() for part in ERROR_LINE_BLANKS.split(line)]
+        unknown += [f"{line!r}: {part!r}" for part in parts if len(part) >= 8 and part not in source]
+    assert not unknown, "not in the code:\n" + "\n".join(unknown)
 
 
 # --------------------------------------------------------------------------- architecture
