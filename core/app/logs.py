@@ -4,8 +4,17 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Any
 
 from core.model.secrets import REDACTOR
+
+# What every LogRecord has; any other attribute came from a call's `extra=` (tenant, sink,
+# alert_id, a cycle's numbers) and becomes a key of the JSON line.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def extra_keys(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in vars(record).items() if key not in _STANDARD}
 
 
 class RedactingFormatter(logging.Formatter):
@@ -23,6 +32,7 @@ class RedactingFormatter(logging.Formatter):
                     "level": record.levelname.lower(),
                     "logger": record.name,
                     "message": record.getMessage(),
+                    **extra_keys(record),
                     **({"exception": self.formatException(record.exc_info)} if record.exc_info else {}),
                 }
             ).decode()
