@@ -521,6 +521,9 @@ def _setup_options(args: argparse.Namespace, target: str) -> dict[str, str]:
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from core.app import dead_letters
 
+    if args.action != "list" and args.output == "json":
+        # replay and drop print a count, not a listing: a script must not wait for a document.
+        raise CommandFailed(f"--output json: only dead-letters list prints a listing, not {args.action}", EXIT_CONFIG)
     config = _load(args)
     with _state(config) as store:
         chosen = [d for d in store.dead_letters(args.sink, limit=1_000_000) if not args.ids or d.id in args.ids]

@@ -176,3 +176,27 @@ def test_daemon_logs_one_cycle_line_per_cycle_with_its_numbers_as_keys(tmp_path:
     # again, as the run summary counts it; the state keeps it once).
     assert first["dead_letters"] == 1
     assert all(isinstance(entry["duration_s"], float) and entry["duration_s"] >= 0 for entry in cycles)
+
+
+def test_json_logs_take_the_sink_or_tenant_a_line_starts_with_as_a_key(capsys: Any) -> None:
+    import logging
+
+    from core.app.logs import setup_logging
+
+    setup_logging("info", as_json=True)
+    try:
+        log = logging.getLogger("defender_forwarder.test")
+        log.warning("sink %s: tls_verify = false: the server's certificate is NOT checked", "siem")
+        log.warning("tenant %s: Graph sent a body that is not JSON; retrying", TENANT_ID)
+        log.warning("tenant %s: paused", "acme")
+    finally:
+        logging.getLogger().handlers.clear()
+    sink, by_id, by_label = _json_lines(capsys.readouterr().err)
+    assert sink["sink"] == "siem" and by_id["tenant_id"] == TENANT_ID and by_label["tenant"] == "acme"
+    assert "tenant" not in by_id
+
+
+def test_dead_letters_output_json_is_for_list_only(tmp_path: Path) -> None:
+    config = _config(tmp_path, _alerts(1))
+    result = run_cli("dead-letters", "drop", "--output", "json", "--config", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "--output json" in result.stderr
