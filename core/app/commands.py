@@ -117,6 +117,10 @@ def _guarded(func: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
+    if args.output == "json" and not args.once:
+        # The daemon prints no summary to format: its cycle lines are in the log.
+        raise CommandFailed("--output json: the daemon prints no summary (each cycle is a log line); "
+                            "use it with run --once", EXIT_CONFIG)
     config = _load(args)
     _need_run_secrets(config)
     with _state(config) as store:
@@ -354,11 +358,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _need_run_secrets(config)
-    err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
+    # With JSON logs stderr is a log stream: what check says goes there as log lines, its table to stdout.
+    json_logs = config.forwarder.log_format == "json"
+    if json_logs:
+        log.info("configuration %s: valid", config_path(args.config))
+    else:
+        err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
     with _state(config, lock=False) as store:
         results = asyncio.run(_check(Forwarder(config, store)))
     rows = [{"what": kind, "name": name, "ok": ok, "result": text} for kind, name, ok, text in results]
-    output_.show(args.output, "check", CHECK_COLUMNS, rows, stderr=True)
+    output_.show(args.output, "check", CHECK_COLUMNS, rows, stderr=not json_logs)
     return EXIT_OK if all(row["ok"] for row in rows) else EXIT_PARTIAL
 
 

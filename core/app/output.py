@@ -40,7 +40,8 @@ def console(stderr: bool = False) -> Console:
 def table(title: str, columns: list[Column], rows: list[dict[str, Any]]) -> Table:
     view = Table(title=title, title_justify="left")
     for column in columns:
-        view.add_column(column.header, justify="right" if column.right else "left")
+        # fold, not an ellipsis: on a narrow terminal an id is still there whole, over two lines.
+        view.add_column(column.header, justify="right" if column.right else "left", overflow="fold")
     for row in rows:
         view.add_row(*(column.cell(row) for column in columns))
     return view

@@ -200,3 +200,19 @@ def test_dead_letters_output_json_is_for_list_only(tmp_path: Path) -> None:
     config = _config(tmp_path, _alerts(1))
     result = run_cli("dead-letters", "drop", "--output", "json", "--config", str(config))
     assert result.returncode == 2 and "Traceback" not in result.stderr and "--output json" in result.stderr
+
+
+def test_check_with_json_logs_keeps_its_table_out_of_the_log_stream(setup: CloudSetup) -> None:
+    tenant_id = setup.tenant("good")
+    setup.cloud.add_alerts(tenant_id, make_alerts(1, tenant_id, recent(30), timedelta(minutes=1)))
+    setup.forwarder["log_format"] = "json"
+    result = run_cli("check", "--config", str(setup.write()))
+    assert result.returncode == 0, result.stderr
+    assert not BOX & set(result.stderr) and len(_json_lines(result.stderr)) == len(result.stderr.splitlines())
+    assert any("good" in line and "read 1 alert" in line for line in result.stdout.splitlines()), result.stdout
+
+
+def test_the_daemon_refuses_output_json(tmp_path: Path) -> None:
+    config = _config(tmp_path, _alerts(1))
+    result = run_cli("run", "--output", "json", "--config", str(config))
+    assert result.returncode == 2 and "--once" in result.stderr and "Traceback" not in result.stderr
