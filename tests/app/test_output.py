@@ -216,3 +216,13 @@ def test_the_daemon_refuses_output_json(tmp_path: Path) -> None:
     config = _config(tmp_path, _alerts(1))
     result = run_cli("run", "--output", "json", "--config", str(config))
     assert result.returncode == 2 and "--once" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_backfill_output_json_prints_the_summary_document_and_no_progress_bar_in_json_logs(tmp_path: Path) -> None:
+    config = _config(tmp_path, _alerts(2), forwarder={"log_format": "json"})
+    result = run_cli("backfill", "--since", "2000-01-01", "--output", "json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert [(t["tenant"], t["new_versions"]) for t in summary["tenants"]] == [("acme", 2)]
+    assert [(s["sink"], s["delivered"]) for s in summary["sinks"]] == [("out", 2)]
+    assert len(_json_lines(result.stderr)) == len(result.stderr.splitlines()), result.stderr
