@@ -21,6 +21,8 @@ cannot use, a full disk, a missing extra, an unreadable certificate or secret fi
 """
 CONFIG_HELP = "config file (default: ./defender-forwarder.toml or $DEFENDER_FORWARDER_CONFIG)"
 LOG_LEVELS = ["debug", "info", "warning", "error"]  # the config's forwarder.log_level
+OUTPUTS = ["table", "json"]  # core.app.output.OUTPUTS, not imported: `--help` stays light
+OUTPUT_HELP = "table (default: for people) or json (one JSON document on stdout, for scripts)"
 
 
 def _global_options(suppress: bool) -> argparse.ArgumentParser:
@@ -72,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add(commands, "run", "poll every tenant and deliver; a daemon loop, or one cycle with --once (cron)")
-    commands.choices["run"].add_argument("--once", action="store_true", help="one poll cycle, drain, exit")
+    run = _add(commands, "run", "poll every tenant and deliver; a daemon loop, or one cycle with --once (cron)",
+               listing=True)
+    run.add_argument("--once", action="store_true", help="one poll cycle, drain, exit")
     convert = _add(commands, "convert", "convert saved alerts to an output format on stdout")
     convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
     convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")
@@ -82,14 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: each alert's lastUpdateDateTime, so the same input gives the same output)")
     convert.add_argument("file", nargs="?", default="-", help="Graph list response, one alert, or NDJSON (- = stdin)")
     _add(commands, "validate", "check the config offline: no network, no state, secret references by syntax only")
-    _add(commands, "check", "validate config, get a token per tenant, read one alert, probe every sink")
-    _add(commands, "tenants", "per tenant: cursor, lag, last success, last error, outbox depth per sink")
-    backfill = _add(commands, "backfill", "re-read history since a date and forward it, with a progress bar")
+    _add(commands, "check", "validate config, get a token per tenant, read one alert, probe every sink", listing=True)
+    _add(commands, "tenants", "per tenant: cursor, lag, last success, last error, outbox depth per sink", listing=True)
+    backfill = _add(commands, "backfill", "re-read history since a date and forward it, with a progress bar",
+                    listing=True)
     backfill.add_argument("--since", required=True, help="ISO date or time, e.g. 2026-11-01 or 2026-11-01T12:00Z")
     backfill.add_argument("--tenant", help="one tenant label (default: every tenant)")
     backfill.add_argument("--resend", action="store_true",
                           help="send again the versions already taken (default: only what the sinks have not had)")
-    dead = _add(commands, "dead-letters", "inspect, re-send or drop rejected events")
+    dead = _add(commands, "dead-letters", "inspect, re-send or drop rejected events", listing=True)
     dead.add_argument("action", choices=["list", "show", "replay", "drop"])
     dead.add_argument("ident", nargs="?", type=int, metavar="ID", help="show: the dead letter to print")
     dead.add_argument("--sink", help="only this sink's dead letters")
@@ -143,9 +147,18 @@ def _add_setup(commands: Any) -> None:
     setup.add_argument("--dry-run", action="store_true", help="print the requests instead of sending them")
 
 
-def _add(commands: Any, name: str, text: str) -> argparse.ArgumentParser:
+def _add(commands: Any, name: str, text: str, listing: bool = False) -> argparse.ArgumentParser:
     # `convert` takes the global options too (and reads no config): one rule for every command.
-    return commands.add_parser(name, help=text, description=text, parents=[_global_options(suppress=True)])
+    parents = [_global_options(suppress=True)] + ([_output_option()] if listing else [])
+    return commands.add_parser(name, help=text, description=text, parents=parents)
+
+
+def _output_option() -> argparse.ArgumentParser:
+    """`--output`, on the commands that print a listing (a table or the run summary) only: on
+    any other command it would be accepted and do nothing."""
+    option = argparse.ArgumentParser(add_help=False)
+    option.add_argument("--output", choices=OUTPUTS, default="table", help=OUTPUT_HELP)
+    return option
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -15,8 +15,8 @@ from typing import Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from core.app import output as output_
 from core.app.config import (
     Config,
     ConfigError,
@@ -203,21 +203,26 @@ def _guarded(func: Any) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from core.app.pipeline import Forwarder
 
+    if args.output == "json" and not args.once:
+        # The daemon prints no summary to format: its cycle lines are in the log.
+        raise CommandFailed("--output json: the daemon prints no summary (each cycle is a log line); "
+                            "use it with run --once", EXIT_CONFIG)
     config = _load(args)
     _need_run_secrets(config)
     _preflight(config)
     with _state(config) as store:
         if args.once:
-            return asyncio.run(_once(Forwarder(config, store)))
+            return asyncio.run(_once(Forwarder(config, store), output=args.output))
         asyncio.run(_forever(Forwarder(config, store)))
     return EXIT_OK
 
 
-async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None) -> int:
+async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None,
+                output: str = "table") -> int:
     started = time.time()
     async with forwarder:
         results = await forwarder.run_once(since, only)
-    _print_summary(results, forwarder)
+    _print_summary(results, forwarder, output)
     forwarder.warn_of_dead_letters(since=started)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
     # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
@@ -232,29 +237,55 @@ async def _forever(forwarder: Any) -> None:
         await forwarder.run_forever()
 
 
-def _print_summary(results: list[Any], forwarder: Any) -> None:
-    table = Table(title="defender-forwarder: this cycle", title_justify="left")
-    for column in ("tenant", "read", "new versions", "duplicates", "held back", "dead letters", "status"):
-        table.add_column(column, justify="left" if column in ("tenant", "held back", "status") else "right")
-    for r in sorted(results, key=lambda r: r.label):
-        # Escaped: an error names keys in brackets ([apps.mssp]) that are text, not markup.
-        status = "[red]" + escape(r.error) + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
-        table.add_row(r.label, str(r.read), str(r.queued), str(r.duplicates), _held_back(r.held_back, "0"),
-                      str(r.dead), status)
-    err_console.print(table)
-    sinks = Table(title="sinks", title_justify="left")
-    for column in ("sink", "delivered", "dead letters", "pending", "status"):
-        sinks.add_column(column, justify="left" if column in ("sink", "status") else "right")
-    for name, worker in forwarder.workers.items():
-        status = f"[red]stopped: {escape(worker.fatal)}[/]" if worker.fatal else "[green]ok[/]"
-        altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
-        if altered:
-            status += f" ({altered})"
-        pending = forwarder.store.outbox_depth(name)
-        if pending and worker.deferred_until is not None and not worker.fatal:
-            status += " (the pending wait for their digest or rate limit)"
-        sinks.add_row(name, str(worker.stats.delivered), str(worker.stats.dead), str(pending), status)
-    err_console.print(sinks)
+def _print_summary(results: list[Any], forwarder: Any, output: str) -> None:
+    """The run summary: a JSON object on stdout with --output json; else two tables on stderr,
+    unless the logs are JSON lines (the cycle's log line says it there: no table in a log stream)."""
+    tenants = [_tenant_summary(r) for r in sorted(results, key=lambda r: r.label)]
+    sinks = [_sink_summary(name, worker, forwarder) for name, worker in forwarder.workers.items()]
+    if output == "json":
+        output_.print_json({"tenants": _plain_status(tenants), "sinks": _plain_status(sinks)})
+    elif forwarder.config.forwarder.log_format != "json":
+        err = output_.console(stderr=True)
+        err.print(output_.table("defender-forwarder: this cycle", SUMMARY_TENANT_COLUMNS, tenants))
+        err.print(output_.table("sinks", SUMMARY_SINK_COLUMNS, sinks))
+
+
+SUMMARY_TENANT_COLUMNS = [
+    output_.keyed("tenant"), output_.keyed("read", right=True), output_.keyed("new_versions", right=True),
+    output_.keyed("duplicates", right=True), output_.Column("held back", lambda row: _held_back(row["held_back"], "0")),
+    output_.keyed("dead_letters", right=True), output_.keyed("status"),
+]
+SUMMARY_SINK_COLUMNS = [
+    output_.keyed("sink"), output_.keyed("delivered", right=True), output_.keyed("dead_letters", right=True),
+    output_.keyed("pending", right=True), output_.keyed("status"),
+]
+
+
+def _tenant_summary(r: Any) -> dict[str, Any]:
+    # Escaped: an error names keys in brackets ([apps.mssp]) that are text, not markup.
+    status = "[red]" + escape(r.error) + "[/]" if r.error else ("paused (outbox full)" if r.paused else "[green]ok[/]")
+    return {"tenant": r.label, "tenant_id": r.tenant_id, "read": r.read, "new_versions": r.queued,
+            "duplicates": r.duplicates, "held_back": dict(sorted(r.held_back.items())), "dead_letters": r.dead,
+            "status": status}
+
+
+def _sink_summary(name: str, worker: Any, forwarder: Any) -> dict[str, Any]:
+    status = f"[red]stopped: {escape(worker.fatal)}[/]" if worker.fatal else "[green]ok[/]"
+    altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
+    if altered:
+        status += f" ({altered})"
+    pending = forwarder.store.outbox_depth(name)
+    if pending and worker.deferred_until is not None and not worker.fatal:
+        status += " (the pending wait for their digest or rate limit)"
+    return {"sink": name, "delivered": worker.stats.delivered, "dead_letters": worker.stats.dead,
+            "pending": pending, "status": status}
+
+
+def _plain_status(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with the status as plain text: the colours are the table's, not the data's."""
+    from rich.text import Text
+
+    return [{**row, "status": Text.from_markup(row["status"]).plain} for row in rows]
 
 
 def _held_back(counts: dict[str, int], none: str) -> str:
@@ -274,13 +305,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
     _need_run_secrets(config)
     _preflight(config)
-    with _state(config) as store, Progress(console=err_console, transient=False) as progress:
+    # JSON log lines are the stream a SIEM reads: no progress bar drawn into it.
+    with _state(config) as store, Progress(console=err_console, transient=False,
+                                           disable=config.forwarder.log_format == "json") as progress:
         forwarder = Forwarder(config, store)
         forwarder.resend = args.resend
         labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
         tasks = {label: progress.add_task(f"{label}: alerts read", total=None) for label in labels}
         forwarder.on_page = lambda label, n: progress.advance(tasks[label], n)
-        return asyncio.run(_once(forwarder, since, args.tenant))
+        return asyncio.run(_once(forwarder, since, args.tenant, args.output))
 
 
 def _parse_since(text: str) -> datetime:
@@ -417,16 +450,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     _need_run_secrets(config)
     _preflight(config)
-    err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
+    # With JSON logs stderr is a log stream: what check says goes there as log lines, its table to stdout.
+    json_logs = config.forwarder.log_format == "json"
+    if json_logs:
+        log.info("configuration %s: valid", config_path(args.config))
+    else:
+        err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
     with _state(config, lock=False) as store:
-        rows = asyncio.run(_check(Forwarder(config, store)))
-    table = Table(title="check", title_justify="left")
-    for column in ("what", "name", "result"):
-        table.add_column(column)
-    for kind, name, ok, text in rows:
-        table.add_row(kind, name, ("[green]ok[/] " if ok else "[red]FAILED[/] ") + text)
-    err_console.print(table)
-    return EXIT_OK if all(ok for _, _, ok, _ in rows) else EXIT_PARTIAL
+        results = asyncio.run(_check(Forwarder(config, store)))
+    rows = [{"what": kind, "name": name, "ok": ok, "result": text} for kind, name, ok, text in results]
+    output_.show(args.output, "check", CHECK_COLUMNS, rows, stderr=not json_logs)
+    return EXIT_OK if all(row["ok"] for row in rows) else EXIT_PARTIAL
+
+
+CHECK_COLUMNS = [
+    output_.keyed("what"), output_.keyed("name"),
+    output_.Column("result", lambda row: ("[green]ok[/] " if row["ok"] else "[red]FAILED[/] ") + escape(row["result"])),
+]
 
 
 async def _check(forwarder: Any) -> list[tuple[str, str, bool, str]]:
@@ -451,32 +491,54 @@ async def _probe(kind: str, name: str, probe: Any) -> tuple[str, str, bool, str]
 def cmd_tenants(args: argparse.Namespace) -> int:
     config = _load(args)
     with _state(config, lock=False) as store:
-        table = _tenant_table(config, store)
-    Console(highlight=False).print(table)
+        rows = _tenant_rows(config, store)
+    output_.show(args.output, f"tenants (state {config.forwarder.state})", _tenant_columns(config), rows)
     return EXIT_OK
 
 
-def _tenant_table(config: Config, store: SQLiteStore) -> Table:
+def _tenant_rows(config: Config, store: SQLiteStore) -> list[dict[str, Any]]:
+    """One row per tenant of the config, times as ISO 8601 UTC, absent values as None."""
     now = datetime.now(timezone.utc)
     statuses, cursors, depths = store.tenant_statuses(), store.cursors(), store.outbox_depths_by_tenant()
     held_back = store.held_back_counts()
-    table = Table(title=f"tenants (state {config.forwarder.state})", title_justify="left")
-    for column in ("tenant", "tenant id", "cursor", "lag", "last success", "last error", "held back", *config.sinks):
-        table.add_column(column, overflow="fold")
+    rows = []
     for label, tenant in sorted(config.tenants.items()):
         status = statuses.get(tenant.tenant_id)
         cursor = _tenant_cursor(cursors, tenant)
-        table.add_row(
-            label,
-            tenant.tenant_id,
-            cursor.strftime("%Y-%m-%d %H:%M:%S") if cursor else "-",
-            _age(now, cursor),
-            _when(status.last_success if status else None),
-            escape(status.last_error or "-") if status else "-",
-            _held_back(held_back.get(tenant.tenant_id, {}), "-"),
-            *(str(depths.get((tenant.tenant_id, sink), 0)) for sink in config.sinks),
-        )
-    return table
+        last_success = status.last_success if status else None
+        rows.append({
+            "tenant": label,
+            "tenant_id": tenant.tenant_id,
+            "cursor": _iso(cursor.timestamp()) if cursor else None,
+            "lag_seconds": int((now - cursor).total_seconds()) if cursor else None,
+            "last_success": _iso(last_success) if last_success is not None else None,
+            "last_error": (status.last_error or None) if status else None,
+            "held_back": dict(sorted(held_back.get(tenant.tenant_id, {}).items())),
+            "outbox": {sink: depths.get((tenant.tenant_id, sink), 0) for sink in config.sinks},
+        })
+    return rows
+
+
+def _tenant_columns(config: Config) -> list[output_.Column]:
+    return [
+        output_.keyed("tenant"),
+        output_.keyed("tenant_id"),
+        output_.Column("cursor", lambda row: _shown_time(row["cursor"])),
+        output_.Column("lag", lambda row: _age(row["lag_seconds"])),
+        output_.Column("last success", lambda row: _shown_time(row["last_success"])),
+        output_.Column("last error", lambda row: escape(row["last_error"] or "-")),
+        output_.Column("held back", lambda row: _held_back(row["held_back"], "-")),
+        *(output_.Column(sink, lambda row, sink=sink: str(row["outbox"][sink])) for sink in config.sinks),
+    ]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _shown_time(iso: str | None) -> str:
+    """An ISO time of a row as the table shows it: `2026-11-30 12:00:00` (UTC)."""
+    return iso.replace("T", " ").removesuffix("Z") if iso else "-"
 
 
 def _tenant_cursor(cursors: dict[tuple[str, str], datetime], tenant: TenantSettings) -> datetime | None:
@@ -487,17 +549,10 @@ def _tenant_cursor(cursors: dict[tuple[str, str], datetime], tenant: TenantSetti
     return min(found) if found and len(found) == len(wanted) else None
 
 
-def _age(now: datetime, then: datetime | None) -> str:
-    if then is None:
+def _age(seconds: int | None) -> str:
+    if seconds is None:
         return "-"
-    seconds = int((now - then).total_seconds())
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h" if seconds >= 86400 else f"{seconds // 60}m"
-
-
-def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @_guarded
@@ -567,6 +622,9 @@ def _setup_options(args: argparse.Namespace, target: str) -> dict[str, str]:
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from core.app import dead_letters
 
+    if args.action != "list" and args.output == "json":
+        # replay and drop print a count, not a listing: a script must not wait for a document.
+        raise CommandFailed(f"--output json: only dead-letters list prints a listing, not {args.action}", EXIT_CONFIG)
     config = _load(args)
     if (args.action == "show") != (args.ident is not None):
         raise CommandFailed("dead-letters show ID prints one dead letter; list, replay and drop pick some with "
@@ -578,7 +636,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             print(dead_letters.describe(chosen[0], labels))
             return EXIT_OK
         if args.action == "list":
-            Console(highlight=False).print(dead_letters.table(chosen, labels))
+            output_.show(args.output, f"{len(chosen)} dead letters", dead_letters.COLUMNS, dead_letters.rows(chosen, labels))
             return EXIT_OK
         if args.action == "drop":
             _confirm_drop(args, len(chosen))

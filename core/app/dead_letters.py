@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any
 
-from rich.table import Table
+from rich.markup import escape
 
 from core.app.config import Config, sinks_for_alert
+from core.app.output import Column, keyed
 from core.app.pipeline import encode_for_sinks
 from core.model import jsonutil
 from core.model.schema import TenantRef
@@ -38,13 +40,22 @@ def _when(letter: DeadLetter) -> str:
     return datetime.fromtimestamp(letter.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def table(dead: list[DeadLetter], labels: dict[str, str]) -> Table:
-    view = Table(title=f"{len(dead)} dead letters", title_justify="left")
-    for column in ("id", "when", "stage", "sink", "tenant", "alert version", "reason"):
-        view.add_column(column, overflow="fold")
-    for d in dead:
-        view.add_row(str(d.id), _when(d), d.stage, d.sink or "-", label_of(d, labels), d.version_key or "-", d.reason)
-    return view
+def rows(dead: list[DeadLetter], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """One row per dead letter, for `dead-letters list` (table or JSON); the payload stays out."""
+    return [
+        {"id": d.id, "created": datetime.fromtimestamp(d.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+         "stage": d.stage, "sink": d.sink, "tenant": label_of(d, labels), "tenant_id": d.tenant_id,
+         "version_key": d.version_key, "reason": d.reason}
+        for d in dead
+    ]
+
+
+COLUMNS = [
+    keyed("id", right=True),
+    Column("when", lambda row: row["created"].replace("T", " ").removesuffix("Z")),
+    keyed("stage"), keyed("sink"), keyed("tenant"), keyed("version_key", header="alert version"),
+    Column("reason", lambda row: escape(row["reason"])),
+]
 
 
 def describe(letter: DeadLetter, labels: dict[str, str]) -> str:

@@ -2,10 +2,39 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from typing import Any
 
 from core.model.secrets import REDACTOR
+
+# What every LogRecord has; any other attribute came from a call's `extra=` (tenant, sink,
+# alert_id, a cycle's numbers) and becomes a key of the JSON line.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+# A line that starts `sink NAME:` or `tenant NAME:` is about that sink or tenant, even when its
+# call passed no `extra=` (a connector's own warning): the name becomes the key all the same.
+_SUBJECTS = {"sink %s": "sink", "tenant %s": "tenant"}
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+
+
+def extra_keys(record: logging.LogRecord) -> dict[str, Any]:
+    keys = {key: value for key, value in vars(record).items() if key not in _STANDARD}
+    return {**_subject(record), **keys}
+
+
+def _subject(record: logging.LogRecord) -> dict[str, str]:
+    """The sink or tenant a line's text names first, as a key: `tenant` for a tenant's label,
+    `tenant_id` where the line names the tenant by its GUID (a source reader knows no label)."""
+    if not isinstance(record.msg, str) or not isinstance(record.args, tuple) or not record.args:
+        return {}
+    name = record.args[0]
+    for prefix, key in _SUBJECTS.items():
+        if record.msg.startswith(prefix) and isinstance(name, str):
+            return {"tenant_id" if key == "tenant" and _GUID.fullmatch(name) else key: name}
+    return {}
 
 
 class RedactingFormatter(logging.Formatter):
@@ -23,6 +52,7 @@ class RedactingFormatter(logging.Formatter):
                     "level": record.levelname.lower(),
                     "logger": record.name,
                     "message": record.getMessage(),
+                    **extra_keys(record),
                     **({"exception": self.formatException(record.exc_info)} if record.exc_info else {}),
                 }
             ).decode()

@@ -57,8 +57,27 @@ class TenantResult:
     duplicates: int = 0
     held_back: dict[str, int] = field(default_factory=dict)  # reason -> alerts no route took for it
     dead: int = 0
+    refused: int = 0  # of `dead`, the alerts the mapping refused (the others failed to encode)
     paused: bool = False
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one poll cycle did: the daemon's INFO line, its numbers as keys in JSON logs."""
+
+    tenants_polled: int
+    tenants_failed: int
+    new_versions: int
+    delivered: dict[str, int]  # per sink, since the cycle before (workers deliver between cycles)
+    dead_letters: int  # kept since the cycle before: refused by a mapping, a format or a sink
+    duration_s: float
+
+    def line(self) -> str:
+        delivered = ", ".join(f"{sink} {n}" for sink, n in self.delivered.items()) or "no sinks"
+        return (f"cycle: {self.tenants_polled} tenants polled ({self.tenants_failed} failed), "
+                f"{self.new_versions} new versions, delivered: {delivered}; dead letters {self.dead_letters}; "
+                f"{self.duration_s:.1f} s")
 
 
 @dataclass
@@ -88,6 +107,7 @@ class Forwarder:
         self._page_slots = asyncio.Semaphore(PAGES_IN_MEMORY)
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
         self.resend = False  # backfill --resend: versions taken before are sent again
+        self._counted: tuple[dict[str, int], int] = ({}, 0)  # sink totals at the last cycle line
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
@@ -198,7 +218,7 @@ class Forwarder:
                 break
         result.error = "; ".join(errors) or None
         if result.error:
-            log.error("tenant %s: %s", label, result.error)
+            log.error("tenant %s: %s", label, result.error, extra={"tenant": label})
             self.store.record_error(tenant.tenant_id, label, result.error)
         elif not result.paused:
             horizon = prune_horizon(windows)
@@ -236,7 +256,8 @@ class Forwarder:
             async for page in pages:
                 if self._backpressured(sinks):
                     result.paused = True
-                    log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)))
+                    log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)),
+                                extra={"tenant": label})
                     return None
                 self._take_page(ref, kind, window, page, result)
                 del page  # not kept while the next page waits for its request (see GraphSource.pages)
@@ -246,7 +267,11 @@ class Forwarder:
         """Queue one page in one transaction (the cursor with the window's last page)."""
         outcome = self._process_page(ref, kind, window, page, result)
         outcome.commit.cursor = window.end_page(page.last)
-        self.store.commit_page(outcome.commit)
+        for letter in self.store.commit_page(outcome.commit):
+            # Once per dead letter: the overlap re-reads a refused alert every cycle. (INFO: the
+            # WARNING is warn_of_dead_letters' count, with where to look.)
+            log.info("tenant %s: alert %s refused (%s), kept as a dead letter: %s", ref.label, letter.version_key,
+                     letter.stage, letter.reason, extra={"tenant": ref.label, "alert_id": letter.version_key})
         if self.on_page is not None:
             self.on_page(ref.label, len(page.alerts))
         for name in outcome.sinks:
@@ -263,6 +288,7 @@ class Forwarder:
         result.read += skipped + len(alerts) + len(commit.dead)
         result.duplicates += skipped
         result.dead += len(commit.dead)
+        result.refused += len(commit.dead)
         versions = window.new_versions([(a.id, a.times.last_updated) for a in alerts])
         known = self.store.known(ref.id, [version[0] for version in versions if version is not None])
         for alert, version in zip(alerts, versions, strict=True):
@@ -285,7 +311,8 @@ class Forwarder:
             except refusal as err:
                 commit.dead.append(_dead_raw(ref, raw, f"normalise: {err}"))
             except Exception as err:  # noqa: BLE001 - a mapping bug must cost one alert, not the run
-                log.exception("tenant %s: mapping failed unexpectedly", ref.label)
+                log.exception("tenant %s: mapping failed unexpectedly", ref.label,
+                              extra={"tenant": ref.label, "alert_id": _raw_id(raw)})
                 commit.dead.append(_dead_raw(ref, raw, f"normalise: internal error {type(err).__name__}: {err}"))
         return alerts
 
@@ -310,10 +337,30 @@ class Forwarder:
 
     # ---- running ---------------------------------------------------------------
     async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
+        started = asyncio.get_running_loop().time()
         results = await self.poll_all(since, only)
         await self.drain()
         self._tidy_state()
+        self.log_cycle(results, asyncio.get_running_loop().time() - started)
         return results
+
+    def log_cycle(self, results: list[TenantResult], seconds: float) -> CycleReport:
+        """Log the cycle's one INFO line: a SIEM admin's view of a run without its tables."""
+        delivered = {name: w.stats.delivered for name, w in self.workers.items()}
+        dead = sum(w.stats.dead for w in self.workers.values())
+        before, dead_before = self._counted
+        self._counted = (delivered, dead)
+        report = CycleReport(
+            tenants_polled=len(results), tenants_failed=sum(1 for r in results if r.error),
+            new_versions=sum(r.queued for r in results),
+            delivered={name: n - before.get(name, 0) for name, n in delivered.items()},
+            # A worker counts what it dead-lettered (encoding and delivery); a tenant adds the
+            # alerts its mapping refused, which reached no sink.
+            dead_letters=dead - dead_before + sum(r.refused for r in results),
+            duration_s=round(seconds, 3),
+        )
+        log.info("%s", report.line(), extra=vars(report))
+        return report
 
     async def drain(self) -> bool:
         deadline = asyncio.get_running_loop().time() + self.settings.once_deadline
@@ -353,9 +400,10 @@ class Forwarder:
         try:
             while not stop.is_set():
                 started = loop.time()
-                await self.poll_all()
+                results = await self.poll_all()
                 self._tidy_state()
                 since = self.warn_of_dead_letters(since)
+                self.log_cycle(results, loop.time() - started)
                 # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
                 # which must not add to every alert's wait. Jitter keeps many forwarders from
                 # polling in lockstep.
@@ -392,6 +440,12 @@ def encode_for_sinks(
             failures.append(DeadLetter("encode", sink, alert.tenant.id, alert.version_key,
                                        jsonutil.dumps_for_keeping(alert.raw), body[:2000]))
     return queued, failures
+
+
+def _raw_id(raw: Any) -> str | None:
+    """The id of an alert as read, for a log line about it (a refused alert may have none)."""
+    alert_id = raw.get("id") if isinstance(raw, dict) else None
+    return alert_id if isinstance(alert_id, str) else None
 
 
 def _dead_raw(ref: TenantRef, raw: Any, reason: str) -> DeadLetter:

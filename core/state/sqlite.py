@@ -203,7 +203,8 @@ class SQLiteStore:
         for chunk in _chunks(sorted(set(alert_ids)), 500):
             yield from self.db.execute(query.format(marks=",".join("?" * len(chunk))), (tenant_id, *chunk))
 
-    def commit_page(self, page: PageCommit) -> None:
+    def commit_page(self, page: PageCommit) -> list[DeadLetter]:
+        """Queue one page in one transaction; returns its dead letters that were new."""
         now = time.time()
         with self._transaction() as db:
             db.executemany(
@@ -216,7 +217,7 @@ class SQLiteStore:
                 [(page.tenant_id, alert_id, now, last) for alert_id, last in page.seen],
             )
             _insert_outbox(db, page.outbox, now)
-            _insert_dead(db, page.dead, now)
+            filed = _insert_dead(db, page.dead, now)
             db.executemany(
                 "INSERT INTO held_back VALUES (?, ?, ?) ON CONFLICT (tenant_id, reason) "
                 "DO UPDATE SET count=count+excluded.count",
@@ -228,6 +229,7 @@ class SQLiteStore:
                     "DO UPDATE SET cursor=max(cursor, excluded.cursor)",
                     (page.tenant_id, page.source, format_time(page.cursor)),
                 )
+        return filed
 
     def prune_seen(self, tenant_id: str, older_than: datetime) -> int:
         cur = self.db.execute(
@@ -415,15 +417,20 @@ def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, byte
     )
 
 
-def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> None:
+def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> list[DeadLetter]:
+    """File the dead letters; those that were not filed before."""
     # The digest makes a dead letter idempotent: re-reading the overlap window must not
     # file the same malformed alert twice.
-    db.executemany(
-        "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, digest, "
-        "tenant_label, alert_id, severity, event_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta))
-         for d in dead],
-    )
+    filed = []
+    for d in dead:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, "
+            "digest, tenant_label, alert_id, severity, event_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta)),
+        )
+        if cursor.rowcount:
+            filed.append(d)
+    return filed
 
 
 def _meta_columns(meta: EventMeta | None) -> tuple[object, ...]:
