@@ -1,0 +1,33 @@
+"""Which proxy a connection goes through, decided once for every client (login, Graph, sinks).
+
+An explicit `[forwarder] proxy` wins over the environment; otherwise HTTPS_PROXY / HTTP_PROXY
+(by the URL's scheme, either case) as curl and httpx read them. NO_PROXY exempts its hosts in
+both cases, so a sink on the local network is reached directly whatever the proxy.
+"""
+from __future__ import annotations
+
+import urllib.request
+from urllib.parse import urlsplit, urlunsplit
+
+
+def proxy_for(url: str, explicit: str | None = None) -> str | None:
+    """The proxy URL for a connection to `url`, or None to connect directly."""
+    parts = urlsplit(url if "://" in url else f"https://{url}")
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    # proxy_bypass_environment reads no_proxy/NO_PROXY the way urllib does (suffixes, `*`).
+    if host and urllib.request.proxy_bypass_environment(netloc):
+        return None
+    if explicit:
+        return explicit
+    return urllib.request.getproxies_environment().get(parts.scheme or "https")
+
+
+def redacted(proxy: str) -> str:
+    """The proxy URL for a log line: a password in it is a secret."""
+    parts = urlsplit(proxy)
+    if parts.password is None:
+        return proxy
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
