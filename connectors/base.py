@@ -129,6 +129,9 @@ class Connector:
         # Durable notes of this sink (e.g. what the e-mail sink already mailed), set by the
         # delivery worker before the first send.
         self.memory: Memory | None = None
+        # `[forwarder] proxy`, set by the app: it wins over HTTPS_PROXY/HTTP_PROXY for this
+        # sink's connections (core.model.proxy.proxy_for decides, NO_PROXY included).
+        self.proxy: str | None = None
 
     @classmethod
     def setup(cls, config: SinkConfig, options: Mapping[str, str]) -> SetupPlan | None:
