@@ -116,6 +116,9 @@ class Connector:
     """Base class of every destination. Subclasses set `config_model` and implement `send`."""
 
     config_model: ClassVar[type[SinkConfig]] = SinkConfig
+    # A protocol that no HTTP proxy carries (syslog, SMTP): its connections go directly, and
+    # the app says so when `[forwarder] proxy` is set.
+    direct_only: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SinkConfig, shortener: Shortener | None = None) -> None:
         self.name = name

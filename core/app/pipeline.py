@@ -112,6 +112,9 @@ class Forwarder:
         # not fit the destination's message.
         connector = connector_class(sink.type)(name, sink, shortener=shortener(sink.format))
         connector.proxy = self.settings.proxy
+        if self.settings.proxy and connector.direct_only:
+            log.warning("sink %s: %s connects directly, not through [forwarder] proxy (an HTTP proxy "
+                        "carries HTTPS only)", name, sink.type)
         return SinkWorker(connector, self.store)
 
     def _readers(self, label: str, tenant: TenantSettings) -> dict[str, AlertSource]:

@@ -7,7 +7,9 @@ both cases, so a sink on the local network is reached directly whatever the prox
 from __future__ import annotations
 
 import urllib.request
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from core.model.secrets import REDACTOR
 
 
 def proxy_for(url: str, explicit: str | None = None) -> str | None:
@@ -18,9 +20,19 @@ def proxy_for(url: str, explicit: str | None = None) -> str | None:
     # proxy_bypass_environment reads no_proxy/NO_PROXY the way urllib does (suffixes, `*`).
     if host and urllib.request.proxy_bypass_environment(netloc):
         return None
-    if explicit:
-        return explicit
-    return urllib.request.getproxies_environment().get(parts.scheme or "https")
+    proxy = explicit or urllib.request.getproxies_environment().get(parts.scheme or "https")
+    if proxy:
+        _register_password(proxy)
+    return proxy
+
+
+def _register_password(proxy: str) -> None:
+    """A proxy's password is a secret: the redactor masks it in every log line and error,
+    whatever library's message repeats the URL."""
+    password = urlsplit(proxy).password
+    if password:
+        REDACTOR.register(password)
+        REDACTOR.register(unquote(password))
 
 
 def redacted(proxy: str) -> str:

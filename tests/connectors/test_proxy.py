@@ -3,6 +3,7 @@ environment, `[forwarder] proxy` from the config, TLS verified end to end throug
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -147,6 +148,19 @@ def test_elasticsearch_pinned_fingerprint_through_a_proxy_is_one_clear_error(es:
     connector = _es_connector(es, proxy.url, ca_file=None, ssl_assert_fingerprint=es.fingerprint)
     with pytest.raises(SinkFatal, match="ssl_assert_fingerprint cannot be used through a proxy"):
         asyncio.run(_send(connector, _events(1)))
+
+
+def test_a_sink_no_proxy_carries_says_so_once(setup: CloudSetup, proxy: Proxy) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        setup.tenant("contoso")
+        setup.forwarder["proxy"] = proxy.url
+        setup.sinks = {"siem": {"type": "syslog", "host": "127.0.0.1", "port": receiver.getsockname()[1],
+                                "protocol": "udp"}}
+        result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if "connects directly" in line]
+    assert len(lines) == 1 and "sink siem: syslog" in lines[0]
 
 
 # Event Hubs: through a proxy the SDK speaks AMQP over WebSockets, which the AMQP peer does not
