@@ -1,7 +1,7 @@
 """Which proxy a connection goes through, decided once for every client (login, Graph, sinks).
 
 An explicit `[forwarder] proxy` wins over the environment; otherwise HTTPS_PROXY / HTTP_PROXY
-(by the URL's scheme, either case) as curl and httpx read them. NO_PROXY exempts its hosts in
+(by the URL's scheme, either case), then ALL_PROXY, as curl and httpx read them. NO_PROXY exempts its hosts in
 both cases, so a sink on the local network is reached directly whatever the proxy.
 """
 from __future__ import annotations
@@ -20,7 +20,9 @@ def proxy_for(url: str, explicit: str | None = None) -> str | None:
     # proxy_bypass_environment reads no_proxy/NO_PROXY the way urllib does (suffixes, `*`).
     if host and urllib.request.proxy_bypass_environment(netloc):
         return None
-    proxy = explicit or urllib.request.getproxies_environment().get(parts.scheme or "https")
+    environment = urllib.request.getproxies_environment()
+    # ALL_PROXY is the fallback of every scheme, as curl and httpx read it.
+    proxy = explicit or environment.get(parts.scheme or "https") or environment.get("all")
     if proxy:
         _register_password(proxy)
     return proxy
