@@ -85,6 +85,9 @@ class SetupPlan:
     """What a connector prepares at its destination before the first delivery
     (`defender-forwarder setup`): index templates, policies, ..."""
 
+    # `[forwarder] proxy`, set by the command before `apply`, as on a connector.
+    proxy: str | None = None
+
     def describe(self) -> str:
         """For `--dry-run`: what `apply` would send, sending nothing."""
         raise NotImplementedError

@@ -327,8 +327,7 @@ class IndexTemplateSetup(SetupPlan):
         return elasticsearch_setup.describe(self.requests)
 
     async def apply(self) -> list[str]:
-        # `setup` reads the proxy variables; `[forwarder] proxy` is not passed to a setup plan.
-        client = client_for(self.config, proxy_for(es_url(self.config)))
+        client = client_for(self.config, proxy_for(es_url(self.config), self.proxy))
         lines = []
         try:
             for request in self.requests:

@@ -204,3 +204,14 @@ def test_eventhub_no_proxy_keeps_plain_amqp(hub: EventHubPeer, proxy: Proxy, mon
     results = asyncio.run(_send(_hub_connector(proxy.url), _events(2)))
     assert [r.outcome for r in results] == [Outcome.OK] * 2
     assert "/$servicebus/websocket" not in proxy.log()
+
+
+def test_setup_elasticsearch_goes_through_forwarder_proxy(setup: CloudSetup, es: EsPeer, proxy: Proxy) -> None:
+    setup.tenant("contoso")
+    setup.forwarder["proxy"] = proxy.url
+    setup.sinks = {"elastic": {"type": "elasticsearch", "hosts": [es.url], "api_key": "env:DF_TEST_ES_KEY",
+                               "ca_file": str(es.ca_file)}}
+    result = run_cli("setup", "elasticsearch", "--config", str(setup.write()))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count(": installed") == 2
+    assert _target(es.url) in proxy.connects()
