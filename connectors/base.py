@@ -85,6 +85,9 @@ class SetupPlan:
     """What a connector prepares at its destination before the first delivery
     (`defender-forwarder setup`): index templates, policies, ..."""
 
+    # `[forwarder] proxy`, set by the command before `apply`, as on a connector.
+    proxy: str | None = None
+
     def describe(self) -> str:
         """For `--dry-run`: what `apply` would send, sending nothing."""
         raise NotImplementedError
@@ -116,6 +119,9 @@ class Connector:
     """Base class of every destination. Subclasses set `config_model` and implement `send`."""
 
     config_model: ClassVar[type[SinkConfig]] = SinkConfig
+    # A protocol that no HTTP proxy carries (syslog, SMTP): its connections go directly, and
+    # the app says so when `[forwarder] proxy` is set.
+    direct_only: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SinkConfig, shortener: Shortener | None = None) -> None:
         self.name = name
@@ -129,6 +135,9 @@ class Connector:
         # Durable notes of this sink (e.g. what the e-mail sink already mailed), set by the
         # delivery worker before the first send.
         self.memory: Memory | None = None
+        # `[forwarder] proxy`, set by the app: it wins over HTTPS_PROXY/HTTP_PROXY for this
+        # sink's connections (core.model.proxy.proxy_for decides, NO_PROXY included).
+        self.proxy: str | None = None
 
     @classmethod
     def setup(cls, config: SinkConfig, options: Mapping[str, str]) -> SetupPlan | None:

@@ -57,8 +57,9 @@ from connectors.base import (
 )
 from connectors.elasticsearch_setup import TEMPLATE_NAME, Request
 from connectors.sizes import RequestLimit
-from connectors.tls import TlsSinkConfig, certificate_refused
+from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
+from core.model.proxy import proxy_for
 from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.elasticsearch")
@@ -109,8 +110,41 @@ def document_id(version_key: str) -> str:
     return hashlib.sha256(version_key.encode()).hexdigest()
 
 
-def client_for(config: ElasticsearchSinkConfig) -> Any:
-    """The async client for a sink, its own retries off (the delivery worker retries)."""
+def es_url(config: ElasticsearchSinkConfig) -> str:
+    """The cluster's first address, for the proxy decision (a cloud_id names its host)."""
+    if config.cloud_id is None:
+        return config.hosts[0]
+    from elastic_transport.client_utils import parse_cloud_id
+
+    host, port = parse_cloud_id(config.cloud_id.get_secret_value()).es_address or ("", 443)
+    return f"https://{host}:{port}"
+
+
+def _proxied_node_class(config: ElasticsearchSinkConfig, proxy: str) -> type:
+    """elastic-transport's httpx node, its client rebuilt to go through `proxy`: the default
+    (aiohttp) node takes no proxy at all. TLS is ours (connectors/tls.py), end to end."""
+    import httpx
+    from elastic_transport import HttpxAsyncHttpNode, NodeConfig
+
+    try:
+        verify = ssl_context(config)
+    except TlsFileError as err:
+        raise SinkFatal(str(err)) from None
+
+    class ProxiedHttpxNode(HttpxAsyncHttpNode):
+        def __init__(self, node: NodeConfig) -> None:
+            super().__init__(node)
+            self.client = httpx.AsyncClient(base_url=self.client.base_url, timeout=self.client.timeout,
+                                            limits=httpx.Limits(max_connections=node.connections_per_node),
+                                            verify=verify if node.scheme == "https" else False,
+                                            proxy=proxy, trust_env=False)
+
+    return ProxiedHttpxNode
+
+
+def client_for(config: ElasticsearchSinkConfig, proxy: str | None = None) -> Any:
+    """The async client for a sink, its own retries off (the delivery worker retries);
+    through `proxy` (what `proxy_for` decided for the cluster) when one is given."""
     from elasticsearch import AsyncElasticsearch
 
     options: dict[str, Any] = {"request_timeout": config.request_timeout, "max_retries": 0,
@@ -133,6 +167,12 @@ def client_for(config: ElasticsearchSinkConfig) -> Any:
             options["client_key"] = config.client_key
     if not config.tls_verify:
         options["verify_certs"] = False
+    if proxy is not None:
+        if config.ssl_assert_fingerprint:
+            # The pinned fingerprint is checked by the aiohttp node only, which takes no proxy.
+            raise SinkFatal("ssl_assert_fingerprint cannot be used through a proxy; use ca_file, "
+                            "or exempt the cluster with NO_PROXY")
+        options["node_class"] = _proxied_node_class(config, proxy)
     return AsyncElasticsearch(**options)
 
 
@@ -170,7 +210,7 @@ class ElasticsearchConnector(Connector):
     async def open(self) -> None:
         if self._client is None:
             self.config.warn_if_unverified(self.name, log)
-            self._client = client_for(self.config)
+            self._client = client_for(self.config, proxy_for(es_url(self.config), self.proxy))
 
     async def close(self) -> None:
         if self._client is not None:
@@ -287,7 +327,7 @@ class IndexTemplateSetup(SetupPlan):
         return elasticsearch_setup.describe(self.requests)
 
     async def apply(self) -> list[str]:
-        client = client_for(self.config)
+        client = client_for(self.config, proxy_for(es_url(self.config), self.proxy))
         lines = []
         try:
             for request in self.requests:

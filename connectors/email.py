@@ -112,6 +112,7 @@ class Refused(Exception):
 
 class EmailConnector(Connector):
     config_model = EmailSinkConfig
+    direct_only = True
     config: EmailSinkConfig
 
     def __init__(self, name: str, config: EmailSinkConfig, shortener: Shortener | None = None) -> None:

@@ -32,8 +32,10 @@ applies, and to the Entra login host (`authority`), not to the hub. The others a
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from pydantic import Field, model_validator
@@ -41,6 +43,7 @@ from pydantic import Field, model_validator
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TLS_KEYS, TlsSinkConfig
 from core.model.durations import Duration
+from core.model.proxy import proxy_for, redacted
 from core.model.schema import SCHEMA_VERSION
 from core.model.secrets import Secret
 
@@ -85,8 +88,9 @@ class EventHubSinkConfig(TlsSinkConfig):
         return self
 
 
-def credential_for(config: EventHubSinkConfig) -> Any:
-    """The azure-identity async credential of the sink's Entra app."""
+def credential_for(config: EventHubSinkConfig, explicit_proxy: str | None = None) -> Any:
+    """The azure-identity async credential of the sink's Entra app; its login goes through
+    the proxy `proxy_for` decides for the login host."""
     from azure.identity import AzureAuthorityHosts
     from azure.identity.aio import CertificateCredential, ClientSecretCredential
 
@@ -99,6 +103,11 @@ def credential_for(config: EventHubSinkConfig) -> Any:
         options["disable_instance_discovery"] = config.authority.removeprefix("https://") not in known
     if config.ca_file:
         options["connection_verify"] = config.ca_file
+    login_proxy = proxy_for(config.authority or "https://login.microsoftonline.com", explicit_proxy)
+    if login_proxy:
+        # Without it azure-core reads the same variables itself (NO_PROXY included); with
+        # [forwarder] proxy it must be told.
+        options["proxies"] = {"https": login_proxy, "http": login_proxy}
     assert config.tenant_id and config.client_id  # the model guarantees them
     if config.client_secret is not None:
         return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret.get_secret_value(),
@@ -108,6 +117,31 @@ def credential_for(config: EventHubSinkConfig) -> Any:
     return CertificateCredential(config.tenant_id, config.client_id,
                                  certificate_data=config.certificate.get_secret_value().encode(),
                                  password=password, **options)
+
+
+def namespace_url(config: EventHubSinkConfig) -> str:
+    """The namespace as an https URL, for the proxy decision (AMQP over WebSockets is HTTPS)."""
+    if config.fully_qualified_namespace is not None:
+        return f"https://{config.fully_qualified_namespace}"
+    assert config.connection_string is not None
+    found = re.search(r"(?i)endpoint=sb://([^/;]+)", config.connection_string.get_secret_value())
+    return f"https://{found.group(1) if found else ''}"
+
+
+def proxy_options(proxy: str | None) -> dict[str, Any]:
+    """The producer's options for a proxy: plain AMQP (port 5671) cannot cross an HTTP proxy,
+    so the SDK speaks AMQP over WebSockets (port 443), tunnelled by CONNECT."""
+    if proxy is None:
+        return {}
+    from azure.eventhub import TransportType
+
+    parts = urlsplit(proxy)
+    # The async WebSocket transport hands aiohttp f"{proxy_hostname}:{proxy_port}" as the
+    # proxy URL, which aiohttp refuses without a scheme (azure-eventhub 5.15): so it is given one.
+    http_proxy: dict[str, Any] = {"proxy_hostname": f"{parts.scheme}://{parts.hostname}", "proxy_port": parts.port}
+    if parts.username is not None:
+        http_proxy |= {"username": unquote(parts.username), "password": unquote(parts.password or "")}
+    return {"transport_type": TransportType.AmqpOverWebsocket, "http_proxy": http_proxy}
 
 
 def _is_unknown_hub(err: Exception) -> bool:
@@ -125,6 +159,7 @@ class EventHubConnector(Connector):
         super().__init__(name, config, shortener)
         self._producer: Any = None
         self._credential: Any = None
+        self._proxy: str | None = None  # the proxy the producer goes through, if one applies
 
     async def open(self) -> None:
         if self._producer is not None:
@@ -132,14 +167,15 @@ class EventHubConnector(Connector):
         from azure.eventhub.aio import EventHubProducerClient
 
         config = self.config
+        self._proxy = proxy_for(namespace_url(config), self.proxy)
+        options = {"retry_total": config.retry_total, **proxy_options(self._proxy)}
         if config.connection_string is not None:
             self._producer = EventHubProducerClient.from_connection_string(
-                config.connection_string.get_secret_value(), eventhub_name=config.eventhub_name,
-                retry_total=config.retry_total)
+                config.connection_string.get_secret_value(), eventhub_name=config.eventhub_name, **options)
         else:
-            self._credential = credential_for(config)
+            self._credential = credential_for(config, self.proxy)
             self._producer = EventHubProducerClient(config.fully_qualified_namespace, config.eventhub_name,
-                                                    self._credential, retry_total=config.retry_total)
+                                                    self._credential, **options)
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -164,7 +200,9 @@ class EventHubConnector(Connector):
         except EventHubError as err:
             if _is_unknown_hub(err):
                 raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
-            return results.final(EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+            # A failure through a proxy names it (password masked): the proxy may be what refused.
+            through = f" (through proxy {redacted(self._proxy)})" if self._proxy else ""
+            return results.final(EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}{through}"))
         return results.final()
 
     def _by_partition_key(self, batch: list[Event]) -> dict[str | None, list[int]]:

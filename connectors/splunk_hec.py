@@ -49,6 +49,7 @@ from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResu
 from connectors.sizes import RequestLimit
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
+from core.model.proxy import proxy_for
 from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.splunk_hec")
@@ -214,7 +215,9 @@ class SplunkHecConnector(Connector):
             log.warning("sink %s: %s is plain HTTP: the token travels unencrypted", self.name, config.url)
         headers = {"Authorization": f"Splunk {config.token.get_secret_value()}",
                    "X-Splunk-Request-Channel": self.channel, "Content-Type": "application/json"}
+        # trust_env off: proxy_for has read the proxy variables already (NO_PROXY included).
         self._client = httpx.AsyncClient(base_url=config.url, headers=headers, verify=self._tls(),
+                                         proxy=proxy_for(config.url, self.proxy), trust_env=False,
                                          timeout=config.request_timeout,
                                          limits=httpx.Limits(max_connections=2, max_keepalive_connections=2))
 

@@ -163,6 +163,7 @@ def _header_token(value: str, limit: int) -> str:
 
 class SyslogConnector(Connector):
     config_model = SyslogSinkConfig
+    direct_only = True
     config: SyslogSinkConfig
 
     def __init__(self, name: str, config: SyslogSinkConfig, shortener: Shortener | None = None) -> None:

@@ -588,6 +588,8 @@ def cmd_setup(args: argparse.Namespace) -> int:
         _need_secrets(config, [], list(sinks))
     for name, sink in sinks.items():
         plan = connector_class(target).setup(sink, options)
+        if plan is not None:
+            plan.proxy = config.forwarder.proxy
         if plan is None:
             err_console.print(f"sink {name}: nothing to prepare")
         elif args.dry_run:

@@ -9,6 +9,7 @@ import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
@@ -50,6 +51,23 @@ class ForwarderSettings(_Strict):
     once_deadline: Duration = Field(default=300.0, description="how long `run --once` keeps retrying deliveries")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    proxy: str | None = Field(default=None, description="http(s)://[user:password@]host:port of the proxy every "
+                              "connection goes through; default: HTTPS_PROXY/HTTP_PROXY (NO_PROXY exempts hosts)")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, proxy: str | None) -> str | None:
+        if proxy is None:
+            return None
+        parts = urlsplit(proxy)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        # The value is not echoed: a proxy URL may hold a password.
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
+            raise ValueError("not a proxy URL; use http://host:port (or http://user:password@host:port)")
+        return proxy
 
 
 # A tenant is named to Entra by its GUID or by one of its verified domains; anything else

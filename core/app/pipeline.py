@@ -27,9 +27,10 @@ from connectors import connector_class
 from core.app.config import Config, RouteSettings, TenantSettings, held_back_reason, sinks_for_alert
 from core.delivery import SinkWorker
 from core.model import jsonutil
+from core.model.proxy import proxy_for
 from core.model.schema import Alert, EventMeta, TenantRef
 from core.sources import KINDS, AlertSource, LiveContext, Page, SourceError, SourceKind
-from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, http_session
+from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
 from core.sources.graph import PAGES_IN_MEMORY
 from core.sources.incremental import Window, prune_horizon, window_start
 from core.sources.replay import ReplaySource
@@ -100,9 +101,10 @@ class Forwarder:
         # label -> source kind name -> its reader: one per (tenant, kind in its `sources`).
         self.readers: dict[str, dict[str, AlertSource]] = {}
         self.mappings: dict[str, SourceMapping] = {}  # source kind name -> its mapping
-        self._http: dict[str | None, list[httpx.AsyncClient]] = {}
+        # Pools and sessions are shared by the apps with the same CA and the same proxy.
+        self._http: dict[tuple[str | None, str | None], list[httpx.AsyncClient]] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._sessions: dict[str | None, Any] = {}
+        self._sessions: dict[tuple[str | None, str | None], Any] = {}
         self._global_bound = asyncio.Semaphore(self.settings.max_concurrent_requests)
         self._page_slots = asyncio.Semaphore(PAGES_IN_MEMORY)
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
@@ -130,6 +132,10 @@ class Forwarder:
         # The connector gets the part of its format it needs: how to shorten a line that does
         # not fit the destination's message.
         connector = connector_class(sink.type)(name, sink, shortener=shortener(sink.format))
+        connector.proxy = self.settings.proxy
+        if self.settings.proxy and connector.direct_only:
+            log.warning("sink %s: %s connects directly, not through [forwarder] proxy (an HTTP proxy "
+                        "carries HTTPS only)", name, sink.type)
         return SinkWorker(connector, self.store)
 
     def _readers(self, label: str, tenant: TenantSettings) -> dict[str, AlertSource]:
@@ -148,7 +154,7 @@ class Forwarder:
             tenant_id=tenant.tenant_id,
             app=app,
             tokens=TokenProvider(tenant.app, app, label, tenant.tenant_id, self._thread_pool(), self._session(app)),
-            client=self._client(app.ca_file, tenant.tenant_id),
+            client=self._client(app.ca_file, proxy_for(endpoints(app).graph, self.settings.proxy), tenant.tenant_id),
             # One request per 60/N seconds, no burst: a tenant never exceeds its Graph budget,
             # whatever the window in which Graph counts it.
             limiter=AsyncLimiter(1, 60 / self.settings.tenant_requests_per_minute),
@@ -159,22 +165,25 @@ class Forwarder:
             backoff_base=self.settings.retry_initial,
         )
 
-    def _client(self, ca_file: str | None, tenant_id: str) -> httpx.AsyncClient:
+    def _client(self, ca_file: str | None, proxy: str | None, tenant_id: str) -> httpx.AsyncClient:
         """A shard of the HTTP connection pool, chosen by tenant.
 
         httpcore checks every connection of a pool on each request start and end, so one
         pool of 50 connections costs milliseconds of CPU per request; small pools keep the
         poll cycle near its latency bound (bench/poll.py measures it).
         """
-        if ca_file not in self._http:
+        key = (ca_file, proxy)
+        if key not in self._http:
             shards = math.ceil(self.settings.max_concurrent_requests / CONNECTIONS_PER_POOL)
             limits = httpx.Limits(max_connections=CONNECTIONS_PER_POOL)
             tls = _tls_context(ca_file)
             timeout = self.settings.request_timeout
-            self._http[ca_file] = [
-                httpx.AsyncClient(verify=tls, timeout=timeout, limits=limits) for _ in range(shards)
+            # trust_env off: proxy_for has read the environment already, NO_PROXY included.
+            self._http[key] = [
+                httpx.AsyncClient(verify=tls, timeout=timeout, limits=limits, proxy=proxy, trust_env=False)
+                for _ in range(shards)
             ]
-        pools = self._http[ca_file]
+        pools = self._http[key]
         return pools[zlib.crc32(tenant_id.encode()) % len(pools)]
 
     def _thread_pool(self) -> ThreadPoolExecutor:
@@ -183,11 +192,13 @@ class Forwarder:
         return self._executor
 
     def _session(self, app: Any) -> Any:
-        if app.ca_file not in self._sessions:
-            self._sessions[app.ca_file] = http_session(
-                app.ca_file, self.settings.max_concurrent_requests, self.settings.request_timeout
+        proxy = proxy_for(endpoints(app).login, self.settings.proxy)
+        key = (app.ca_file, proxy)
+        if key not in self._sessions:
+            self._sessions[key] = http_session(
+                app.ca_file, self.settings.max_concurrent_requests, self.settings.request_timeout, proxy
             )
-        return self._sessions[app.ca_file]
+        return self._sessions[key]
 
     # ---- polling ----------------------------------------------------------
     def sinks_for(self, label: str) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -260,16 +261,20 @@ def _certificate_credential(pem: str, password: Any) -> dict[str, str]:
     return credential
 
 
-def http_session(ca_file: str | None, pool_size: int, timeout: float) -> Any:
-    """The requests session MSAL uses: pooled, with our CA and timeout."""
+def http_session(ca_file: str | None, pool_size: int, timeout: float, proxy: str | None = None) -> Any:
+    """The requests session MSAL uses: pooled, with our CA, timeout and proxy (`proxy_for` the
+    login host: None connects directly)."""
     import requests
     from requests.adapters import HTTPAdapter
 
     session = requests.Session()
-    if ca_file:
-        # requests lets REQUESTS_CA_BUNDLE override session.verify; an explicit CA must win.
-        session.trust_env = False
-        session.verify = ca_file
+    # With trust_env, requests would let the environment override both the explicit CA
+    # (REQUESTS_CA_BUNDLE) and the proxy core.model.proxy decided (its proxies win over the
+    # session's). So the session reads no environment, and the CA bundle variables are kept
+    # by hand when no ca_file is set.
+    session.trust_env = False
+    session.verify = ca_file or os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.proxies = {"https": proxy, "http": proxy} if proxy else {}
     adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
