@@ -17,6 +17,12 @@ DEFAULT_PORTS = {"https": 443, "http": 80}
 CONNECT_TIMEOUT = 10.0  # seconds: a host that does not accept within this will not accept at all
 
 
+def connect_and_read(read: float) -> tuple[float, float]:
+    """(connect, read) timeouts: connecting gets CONNECT_TIMEOUT (or `read`, when shorter), so
+    an unreachable host is told within seconds while a slow answer may take `read`."""
+    return min(CONNECT_TIMEOUT, read), read
+
+
 def describe(err: BaseException, where: str | None = None) -> str:
     """`host:port: cause` for a failed network operation; `where` (host:port) when the error
     does not say which peer it was."""

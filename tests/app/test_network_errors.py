@@ -1,0 +1,115 @@
+"""Network errors say where and why, through `run --once` as an operator meets them: the
+host and port, the cause, and the tenant or sink they belong to. Real sockets."""
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.helpers import CloudSetup, run_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flat(text: str) -> str:
+    """The summary's text with the table's borders and wrapping taken out."""
+    return re.sub(r"\s+", " ", re.sub(r"[│┃┏┓┗┛┡┩└┘┌┐━─╇╈┼┬┴├┤╭╮╰╯]", " ", text))
+
+
+def tenant_row(stderr: str, label: str) -> str:
+    """A tenant's row of the summary, its wrapped lines joined."""
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"│ {label} "))
+    rows = [lines[start]]
+    for line in lines[start + 1:]:
+        if line.startswith(("└", "├")) or not line.startswith("│ ") or line.startswith("│ ") and line[2] != " ":
+            break
+        rows.append(line)
+    return flat("\n".join(rows))
+
+
+@pytest.fixture
+def untrusted_tls() -> Iterator[int]:
+    """A TLS server whose certificate no CA of ours signed."""
+    ca = trustme.CA(organization_name="Untrusted Test CA")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            try:
+                conn.settimeout(5)
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_login_host_that_does_not_resolve(setup: CloudSetup) -> None:
+    setup.tenant("acme")
+    setup.app["login_endpoint"] = "https://nonexistent.invalid"
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "login service unreachable: nonexistent.invalid:443: name not resolved (DNS)" in tenant_row(
+        result.stderr, "acme"), result.stderr
+
+
+def test_graph_port_refused_names_tenant_host_and_port(setup: CloudSetup) -> None:
+    setup.tenant("acme")
+    port = _free_port()
+    setup.app["graph_endpoint"] = f"https://127.0.0.1:{port}"
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}: connection refused" in tenant_row(result.stderr, "acme"), result.stderr
+    log = flat(result.stderr)
+    assert f"tenant acme: Graph did not answer successfully after 8 attempts: 127.0.0.1:{port}: connection refused" \
+        in log, result.stderr
+
+
+def test_graph_with_an_untrusted_certificate(setup: CloudSetup, untrusted_tls: int) -> None:
+    setup.tenant("acme")
+    setup.app["graph_endpoint"] = f"https://127.0.0.1:{untrusted_tls}"
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 1
+    row = tenant_row(result.stderr, "acme")
+    assert f"127.0.0.1:{untrusted_tls}: TLS verification failed: " in row, result.stderr
+    assert "certificate subject" in row and re.search(r"issuer [^;]*O=Untrusted Test CA", row), row
+
+
+def test_tenants_shows_the_last_network_error(setup: CloudSetup, tmp_path: Path) -> None:
+    setup.tenant("acme")
+    port = _free_port()
+    setup.app["graph_endpoint"] = f"https://127.0.0.1:{port}"
+    config = setup.write()
+    run_cli("run", "--once", "--config", str(config))
+    table = run_cli("tenants", "--config", str(config))
+    assert f"127.0.0.1:{port}: connection refused" in flat(table.stdout), table.stdout
