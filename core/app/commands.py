@@ -156,15 +156,29 @@ def _print_summary(results: list[Any], forwarder: Any) -> None:
     for column in ("sink", "delivered", "dead letters", "pending", "status"):
         sinks.add_column(column, justify="left" if column in ("sink", "status") else "right")
     for name, worker in forwarder.workers.items():
-        status = f"[red]stopped: {worker.fatal}[/]" if worker.fatal else "[green]ok[/]"
+        pending = forwarder.store.outbox_depth(name)
+        status = _sink_status(worker, pending)
         altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
         if altered:
             status += f" ({altered})"
-        pending = forwarder.store.outbox_depth(name)
-        if pending and worker.deferred_until is not None and not worker.fatal:
-            status += " (the pending wait for their digest or rate limit)"
         sinks.add_row(name, str(worker.stats.delivered), str(worker.stats.dead), str(pending), status)
     err_console.print(sinks)
+
+
+def _sink_status(worker: Any, pending: int) -> str:
+    """A sink's real state at the end of a run: `ok` only when nothing it could not deliver is
+    waiting; a sink still failing says since when, why, and how many events wait."""
+    if worker.fatal:
+        return f"[red]stopped: {escape(REDACTOR.redact(worker.fatal))}[/]"
+    if pending and worker.deferred_until is not None:
+        return "[green]ok[/] (the pending wait for their digest or rate limit)"
+    if pending and worker.failing_since is not None:
+        since = datetime.fromtimestamp(worker.failing_since, timezone.utc).strftime("%H:%M:%S UTC")
+        why = escape(REDACTOR.redact(worker.last_error or "unknown"))
+        return f"[red]retrying since {since}: {why}; {pending} waiting[/]"
+    if pending:
+        return f"[yellow]{pending} waiting[/]"
+    return "[green]ok[/]"
 
 
 def _held_back(counts: dict[str, int], none: str) -> str:

@@ -116,7 +116,7 @@ def _cause(err: BaseException, peer: str | None) -> str:  # noqa: PLR0911 - one 
     if "Connection refused" in text or "Errno 111" in text:
         return "connection refused"
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return f"TLS verification failed{_certificate(peer)}"
+        return f"TLS certificate fails verification{_certificate(peer)}"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
@@ -125,7 +125,7 @@ def _text(err: BaseException) -> str:
 
 
 def _tls_refused(err: ssl.SSLCertVerificationError, peer: str | None) -> str:
-    return f"TLS verification failed: {err.verify_message}{_certificate(peer)}"
+    return f"TLS certificate fails verification ({err.verify_message}){_certificate(peer)}"
 
 
 def _certificate(peer: str | None) -> str:
@@ -140,7 +140,7 @@ def _certificate(peer: str | None) -> str:
         from cryptography import x509
 
         cert = x509.load_der_x509_certificate(der)
-        return f"; certificate subject {cert.subject.rfc4514_string()}, issuer {cert.issuer.rfc4514_string()}"
+        return f"; its subject {cert.subject.rfc4514_string()}, issuer {cert.issuer.rfc4514_string()}"
     except Exception:  # noqa: BLE001 - an extra detail: the message stands without it
         return ""
 

@@ -101,8 +101,8 @@ def test_graph_with_an_untrusted_certificate(setup: CloudSetup, untrusted_tls: i
     result = run_cli("run", "--once", "--config", str(setup.write()))
     assert result.returncode == 1
     row = tenant_row(result.stderr, "acme")
-    assert f"127.0.0.1:{untrusted_tls}: TLS verification failed: " in row, result.stderr
-    assert "certificate subject" in row and re.search(r"issuer [^;]*O=Untrusted Test CA", row), row
+    assert f"127.0.0.1:{untrusted_tls}: TLS certificate fails verification (" in row, result.stderr
+    assert "its subject" in row and re.search(r"issuer [^;]*O=Untrusted Test CA", row), row
 
 
 def test_tenants_shows_the_last_network_error(setup: CloudSetup, tmp_path: Path) -> None:
@@ -113,3 +113,38 @@ def test_tenants_shows_the_last_network_error(setup: CloudSetup, tmp_path: Path)
     run_cli("run", "--once", "--config", str(config))
     table = run_cli("tenants", "--config", str(config))
     assert f"127.0.0.1:{port}: connection refused" in flat(table.stdout), table.stdout
+
+
+# ---- sinks: the run summary shows a sink's real state ----------------------------------------
+
+def _replay_setup(tmp_path: Path, sink: dict, n: int = 3) -> Path:
+    from datetime import timedelta
+
+    from tests.helpers import recent, write_config, write_replay
+    from tests.peers.alert_factory import make_alerts
+
+    tenant_id = "77777777-7777-4777-8777-777777777777"
+    replay = write_replay(tmp_path / "replay", [make_alerts(n, tenant_id, recent(300), timedelta(minutes=1), seed=3)])
+    return write_config(tmp_path / "c.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d", "once_deadline": "2s"},
+        "tenants.acme": {"tenant_id": tenant_id, "replay": str(replay)},
+        "sinks.siem": {"retry_initial": "0.2s", "retry_max": "0.5s", **sink},
+    })
+
+
+def sink_row(stderr: str, name: str) -> str:
+    return tenant_row(stderr, name)
+
+
+def test_a_sink_that_cannot_connect_shows_retrying_never_ok(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()
+    config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
+                                      "token": "env:DF_TEST_HEC_TOKEN"})
+    result = run_cli("run", "--once", "--config", str(config),
+                     env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    row = sink_row(result.stderr, "siem")
+    assert re.search(rf"retrying since \d\d:\d\d:\d\d UTC: 127\.0\.0\.1:{port}: connection refused; 3 waiting", row), \
+        result.stderr
+    assert " ok" not in row
+    assert f"sink siem: 127.0.0.1:{port}: connection refused; retrying in" in flat(result.stderr)
