@@ -67,6 +67,10 @@ def _peer(err: BaseException) -> str | None:
         url = getattr(url, "url", None)
         if url:
             return address(str(url))
+        # aiohttp's connector errors (Elasticsearch's transport) carry the host and port.
+        host, port = getattr(current, "host", None), getattr(current, "port", None)
+        if isinstance(host, str) and isinstance(port, int):
+            return f"{host}:{port}"
     return None
 
 
@@ -97,6 +101,8 @@ def _cause(err: BaseException, peer: str | None) -> str:  # noqa: PLR0911 - one 
             return _timeout(current, "write")
         if "PoolTimeout" in names:
             return "no free connection in the pool in time"
+        if "ConnectionTimeout" in names:  # elastic_transport's: it does not tell the phase
+            return "timeout (connecting or waiting for the answer)"
     for current in chain:
         if isinstance(current, ssl.SSLCertVerificationError) and getattr(current, "verify_message", None):
             return _tls_refused(current, peer)

@@ -148,3 +148,53 @@ def test_a_sink_that_cannot_connect_shows_retrying_never_ok(tmp_path: Path, monk
         result.stderr
     assert " ok" not in row
     assert f"sink siem: 127.0.0.1:{port}: connection refused; retrying in" in flat(result.stderr)
+
+
+@pytest.mark.parametrize("sink_type", ["splunk_hec", "elasticsearch", "syslog"])
+def test_every_network_sink_says_where_and_why(tmp_path: Path, sink_type: str) -> None:
+    port = _free_port()
+    sink = {"splunk_hec": {"url": f"http://127.0.0.1:{port}", "token": "env:DF_TEST_HEC_TOKEN"},
+            "elasticsearch": {"hosts": [f"http://127.0.0.1:{port}"]},
+            "syslog": {"host": "127.0.0.1", "port": port, "protocol": "tcp"}}[sink_type]
+    config = _replay_setup(tmp_path, {"type": sink_type, **sink})
+    result = run_cli("run", "--once", "--config", str(config),
+                     env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}: connection refused; 3 waiting" in sink_row(result.stderr, "siem"), result.stderr
+
+
+def test_a_syslog_receiver_that_does_not_resolve(tmp_path: Path) -> None:
+    config = _replay_setup(tmp_path, {"type": "syslog", "host": "nonexistent.invalid", "port": 6514,
+                                      "protocol": "tcp"})
+    result = run_cli("run", "--once", "--config", str(config))
+    assert "nonexistent.invalid:6514: name not resolved (DNS); 3 waiting" in sink_row(result.stderr, "siem"), \
+        result.stderr
+
+
+@pytest.mark.parametrize("sink_type", ["splunk_hec", "elasticsearch", "syslog"])
+def test_an_untrusted_sink_certificate_names_subject_and_issuer(tmp_path: Path, untrusted_tls: int,
+                                                                sink_type: str) -> None:
+    sink = {"splunk_hec": {"url": f"https://127.0.0.1:{untrusted_tls}", "token": "env:DF_TEST_HEC_TOKEN"},
+            "elasticsearch": {"hosts": [f"https://127.0.0.1:{untrusted_tls}"]},
+            "syslog": {"host": "127.0.0.1", "port": untrusted_tls, "protocol": "tls"}}[sink_type]
+    config = _replay_setup(tmp_path, {"type": sink_type, **sink})
+    result = run_cli("run", "--once", "--config", str(config),
+                     env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
+    row = sink_row(result.stderr, "siem")
+    assert result.returncode == 1 and "stopped: TLS: " in row, result.stderr
+    assert f"127.0.0.1:{untrusted_tls}: TLS certificate fails verification (" in row, row
+    assert re.search(r"its subject .*, issuer [^;]*O=Untrusted Test CA", row), row
+
+
+def test_a_read_timeout_names_its_phase(tmp_path: Path) -> None:
+    """A HEC that accepts the connection and never answers: the wait ends after
+    request_timeout, and says it was the read."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
+                                          "token": "env:DF_TEST_HEC_TOKEN", "request_timeout": "0.5s"})
+        result = run_cli("run", "--once", "--config", str(config),
+                         env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
+    assert f"127.0.0.1:{port}: read timeout after 0.5s; 3 waiting" in sink_row(result.stderr, "siem"), result.stderr
