@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import Field, model_validator
@@ -41,6 +42,7 @@ from pydantic import Field, model_validator
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TLS_KEYS, TlsSinkConfig
 from core.model.durations import Duration
+from core.model.neterr import describe
 from core.model.schema import SCHEMA_VERSION
 from core.model.secrets import Secret
 
@@ -48,6 +50,7 @@ log = logging.getLogger("defender_forwarder.eventhub")
 
 RECORD_CATEGORY = "DefenderForwarder-Alert"
 EVENTHUBS_SCOPE = "https://eventhubs.azure.net/.default"
+AMQPS_PORT = 5671
 
 
 class EventHubSinkConfig(TlsSinkConfig):
@@ -149,6 +152,17 @@ class EventHubConnector(Connector):
             await self._credential.close()
             self._credential = None
 
+    def _where(self) -> str:
+        """host:port of the namespace (AMQP over TLS, 5671, unless the endpoint names a port);
+        never the connection string's key."""
+        config = self.config
+        if config.connection_string is not None:
+            fields = dict(part.split("=", 1) for part in config.connection_string.get_secret_value().split(";")
+                          if "=" in part)
+            parts = urlsplit(fields.get("Endpoint", ""))
+            return f"{parts.hostname}:{parts.port or AMQPS_PORT}"
+        return f"{config.fully_qualified_namespace}:{AMQPS_PORT}"
+
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         from azure.eventhub.exceptions import AuthenticationError, EventHubError
@@ -164,7 +178,7 @@ class EventHubConnector(Connector):
         except EventHubError as err:
             if _is_unknown_hub(err):
                 raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
-            return results.final(EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+            return results.final(EventResult(Outcome.RETRY, describe(err, self._where())))
         return results.final()
 
     def _by_partition_key(self, batch: list[Event]) -> dict[str | None, list[int]]:

@@ -35,6 +35,7 @@ EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 
 log = logging.getLogger("defender_forwarder")
 err_console = Console(stderr=True, highlight=False)
+WAIT_REFRESH = 0.25  # seconds between updates of what a run on a terminal waits for
 
 
 class CommandFailed(Exception):
@@ -128,13 +129,48 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None) -> int:
     async with forwarder:
-        results = await forwarder.run_once(since, only)
+        async with _showing_the_wait(forwarder):
+            results = await forwarder.run_once(since, only)
     _print_summary(results, forwarder)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
     # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
     pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
                   if w.deferred_until is None)
     return EXIT_PARTIAL if failed or pending else EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _showing_the_wait(forwarder: Any) -> Any:
+    """On a terminal, a spinner on stderr saying what the run waits for (a sink retrying, the
+    events still waiting): a long `run --once` must not look hung. Elsewhere (cron, a pipe)
+    nothing is added to the output."""
+    if not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(_waiting_for(forwarder)) as status:
+        async def follow() -> None:
+            while True:
+                await asyncio.sleep(WAIT_REFRESH)
+                status.update(_waiting_for(forwarder))
+
+        task = asyncio.create_task(follow())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+def _waiting_for(forwarder: Any) -> str:
+    """`waiting for sink siem: 12 events, retrying: <why>`, or the tenants being read."""
+    parts = []
+    for name, worker in forwarder.workers.items():
+        pending = forwarder.store.outbox_depth(name)
+        if pending and not worker.fatal:
+            why = f", retrying: {REDACTOR.redact(worker.last_error)}" if worker.last_error else ""
+            parts.append(f"sink {name}: {pending} events{why}")
+    if not parts:
+        return f"reading {len(forwarder.readers)} tenants"
+    return escape("waiting for " + "; ".join(parts))
 
 
 async def _forever(forwarder: Any) -> None:

@@ -198,3 +198,51 @@ def test_a_read_timeout_names_its_phase(tmp_path: Path) -> None:
         result = run_cli("run", "--once", "--config", str(config),
                          env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
     assert f"127.0.0.1:{port}: read timeout after 0.5s; 3 waiting" in sink_row(result.stderr, "siem"), result.stderr
+
+
+# ---- on a terminal, a long wait says what it waits for -------------------------------------------
+
+def _run_on_a_terminal(config: Path, env: dict[str, str]) -> str:
+    """`run --once` with stderr on a pseudo-terminal (stdout a pipe); all it wrote there."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    master, slave = pty.openpty()
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "TERM": "xterm", **env}
+    full_env.pop("NO_COLOR", None)
+    process = subprocess.Popen([sys.executable, "-m", "core.app.cli", "run", "--once", "--config", str(config)],
+                               cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=60)
+    os.close(master)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_on_a_terminal_a_long_wait_says_what_it_waits_for(tmp_path: Path) -> None:
+    port = _free_port()
+    config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
+                                      "token": "env:DF_TEST_HEC_TOKEN"})
+    screen = _run_on_a_terminal(config, {"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
+    assert f"waiting for sink siem: 3 events, retrying: 127.0.0.1:{port}: connection refused" in screen, screen
+
+
+def test_off_a_terminal_no_spinner(tmp_path: Path) -> None:
+    port = _free_port()
+    config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
+                                      "token": "env:DF_TEST_HEC_TOKEN"})
+    result = run_cli("run", "--once", "--config", str(config),
+                     env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
+    assert "waiting for" not in result.stderr and "\x1b[" not in result.stderr
