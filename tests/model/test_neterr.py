@@ -135,3 +135,27 @@ def test_where_when_the_error_does_not_say() -> None:
         "syslog.example:6514: connection refused"
     assert describe(socket.gaierror(-2, "Name or service not known"), "x.invalid:514") == \
         "x.invalid:514: name not resolved (DNS)"
+
+
+def test_a_proxy_that_refuses_the_tunnel() -> None:
+    """A proxy on loopback that answers CONNECT with 403: httpx's ProxyError, told as such."""
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(4)
+        port = proxy.getsockname()[1]
+
+        def refuse() -> None:
+            conn, _ = proxy.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=refuse, daemon=True)
+        thread.start()
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=5) as client, \
+                pytest.raises(httpx.ProxyError) as caught:
+            client.get("https://graph.example/v1.0/security/alerts_v2?$skiptoken=SECRET")
+        thread.join()
+    text = describe(caught.value)
+    assert text.startswith("graph.example:443: proxy refused the connection: "), text
+    assert "403" in text and "SECRET" not in text
