@@ -246,3 +246,12 @@ def test_off_a_terminal_no_spinner(tmp_path: Path) -> None:
     result = run_cli("run", "--once", "--config", str(config),
                      env={"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
     assert "waiting for" not in result.stderr and "\x1b[" not in result.stderr
+
+
+def test_an_smtp_server_out_of_reach(tmp_path: Path) -> None:
+    port = _free_port()
+    config = _replay_setup(tmp_path, {"type": "email", "host": "127.0.0.1", "port": port, "security": "none",
+                                      "from": "forwarder@mssp.example", "to": ["soc@mssp.example"]})
+    result = run_cli("run", "--once", "--config", str(config))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}: connection refused; 3 waiting" in sink_row(result.stderr, "siem"), result.stderr
