@@ -255,3 +255,17 @@ def test_an_smtp_server_out_of_reach(tmp_path: Path) -> None:
     result = run_cli("run", "--once", "--config", str(config))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"127.0.0.1:{port}: connection refused; 3 waiting" in sink_row(result.stderr, "siem"), result.stderr
+
+
+def test_graph_that_never_answers_is_a_read_timeout(setup: CloudSetup) -> None:
+    """The pipeline's Graph client: connecting and reading have their own limits, and the
+    message says which one ran out."""
+    setup.tenant("acme")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        setup.app["graph_endpoint"] = f"http://127.0.0.1:{port}"
+        setup.forwarder["request_timeout"] = "0.5s"
+        result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert f"127.0.0.1:{port}: read timeout after 0.5s" in tenant_row(result.stderr, "acme"), result.stderr
