@@ -59,6 +59,7 @@ from connectors.elasticsearch_setup import TEMPLATE_NAME, Request
 from connectors.sizes import RequestLimit
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
+from core.model.neterr import describe
 from core.model.proxy import proxy_for
 from core.model.secrets import Secret
 
@@ -242,7 +243,7 @@ class ElasticsearchConnector(Connector):
             return self._refused(err, chunk, sum(sizes[i] for i in chunk), results)
         except TransportError as err:
             _stop_if_certificate(err)
-            results.mark(chunk, EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+            results.mark(chunk, EventResult(Outcome.RETRY, describe(err)))
             return []
         for i, item in zip(chunk, reply.body.get("items", ()), strict=False):
             results[i] = self._item_result(item)
@@ -309,7 +310,7 @@ class ElasticsearchConnector(Connector):
             raise SinkFatal(f"HTTP {err.meta.status}: {_error_text(err)}") from None
         except TransportError as err:
             _stop_if_certificate(err)
-            raise SinkFatal(f"{type(err).__name__}: {err}") from None
+            raise SinkFatal(describe(err)) from None
         version = info.get("version", {}).get("number", "?")
         return f"cluster {info.get('cluster_name', '?')}, Elasticsearch {version}; {template}"
 
@@ -366,8 +367,12 @@ def _stop_if_certificate(err: BaseException) -> None:
     from elasticsearch import SSLError
 
     if isinstance(err, SSLError) or certificate_refused(err, also=(ServerFingerprintMismatch,)):
-        raise SinkFatal(f"TLS: the cluster's certificate fails verification ({err}); set ca_file or "
-                        "ssl_assert_fingerprint") from None
+        # describe() adds the host, port and the certificate's names when the chain holds
+        # the verification error; a fingerprint mismatch is told by the client's own text.
+        why = describe(err)
+        if "fails verification" not in why:
+            why = f"the cluster's certificate fails verification ({err})"
+        raise SinkFatal(f"TLS: {why}; set ca_file or ssl_assert_fingerprint") from None
 
 
 CONNECTOR = ElasticsearchConnector

@@ -54,6 +54,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
+from core.model.neterr import describe
 from core.model.schema import Alert, Severity, decode_alert
 from core.model.secrets import Secret
 
@@ -178,6 +179,8 @@ class EmailConnector(Connector):
             accepted = await asyncio.to_thread(self._smtp_send, message, todo)
         except Refused as err:
             return EventResult(Outcome.PERMANENT, str(err))
+        except OSError as err:  # the server out of reach: the reason names it and why
+            return EventResult(Outcome.RETRY, describe(err, self._where()))
         self._count_sent(accepted)
         done = already | set(accepted)
         if set(todo) - set(accepted):
@@ -246,8 +249,7 @@ class EmailConnector(Connector):
             refused = certificate_refused(err)
             if refused is None:
                 raise
-            raise SinkFatal(f"TLS: {config.host}:{config.smtp_port} presented a certificate that fails "
-                            f"verification ({refused}); set ca_file") from None
+            raise SinkFatal(f"TLS: {describe(err, self._where())}; set ca_file") from None
         except smtplib.SMTPAuthenticationError as err:
             raise SinkFatal(f"SMTP login refused ({err.smtp_code} {_reply(err.smtp_error)}): check username and "
                             "password") from None
@@ -273,8 +275,11 @@ class EmailConnector(Connector):
 
         try:
             return await asyncio.to_thread(connect)
-        except (OSError, smtplib.SMTPException) as err:
-            raise SinkFatal(f"{type(err).__name__}: {err}") from None
+        except OSError as err:  # SMTPException too: it derives from OSError
+            raise SinkFatal(describe(err, self._where())) from None
+
+    def _where(self) -> str:
+        return f"{self.config.host}:{self.config.smtp_port}"
 
 
 def _reply(text: bytes | str) -> str:

@@ -43,6 +43,7 @@ from pydantic import Field, model_validator
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TLS_KEYS, TlsSinkConfig
 from core.model.durations import Duration
+from core.model.neterr import describe
 from core.model.proxy import proxy_for, redacted
 from core.model.schema import SCHEMA_VERSION
 from core.model.secrets import Secret
@@ -51,6 +52,7 @@ log = logging.getLogger("defender_forwarder.eventhub")
 
 RECORD_CATEGORY = "DefenderForwarder-Alert"
 EVENTHUBS_SCOPE = "https://eventhubs.azure.net/.default"
+AMQPS_PORT = 5671
 
 
 class EventHubSinkConfig(TlsSinkConfig):
@@ -185,6 +187,17 @@ class EventHubConnector(Connector):
             await self._credential.close()
             self._credential = None
 
+    def _where(self) -> str:
+        """host:port of the namespace (AMQP over TLS, 5671, unless the endpoint names a port);
+        never the connection string's key."""
+        config = self.config
+        if config.connection_string is not None:
+            fields = dict(part.split("=", 1) for part in config.connection_string.get_secret_value().split(";")
+                          if "=" in part)
+            parts = urlsplit(fields.get("Endpoint", ""))
+            return f"{parts.hostname}:{parts.port or AMQPS_PORT}"
+        return f"{config.fully_qualified_namespace}:{AMQPS_PORT}"
+
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         from azure.eventhub.exceptions import AuthenticationError, EventHubError
@@ -202,7 +215,7 @@ class EventHubConnector(Connector):
                 raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
             # A failure through a proxy names it (password masked): the proxy may be what refused.
             through = f" (through proxy {redacted(self._proxy)})" if self._proxy else ""
-            return results.final(EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}{through}"))
+            return results.final(EventResult(Outcome.RETRY, describe(err, self._where()) + through))
         return results.final()
 
     def _by_partition_key(self, batch: list[Event]) -> dict[str | None, list[int]]:

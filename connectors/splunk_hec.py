@@ -49,6 +49,7 @@ from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResu
 from connectors.sizes import RequestLimit
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
+from core.model.neterr import connect_and_read, describe
 from core.model.proxy import proxy_for
 from core.model.secrets import Secret
 
@@ -218,7 +219,8 @@ class SplunkHecConnector(Connector):
         # trust_env off: proxy_for has read the proxy variables already (NO_PROXY included).
         self._client = httpx.AsyncClient(base_url=config.url, headers=headers, verify=self._tls(),
                                          proxy=proxy_for(config.url, self.proxy), trust_env=False,
-                                         timeout=config.request_timeout,
+                                         timeout=httpx.Timeout(config.request_timeout,
+                                                               connect=connect_and_read(config.request_timeout)[0]),
                                          limits=httpx.Limits(max_connections=2, max_keepalive_connections=2))
 
     def _tls(self) -> ssl.SSLContext:
@@ -262,10 +264,8 @@ class SplunkHecConnector(Connector):
             except TRANSPORT_ERRORS as err:
                 refused = certificate_refused(err)
                 if refused:
-                    raise HecRefused(f"TLS: {self.config.url} presented a certificate that fails verification "
-                                     f"({refused}); set ca_file to the CA that signed it") from None
-                results.mark([i for part in [chunk, *queue] for i in part],
-                             EventResult(Outcome.RETRY, f"{type(err).__name__}: {err}"))
+                    raise HecRefused(f"TLS: {describe(err)}; set ca_file to the CA that signed it") from None
+                results.mark([i for part in [chunk, *queue] for i in part], EventResult(Outcome.RETRY, describe(err)))
                 return
             queue[:0] = self._settle(chunk, reply, envelopes, results, pending_acks)
 
@@ -344,7 +344,7 @@ class SplunkHecConnector(Connector):
             reply = await self._client.post(ACK_PATH, content=orjson.dumps({"acks": ack_ids}),
                                             extensions=self._extensions)
         except TRANSPORT_ERRORS as err:
-            log.warning("sink %s: ack query failed (%s); asking again", self.name, type(err).__name__)
+            log.warning("sink %s: ack query failed (%s); asking again", self.name, describe(err))
             return []
         body = _json(reply)
         if reply.status_code != 200:
@@ -364,8 +364,7 @@ class SplunkHecConnector(Connector):
             health = await self._client.get(HEALTH_PATH, extensions=self._extensions)
         except TRANSPORT_ERRORS as err:
             refused = certificate_refused(err)
-            raise SinkFatal(f"TLS: certificate fails verification ({refused}); set ca_file" if refused
-                            else f"{self.config.url}: {type(err).__name__}: {err}") from None
+            raise SinkFatal(f"TLS: {describe(err)}; set ca_file" if refused else describe(err)) from None
         health_body = _json(health)
         if health.status_code in (400, 401, 403):
             code = health_body.get("code")

@@ -57,6 +57,7 @@ from pydantic import Field, field_validator, model_validator
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
+from core.model.neterr import describe
 from core.model.schema import Severity
 
 log = logging.getLogger("defender_forwarder.syslog")
@@ -190,12 +191,24 @@ class SyslogConnector(Connector):
     # ---- sending --------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         frames, results = self._frames(batch)
-        if frames:
+        if not frames:
+            return results
+        try:
             if self.config.protocol == "udp":
                 await self._send_datagrams(frames)
             else:
                 await self._send_stream(b"".join(frames))
+        except (OSError, TimeoutError) as err:
+            # Every framed event is sent again; the reason names the receiver and the cause.
+            why = EventResult(Outcome.RETRY, self._unreachable(err))
+            return [why if result is DELIVERED else result for result in results]
         return results
+
+    def _unreachable(self, err: BaseException) -> str:
+        where = f"{self.config.host}:{self.config.target_port}"
+        if isinstance(err, TimeoutError) and str(err):  # ours: it names its phase
+            return f"{where}: {err}"
+        return describe(err, where)
 
     def _frames(self, batch: list[Event]) -> tuple[list[bytes], list[EventResult]]:
         """Each event's frame, or its dead-letter result when it cannot be sent whole."""
@@ -235,7 +248,10 @@ class SyslogConnector(Connector):
         reader, writer = await self._connection()
         try:
             writer.write(data)
-            await asyncio.wait_for(writer.drain(), self.config.send_timeout)
+            try:
+                await asyncio.wait_for(writer.drain(), self.config.send_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"send timeout after {self.config.send_timeout:g}s") from None
             await asyncio.sleep(0)  # let a close or reset that answered the write be seen
         except Exception:
             await self._drop_connection()
@@ -259,11 +275,13 @@ class SyslogConnector(Connector):
                                         server_hostname=(config.tls_server_name or config.host) if self._tls else None),
                 config.connect_timeout,
             )
+        except TimeoutError:
+            raise TimeoutError(f"connect timeout after {config.connect_timeout:g}s") from None
         except ssl.SSLError as err:
             refused = certificate_refused(err)
             if refused:
-                raise SinkFatal(f"TLS: {config.host}:{config.target_port} presented a certificate that fails "
-                                f"verification ({refused}); set ca_file to the CA that signed it") from None
+                raise SinkFatal(f"TLS: {describe(err, f'{config.host}:{config.target_port}')}; "
+                                "set ca_file to the CA that signed it") from None
             raise SinkFatal(f"TLS handshake with {config.host}:{config.target_port} failed: {err.reason}") from None
         _keep_alive(writer)
         if self._tls is not None:

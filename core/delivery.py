@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 
 from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
@@ -39,6 +40,10 @@ class SinkWorker:
         self.config = connector.config
         self.stats = SinkStats()
         self.fatal: str | None = None
+        # Since when (epoch seconds) deliveries fail, and the last reason: the run summary
+        # shows them, so a sink that could not deliver never reads as ok.
+        self.failing_since: float | None = None
+        self.last_error: str | None = None
         self._opened = False
         self._failures = 0
         self._read_ahead: list[OutboxRow] | None = None  # the batch after the one in flight
@@ -112,12 +117,16 @@ class SinkWorker:
             settled = await self.deliver_batch()
         except RetryLater as err:
             self.stats.retries += 1
+            self.failing_since = self.failing_since or time.time()
+            self.last_error = str(err)
             delay = backoff_delay(self._failures, self.config.retry_initial, self.config.retry_max)
             self._failures += 1
             log.warning("sink %s: %s; retrying in %.1fs", self.name, err, delay, extra={"sink": self.name})
             await asyncio.sleep(delay)
             return 0
         self._failures = 0
+        if settled:
+            self.failing_since = self.last_error = None
         return settled
 
     async def drain(self, deadline: float) -> bool:

@@ -38,6 +38,7 @@ EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 
 log = logging.getLogger("defender_forwarder")
 err_console = Console(stderr=True, highlight=False)
+WAIT_REFRESH = 0.25  # seconds between updates of what a run on a terminal waits for
 
 
 class CommandFailed(Exception):
@@ -221,7 +222,8 @@ async def _once(forwarder: Any, since: datetime | None = None, only: str | None 
                 output: str = "table") -> int:
     started = time.time()
     async with forwarder:
-        results = await forwarder.run_once(since, only)
+        async with _showing_the_wait(forwarder):
+            results = await forwarder.run_once(since, only)
     _print_summary(results, forwarder, output)
     forwarder.warn_of_dead_letters(since=started)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
@@ -229,6 +231,40 @@ async def _once(forwarder: Any, since: datetime | None = None, only: str | None 
     pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
                   if w.deferred_until is None)
     return EXIT_PARTIAL if failed or pending else EXIT_OK
+
+
+@contextlib.asynccontextmanager
+async def _showing_the_wait(forwarder: Any) -> Any:
+    """On a terminal, a spinner on stderr saying what the run waits for (a sink retrying, the
+    events still waiting): a long `run --once` must not look hung. Elsewhere (cron, a pipe)
+    nothing is added to the output."""
+    if not err_console.is_terminal:
+        yield
+        return
+    with err_console.status(_waiting_for(forwarder)) as status:
+        async def follow() -> None:
+            while True:
+                await asyncio.sleep(WAIT_REFRESH)
+                status.update(_waiting_for(forwarder))
+
+        task = asyncio.create_task(follow())
+        try:
+            yield
+        finally:
+            task.cancel()
+
+
+def _waiting_for(forwarder: Any) -> str:
+    """`waiting for sink siem: 12 events, retrying: <why>`, or the tenants being read."""
+    parts = []
+    for name, worker in forwarder.workers.items():
+        pending = forwarder.store.outbox_depth(name)
+        if pending and not worker.fatal:
+            why = f", retrying: {REDACTOR.redact(worker.last_error)}" if worker.last_error else ""
+            parts.append(f"sink {name}: {pending} events{why}")
+    if not parts:
+        return f"reading {len(forwarder.readers)} tenants"
+    return escape("waiting for " + "; ".join(parts))
 
 
 async def _forever(forwarder: Any) -> None:
@@ -270,13 +306,11 @@ def _tenant_summary(r: Any) -> dict[str, Any]:
 
 
 def _sink_summary(name: str, worker: Any, forwarder: Any) -> dict[str, Any]:
-    status = f"[red]stopped: {escape(worker.fatal)}[/]" if worker.fatal else "[green]ok[/]"
+    pending = forwarder.store.outbox_depth(name)
+    status = _sink_status(worker, pending)
     altered = ", ".join(f"{count} {kind}" for kind, count in worker.connector.counters.items() if count)
     if altered:
         status += f" ({altered})"
-    pending = forwarder.store.outbox_depth(name)
-    if pending and worker.deferred_until is not None and not worker.fatal:
-        status += " (the pending wait for their digest or rate limit)"
     return {"sink": name, "delivered": worker.stats.delivered, "dead_letters": worker.stats.dead,
             "pending": pending, "status": status}
 
@@ -286,6 +320,22 @@ def _plain_status(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from rich.text import Text
 
     return [{**row, "status": Text.from_markup(row["status"]).plain} for row in rows]
+
+
+def _sink_status(worker: Any, pending: int) -> str:
+    """A sink's real state at the end of a run: `ok` only when nothing it could not deliver is
+    waiting; a sink still failing says since when, why, and how many events wait."""
+    if worker.fatal:
+        return f"[red]stopped: {escape(REDACTOR.redact(worker.fatal))}[/]"
+    if pending and worker.deferred_until is not None:
+        return "[green]ok[/] (the pending wait for their digest or rate limit)"
+    if pending and worker.failing_since is not None:
+        since = datetime.fromtimestamp(worker.failing_since, timezone.utc).strftime("%H:%M:%S UTC")
+        why = escape(REDACTOR.redact(worker.last_error or "unknown"))
+        return f"[red]retrying since {since}: {why}; {pending} waiting[/]"
+    if pending:
+        return f"[yellow]{pending} waiting[/]"
+    return "[green]ok[/]"
 
 
 def _held_back(counts: dict[str, int], none: str) -> str:

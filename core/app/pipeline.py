@@ -27,6 +27,7 @@ from connectors import connector_class
 from core.app.config import Config, RouteSettings, TenantSettings, held_back_reason, sinks_for_alert
 from core.delivery import SinkWorker
 from core.model import jsonutil
+from core.model.neterr import connect_and_read, describe
 from core.model.proxy import proxy_for
 from core.model.schema import Alert, EventMeta, TenantRef
 from core.sources import KINDS, AlertSource, LiveContext, Page, SourceError, SourceKind
@@ -177,7 +178,8 @@ class Forwarder:
             shards = math.ceil(self.settings.max_concurrent_requests / CONNECTIONS_PER_POOL)
             limits = httpx.Limits(max_connections=CONNECTIONS_PER_POOL)
             tls = _tls_context(ca_file)
-            timeout = self.settings.request_timeout
+            connect, read = connect_and_read(self.settings.request_timeout)
+            timeout = httpx.Timeout(read, connect=connect)
             # trust_env off: proxy_for has read the environment already, NO_PROXY included.
             self._http[key] = [
                 httpx.AsyncClient(verify=tls, timeout=timeout, limits=limits, proxy=proxy, trust_env=False)
@@ -249,7 +251,7 @@ class Forwarder:
         except (SourceError, TransientAuthError) as err:
             return None, f"{err} (will retry next cycle)"
         except httpx.HTTPError as err:
-            return None, f"{type(err).__name__} talking to Graph (will retry next cycle)"
+            return None, f"Graph: {describe(err)} (will retry next cycle)"
 
     async def _read_window(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
                            since: datetime | None) -> Window | None:

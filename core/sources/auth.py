@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from core.model.neterr import connect_and_read, describe
 from core.model.secrets import Secret
 
 GRAPH_SCOPE_PATH = "/.default"
@@ -173,7 +174,7 @@ class TokenProvider:
         except msal.exceptions.MsalServiceError as err:
             raise TransientAuthError(f"login service error: {err.error}") from None
         except OSError as err:  # requests' connection errors derive from OSError
-            raise TransientAuthError(f"login service unreachable: {type(err).__name__}") from None
+            raise TransientAuthError(f"login service unreachable: {describe(err)}") from None
         if "access_token" in result:
             return result["access_token"]
         raise self._classify(result.get("error_codes") or [], result.get("error", "error"))
@@ -198,7 +199,7 @@ class TokenProvider:
             codes = [90002] if "90002" in context else []
             raise self._classify(codes, "invalid_tenant") from None
         except OSError as err:
-            raise TransientAuthError(f"login service unreachable: {type(err).__name__}") from None
+            raise TransientAuthError(f"login service unreachable: {describe(err)}") from None
 
     def _classify(self, codes: list[int], error: str) -> Exception:
         known = _remedies(self.app_name, self.app, self.label, self.tenant_id)
@@ -262,8 +263,8 @@ def _certificate_credential(pem: str, password: Any) -> dict[str, str]:
 
 
 def http_session(ca_file: str | None, pool_size: int, timeout: float, proxy: str | None = None) -> Any:
-    """The requests session MSAL uses: pooled, with our CA, timeout and proxy (`proxy_for` the
-    login host: None connects directly)."""
+    """The requests session MSAL uses: pooled, with our CA, timeouts (a short one to connect,
+    `timeout` to read) and proxy (`proxy_for` the login host: None connects directly)."""
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -277,5 +278,5 @@ def http_session(ca_file: str | None, pool_size: int, timeout: float, proxy: str
     session.proxies = {"https": proxy, "http": proxy} if proxy else {}
     adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("https://", adapter)
-    session.request = functools.partial(session.request, timeout=timeout)  # type: ignore[method-assign]
+    session.request = functools.partial(session.request, timeout=connect_and_read(timeout))  # type: ignore[method-assign]
     return session

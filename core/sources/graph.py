@@ -20,6 +20,7 @@ import httpx
 
 from core.model import jsonutil
 from core.model.durations import backoff_delay
+from core.model.neterr import describe
 from core.sources.auth import endpoints, graph_refusal
 from core.sources.contract import LiveContext, Page, SourceError, SourceKind
 
@@ -106,10 +107,12 @@ class GraphSource:
         """The page at `url`, holding one of the page slots: the caller releases it."""
         token = await self._token()
         refreshed = False
+        self._unreachable: str | None = None  # why the last request got no answer at all
         for attempt in range(MAX_ATTEMPTS):
             response = await self._request(url, token, attempt)
             if response is None:
                 continue
+            self._unreachable = None
             if response.status_code == 200:
                 body = _json_or_none(response.content)
                 if body is not None:
@@ -125,7 +128,8 @@ class GraphSource:
                 await asyncio.sleep(retry_after(response) or backoff_delay(attempt, self.backoff_base))
             else:
                 raise SourceError(f"Graph answered {response.status_code}: {_graph_error(response)}")
-        raise SourceError(f"Graph did not answer successfully after {MAX_ATTEMPTS} attempts")
+        why = f": {self._unreachable}" if self._unreachable else ""
+        raise SourceError(f"Graph did not answer successfully after {MAX_ATTEMPTS} attempts{why}")
 
     async def _request(self, url: str, token: str, attempt: int) -> httpx.Response | None:
         """One GET under the global and per-tenant bounds; None after a transport failure.
@@ -137,7 +141,8 @@ class GraphSource:
             try:
                 return await self._send(self.client.build_request("GET", url, headers=headers))
             except httpx.TransportError as err:
-                log.warning("tenant %s: %s reaching Graph; retrying", self.tenant_id, type(err).__name__)
+                self._unreachable = describe(err)
+                log.warning("tenant %s: Graph unreachable: %s; retrying", self.tenant_id, self._unreachable)
         await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
         return None
 
