@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import re
 import socket
-import ssl
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from tests.helpers import CloudSetup, run_cli
 
@@ -36,41 +32,6 @@ def tenant_row(stderr: str, label: str) -> str:
             break
         rows.append(line)
     return flat("\n".join(rows))
-
-
-@pytest.fixture
-def untrusted_tls() -> Iterator[int]:
-    """A TLS server whose certificate no CA of ours signed."""
-    ca = trustme.CA(organization_name="Untrusted Test CA")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            try:
-                conn.settimeout(5)
-                with context.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 def test_login_host_that_does_not_resolve(setup: CloudSetup) -> None:

@@ -23,24 +23,11 @@ from tests.peers.eventhub_peer import EventHubPeer
 from tests.peers.hec_peer import HecPeer, TokenSettings
 from tests.peers.proxy import Proxy
 
+# Each test says exactly which proxy variables the forwarder sees.
+pytestmark = pytest.mark.usefixtures("no_machine_proxy")
+
 TOKEN = "11111111-aaaa-4bbb-8ccc-SECRET0hec0token"
 ES_KEY = "SECRET0es0api0key"
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test says exactly which proxy variables the forwarder sees (removed, not emptied:
-    urllib, like curl, lets an empty lower-case variable cancel its upper-case twin)."""
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-
-
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Proxy]:
-    (tmp_path / "proxy").mkdir()
-    with Proxy(tmp_path / "proxy") as running:
-        yield running
 
 
 @pytest.fixture

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import requests
-import trustme
 
 from core.model.neterr import address, describe
 
@@ -28,41 +26,6 @@ def silent_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen(16)
         yield sock.getsockname()[1]
-
-
-@pytest.fixture
-def untrusted_tls() -> Iterator[int]:
-    """A TLS server whose certificate no trusted CA signed."""
-    ca = trustme.CA(organization_name="Untrusted Test CA")
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    cert.configure_cert(context)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    stop = threading.Event()
-
-    def serve() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            try:
-                with context.wrap_socket(conn, server_side=True) as tls:
-                    tls.recv(1)
-            except OSError:
-                pass
-            finally:
-                conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 def _httpx_error(url: str, timeout: httpx.Timeout | float = 5.0) -> httpx.HTTPError:

@@ -3,9 +3,7 @@ HTTPS_PROXY, from `[forwarder] proxy`, with an app's ca_file set (TLS end to end
 CONNECT tunnel), and not for a host NO_PROXY names."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,21 +11,8 @@ from tests.helpers import CloudSetup, read_ndjson, recent, run_cli
 from tests.peers.alert_factory import make_alerts
 from tests.peers.proxy import Proxy
 
-
-@pytest.fixture(autouse=True)
-def _no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A test says exactly which proxy variables the forwarder sees. (Removed, not emptied:
-    urllib, like curl, lets an empty lower-case variable cancel its upper-case twin.)"""
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-
-
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Proxy]:
-    (tmp_path / "proxy").mkdir()
-    with Proxy(tmp_path / "proxy") as running:
-        yield running
+# Each test says exactly which proxy variables the forwarder sees.
+pytestmark = pytest.mark.usefixtures("no_machine_proxy")
 
 
 def _forwarded(setup: CloudSetup, env: dict[str, str]) -> tuple[list[str], str]:
