@@ -140,15 +140,26 @@ def _certificate(peer: str | None) -> str:
     which CA to trust (or that it is the wrong host). Empty when it cannot be had."""
     if not peer or ":" not in peer:
         return ""
+    if peer in _CERTIFICATE_NAMES:
+        return _CERTIFICATE_NAMES[peer]
     host, _, port = peer.rpartition(":")
     try:
         der = _peer_certificate(host, int(port))
         from cryptography import x509
 
         cert = x509.load_der_x509_certificate(der)
-        return f"; its subject {cert.subject.rfc4514_string()}, issuer {cert.issuer.rfc4514_string()}"
     except Exception:  # noqa: BLE001 - an extra detail: the message stands without it
         return ""
+    names = f"; its subject {cert.subject.rfc4514_string()}, issuer {cert.issuer.rfc4514_string()}"
+    if len(_CERTIFICATE_NAMES) >= 64:  # a handful of peers in practice; bounded all the same
+        _CERTIFICATE_NAMES.clear()
+    _CERTIFICATE_NAMES[peer] = names
+    return names
+
+
+# host:port -> the names `_certificate` found: the fetch is a blocking connection of up to 3 s,
+# and a refused certificate is described again on every retry (Graph tries 8 times a cycle).
+_CERTIFICATE_NAMES: dict[str, str] = {}
 
 
 def _peer_certificate(host: str, port: int, timeout: float = 3.0) -> bytes:
