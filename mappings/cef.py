@@ -129,6 +129,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from core.model.schema import Alert, FileInfo, Severity, UserInfo
+from mappings.evidence import IDENTITIES, NAMESPACE, Identity, type_name
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 VENDOR = "Microsoft"
@@ -499,16 +500,169 @@ def _writer(row: Key) -> Writer:
 _ROWS: tuple[tuple[Callable[[Alert, Picks], Any], Writer], ...] = tuple((row.read, _writer(row)) for row in EXTENSION)
 
 
+# --------------------------------------------------------------------------- evidence identity keys
+
+EVIDENCE_KEY_PREFIX = "ms"  # the spec's "Vendorname" part of a custom key (Microsoft)
+EVIDENCE_LIMIT = 1023  # String 1023, as the custom strings `cs1`..`cs6`
+# Which evidence keys `fit` may cut, by the kind of their identity row (`mappings.evidence.KINDS`):
+# long free text first, names and registry paths late; every other kind is never cut.
+CUT_FIRST_KINDS = ("command", "url")
+CUT_LATE_KINDS = ("name", "registry")
+# The two groups as `FIT_ORDER` names them.
+CUT_FIRST = "ms*:" + ",".join(CUT_FIRST_KINDS)
+CUT_LATE = "ms*:" + ",".join(CUT_LATE_KINDS)
+
+
+def evidence_key(evidence_type: str, row: Identity) -> str:
+    """`ms` + the Graph evidence type + the identity's property path, camelCase:
+    (`deviceEvidence`, `vmMetadata.resourceId`) -> `msDeviceEvidenceVmMetadataResourceId`."""
+    name = row.name
+    return EVIDENCE_KEY_PREFIX + evidence_type[:1].upper() + evidence_type[1:] + name[:1].upper() + name[1:]
+
+
+def numbered(key: str, n: int) -> str:
+    """The key of the `n`-th distinct value (from 1) of an evidence key in one alert:
+    `key`, then `keyN2`, `keyN3`, ..."""
+    return key if n == 1 else f"{key}N{n}"
+
+
+@dataclass(frozen=True)
+class EvidenceKey:
+    """One vendor extension key: an identity row of one Graph evidence type."""
+
+    evidence_type: str  # e.g. deviceEvidence
+    row: Identity
+    key: str
+
+    @property
+    def fit(self) -> str:
+        """What `fit` may do to it (module docstring, "Fitting a line into a budget")."""
+        if self.row.kind in CUT_FIRST_KINDS:
+            return f"cut (`{CUT_FIRST}`)"
+        if self.row.kind in CUT_LATE_KINDS:
+            return f"cut (`{CUT_LATE}`)"
+        return "never cut"
+
+
+EVIDENCE_KEYS: tuple[EvidenceKey, ...] = tuple(
+    EvidenceKey(name, row, evidence_key(name, row)) for name, rows in IDENTITIES.items() for row in rows)
+
+
+def evidence_markdown_table() -> str:
+    """The evidence keys as `docs/formats.md` shows them."""
+    lines = ["| Evidence type | Graph property | CEF key | Kind | Fit |", "|---|---|---|---|---|"]
+    for entry in EVIDENCE_KEYS:
+        lines.append(f"| `{entry.evidence_type}` | `{entry.row.graph}` | `{entry.key}` | {entry.row.kind} "
+                     f"| {entry.fit} |")
+    return "\n".join(lines)
+
+
+class _EvidenceRow:
+    """An identity row as `encode` runs it: its common-schema path split once, and the
+    writers of its numbered keys (made as an alert first needs them)."""
+
+    __slots__ = ("attribute", "key", "parts", "writers")
+
+    def __init__(self, entry: EvidenceKey) -> None:
+        self.key = entry.key
+        self.parts = tuple((part.removesuffix("[]"), part.endswith("[]")) for part in entry.row.common.split("."))
+        # A path of one plain attribute (most typed fields): read with getattr alone.
+        self.attribute = self.parts[0][0] if len(self.parts) == 1 and not self.parts[0][1] else None
+        self.writers: list[Writer] = []
+
+    def values(self, item: Any) -> list[Any]:
+        """`mappings.evidence.values_at(item, row.common)`, on the split path."""
+        found = [item]
+        for name, many in self.parts:
+            step: list[Any] = []
+            for value in found:
+                got = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+                if got is None or got == "":
+                    continue
+                if many and isinstance(got, list):
+                    step.extend(v for v in got if v is not None and v != "")
+                else:
+                    step.append(got)
+            if not step:
+                return step
+            found = step
+        return found
+
+    def writer(self, n: int) -> Writer:
+        writers = self.writers
+        while len(writers) < n:
+            writers.append(_text_writer(numbered(self.key, len(writers) + 1) + "=", EVIDENCE_LIMIT))
+        return writers[n - 1]
+
+
+# Graph evidence type (lower case) -> its rows, as run.
+_EVIDENCE_FOLDED: dict[str, tuple[_EvidenceRow, ...]] = {}
+for _entry in EVIDENCE_KEYS:
+    _EVIDENCE_FOLDED.setdefault(_entry.evidence_type.lower(), ())
+    _EVIDENCE_FOLDED[_entry.evidence_type.lower()] += (_EvidenceRow(_entry),)
+# ... and by @odata.type exactly as Graph sends it (the usual lookup: no case folding).
+_EVIDENCE_BY_ODATA = {NAMESPACE + name: _EVIDENCE_FOLDED[name.lower()] for name in IDENTITIES}
+
+
+def _evidence_text(value: Any) -> str | None:
+    """An identity value as text: strings as they are, numbers in decimal; anything else
+    (an object where Graph documents a value) is no identity and is left out."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def evidence_parts(evidence: list[Any]) -> list[str]:
+    """`key=value` of every identity value of every evidence, in evidence order, then the
+    table's row order, then value order; a value an earlier one of the same key already
+    wrote is not written again; the n-th distinct value of a key goes to `numbered(key, n)`."""
+    parts: list[str] = []
+    seen: dict[_EvidenceRow, list[str]] = {}
+    for item in evidence:
+        rows = _EVIDENCE_BY_ODATA.get(item.odata_type)
+        if rows is None:
+            rows = _EVIDENCE_FOLDED.get(type_name(item).lower(), ())
+        for row in rows:
+            attribute = row.attribute
+            if attribute is not None:
+                value = getattr(item, attribute, None)
+                if value is None or value == "":
+                    continue
+                values = [value]
+            else:
+                values = row.values(item)
+                if not values:
+                    continue
+            written = seen.get(row)
+            if written is None:
+                written = seen[row] = []
+            for value in values:
+                text = _evidence_text(value)
+                if text is None or text in written:
+                    continue
+                part = row.writer(len(written) + 1)(text)
+                if part:
+                    written.append(text)
+                    parts.append(part)
+    return parts
+
+
 def extension_text(alert: Alert) -> str:
-    """The extension: `key=value` of each row whose value is present, in table order."""
-    evidence = picks(alert.evidence)
+    """The extension: `key=value` of each row whose value is present, in table order, then
+    the evidence keys (`evidence_parts`)."""
+    evidence = alert.evidence
+    chosen = picks(evidence)
     parts = []
     for read, write in _ROWS:
-        value = read(alert, evidence)
+        value = read(alert, chosen)
         if value:  # (None or "": absent; a datetime is always true)
             part = write(value)
             if part:
                 parts.append(part)
+    if evidence:
+        parts += evidence_parts(evidence)
     return " ".join(parts)
 
 
@@ -563,13 +717,30 @@ class Fit(enum.Enum):
     CUT = "cut"  # the line itself cut and marked with `…`; may not parse
 
 
-# The values `fit` may cut, first to last; "Name" is the header's Name (the title).
-FIT_ORDER: tuple[str, ...] = ("msg", "request", "filePath", "flexString2", "flexString1", "cs4",
-                              "sourceServiceName", "cat", "fname", "duser", "dhost", "Name")
+# The values `fit` may cut, first to last; "Name" is the header's Name (the title);
+# `CUT_FIRST` and `CUT_LATE` are the evidence keys of those kinds, each group in line order.
+FIT_ORDER: tuple[str, ...] = ("msg", CUT_FIRST, "request", "filePath", "flexString2", "flexString1", "cs4",
+                              "sourceServiceName", "cat", CUT_LATE, "fname", "duser", "dhost", "Name")
 
 _INTACT = Fit.INTACT
 _MARK = TRUNCATED.encode()
 _FIT_ORDER = tuple(key.encode() for key in FIT_ORDER)
+# Evidence key (bytes) -> its group in FIT_ORDER (None: never cut); numbered keys by their base.
+_EVIDENCE_GROUPS: dict[bytes, bytes | None] = {
+    entry.key.encode(): (CUT_FIRST.encode() if entry.row.kind in CUT_FIRST_KINDS
+                         else CUT_LATE.encode() if entry.row.kind in CUT_LATE_KINDS else None)
+    for entry in EVIDENCE_KEYS}
+_NUMBER = re.compile(rb"N[0-9]+\Z")
+
+
+def _evidence_group(key: bytes) -> tuple[bool, bytes | None]:
+    """(is an evidence key, its FIT_ORDER group or None)."""
+    if key in _EVIDENCE_GROUPS:
+        return True, _EVIDENCE_GROUPS[key]
+    base = _NUMBER.sub(b"", key)
+    if base != key and base in _EVIDENCE_GROUPS:
+        return True, _EVIDENCE_GROUPS[base]
+    return False, None
 # A header field (unescaped `|` ends it; `\\.` is an escape), unrolled so it never backtracks.
 _FIELD = rb"[^\\|]*(?:\\.[^\\|]*)*"
 # The seven header fields; group 1 is the Name.
@@ -636,23 +807,53 @@ def _shorten(line: bytes, budget: int) -> tuple[bytes, Fit]:
     spans = _spans(line)
     if spans is not None:
         excess = len(line) - budget
-        cuts = []
-        for name in _FIT_ORDER:
-            span = spans.get(name)
-            if span is None:
-                continue
-            start, end = span
+        cuts: list[tuple[int, int, int]] = []
+        for name in _cut_order(spans):
+            start, end = spans[name]
             if end - start <= _TRUNCATED_BYTES:  # (the bare marker would save nothing)
                 continue
             keep = _safe_cut(line, start, start + max(0, end - start - excess - _TRUNCATED_BYTES))
             cuts.append((start, keep, end))
             excess -= end - keep - _TRUNCATED_BYTES
             if excess <= 0:
-                cuts.sort()
-                parts, position = [], 0
-                for start, keep, end in cuts:
-                    parts += (line[position:keep], _MARK)
-                    position = end
-                parts.append(line[position:])
-                return b"".join(parts), Fit.SHORTENED
+                return _apply(line, cuts, len(line)), Fit.SHORTENED
+        # Every value that may be cut is the bare marker: drop the evidence keys at the end of
+        # the line whole, last first, each with the space before it.
+        saved = 0
+        cut_saves = {start: end - keep - _TRUNCATED_BYTES for start, keep, end in cuts}
+        for name in reversed(spans):
+            start, end = spans[name]
+            space = start - len(name) - 2  # (the space before `name=`)
+            if not _evidence_group(name)[0] or line[space] != 0x20:
+                break
+            saved += end - space - cut_saves.get(start, 0)
+            if excess - saved <= 0:
+                return _apply(line, [cut for cut in cuts if cut[0] < space], space), Fit.SHORTENED
     return line[:_safe_cut(line, 0, budget - _TRUNCATED_BYTES)] + _MARK, Fit.CUT
+
+
+def _cut_order(spans: dict[bytes, tuple[int, int]]) -> list[bytes]:
+    """The keys of the line that `fit` may cut, in `FIT_ORDER` (a group: in line order)."""
+    groups: dict[bytes, list[bytes]] = {}
+    for name in spans:
+        if name[:2] == b"ms":
+            evidence, group = _evidence_group(name)
+            if group is not None:
+                groups.setdefault(group, []).append(name)
+    order = []
+    for name in _FIT_ORDER:
+        if name in groups:
+            order += groups[name]
+        elif name in spans:
+            order.append(name)
+    return order
+
+
+def _apply(line: bytes, cuts: list[tuple[int, int, int]], length: int) -> bytes:
+    """`line[:length]` with each cut (start, keep, end) made: `line[keep:end]` -> the marker."""
+    parts, position = [], 0
+    for _, keep, end in sorted(cuts):
+        parts += (line[position:keep], _MARK)
+        position = end
+    parts.append(line[position:length])
+    return b"".join(parts)
