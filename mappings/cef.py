@@ -87,6 +87,32 @@ the MSSP context; labels are written as given here):
 | `cs5` | `incidentId` | `incident_id` | 1023 |
 | `cs6` | `sha256` | that file's `sha256` | 1023 |
 
+Evidence identity keys
+- After the table's keys come the identifying values of every evidence, whatever its type:
+  every row of `mappings.evidence.IDENTITIES` (ids, names, addresses, hashes, URLs, command
+  lines, registry keys and values, resource ids) that has a value, so that no evidence type
+  loses its identity (the table's keys above keep only the first device, user, IP, file and
+  URL). The standard keys stay as they are; these are vendor keys, since CEF has no key
+  for most of them (a mailbox cluster's urn, a Kubernetes namespace, an Azure resource id).
+- Key: `ms` + the Graph evidence type + the row's property path in camelCase
+  (`Identity.name`, first letter upper): `msDeviceEvidenceMdeDeviceId`,
+  `msProcessEvidenceProcessCommandLine`, `msAzureResourceEvidenceResourceId`. The spec asks
+  custom keys to be `VendornameProductnameExplanatoryKeyName`, alphanumeric, and named unlike
+  any key of its dictionary: `ms` is the vendor, the rest is Graph's own names, so an
+  analyst finds the property in Microsoft's documentation; every key holds `Evidence` once,
+  where the type ends, so no two (type, property) pairs can make the same key (without it,
+  `containerEvidence` `image.imageId` and `containerImageEvidence` `imageId` would).
+  Letters and digits only. The table of all keys is `evidence_markdown_table()`.
+- Several values for one key (two device evidence, or a list such as `ipInterfaces`): the
+  first distinct value goes to the key, the n-th to the key + `N<n>`
+  (`msDeviceEvidenceIpInterfaces`, `msDeviceEvidenceIpInterfacesN2`, ...); a value the key
+  already holds is not written again. Each value is whole in its own key, so a receiver
+  needs no second level of splitting (CEF has no separator that a value cannot hold).
+- Order: evidence in the alert's order, then the table's rows, then the values. Text as
+  sent, numbers (process ids, ports) in decimal; a value that is neither (an object where
+  Graph documents a string) is left out. The text rules above apply; the limit is 1023 bytes
+  (as `cs1`..`cs6`).
+
 Fitting a line into a budget
 - `fit(line, budget)` is for a sender that holds only the encoded line (bytes) and has to
   send it within `budget` bytes (a syslog connector: `max_message_bytes` minus its syslog
@@ -94,23 +120,34 @@ Fitting a line into a budget
   UTF-8, one line: no CR, LF or NUL) and how it was made, a `Fit`:
 - `INTACT`: the line is within the budget and is returned as it is, the same object.
 - `SHORTENED`: values are cut, whole ones, in this fixed order until the line fits: `msg`
-  (the description: the longest, prose, and whole in the portal), `request` (URL evidence:
+  (the description: the longest, prose, and whole in the portal), `ms*:command,url` (the
+  evidence keys of kind command or url, in line order: command lines and URLs, long and
+  with their start the telling part), `request` (URL evidence:
   long query strings; the host and path come first), `filePath` (its file name is in
   `fname`), `flexString2` then `flexString1` (the incident and alert portal links, which the
   ids in `cs5`, `cs3` and `cs1` rebuild), `cs4` (MITRE techniques), `sourceServiceName`,
-  `cat`, `fname`, `duser`, `dhost`, and last the header Name (the title). The ids analysts
+  `cat`, `ms*:name,registry` (the evidence keys of kind name or registry, in line order:
+  names, paths, registry keys and value data), `fname`, `duser`, `dhost`, and last the
+  header Name (the title). The ids analysts
   join on, the times, addresses and hashes, and the short status are never cut: `rt`,
   `start`, `end`, `deviceCustomDate1`, `externalId`, `act`, `dst`, `src`, `c6a2`, `c6a3`,
   `fileHash`, `cs1` (tenantId), `cs2` (customer), `cs3` (alertId), `cs5` (incidentId), `cs6`
-  (sha256), the labels, and the other header fields. A value is cut as the length limits cut
+  (sha256), the evidence keys of every other kind (ids, hosts, addresses, MAC addresses,
+  ports, users, e-mail addresses, hashes, domains, resource ids), the labels, and the other
+  header fields. A value is cut as the length limits cut
   (Text rules): its unescaped text at a code point boundary, ending in `…` (the marker
   counts), then escaped again, so a cut never splits an escape sequence or a UTF-8 sequence.
   Each value is cut only as far as the line needs (a value before it in the order is left as
-  the bare marker `…`; one after it is untouched), keys are never dropped, and the line
-  parses as before: same header (Name possibly cut), same keys in the same order, every
-  value either unchanged or a prefix of itself ending in `…`.
-- `CUT`: when even every value of that list cut to the bare marker leaves the line over the
-  budget (what is never cut, with the labels, takes some 600-900 bytes of a typical alert),
+  the bare marker `…`; one after it is untouched), and the line parses as before: same
+  header (Name possibly cut), same keys in the same order, every value either unchanged or a
+  prefix of itself ending in `…`. Only when every value of that order is the bare marker and
+  the line is still over the budget are whole keys dropped: the evidence keys at the end of
+  the line, the last first (so the last evidence's last values go first, the first
+  evidence's first rows, its ids, last), each `key=value` with the space before it, until the
+  line fits. No other key is ever dropped, no id is ever cut, and the line still parses.
+- `CUT`: when even every value of that list cut to the bare marker and every evidence key
+  dropped leaves the line over the budget (what is never cut or dropped, with the labels,
+  takes some 600-900 bytes of a typical alert),
   the line as encoded is cut at the last safe point at most `budget - 3` bytes in (never
   inside an escape sequence `\\`, `\=`, `\n`, `\r`, `\|` or a UTF-8 sequence) and ends in
   `…`. The receiver then holds a truncated, marked line that may not parse (the header or
