@@ -20,8 +20,8 @@ from mappings import cef
 from mappings.evidence import identities_of, type_name, values_at
 from mappings.graph_alerts_v2 import normalise
 from tests.cef_parser import KNOWN_KEYS, CefError, CefEvent, parse, parse_bytes
-from tests.mappings.cef_keys import CEF_KEYS, EVIDENCE_KEYS, numbered, split_key
 from tests.helpers import shared_sample
+from tests.mappings.cef_keys import CEF_KEYS, EVIDENCE_KEYS, numbered, split_key
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
