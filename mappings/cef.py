@@ -595,17 +595,28 @@ def evidence_markdown_table() -> str:
 
 
 class _EvidenceRow:
-    """An identity row as `encode` runs it: its common-schema path split once, and the
-    writers of its numbered keys (made as an alert first needs them)."""
+    """An identity row as `encode` runs it: how to read its common-schema path (decided once:
+    one attribute, an attribute of an attribute, one key of `extra`, else the general walk),
+    and the `key=` prefixes of its numbered keys (made as an alert first needs them)."""
 
-    __slots__ = ("attribute", "key", "parts", "writers")
+    __slots__ = ("first", "how", "key", "memo", "parts", "prefixes", "second")
 
     def __init__(self, entry: EvidenceKey) -> None:
         self.key = entry.key
         self.parts = tuple((part.removesuffix("[]"), part.endswith("[]")) for part in entry.row.common.split("."))
-        # A path of one plain attribute (most typed fields): read with getattr alone.
-        self.attribute = self.parts[0][0] if len(self.parts) == 1 and not self.parts[0][1] else None
-        self.writers: list[Writer] = []
+        plain = not any(many for _, many in self.parts)
+        self.first = self.parts[0][0]
+        self.second = self.parts[1][0] if len(self.parts) > 1 else ""
+        if plain and len(self.parts) == 1:
+            self.how = _ATTRIBUTE
+        elif plain and len(self.parts) == 2:
+            self.how = _EXTRA_KEY if self.first == "extra" else _ATTRIBUTE_OF_ATTRIBUTE
+        else:
+            self.how = _WALK
+        self.prefixes = [self.key + "="]
+        # value -> its first-key part as written: identities recur across alerts (a tenant's
+        # devices, users, addresses); short values only, emptied when full.
+        self.memo: dict[str, str] = {}
 
     def values(self, item: Any) -> list[Any]:
         """`mappings.evidence.values_at(item, row.common)`, on the split path."""
@@ -625,12 +636,15 @@ class _EvidenceRow:
             found = step
         return found
 
-    def writer(self, n: int) -> Writer:
-        writers = self.writers
-        while len(writers) < n:
-            writers.append(_text_writer(numbered(self.key, len(writers) + 1) + "=", EVIDENCE_LIMIT))
-        return writers[n - 1]
+    def prefix(self, n: int) -> str:
+        prefixes = self.prefixes
+        while len(prefixes) < n:
+            prefixes.append(numbered(self.key, len(prefixes) + 1) + "=")
+        return prefixes[n - 1]
 
+
+_ATTRIBUTE, _ATTRIBUTE_OF_ATTRIBUTE, _EXTRA_KEY, _WALK = range(4)
+_EVIDENCE_MEMO_MAX = 256  # values remembered per evidence key
 
 # Graph evidence type (lower case) -> its rows, as run.
 _EVIDENCE_FOLDED: dict[str, tuple[_EvidenceRow, ...]] = {}
@@ -654,7 +668,8 @@ def _evidence_text(value: Any) -> str | None:
 def evidence_parts(evidence: list[Any]) -> list[str]:
     """`key=value` of every identity value of every evidence, in evidence order, then the
     table's row order, then value order; a value an earlier one of the same key already
-    wrote is not written again; the n-th distinct value of a key goes to `numbered(key, n)`."""
+    wrote is not written again; the n-th distinct value of a key goes to `numbered(key, n)`.
+    (Runs for every evidence of every alert: the usual cases are inlined.)"""
     parts: list[str] = []
     seen: dict[_EvidenceRow, list[str]] = {}
     for item in evidence:
@@ -662,27 +677,66 @@ def evidence_parts(evidence: list[Any]) -> list[str]:
         if rows is None:
             rows = _EVIDENCE_FOLDED.get(type_name(item).lower(), ())
         for row in rows:
-            attribute = row.attribute
-            if attribute is not None:
-                value = getattr(item, attribute, None)
-                if value is None or value == "":
-                    continue
-                values = [value]
+            how = row.how
+            if how == _ATTRIBUTE:
+                value = getattr(item, row.first, None)
+            elif how == _ATTRIBUTE_OF_ATTRIBUTE:
+                value = getattr(item, row.first, None)
+                if value is not None:
+                    value = getattr(value, row.second, None)
+            elif how == _EXTRA_KEY:
+                value = item.extra.get(row.second)
             else:
                 values = row.values(item)
                 if not values:
                     continue
-            written = seen.get(row)
-            if written is None:
-                written = seen[row] = []
-            for value in values:
-                text = _evidence_text(value)
-                if text is None or text in written:
+                value = None
+            if value is not None:
+                if value == "":
                     continue
-                part = row.writer(len(written) + 1)(text)
-                if part:
-                    written.append(text)
+                values = (value,)
+            elif how != _WALK:
+                continue
+            written = seen.get(row)
+            for value in values:
+                if value.__class__ is not str:
+                    value = _evidence_text(value)
+                    if value is None:
+                        continue
+                if written is None:
+                    part = row.memo.get(value)
+                    if part is not None:
+                        seen[row] = written = [value]
+                        parts.append(part)
+                        continue
+                    written = seen[row] = []
+                elif value in written:
+                    continue
+                # The usual value (printable ASCII within the limit, no space to trim) needs
+                # only the two escapes it can hold; `_extension` applies every rule to the rest.
+                if (value.isascii() and value.isprintable() and len(value) <= EVIDENCE_LIMIT and value[0] != " "
+                        and value[-1] != " "):
+                    text = value
+                    if "\\" in text:
+                        text = text.replace("\\", "\\\\")
+                    if "=" in text:
+                        text = text.replace("=", "\\=")
+                else:
+                    text = _extension(value, EVIDENCE_LIMIT)
+                    if not text:
+                        continue
+                written.append(value)
+                n = len(written)
+                if n == 1:
+                    part = row.prefixes[0] + text
+                    if len(value) <= _MEMO_LEN:
+                        memo = row.memo
+                        if len(memo) >= _EVIDENCE_MEMO_MAX:
+                            memo.clear()
+                        memo[value] = part
                     parts.append(part)
+                else:
+                    parts.append(row.prefix(n) + text)
     return parts
 
 

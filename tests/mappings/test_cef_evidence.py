@@ -94,7 +94,9 @@ def test_several_values_of_one_key_are_numbered() -> None:
                 "ipInterfaces": ips} for mde, ips in (("d1", ["10.0.0.1", "10.0.0.2"]), ("d2", ["10.0.0.2", "::1"]),
                                                       ("d1", []))]
     raw = {"id": "da1", "lastUpdateDateTime": "2026-11-29T10:00:00Z", "evidence": devices}
-    extension = parse_bytes(cef.encode(normalise(raw, TENANT, INGESTED)), known_keys=CEF_KEYS).extension
+    first = cef.encode(normalise(raw, TENANT, INGESTED))
+    assert cef.encode(normalise(raw, TENANT, INGESTED)) == first  # (again: from the remembered values)
+    extension = parse_bytes(first, known_keys=CEF_KEYS).extension
     evidence = {k: v for k, v in extension.items() if split_key(k)}
     assert evidence == {
         "msDeviceEvidenceMdeDeviceId": "d1",
