@@ -85,6 +85,7 @@ def test_keys_are_from_the_table_unique_and_valid() -> None:
         assert key.isascii() and key.isalnum() and key[0].isalpha(), key
         assert key not in KNOWN_KEYS
         assert split_key(key) == (key, 1)
+        assert key.count("Evidence") == 1, key  # where the type ends: what makes the names collision-free
         # no base key looks like a numbered one, so `key` + N<n> never names another key
         assert not any(numbered(other, n) == key for other in keys if other != key for n in range(2, 65))
 
