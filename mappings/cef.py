@@ -87,6 +87,32 @@ the MSSP context; labels are written as given here):
 | `cs5` | `incidentId` | `incident_id` | 1023 |
 | `cs6` | `sha256` | that file's `sha256` | 1023 |
 
+Evidence identity keys
+- After the table's keys come the identifying values of every evidence, whatever its type:
+  every row of `mappings.evidence.IDENTITIES` (ids, names, addresses, hashes, URLs, command
+  lines, registry keys and values, resource ids) that has a value, so that no evidence type
+  loses its identity (the table's keys above keep only the first device, user, IP, file and
+  URL). The standard keys stay as they are; these are vendor keys, since CEF has no key
+  for most of them (a mailbox cluster's urn, a Kubernetes namespace, an Azure resource id).
+- Key: `ms` + the Graph evidence type + the row's property path in camelCase
+  (`Identity.name`, first letter upper): `msDeviceEvidenceMdeDeviceId`,
+  `msProcessEvidenceProcessCommandLine`, `msAzureResourceEvidenceResourceId`. The spec asks
+  custom keys to be `VendornameProductnameExplanatoryKeyName`, alphanumeric, and named unlike
+  any key of its dictionary: `ms` is the vendor, the rest is Graph's own names, so an
+  analyst finds the property in Microsoft's documentation; every key holds `Evidence` once,
+  where the type ends, so no two (type, property) pairs can make the same key (without it,
+  `containerEvidence` `image.imageId` and `containerImageEvidence` `imageId` would).
+  Letters and digits only. The table of all keys is `evidence_markdown_table()`.
+- Several values for one key (two device evidence, or a list such as `ipInterfaces`): the
+  first distinct value goes to the key, the n-th to the key + `N<n>`
+  (`msDeviceEvidenceIpInterfaces`, `msDeviceEvidenceIpInterfacesN2`, ...); a value the key
+  already holds is not written again. Each value is whole in its own key, so a receiver
+  needs no second level of splitting (CEF has no separator that a value cannot hold).
+- Order: evidence in the alert's order, then the table's rows, then the values. Text as
+  sent, numbers (process ids, ports) in decimal; a value that is neither (an object where
+  Graph documents a string) is left out. The text rules above apply; the limit is 1023 bytes
+  (as `cs1`..`cs6`).
+
 Fitting a line into a budget
 - `fit(line, budget)` is for a sender that holds only the encoded line (bytes) and has to
   send it within `budget` bytes (a syslog connector: `max_message_bytes` minus its syslog
@@ -94,23 +120,34 @@ Fitting a line into a budget
   UTF-8, one line: no CR, LF or NUL) and how it was made, a `Fit`:
 - `INTACT`: the line is within the budget and is returned as it is, the same object.
 - `SHORTENED`: values are cut, whole ones, in this fixed order until the line fits: `msg`
-  (the description: the longest, prose, and whole in the portal), `request` (URL evidence:
+  (the description: the longest, prose, and whole in the portal), `ms*:command,url` (the
+  evidence keys of kind command or url, in line order: command lines and URLs, long and
+  with their start the telling part), `request` (URL evidence:
   long query strings; the host and path come first), `filePath` (its file name is in
   `fname`), `flexString2` then `flexString1` (the incident and alert portal links, which the
   ids in `cs5`, `cs3` and `cs1` rebuild), `cs4` (MITRE techniques), `sourceServiceName`,
-  `cat`, `fname`, `duser`, `dhost`, and last the header Name (the title). The ids analysts
+  `cat`, `ms*:name,registry` (the evidence keys of kind name or registry, in line order:
+  names, paths, registry keys and value data), `fname`, `duser`, `dhost`, and last the
+  header Name (the title). The ids analysts
   join on, the times, addresses and hashes, and the short status are never cut: `rt`,
   `start`, `end`, `deviceCustomDate1`, `externalId`, `act`, `dst`, `src`, `c6a2`, `c6a3`,
   `fileHash`, `cs1` (tenantId), `cs2` (customer), `cs3` (alertId), `cs5` (incidentId), `cs6`
-  (sha256), the labels, and the other header fields. A value is cut as the length limits cut
+  (sha256), the evidence keys of every other kind (ids, hosts, addresses, MAC addresses,
+  ports, users, e-mail addresses, hashes, domains, resource ids), the labels, and the other
+  header fields. A value is cut as the length limits cut
   (Text rules): its unescaped text at a code point boundary, ending in `…` (the marker
   counts), then escaped again, so a cut never splits an escape sequence or a UTF-8 sequence.
   Each value is cut only as far as the line needs (a value before it in the order is left as
-  the bare marker `…`; one after it is untouched), keys are never dropped, and the line
-  parses as before: same header (Name possibly cut), same keys in the same order, every
-  value either unchanged or a prefix of itself ending in `…`.
-- `CUT`: when even every value of that list cut to the bare marker leaves the line over the
-  budget (what is never cut, with the labels, takes some 600-900 bytes of a typical alert),
+  the bare marker `…`; one after it is untouched), and the line parses as before: same
+  header (Name possibly cut), same keys in the same order, every value either unchanged or a
+  prefix of itself ending in `…`. Only when every value of that order is the bare marker and
+  the line is still over the budget are whole keys dropped: the evidence keys at the end of
+  the line, the last first (so the last evidence's last values go first, the first
+  evidence's first rows, its ids, last), each `key=value` with the space before it, until the
+  line fits. No other key is ever dropped, no id is ever cut, and the line still parses.
+- `CUT`: when even every value of that list cut to the bare marker and every evidence key
+  dropped leaves the line over the budget (what is never cut or dropped, with the labels,
+  takes some 600-900 bytes of a typical alert),
   the line as encoded is cut at the last safe point at most `budget - 3` bytes in (never
   inside an escape sequence `\\`, `\=`, `\n`, `\r`, `\|` or a UTF-8 sequence) and ends in
   `…`. The receiver then holds a truncated, marked line that may not parse (the header or
@@ -129,6 +166,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from core.model.schema import Alert, FileInfo, Severity, UserInfo
+from mappings.evidence import IDENTITIES, NAMESPACE, Identity, type_name
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 VENDOR = "Microsoft"
@@ -499,16 +537,223 @@ def _writer(row: Key) -> Writer:
 _ROWS: tuple[tuple[Callable[[Alert, Picks], Any], Writer], ...] = tuple((row.read, _writer(row)) for row in EXTENSION)
 
 
+# --------------------------------------------------------------------------- evidence identity keys
+
+EVIDENCE_KEY_PREFIX = "ms"  # the spec's "Vendorname" part of a custom key (Microsoft)
+EVIDENCE_LIMIT = 1023  # String 1023, as the custom strings `cs1`..`cs6`
+# Which evidence keys `fit` may cut, by the kind of their identity row (`mappings.evidence.KINDS`):
+# long free text first, names and registry paths late; every other kind is never cut.
+CUT_FIRST_KINDS = ("command", "url")
+CUT_LATE_KINDS = ("name", "registry")
+# The two groups as `FIT_ORDER` names them.
+CUT_FIRST = "ms*:" + ",".join(CUT_FIRST_KINDS)
+CUT_LATE = "ms*:" + ",".join(CUT_LATE_KINDS)
+
+
+def evidence_key(evidence_type: str, row: Identity) -> str:
+    """`ms` + the Graph evidence type + the identity's property path, camelCase:
+    (`deviceEvidence`, `vmMetadata.resourceId`) -> `msDeviceEvidenceVmMetadataResourceId`."""
+    name = row.name
+    return EVIDENCE_KEY_PREFIX + evidence_type[:1].upper() + evidence_type[1:] + name[:1].upper() + name[1:]
+
+
+def numbered(key: str, n: int) -> str:
+    """The key of the `n`-th distinct value (from 1) of an evidence key in one alert:
+    `key`, then `keyN2`, `keyN3`, ..."""
+    return key if n == 1 else f"{key}N{n}"
+
+
+@dataclass(frozen=True)
+class EvidenceKey:
+    """One vendor extension key: an identity row of one Graph evidence type."""
+
+    evidence_type: str  # e.g. deviceEvidence
+    row: Identity
+    key: str
+
+    @property
+    def fit(self) -> str:
+        """What `fit` may do to it (module docstring, "Fitting a line into a budget")."""
+        if self.row.kind in CUT_FIRST_KINDS:
+            return f"cut (`{CUT_FIRST}`)"
+        if self.row.kind in CUT_LATE_KINDS:
+            return f"cut (`{CUT_LATE}`)"
+        return "never cut"
+
+
+EVIDENCE_KEYS: tuple[EvidenceKey, ...] = tuple(
+    EvidenceKey(name, row, evidence_key(name, row)) for name, rows in IDENTITIES.items() for row in rows)
+
+
+def evidence_markdown_table() -> str:
+    """The evidence keys as `docs/formats.md` shows them."""
+    lines = ["| Evidence type | Graph property | CEF key | Kind | Fit |", "|---|---|---|---|---|"]
+    for entry in EVIDENCE_KEYS:
+        lines.append(f"| `{entry.evidence_type}` | `{entry.row.graph}` | `{entry.key}` | {entry.row.kind} "
+                     f"| {entry.fit} |")
+    return "\n".join(lines)
+
+
+class _EvidenceRow:
+    """An identity row as `encode` runs it: how to read its common-schema path (decided once:
+    one attribute, an attribute of an attribute, one key of `extra`, else the general walk),
+    and the `key=` prefixes of its numbered keys (made as an alert first needs them)."""
+
+    __slots__ = ("first", "how", "key", "memo", "parts", "prefixes", "second")
+
+    def __init__(self, entry: EvidenceKey) -> None:
+        self.key = entry.key
+        self.parts = tuple((part.removesuffix("[]"), part.endswith("[]")) for part in entry.row.common.split("."))
+        plain = not any(many for _, many in self.parts)
+        self.first = self.parts[0][0]
+        self.second = self.parts[1][0] if len(self.parts) > 1 else ""
+        if plain and len(self.parts) == 1:
+            self.how = _ATTRIBUTE
+        elif plain and len(self.parts) == 2:
+            self.how = _EXTRA_KEY if self.first == "extra" else _ATTRIBUTE_OF_ATTRIBUTE
+        else:
+            self.how = _WALK
+        self.prefixes = [self.key + "="]
+        # value -> its first-key part as written: identities recur across alerts (a tenant's
+        # devices, users, addresses); short values only, emptied when full.
+        self.memo: dict[str, str] = {}
+
+    def values(self, item: Any) -> list[Any]:
+        """`mappings.evidence.values_at(item, row.common)`, on the split path."""
+        found = [item]
+        for name, many in self.parts:
+            step: list[Any] = []
+            for value in found:
+                got = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+                if got is None or got == "":
+                    continue
+                if many and isinstance(got, list):
+                    step.extend(v for v in got if v is not None and v != "")
+                else:
+                    step.append(got)
+            if not step:
+                return step
+            found = step
+        return found
+
+    def prefix(self, n: int) -> str:
+        prefixes = self.prefixes
+        while len(prefixes) < n:
+            prefixes.append(numbered(self.key, len(prefixes) + 1) + "=")
+        return prefixes[n - 1]
+
+
+_ATTRIBUTE, _ATTRIBUTE_OF_ATTRIBUTE, _EXTRA_KEY, _WALK = range(4)
+_EVIDENCE_MEMO_MAX = 256  # values remembered per evidence key
+
+# Graph evidence type (lower case) -> its rows, as run.
+_EVIDENCE_FOLDED: dict[str, tuple[_EvidenceRow, ...]] = {}
+for _entry in EVIDENCE_KEYS:
+    _EVIDENCE_FOLDED.setdefault(_entry.evidence_type.lower(), ())
+    _EVIDENCE_FOLDED[_entry.evidence_type.lower()] += (_EvidenceRow(_entry),)
+# ... and by @odata.type exactly as Graph sends it (the usual lookup: no case folding).
+_EVIDENCE_BY_ODATA = {NAMESPACE + name: _EVIDENCE_FOLDED[name.lower()] for name in IDENTITIES}
+
+
+def _evidence_text(value: Any) -> str | None:
+    """An identity value as text: strings as they are, numbers in decimal; anything else
+    (an object where Graph documents a value) is no identity and is left out."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def evidence_parts(evidence: list[Any]) -> list[str]:
+    """`key=value` of every identity value of every evidence, in evidence order, then the
+    table's row order, then value order; a value an earlier one of the same key already
+    wrote is not written again; the n-th distinct value of a key goes to `numbered(key, n)`.
+    (Runs for every evidence of every alert: the usual cases are inlined.)"""
+    parts: list[str] = []
+    seen: dict[_EvidenceRow, list[str]] = {}
+    for item in evidence:
+        rows = _EVIDENCE_BY_ODATA.get(item.odata_type)
+        if rows is None:
+            rows = _EVIDENCE_FOLDED.get(type_name(item).lower(), ())
+        for row in rows:
+            how = row.how
+            if how == _ATTRIBUTE:
+                value = getattr(item, row.first, None)
+            elif how == _ATTRIBUTE_OF_ATTRIBUTE:
+                value = getattr(item, row.first, None)
+                if value is not None:
+                    value = getattr(value, row.second, None)
+            elif how == _EXTRA_KEY:
+                value = item.extra.get(row.second)
+            else:
+                values = row.values(item)
+                if not values:
+                    continue
+                value = None
+            if value is not None:
+                if value == "":
+                    continue
+                values = (value,)
+            elif how != _WALK:
+                continue
+            written = seen.get(row)
+            for value in values:
+                if value.__class__ is not str:
+                    value = _evidence_text(value)
+                    if value is None:
+                        continue
+                if written is None:
+                    part = row.memo.get(value)
+                    if part is not None:
+                        seen[row] = written = [value]
+                        parts.append(part)
+                        continue
+                    written = seen[row] = []
+                elif value in written:
+                    continue
+                # The usual value (printable ASCII within the limit, no space to trim) needs
+                # only the two escapes it can hold; `_extension` applies every rule to the rest.
+                if (value.isascii() and value.isprintable() and len(value) <= EVIDENCE_LIMIT and value[0] != " "
+                        and value[-1] != " "):
+                    text = value
+                    if "\\" in text:
+                        text = text.replace("\\", "\\\\")
+                    if "=" in text:
+                        text = text.replace("=", "\\=")
+                else:
+                    text = _extension(value, EVIDENCE_LIMIT)
+                    if not text:
+                        continue
+                written.append(value)
+                n = len(written)
+                if n == 1:
+                    part = row.prefixes[0] + text
+                    if len(value) <= _MEMO_LEN:
+                        memo = row.memo
+                        if len(memo) >= _EVIDENCE_MEMO_MAX:
+                            memo.clear()
+                        memo[value] = part
+                    parts.append(part)
+                else:
+                    parts.append(row.prefix(n) + text)
+    return parts
+
+
 def extension_text(alert: Alert) -> str:
-    """The extension: `key=value` of each row whose value is present, in table order."""
-    evidence = picks(alert.evidence)
+    """The extension: `key=value` of each row whose value is present, in table order, then
+    the evidence keys (`evidence_parts`)."""
+    evidence = alert.evidence
+    chosen = picks(evidence)
     parts = []
     for read, write in _ROWS:
-        value = read(alert, evidence)
+        value = read(alert, chosen)
         if value:  # (None or "": absent; a datetime is always true)
             part = write(value)
             if part:
                 parts.append(part)
+    if evidence:
+        parts += evidence_parts(evidence)
     return " ".join(parts)
 
 
@@ -563,13 +808,30 @@ class Fit(enum.Enum):
     CUT = "cut"  # the line itself cut and marked with `…`; may not parse
 
 
-# The values `fit` may cut, first to last; "Name" is the header's Name (the title).
-FIT_ORDER: tuple[str, ...] = ("msg", "request", "filePath", "flexString2", "flexString1", "cs4",
-                              "sourceServiceName", "cat", "fname", "duser", "dhost", "Name")
+# The values `fit` may cut, first to last; "Name" is the header's Name (the title);
+# `CUT_FIRST` and `CUT_LATE` are the evidence keys of those kinds, each group in line order.
+FIT_ORDER: tuple[str, ...] = ("msg", CUT_FIRST, "request", "filePath", "flexString2", "flexString1", "cs4",
+                              "sourceServiceName", "cat", CUT_LATE, "fname", "duser", "dhost", "Name")
 
 _INTACT = Fit.INTACT
 _MARK = TRUNCATED.encode()
 _FIT_ORDER = tuple(key.encode() for key in FIT_ORDER)
+# Evidence key (bytes) -> its group in FIT_ORDER (None: never cut); numbered keys by their base.
+_EVIDENCE_GROUPS: dict[bytes, bytes | None] = {
+    entry.key.encode(): (CUT_FIRST.encode() if entry.row.kind in CUT_FIRST_KINDS
+                         else CUT_LATE.encode() if entry.row.kind in CUT_LATE_KINDS else None)
+    for entry in EVIDENCE_KEYS}
+_NUMBER = re.compile(rb"N[0-9]+\Z")
+
+
+def _evidence_group(key: bytes) -> tuple[bool, bytes | None]:
+    """(is an evidence key, its FIT_ORDER group or None)."""
+    if key in _EVIDENCE_GROUPS:
+        return True, _EVIDENCE_GROUPS[key]
+    base = _NUMBER.sub(b"", key)
+    if base != key and base in _EVIDENCE_GROUPS:
+        return True, _EVIDENCE_GROUPS[base]
+    return False, None
 # A header field (unescaped `|` ends it; `\\.` is an escape), unrolled so it never backtracks.
 _FIELD = rb"[^\\|]*(?:\\.[^\\|]*)*"
 # The seven header fields; group 1 is the Name.
@@ -636,23 +898,53 @@ def _shorten(line: bytes, budget: int) -> tuple[bytes, Fit]:
     spans = _spans(line)
     if spans is not None:
         excess = len(line) - budget
-        cuts = []
-        for name in _FIT_ORDER:
-            span = spans.get(name)
-            if span is None:
-                continue
-            start, end = span
+        cuts: list[tuple[int, int, int]] = []
+        for name in _cut_order(spans):
+            start, end = spans[name]
             if end - start <= _TRUNCATED_BYTES:  # (the bare marker would save nothing)
                 continue
             keep = _safe_cut(line, start, start + max(0, end - start - excess - _TRUNCATED_BYTES))
             cuts.append((start, keep, end))
             excess -= end - keep - _TRUNCATED_BYTES
             if excess <= 0:
-                cuts.sort()
-                parts, position = [], 0
-                for start, keep, end in cuts:
-                    parts += (line[position:keep], _MARK)
-                    position = end
-                parts.append(line[position:])
-                return b"".join(parts), Fit.SHORTENED
+                return _apply(line, cuts, len(line)), Fit.SHORTENED
+        # Every value that may be cut is the bare marker: drop the evidence keys at the end of
+        # the line whole, last first, each with the space before it.
+        saved = 0
+        cut_saves = {start: end - keep - _TRUNCATED_BYTES for start, keep, end in cuts}
+        for name in reversed(spans):
+            start, end = spans[name]
+            space = start - len(name) - 2  # (the space before `name=`)
+            if not _evidence_group(name)[0] or line[space] != 0x20:
+                break
+            saved += end - space - cut_saves.get(start, 0)
+            if excess - saved <= 0:
+                return _apply(line, [cut for cut in cuts if cut[0] < space], space), Fit.SHORTENED
     return line[:_safe_cut(line, 0, budget - _TRUNCATED_BYTES)] + _MARK, Fit.CUT
+
+
+def _cut_order(spans: dict[bytes, tuple[int, int]]) -> list[bytes]:
+    """The keys of the line that `fit` may cut, in `FIT_ORDER` (a group: in line order)."""
+    groups: dict[bytes, list[bytes]] = {}
+    for name in spans:
+        if name[:2] == b"ms":
+            evidence, group = _evidence_group(name)
+            if group is not None:
+                groups.setdefault(group, []).append(name)
+    order = []
+    for name in _FIT_ORDER:
+        if name in groups:
+            order += groups[name]
+        elif name in spans:
+            order.append(name)
+    return order
+
+
+def _apply(line: bytes, cuts: list[tuple[int, int, int]], length: int) -> bytes:
+    """`line[:length]` with each cut (start, keep, end) made: `line[keep:end]` -> the marker."""
+    parts, position = [], 0
+    for _, keep, end in sorted(cuts):
+        parts += (line[position:keep], _MARK)
+        position = end
+    parts.append(line[position:length])
+    return b"".join(parts)

@@ -484,6 +484,15 @@ def test_the_cef_key_table_is_the_mappings() -> None:
     assert cef.markdown_table() in read("docs/formats.md")
 
 
+def test_the_cef_evidence_key_table_is_the_mappings() -> None:
+    from mappings import cef
+
+    assert cef.evidence_markdown_table() in read("docs/formats.md")
+    # ... and names every key the encoder can write (numbered ones aside)
+    keys = {code_spans(row.split("|")[3])[0] for row in cef.evidence_markdown_table().splitlines()[2:]}
+    assert keys == {entry.key for entry in cef.EVIDENCE_KEYS}
+
+
 def test_the_cef_severities_are_the_mappings() -> None:
     from mappings import cef
 
@@ -510,7 +519,12 @@ def test_the_sentinel_table_names_cef_keys() -> None:
 
     keys = {code_spans(row.split("|")[1])[0] for row in cef.markdown_table().splitlines()[2:]}
     keys |= {f"cs{n}" for n in range(1, 7)}
-    for row in table_with(read("docs/sentinel.md"), "CEF"):
+    keys |= {entry.key for entry in cef.EVIDENCE_KEYS}
+    rows = table_with(read("docs/sentinel.md"), "CEF")
+    # The evidence keys land in AdditionalExtensions.
+    assert any(row[1] == "AdditionalExtensions" and "msDeviceEvidenceMdeDeviceId" in code_spans(row[0])
+               for row in rows)
+    for row in rows:
         for span in code_spans(row[0]):
             for key in re.split(r"\.\.", span):
                 assert key in keys, f"docs/sentinel.md: `{span}` is no CEF key"

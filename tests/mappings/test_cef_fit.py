@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from core.model.schema import Alert, TenantRef
 from mappings import cef
 from mappings.graph_alerts_v2 import normalise
-from tests.cef_parser import KNOWN_KEYS, CefEvent, parse_bytes
+from tests.cef_parser import CefEvent, parse_bytes
+from tests.mappings.cef_keys import CEF_KEYS, EVIDENCE_KEYS, split_key
 
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -27,6 +28,15 @@ HEADER = ("version", "vendor", "product", "device_version", "signature_id", "nam
 # What the docstring promises is never cut.
 NEVER = ("rt", "start", "end", "deviceCustomDate1", "externalId", "act", "dst", "src", "c6a2", "c6a3", "fileHash",
          "cs1", "cs2", "cs3", "cs5", "cs6")
+# The evidence-key groups of FIT_ORDER, by the kinds of identity rows they hold; an evidence
+# key of any other kind is never cut (only dropped whole, last, from the end of the line).
+GROUPS = {"ms*:command,url": ("command", "url"), "ms*:name,registry": ("name", "registry")}
+
+
+def kind_of(key: str) -> str | None:
+    """The identity kind of an evidence key; None for any other key."""
+    split = split_key(key)
+    return None if split is None else EVIDENCE_KEYS[split[0]][1].kind
 
 
 # --------------------------------------------------------------------------- the model
@@ -45,11 +55,14 @@ def header_values(event: CefEvent) -> list[str]:
             event.name, event.severity]
 
 
-def rebuild(event: CefEvent, values: dict[str, str]) -> bytes:
-    """The line of `event` with `values` (unescaped; "Name" = the header Name) put in."""
+def rebuild(event: CefEvent, values: dict[str, str], drop: int = 0) -> bytes:
+    """The line of `event` with `values` (unescaped; "Name" = the header Name) put in, and
+    its last `drop` keys left out."""
     fields = header_values(event)
     fields[5] = values.get("Name", fields[5])
-    extension = " ".join(f"{key}={escape_extension(values.get(key, value))}" for key, value in event.extension.items())
+    items = list(event.extension.items())
+    extension = " ".join(f"{key}={escape_extension(values.get(key, value))}"
+                         for key, value in items[: len(items) - drop])
     return ("|".join(escape_header(field) for field in fields) + "|" + extension).encode()
 
 
@@ -57,10 +70,21 @@ def cuttable(event: CefEvent) -> dict[str, str]:
     """The values `fit` may cut, in the documented order, with their escaped form."""
     values = {"Name": event.name, **event.extension}
     out = {}
-    for key in cef.FIT_ORDER:
-        if key in values:
-            out[key] = escape_header(values[key]) if key == "Name" else escape_extension(values[key])
+    for entry in cef.FIT_ORDER:
+        keys = [key for key in event.extension if kind_of(key) in GROUPS[entry]] if entry in GROUPS else [entry]
+        for key in keys:
+            if key in values:
+                out[key] = escape_header(values[key]) if key == "Name" else escape_extension(values[key])
     return out
+
+
+def droppable(event: CefEvent) -> int:
+    """How many keys at the end of the line are evidence keys (what `fit` may drop)."""
+    keys = list(event.extension)
+    count = 0
+    while count < len(keys) and kind_of(keys[len(keys) - 1 - count]) is not None:
+        count += 1
+    return count
 
 
 def shortened_to(value: str, escaped_limit: int, header: bool) -> str:
@@ -91,6 +115,11 @@ def expected_shortened(line: bytes, event: CefEvent, budget: int) -> bytes | Non
         excess -= length - len(new.encode())
         if excess <= 0:
             return rebuild(event, values)
+    # Every cuttable value is the bare marker: drop evidence keys from the end, last first.
+    for drop in range(1, droppable(event) + 1):
+        line = rebuild(event, values, drop)
+        if len(line) <= budget:
+            return line
     return None
 
 
@@ -118,7 +147,7 @@ def check_fit(line: bytes, budget: int, event: CefEvent | None = None) -> tuple[
     if len(line) <= budget:
         assert how is cef.Fit.INTACT and out is line
         return out, how
-    event = event or parse_bytes(line, known_keys=KNOWN_KEYS)
+    event = event or parse_bytes(line, known_keys=CEF_KEYS)
     assert rebuild(event, {}) == line  # (the model reads the line as `encode` wrote it)
     expected = expected_shortened(line, event, budget)
     if expected is None:
@@ -137,20 +166,27 @@ def check_fit(line: bytes, budget: int, event: CefEvent | None = None) -> tuple[
 
 def check_shortened(line: bytes, out: bytes, event: CefEvent, budget: int) -> None:
     """The SHORTENED promises as properties, on top of the model."""
-    new = parse_bytes(out, known_keys=KNOWN_KEYS)
+    new = parse_bytes(out, known_keys=CEF_KEYS)
     assert [getattr(new, f) for f in HEADER if f != "name"] == [getattr(event, f) for f in HEADER if f != "name"]
-    assert list(new.extension) == list(event.extension)  # same keys, same order
+    kept = list(new.extension)
+    assert kept == list(event.extension)[: len(kept)]  # same keys, same order; maybe some dropped at the end
+    dropped = list(event.extension)[len(kept):]
+    assert all(kind_of(key) is not None for key in dropped)  # only evidence keys are dropped
     before = {"Name": event.name, **event.extension}
     after = {"Name": new.name, **new.extension}
+    cut_keys = cuttable(event)
+    if dropped:  # only after every value that may be cut is the bare marker
+        assert all(after.get(key, MARK) == MARK for key, escaped in cut_keys.items() if len(escaped.encode()) > 3)
+        return
     changed = [key for key in before if after[key] != before[key]]
     for key in changed:
-        assert key in cef.FIT_ORDER and key not in NEVER
+        assert key in cut_keys and key not in NEVER
         assert after[key].endswith(MARK) and before[key].startswith(after[key][: -len(MARK)])
         escape = escape_header if key == "Name" else escape_extension
         assert len(escape(after[key]).encode()) < len(escape(before[key]).encode())  # (on the wire)
     # In the documented order: every value before the last one cut is the bare marker.
     eligible = [key for key, escaped in cuttable(event).items() if len(escaped.encode()) > len(MARK_BYTES)]
-    changed.sort(key=cef.FIT_ORDER.index)
+    changed.sort(key=list(cut_keys).index)
     assert changed == eligible[: len(changed)]
     assert all(after[key] == MARK for key in changed[:-1])
     if after[changed[-1]] != MARK:  # cut only as far as needed: less than one character to spare
@@ -185,7 +221,7 @@ HOSTILE = "A \\ b=c\nd\re é — 😀 x\\=y |z| "  # every escape, 2-, 3- and 4-
 def test_intact_returns_the_same_object() -> None:
     for raw in factory_raws()[:20]:
         line = cef.encode(normalise(raw, TENANT, INGESTED))
-        for budget in (len(line), len(line) + 1, 2048, 65507):
+        for budget in (len(line), len(line) + 1, max(2048, len(line)), 65507):
             out, how = cef.fit(line, budget)
             assert out is line and how is cef.Fit.INTACT
     assert cef.fit(b"", 0) == (b"", cef.Fit.INTACT)
@@ -194,10 +230,10 @@ def test_intact_returns_the_same_object() -> None:
 def test_long_description_shortens_only_msg() -> None:
     alert = normalise(dict(longest_raw(), description="Lorem ipsum dolor sit amet. " * 360), TENANT, INGESTED)
     line = cef.encode(alert)
-    assert len(line) > 2048
-    out, how = check_fit(line, 2048)
-    assert how is cef.Fit.SHORTENED and 2048 - 3 <= len(out) <= 2048
-    before, after = parse_bytes(line, known_keys=KNOWN_KEYS), parse_bytes(out, known_keys=KNOWN_KEYS)
+    budget = len(line) - 500  # (msg holds 1023 bytes)
+    out, how = check_fit(line, budget)
+    assert how is cef.Fit.SHORTENED and budget - 3 <= len(out) <= budget
+    before, after = parse_bytes(line, known_keys=CEF_KEYS), parse_bytes(out, known_keys=CEF_KEYS)
     assert after.name == before.name
     assert {k for k in before.extension if after.extension[k] != before.extension[k]} == {"msg"}
     assert after.extension["msg"].endswith(MARK)
@@ -207,7 +243,7 @@ def test_long_description_shortens_only_msg() -> None:
 def test_hostile_description_at_every_budget() -> None:
     raw = dict(longest_raw(), description=HOSTILE * 100, title=("T|i\\tle é😀 " * 40))
     line = cef.encode(normalise(raw, TENANT, INGESTED))
-    event = parse_bytes(line, known_keys=KNOWN_KEYS)
+    event = parse_bytes(line, known_keys=CEF_KEYS)
     seen = set()
     for budget in range(600, 2049):
         out, how = check_fit(line, budget, event)
@@ -221,7 +257,7 @@ def test_every_budget_of_factory_lines() -> None:
     # From a budget that cuts the header to one past the line: every outcome and boundary.
     for raw in factory_raws()[:3]:
         line = cef.encode(normalise(raw, TENANT, INGESTED))
-        event = parse_bytes(line, known_keys=KNOWN_KEYS)
+        event = parse_bytes(line, known_keys=CEF_KEYS)
         budgets = [*range(3, len(line), 3), len(line), len(line) + 1]
         outcomes = {check_fit(line, budget, event)[1] for budget in budgets}
         assert outcomes == set(cef.Fit)
@@ -230,14 +266,14 @@ def test_every_budget_of_factory_lines() -> None:
 def test_priority_order_ids_last_or_never() -> None:
     raw = dict(longest_raw(), description="d" * 900, title="Title " * 20)
     line = cef.encode(normalise(raw, TENANT, INGESTED))
-    before = parse_bytes(line, known_keys=KNOWN_KEYS)
+    before = parse_bytes(line, known_keys=CEF_KEYS)
     # Just over what cutting msg to the bare marker gives: the next value in the order goes too.
     escaped_msg = len(("msg=" + "d" * 900).encode())
     budget = len(line) - (escaped_msg - len("msg=") - len(MARK_BYTES)) - 5
     out, how = check_fit(line, budget, before)
-    after = parse_bytes(out, known_keys=KNOWN_KEYS)
+    after = parse_bytes(out, known_keys=CEF_KEYS)
     assert how is cef.Fit.SHORTENED and after.extension["msg"] == MARK
-    present = [key for key in cef.FIT_ORDER if key in before.extension]
+    present = [key for key in cuttable(before) if key != "Name"]
     second = present[1]
     assert after.extension[second] != before.extension[second] and after.extension[second].endswith(MARK)
     assert all(after.extension[key] == before.extension[key] for key in present[2:])
@@ -245,12 +281,27 @@ def test_priority_order_ids_last_or_never() -> None:
     # As small as the rules go: every free-text value is the marker, the ids are whole.
     floor = len(line) - sum(len(v.encode()) - 3 for v in cuttable(before).values() if len(v.encode()) > 3)
     out, how = check_fit(line, floor, before)
-    after = parse_bytes(out, known_keys=KNOWN_KEYS)
+    after = parse_bytes(out, known_keys=CEF_KEYS)
     assert how is cef.Fit.SHORTENED and len(out) == floor
     assert after.name == MARK and all(after.extension[key] == MARK for key in present)
     for key in NEVER:
         assert after.extension.get(key) == before.extension.get(key)
-    assert cef.fit(line, floor - 1)[1] is cef.Fit.CUT
+    for key, value in before.extension.items():  # evidence ids, addresses, hashes ...: whole
+        if kind_of(key) is not None and key not in present:
+            assert after.extension[key] == value
+    # Below that, evidence keys are dropped whole from the end of the line, last first ...
+    assert droppable(before) > 0
+    out, how = check_fit(line, floor - 1, before)
+    after = parse_bytes(out, known_keys=CEF_KEYS)
+    assert how is cef.Fit.SHORTENED and list(after.extension) == list(before.extension)[:-1]
+    # ... down to the line with every evidence key dropped; one byte less is cut.
+    values = {key: MARK for key, escaped in cuttable(before).items() if len(escaped.encode()) > 3}
+    bottom = rebuild(before, values, droppable(before))
+    out, how = check_fit(line, len(bottom), before)
+    assert how is cef.Fit.SHORTENED and out == bottom
+    for key in NEVER:
+        assert parse_bytes(out, known_keys=CEF_KEYS).extension.get(key) == before.extension.get(key)
+    assert cef.fit(line, len(bottom) - 1)[1] is cef.Fit.CUT
 
 
 def test_tiny_budget_is_cut_and_marked() -> None:
@@ -324,8 +375,8 @@ def hostile_alerts(draw: st.DrawFn) -> Alert:
 @given(hostile_alerts(), st.integers(64, 4096), st.floats(0.3, 1.0))
 def test_hostile_text_any_budget(alert: Alert, budget: int, fraction: float) -> None:
     line = cef.encode(alert)
-    event = parse_bytes(line, known_keys=KNOWN_KEYS)
+    event = parse_bytes(line, known_keys=CEF_KEYS)
     for size in (budget, max(64, int(len(line) * fraction))):
         out, how = check_fit(line, size, event)
         if how is not cef.Fit.CUT:
-            parse_bytes(out, known_keys=KNOWN_KEYS)
+            parse_bytes(out, known_keys=CEF_KEYS)

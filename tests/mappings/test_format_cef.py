@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from core.model.schema import Alert, Severity, TenantRef
 from mappings import cef
+from mappings.evidence import identities_of, type_name, values_at
 from mappings.graph_alerts_v2 import normalise
 from tests.cef_parser import KNOWN_KEYS, CefError, CefEvent, parse, parse_bytes
 from tests.helpers import shared_sample
+from tests.mappings.cef_keys import CEF_KEYS, EVIDENCE_KEYS, numbered, split_key
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
@@ -166,6 +168,28 @@ def mapped_values(alert: Alert) -> dict[str, Any]:
     return values
 
 
+def evidence_values(alert: Alert) -> dict[str, str]:
+    """The evidence keys as documented: for each evidence, each identity row of its type, each
+    value (text as is, numbers in decimal, anything else left out) not already written under
+    that key, after the text rules (String 1023), under `ms<type><property>` numbered N2..."""
+    out: dict[str, str] = {}
+    written: dict[str, list[str]] = {}
+    for item in alert.evidence:
+        name = type_name(item)
+        for row in identities_of(item):
+            key = next(k for k, (t, r) in EVIDENCE_KEYS.items() if t.lower() == name.lower() and r == row)
+            for value in values_at(item, row.common):
+                if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                    continue
+                text = str(value)
+                done = written.setdefault(key, [])
+                if text in done or not stored(text, 1023):
+                    continue
+                done.append(text)
+                out[numbered(key, len(done))] = stored(text, 1023)
+    return out
+
+
 def expected_extension(alert: Alert) -> dict[str, str]:
     out = {}
     for key, value in mapped_values(alert).items():
@@ -175,7 +199,7 @@ def expected_extension(alert: Alert) -> dict[str, str]:
             if key in LABELS:
                 out[f"{key}Label"] = LABELS[key]
             out[key] = value
-    return out
+    return out | evidence_values(alert)
 
 
 def expected_header(alert: Alert) -> dict[str, str]:
@@ -205,7 +229,7 @@ def check_line(alert: Alert) -> CefEvent:
     text = data.decode("utf-8")  # strict: never a cut UTF-8 sequence or a lone surrogate
     assert len(text.splitlines()) == 1
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text)
-    event = parse_bytes(data, known_keys=KNOWN_KEYS)
+    event = parse_bytes(data, known_keys=CEF_KEYS)
     assert (event.version, event.vendor) == (0, "Microsoft")
     assert {"product": event.product, "device_version": event.device_version, "signature_id": event.signature_id,
             "name": event.name, "severity": event.severity} == expected_header(alert)
@@ -215,10 +239,15 @@ def check_line(alert: Alert) -> CefEvent:
     assert event.extension == expected_extension(alert)
     order = [row.key for row in cef.EXTENSION]
     keys = [key for key in event.extension if not key.endswith("Label")]
-    assert keys == sorted(keys, key=order.index)  # the table's order
+    table_keys = [key for key in keys if split_key(key) is None]
+    evidence_keys = keys[len(table_keys):]
+    assert evidence_keys == list(evidence_values(alert))  # last, in evidence, row and value order
+    assert table_keys == sorted(table_keys, key=order.index)  # the table's order
     for key, value in event.extension.items():
         if key in LIMITS:
             assert_fitted(value, mapped_values(alert)[key], LIMITS[key])
+        elif split_key(key):
+            assert len(value.encode()) <= 1023
         elif key in TIME_KEYS:
             assert value.isdigit()
     assert cef.encode(alert) == data  # deterministic
