@@ -834,7 +834,7 @@ def _nic(g: dict[str, Any]) -> OtherResult:
     return {"device": device}, tuple(used)
 
 
-_PROTOCOLS = {"tcp": (6, "tcp"), "udp": (17, "udp")}
+_PROTOCOLS = {"tcp": 6, "udp": 17}  # IANA protocol numbers
 
 
 def _endpoint(g: dict[str, Any], address: str, port: str, used: list[str]) -> dict[str, Any] | None:
@@ -850,19 +850,20 @@ def _endpoint(g: dict[str, Any], address: str, port: str, used: list[str]) -> di
 
 
 def _network_connection(g: dict[str, Any]) -> OtherResult:
+    """The connection (its protocol), then its two ends."""
     out: dict[str, Any] = {}
     used: list[str] = []
+    if (protocol := _text(g, "protocol")) is not None:
+        info: dict[str, Any] = {"protocol_name": protocol}
+        if (known := _PROTOCOLS.get(protocol)) is not None:
+            info["protocol_num"] = known
+        info["direction_id"], info["direction"] = 0, "Unknown"
+        out["connection_info"] = info
+        used.append("protocol")
     if (endpoint := _endpoint(g, "sourceAddress", "sourcePort", used)) is not None:
         out["src_endpoint"] = endpoint
     if (endpoint := _endpoint(g, "destinationAddress", "destinationPort", used)) is not None:
         out["dst_endpoint"] = endpoint
-    if (protocol := _text(g, "protocol")) is not None:
-        info: dict[str, Any] = {"protocol_name": protocol}
-        if (known := _PROTOCOLS.get(protocol)) is not None:
-            info["protocol_num"] = known[0]
-        info["direction_id"], info["direction"] = 0, "Unknown"
-        out["connection_info"] = info
-        used.append("protocol")
     return out, tuple(used)
 
 
