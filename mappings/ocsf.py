@@ -24,13 +24,24 @@ Choices, after the OCSF schema (docs/formats.md is the page that documents them)
   feature = detectionSource.
 - `metadata.uid` = the version key, `correlation_uid` = the incident id, `tenant_uid` +
   `labels` = the customer tenant id and label (also in `unmapped.mssp`).
-- Evidence with an OCSF object goes to `evidences[]` (name = @odata.type): device, user,
+- Evidence goes to its OCSF typed home in `evidences[]` (name = @odata.type): device, user,
   file, process, url, ip (src_endpoint for roles source/attacker, else dst_endpoint), mail
   message (email: from = the P1 sender, to = the recipient; not the deprecated smtp_from/
   smtp_to), mailbox (user: OCSF's email object is a message). The Defender device a
-  file/process was seen on is its `device` (uid). An evidence's fields OCSF has no
-  attribute for go to its `data`. Evidence OCSF has no object for (registry, cloud
-  application, every other type) goes whole to `unmapped.evidence`.
+  file/process was seen on is its `device` (uid). The other types (registry and cloud/OAuth
+  apps from their models, the rest read off the Graph object by `_OTHER_BUILDERS`):
+  registry key/value -> win/reg_key,
+  reg_value (`metadata.extensions` then names the Windows extension); cloud and OAuth apps,
+  cloud resources, Kubernetes objects, container images/registries, AD domains, AI agents,
+  GitHub orgs/repos, security groups, a SAS token's storage resource -> resources; blob
+  containers and blobs -> databucket; containers -> container; DNS -> query; network
+  connections -> connection_info + src/dst_endpoint; logon sessions -> actor + device; IoT
+  devices, NICs -> device; service principals, GitHub users, mailbox configurations, a Teams
+  message's sender -> user; submission mails -> email; malware -> the finding's `malware`.
+  An evidence's fields OCSF has no attribute for go to its `data` (for a type read off the
+  Graph object: the properties its attributes do not hold whole, under `data.extra`). Evidence
+  with no typed home (a file hash, a mail cluster, a logon request, a type Graph adds later)
+  goes whole to `unmapped.evidence`. docs/formats.md has the table per type.
 - Every object written meets its OCSF constraints; one that cannot is left out and its
   fields go to the evidence's `data` under the schema's names: a user needs a name or uid
   (no account name or SID: the Entra object id is the uid, else the sign-in address the
@@ -485,8 +496,11 @@ def _mailbox(e: MailboxEvidence, data: dict[str, Any]) -> dict[str, Any]:
             data["display_name"] = display_name
         _keep_user(e.user, data)
         return {}
-    if display_name and "display_name" not in user:
-        user["display_name"] = display_name
+    if display_name:
+        if "display_name" not in user:
+            user["display_name"] = display_name
+        elif user["display_name"] != display_name:  # the account's own differs: the mailbox's to data
+            data["display_name"] = display_name
     return {"user": user}
 
 
