@@ -723,7 +723,8 @@ def _blob(g: dict[str, Any]) -> OtherResult:
             file["uri"] = url
             used.append("url")
         hashes = []
-        for item in g.get("fileHashes") or ():
+        listed = g.get("fileHashes")
+        for item in listed if isinstance(listed, list) else ():
             if (value := _text(item, "value")) is not None:
                 algorithm = item.get("algorithm")
                 algorithm = algorithm if algorithm.__class__ is str else None
@@ -1091,6 +1092,14 @@ _OTHER_KINDS = {(NAMESPACE + name).lower(): _kind(_other_kind(build), keeps_extr
                 for name, build in _OTHER_BUILDERS.items()}
 
 
+# OCSF 1.8.0's constraint on an evidence: at least one of these (not `resources`, not
+# `container`); `data` meets it, so an evidence with neither an attribute of this list nor
+# data of its own gets an empty `data`.
+_EVIDENCE_OBJECTS = frozenset({"actor", "api", "connection_info", "data", "database", "databucket", "device",
+                               "dst_endpoint", "email", "file", "process", "query", "src_endpoint", "url", "user",
+                               "job", "script", "reg_key", "reg_value", "win_service"})
+
+
 def _evidence(ev: EvidenceBase, kind: _Kind) -> dict[str, Any] | None:
     """The whole OCSF evidence: the builder's attributes, then name, verdict and data; None
     when there is neither an attribute nor data (OCSF needs one of them)."""
@@ -1114,6 +1123,8 @@ def _evidence(ev: EvidenceBase, kind: _Kind) -> dict[str, Any] | None:
     item["verdict_id"], item["verdict"] = _UNKNOWN if verdict is None else _EVIDENCE_VERDICT.get(verdict) or (99, verdict)
     if data:
         item["data"] = data
+    elif item.keys().isdisjoint(_EVIDENCE_OBJECTS):  # resources or container alone (OCSF lists neither)
+        item["data"] = {}
     return item
 
 

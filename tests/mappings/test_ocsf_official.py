@@ -15,6 +15,7 @@ every enum. Each is normalised and encoded as the forwarder does, then:
 """
 from __future__ import annotations
 
+import copy
 import json
 import re
 from datetime import UTC, datetime
@@ -23,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, validators
 
 from core.model.schema import TenantRef
 from mappings import ocsf
 from mappings.evidence import IDENTITIES
-from mappings.graph_alerts_v2 import normalise
+from mappings.graph_alerts_v2 import MappingError, normalise
 from tests.mappings.official_alerts import TENANT_ID, enum_alerts, evidence_alerts, graph_values, schema, short
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +143,8 @@ def test_the_official_schema_is_strict() -> None:
     broken = [
         {**event, "severity_id": 7},  # not an enum member
         {**event, "evidences": [{"name": "x"}]},  # an evidence with no object (at_least_one)
-        {**event, "evidences": [{"resources": [{"type": "t"}]}]},  # a resource with neither name nor uid
+        {**event, "evidences": [{"data": {}, "resources": [{"type": "t"}]}]},  # a resource with neither name nor uid
+        {**event, "evidences": [{"resources": [{"name": "n"}]}]},  # OCSF's evidence constraint does not list resources
         {**event, "evidences": [{"data": {}, "resources": [{"name": "n", "region": "r"}]}]},  # cloud profile only
         {**event, "evidences": [{"src_endpoint": {"ip": "not an address"}}]},  # ip_t pattern
         {**event, "evidences": [{"reg_key": {"is_system": True}}]},  # reg_key without its path
@@ -308,3 +312,51 @@ def test_every_evidence_is_recoverable_from_the_line() -> None:
                 if not _found(leaf, leaves):
                     missing.append(f"{name}.{path} = {leaf!r}")
     assert missing == []
+
+
+# --------------------------------------------------------------------------- hostile shapes
+#
+# Graph's objects as a broken or newer Graph might send them: any property of an evidence of
+# any type left out, emptied, or of another JSON type (a number for a string, a list for an
+# object, ...), a port out of range, a MAC address without separators. What normalise accepts
+# must still encode a valid line. Not here: an IP or e-mail address that is not one. The
+# mapping writes Graph's addresses verbatim (as it always has for ipEvidence, devices and
+# messages), so such a line breaks OCSF's ip_t / email_t patterns.
+
+_ODD = st.sampled_from([None, "", " ", "\x00", "a\nb", 0, -1, 70000, 2**63, 1.5, True, [], [None], ["x"], {},
+                        {"ipAddress": None}, {"name": ""}, "00155D0A1B2C", "AA-BB-CC-DD-EE-FF"])
+# Properties that hold an IP or e-mail address (or an object that does): only left out or emptied.
+_ADDRESS = re.compile(r"(ip|ips|ipaddress|ipaddresses|ipinterfaces|address|email|emailaddress|sender|recipient"
+                      r"|recipients|submitter|upn|p1sender|p2sender|useraccount|account|host)$", re.IGNORECASE)
+_EMPTY = st.sampled_from([None, [], {}])
+
+
+@st.composite
+def _mangled_alert(draw: st.DrawFn) -> dict[str, Any]:
+    alerts = _full_alerts()
+    name = draw(st.sampled_from(sorted(alerts)))
+    alert = copy.deepcopy(alerts[name])
+    evidence = alert["evidence"][0]
+    for key in draw(st.lists(st.sampled_from(sorted(k for k in evidence if k != "@odata.type")), max_size=6,
+                                       unique=True)):
+        if draw(st.booleans()):
+            del evidence[key]
+        else:
+            evidence[key] = draw(_EMPTY if _ADDRESS.search(key) else _ODD)
+    return alert
+
+
+@cache
+def _full_alerts() -> dict[str, dict[str, Any]]:
+    return dict(evidence_alerts())
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=_mangled_alert())
+def test_every_mangled_evidence_that_normalises_is_valid_against_official_ocsf(raw: dict[str, Any]) -> None:
+    try:
+        alert = normalise(raw, TENANT, INGESTED)
+    except MappingError:
+        reject()
+    event = json.loads(ocsf.encode(alert))
+    assert _violations(event) == []
