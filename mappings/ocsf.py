@@ -24,13 +24,24 @@ Choices, after the OCSF schema (docs/formats.md is the page that documents them)
   feature = detectionSource.
 - `metadata.uid` = the version key, `correlation_uid` = the incident id, `tenant_uid` +
   `labels` = the customer tenant id and label (also in `unmapped.mssp`).
-- Evidence with an OCSF object goes to `evidences[]` (name = @odata.type): device, user,
+- Evidence goes to its OCSF typed home in `evidences[]` (name = @odata.type): device, user,
   file, process, url, ip (src_endpoint for roles source/attacker, else dst_endpoint), mail
   message (email: from = the P1 sender, to = the recipient; not the deprecated smtp_from/
   smtp_to), mailbox (user: OCSF's email object is a message). The Defender device a
-  file/process was seen on is its `device` (uid). An evidence's fields OCSF has no
-  attribute for go to its `data`. Evidence OCSF has no object for (registry, cloud
-  application, every other type) goes whole to `unmapped.evidence`.
+  file/process was seen on is its `device` (uid). The other types (registry and cloud/OAuth
+  apps from their models, the rest read off the Graph object by `_OTHER_BUILDERS`):
+  registry key/value -> win/reg_key,
+  reg_value (`metadata.extensions` then names the Windows extension); cloud and OAuth apps,
+  cloud resources, Kubernetes objects, container images/registries, AD domains, AI agents,
+  GitHub orgs/repos, security groups, a SAS token's storage resource -> resources; blob
+  containers and blobs -> databucket; containers -> container; DNS -> query; network
+  connections -> connection_info + src/dst_endpoint; logon sessions -> actor + device; IoT
+  devices, NICs -> device; service principals, GitHub users, mailbox configurations, a Teams
+  message's sender -> user; submission mails -> email; malware -> the finding's `malware`.
+  An evidence's fields OCSF has no attribute for go to its `data` (for a type read off the
+  Graph object: the properties its attributes do not hold whole, under `data.extra`). Evidence
+  with no typed home (a file hash, a mail cluster, a logon request, a type Graph adds later)
+  goes whole to `unmapped.evidence`. docs/formats.md has the table per type.
 - Every object written meets its OCSF constraints; one that cannot is left out and its
   fields go to the evidence's `data` under the schema's names: a user needs a name or uid
   (no account name or SID: the Entra object id is the uid, else the sign-in address the
@@ -44,6 +55,7 @@ Choices, after the OCSF schema (docs/formats.md is the page that documents them)
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from operator import attrgetter
@@ -52,6 +64,7 @@ from typing import Any, NamedTuple
 from core.model import jsonutil
 from core.model.schema import (
     Alert,
+    CloudApplicationEvidence,
     Comment,
     DeviceEvidence,
     EvidenceBase,
@@ -61,11 +74,13 @@ from core.model.schema import (
     MailboxEvidence,
     MailMessageEvidence,
     ProcessEvidence,
+    RegistryEvidence,
     Severity,
     UrlEvidence,
     UserEvidence,
     UserInfo,
 )
+from mappings.evidence import NAMESPACE
 from mappings.plain import plain
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
@@ -78,6 +93,7 @@ _MS = timedelta(milliseconds=1)
 
 # --------------------------------------------------------------------------- enum tables
 
+_WIN_EXTENSION = {"name": "win", "uid": "2", "version": OCSF_VERSION}
 _CLASS = {"class_uid": 2004, "class_name": "Detection Finding", "category_uid": 2, "category_name": "Findings"}
 
 
@@ -480,8 +496,11 @@ def _mailbox(e: MailboxEvidence, data: dict[str, Any]) -> dict[str, Any]:
             data["display_name"] = display_name
         _keep_user(e.user, data)
         return {}
-    if display_name and "display_name" not in user:
-        user["display_name"] = display_name
+    if display_name:
+        if "display_name" not in user:
+            user["display_name"] = display_name
+        elif user["display_name"] != display_name:  # the account's own differs: the mailbox's to data
+            data["display_name"] = display_name
     return {"user": user}
 
 
@@ -512,6 +531,503 @@ def _mail_message(e: MailMessageEvidence, data: dict[str, Any]) -> dict[str, Any
     return {"email": email}
 
 
+def _registry_path(e: RegistryEvidence) -> str | None:
+    hive, key = e.hive, e.key
+    if hive and key:
+        return hive + "\\" + key
+    return hive or key or None
+
+
+# registryValueType (the .NET RegistryValueKind names MDE reports, or the REG_ names) -> reg_value type_id.
+_REG_TYPES = {"string": 10, "reg_sz": 10, "expandstring": 4, "reg_expand_sz": 4, "binary": 1, "reg_binary": 1,
+              "dword": 2, "reg_dword": 2, "reg_dword_big_endian": 3, "multistring": 6, "reg_multi_sz": 6,
+              "qword": 8, "reg_qword": 8, "none": 7, "reg_none": 7, "reg_link": 5}
+_REG_CAPTIONS = {1: "REG_BINARY", 2: "REG_DWORD", 3: "REG_DWORD_BIG_ENDIAN", 4: "REG_EXPAND_SZ", 5: "REG_LINK",
+                 6: "REG_MULTI_SZ", 7: "REG_NONE", 8: "REG_QWORD", 10: "REG_SZ"}
+
+
+def _registry(e: RegistryEvidence, data: dict[str, Any]) -> dict[str, Any]:
+    """win/reg_value when the value has a name, else win/reg_key (both need the key path);
+    the Windows extension is declared in `metadata.extensions` (`to_ocsf`)."""
+    out: dict[str, Any] = {}
+    path, name = _registry_path(e), e.value_name
+    if path is None:
+        for field in ("value_name", "value_data", "value_type"):
+            if (value := getattr(e, field)) is not None:
+                data[field] = value
+    elif name:
+        value_type = e.value_type
+        reg = {"path": path, "name": name}
+        if (value := e.value_data) is not None:
+            reg["data"] = value
+        if value_type:  # OCSF's caption of a type it knows; Graph's name in data (as sent)
+            type_id = _REG_TYPES.get(value_type.lower(), 99)
+            reg["type_id"], reg["type"] = type_id, _REG_CAPTIONS.get(type_id, value_type)
+            if type_id != 99:
+                data["value_type"] = value_type
+        out["reg_value"] = reg
+    else:
+        out["reg_key"] = {"path": path}
+        for field in ("value_name", "value_data", "value_type"):
+            if (value := getattr(e, field)) is not None:
+                data[field] = value
+    if (value := e.mde_device_id) is not None:
+        out["device"] = {"uid": value, "type_id": 0}
+    return out
+
+
+_OAUTH = "#microsoft.graph.security.oauthapplicationevidence"
+
+
+def _cloud_application(e: CloudApplicationEvidence, data: dict[str, Any]) -> dict[str, Any]:
+    """A SaaS (cloud) or OAuth application: a resource of its type, by its app id and name."""
+    resource: dict[str, Any] = {}
+    if (value := e.display_name) is not None:
+        resource["name"] = value
+    oauth = e.odata_type.lower() == _OAUTH
+    resource["type"] = "OAuth Application" if oauth else "Cloud Application"
+    if (value := e.app_id) is not None:
+        resource["uid"] = value
+    if oauth and (value := _text(e.extra, "objectId")) is not None:
+        resource["uid_alt"] = value
+    if "name" not in resource and "uid" not in resource:
+        return {}
+    return {"resources": [resource]}
+
+
+# ---- evidence types with no typed model: read off the Graph object (the evidence's `extra`)
+#
+# Each builder takes the Graph object and returns (OCSF attributes, the Graph properties
+# they hold whole). Every other property of the object, a sub-object only partly used
+# included, goes to the evidence's `data.extra` under Graph's name (`_other_kind`).
+
+_MAC = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")  # OCSF mac_t
+
+
+def _text(g: Any, key: str) -> str | None:
+    """A non-empty string (or an integer id, as a string) at `key` of a Graph object."""
+    value = g.get(key) if isinstance(g, dict) else None
+    if value.__class__ is str:
+        return value or None
+    if value.__class__ is int:
+        return str(value)
+    return None
+
+
+def _at(g: Any, path: str) -> str | None:
+    """`_text` at a dotted path (`namespace.name`)."""
+    outer, dot, inner = path.partition(".")
+    return _text(g.get(outer) if isinstance(g, dict) else None, inner) if dot else _text(g, path)
+
+
+def _address(g: Any, key: str) -> str | None:
+    """The address of the ipEvidence at `key`."""
+    sub = g.get(key)
+    return _text(sub, "ipAddress") if isinstance(sub, dict) else None
+
+
+def _graph_user(account: Any) -> dict[str, Any] | None:
+    """The OCSF user of a Graph userEvidence (`account`) or userAccount object."""
+    if not isinstance(account, dict):
+        return None
+    if isinstance(inner := account.get("userAccount"), dict):
+        account = inner
+    return _user(UserInfo(account_name=_text(account, "accountName"), domain=_text(account, "domainName"),
+                          upn=_text(account, "userPrincipalName"), sid=_text(account, "userSid"),
+                          aad_user_id=_text(account, "azureAdUserId"), display_name=_text(account, "displayName")))
+
+
+def _graph_device(host: Any) -> dict[str, Any] | None:
+    """The OCSF device of a Graph deviceEvidence object (its identifiers)."""
+    if not isinstance(host, dict):
+        return None
+    device = {}
+    if (value := _text(host, "mdeDeviceId")) is not None:
+        device["uid"] = value
+    hostname = _text(host, "hostName")
+    if (value := _text(host, "deviceDnsName") or hostname) is not None:
+        device["hostname"] = value
+    if hostname is not None:
+        device["name"] = hostname
+    if (value := _text(host, "lastIpAddress")) is not None:
+        device["ip"] = value
+    if not device:
+        return None
+    device["type_id"] = 0
+    return device
+
+
+OtherResult = tuple[dict[str, Any], tuple[str, ...]]
+
+
+# The attributes of a resource, in the order they are written.
+_RESOURCE_ORDER = ("name", "type", "uid", "uid_alt", "namespace", "version", "ip")
+
+
+def _resource_builder(label: str, **attributes: str) -> Callable[[dict[str, Any]], OtherResult]:
+    """A builder of one `resources` entry: OCSF attribute -> Graph path (`a.b`: a sub-object's
+    property); `type` is the Graph path of the type the source gives, else `label`. OCSF's
+    resource needs a name or uid."""
+    attributes.setdefault("type", "")
+    rows = tuple((name, attributes[name]) for name in _RESOURCE_ORDER if name in attributes)
+
+    def build(g: dict[str, Any]) -> OtherResult:
+        resource: dict[str, Any] = {}
+        used = []
+        for attribute, path in rows:
+            if not path:  # the type, where the source gives none
+                resource[attribute] = label
+            elif (value := _at(g, path)) is not None:
+                resource[attribute] = value
+                if "." not in path:
+                    used.append(path)
+            elif attribute == "type":
+                resource[attribute] = label
+        if "name" not in resource and "uid" not in resource:
+            return {}, ()
+        return {"resources": [resource]}, tuple(used)
+    return build
+
+
+def _in_namespace(label: str, **more: str) -> Callable[[dict[str, Any]], OtherResult]:
+    """A Kubernetes object: a resource named in its namespace."""
+    return _resource_builder(label, name="name", namespace="namespace.name", **more)
+
+
+def _blob_container(g: dict[str, Any]) -> OtherResult:
+    name, url = _text(g, "name"), _text(g, "url")
+    if name is None and url is None:
+        return {}, ()
+    bucket: dict[str, Any] = {}
+    if name is not None:
+        bucket["name"] = name
+    if url is not None:
+        bucket["uid"] = url
+    bucket["type_id"], bucket["type"] = 2, "Azure Blob"
+    return {"databucket": bucket}, ("name", "url")
+
+
+_HASH_ALGORITHMS = {"md5": (1, "MD5"), "sha1": (2, "SHA-1"), "sha256": (3, "SHA-256")}
+
+
+def _blob(g: dict[str, Any]) -> OtherResult:
+    """A blob is a file in a data bucket (its container): databucket.file; with no container
+    to name, the file alone."""
+    name, url = _text(g, "name"), _text(g, "url")
+    used: list[str] = []
+    file: dict[str, Any] | None = None
+    if name is not None:
+        file = {"name": name, "type_id": 1}
+        used.append("name")
+        if url is not None:
+            file["uri"] = url
+            used.append("url")
+        hashes = []
+        listed = g.get("fileHashes")
+        for item in listed if isinstance(listed, list) else ():
+            if (value := _text(item, "value")) is not None:
+                algorithm = item.get("algorithm")
+                algorithm = algorithm if algorithm.__class__ is str else None
+                algorithm_id, caption = _HASH_ALGORITHMS.get(algorithm) or (
+                    (0, "Unknown") if algorithm in (None, "unknown", "unknownFutureValue") else (99, str(algorithm)))
+                hashes.append({"algorithm_id": algorithm_id, "algorithm": caption, "value": value})
+        if hashes:
+            file["hashes"] = hashes
+    container, _ = _blob_container(g.get("blobContainer") if isinstance(g.get("blobContainer"), dict) else {})
+    if container:
+        bucket = container["databucket"]  # (a new dict: the blob's own)
+        if file is not None:
+            bucket["file"] = file
+        return {"databucket": bucket}, tuple(used)
+    return ({"file": file}, tuple(used)) if file is not None else ({}, ())
+
+
+def _session(g: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The actor of a logon session: its session (by id) and user (the Graph `account`)."""
+    actor: dict[str, Any] = {}
+    used = []
+    if (value := _text(g, "sessionId")) is not None:
+        actor["session"] = {"uid": value}
+        used.append("sessionId")
+    if (user := _graph_user(g.get("account"))) is not None:
+        actor["user"] = user
+    return ({"actor": actor} if actor else {}), used
+
+
+def _cloud_logon_session(g: dict[str, Any]) -> OtherResult:
+    out, used = _session(g)
+    name = _text(g, "deviceName")
+    if name is not None:
+        device: dict[str, Any] = {"name": name, "type_id": 0}
+        used.append("deviceName")
+        if (value := _os(_text(g, "operatingSystem"), None, None)) is not None:
+            device["os"] = value
+            used.append("operatingSystem")
+        out["device"] = device
+    return out, tuple(used)
+
+
+def _host_logon_session(g: dict[str, Any]) -> OtherResult:
+    out, used = _session(g)
+    if (device := _graph_device(g.get("host"))) is not None:
+        out["device"] = device
+    return out, tuple(used)
+
+
+def _container(g: dict[str, Any]) -> OtherResult:
+    container: dict[str, Any] = {}
+    used = []
+    if (value := _text(g, "name")) is not None:
+        container["name"] = value
+        used.append("name")
+    if (value := _text(g, "containerId")) is not None:
+        container["uid"] = value
+        used.append("containerId")
+    if not container:
+        return {}, ()
+    if (value := _at(g, "image.imageId")) is not None:
+        container["image"] = {"uid": value}
+    if isinstance(g.get("pod"), dict):
+        container["orchestrator"] = "Kubernetes"
+    return {"container": container}, tuple(used)
+
+
+def _dns(g: dict[str, Any]) -> OtherResult:
+    """The query (its domain name); the host that asked is the source, the DNS server the
+    destination."""
+    out: dict[str, Any] = {}
+    used = []
+    if (value := _text(g, "domainName")) is not None:
+        out["query"] = {"hostname": value}
+        used.append("domainName")
+    if (value := _address(g, "hostIpAddress")) is not None:
+        out["src_endpoint"] = {"ip": value}
+    if (value := _address(g, "dnsServerIp")) is not None:
+        out["dst_endpoint"] = {"ip": value}
+    return out, tuple(used)
+
+
+def _iot_device(g: dict[str, Any]) -> OtherResult:
+    device: dict[str, Any] = {}
+    used = []
+    for attribute, key in (("uid", "deviceId"), ("name", "deviceName")):
+        if (value := _text(g, key)) is not None:
+            device[attribute] = value
+            used.append(key)
+    if (value := _address(g, "ipAddress")) is not None:
+        device["ip"] = value
+    if not device:
+        return {}, ()
+    if (value := _text(g, "macAddress")) is not None and _MAC.fullmatch(value):
+        device["mac"] = value
+        used.append("macAddress")
+    device["type_id"], device["type"] = 7, "IOT"
+    if (value := _os(_text(g, "operatingSystem"), None, None)) is not None:
+        device["os"] = value
+        used.append("operatingSystem")
+    for attribute, key in (("model", "model"), ("vendor_name", "manufacturer")):
+        if (value := _text(g, key)) is not None:
+            device[attribute] = value
+            used.append(key)
+    if (value := _text(g, "serialNumber")) is not None:
+        device["hw_info"] = {"serial_number": value}
+        used.append("serialNumber")
+    return {"device": device}, tuple(used)
+
+
+def _nic(g: dict[str, Any]) -> OtherResult:
+    """A network interface: the device that has it, by the interface's address."""
+    ip = _address(g, "ipAddress")
+    if ip is None:
+        return {}, ()
+    device: dict[str, Any] = {"ip": ip}
+    used = []
+    if (value := _text(g, "macAddress")) is not None and _MAC.fullmatch(value):
+        device["mac"] = value
+        used.append("macAddress")
+    device["type_id"] = 0
+    return {"device": device}, tuple(used)
+
+
+_PROTOCOLS = {"tcp": 6, "udp": 17}  # IANA protocol numbers
+
+
+def _endpoint(g: dict[str, Any], address: str, port: str, used: list[str]) -> dict[str, Any] | None:
+    ip = _address(g, address)
+    if ip is None:
+        return None
+    endpoint: dict[str, Any] = {"ip": ip}
+    value = g.get(port)
+    if value.__class__ is int and 0 <= value <= 65535:
+        endpoint["port"] = value
+        used.append(port)
+    return endpoint
+
+
+def _network_connection(g: dict[str, Any]) -> OtherResult:
+    """The connection (its protocol), then its two ends."""
+    out: dict[str, Any] = {}
+    used: list[str] = []
+    if (protocol := _text(g, "protocol")) is not None:
+        info: dict[str, Any] = {"protocol_name": protocol}
+        if (known := _PROTOCOLS.get(protocol)) is not None:
+            info["protocol_num"] = known
+        info["direction_id"], info["direction"] = 0, "Unknown"
+        out["connection_info"] = info
+        used.append("protocol")
+    if (endpoint := _endpoint(g, "sourceAddress", "sourcePort", used)) is not None:
+        out["src_endpoint"] = endpoint
+    if (endpoint := _endpoint(g, "destinationAddress", "destinationPort", used)) is not None:
+        out["dst_endpoint"] = endpoint
+    return out, tuple(used)
+
+
+def _mailbox_configuration(g: dict[str, Any]) -> OtherResult:
+    address, upn = _text(g, "mailboxPrimaryAddress"), _text(g, "upn")
+    user = _user(UserInfo(upn=upn, aad_user_id=_text(g, "externalDirectoryObjectId"),
+                          display_name=_text(g, "displayName")), address)
+    if user is None:
+        return {}, ()
+    return {"user": user}, ("mailboxPrimaryAddress", "externalDirectoryObjectId", "displayName")
+
+
+# malwareEvidence category (lower case) -> OCSF malware classification id.
+_MALWARE_CLASSES = {"adware": 1, "backdoor": 2, "bot": 3, "bootkit": 4, "ddos": 5, "downloader": 6,
+                    "trojandownloader": 6, "dropper": 7, "trojandropper": 7, "exploit": 8, "exploit-kit": 8,
+                    "keylogger": 9, "ransom": 10, "ransomware": 10, "remote-access-trojan": 11,
+                    "remoteaccesstrojan": 11, "rogue": 14, "roguesecuritysoftware": 14, "rootkit": 15,
+                    "spyware": 17, "trojan": 18, "trojanspy": 17, "virus": 19, "webshell": 20, "wiper": 21,
+                    "worm": 22}
+
+
+def _malware(g: dict[str, Any]) -> OtherResult:
+    """The finding's `malware` (OCSF has no malware attribute in an evidence): `to_ocsf`
+    moves it out of the evidence."""
+    name = _text(g, "name")
+    if name is None:
+        return {}, ()
+    category = _text(g, "category")
+    malware: dict[str, Any] = {"name": name}
+    if category is None:
+        malware["classification_ids"] = [0]
+    else:
+        malware["classification_ids"] = [_MALWARE_CLASSES.get(category.lower(), 99)]
+        malware["classifications"] = [category]
+    return {"malware": malware}, ("name", "category")
+
+
+def _service_principal(g: dict[str, Any]) -> OtherResult:
+    user: dict[str, Any] = {}
+    used = []
+    for attribute, key in (("name", "servicePrincipalName"), ("uid", "servicePrincipalObjectId"),
+                           ("uid_alt", "appId")):
+        if (value := _text(g, key)) is not None:
+            user[attribute] = value
+            used.append(key)
+    if "name" not in user and "uid" not in user:
+        return {}, ()
+    user["type_id"], user["type"] = 4, "Service"
+    return {"user": user}, tuple(used)
+
+
+def _github_user(g: dict[str, Any]) -> OtherResult:
+    user: dict[str, Any] = {}
+    used = []
+    for attribute, key in (("name", "login"), ("uid", "userId"), ("email_addr", "email"), ("full_name", "name")):
+        if (value := _text(g, key)) is not None:
+            user[attribute] = value
+            used.append(key)
+    if "name" not in user and "uid" not in user:
+        return {}, ()
+    return {"user": user}, tuple(used)
+
+
+def _submission_mail(g: dict[str, Any]) -> OtherResult:
+    sender, recipient = _text(g, "sender"), _text(g, "recipient")
+    if sender is None and recipient is None:
+        return {}, ()
+    email: dict[str, Any] = {}
+    used = ["sender", "recipient"]
+    for attribute, key in (("uid", "networkMessageId"), ("subject", "subject")):
+        if (value := _text(g, key)) is not None:
+            email[attribute] = value
+            used.append(key)
+    if sender is not None:
+        email["from"] = sender
+    if recipient is not None:
+        email["to"] = [recipient]
+    if (value := _text(g, "senderIp")) is not None:
+        email["x_originating_ip"] = [value]
+        used.append("senderIp")
+    return {"email": email}, tuple(used)
+
+
+def _teams_message(g: dict[str, Any]) -> OtherResult:
+    """OCSF's email is an e-mail message, not a chat message: the sender is the user."""
+    sender = _text(g, "senderFromAddress")
+    return ({"user": {"name": sender, "email_addr": sender}}, ("senderFromAddress",)) if sender else ({}, ())
+
+
+# Graph evidence type -> its builder. A type not here (fileHashEvidence: OCSF's file needs
+# a name; mailClusterEvidence: no sender or recipient; cloudLogonRequestEvidence: a request
+# id alone) goes whole to `unmapped.evidence`.
+_OTHER_BUILDERS: dict[str, Callable[[dict[str, Any]], OtherResult]] = {
+    "activeDirectoryDomainEvidence": _resource_builder("Active Directory Domain", name="activeDirectoryDomainName"),
+    "aiAgentEvidence": _resource_builder("AI Agent", name="agentName", uid="agentId"),
+    "amazonResourceEvidence": _resource_builder("Amazon Resource", name="resourceName", type="resourceType",
+                                                uid="amazonResourceId"),
+    "azureResourceEvidence": _resource_builder("Azure Resource", name="resourceName", type="resourceType",
+                                               uid="resourceId"),
+    "googleCloudResourceEvidence": _resource_builder("Google Cloud Resource", name="resourceName",
+                                                     type="resourceType", uid="fullResourceName"),
+    "containerImageEvidence": _resource_builder("Container Image", uid="imageId"),
+    "containerRegistryEvidence": _resource_builder("Container Registry", name="registry"),
+    "gitHubOrganizationEvidence": _resource_builder("GitHub Organization", name="login", uid="orgId"),
+    "gitHubRepoEvidence": _resource_builder("GitHub Repository", uid="repoId"),
+    "kubernetesClusterEvidence": _resource_builder("Kubernetes Cluster", name="name", version="version"),
+    "kubernetesControllerEvidence": _in_namespace("Kubernetes Controller"),
+    "kubernetesNamespaceEvidence": _resource_builder("Kubernetes Namespace", name="name"),
+    "kubernetesPodEvidence": _in_namespace("Kubernetes Pod", ip="podIp.ipAddress"),
+    "kubernetesSecretEvidence": _in_namespace("Kubernetes Secret"),
+    "kubernetesServiceAccountEvidence": _in_namespace("Kubernetes Service Account"),
+    "kubernetesServiceEvidence": _in_namespace("Kubernetes Service", ip="clusterIP.ipAddress"),
+    "sasTokenEvidence": _resource_builder("Azure Resource", name="storageResource.resourceName",
+                                          type="storageResource.resourceType", uid="storageResource.resourceId"),
+    "securityGroupEvidence": _resource_builder("Security Group", name="displayName", uid="securityGroupId",
+                                               uid_alt="activeDirectoryObjectGuid"),
+    "blobContainerEvidence": _blob_container,
+    "blobEvidence": _blob,
+    "cloudLogonSessionEvidence": _cloud_logon_session,
+    "hostLogonSessionEvidence": _host_logon_session,
+    "containerEvidence": _container,
+    "dnsEvidence": _dns,
+    "ioTDeviceEvidence": _iot_device,
+    "nicEvidence": _nic,
+    "networkConnectionEvidence": _network_connection,
+    "mailboxConfigurationEvidence": _mailbox_configuration,
+    "malwareEvidence": _malware,
+    "servicePrincipalEvidence": _service_principal,
+    "gitHubUserEvidence": _github_user,
+    "submissionMailEvidence": _submission_mail,
+    "teamsMessageEvidence": _teams_message,
+}
+
+# The Graph properties every evidence's model holds (EvidenceBase), left out of `data.extra`.
+_BASE_PROPERTIES = frozenset({"@odata.type", "createdDateTime", "verdict", "remediationStatus", "roles",
+                              "detailedRoles", "tags"})
+
+
+def _other_kind(build: Callable[[dict[str, Any]], OtherResult]) -> Builder:
+    def builder(e: EvidenceBase, data: dict[str, Any]) -> dict[str, Any]:
+        g = e.extra
+        out, used = build(g)
+        rest = {key: value for key, value in g.items() if key not in _BASE_PROPERTIES and key not in used}
+        if rest:
+            data["extra"] = rest
+        return out
+    return builder
+
+
 # --------------------------------------------------------------------------- evidence table
 #
 # Each evidence kind OCSF has an object for: its builder, and the fields the builder has no
@@ -539,9 +1055,12 @@ class _Kind(NamedTuple):
     read: Callable[[EvidenceBase], tuple[Any, ...]]
     # The `data` fields of a sub-object that may be absent: (dotted name, sub-object, field).
     nested: tuple[tuple[str, str, str], ...]
+    # False for a type with no typed model: its builder puts what it did not use of the Graph
+    # object (the evidence's `extra`) in `data["extra"]` itself.
+    keeps_extra: bool = True
 
 
-def _kind(build: Builder, *unexpressed: str) -> _Kind:
+def _kind(build: Builder, *unexpressed: str, keeps_extra: bool = True) -> _Kind:
     names: list[str] = [*_EVIDENCE_DATA]
     nested: list[tuple[str, str, str]] = []
     for name in unexpressed:
@@ -550,7 +1069,8 @@ def _kind(build: Builder, *unexpressed: str) -> _Kind:
             nested.append((name, outer, inner))
         else:
             names.append(name)
-    return _Kind(build, tuple((name, _DATA_CONVERT.get(name)) for name in names), attrgetter(*names), tuple(nested))
+    return _Kind(build, tuple((name, _DATA_CONVERT.get(name)) for name in names), attrgetter(*names), tuple(nested),
+                 keeps_extra)
 
 
 _KINDS = {
@@ -564,7 +1084,20 @@ _KINDS = {
     "mailbox": _kind(_mailbox, "upn", "user.upn"),
     "mail_message": _kind(_mail_message, "sender_display_name", "received", "delivery_action",
                           "delivery_location", "direction", "urls", "threats"),
+    "registry": (_REGISTRY := _kind(_registry)),
+    "cloud_application": _kind(_cloud_application, "instance_name", "publisher"),
 }
+# The types with no typed model (OtherEvidence), by their @odata.type in lower case.
+_OTHER_KINDS = {(NAMESPACE + name).lower(): _kind(_other_kind(build), keeps_extra=False)
+                for name, build in _OTHER_BUILDERS.items()}
+
+
+# OCSF 1.8.0's constraint on an evidence: at least one of these (not `resources`, not
+# `container`); `data` meets it, so an evidence with neither an attribute of this list nor
+# data of its own gets an empty `data`.
+_EVIDENCE_OBJECTS = frozenset({"actor", "api", "connection_info", "data", "database", "databucket", "device",
+                               "dst_endpoint", "email", "file", "process", "query", "src_endpoint", "url", "user",
+                               "job", "script", "reg_key", "reg_value", "win_service"})
 
 
 def _evidence(ev: EvidenceBase, kind: _Kind) -> dict[str, Any] | None:
@@ -578,7 +1111,10 @@ def _evidence(ev: EvidenceBase, kind: _Kind) -> dict[str, Any] | None:
     for name, outer, inner in kind.nested:
         if (sub := getattr(ev, outer)) is not None and (value := getattr(sub, inner)):
             data[name] = value
-    if extra := ev.extra:
+    if kind.keeps_extra:
+        if extra := ev.extra:
+            data["extra"] = extra
+    elif (extra := data.pop("extra", None)) is not None:  # after the base fields, as on every kind
         data["extra"] = extra
     if not item and not data:
         return None
@@ -587,21 +1123,33 @@ def _evidence(ev: EvidenceBase, kind: _Kind) -> dict[str, Any] | None:
     item["verdict_id"], item["verdict"] = _UNKNOWN if verdict is None else _EVIDENCE_VERDICT.get(verdict) or (99, verdict)
     if data:
         item["data"] = data
+    elif item.keys().isdisjoint(_EVIDENCE_OBJECTS):  # resources or container alone (OCSF lists neither)
+        item["data"] = {}
     return item
 
 
-def _evidences(evidence: list[EvidenceBase]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None]:
-    """(OCSF evidences, evidence with no OCSF object, as plain data for `unmapped`)."""
+def _evidences(evidence: list[EvidenceBase]) -> tuple[list[dict[str, Any]] | None, list[dict[str, Any]] | None,
+                                                   list[dict[str, Any]] | None, bool]:
+    """(OCSF evidences, evidence with no OCSF object as plain data for `unmapped`, the
+    finding's malware, whether a Windows registry object was written)."""
     mapped: list[dict[str, Any]] = []
     unmapped: list[dict[str, Any]] = []
+    malware: list[dict[str, Any]] = []
+    registry = False
     for ev in evidence:
-        kind = _KINDS.get(ev.kind)
+        kind = _KINDS.get(ev.kind) or _OTHER_KINDS.get(ev.odata_type.lower())
         item = None if kind is None else _evidence(ev, kind)
         if item is None:
             unmapped.append(_plain(ev))
-        else:
-            mapped.append(item)
-    return mapped or None, unmapped or None
+            continue
+        if kind is _REGISTRY:
+            registry = registry or "reg_key" in item or "reg_value" in item
+        elif "malware" in item:  # a finding attribute, not an evidence one
+            malware.append(item.pop("malware"))
+            if "data" not in item and len(item) == 3:  # name and verdict alone: no evidence
+                continue
+        mapped.append(item)
+    return mapped or None, unmapped or None, malware or None, registry
 
 
 def _attacks(categories: list[str] | None, techniques: list[str]) -> list[dict[str, Any]] | None:
@@ -673,7 +1221,7 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
     category = alert.category
     categories = alert.categories or ([category] if category else None)
     attacks = _attacks(categories, alert.mitre_techniques)
-    evidences, other_evidence = _evidences(alert.evidence)
+    evidences, other_evidence, malware, registry = _evidences(alert.evidence)
 
     info = {"uid": alert.id}
     if (value := alert.provider_alert_id) is not None:
@@ -720,6 +1268,8 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
     if (value := times.ingested) is not None:
         metadata["logged_time"] = (value - _EPOCH) // _MS
     metadata["log_name"] = alert.source
+    if registry:  # reg_key, reg_value: objects of the Windows extension
+        metadata["extensions"] = [_WIN_EXTENSION]
 
     unmapped = {"mssp": {"tenant_id": tenant_id, "customer": tenant_label},
                 "schema_version": alert.schema_version}
@@ -781,6 +1331,8 @@ def to_ocsf(alert: Alert) -> dict[str, Any]:
         event["remediation"] = {"desc": value}
     if evidences is not None:
         event["evidences"] = evidences
+    if malware is not None:
+        event["malware"] = malware
     event["unmapped"] = unmapped
     if (classification := alert.classification) is not None:
         event["verdict_id"], event["verdict"] = _VERDICT.get(classification) or (99, classification)

@@ -82,7 +82,12 @@ def _assert_detection_finding(event: dict[str, Any]) -> None:
     assert event["finding_info"]["analytic"]["type_id"] == 1
     for evidence in event.get("evidences", []):
         assert isinstance(evidence["verdict_id"], int)
-        assert evidence.keys() & {"device", "user", "file", "process", "src_endpoint", "dst_endpoint", "url", "email"}
+        if evidence["name"].lower() == (NS + "malwareEvidence").lower():  # its malware is the finding's
+            assert event["malware"] and evidence["data"]
+            continue
+        assert evidence.keys() & {"device", "user", "file", "process", "src_endpoint", "dst_endpoint", "url", "email",
+                                  "reg_key", "reg_value", "resources", "databucket", "container", "query", "actor",
+                                  "connection_info"}
     for path, name, value in _attributes(event):
         assert value is not None, f"{path} is null: OCSF leaves absent attributes out"
         if (name == "time" or name.endswith("_time")) and name != "original_time":  # original_time is a string
@@ -169,15 +174,18 @@ def test_powershell_fixture_evidences(powershell: tuple[dict[str, Any], dict[str
     assert process["data"]["detection_status"] == "detected"
 
 
-def test_docs_sample_registry_goes_to_unmapped_and_tags_survive() -> None:
+def test_docs_sample_registry_is_a_windows_reg_key_and_tags_survive() -> None:
     raw = shared_sample("graph_alerts_v2_list_docs.json")["value"][0]
     event = ocsf.to_ocsf(normalise(raw, TENANT, INGESTED))
     _assert_detection_finding(event)
     assert [e["name"] for e in event["evidences"]] == [NS + "deviceEvidence", NS + "fileEvidence",
-                                                       NS + "processEvidence"]
-    registry, = event["unmapped"]["evidence"]
-    assert (registry["kind"], registry["hive"]) == ("registry", "HKEY_LOCAL_MACHINE")
-    assert registry["created"] == _ms("2021-04-27T12:19:27.721130+00:00")
+                                                       NS + "processEvidence", NS + "registryKeyEvidence"]
+    registry = event["evidences"][3]
+    assert registry["reg_key"] == {"path": "HKEY_LOCAL_MACHINE\\SYSTEM\\CONTROLSET001\\CONTROL\\WMI\\AUTOLOGGER"
+                                           "\\SENSEAUDITLOGGER"}
+    assert registry["data"]["created"] == _ms("2021-04-27T12:19:27.721130+00:00")
+    assert event["metadata"]["extensions"] == [{"name": "win", "uid": "2", "version": "1.8.0"}]  # reg_key's
+    assert "evidence" not in event["unmapped"]
     assert event["unmapped"]["system_tags"] == ["Defender Experts"]
     assert event["unmapped"]["extra"] == {"@odata.type": "#microsoft.graph.security.alert", "tenantId": raw["tenantId"]}
     assert event["verdict_id"] == 0 and event["unmapped"]["determination"] == "unknown"
@@ -285,7 +293,8 @@ def test_unmapped_carries_what_ocsf_has_no_place_for() -> None:
         comments=[{"comment": "seen", "createdByDisplayName": "ana", "createdDateTime": "2026-11-29T10:01:00Z"}],
         customDetails={"Rule": "3"}, additionalData={"CompromisedEntity": "vm1"}, tenantId="t-1",
         evidence=[{"@odata.type": NS + "cloudApplicationEvidence", "appId": 11, "displayName": "Box"},
-                  {"@odata.type": NS + "dnsEvidence", "domainName": "bad.test"}],
+                  {"@odata.type": NS + "dnsEvidence", "domainName": "bad.test"},
+                  {"@odata.type": NS + "fileHashEvidence", "algorithm": "sha256", "value": "ab" * 32}],
     ))
     unmapped = event["unmapped"]
     assert unmapped["determination"] == "malware"
@@ -297,10 +306,13 @@ def test_unmapped_carries_what_ocsf_has_no_place_for() -> None:
     assert unmapped["comments"] == [{"text": "seen", "author": "ana", "created_time": _ms("2026-11-29T10:01:00+00:00")}]
     assert (unmapped["custom_details"], unmapped["additional_data"]) == ({"Rule": "3"}, {"CompromisedEntity": "vm1"})
     assert unmapped["extra"] == {"tenantId": "t-1"}
-    cloud_app, dns = unmapped["evidence"]
-    assert (cloud_app["kind"], cloud_app["app_id"], cloud_app["display_name"]) == ("cloud_application", "11", "Box")
-    assert (dns["kind"], dns["extra"]) == ("other", {"@odata.type": NS + "dnsEvidence", "domainName": "bad.test"})
-    assert "evidences" not in event
+    # A type OCSF has no object for (a hash with no file name) goes whole to unmapped.evidence.
+    file_hash, = unmapped["evidence"]
+    assert (file_hash["kind"], file_hash["extra"]) == (
+        "other", {"@odata.type": NS + "fileHashEvidence", "algorithm": "sha256", "value": "ab" * 32})
+    cloud_app, dns = event["evidences"]  # the others have their typed homes
+    assert cloud_app["resources"] == [{"name": "Box", "type": "Cloud Application", "uid": "11"}]
+    assert (dns["query"], "data" in dns) == ({"hostname": "bad.test"}, False)
 
 
 def test_encode_is_one_line_of_the_same_json(powershell: tuple[dict[str, Any], dict[str, Any]]) -> None:
@@ -432,42 +444,72 @@ HASH_ALGORITHM = {0: "Unknown", 1: "MD5", 2: "SHA-1", 3: "SHA-256", 4: "SHA-512"
                   7: "quickXorHash", 8: "SHA-224", 9: "SHA-384", 10: "SHA-512/224", 11: "SHA-512/256",
                   12: "SHA3-224", 13: "SHA3-256", 14: "SHA3-384", 15: "SHA3-512", 16: "xxHash H3 64-bit",
                   17: "xxHash H3 128-bit", 99: "Other"}
+USER_TYPE = {0: "Unknown", 1: "User", 2: "Admin", 3: "System", 4: "Service", 99: "Other"}
+DATABUCKET_TYPE = {0: "Unknown", 1: "S3", 2: "Azure Blob", 3: "GCP Bucket", 99: "Other"}
+DIRECTION = {0: "Unknown", 1: "Inbound", 2: "Outbound", 3: "Lateral", 4: "Local", 99: "Other"}
+REG_VALUE_TYPE = {0: "Unknown", 1: "REG_BINARY", 2: "REG_DWORD", 3: "REG_DWORD_BIG_ENDIAN", 4: "REG_EXPAND_SZ",
+                  5: "REG_LINK", 6: "REG_MULTI_SZ", 7: "REG_NONE", 8: "REG_QWORD", 9: "REG_QWORD_LITTLE_ENDIAN",
+                  10: "REG_SZ", 99: "Other"}
+_PORT = {"type": "integer", "minimum": 0, "maximum": 65535}
 _NAME_OR_UID = ("name", "uid")
 _ENDPOINT_IDS = ("ip", "uid", "name", "hostname", "instance_uid", "interface_uid", "interface_name")
 
 DEFS: dict[str, dict[str, Any]] = {
     "user": _object({"name": _STRING, "domain": _STRING, "uid": _STRING, "uid_alt": _STRING, "email_addr": _STRING,
-                     "display_name": _STRING, "full_name": _STRING}, at_least_one=("account", "name", "uid")),
+                     "display_name": _STRING, "full_name": _STRING}, at_least_one=("account", "name", "uid"),
+                    enums={("type_id", "type"): USER_TYPE}),
     "group": _object({"name": _STRING, "uid": _STRING}, at_least_one=_NAME_OR_UID),
     "os": _object({"name": _STRING, "version": _STRING, "build": _STRING}, required=("name", "type_id"),
                   enums={("type_id", "type"): OS_TYPE}),
     "device": _object({"uid": _STRING, "uid_alt": _STRING, "hostname": _STRING, "name": _STRING, "domain": _STRING,
-                       "ip": _STRING, "os": _ref("os"), "groups": _array(_ref("group"))},
+                       "ip": _STRING, "os": _ref("os"), "groups": _array(_ref("group")), "mac": _STRING,
+                       "model": _STRING, "vendor_name": _STRING,
+                       "hw_info": _object({"serial_number": _STRING})},
                       required=("type_id",), at_least_one=_ENDPOINT_IDS,
                       enums={("type_id", "type"): DEVICE_TYPE, ("risk_level_id", "risk_level"): RISK_LEVEL}),
     "fingerprint": _object({"value": _STRING}, required=("algorithm_id", "value"),
                            enums={("algorithm_id", "algorithm"): HASH_ALGORITHM}),
     "file": _object({"name": _STRING, "path": _STRING, "parent_folder": _STRING, "size": _INTEGER,
-                     "company_name": _STRING, "hashes": _array(_ref("fingerprint"))},
+                     "company_name": _STRING, "hashes": _array(_ref("fingerprint")), "uri": _STRING},
                     required=("name", "type_id"), at_least_one=_NAME_OR_UID, enums={("type_id", "type"): FILE_TYPE}),
     "process": _object({"pid": _INTEGER, "cmd_line": _STRING, "created_time": _TIMESTAMP, "name": _STRING,
                         "file": _ref("file"), "parent_process": _ref("process"), "user": _ref("user")},
                        at_least_one=("pid", "uid", "cpid")),
     "location": _object({"city": _STRING, "country": _STRING, "region": _STRING, "lat": _NUMBER, "long": _NUMBER},
                         at_least_one=("city", "country", "postal_code", "region")),
-    "network_endpoint": _object({"ip": _STRING, "location": _ref("location")},
+    "network_endpoint": _object({"ip": _STRING, "port": _PORT, "location": _ref("location")},
                                 at_least_one=(*_ENDPOINT_IDS, "svc_name", "domain")),
     "url": _object({"url_string": _STRING}, at_least_one=("url_string", "path")),
     "email": _object({"uid": _STRING, "message_uid": _STRING, "subject": _STRING, "from": _STRING, "to": _STRINGS,
                       "x_originating_ip": _STRINGS,
                       "smtp_from": _STRING, "smtp_to": _STRINGS},  # deprecated since 1.4 (use from/to): not written
                      at_least_one=("from", "to")),
+    "resource_details": _object({"name": _STRING, "type": _STRING, "uid": _STRING, "uid_alt": _STRING,
+                                 "namespace": _STRING, "version": _STRING, "ip": _STRING}, at_least_one=_NAME_OR_UID),
+    "databucket": _object({"name": _STRING, "uid": _STRING, "file": _ref("file")}, required=("type_id",),
+                          at_least_one=_NAME_OR_UID, enums={("type_id", "type"): DATABUCKET_TYPE}),
+    "container": _object({"name": _STRING, "uid": _STRING, "orchestrator": _STRING,
+                          "image": _object({"uid": _STRING}, required=("uid",))}, at_least_one=("uid", "name")),
+    "dns_query": _object({"hostname": _STRING}, required=("hostname",)),
+    "network_connection_info": _object({"protocol_name": _STRING, "protocol_num": _INTEGER},
+                                       required=("direction_id",), enums={("direction_id", "direction"): DIRECTION}),
+    "actor": _object({"session": _object({"uid": _STRING}), "user": _ref("user")},
+                     at_least_one=("process", "user", "invoked_by", "session", "app_name", "app_uid")),
+    "reg_key": _object({"path": _STRING}, required=("path",)),
+    "reg_value": _object({"path": _STRING, "name": _STRING, "data": {}}, required=("path", "name"),
+                         enums={("type_id", "type"): REG_VALUE_TYPE}),
+    "malware": _object({"name": _STRING, "classification_ids": _array(_INTEGER), "classifications": _STRINGS},
+                       required=("classification_ids",), at_least_one=_NAME_OR_UID),
     "evidence": _object({"name": _STRING, "data": {"type": "object"}, "device": _ref("device"), "user": _ref("user"),
                          "file": _ref("file"), "process": _ref("process"), "src_endpoint": _ref("network_endpoint"),
-                         "dst_endpoint": _ref("network_endpoint"), "url": _ref("url"), "email": _ref("email")},
+                         "dst_endpoint": _ref("network_endpoint"), "url": _ref("url"), "email": _ref("email"),
+                         "resources": _array(_ref("resource_details")), "databucket": _ref("databucket"),
+                         "container": _ref("container"), "query": _ref("dns_query"),
+                         "connection_info": _ref("network_connection_info"), "actor": _ref("actor"),
+                         "reg_key": _ref("reg_key"), "reg_value": _ref("reg_value")},
                         at_least_one=("actor", "api", "connection_info", "data", "database", "databucket", "device",
-                                      "dst_endpoint", "email", "file", "process", "query", "resources",
-                                      "src_endpoint", "url", "user", "job", "script"),
+                                      "dst_endpoint", "email", "file", "process", "query", "src_endpoint", "url",
+                                      "user", "job", "script", "reg_key", "reg_value", "win_service"),
                         enums={("verdict_id", "verdict"): VERDICT}),
     "tactic": _object({"uid": _STRING, "name": _STRING}, at_least_one=_NAME_OR_UID),
     "technique": _object({"uid": _STRING, "name": _STRING}, at_least_one=_NAME_OR_UID),
@@ -488,7 +530,10 @@ DEFS: dict[str, dict[str, Any]] = {
     "metadata": _object({"version": {"type": "string", "pattern": r"^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$"},
                          "product": _ref("product"), "profiles": _STRINGS, "uid": _STRING, "correlation_uid": _STRING,
                          "tenant_uid": _STRING, "labels": _STRINGS, "original_time": _STRING,
-                         "logged_time": _TIMESTAMP, "log_name": _STRING}, required=("product", "version")),
+                         "logged_time": _TIMESTAMP, "log_name": _STRING,
+                         "extensions": _array(_object({"name": _STRING, "uid": _STRING, "version": _STRING},
+                                                      required=("version",), at_least_one=_NAME_OR_UID))},
+                        required=("product", "version")),
     "remediation": _object({"desc": _STRING}, required=("desc",)),
 }
 DETECTION_FINDING: dict[str, Any] = _object(
@@ -499,7 +544,7 @@ DETECTION_FINDING: dict[str, Any] = _object(
         "end_time": _TIMESTAMP, "message": _STRING, "is_alert": {"type": "boolean"},
         "finding_info": _ref("finding_info"), "attacks": _array(_ref("attack")), "metadata": _ref("metadata"),
         "src_url": _STRING, "assignee": _ref("user"), "remediation": _ref("remediation"),
-        "evidences": _array(_ref("evidence")), "unmapped": {"type": "object"},
+        "evidences": _array(_ref("evidence")), "malware": _array(_ref("malware")), "unmapped": {"type": "object"},
     },
     required=("activity_id", "category_uid", "class_uid", "type_uid", "severity_id", "time", "metadata",
               "finding_info"),
