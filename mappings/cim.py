@@ -53,7 +53,7 @@ from typing import Any
 import orjson
 
 from core.model.schema import Alert, UserInfo
-from mappings.evidence import identities_of, values_at
+from mappings.evidence import identities_of, path_steps, plain_names, values_along
 from mappings.plain import plain
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
@@ -230,33 +230,60 @@ def identity_markdown() -> str:
     return "\n".join(lines)
 
 
-# odata_type -> ((common-schema path, CIM field), ...), worked out once per evidence type.
-_IDENTITY_PLANS: dict[str, tuple[tuple[str, str], ...]] = {}
+# odata_type -> ((the names of a path without `[]`, else None; the path's steps; CIM field), ...),
+# worked out once per evidence type.
+_IDENTITY_PLANS: dict[str, tuple[tuple[tuple[str, ...] | None, tuple[tuple[str, bool], ...], str], ...]] = {}
 _SCALARS = frozenset({str, int, float})
 
 
+def _plan(item: Any) -> tuple[tuple[tuple[str, ...] | None, tuple[tuple[str, bool], ...], str], ...]:
+    odata_type = item.odata_type
+    plan = _IDENTITY_PLANS.get(odata_type)
+    if plan is None:
+        if len(_IDENTITY_PLANS) >= 4096:
+            _IDENTITY_PLANS.clear()
+        plan = []
+        for row in identities_of(item):
+            steps = path_steps(row.common)
+            plan.append((plain_names(steps), steps, identity_field(row.graph, row.kind)))
+        plan = _IDENTITY_PLANS[odata_type] = tuple(plan)
+    return plan
+
+
 def _identities(evidence: list[Any]) -> dict[str, dict[Any, None]]:
-    """CIM field -> its identifying values (an ordered set), over every evidence."""
+    """CIM field -> its identifying values (an ordered set), over every evidence
+    (`mappings.evidence.values_at` of each identity row, the usual one-value paths inline)."""
     found: dict[str, dict[Any, None]] = {}
     for item in evidence:
-        odata_type = item.odata_type
-        plan = _IDENTITY_PLANS.get(odata_type)
-        if plan is None:
-            if len(_IDENTITY_PLANS) >= 4096:
-                _IDENTITY_PLANS.clear()
-            plan = _IDENTITY_PLANS[odata_type] = tuple(
-                (row.common, identity_field(row.graph, row.kind)) for row in identities_of(item))
-        for path, field in plan:
-            values = values_at(item, path)
-            if values:
+        for names, steps, field in _plan(item):
+            if names is not None:
+                value = getattr(item, names[0], None)  # an evidence is a struct
+                if len(names) > 1:
+                    for name in names[1:]:
+                        if value is None:
+                            break
+                        value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+                if value is None or value == "":
+                    continue
                 bucket = found.get(field)
                 if bucket is None:
                     bucket = found[field] = {}
-                for value in values:
-                    if value.__class__ is list:  # a list property named without `[]`
-                        bucket.update(dict.fromkeys(v for v in value if v.__class__ in _SCALARS))
-                    elif value.__class__ in _SCALARS:
-                        bucket[value] = None
+                if value.__class__ is str:
+                    bucket[value] = None
+                    continue
+                values = [value]
+            else:
+                values = values_along(item, steps)
+                if not values:
+                    continue
+                bucket = found.get(field)
+                if bucket is None:
+                    bucket = found[field] = {}
+            for value in values:
+                if value.__class__ is list:  # a list property named without `[]`
+                    bucket.update(dict.fromkeys(v for v in value if v.__class__ in _SCALARS))
+                elif value.__class__ in _SCALARS:
+                    bucket[value] = None
     return found
 
 

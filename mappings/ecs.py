@@ -90,7 +90,7 @@ from core.model.schema import (
     UserEvidence,
     UserInfo,
 )
-from mappings.evidence import identities_of, values_at
+from mappings.evidence import identities_of, path_steps, plain_names, values_along
 
 ECS_VERSION = "8.11.0"
 _NS = "#microsoft.graph.security."
@@ -1053,23 +1053,40 @@ _UNTYPED_RULES: dict[str, Rename | Rule | None] = {
 }
 
 
-# (odata_type -> (common-schema path, slot, whether the value must be an IP) of each identity
-# row of the type that feeds a related.* field), worked out once per evidence type.
-_IDENTITY_PLANS: dict[str, tuple[tuple[str, str, bool], ...]] = {}
+# odata_type -> ((the names of a path without `[]`, else None; the path's steps; slot; whether
+# the value must be an IP) of each identity row of the type that feeds a related.* field),
+# worked out once per evidence type.
+_IDENTITY_PLANS: dict[str, tuple[tuple[tuple[str, ...] | None, tuple[tuple[str, bool], ...], str, bool], ...]] = {}
 
 
 def _identities(ev: EvidenceBase, odata_type: str, acc: Slots) -> None:
     """The evidence's identifying values of the kinds IDENTITY_SLOTS routes -> their slots
-    (an address only if it is an IP address; numbers as text)."""
+    (an address only if it is an IP address; numbers as text): `mappings.evidence.values_at`
+    of each row, the usual one-value paths inline."""
     plan = _IDENTITY_PLANS.get(odata_type)
     if plan is None:
         if len(_IDENTITY_PLANS) >= 4096:
             _IDENTITY_PLANS.clear()
-        plan = _IDENTITY_PLANS[odata_type] = tuple(
-            (row.common, IDENTITY_SLOTS[row.kind], row.kind == "ip")
-            for row in identities_of(ev) if row.kind in IDENTITY_SLOTS)
-    for path, slot, is_ip in plan:
-        for value in values_at(ev, path):
+        rows = []
+        for row in identities_of(ev):
+            if row.kind in IDENTITY_SLOTS:
+                steps = path_steps(row.common)
+                rows.append((plain_names(steps), steps, IDENTITY_SLOTS[row.kind], row.kind == "ip"))
+        plan = _IDENTITY_PLANS[odata_type] = tuple(rows)
+    for names, steps, slot, is_ip in plan:
+        if names is not None:
+            value = getattr(ev, names[0], None)  # an evidence is a struct
+            if len(names) > 1:
+                for name in names[1:]:
+                    if value is None:
+                        break
+                    value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+            if value is None or value == "":
+                continue
+            values: Any = (value,)
+        else:
+            values = values_along(ev, steps)
+        for value in values:
             value = _ip(value) if is_ip else value if value.__class__ is str else _string(value)
             if value:
                 acc[slot].append(value)
