@@ -21,13 +21,15 @@ values. Choices `docs/formats.md` documents:
 | `signature_id` | `threatFamilyName` | yes (the detector id is in `defender.detector_id`) |
 | `description` | description | yes (raw `description`; `body` is deprecated) |
 | `mitre_technique_id` | array of MITRE technique ids | yes (`mitreTechniques{}`) |
-| `dest` | array: per device evidence, its DNS name, else host name, else MDE device id | yes, per device rather than per field |
+| `dest` | array: per device evidence, its DNS name, else host name, else MDE device id; then every other host name an evidence is identified by | yes, per device rather than per field; then ours |
 | `src` | `serviceSource` | yes |
-| `user` | array: `[actorDisplayName]` when there is one, else per evidence user account (user, process, mailbox evidence): UPN, else `domain\account`, else account name (mailbox: else its UPN, else its primary address) | yes, plus the fallbacks for accounts without UPN |
+| `user` | array: `[actorDisplayName]` when there is one, else per evidence user account (user, process, mailbox evidence): UPN, else `domain\account`, else account name (mailbox: else its UPN, else its primary address); then every other account name and e-mail address an evidence is identified by | yes, plus the fallbacks for accounts without UPN; then ours |
 | `user_name` | array: the account names of those accounts | `entities{}.accountName` in the add-on (MDE incidents); Graph's equivalent |
+| `dest_ip`, `src_ip`, `file_hash`, `process`, ... `evidence_id` | each evidence's identifying values (`mappings.evidence.IDENTITIES`), in the CIM field for each (`IDENTITY_FIELD_OF_PATH`, `IDENTITY_FIELD_OF_KIND`; `identity_markdown()` is the full table) | CIM's Network Traffic, Endpoint, Web fields; `evidence_*` forwarder's own |
 | `defender` | every other `Alert` field (see below) | forwarder's own |
 
-- Multi-valued fields (`mitre_technique_id`, `dest`, `user`, `user_name`) are always JSON
+- Multi-valued fields (`mitre_technique_id`, `dest`, `user`, `user_name` and the identity
+  fields) are always JSON
   arrays (Splunk makes them multivalue fields), without duplicates, in evidence order.
 - Absent values are left out (no nulls, no empty arrays): Splunk would show a null as the
   string "null" (the add-on's props test for it).
@@ -51,6 +53,7 @@ from typing import Any
 import orjson
 
 from core.model.schema import Alert, UserInfo
+from mappings.evidence import identities_of, path_steps, plain_names, values_along
 from mappings.plain import plain
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
@@ -145,6 +148,145 @@ def _evidence(evidence: list[Any]) -> tuple[list[str], list[str], list[str]]:
     return list(dest), list(users), list(names)
 
 
+# --------------------------------------------------------------------------- evidence identities
+
+# Where each evidence's identifying values (mappings.evidence.IDENTITIES) go: by the Graph
+# property path where a CIM data model has a field for exactly that value (Endpoint's
+# Processes, Filesystem and Registry, Network Traffic's sources), else by the value's kind.
+# `dest` and `user` keep the add-on's values first; the other fields are multivalue lists.
+# The `evidence_*` fields are no CIM field (docs/formats.md lists them all: `identity_markdown`).
+IDENTITY_FIELD_OF_PATH = {
+    "sourceAddress.ipAddress": "src_ip",
+    "senderIp": "src_ip",
+    "senderIP": "src_ip",
+    "sourcePort": "src_port",
+    "fileDetails.fileName": "file_name",
+    "fileDetails.filePath": "file_path",
+    "processId": "process_id",
+    "imageFile.fileName": "process_name",
+    "imageFile.filePath": "process_path",
+    "parentProcessId": "parent_process_id",
+    "parentProcessImageFile.fileName": "parent_process_name",
+    "registryHive": "registry_hive",
+    "registryKey": "registry_key_name",
+    "registryValueName": "registry_value_name",
+    "registryValue": "registry_value_data",
+}
+IDENTITY_FIELD_OF_KIND = {
+    "host": "dest",
+    "ip": "dest_ip",
+    "mac": "dest_mac",
+    "port": "dest_port",
+    "user": "user",
+    "email": "user",
+    "hash": "file_hash",
+    "url": "url",
+    "command": "process",
+    "registry": "registry_path",
+    "id": "evidence_id",
+    "name": "evidence_name",
+    "domain": "evidence_domain",
+    "resource": "evidence_resource",
+}
+# The identity fields after `user_name`, in document order (`dest` and `user` have their place).
+IDENTITY_FIELDS = ("dest_ip", "src_ip", "dest_mac", "dest_port", "src_port", "file_name", "file_path", "file_hash",
+                   "process", "process_id", "process_name", "process_path", "parent_process_id",
+                   "parent_process_name", "registry_hive", "registry_key_name", "registry_path",
+                   "registry_value_name", "registry_value_data", "url", "evidence_id", "evidence_name",
+                   "evidence_domain", "evidence_resource")
+# The data model each identity field is a field of (Splunk CIM's names), for the docs' table.
+_OURS = "none (the forwarder's own)"
+FIELD_MODELS = {
+    "dest": "Alerts", "user": "Alerts",
+    "dest_ip": "Network Traffic, Intrusion Detection", "src_ip": "Network Traffic, Intrusion Detection",
+    "dest_mac": "Network Traffic", "dest_port": "Network Traffic", "src_port": "Network Traffic",
+    "file_name": "Endpoint.Filesystem", "file_path": "Endpoint.Filesystem", "file_hash": "Endpoint.Filesystem",
+    "process": "Endpoint.Processes", "process_id": "Endpoint.Processes", "process_name": "Endpoint.Processes",
+    "process_path": "Endpoint.Processes", "parent_process_id": "Endpoint.Processes",
+    "parent_process_name": "Endpoint.Processes",
+    "registry_hive": "Endpoint.Registry", "registry_key_name": "Endpoint.Registry",
+    "registry_path": "Endpoint.Registry", "registry_value_name": "Endpoint.Registry",
+    "registry_value_data": "Endpoint.Registry",
+    "url": "Web, Email",
+    "evidence_id": _OURS, "evidence_name": _OURS, "evidence_domain": _OURS, "evidence_resource": _OURS,
+}
+
+
+def identity_field(graph_path: str, kind: str) -> str:
+    """The CIM field of an identity row (its Graph property path and kind)."""
+    return IDENTITY_FIELD_OF_PATH.get(graph_path) or IDENTITY_FIELD_OF_KIND[kind]
+
+
+def identity_markdown() -> str:
+    """The table of docs/formats.md's cim section: each field that takes evidence identities,
+    the Graph properties (by path) and kinds of identity (mappings/evidence.py) it takes."""
+    lines = ["| CIM field | identities it takes | data model |", "|---|---|---|"]
+    for field in ("dest", "user", *IDENTITY_FIELDS):
+        taken = [f"`{path}`" for path, to in IDENTITY_FIELD_OF_PATH.items() if to == field]
+        kinds = [kind for kind, to in IDENTITY_FIELD_OF_KIND.items() if to == field]
+        if kinds:
+            taken.append(("any other of kind " if taken else "kind ") + " / ".join(kinds))
+        lines.append(f"| `{field}` | {', '.join(taken)} | {FIELD_MODELS[field]} |")
+    return "\n".join(lines)
+
+
+# odata_type -> ((the names of a path without `[]`, else None; the path's steps; CIM field), ...),
+# worked out once per evidence type.
+_IDENTITY_PLANS: dict[str, tuple[tuple[tuple[str, ...] | None, tuple[tuple[str, bool], ...], str], ...]] = {}
+_SCALARS = frozenset({str, int, float})
+
+
+def _plan(item: Any) -> tuple[tuple[tuple[str, ...] | None, tuple[tuple[str, bool], ...], str], ...]:
+    odata_type = item.odata_type
+    plan = _IDENTITY_PLANS.get(odata_type)
+    if plan is None:
+        if len(_IDENTITY_PLANS) >= 4096:
+            _IDENTITY_PLANS.clear()
+        plan = []
+        for row in identities_of(item):
+            steps = path_steps(row.common)
+            plan.append((plain_names(steps), steps, identity_field(row.graph, row.kind)))
+        plan = _IDENTITY_PLANS[odata_type] = tuple(plan)
+    return plan
+
+
+def _identities(evidence: list[Any]) -> dict[str, dict[Any, None]]:
+    """CIM field -> its identifying values (an ordered set), over every evidence
+    (`mappings.evidence.values_at` of each identity row, the usual one-value paths inline)."""
+    found: dict[str, dict[Any, None]] = {}
+    for item in evidence:
+        for names, steps, field in _plan(item):
+            if names is not None:
+                value = getattr(item, names[0], None)  # an evidence is a struct
+                if len(names) > 1:
+                    for name in names[1:]:
+                        if value is None:
+                            break
+                        value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+                if value is None or value == "":
+                    continue
+                bucket = found.get(field)
+                if bucket is None:
+                    bucket = found[field] = {}
+                if value.__class__ is str:
+                    bucket[value] = None
+                    continue
+                values = [value]
+            else:
+                values = values_along(item, steps)
+                if not values:
+                    continue
+                bucket = found.get(field)
+                if bucket is None:
+                    bucket = found[field] = {}
+            for value in values:
+                if value.__class__ is list:  # a list property named without `[]`
+                    bucket.update(dict.fromkeys(v for v in value if v.__class__ in _SCALARS))
+                elif value.__class__ in _SCALARS:
+                    bucket[value] = None
+    return found
+
+
 def to_cim(alert: Alert) -> dict[str, Any]:
     """The document `encode` writes, as a dict."""
     tenant = alert.tenant
@@ -169,16 +311,25 @@ def to_cim(alert: Alert) -> dict[str, Any]:
         doc["description"] = value
     if value := alert.mitre_techniques:
         doc["mitre_technique_id"] = value
+    identities = _identities(alert.evidence) if alert.evidence else None
+    if identities and (more := identities.pop("dest", None)):
+        dest = list({**dict.fromkeys(dest), **more})
     if dest:
         doc["dest"] = dest
     if (value := alert.service_source) is not None:
         doc["src"] = value
     if actor := alert.actor_display_name:
-        doc["user"] = [actor]
-    elif users:
+        users = [actor]
+    if identities and (more := identities.pop("user", None)):
+        users = list({**dict.fromkeys(users), **more})
+    if users:
         doc["user"] = users
     if names:
         doc["user_name"] = names
+    if identities:
+        for field in IDENTITY_FIELDS:
+            if (values := identities.get(field)) is not None:
+                doc[field] = list(values)
     doc[VENDOR_KEY] = remainder(alert)
     return doc
 

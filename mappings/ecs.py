@@ -23,6 +23,11 @@ strings where it renders templates). The choices, which docs/formats.md document
 - Evidence lands in `host.*`, `device.id`, `user.*`, `process.*`, `file.*`, `registry.*`,
   `email.*`, `source.ip`, `cloud.*`, `group.*` and `related.{hosts,user,ip,hash}` by the
   pipeline's rules (see `_GRAPH_RULES` and the evidence builders), in its order.
+- Every evidence keeps its identity: after the pipeline's values, `related.hash`,
+  `related.ip` (valid IP addresses only), `related.hosts` and `related.user` also take each
+  evidence's identifying values of those kinds (`mappings.evidence.IDENTITIES`, kinds hash,
+  ip, host, user and email), de-duplicated, in evidence order; the pipeline reads only some
+  of them (not a device's lastIpAddress, a DNS evidence's addresses, a mailbox's address...).
 - Beyond the pipeline, where it leaves an ECS field empty (additions, nothing it sets is
   changed): `threat.technique.id` (the parent technique of each id), `threat.framework`
   "MITRE ATT&CK", `threat.tactic.name` also takes the newer `categories`, `url.full` from
@@ -85,6 +90,7 @@ from core.model.schema import (
     UserEvidence,
     UserInfo,
 )
+from mappings.evidence import identities_of, path_steps, plain_names, values_along
 
 ECS_VERSION = "8.11.0"
 _NS = "#microsoft.graph.security."
@@ -181,14 +187,21 @@ EVIDENCE_FIELDS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
 RELATED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("hash", ("file.hash.sha1", "file.hash.sha256", "process.hash.sha1", "process.hash.sha256",
               "process.parent.hash.sha1", "process.parent.hash.sha256",
-              "file.hash.md5", "process.hash.md5", "process.parent.hash.md5")),
+              "file.hash.md5", "process.hash.md5", "process.parent.hash.md5", "identity.hash")),
     ("hosts", ("hosts.p1_domain", "hosts.p2_domain", "hosts.mde_device_id", "host.os.name", "host.os.version",
-               "hosts.dns_name", "hosts.logged_on_domain", "hosts.account_domain")),
-    ("ip", ("source.ip", "host.ip")),
+               "hosts.dns_name", "hosts.logged_on_domain", "hosts.account_domain", "identity.host")),
+    ("ip", ("source.ip", "host.ip", "identity.ip")),
     ("user", ("user.assigned_to", "user.comment_author", "email.to.address", "user.p1_name", "email.sender.address",
               "user.p2_name", "email.from.address.p2", "user.logged_on", "user.aad_id", "user.upn", "user.account",
-              "user.sid")),
+              "user.sid", "identity.user")),
 )
+# The identifying values of every evidence (mappings.evidence.IDENTITIES), by kind -> the
+# slot that feeds their related.* field, after the pipeline's own slots: what the pipeline
+# puts there stays first and in its order, and an identity it does not read (a device's
+# addresses, a DNS or network-connection evidence's IPs, a mailbox's address, a blob's hash,
+# ...) is still there to pivot on. related.ip takes only valid IP addresses (an `ip` field).
+IDENTITY_SLOTS = {"hash": "identity.hash", "host": "identity.host", "ip": "identity.ip", "user": "identity.user",
+                  "email": "identity.user"}
 
 _FRAMEWORK = "MITRE ATT&CK"  # threat.framework, when the alert names tactics or techniques
 
@@ -1040,6 +1053,45 @@ _UNTYPED_RULES: dict[str, Rename | Rule | None] = {
 }
 
 
+# odata_type -> ((the names of a path without `[]`, else None; the path's steps; slot; whether
+# the value must be an IP) of each identity row of the type that feeds a related.* field),
+# worked out once per evidence type.
+_IDENTITY_PLANS: dict[str, tuple[tuple[tuple[str, ...] | None, tuple[tuple[str, bool], ...], str, bool], ...]] = {}
+
+
+def _identities(ev: EvidenceBase, odata_type: str, acc: Slots) -> None:
+    """The evidence's identifying values of the kinds IDENTITY_SLOTS routes -> their slots
+    (an address only if it is an IP address; numbers as text): `mappings.evidence.values_at`
+    of each row, the usual one-value paths inline."""
+    plan = _IDENTITY_PLANS.get(odata_type)
+    if plan is None:
+        if len(_IDENTITY_PLANS) >= 4096:
+            _IDENTITY_PLANS.clear()
+        rows = []
+        for row in identities_of(ev):
+            if row.kind in IDENTITY_SLOTS:
+                steps = path_steps(row.common)
+                rows.append((plain_names(steps), steps, IDENTITY_SLOTS[row.kind], row.kind == "ip"))
+        plan = _IDENTITY_PLANS[odata_type] = tuple(rows)
+    for names, steps, slot, is_ip in plan:
+        if names is not None:
+            value = getattr(ev, names[0], None)  # an evidence is a struct
+            if len(names) > 1:
+                for name in names[1:]:
+                    if value is None:
+                        break
+                    value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+            if value is None or value == "":
+                continue
+            values: Any = (value,)
+        else:
+            values = values_along(ev, steps)
+        for value in values:
+            value = _ip(value) if is_ip else value if value.__class__ is str else _string(value)
+            if value:
+                acc[slot].append(value)
+
+
 # --------------------------------------------------------------------------- evidence
 
 
@@ -1082,6 +1134,7 @@ def _evidence(evidence: list[EvidenceBase], acc: Slots) -> tuple[list[dict[str, 
             if extra and (len(extra) != 1 or extra.get("remediationStatusDetails", 1) is not None):
                 _graph_properties(extra, out, acc, odata_type)
             category = CATEGORY_OF_KIND.get(kind)
+        _identities(ev, odata_type, acc)
         if category is not None:
             categories.append(category)
         if out:

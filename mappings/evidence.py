@@ -210,10 +210,25 @@ def identities_of(evidence: EvidenceBase) -> tuple[Identity, ...]:
 def values_at(item: Any, path: str) -> list[Any]:
     """The values at `path` of a common-schema evidence (struct attributes, then the dicts of
     `extra`): `a[]` steps into every item of list `a`; absent, None and "" values are skipped."""
+    return values_along(item, path_steps(path))
+
+
+def path_steps(path: str) -> tuple[tuple[str, bool], ...]:
+    """`path` as steps for `values_along`: (name, whether it steps into every item of a list).
+    A format that reads the same paths for every alert splits them once."""
+    return tuple((part[:-2], True) if part.endswith("[]") else (part, False) for part in path.split("."))
+
+
+def plain_names(steps: tuple[tuple[str, bool], ...]) -> tuple[str, ...] | None:
+    """The names of a path with no `[]` step (at most one value: a format walks it inline,
+    `getattr` / `dict.get` per name, None or "" meaning none); None for a path with one."""
+    return None if any(many for _, many in steps) else tuple(name for name, _ in steps)
+
+
+def values_along(item: Any, steps: tuple[tuple[str, bool], ...]) -> list[Any]:
+    """`values_at` with the path already split by `path_steps`."""
     found = [item]
-    for part in path.split("."):
-        many = part.endswith("[]")
-        name = part[:-2] if many else part
+    for name, many in steps:
         step: list[Any] = []
         for value in found:
             got = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
@@ -223,6 +238,8 @@ def values_at(item: Any, path: str) -> list[Any]:
                 step.extend(v for v in got if v is not None and v != "")
             else:
                 step.append(got)
+        if not step:
+            return step
         found = step
     return found
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -12,15 +14,17 @@ import pytest
 
 from core.model.schema import Alert, Severity, TenantRef, alert_from_data
 from mappings import cim
+from mappings.evidence import IDENTITIES, KINDS, identity_values
 from mappings.graph_alerts_v2 import normalise
 from tests.helpers import shared_sample
+from tests.mappings import official_alerts
 
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
 INGESTED = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 NS = "#microsoft.graph.security."
 CIM_FIELDS = ["time", "vendor_account", "mssp_customer", "version_key", "app", "type", "vendor_product", "id",
               "severity", "signature", "subject", "signature_id", "description", "mitre_technique_id", "dest", "src",
-              "user", "user_name", "defender"]
+              "user", "user_name", *cim.IDENTITY_FIELDS, "defender"]
 
 
 def _alert(**properties: Any) -> Alert:
@@ -90,8 +94,21 @@ def test_powershell_sample_fields() -> None:
         "mitre_technique_id": ["T1059.001"],
         "dest": ["clw555test"],
         "src": "microsoftDefenderForEndpoint",
-        "user": ["AzureAD\\CDPUserIS-38411"],
+        "user": ["AzureAD\\CDPUserIS-38411", "CDPUserIS-38411"],  # the add-on's, then the account name
         "user_name": ["CDPUserIS-38411"],
+        # Each evidence's identity (mappings/evidence.py), in the CIM field for it:
+        "dest_ip": ["192.168.5.65", "fe80::cfe4:80b:615c:38fb", "127.0.0.1", "::1"],  # device, then ip evidence
+        "file_hash": ["a72c41316307889e43fe8605a0dca4a72e72a011",
+                      "d783ba6567faf10fdff2d0ea3864f6756862d6c733c7f4467283da81aedc3a80"],
+        "process": [raw["evidence"][4]["processCommandLine"]],
+        "process_id": [8224],
+        "process_name": ["powershell.exe"],
+        "process_path": ["C:\\Windows\\System32\\WindowsPowerShell\\v1.0"],
+        "parent_process_id": [5772],
+        "parent_process_name": ["cmd.exe"],
+        "url": ["http://127.0.0.1/1.exe"],
+        "evidence_id": ["505d70d89cfa3428f7aac7d2eb3a64c60fd3d843", "f18bd540-d5e4-46e0-8ddd-3d03a59e4e14",
+                        "S-1-12-1-1485667349-1150190949-4065799612-2328216759"],
     }
     defender = doc["defender"]
     assert "raw" not in defender and "title" not in defender and "tenant" not in defender
@@ -110,7 +127,7 @@ def test_docs_sample_fields() -> None:
     raw = shared_sample("graph_alerts_v2_list_docs.json")["value"][0]
     doc = _doc(normalise(raw, TENANT, INGESTED))
     assert (doc["severity"], doc["dest"], doc["src"]) == ("low", ["tempDns"], "microsoftDefenderForEndpoint")
-    assert doc["user"] == ["NT AUTHORITY\\SYSTEM"] and doc["user_name"] == ["SYSTEM"]  # the process's account
+    assert doc["user"] == ["NT AUTHORITY\\SYSTEM", "SYSTEM"] and doc["user_name"] == ["SYSTEM"]  # the process's account
     assert doc["defender"]["system_tags"] == ["Defender Experts"]
     kinds = [e["kind"] for e in doc["defender"]["evidence"]]
     assert kinds == ["device", "file", "process", "registry"]
@@ -210,18 +227,19 @@ def test_dest_and_user_are_arrays_without_duplicates() -> None:
         {"@odata.type": NS + "userEvidence", "userAccount": {"accountName": "local"}},
     ]
     doc = _doc(_alert(evidence=evidence))
-    assert doc["dest"] == ["pc1.contoso.test", "pc2", "abc123"]
-    assert doc["user"] == ["ann@contoso.test", "CONTOSO\\svc", "bob@contoso.test", "local"]
+    assert doc["dest"] == ["pc1.contoso.test", "pc2", "abc123", "pc1"]  # the add-on's, then the other host names
+    # The add-on's accounts, then the account names and addresses the evidence is identified by.
+    assert doc["user"] == ["ann@contoso.test", "CONTOSO\\svc", "bob@contoso.test", "local", "ann", "svc"]
     assert doc["user_name"] == ["ann", "svc", "local"]
     single = _doc(_alert(evidence=evidence[:1], mitreTechniques=["T1003"]))
-    assert single["dest"] == ["pc1.contoso.test"] and single["mitre_technique_id"] == ["T1003"]
+    assert single["dest"] == ["pc1.contoso.test", "pc1"] and single["mitre_technique_id"] == ["T1003"]
     assert "user" not in single and "user_name" not in single
 
 
 def test_actor_comes_first_as_in_the_add_on() -> None:
     doc = _doc(_alert(actorDisplayName="Manatee Tempest", evidence=[
         {"@odata.type": NS + "userEvidence", "userAccount": {"userPrincipalName": "ann@contoso.test"}}]))
-    assert doc["user"] == ["Manatee Tempest"]
+    assert doc["user"] == ["Manatee Tempest", "ann@contoso.test"]  # then the evidence's accounts
     assert doc["defender"]["actor_display_name"] == "Manatee Tempest"
 
 
@@ -230,3 +248,53 @@ def test_hostile_text_stays_one_line_of_json() -> None:
     doc = _doc(_alert(title=text, description=text, evidence=[{"@odata.type": NS + "deviceEvidence",
                                                                 "deviceDnsName": text}]))
     assert doc["signature"] == doc["description"] == text and doc["dest"] == [text]
+
+
+# --------------------------------------------------------------------------- evidence identities (issue 16)
+
+
+@cache
+def _official() -> list[tuple[str, Alert]]:
+    """Every alert of the Graph metadata corpus, normalised: one per evidence type (plain and
+    hostile text), one per enum member."""
+    raws = [(name, raw) for name, raw in official_alerts.evidence_alerts()]
+    raws += [(f"hostile {name}", raw) for name, raw in official_alerts.evidence_alerts(hostile=True)]
+    raws += [(f"{enum}={member}", raw) for enum, member, raw in official_alerts.enum_alerts()]
+    return [(name, normalise(raw, TENANT, INGESTED)) for name, raw in raws]
+
+
+def test_every_identifying_value_is_in_its_cim_field() -> None:
+    missing = []
+    for name, alert in _official():
+        doc = _doc(alert)
+        for evidence in alert.evidence:
+            for row, values in identity_values(evidence):
+                field = cim.identity_field(row.graph, row.kind)
+                for value in values:
+                    for one in value if isinstance(value, list) else [value]:
+                        if one not in doc.get(field, []):
+                            missing.append(f"{name}: {row.graph} {one!r} not in {field}")
+    assert not missing, "\n".join(missing[:40])
+
+
+def test_identity_fields_are_ordered_sets_and_every_identity_has_a_field() -> None:
+    for _, alert in _official():
+        doc = _doc(alert)
+        assert list(doc) == [key for key in CIM_FIELDS if key in doc]
+        for field in ("dest", "user", *cim.IDENTITY_FIELDS):
+            if field in doc:
+                assert isinstance(doc[field], list) and doc[field]
+                assert len(doc[field]) == len({json.dumps(v) for v in doc[field]})
+        assert rebuild(doc) == _without_raw(alert)  # still lossless
+    assert set(cim.IDENTITY_FIELD_OF_KIND) == set(KINDS)
+    assert set(cim.FIELD_MODELS) == {"dest", "user", *cim.IDENTITY_FIELDS}
+    assert set(cim.IDENTITY_FIELD_OF_PATH.values()) | set(cim.IDENTITY_FIELD_OF_KIND.values()) == set(
+        cim.FIELD_MODELS)
+    graph_paths = {row.graph for rows in IDENTITIES.values() for row in rows}
+    assert set(cim.IDENTITY_FIELD_OF_PATH) <= graph_paths  # no stale path
+
+
+def test_the_docs_table_of_identity_fields_is_the_codes() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "formats.md").read_text(encoding="utf-8")
+    section = docs.split("\n## cim", 1)[1].split("\n## ", 1)[0]
+    assert cim.identity_markdown() in section

@@ -12,18 +12,23 @@ values, hostile text.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
 import pytest
 
 from core.model.schema import Alert, TenantRef
 from mappings import ecs
+from mappings.evidence import identity_values
 from mappings.graph_alerts_v2 import normalise
 from tests.helpers import SHARED_SAMPLES, run_cli
+from tests.mappings import ecs_reference, official_alerts
+from tests.mappings.ecs_reference import ecs_fields
 
 FIXTURES = SHARED_SAMPLES / "elastic" / "m365_defender" / "alert"
 TENANT = TenantRef(id="3adb963c-8e61-48e8-a06d-6dbb0dacea39", label="contoso")
@@ -56,6 +61,11 @@ DELIBERATE_DIFFERENCES: dict[str, str] = {
     "m365_defender.alert.web_url": "uri_parts of alertWebUrl, whose original is event.url (pipeline default "
                                    "removes it)",
 }
+
+# ECS lists where we add to what the pipeline puts: its values must be where ours start, in
+# its order; ours follow (each evidence's identifying values of mappings/evidence.py that the
+# pipeline does not read, e.g. a device's lastIpAddress and ipInterfaces).
+EXTENDED_LISTS = ("related.hash", "related.hosts", "related.ip", "related.user")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -132,6 +142,8 @@ def _differences(ours: dict[str, Any], expected: dict[str, Any]) -> tuple[list[s
     for path, want in _leaves(expected):
         got = _at(ours, path)
         if got == want:
+            continue
+        if path in EXTENDED_LISTS and isinstance(want, list) and isinstance(got, list) and got[:len(want)] == want:
             continue
         key = _deliberate(path)
         if key is None:
@@ -380,7 +392,9 @@ def test_every_evidence_kind_lands_in_its_ecs_group() -> None:
     related = doc["related"]
     assert related["ip"] == ["192.0.2.7", "198.51.100.7"]
     assert related["hash"] == ["d" * 40, "e" * 64, "a" * 40, "b" * 64, "f" * 40, "c" * 32]
-    assert related["hosts"] == ["x.example", "y.example", "mde-1", "Windows11", "22H2", "ws1.contoso.test", "CONTOSO"]
+    # The pipeline's values, then the identifying values it does not read (the device's hostName).
+    assert related["hosts"] == ["x.example", "y.example", "mde-1", "Windows11", "22H2", "ws1.contoso.test", "CONTOSO",
+                                "WS1"]
     assert related["user"] == ["ana@contoso.test", "A", "a@x.example", "B", "b@y.example", "bob", "aad-ana", "ana",
                                "S-1-5-21-1-2-3-1001"]
 
@@ -649,3 +663,124 @@ def test_hostile_text_encodes_as_one_valid_line() -> None:
     assert len(doc["message"]) == 10_000_000
     assert doc["process"]["command_line"] == [nasty]
     assert doc["m365_defender"]["alert"]["additional_data"] == {"huge": 2**80}
+
+
+# --------------------------------------------------------------------------- identities and ECS 8.11 (issue 16)
+
+# Where an identifying value of each kind (mappings.evidence.KINDS) must also be: related.*.
+RELATED_OF_KIND = {"ip": "ip", "host": "hosts", "user": "user", "email": "user", "hash": "hash"}
+# Roots of our own fields (ECS leaves custom fields to the user): Elastic's integration's vendor
+# root, and the forwarder's MSSP context.
+CUSTOM_ROOTS = ("m365_defender", "defender_forwarder")
+# ECS type -> the JSON values a field of it takes (ip and date are checked further below).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("keyword", "constant_keyword", "text", "wildcard", "match_only_text", "date", "ip"), (str,)),
+    **dict.fromkeys(("long", "integer", "short", "byte", "unsigned_long"), (int,)),
+    **dict.fromkeys(("float", "half_float", "double", "scaled_float"), (int, float)),
+    "boolean": (bool,),
+}
+_OBJECT_TYPES = ("object", "flattened", "nested")
+ECS_REFERENCE_VERSION = "8.11"
+
+
+@cache
+def _official() -> list[tuple[str, Alert]]:
+    """Every alert of the Graph metadata corpus, normalised: one per evidence type (plain and
+    hostile text), one per enum member."""
+    raws = [(name, raw) for name, raw in official_alerts.evidence_alerts()]
+    raws += [(f"hostile {name}", raw) for name, raw in official_alerts.evidence_alerts(hostile=True)]
+    raws += [(f"{enum}={member}", raw) for enum, member, raw in official_alerts.enum_alerts()]
+    return [(name, normalise(raw, TENANT, INGESTED)) for name, raw in raws]
+
+
+def _fits(ecs_type: str, value: Any) -> bool:
+    """Whether a JSON value is one a field of `ecs_type` takes."""
+    if value.__class__ is bool:
+        return ecs_type == "boolean"
+    if not isinstance(value, _JSON_TYPES.get(ecs_type, ())):
+        return False
+    if ecs_type == "ip":
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return False
+    elif ecs_type == "date":
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            return False
+    return True
+
+
+def _not_ecs(doc: dict[str, Any], fields: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """Every leaf of `doc` that is neither an ECS field taking its value nor under a custom root."""
+    def walk(value: Any, path: str) -> Iterator[str]:
+        if path.split(".", 1)[0] in CUSTOM_ROOTS:
+            return
+        spec = fields.get(path)
+        if isinstance(value, list):
+            for item in value:
+                yield from walk(item, path)
+        elif isinstance(value, dict):
+            if spec is not None and spec["type"] in _OBJECT_TYPES:
+                return
+            for key, item in value.items():
+                yield from walk(item, f"{path}.{key}" if path else key)
+        elif spec is None:
+            yield f"{path}: not an ECS {ECS_REFERENCE_VERSION} field"
+        elif not _fits(spec["type"], value):
+            yield f"{path}: {value!r} is not an ECS {spec['type']}"
+    return walk(doc, "")
+
+
+def test_our_custom_roots_are_not_ecs_field_sets() -> None:
+    fields = ecs_fields()
+    assert ecs.ECS_VERSION == ecs_reference.ECS_VERSION
+    assert not [f for f in fields if f.split(".", 1)[0] in CUSTOM_ROOTS]
+
+
+def test_every_field_is_an_ecs_8_11_field_of_its_type_or_under_a_custom_root() -> None:
+    fields = ecs_fields()
+    documents = [(name, ecs.to_ecs(alert)) for name, alert in _official()]
+    documents += [(f"Elastic's fixture {n}", _ecs(raw)) for n, (raw, _) in enumerate(_fixture_pairs())]
+    wrong = sorted({f"{problem} (e.g. in {name})" for name, doc in documents for problem in _not_ecs(doc, fields)})
+    assert not wrong, "\n".join(wrong)
+
+
+def test_each_identity_is_in_its_related_field() -> None:
+    missing = []
+    for name, alert in _official():
+        related = json.loads(ecs.encode(alert)).get("related", {})
+        for evidence in alert.evidence:
+            for row, values in identity_values(evidence):
+                field = RELATED_OF_KIND.get(row.kind)
+                if field is None:
+                    continue
+                for value in values:
+                    if row.kind == "ip" and not _fits("ip", value):
+                        continue  # not an address: kept in the evidence, out of the ip field
+                    if str(value) not in related.get(field, []):
+                        missing.append(f"{name}: {row.graph} {value!r} not in related.{field}")
+    assert not missing, "\n".join(missing[:40])
+
+
+def test_related_lists_are_distinct_values_in_a_stable_order() -> None:
+    for _, alert in _official():
+        first = json.loads(ecs.encode(alert)).get("related", {})
+        assert first == json.loads(ecs.encode(alert)).get("related", {})
+        for values in first.values():
+            assert len(values) == len(set(values))
+    related = ecs.to_ecs(_one_of_each())["related"]
+    assert related["ip"] == ["192.0.2.7", "198.51.100.7"]  # the pipeline's order: source.ip, then host.ip
+    assert related["user"][-1:] == ["S-1-5-21-1-2-3-1001"]  # identities it already has are not repeated
+
+
+def test_every_identifying_value_is_in_the_document() -> None:
+    missing = []
+    for name, alert in _official():
+        scalars = set(_scalars(json.loads(ecs.encode(alert))))
+        for evidence in alert.evidence:
+            for row, values in identity_values(evidence):
+                missing += [f"{name}: {row.graph} {value!r}" for value in values
+                            if value not in scalars and str(value) not in scalars]
+    assert not missing, "\n".join(missing[:40])
