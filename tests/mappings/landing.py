@@ -72,7 +72,7 @@ def _where(places: list[tuple[str, str]], value: str) -> list[str]:
 
 # Where a format keeps a copy of the whole evidence or a cross-reference list: a value is
 # named there only when it lands nowhere more specific.
-COPIES = {"cef": (), "ocsf": ("unmapped",), "ecs": ("related.", "m365_defender.alert.evidence"),
+COPIES = {"cef": (), "ocsf": ("unmapped", "evidences[].data"), "ecs": ("related.", "m365_defender.alert.evidence"),
           "cim": ("defender.evidence",)}
 
 

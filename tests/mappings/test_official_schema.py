@@ -97,3 +97,15 @@ def test_each_identity_path_finds_what_graph_sent() -> None:
             sent = [str(v) for v in graph_values(alert["evidence"][0], row.graph)]
             assert sent, f"{name}.{row.graph}: the generated alert has no value there"
             assert [str(v) for v in values_at(evidence, row.common)] == sent, f"{name}.{row.graph} -> {row.common}"
+
+
+def test_the_landing_table_in_docs_is_what_the_formats_do() -> None:
+    """docs/formats.md's table of where each identity lands, against the encoders' output
+    (rewrite it with `python -m tests.mappings.landing --write`)."""
+    from tests.mappings import landing
+
+    schema()
+    documented = landing.documented()
+    assert documented is not None, f"{landing.DOC}: the evidence-landing markers are missing"
+    assert documented == landing.markdown(), "docs/formats.md is stale: python -m tests.mappings.landing --write"
+    assert landing.NOT_FOUND not in documented, "an identifying value lands nowhere in some format"
