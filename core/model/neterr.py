@@ -101,7 +101,10 @@ def _cause(err: BaseException, peer: str | None) -> str:  # noqa: PLR0911 - one 
             return _timeout(current, "write")
         if "PoolTimeout" in names:
             return "no free connection in the pool in time"
-        if "ConnectionTimeout" in names:  # elastic_transport's: it does not tell the phase
+    for current in chain:
+        # elastic_transport's, wrapping the client's own: told only when nothing behind it
+        # tells the phase (the aiohttp node's one total timeout does not).
+        if "ConnectionTimeout" in _names(current):
             return "timeout (connecting or waiting for the answer)"
     for current in chain:
         if isinstance(current, ssl.SSLCertVerificationError) and getattr(current, "verify_message", None):
