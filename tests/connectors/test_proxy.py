@@ -202,3 +202,44 @@ def test_setup_elasticsearch_goes_through_forwarder_proxy(setup: CloudSetup, es:
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(": installed") == 2
     assert _target(es.url) in proxy.connects()
+
+
+# ---- a proxy that demands credentials (tinyproxy's BasicAuth), through the CLI ----------------------
+PROXY_USER, PROXY_PASSWORD = "forwarder", "PROXY0SECRET-pass"
+
+
+@pytest.fixture
+def auth_proxy(tmp_path: Path) -> Iterator[Proxy]:
+    (tmp_path / "auth-proxy").mkdir()
+    with Proxy(tmp_path / "auth-proxy", auth=(PROXY_USER, PROXY_PASSWORD)) as running:
+        yield running
+
+
+def _with_password(proxy: Proxy, password: str) -> str:
+    return f"http://{PROXY_USER}:{password}@127.0.0.1:{proxy.port}"
+
+
+def test_forwarder_proxy_with_credentials_carries_login_graph_and_elasticsearch(
+        setup: CloudSetup, es: EsPeer, auth_proxy: Proxy) -> None:
+    tenant_id = setup.tenant("contoso")
+    setup.cloud.add_alerts(tenant_id, make_alerts(2, tenant_id, recent(60), timedelta(minutes=1)))
+    setup.forwarder["proxy"] = _with_password(auth_proxy, PROXY_PASSWORD)
+    setup.sinks = {"elastic": {"type": "elasticsearch", "hosts": [es.url], "api_key": "env:DF_TEST_ES_KEY",
+                               "ca_file": str(es.ca_file)}}
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(es.documents()) == 2
+    assert {_target(setup.cloud.base_url), _target(es.url)} <= set(auth_proxy.connects())
+    assert PROXY_PASSWORD not in result.stdout + result.stderr
+
+
+def test_https_proxy_with_credentials_carries_login_graph_and_hec(
+        setup: CloudSetup, hec: HecPeer, auth_proxy: Proxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant_id = setup.tenant("contoso")
+    setup.cloud.add_alerts(tenant_id, make_alerts(2, tenant_id, recent(60), timedelta(minutes=1)))
+    monkeypatch.setenv("HTTPS_PROXY", _with_password(auth_proxy, PROXY_PASSWORD))
+    setup.sinks = {"splunk": _hec_table(hec)}
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(hec.events()) == 2
+    assert {_target(setup.cloud.base_url), _target(hec.url)} <= set(auth_proxy.connects())
