@@ -243,3 +243,27 @@ def test_https_proxy_with_credentials_carries_login_graph_and_hec(
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(hec.events()) == 2
     assert {_target(setup.cloud.base_url), _target(hec.url)} <= set(auth_proxy.connects())
+
+
+def test_a_wrong_proxy_password_is_one_clear_line_and_never_shown(
+        setup: CloudSetup, hec: HecPeer, auth_proxy: Proxy) -> None:
+    wrong = "WRONG0proxy0pass"
+    tenant_id = setup.tenant("contoso")
+    setup.cloud.add_alerts(tenant_id, make_alerts(2, tenant_id, recent(60), timedelta(minutes=1)))
+    setup.forwarder["proxy"] = _with_password(auth_proxy, wrong)
+    setup.sinks = {"splunk": _hec_table(hec)}
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 1, result.stdout + result.stderr  # README: some tenants failed
+    masked = f"http://{PROXY_USER}:***@127.0.0.1:{auth_proxy.port}"
+    lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    # tinyproxy 1.11 answers a CONNECT with wrong credentials 401 (not 407); told as it said.
+    assert lines == [f"{lines[0].split(' ERROR ')[0]} ERROR defender_forwarder.pipeline: tenant contoso: login service "
+                     f"unreachable: {_target(setup.cloud.base_url)}: proxy {masked} refused the connection: "
+                     "401 Unauthorized; check the user and password in the proxy URL (will retry next cycle)"], \
+        result.stderr
+    assert "Traceback" not in result.stderr
+    assert hec.events() == []
+    stored = b"".join(path.read_bytes() for path in setup.state.parent.glob(setup.state.name + "*"))
+    assert b"login service unreachable" in stored  # the tenant's last error is kept...
+    for text in (result.stdout, result.stderr, auth_proxy.log(), stored.decode("utf-8", "replace")):
+        assert wrong not in text  # ...and the password is nowhere
