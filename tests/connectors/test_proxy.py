@@ -3,7 +3,9 @@ environment, `[forwarder] proxy` from the config, TLS verified end to end throug
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +17,10 @@ from connectors.base import Connector, Event, Outcome, SinkFatal
 from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSinkConfig
 from connectors.eventhub import EventHubConnector, EventHubSinkConfig
 from connectors.splunk_hec import SplunkHecConnector, SplunkHecSinkConfig
+from core.model.neterr import describe
+from core.model.proxy import proxy_for
 from core.model.schema import EventMeta, Severity
+from core.sources.auth import http_session
 from tests.helpers import CloudSetup, recent, run_cli
 from tests.peers.alert_factory import make_alerts
 from tests.peers.es_peer import EsPeer
@@ -267,3 +272,39 @@ def test_a_wrong_proxy_password_is_one_clear_line_and_never_shown(
     assert b"login service unreachable" in stored  # the tenant's last error is kept...
     for text in (result.stdout, result.stderr, auth_proxy.log(), stored.decode("utf-8", "replace")):
         assert wrong not in text  # ...and the password is nowhere
+
+
+def test_a_percent_encoded_proxy_password_reaches_the_proxy_decoded(setup: CloudSetup, hec: HecPeer) -> None:
+    """`p%40ss` in the URL is the password `p@ss`, for httpx (Graph, HEC, Elasticsearch) and
+    requests (the login) alike; a proxy that refuses it is told with the password masked.
+    (tinyproxy's config cannot hold an `@`: a loopback proxy that only reads the CONNECT.)"""
+    seen: list[str] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        port = listener.getsockname()[1]
+
+        def refuse(count: int) -> None:
+            for _ in range(count):
+                conn, _ = listener.accept()
+                with conn:
+                    head = conn.recv(65536).decode("latin-1")
+                    seen.extend(line.split(" ", 2)[2] for line in head.split("\r\n")
+                                if line.lower().startswith("proxy-authorization: basic "))
+                    conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=refuse, args=(2,), daemon=True)
+        thread.start()
+        url = f"http://forwarder:p%40ss@127.0.0.1:{port}"
+        results = asyncio.run(_send(_hec_connector(hec, url), _events(1)))
+        session = http_session(None, 1, 5, url)
+        with pytest.raises(Exception) as caught:
+            session.get(f"{setup.cloud.base_url}/x")
+        thread.join(10)
+    assert [base64.b64decode(value).decode() for value in seen] == ["forwarder:p@ss"] * 2
+    masked = f"proxy http://forwarder:***@127.0.0.1:{port} refused the connection: 407 Proxy Authentication Required"
+    assert [r.outcome for r in results] == [Outcome.RETRY] and masked in results[0].reason, results[0].reason
+
+    proxy_for(setup.cloud.base_url, url)  # what the pipeline does before it logs in
+    assert masked in describe(caught.value), describe(caught.value)
+    assert "p@ss" not in results[0].reason + describe(caught.value)
