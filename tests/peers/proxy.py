@@ -4,7 +4,9 @@ generated config, its log read back to prove which CONNECTs went through it.
 tinyproxy allows CONNECT to any port when the config has no `ConnectPort` line (its default
 config restricts it to 443 and 563; the peers listen on free high ports). `Proxy(refuse=True)`
 gives a proxy that answers every CONNECT with 403, as a proxy that does not let the forwarder
-out would.
+out would. `Proxy(auth=(user, password))` gives one that demands those credentials
+(tinyproxy's `BasicAuth`: a CONNECT without them, or with others, is answered 407;
+tinyproxy's config takes only letters, digits, `-`, `.` and `_` in either).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ def _free_port() -> int:
 class Proxy:
     """One tinyproxy process in `run_dir`; `url` is what HTTPS_PROXY or `[forwarder] proxy` take."""
 
-    def __init__(self, run_dir: Path, refuse: bool = False) -> None:
+    def __init__(self, run_dir: Path, refuse: bool = False, auth: tuple[str, str] | None = None) -> None:
         if not os.access(TINYPROXY, os.X_OK):
             pytest.skip("tinyproxy is not installed (apt-get install tinyproxy; .ci/run does it)")
         self.run_dir = run_dir
@@ -44,6 +46,8 @@ class Proxy:
                  f"Allow {HOST}", "MaxClients 100", "Timeout 60"]
         if refuse:
             lines.append("ConnectPort 0")  # the man page's way to refuse every CONNECT
+        if auth is not None:
+            lines.append(f"BasicAuth {auth[0]} {auth[1]}")
         self.config_file = run_dir / "tinyproxy.conf"
         self.config_file.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
