@@ -155,9 +155,10 @@ def test_a_sink_no_proxy_carries_says_so_once(setup: CloudSetup, proxy: Proxy) -
     assert len(lines) == 1 and "sink siem: syslog" in lines[0]
 
 
-# Event Hubs: through a proxy the SDK speaks AMQP over WebSockets, which the AMQP peer does not
-# serve (plain TCP only). What is observable: the WebSocket request reaching the proxy, a
-# failure that names the proxy (password masked), and NO_PROXY keeping plain AMQP.
+# Event Hubs: through a proxy the SDK speaks AMQP over WebSockets, which the AMQP peer's plain
+# TCP port does not serve. Here, with the emulator connection string: the WebSocket request
+# reaching the proxy, a failure that names the proxy (password masked), and NO_PROXY keeping
+# plain AMQP. Delivery through the proxy over wss: test_eventhub_proxy.py (the WebSocket front).
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[EventHubPeer]:
     with EventHubPeer() as peer:

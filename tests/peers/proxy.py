@@ -5,8 +5,8 @@ tinyproxy allows CONNECT to any port when the config has no `ConnectPort` line (
 config restricts it to 443 and 563; the peers listen on free high ports). `Proxy(refuse=True)`
 gives a proxy that answers every CONNECT with 403, as a proxy that does not let the forwarder
 out would. `Proxy(auth=(user, password))` gives one that demands those credentials
-(tinyproxy's `BasicAuth`: a CONNECT without them, or with others, is answered 407;
-tinyproxy's config takes only letters, digits, `-`, `.` and `_` in either).
+(tinyproxy's `BasicAuth`, 1.11+: a CONNECT without them, or with others, is refused; `url`
+then carries them). tinyproxy's config takes only letters, digits, `-`, `.` and `_` in either.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -42,12 +43,14 @@ class Proxy:
         self.port = _free_port()
         self.log_file = run_dir / "tinyproxy.log"
         self.url = f"http://{HOST}:{self.port}"
+        if auth is not None:
+            self.url = f"http://{quote(auth[0], safe='')}:{quote(auth[1], safe='')}@{HOST}:{self.port}"
         lines = [f"Port {self.port}", f"Listen {HOST}", f'LogFile "{self.log_file}"', "LogLevel Info",
                  f"Allow {HOST}", "MaxClients 100", "Timeout 60"]
-        if refuse:
-            lines.append("ConnectPort 0")  # the man page's way to refuse every CONNECT
         if auth is not None:
             lines.append(f"BasicAuth {auth[0]} {auth[1]}")
+        if refuse:
+            lines.append("ConnectPort 0")  # the man page's way to refuse every CONNECT
         self.config_file = run_dir / "tinyproxy.conf"
         self.config_file.write_text("\n".join(lines) + "\n")
         self.process: subprocess.Popen[bytes] | None = None
