@@ -616,7 +616,6 @@ def _age(seconds: int | None) -> str:
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h" if seconds >= 86400 else f"{seconds // 60}m"
 
 
-@_guarded
 def cmd_completion(args: argparse.Namespace) -> int:
     import argcomplete
 
@@ -624,6 +623,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@_guarded
 def cmd_consent_url(args: argparse.Namespace) -> int:
     from core.sources.auth import consent_url
 
