@@ -59,7 +59,7 @@ from connectors.elasticsearch_setup import TEMPLATE_NAME, Request
 from connectors.sizes import RequestLimit
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
-from core.model.neterr import describe
+from core.model.neterr import connect_and_read, describe
 from core.model.proxy import proxy_for
 from core.model.secrets import Secret
 
@@ -121,9 +121,11 @@ def es_url(config: ElasticsearchSinkConfig) -> str:
     return f"https://{host}:{port}"
 
 
-def _proxied_node_class(config: ElasticsearchSinkConfig, proxy: str) -> type:
-    """elastic-transport's httpx node, its client rebuilt to go through `proxy`: the default
-    (aiohttp) node takes no proxy at all. TLS is ours (connectors/tls.py), end to end."""
+def _node_class(config: ElasticsearchSinkConfig, proxy: str | None) -> type:
+    """elastic-transport's httpx node, its client rebuilt with our TLS (connectors/tls.py, end to
+    end), a short connect timeout apart from request_timeout (neterr.connect_and_read: the
+    default aiohttp node takes one total timeout only, so an unreachable cluster took the whole
+    request_timeout to be told), and `proxy` when one is given (the aiohttp node takes none)."""
     import httpx
     from elastic_transport import HttpxAsyncHttpNode, NodeConfig
 
@@ -131,25 +133,30 @@ def _proxied_node_class(config: ElasticsearchSinkConfig, proxy: str) -> type:
         verify = ssl_context(config)
     except TlsFileError as err:
         raise SinkFatal(str(err)) from None
+    connect, read = connect_and_read(config.request_timeout)
 
-    class ProxiedHttpxNode(HttpxAsyncHttpNode):
+    class HttpxNode(HttpxAsyncHttpNode):
         def __init__(self, node: NodeConfig) -> None:
             super().__init__(node)
-            self.client = httpx.AsyncClient(base_url=self.client.base_url, timeout=self.client.timeout,
+            self.client = httpx.AsyncClient(base_url=self.client.base_url, timeout=httpx.Timeout(read, connect=connect),
                                             limits=httpx.Limits(max_connections=node.connections_per_node),
                                             verify=verify if node.scheme == "https" else False,
                                             proxy=proxy, trust_env=False)
 
-    return ProxiedHttpxNode
+    return HttpxNode
 
 
 def client_for(config: ElasticsearchSinkConfig, proxy: str | None = None) -> Any:
     """The async client for a sink, its own retries off (the delivery worker retries);
-    through `proxy` (what `proxy_for` decided for the cluster) when one is given."""
+    through `proxy` (what `proxy_for` decided for the cluster) when one is given.
+
+    The httpx node (`_node_class`) carries the timeouts, so none is given per request: a
+    request's own timeout would replace the node's (connect included). A pinned
+    `ssl_assert_fingerprint` is checked by the aiohttp node only (httpx has no public way to
+    check one), so that sink keeps the aiohttp node and its single total request_timeout."""
     from elasticsearch import AsyncElasticsearch
 
-    options: dict[str, Any] = {"request_timeout": config.request_timeout, "max_retries": 0,
-                               "retry_on_status": (), "retry_on_timeout": False}
+    options: dict[str, Any] = {"max_retries": 0, "retry_on_status": (), "retry_on_timeout": False}
     if config.cloud_id is not None:
         options["cloud_id"] = config.cloud_id.get_secret_value()
     else:
@@ -168,12 +175,14 @@ def client_for(config: ElasticsearchSinkConfig, proxy: str | None = None) -> Any
             options["client_key"] = config.client_key
     if not config.tls_verify:
         options["verify_certs"] = False
-    if proxy is not None:
-        if config.ssl_assert_fingerprint:
+    if config.ssl_assert_fingerprint:
+        if proxy is not None:
             # The pinned fingerprint is checked by the aiohttp node only, which takes no proxy.
             raise SinkFatal("ssl_assert_fingerprint cannot be used through a proxy; use ca_file, "
                             "or exempt the cluster with NO_PROXY")
-        options["node_class"] = _proxied_node_class(config, proxy)
+        options["request_timeout"] = config.request_timeout
+    else:
+        options["node_class"] = _node_class(config, proxy)
     return AsyncElasticsearch(**options)
 
 

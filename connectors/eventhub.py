@@ -27,7 +27,16 @@ Status table
   an event larger than the hub's maximum                        dead letter
 
 TLS: the AMQP connection is the SDK's own; of the keys of `connectors.tls` only `ca_file`
-applies, and to the Entra login host (`authority`), not to the hub. The others are refused.
+applies: to the Entra login host (`authority`, azure-identity's `connection_verify`) and to the
+hub (the SSL context of connectors.tls: `ca_file` instead of the system store, as for every
+sink; a TLS-inspecting proxy re-signs both). The others are refused.
+
+Proxy: AMQP (5671) cannot cross an HTTP proxy, so through one the SDK speaks AMQP over
+WebSockets (wss, port 443), tunnelled by CONNECT. `custom_endpoint_address` (the SDK's own
+option: an application gateway or other address in front of the namespace) is where the
+connection then goes (AMQP over TLS on its port, 5671 by default, or WebSockets on 443 by
+default); the proxy is decided for that host. `transport = "websockets"` speaks AMQP over
+WebSockets without a proxy too (a firewall that lets only 443 out).
 """
 from __future__ import annotations
 
@@ -41,7 +50,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
-from connectors.tls import TLS_KEYS, TlsSinkConfig
+from connectors.tls import TLS_KEYS, TlsFileError, TlsSinkConfig, ssl_context
 from core.model.durations import Duration
 from core.model.neterr import describe
 from core.model.proxy import proxy_for, redacted
@@ -53,6 +62,7 @@ log = logging.getLogger("defender_forwarder.eventhub")
 RECORD_CATEGORY = "DefenderForwarder-Alert"
 EVENTHUBS_SCOPE = "https://eventhubs.azure.net/.default"
 AMQPS_PORT = 5671
+WEBSOCKET_PORT = 443
 
 
 class EventHubSinkConfig(TlsSinkConfig):
@@ -70,7 +80,14 @@ class EventHubSinkConfig(TlsSinkConfig):
     certificate: Secret | None = Field(default=None, description="PEM with the private key")
     certificate_password: Secret | None = None
     authority: str | None = Field(default=None, description="login host; default: the public cloud's")
-    ca_file: str | None = Field(default=None, description="an extra CA for the login host (a TLS-inspecting proxy)")
+    ca_file: str | None = Field(default=None, description="the CA to trust for the login host and the hub "
+                                "(a TLS-inspecting proxy); default: the system store")
+    custom_endpoint_address: str | None = Field(
+        default=None, description="https://host[:port] to connect to instead of the namespace (an application "
+        "gateway in front of it); its port defaults to 5671 (AMQP), 443 over WebSockets")
+    transport: Literal["amqp", "websockets"] = Field(
+        default="amqp", description="websockets: AMQP over WebSockets on port 443 (a firewall that lets only 443 "
+        "out); through a proxy it is always websockets")
     envelope: Literal["single", "records"] = "single"
     partition_key: str | None = Field(default="{tenant_id}", description="templates: {tenant_id}, {tenant}; "
                                       "empty: let the hub spread events")
@@ -122,7 +139,12 @@ def credential_for(config: EventHubSinkConfig, explicit_proxy: str | None = None
 
 
 def namespace_url(config: EventHubSinkConfig) -> str:
-    """The namespace as an https URL, for the proxy decision (AMQP over WebSockets is HTTPS)."""
+    """Where the connection goes, as an https URL, for the proxy decision (AMQP over
+    WebSockets is HTTPS): the custom endpoint when there is one, else the namespace."""
+    if config.custom_endpoint_address:
+        parts = urlsplit(config.custom_endpoint_address if "//" in config.custom_endpoint_address
+                         else f"https://{config.custom_endpoint_address}")
+        return f"https://{parts.netloc}"
     if config.fully_qualified_namespace is not None:
         return f"https://{config.fully_qualified_namespace}"
     assert config.connection_string is not None
@@ -144,6 +166,26 @@ def proxy_options(proxy: str | None) -> dict[str, Any]:
     if parts.username is not None:
         http_proxy |= {"username": unquote(parts.username), "password": unquote(parts.password or "")}
     return {"transport_type": TransportType.AmqpOverWebsocket, "http_proxy": http_proxy}
+
+
+def tls_options(config: EventHubSinkConfig) -> dict[str, Any]:
+    """The producer's TLS options: with `ca_file`, the SSL context every sink builds from its
+    TLS keys (`ca_file` trusted instead of the system store, as for the other sinks and the
+    login host); without, the SDK's default (certifi's public roots)."""
+    if not config.ca_file:
+        return {}
+    try:
+        return {"ssl_context": ssl_context(config)}
+    except TlsFileError as err:
+        raise SinkFatal(str(err)) from None
+
+
+def _is_connect_failure(err: Exception) -> bool:
+    """An AuthenticationError that is a connection not made: with a custom endpoint the
+    WebSocket transport reports a refused connect (to the endpoint or the proxy) as one
+    (azure-eventhub 5.15, pyamqp `_transport_async.py`, this text only there). Retried, not a
+    refused credential."""
+    return "Failed to authenticate the connection due to exception" in str(err)
 
 
 def _is_unknown_hub(err: Exception) -> bool:
@@ -170,7 +212,13 @@ class EventHubConnector(Connector):
 
         config = self.config
         self._proxy = proxy_for(namespace_url(config), self.proxy)
-        options = {"retry_total": config.retry_total, **proxy_options(self._proxy)}
+        options = {"retry_total": config.retry_total, **proxy_options(self._proxy), **tls_options(config)}
+        if config.transport == "websockets":
+            from azure.eventhub import TransportType
+
+            options["transport_type"] = TransportType.AmqpOverWebsocket
+        if config.custom_endpoint_address:
+            options["custom_endpoint_address"] = config.custom_endpoint_address
         if config.connection_string is not None:
             self._producer = EventHubProducerClient.from_connection_string(
                 config.connection_string.get_secret_value(), eventhub_name=config.eventhub_name, **options)
@@ -188,15 +236,22 @@ class EventHubConnector(Connector):
             self._credential = None
 
     def _where(self) -> str:
-        """host:port of the namespace (AMQP over TLS, 5671, unless the endpoint names a port);
-        never the connection string's key."""
+        """host:port the producer connects to: the custom endpoint, else the namespace; on its
+        port over AMQP (5671 unless the endpoint names one), on 443 over WebSockets (a proxy
+        or `transport = "websockets"`; the SDK ignores a namespace's port then). Never the
+        connection string's key."""
         config = self.config
+        websockets = self._proxy is not None or config.transport == "websockets"
+        default_port = WEBSOCKET_PORT if websockets else AMQPS_PORT
+        if config.custom_endpoint_address:
+            parts = urlsplit(namespace_url(config))
+            return f"{parts.hostname}:{parts.port or default_port}"
         if config.connection_string is not None:
             fields = dict(part.split("=", 1) for part in config.connection_string.get_secret_value().split(";")
                           if "=" in part)
             parts = urlsplit(fields.get("Endpoint", ""))
-            return f"{parts.hostname}:{parts.port or AMQPS_PORT}"
-        return f"{config.fully_qualified_namespace}:{AMQPS_PORT}"
+            return f"{parts.hostname}:{default_port if websockets else parts.port or AMQPS_PORT}"
+        return f"{config.fully_qualified_namespace}:{default_port}"
 
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
@@ -208,8 +263,11 @@ class EventHubConnector(Connector):
             for key, indexes in self._by_partition_key(batch).items():
                 await self._send_key(key, indexes, batch, results)
         except AuthenticationError as err:
-            raise SinkFatal(f"Event Hubs refused our credentials: {err}; check connection_string, or the app's "
-                            "\"Azure Event Hubs Data Sender\" role on the hub") from None
+            if not _is_connect_failure(err):
+                raise SinkFatal(f"Event Hubs refused our credentials: {err}; check connection_string, or the "
+                                "app's \"Azure Event Hubs Data Sender\" role on the hub") from None
+            through = f" (through proxy {redacted(self._proxy)})" if self._proxy else ""
+            return results.final(EventResult(Outcome.RETRY, describe(err, self._where()) + through))
         except EventHubError as err:
             if _is_unknown_hub(err):
                 raise SinkFatal(f"Event Hubs: {err}; check eventhub_name") from None
@@ -286,6 +344,9 @@ class EventHubConnector(Connector):
         try:
             properties = await self._producer.get_eventhub_properties()
         except AuthenticationError as err:
+            if _is_connect_failure(err):
+                through = f" (through proxy {redacted(self._proxy)})" if self._proxy else ""
+                raise SinkFatal(f"Event Hubs: {describe(err, self._where())}{through}") from None
             raise SinkFatal(f"Event Hubs refused our credentials: {err}") from None
         except EventHubError as err:
             raise SinkFatal(f"Event Hubs: {type(err).__name__}: {err}") from None

@@ -64,6 +64,28 @@ def untrusted_tls() -> Iterator[int]:
 
 
 @pytest.fixture
+def black_hole() -> Iterator[int]:
+    """A loopback port where a connect never completes; yields the port. A listener whose
+    accept queue is full and that never accepts leaves a new SYN unanswered (Linux drops it),
+    so a client sees a true connect timeout, not a refusal."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(8):  # fill the accept queue
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.fixture
 def no_machine_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test says exactly which proxy variables the forwarder sees (removed, not emptied:
     urllib, like curl, lets an empty lower-case variable cancel its upper-case twin)."""

@@ -3,6 +3,7 @@ that `--help` and cron start-up stay fast."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
@@ -22,6 +23,7 @@ cannot use, a full disk, a missing extra, an unreadable certificate or secret fi
 CONFIG_HELP = "config file (default: ./defender-forwarder.toml or $DEFENDER_FORWARDER_CONFIG)"
 LOG_LEVELS = ["debug", "info", "warning", "error"]  # the config's forwarder.log_level
 OUTPUTS = ["table", "json"]  # core.app.output.OUTPUTS, not imported: `--help` stays light
+SHELLS = ["bash", "zsh", "fish"]
 OUTPUT_HELP = "table (default: for people) or json (one JSON document on stdout, for scripts)"
 
 
@@ -104,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_onboarding(commands)
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")
+    completion = commands.add_parser(
+        "completion", help="print the shell's tab-completion code: eval \"$(defender-forwarder completion bash)\"",
+        description="print the tab-completion code for a shell; e.g. in ~/.bashrc: "
+                    "eval \"$(defender-forwarder completion bash)\"")
+    completion.add_argument("shell", choices=SHELLS, help="the shell to complete in")
     return parser
 
 
@@ -162,7 +169,14 @@ def _output_option() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        # The shell asks for completions (the code `completion` prints): argcomplete answers
+        # on its own channel and exits. Imported only then, so every other start stays light.
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     from core.app import commands  # here, not at the top: `--help` must not pay for its imports
 
     handler: Callable[[argparse.Namespace], int] = getattr(commands, "cmd_" + args.command.replace("-", "_"))

@@ -268,7 +268,18 @@ def _waiting_for(forwarder: Any) -> str:
 
 
 async def _forever(forwarder: Any) -> None:
-    async with forwarder:
+    from core.app.http import ListenFailed, StatusServer
+
+    async with contextlib.AsyncExitStack() as stack:
+        http = forwarder.settings.http
+        if http is not None:
+            # Before the first poll: a port already taken stops the daemon now, with exit 2.
+            try:
+                await stack.enter_async_context(StatusServer(http.listen))
+            except ListenFailed as err:
+                raise CommandFailed(str(err), EXIT_CONFIG) from None
+            log.info("serving /healthz on http://%s", http.listen)
+        await stack.enter_async_context(forwarder)
         log.info("forwarding %d tenants to %d sinks", len(forwarder.readers), len(forwarder.workers))
         await forwarder.run_forever()
 
@@ -603,6 +614,13 @@ def _age(seconds: int | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds // 86400}d {seconds % 86400 // 3600}h" if seconds >= 86400 else f"{seconds // 60}m"
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import argcomplete
+
+    print(argcomplete.shellcode(["defender-forwarder"], shell=args.shell), end="")
+    return EXIT_OK
 
 
 @_guarded

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from connectors import connector_class, sink_types
+from core.app.http import split_listen
 from core.model.durations import Duration
 from core.model.schema import Severity
 from core.model.secrets import LiteralSecretWarning, SecretRef, SecretUnavailable
@@ -37,6 +38,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
+class HttpSettings(_Strict):
+    """`[forwarder.http]`: the daemon's HTTP endpoint (core/app/http.py); off when absent."""
+
+    listen: str = Field(description="host:port the daemon serves /healthz on, e.g. 127.0.0.1:9464")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        split_listen(listen)
+        return listen
+
+
 class ForwarderSettings(_Strict):
     state: str = "forwarder.db"
     poll_interval: Duration = 300.0
@@ -51,6 +64,7 @@ class ForwarderSettings(_Strict):
     once_deadline: Duration = Field(default=300.0, description="how long `run --once` keeps retrying deliveries")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
+    http: HttpSettings | None = None
     proxy: str | None = Field(default=None, description="http(s)://[user:password@]host:port of the proxy every "
                               "connection goes through; default: HTTPS_PROXY/HTTP_PROXY (NO_PROXY exempts hosts)")
 

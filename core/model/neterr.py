@@ -8,6 +8,7 @@ imports no client: the model layer stays free of them and `--help` stays fast.
 """
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -15,12 +16,27 @@ from urllib.parse import urlsplit
 
 DEFAULT_PORTS = {"https": 443, "http": 80}
 CONNECT_TIMEOUT = 10.0  # seconds: a host that does not accept within this will not accept at all
+# host:port -> the proxy (its password masked) that connections to it go through, as
+# core.model.proxy decided: a proxy's refusal is told with the proxy it came from.
+_PROXIES: dict[str, str] = {}
+# The proxy's status line, as httpx (`407 Proxy Authentication Required`) or urllib3 (`Tunnel
+# connection failed: 407 ...`, inside requests' text) carries it.
+_PROXY_STATUS = re.compile(r"(?:Tunnel connection failed: |^)([1-5][0-9][0-9] [^'\"()]*[^'\"() ])")
 
 
 def connect_and_read(read: float) -> tuple[float, float]:
     """(connect, read) timeouts: connecting gets CONNECT_TIMEOUT (or `read`, when shorter), so
     an unreachable host is told within seconds while a slow answer may take `read`."""
     return min(CONNECT_TIMEOUT, read), read
+
+
+def through_proxy(peer: str, proxy: str | None) -> None:
+    """Connections to `peer` (host:port) go through `proxy` (None: directly); the proxy as a
+    log line may show it, its password masked."""
+    if proxy is None:
+        _PROXIES.pop(peer, None)
+    else:
+        _PROXIES[peer] = proxy
 
 
 def describe(err: BaseException, where: str | None = None) -> str:
@@ -92,7 +108,7 @@ def _cause(err: BaseException, peer: str | None) -> str:  # noqa: PLR0911 - one 
     for current in chain:
         names = _names(current)
         if "ProxyError" in names:
-            return f"proxy refused the connection: {_text(current)}"
+            return _proxy_refused(chain, peer)
         if "ConnectTimeout" in names:
             return _timeout(current, "connect")
         if "ReadTimeout" in names:
@@ -101,7 +117,10 @@ def _cause(err: BaseException, peer: str | None) -> str:  # noqa: PLR0911 - one 
             return _timeout(current, "write")
         if "PoolTimeout" in names:
             return "no free connection in the pool in time"
-        if "ConnectionTimeout" in names:  # elastic_transport's: it does not tell the phase
+    for current in chain:
+        # elastic_transport's, wrapping the client's own: told only when nothing behind it
+        # tells the phase (the aiohttp node's one total timeout does not).
+        if "ConnectionTimeout" in _names(current):
             return "timeout (connecting or waiting for the answer)"
     for current in chain:
         if isinstance(current, ssl.SSLCertVerificationError) and getattr(current, "verify_message", None):
@@ -124,6 +143,21 @@ def _cause(err: BaseException, peer: str | None) -> str:  # noqa: PLR0911 - one 
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return f"TLS certificate fails verification{_certificate(peer)}"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _proxy_refused(chain: list[BaseException], peer: str | None) -> str:
+    """`proxy http://user:***@host:port refused the connection: 407 Proxy Authentication
+    Required; ...`: the proxy (when known) and its own status line, not the client's wrapping."""
+    proxy = _PROXIES.get(peer) if peer else None
+    who = f"proxy {proxy}" if proxy else "proxy"
+    for current in chain:
+        said = _PROXY_STATUS.search(_text(current))
+        if said:
+            status = said.group(1)
+            hint = ("; check the user and password in the proxy URL"
+                    if status[:3] in ("401", "407") else "")
+            return f"{who} refused the connection: {status}{hint}"
+    return f"{who} refused the connection: {_text(chain[0])}"
 
 
 def _text(err: BaseException) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import urllib.request
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from core.model.neterr import address, through_proxy
 from core.model.secrets import REDACTOR
 
 
@@ -18,13 +19,15 @@ def proxy_for(url: str, explicit: str | None = None) -> str | None:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     # proxy_bypass_environment reads no_proxy/NO_PROXY the way urllib does (suffixes, `*`).
-    if host and urllib.request.proxy_bypass_environment(netloc):
-        return None
-    environment = urllib.request.getproxies_environment()
-    # ALL_PROXY is the fallback of every scheme, as curl and httpx read it.
-    proxy = explicit or environment.get(parts.scheme or "https") or environment.get("all")
+    proxy = None
+    if not (host and urllib.request.proxy_bypass_environment(netloc)):
+        environment = urllib.request.getproxies_environment()
+        # ALL_PROXY is the fallback of every scheme, as curl and httpx read it.
+        proxy = explicit or environment.get(parts.scheme or "https") or environment.get("all")
     if proxy:
         _register_password(proxy)
+    # A refusal by the proxy is then told with the proxy's name (core.model.neterr).
+    through_proxy(address(urlunsplit(parts)), redacted(proxy) if proxy else None)
     return proxy
 
 

@@ -194,3 +194,37 @@ def test_a_config_path_that_cannot_be_read_is_named(tmp_path: Path) -> None:
         result = run_cli("check", "--config", str(path))
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert str(path) in result.stderr
+
+
+def _http_config(tmp_path: Path, listen: str) -> Path:
+    config = _config(tmp_path)
+    return write_config(config, {**_tables_of(config), "forwarder.http": {"listen": listen}})
+
+
+def _tables_of(config: Path) -> dict[str, dict[str, Any]]:
+    import tomllib
+
+    data = tomllib.loads(config.read_text())
+    tables: dict[str, dict[str, Any]] = {"forwarder": data["forwarder"]}
+    tables |= {f"tenants.{k}": v for k, v in data["tenants"].items()}
+    tables |= {f"sinks.{k}": v for k, v in data["sinks"].items()}
+    return tables
+
+
+def test_a_port_already_in_use_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = run_cli("run", "--config", str(_http_config(tmp_path, listen)), timeout=60)
+    line = _one_clear_line(result, "forwarder.http.listen", listen, "already in use", "another port")
+    assert "Traceback" not in result.stdout
+    assert not (tmp_path / "out.ndjson").exists(), line  # it stopped before the first poll
+
+
+def test_a_listen_address_that_is_not_host_port_is_a_config_error(tmp_path: Path) -> None:
+    result = run_cli("validate", "--config", str(_http_config(tmp_path, "9464")))
+    _one_clear_line(result)
+    assert "forwarder.http.listen" in result.stderr and "host:port" in result.stderr, result.stderr

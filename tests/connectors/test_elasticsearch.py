@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import ssl
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +30,7 @@ from connectors.elasticsearch import (
     namespace,
 )
 from connectors.elasticsearch_setup import FIELD_TYPES
+from core.model.neterr import CONNECT_TIMEOUT
 from core.model.schema import EventMeta, Severity, TenantRef
 from core.state.sqlite import SQLiteStore
 from mappings import ecs, raw
@@ -412,3 +415,44 @@ def test_one_document_too_large_for_the_cluster_is_a_dead_letter(es: EsPeer) -> 
     assert [r.outcome for r in results] == [Outcome.OK, Outcome.PERMANENT, Outcome.OK]
     assert results[1].reason.startswith("document too large for the cluster (HTTP 413")
     assert es.count() == 2
+
+
+# ---- timeouts: connecting is short, reading takes request_timeout ---------------------------------
+
+def _send_alone(config: dict[str, Any], events: list[Event], limit: float) -> tuple[list[Any], float]:
+    """One send of a fresh connector, and how long it took; a send that outlasts `limit` fails the
+    test (the client would otherwise wait out its whole request_timeout)."""
+    connector = ElasticsearchConnector("elastic", ElasticsearchSinkConfig.model_validate(config))
+
+    async def go() -> list[Any]:
+        try:
+            return await asyncio.wait_for(connector.send(events), limit)
+        finally:
+            await connector.close()
+
+    start = time.monotonic()
+    return asyncio.run(go()), time.monotonic() - start
+
+
+def test_an_unreachable_cluster_is_a_connect_timeout_within_seconds(black_hole: int) -> None:
+    """A host that never accepts is told within the short connect timeout (neterr.CONNECT_TIMEOUT,
+    10 s) although request_timeout is 60 s: a retry, named host:port and cause."""
+    config = {"type": "elasticsearch", "hosts": [f"http://127.0.0.1:{black_hole}"], "request_timeout": "60s"}
+    results, took = _send_alone(config, _padded([10, 10]), limit=20)
+    assert [r.outcome for r in results] == [Outcome.RETRY] * 2
+    assert results[0].reason == f"127.0.0.1:{black_hole}: connect timeout after {CONNECT_TIMEOUT:g}s", results[0].reason
+    assert CONNECT_TIMEOUT - 1 < took < CONNECT_TIMEOUT + 5, took
+
+
+def test_a_cluster_that_accepts_but_does_not_answer_is_a_read_timeout_of_request_timeout() -> None:
+    """Once connected, the answer may take request_timeout (here 1.5 s), and its expiry is told
+    as a read timeout, not as the connect timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever answers
+        port = silent.getsockname()[1]
+        config = {"type": "elasticsearch", "hosts": [f"http://127.0.0.1:{port}"], "request_timeout": "1.5s"}
+        results, took = _send_alone(config, _padded([10]), limit=10)
+    assert [r.outcome for r in results] == [Outcome.RETRY]
+    assert results[0].reason == f"127.0.0.1:{port}: read timeout after 1.5s", results[0].reason
+    assert 1.4 < took < 5, took

@@ -65,27 +65,13 @@ def test_untrusted_certificate_names_subject_and_issuer(untrusted_tls: int) -> N
     assert "Untrusted Test CA" in describe(_requests_error(f"https://127.0.0.1:{untrusted_tls}/"))
 
 
-def test_connect_timeout_text() -> None:
-    """A connect timeout, produced honestly on loopback: a listener whose backlog is full and
-    that never accepts leaves a new SYN unanswered (Linux drops it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(0)
-        port = sock.getsockname()[1]
-        fillers = []
-        try:
-            for _ in range(8):  # fill the accept queue
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            err = _httpx_error(f"http://127.0.0.1:{port}/", httpx.Timeout(5, connect=0.5))
-        finally:
-            for filler in fillers:
-                filler.close()
+def test_connect_timeout_text(black_hole: int) -> None:
+    """A connect timeout, produced honestly on loopback (the `black_hole` fixture: a listener
+    whose backlog is full leaves a new SYN unanswered)."""
+    err = _httpx_error(f"http://127.0.0.1:{black_hole}/", httpx.Timeout(5, connect=0.5))
     if not isinstance(err, httpx.ConnectTimeout):
         pytest.skip(f"this kernel answered a full backlog with {type(err).__name__}")
-    assert describe(err) == f"127.0.0.1:{port}: connect timeout after 0.5s"
+    assert describe(err) == f"127.0.0.1:{black_hole}: connect timeout after 0.5s"
 
 
 def test_address_keeps_no_path_or_query() -> None:

@@ -51,7 +51,7 @@ Choices where the service's behaviour is not known or not needed:
   * Key checking is off unless `keys` ({key name: key}) is given; JWT tokens (a TokenCredential
     client) are never checked.
 Deliberately not implemented: receiving (consumer links are refused with amqp:not-implemented),
-TLS and WebSockets, idle time-outs and heartbeats of its own, session flow-control limits
+TLS and WebSockets (tests/peers/eventhub_ws.py serves both in front of this peer), idle time-outs and heartbeats of its own, session flow-control limits
 (windows are advertised large and not enforced), link stealing / epochs, the other management
 operations, geo-replication, the Kafka endpoint.
 

@@ -27,3 +27,17 @@ def test_connect_goes_through_and_is_logged(tmp_path: Path) -> None:
 def test_refusing_proxy_answers_403(tmp_path: Path) -> None:
     with Proxy(tmp_path, refuse=True) as proxy:
         assert b" 403 " in _connect(proxy, f"{HOST}:9")
+
+
+def test_authenticating_proxy_wants_its_credentials(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind((HOST, 0))
+        server.listen()
+        target = f"{HOST}:{server.getsockname()[1]}"
+        with Proxy(tmp_path, auth=("forwarder", "PROXY0SECRET")) as proxy:
+            assert proxy.url == f"http://forwarder:PROXY0SECRET@{HOST}:{proxy.port}"
+            assert b" 407 " in _connect(proxy, target)
+            with socket.create_connection((HOST, proxy.port), timeout=5) as sock:
+                sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                             "Proxy-Authorization: Basic Zm9yd2FyZGVyOlBST1hZMFNFQ1JFVA==\r\n\r\n".encode())
+                assert b" 200 " in sock.recv(200)
