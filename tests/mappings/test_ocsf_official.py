@@ -319,9 +319,7 @@ def test_every_evidence_is_recoverable_from_the_line() -> None:
 # Graph's objects as a broken or newer Graph might send them: any property of an evidence of
 # any type left out, emptied, or of another JSON type (a number for a string, a list for an
 # object, ...), a port out of range, a MAC address without separators. What normalise accepts
-# must still encode a valid line. Not here: an IP or e-mail address that is not one. The
-# mapping writes Graph's addresses verbatim (as it always has for ipEvidence, devices and
-# messages), so such a line breaks OCSF's ip_t / email_t patterns.
+# must still encode a valid line. Addresses that are not ones: `_mangled_addresses` below.
 
 _ODD = st.sampled_from([None, "", " ", "\x00", "a\nb", 0, -1, 70000, 2**63, 1.5, True, [], [None], ["x"], {},
                         {"ipAddress": None}, {"name": ""}, "00155D0A1B2C", "AA-BB-CC-DD-EE-FF"])
@@ -360,3 +358,120 @@ def test_every_mangled_evidence_that_normalises_is_valid_against_official_ocsf(r
         reject()
     event = json.loads(ocsf.encode(alert))
     assert _violations(event) == []
+
+
+# --------------------------------------------------------------------------- addresses that are not ones
+#
+# Every address-like property of every evidence type (IP and MAC addresses, e-mail addresses,
+# ports, host and domain names, URLs), nested ones included, set to what a broken Graph might
+# send: padded, scoped, truncated or plain garbage. A value that does not fit its OCSF type
+# (ip_t, email_t, mac_t, port_t) must not be written there; it stays in the evidence's `data`
+# (or `unmapped`), as Graph sent it, so nothing is lost; and the line stays valid.
+
+_ADDRESS_LIKE = re.compile(
+    r"(ipaddress|ipinterfaces|lastipaddress|lastexternalipaddress|allowedipaddresses|senderip|macaddress"
+    r"|emailaddress|email|mailboxprimaryaddress|primaryaddress|recipient|recipientemailaddress|recipients"
+    r"|suspiciousrecipients|sender|senderfromaddress|submitter|upn|userprincipalname|sourceport|destinationport"
+    r"|port|nodeport|targetport|hostname|devicednsname|domainname|url|weburl|baseurl|urls|devicepagelink)",
+    re.IGNORECASE)
+_PORT_LIKE = re.compile(r"port$", re.IGNORECASE)
+_BAD_ADDRESSES = ("", " ", "10.0.0.1 ", " 10.0.0.1", "10.0.0.1\n", "10.0.0.1/24", "not-an-ip", "fe80::1%eth0",
+                  "256.256.256.256", "1.2.3", "010.0.0.1", "1.2.3.4.5", ":::", "::ffff:zz", "user", "user@",
+                  "@contoso.com", "user@contoso", "us er@contoso.com", "user@contoso.com\n", "user@contoso.com ",
+                  "<user@contoso.com>", "user@@contoso.com", "AABBCCDDEEFF", "aa:bb:cc:dd:ee:ff\n", "aa:bb:cc:dd:ee",
+                  "gg:hh:ii:jj:kk:ll", "\x00", "a\nb", "http://", "x" * 300, "\u00fcser@ex\u00e4mple.com", "1.2.3.4,5.6.7.8")
+_BAD_PORTS = (70000, -1, 65536, 2**63, -(2**63), 1.5, True, "80", "", None)
+_BAD_ADDRESS = st.one_of(st.sampled_from(_BAD_ADDRESSES), st.text(max_size=24))
+
+# The OCSF attributes whose type has a constraint (a pattern or a range): a value found only
+# there is not one a broken Graph could have put in the line unchecked.
+_CONSTRAINED = frozenset({"ip", "mac", "email_addr", "from", "to", "x_originating_ip", "port", "intermediate_ips"})
+
+
+def _address_slots(value: Any, path: tuple[Any, ...], out: list[tuple[tuple[Any, ...], bool]]) -> None:
+    """The (path, is a port) of every address-like leaf of a Graph object (a list's first
+    element standing for the list)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)):
+                _address_slots(item, (*path, key), out)
+            elif _ADDRESS_LIKE.fullmatch(key):
+                out.append(((*path, key), bool(_PORT_LIKE.search(key))))
+    elif isinstance(value, list) and value:
+        if isinstance(value[0], (dict, list)):
+            _address_slots(value[0], (*path, 0), out)
+        elif path and _ADDRESS_LIKE.fullmatch(str(path[-1])):
+            out.append(((*path, 0), False))
+
+
+@cache
+def _slots() -> dict[str, tuple[tuple[tuple[Any, ...], bool], ...]]:
+    found = {}
+    for name, raw in _full_alerts().items():
+        out: list[tuple[tuple[Any, ...], bool]] = []
+        _address_slots(raw["evidence"][0], (), out)
+        if out:
+            found[name] = tuple(out)
+    return found
+
+
+def test_every_evidence_type_has_address_slots() -> None:
+    """(The fuzz below reaches the types that have addresses: not a vacuous walk.)"""
+    slots = _slots()
+    for name in ("deviceEvidence", "ipEvidence", "analyzedMessageEvidence", "mailboxEvidence", "userEvidence",
+                 "networkConnectionEvidence", "dnsEvidence", "nicEvidence", "ioTDeviceEvidence",
+                 "submissionMailEvidence", "teamsMessageEvidence", "gitHubUserEvidence", "kubernetesPodEvidence",
+                 "hostLogonSessionEvidence", "mailboxConfigurationEvidence", "processEvidence", "urlEvidence"):
+        assert name in slots, name
+    assert len(slots) >= 25
+
+
+@st.composite
+def _mangled_addresses(draw: st.DrawFn) -> tuple[dict[str, Any], list[Any]]:
+    slots = _slots()
+    name = draw(st.sampled_from(sorted(slots)))
+    alert = copy.deepcopy(_full_alerts()[name])
+    evidence = alert["evidence"][0]
+    chosen = draw(st.lists(st.sampled_from(slots[name]), min_size=1, max_size=3, unique=True))
+    values = []
+    for path, is_port in chosen:
+        value = draw(st.sampled_from(_BAD_PORTS) if is_port else _BAD_ADDRESS)
+        parent = evidence
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = value
+        values.append(value)
+    return alert, values
+
+
+def _where(value: Any, leaves: list[tuple[str, Any]]) -> list[str]:
+    return [path for path, leaf in leaves if leaf == value and type(leaf) is type(value)]
+
+
+def _kept(path: str) -> bool:
+    """A path where a value OCSF has no typed place for is kept: an evidence's data, unmapped."""
+    return path.startswith(".unmapped") or ".data." in path
+
+
+def _unconstrained(path: str) -> bool:
+    """A typed attribute whose OCSF type takes any text (a name, a hostname, a URL string)."""
+    return _typed(path) and path.rstrip("[]").rsplit(".", 1)[-1] not in _CONSTRAINED
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_mangled_addresses())
+def test_every_evidence_with_bad_addresses_is_valid_against_official_ocsf(case: tuple[dict[str, Any], list[Any]]
+                                                                          ) -> None:
+    raw, values = case
+    try:
+        alert = normalise(raw, TENANT, INGESTED)
+    except MappingError:
+        reject()
+    event = json.loads(ocsf.encode(alert))
+    assert _violations(event) == []
+    leaves = _leaves(event, "", [])
+    for value in values:
+        if value is None or value == "" or isinstance(value, bool) or value.__class__ is float:
+            continue  # left out (OCSF has no nulls, empty values are dropped), or a JSON type of its own
+        paths = _where(value, leaves)
+        assert any(_kept(path) or _unconstrained(path) for path in paths), (value, paths)
