@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import sys
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -475,3 +476,66 @@ def test_every_evidence_with_bad_addresses_is_valid_against_official_ocsf(case: 
             continue  # left out (OCSF has no nulls, empty values are dropped), or a JSON type of its own
         paths = _where(value, leaves)
         assert any(_kept(path) or _unconstrained(path) for path in paths), (value, paths)
+
+
+@cache
+def _type_constraints() -> dict[str, dict[str, Any]]:
+    """OCSF type -> its constraint in the official schema (read off an attribute of that type)."""
+    _official(tuple(sorted(ocsf.PROFILES)))  # (skips where the package is absent)
+    from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
+    defs = OcsfJsonSchemaEmbedded(get_ocsf_schema(ocsf.OCSF_VERSION)).get_class_schema(
+        "detection_finding", list(ocsf.PROFILES))["$defs"]
+    return {"ip_t": defs["device"]["properties"]["ip"], "email_t": defs["user"]["properties"]["email_addr"],
+            "mac_t": defs["device"]["properties"]["mac"], "port_t": defs["network_endpoint"]["properties"]["port"]}
+
+
+_GOOD = {"ip_t": ("10.0.0.1", "255.255.255.255", "2001:db8::1", "::", "::ffff:10.0.0.1", "fe80::1"),
+         "email_t": ("user@contoso.com", "first.last+tag@mail.contoso.co.uk", "o'brien@contoso.com"),
+         "mac_t": ("00:15:5D:0A:1B:2C", "aa-bb-cc-dd-ee-ff"), "port_t": (0, 443, 65535)}
+
+
+def test_the_type_checks_accept_what_graph_sends() -> None:
+    assert set(ocsf.TYPE_CHECKS) == set(_GOOD)
+    for name, values in _GOOD.items():
+        for value in values:
+            assert ocsf.TYPE_CHECKS[name](value), (name, value)
+    for value in _BAD_ADDRESSES:
+        assert not any(check(value) for name, check in ocsf.TYPE_CHECKS.items() if name != "port_t"), value
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.sampled_from(_BAD_ADDRESSES + sum(_GOOD.values(), ())), st.text(max_size=40),
+                       st.from_regex(r"[0-9a-fA-F:.%@ \n-]{0,40}", fullmatch=True)))
+def test_the_type_checks_are_as_strict_as_the_official_schema(value: str) -> None:
+    """A value a check lets through passes its type's constraint in the official schema."""
+    constraints = _type_constraints()
+    for name in ("ip_t", "email_t", "mac_t"):
+        if isinstance(value, str) and ocsf.TYPE_CHECKS[name](value):
+            assert re.search(constraints[name]["pattern"], value), (name, value)
+    port = constraints["port_t"]
+    for number in (-1, 0, 65535, 65536, 2**63):
+        assert ocsf.TYPE_CHECKS["port_t"](number) == (port["minimum"] <= number <= port["maximum"])
+
+
+def test_every_hostile_corpus_alert_is_valid_against_official_ocsf() -> None:
+    """The reliability suite's hostile corpus (injection attempts, control characters, odd
+    Unicode in every field, addresses included): every alert that normalises encodes a valid line."""
+    from core.model import jsonutil
+    from tests.reliability import make_hostile_corpus
+
+    failures, count = {}, 0
+    previous = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(previous, 10_000))  # (the corpus nests deep, as the reliability suite allows)
+    try:
+        for number, line in enumerate(make_hostile_corpus.CORPUS.read_bytes().splitlines(), start=1):
+            try:
+                line_bytes = ocsf.encode(normalise(make_hostile_corpus.expand(jsonutil.loads(line)), TENANT, INGESTED))
+            except (MappingError, ValueError):  # dead-lettered, or refused by the encoder (1e400): no line
+                continue
+            count += 1
+            if violations := _violations(json.loads(line_bytes)):
+                failures[number] = violations[:3]
+    finally:
+        sys.setrecursionlimit(previous)
+    assert failures == {}
+    assert count > 100
