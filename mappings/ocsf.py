@@ -49,12 +49,17 @@ Choices, after the OCSF schema (docs/formats.md is the page that documents them)
   a pid, an endpoint an address, a location a city, country or region, a URL its string,
   an email a sender or recipient. An evidence left with no object and no data at all goes
   whole to `unmapped.evidence`.
+- A Graph value that does not fit the OCSF type of the attribute it would go to (`TYPE_CHECKS`:
+  ip_t, email_t, mac_t, port_t) is not written there: it stays in the evidence's `data`, as
+  sent (an IP address with padding or a scope id, an e-mail address without a domain, a port
+  out of range), so the line stays valid and nothing is lost.
 - `unmapped` carries every other Alert field OCSF has no place for (determination,
   investigation state, threat/actor names, policy id, resolved time, system tags, comments,
   custom details, additional data, the alert's extra properties). Empty values are left out.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -221,6 +226,68 @@ def _plain(value: Any) -> Any:
     return plain(value, time=_ms, keep_empty_objects=True)
 
 
+# --------------------------------------------------------------------------- OCSF typed values
+#
+# Graph's addresses are written into OCSF attributes whose type has a constraint (ip_t,
+# email_t and mac_t a pattern, port_t a range). A value that does not fit its type is not
+# written there: it stays in the evidence's `data`, as Graph sent it (so nothing is lost),
+# and the line stays valid. Each check is as strict as the official schema or stricter (a
+# padded address, `10.0.0.1 `, passes the schema's ip_t pattern but is not an address a SIEM
+# can parse; a scope id, `fe80::1%eth0`, is not part of any address a SIEM stores).
+
+_IP_CHECKED: dict[str, bool] = {}  # the alerts of one tenant repeat addresses
+
+
+def _ip_t(value: str) -> bool:
+    """An IPv4 or IPv6 address, exactly (no padding, no scope id, no prefix length)."""
+    valid = _IP_CHECKED.get(value)
+    if valid is None:
+        try:
+            valid = "%" not in value and bool(ipaddress.ip_address(value))
+        except ValueError:
+            valid = False
+        if len(value) <= 64:  # (an address is shorter; garbage is not worth remembering)
+            if len(_IP_CHECKED) >= 4096:
+                _IP_CHECKED.clear()
+            _IP_CHECKED[value] = valid
+    return valid
+
+
+# OCSF email_t's pattern (its `+-/` range, which takes a comma, spelled out without the comma),
+# matched whole (the schema's `$` would let a trailing newline through).
+_EMAIL = re.compile(r"[a-zA-Z0-9!#$%&'*+\-./=?^_`{|}~]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9.-]+")
+_MAC = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")  # OCSF mac_t, matched whole
+
+
+_EMAIL_CHECKED: dict[str, bool] = {}  # (a tenant's users and senders repeat too)
+
+
+def _email_t(value: str) -> bool:
+    valid = _EMAIL_CHECKED.get(value)
+    if valid is None:
+        valid = _EMAIL.fullmatch(value) is not None
+        if len(value) <= 320:  # (the longest e-mail address SMTP carries)
+            if len(_EMAIL_CHECKED) >= 4096:
+                _EMAIL_CHECKED.clear()
+            _EMAIL_CHECKED[value] = valid
+    return valid
+
+
+def _mac_t(value: str) -> bool:
+    return _MAC.fullmatch(value) is not None
+
+
+def _port_t(value: Any) -> bool:
+    return value.__class__ is int and 0 <= value <= 65535
+
+
+# OCSF type -> its check, for every constrained type this mapping writes a Graph value into:
+# ip_t (device.ip, src/dst_endpoint.ip, email.x_originating_ip, resources.ip), email_t
+# (user.email_addr, email.from, email.to), mac_t (device.mac), port_t (src/dst_endpoint.port).
+TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {"ip_t": _ip_t, "email_t": _email_t, "mac_t": _mac_t,
+                                                 "port_t": _port_t}
+
+
 # --------------------------------------------------------------------------- OCSF objects
 #
 # An OCSF object is only written when it meets its constraints (OCSF leaves an object out
@@ -231,14 +298,25 @@ def _plain(value: Any) -> Any:
 # the schema's names, so nothing is lost.
 
 
-def _user(user: UserInfo | None, email: str | None = None) -> dict[str, Any] | None:
+def _user(user: UserInfo | None, email: str | None = None,
+          data: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """The OCSF user, or None when there is nothing to name it by (OCSF: name or uid).
     With no account name and no SID, the Entra object id is the uid, else the sign-in
-    address (`email`, or the UPN) the name."""
+    address (`email`, or the UPN) the name. `email_addr` is `email`, else the UPN, whichever
+    is an e-mail address (email_t); a UPN that is not one goes to `data['user.upn']` (when
+    the caller has a `data`)."""
     if user is None:
-        return None if email is None else {"name": email, "email_addr": email}
+        if email is None:
+            return None
+        return {"name": email, "email_addr": email} if _email_t(email) else {"name": email}
     name, uid, uid_alt = user.account_name, user.sid, user.aad_user_id
-    address = email or user.upn
+    upn = user.upn
+    address = email or upn
+    if upn is not None and not _email_t(upn):
+        if data is not None and upn:
+            data["user.upn"] = upn
+        upn = None
+    mail = email if email is not None and _email_t(email) else upn
     if name is None and uid is None:
         if uid_alt is not None:
             uid, uid_alt = uid_alt, None
@@ -255,8 +333,8 @@ def _user(user: UserInfo | None, email: str | None = None) -> dict[str, Any] | N
         out["uid"] = uid  # OCSF: "the Windows user SID, ActiveDirectory DN or AWS user ARN"
     if uid_alt is not None:
         out["uid_alt"] = uid_alt
-    if address is not None:
-        out["email_addr"] = address
+    if mail is not None:
+        out["email_addr"] = mail
     if (value := user.display_name) is not None:
         out["display_name"] = value
     return out
@@ -344,8 +422,13 @@ _DEVICE_FIELDS = ("aad_device_id", "dns_domain", "os_platform", "os_version", "o
 def _device(e: DeviceEvidence, data: dict[str, Any]) -> dict[str, Any]:
     uid, hostname = e.mde_device_id, e.hostname
     fqdn = e.fqdn or hostname
-    addresses = e.ip_addresses
-    ip = e.last_ip or (addresses[0] if addresses else None)
+    ip = e.last_ip
+    if ip is not None and not _ip_t(ip):  # (ip_addresses go to data whole, valid or not)
+        if ip:
+            data["last_ip"] = ip
+        ip = None
+    if ip is None:
+        ip = next((address for address in e.ip_addresses if _ip_t(address)), None)
     if uid is None and fqdn is None and ip is None:
         for name in _DEVICE_FIELDS:
             if (value := getattr(e, name)) is not None:
@@ -377,7 +460,7 @@ def _device(e: DeviceEvidence, data: dict[str, Any]) -> dict[str, Any]:
 
 def _user_evidence(e: UserEvidence, data: dict[str, Any]) -> dict[str, Any]:
     user = e.user  # (never None: an empty UserInfo when Graph sends none)
-    if (value := _user(user)) is not None:
+    if (value := _user(user, None, data)) is not None:
         return {"user": value}
     _keep_user(user, data)
     return {}
@@ -432,7 +515,7 @@ def _process(e: ProcessEvidence, data: dict[str, Any]) -> dict[str, Any]:
                     _keep_file(parent_image, "parent_image", data)
             process["parent_process"] = parent
         if (user := e.user) is not None:
-            if (value := _user(user)) is not None:
+            if (value := _user(user, None, data)) is not None:
                 process["user"] = value
             else:
                 _keep_user(user, data)
@@ -449,6 +532,10 @@ def _process(e: ProcessEvidence, data: dict[str, Any]) -> dict[str, Any]:
 def _ip(e: IpEvidence, data: dict[str, Any]) -> dict[str, Any]:
     address = e.address
     city, country, region, lat, long = e.city, e.country_code, e.state, e.latitude, e.longitude
+    if address is not None and not _ip_t(address):  # not an address: as sent, to data
+        if address:
+            data["address"] = address
+        address = None
     if address is None:  # an endpoint OCSF cannot hold: its location to data
         for name, value in (("country_code", country), ("city", city), ("state", region),
                             ("latitude", lat), ("longitude", long)):
@@ -490,7 +577,10 @@ def _url(e: UrlEvidence, data: dict[str, Any]) -> dict[str, Any]:
 def _mailbox(e: MailboxEvidence, data: dict[str, Any]) -> dict[str, Any]:
     # A mailbox is an account, not a message: OCSF's email object is a message.
     display_name = e.display_name
-    user = _user(e.user, e.primary_address)
+    primary = e.primary_address
+    if primary and not _email_t(primary):  # (the user is still named by it, where nothing else names it)
+        data["primary_address"] = primary
+    user = _user(e.user, primary, data)
     if user is None:
         if display_name is not None:
             data["display_name"] = display_name
@@ -510,6 +600,13 @@ _MESSAGE_FIELDS = ("network_message_id", "internet_message_id", "subject", "send
 
 def _mail_message(e: MailMessageEvidence, data: dict[str, Any]) -> dict[str, Any]:
     sender, recipient = e.sender, e.recipient
+    if sender is not None and not _email_t(sender):  # not an e-mail address: as sent, to data
+        if sender:
+            data["sender"] = sender
+        sender = None
+    if recipient and not _email_t(recipient):
+        data["recipient"] = recipient
+        recipient = None
     if sender is None and not recipient:
         for name in _MESSAGE_FIELDS:
             if (value := getattr(e, name)) is not None:
@@ -527,7 +624,10 @@ def _mail_message(e: MailMessageEvidence, data: dict[str, Any]) -> dict[str, Any
     if recipient:
         email["to"] = [recipient]
     if sender_ip := e.sender_ip:
-        email["x_originating_ip"] = [sender_ip]
+        if _ip_t(sender_ip):
+            email["x_originating_ip"] = [sender_ip]
+        else:
+            data["sender_ip"] = sender_ip
     return {"email": email}
 
 
@@ -601,9 +701,6 @@ def _cloud_application(e: CloudApplicationEvidence, data: dict[str, Any]) -> dic
 # they hold whole). Every other property of the object, a sub-object only partly used
 # included, goes to the evidence's `data.extra` under Graph's name (`_other_kind`).
 
-_MAC = re.compile(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}")  # OCSF mac_t
-
-
 def _text(g: Any, key: str) -> str | None:
     """A non-empty string (or an integer id, as a string) at `key` of a Graph object."""
     value = g.get(key) if isinstance(g, dict) else None
@@ -621,9 +718,10 @@ def _at(g: Any, path: str) -> str | None:
 
 
 def _address(g: Any, key: str) -> str | None:
-    """The address of the ipEvidence at `key`."""
+    """The address of the ipEvidence at `key`, when it is one (ip_t)."""
     sub = g.get(key)
-    return _text(sub, "ipAddress") if isinstance(sub, dict) else None
+    value = _text(sub, "ipAddress") if isinstance(sub, dict) else None
+    return value if value is not None and _ip_t(value) else None
 
 
 def _graph_user(account: Any) -> dict[str, Any] | None:
@@ -649,7 +747,7 @@ def _graph_device(host: Any) -> dict[str, Any] | None:
         device["hostname"] = value
     if hostname is not None:
         device["name"] = hostname
-    if (value := _text(host, "lastIpAddress")) is not None:
+    if (value := _text(host, "lastIpAddress")) is not None and _ip_t(value):
         device["ip"] = value
     if not device:
         return None
@@ -660,8 +758,9 @@ def _graph_device(host: Any) -> dict[str, Any] | None:
 OtherResult = tuple[dict[str, Any], tuple[str, ...]]
 
 
-# The attributes of a resource, in the order they are written.
+# The attributes of a resource, in the order they are written; those of a constrained type, its check.
 _RESOURCE_ORDER = ("name", "type", "uid", "uid_alt", "namespace", "version", "ip")
+_RESOURCE_CHECKS = {"ip": _ip_t}
 
 
 def _resource_builder(label: str, **attributes: str) -> Callable[[dict[str, Any]], OtherResult]:
@@ -669,15 +768,16 @@ def _resource_builder(label: str, **attributes: str) -> Callable[[dict[str, Any]
     property); `type` is the Graph path of the type the source gives, else `label`. OCSF's
     resource needs a name or uid."""
     attributes.setdefault("type", "")
-    rows = tuple((name, attributes[name]) for name in _RESOURCE_ORDER if name in attributes)
+    rows = tuple((name, attributes[name], _RESOURCE_CHECKS.get(name)) for name in _RESOURCE_ORDER
+                 if name in attributes)
 
     def build(g: dict[str, Any]) -> OtherResult:
         resource: dict[str, Any] = {}
         used = []
-        for attribute, path in rows:
+        for attribute, path, check in rows:
             if not path:  # the type, where the source gives none
                 resource[attribute] = label
-            elif (value := _at(g, path)) is not None:
+            elif (value := _at(g, path)) is not None and (check is None or check(value)):
                 resource[attribute] = value
                 if "." not in path:
                     used.append(path)
@@ -818,7 +918,7 @@ def _iot_device(g: dict[str, Any]) -> OtherResult:
         device["ip"] = value
     if not device:
         return {}, ()
-    if (value := _text(g, "macAddress")) is not None and _MAC.fullmatch(value):
+    if (value := _text(g, "macAddress")) is not None and _mac_t(value):
         device["mac"] = value
         used.append("macAddress")
     device["type_id"], device["type"] = 7, "IOT"
@@ -842,7 +942,7 @@ def _nic(g: dict[str, Any]) -> OtherResult:
         return {}, ()
     device: dict[str, Any] = {"ip": ip}
     used = []
-    if (value := _text(g, "macAddress")) is not None and _MAC.fullmatch(value):
+    if (value := _text(g, "macAddress")) is not None and _mac_t(value):
         device["mac"] = value
         used.append("macAddress")
     device["type_id"] = 0
@@ -888,6 +988,8 @@ def _mailbox_configuration(g: dict[str, Any]) -> OtherResult:
                           display_name=_text(g, "displayName")), address)
     if user is None:
         return {}, ()
+    if address is not None and not _email_t(address):  # not an e-mail address: stays in data.extra
+        return {"user": user}, ("externalDirectoryObjectId", "displayName")
     return {"user": user}, ("mailboxPrimaryAddress", "externalDirectoryObjectId", "displayName")
 
 
@@ -934,7 +1036,7 @@ def _github_user(g: dict[str, Any]) -> OtherResult:
     user: dict[str, Any] = {}
     used = []
     for attribute, key in (("name", "login"), ("uid", "userId"), ("email_addr", "email"), ("full_name", "name")):
-        if (value := _text(g, key)) is not None:
+        if (value := _text(g, key)) is not None and (attribute != "email_addr" or _email_t(value)):
             user[attribute] = value
             used.append(key)
     if "name" not in user and "uid" not in user:
@@ -944,10 +1046,13 @@ def _github_user(g: dict[str, Any]) -> OtherResult:
 
 def _submission_mail(g: dict[str, Any]) -> OtherResult:
     sender, recipient = _text(g, "sender"), _text(g, "recipient")
+    # (one that is not an e-mail address stays in data.extra, as sent)
+    sender = sender if sender is not None and _email_t(sender) else None
+    recipient = recipient if recipient is not None and _email_t(recipient) else None
     if sender is None and recipient is None:
         return {}, ()
     email: dict[str, Any] = {}
-    used = ["sender", "recipient"]
+    used = [key for key, value in (("sender", sender), ("recipient", recipient)) if value is not None]
     for attribute, key in (("uid", "networkMessageId"), ("subject", "subject")):
         if (value := _text(g, key)) is not None:
             email[attribute] = value
@@ -956,7 +1061,7 @@ def _submission_mail(g: dict[str, Any]) -> OtherResult:
         email["from"] = sender
     if recipient is not None:
         email["to"] = [recipient]
-    if (value := _text(g, "senderIp")) is not None:
+    if (value := _text(g, "senderIp")) is not None and _ip_t(value):
         email["x_originating_ip"] = [value]
         used.append("senderIp")
     return {"email": email}, tuple(used)
@@ -965,7 +1070,11 @@ def _submission_mail(g: dict[str, Any]) -> OtherResult:
 def _teams_message(g: dict[str, Any]) -> OtherResult:
     """OCSF's email is an e-mail message, not a chat message: the sender is the user."""
     sender = _text(g, "senderFromAddress")
-    return ({"user": {"name": sender, "email_addr": sender}}, ("senderFromAddress",)) if sender else ({}, ())
+    if not sender:
+        return {}, ()
+    if not _email_t(sender):  # the name still, but not the address: it stays in data.extra
+        return {"user": {"name": sender}}, ()
+    return {"user": {"name": sender, "email_addr": sender}}, ("senderFromAddress",)
 
 
 # Graph evidence type -> its builder. A type not here (fileHashEvidence: OCSF's file needs
