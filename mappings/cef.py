@@ -166,7 +166,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from core.model.schema import Alert, FileInfo, Severity, UserInfo
-from mappings.evidence import IDENTITIES, NAMESPACE, Identity, type_name
+from mappings.evidence import IDENTITIES, NAMESPACE, Identity, path_steps, type_name, values_along
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
 VENDOR = "Microsoft"
@@ -603,7 +603,7 @@ class _EvidenceRow:
 
     def __init__(self, entry: EvidenceKey) -> None:
         self.key = entry.key
-        self.parts = tuple((part.removesuffix("[]"), part.endswith("[]")) for part in entry.row.common.split("."))
+        self.parts = path_steps(entry.row.common)
         plain = not any(many for _, many in self.parts)
         self.first = self.parts[0][0]
         self.second = self.parts[1][0] if len(self.parts) > 1 else ""
@@ -620,21 +620,7 @@ class _EvidenceRow:
 
     def values(self, item: Any) -> list[Any]:
         """`mappings.evidence.values_at(item, row.common)`, on the split path."""
-        found = [item]
-        for name, many in self.parts:
-            step: list[Any] = []
-            for value in found:
-                got = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
-                if got is None or got == "":
-                    continue
-                if many and isinstance(got, list):
-                    step.extend(v for v in got if v is not None and v != "")
-                else:
-                    step.append(got)
-            if not step:
-                return step
-            found = step
-        return found
+        return values_along(item, self.parts)
 
     def prefix(self, n: int) -> str:
         prefixes = self.prefixes

@@ -53,7 +53,7 @@ from typing import Any
 import orjson
 
 from core.model.schema import Alert, UserInfo
-from mappings.evidence import identities_of, path_steps, plain_names, values_along
+from mappings.evidence import identities_of, path_steps, plain_names, plain_value, values_along
 from mappings.plain import plain
 from mappings.products import DEFAULT_PRODUCT, PRODUCTS
 
@@ -257,13 +257,8 @@ def _identities(evidence: list[Any]) -> dict[str, dict[Any, None]]:
     for item in evidence:
         for names, steps, field in _plan(item):
             if names is not None:
-                value = getattr(item, names[0], None)  # an evidence is a struct
-                if len(names) > 1:
-                    for name in names[1:]:
-                        if value is None:
-                            break
-                        value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
-                if value is None or value == "":
+                value = plain_value(item, names)
+                if value is None:
                     continue
                 bucket = found.get(field)
                 if bucket is None:

@@ -90,7 +90,7 @@ from core.model.schema import (
     UserEvidence,
     UserInfo,
 )
-from mappings.evidence import identities_of, path_steps, plain_names, values_along
+from mappings.evidence import identities_of, path_steps, plain_names, plain_value, values_along
 
 ECS_VERSION = "8.11.0"
 _NS = "#microsoft.graph.security."
@@ -1075,13 +1075,8 @@ def _identities(ev: EvidenceBase, odata_type: str, acc: Slots) -> None:
         plan = _IDENTITY_PLANS[odata_type] = tuple(rows)
     for names, steps, slot, is_ip in plan:
         if names is not None:
-            value = getattr(ev, names[0], None)  # an evidence is a struct
-            if len(names) > 1:
-                for name in names[1:]:
-                    if value is None:
-                        break
-                    value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
-            if value is None or value == "":
+            value = plain_value(ev, names)
+            if value is None:
                 continue
             values: Any = (value,)
         else:

@@ -225,6 +225,16 @@ def plain_names(steps: tuple[tuple[str, bool], ...]) -> tuple[str, ...] | None:
     return None if any(many for _, many in steps) else tuple(name for name, _ in steps)
 
 
+def plain_value(item: Any, names: tuple[str, ...]) -> Any:
+    """The one value at a path with no `[]` step (`plain_names`), or None; "" counts as none."""
+    value = getattr(item, names[0], None)  # an evidence is a struct
+    for name in names[1:]:
+        if value is None:
+            return None
+        value = value.get(name) if isinstance(value, dict) else getattr(value, name, None)
+    return None if value == "" else value
+
+
 def values_along(item: Any, steps: tuple[tuple[str, bool], ...]) -> list[Any]:
     """`values_at` with the path already split by `path_steps`."""
     found = [item]
