@@ -213,6 +213,15 @@ def evidence_alerts(hostile: bool = False) -> Iterator[tuple[str, dict[str, Any]
         yield name, generator.alert(f"da-{name}", [generator.complex(type_name)])
 
 
+def every_alert() -> list[tuple[str, dict[str, Any]]]:
+    """(name, alert) of the whole set: one per evidence type (plain and hostile text), one per
+    enum member."""
+    alerts = [(name, raw) for name, raw in evidence_alerts()]
+    alerts += [(f"hostile {name}", raw) for name, raw in evidence_alerts(hostile=True)]
+    alerts += [(f"{enum}={member}", raw) for enum, member, raw in enum_alerts()]
+    return alerts
+
+
 def enum_uses(official: Schema) -> dict[str, list[tuple[str, str]]]:
     """Enum type -> every (owner type, property) of the alert and its evidence that has it."""
     uses: dict[str, list[tuple[str, str]]] = {}

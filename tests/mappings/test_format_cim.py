@@ -257,10 +257,7 @@ def test_hostile_text_stays_one_line_of_json() -> None:
 def _official() -> list[tuple[str, Alert]]:
     """Every alert of the Graph metadata corpus, normalised: one per evidence type (plain and
     hostile text), one per enum member."""
-    raws = [(name, raw) for name, raw in official_alerts.evidence_alerts()]
-    raws += [(f"hostile {name}", raw) for name, raw in official_alerts.evidence_alerts(hostile=True)]
-    raws += [(f"{enum}={member}", raw) for enum, member, raw in official_alerts.enum_alerts()]
-    return [(name, normalise(raw, TENANT, INGESTED)) for name, raw in raws]
+    return [(name, normalise(raw, TENANT, INGESTED)) for name, raw in official_alerts.every_alert()]
 
 
 def test_every_identifying_value_is_in_its_cim_field() -> None:

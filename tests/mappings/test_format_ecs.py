@@ -687,10 +687,7 @@ ECS_REFERENCE_VERSION = "8.11"
 def _official() -> list[tuple[str, Alert]]:
     """Every alert of the Graph metadata corpus, normalised: one per evidence type (plain and
     hostile text), one per enum member."""
-    raws = [(name, raw) for name, raw in official_alerts.evidence_alerts()]
-    raws += [(f"hostile {name}", raw) for name, raw in official_alerts.evidence_alerts(hostile=True)]
-    raws += [(f"{enum}={member}", raw) for enum, member, raw in official_alerts.enum_alerts()]
-    return [(name, normalise(raw, TENANT, INGESTED)) for name, raw in raws]
+    return [(name, normalise(raw, TENANT, INGESTED)) for name, raw in official_alerts.every_alert()]
 
 
 def _fits(ecs_type: str, value: Any) -> bool:
