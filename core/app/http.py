@@ -2,7 +2,8 @@
 watchdog scripts or Kubernetes probe. It is off unless configured.
 
 Served now: `/healthz`, the process is alive and its event loop turns (a heartbeat task
-stamps the time; a loop blocked for longer than `STALE_AFTER` answers 503).
+stamps the time; a loop blocked for longer than `STALE_AFTER` answers 503); with the running
+forwarder, `/readyz`, `/api/status` and the status page `/` (`core.app.status_routes`).
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ class StatusServer:
     """The endpoint, on the daemon's own event loop: started before the first poll (a bad
     address stops the daemon at once, with exit 2), stopped with it."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, forwarder: Any = None) -> None:
         self.listen = listen
+        self.forwarder = forwarder
         self._runner: Any = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.last_beat = time.monotonic()
@@ -62,6 +64,10 @@ class StatusServer:
         host, port = split_listen(self.listen)
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        if self.forwarder is not None:
+            from core.app.status_routes import add_status_routes
+
+            add_status_routes(app, self.forwarder)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         try:
