@@ -268,13 +268,14 @@ def _waiting_for(forwarder: Any) -> str:
 
 async def _forever(forwarder: Any) -> None:
     from core.app.http import ListenFailed, StatusServer
+    from core.app.status_routes import add_status_routes
 
     async with contextlib.AsyncExitStack() as stack:
         http = forwarder.settings.http
         if http is not None:
             # Before the first poll: a port already taken stops the daemon now, with exit 2.
             try:
-                await stack.enter_async_context(StatusServer(http.listen, forwarder))
+                await stack.enter_async_context(StatusServer(http.listen, lambda app: add_status_routes(app, forwarder)))
             except ListenFailed as err:
                 raise CommandFailed(str(err), EXIT_CONFIG) from None
             log.info("serving /healthz on http://%s (status page at /)", http.listen)

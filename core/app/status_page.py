@@ -25,6 +25,7 @@ caption{text-align:left;font-weight:bold;font-size:1.1rem;padding:.4rem 0}
 th,td{border:1px solid #bbb;padding:.3rem .6rem;text-align:left;vertical-align:top}
 th{background:#eee}
 td.n{text-align:right}
+td.t{white-space:nowrap}
 .h{font-weight:bold;padding:.1rem .4rem;border-radius:.2rem}
 .h-ok{background:#d7f5dd;color:#0b5b1d}
 .h-degraded,.h-paused,.h-retrying,.h-unknown{background:#fff1c2;color:#6b4a00}
@@ -69,7 +70,7 @@ def render(status: Status, query: dict[str, str]) -> str:
         "<title>defender-forwarder status</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>defender-forwarder status</h1>",
         f'<p>At <time datetime="{escape(status.generated)}">{escape(status.generated)}</time>: '
-        f"{len(status.tenants)} tenants ({escape(summary)}), {len(status.sinks)} sinks. "
+        f"{_count(len(status.tenants), 'tenant')} ({escape(summary)}), {_count(len(status.sinks), 'sink')}. "
         f"This page refreshes every {REFRESH_SECONDS} s. The same data as JSON: "
         '<a href="/api/status">/api/status</a>.</p>',
         _form(health, sort),
@@ -115,7 +116,7 @@ def _tenant_table(rows: list[TenantRow], health: str | None, sort: str, total: i
             f'<tr data-tenant="{escape(r.tenant)}" data-health="{escape(r.health)}">'
             f"<td>{escape(r.tenant)}</td><td><code>{escape(r.tenant_id)}</code></td>"
             f"<td>{escape(', '.join(r.sources))}</td>{_health_cell(r.health)}"
-            f'<td class="n">{escape(age(r.lag_seconds))}</td><td>{escape(_time(r.last_success))}</td>'
+            f'<td class="n">{escape(age(r.lag_seconds))}</td><td class="t">{escape(_time(r.last_success))}</td>'
             f'<td class="reason">{escape(r.health_reason or "-")}</td><td>{escape(waiting)}</td></tr>')
     if not rows:
         body.append(f'<tr><td colspan="{len(head)}">no tenant matches</td></tr>')
@@ -135,6 +136,10 @@ def _sink_table(status: Status) -> str:
             f'<td class="reason">{escape(s.state_reason or "-")}</td></tr>')
     return (f'<table id="sinks"><caption>Sinks ({len(status.sinks)})</caption><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _time(iso: str | None) -> str:
