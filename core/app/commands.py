@@ -20,7 +20,6 @@ from core.app import output as output_
 from core.app.config import (
     Config,
     ConfigError,
-    TenantSettings,
     apps_in_use,
     config_path,
     load_config,
@@ -269,16 +268,17 @@ def _waiting_for(forwarder: Any) -> str:
 
 async def _forever(forwarder: Any) -> None:
     from core.app.http import ListenFailed, StatusServer
+    from core.app.status_routes import add_status_routes
 
     async with contextlib.AsyncExitStack() as stack:
         http = forwarder.settings.http
         if http is not None:
             # Before the first poll: a port already taken stops the daemon now, with exit 2.
             try:
-                await stack.enter_async_context(StatusServer(http.listen))
+                await stack.enter_async_context(StatusServer(http.listen, lambda app: add_status_routes(app, forwarder)))
             except ListenFailed as err:
                 raise CommandFailed(str(err), EXIT_CONFIG) from None
-            log.info("serving /healthz on http://%s", http.listen)
+            log.info("serving /healthz on http://%s (status page at /)", http.listen)
         await stack.enter_async_context(forwarder)
         log.info("forwarding %d tenants to %d sinks", len(forwarder.readers), len(forwarder.workers))
         await forwarder.run_forever()
@@ -558,32 +558,20 @@ def cmd_tenants(args: argparse.Namespace) -> int:
 
 
 def _tenant_rows(config: Config, store: SQLiteStore) -> list[dict[str, Any]]:
-    """One row per tenant of the config, times as ISO 8601 UTC, absent values as None."""
-    now = datetime.now(timezone.utc)
-    statuses, cursors, depths = store.tenant_statuses(), store.cursors(), store.outbox_depths_by_tenant()
-    held_back = store.held_back_counts()
-    rows = []
-    for label, tenant in sorted(config.tenants.items()):
-        status = statuses.get(tenant.tenant_id)
-        cursor = _tenant_cursor(cursors, tenant)
-        last_success = status.last_success if status else None
-        rows.append({
-            "tenant": label,
-            "tenant_id": tenant.tenant_id,
-            "cursor": _iso(cursor.timestamp()) if cursor else None,
-            "lag_seconds": int((now - cursor).total_seconds()) if cursor else None,
-            "last_success": _iso(last_success) if last_success is not None else None,
-            "last_error": (status.last_error or None) if status else None,
-            "held_back": dict(sorted(held_back.get(tenant.tenant_id, {}).items())),
-            "outbox": {sink: depths.get((tenant.tenant_id, sink), 0) for sink in config.sinks},
-        })
-    return rows
+    """One row per tenant of the config: the status model's rows (`core.app.status`), the same
+    the daemon's `/api/status` and status page show."""
+    from dataclasses import asdict
+
+    from core.app.status import tenant_rows
+
+    return [asdict(row) for row in tenant_rows(config, store)]
 
 
 def _tenant_columns(config: Config) -> list[output_.Column]:
     return [
         output_.keyed("tenant"),
         output_.keyed("tenant_id"),
+        output_.Column("health", lambda row: HEALTH_COLOURS.get(row["health"], "{}").format(row["health"])),
         output_.Column("cursor", lambda row: _shown_time(row["cursor"])),
         output_.Column("lag", lambda row: _age(row["lag_seconds"])),
         output_.Column("last success", lambda row: _shown_time(row["last_success"])),
@@ -593,27 +581,18 @@ def _tenant_columns(config: Config) -> list[output_.Column]:
     ]
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _shown_time(iso: str | None) -> str:
     """An ISO time of a row as the table shows it: `2026-11-30 12:00:00` (UTC)."""
     return iso.replace("T", " ").removesuffix("Z") if iso else "-"
 
 
-def _tenant_cursor(cursors: dict[tuple[str, str], datetime], tenant: TenantSettings) -> datetime | None:
-    """The cursor of a tenant's sources (one per kind it reads): the one furthest behind, so that
-    the lag shown is the worst; none until every kind has one."""
-    wanted = [(tenant.tenant_id, kind) for kind in dict.fromkeys(tenant.sources)]
-    found = [cursors[key] for key in wanted if key in cursors]
-    return min(found) if found and len(found) == len(wanted) else None
-
-
 def _age(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600}h" if seconds >= 86400 else f"{seconds // 60}m"
+    from core.app.status import age
+
+    return age(seconds)
+
+
+HEALTH_COLOURS = {"ok": "[green]{}[/]", "degraded": "[yellow]{}[/]", "failing": "[red]{}[/]"}
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

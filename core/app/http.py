@@ -2,13 +2,15 @@
 watchdog scripts or Kubernetes probe. It is off unless configured.
 
 Served now: `/healthz`, the process is alive and its event loop turns (a heartbeat task
-stamps the time; a loop blocked for longer than `STALE_AFTER` answers 503).
+stamps the time; a loop blocked for longer than `STALE_AFTER` answers 503); and the routes
+the daemon adds (`/readyz`, `/api/status` and the status page `/`, `core.app.status_routes`).
 """
 from __future__ import annotations
 
 import asyncio
 import errno
 import time
+from collections.abc import Callable
 from typing import Any
 
 HEARTBEAT = 1.0  # seconds between the loop's stamps
@@ -50,8 +52,9 @@ class StatusServer:
     """The endpoint, on the daemon's own event loop: started before the first poll (a bad
     address stops the daemon at once, with exit 2), stopped with it."""
 
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, add_routes: Callable[[Any], None] | None = None) -> None:
         self.listen = listen
+        self.add_routes = add_routes  # called with the aiohttp app: the routes besides /healthz
         self._runner: Any = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.last_beat = time.monotonic()
@@ -62,6 +65,8 @@ class StatusServer:
         host, port = split_listen(self.listen)
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        if self.add_routes is not None:
+            self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         try:

@@ -111,6 +111,7 @@ class Forwarder:
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
         self.resend = False  # backfill --resend: versions taken before are sent again
         self._counted: tuple[dict[str, int], int] = ({}, 0)  # sink totals at the last cycle line
+        self.cycles = 0  # poll cycles completed (`/readyz` waits for the first)
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
@@ -373,6 +374,7 @@ class Forwarder:
             duration_s=round(seconds, 3),
         )
         log.info("%s", report.line(), extra=vars(report))
+        self.cycles += 1
         return report
 
     async def drain(self) -> bool:

@@ -248,6 +248,16 @@ class SQLiteStore:
     def outbox_depths(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT sink, depth FROM outbox_depths WHERE depth > 0"))
 
+    def outbox_oldest(self) -> dict[str, float]:
+        """sink -> when its oldest waiting event was queued (epoch seconds); sinks with none are absent."""
+        sinks = [sink for sink, in self.db.execute("SELECT sink FROM outbox_depths WHERE depth > 0")]
+        oldest = {}
+        for sink in sinks:  # the oldest row of a sink is its lowest id: one index probe each
+            row = self.db.execute("SELECT enqueued FROM outbox WHERE sink=? ORDER BY id LIMIT 1", (sink,)).fetchone()
+            if row:
+                oldest[sink] = row[0]
+        return oldest
+
     def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]:
         rows = self.db.execute("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
         return {(tenant, sink): n for tenant, sink, n in rows}
