@@ -245,6 +245,11 @@ class SQLiteStore:
         row = self.db.execute("SELECT depth FROM outbox_depths WHERE sink=?", (sink,)).fetchone()
         return row[0] if row else 0
 
+    def outbox_oldest(self, sink: str) -> float | None:
+        """When the sink's oldest waiting event was queued (epoch seconds), or None."""
+        row = self.db.execute("SELECT enqueued FROM outbox WHERE sink=? ORDER BY id LIMIT 1", (sink,)).fetchone()
+        return row[0] if row else None
+
     def outbox_depths(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT sink, depth FROM outbox_depths WHERE depth > 0"))
 
