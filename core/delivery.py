@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
+from core.model import telemetry
 from core.model.durations import backoff_delay
 from core.state import OutboxRow, SinkMemory, StateStore
 
@@ -51,6 +52,17 @@ class SinkWorker:
         self.deferred_until: float | None = None
         connector.memory = SinkMemory(store, connector.name)
         self.wakeup = asyncio.Event()  # set by the poller when it queued rows for this sink
+        self._delivered = telemetry.DELIVERED.labels(self.name)
+        self._retried = telemetry.RETRIED.labels(self.name)
+        self.dead_lettered = telemetry.DEAD_LETTERED.labels(self.name)  # the pipeline counts encode failures too
+        self._batch_duration = telemetry.BATCH_DURATION.labels(self.name)
+
+    @property
+    def state(self) -> str:
+        """ok | retrying | stopped (`paused`, for a full outbox, is the pipeline's to tell)."""
+        if self.fatal is not None:
+            return "stopped"
+        return "retrying" if self.failing_since is not None else "ok"
 
     async def deliver_batch(self) -> int:
         """Send the oldest batch; returns how many rows it settled. Raises RetryLater or SinkFatal.
@@ -79,15 +91,19 @@ class SinkWorker:
 
     async def _send(self, events: list[Event], rows: dict[int, OutboxRow]) -> int:
         """Send and settle one batch; returns how many of its rows the connector deferred."""
+        started = time.monotonic()
         try:
             results = await self.connector.send(events)
         except SinkFatal:
             raise
         except Exception as err:  # noqa: BLE001 - the connector's status table had no word for it: transient
+            self._batch_duration.observe(time.monotonic() - started)
+            self._retried.inc(len(events))
             self.store.outbox_failed(rows, f"{type(err).__name__}: {err}")
             raise RetryLater(f"{type(err).__name__}: {err}") from None
         if len(results) != len(events):
             raise SinkFatal(f"connector returned {len(results)} results for {len(events)} events")
+        self._batch_duration.observe(time.monotonic() - started)
         return self._settle(events, results, rows)
 
     def _settle(self, events: list[Event], results: list[EventResult], rows: dict[int, OutboxRow]) -> int:
@@ -99,14 +115,17 @@ class SinkWorker:
         again = [(e.row_id, r.reason) for e, r in pairs if r.outcome is Outcome.RETRY]
         self.store.outbox_delivered(ok)
         self.stats.delivered += len(ok)
+        self._delivered.inc(len(ok))
         if dead:
             self.store.outbox_dead(dead)
             self.stats.dead += len(dead)
+            self.dead_lettered.inc(len(dead))
             for row, reason in dead:
                 # INFO: the WARNING is the count per sink, with where to look (warn_of_dead_letters).
                 log.info("sink %s: alert %s of tenant %s refused for good, kept as a dead letter: %s", self.name,
                             row.meta.alert_id, row.meta.tenant_label, reason, extra=self._keys(row))
         if again:
+            self._retried.inc(len(again))
             self.store.outbox_failed([row_id for row_id, _ in again], again[0][1])
             raise RetryLater(again[0][1])
         return len(waits)

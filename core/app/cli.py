@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = _add(commands, "run", "poll every tenant and deliver; a daemon loop, or one cycle with --once (cron)",
                listing=True)
     run.add_argument("--once", action="store_true", help="one poll cycle, drain, exit")
+    run.add_argument("--metrics-file", metavar="PATH", type=Path,
+                     help="with --once: write the metrics there for node_exporter's textfile collector")
     convert = _add(commands, "convert", "convert saved alerts to an output format on stdout")
     convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
     convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")

@@ -207,22 +207,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The daemon prints no summary to format: its cycle lines are in the log.
         raise CommandFailed("--output json: the daemon prints no summary (each cycle is a log line); "
                             "use it with run --once", EXIT_CONFIG)
+    if args.metrics_file is not None and not args.once:
+        raise CommandFailed("--metrics-file is for run --once (cron); the daemon serves /metrics: set "
+                            "[forwarder.http] listen", EXIT_CONFIG)
     config = _load(args)
     _need_run_secrets(config)
     _preflight(config)
     with _state(config) as store:
         if args.once:
-            return asyncio.run(_once(Forwarder(config, store), output=args.output))
+            return asyncio.run(_once(Forwarder(config, store), output=args.output, metrics_file=args.metrics_file))
         asyncio.run(_forever(Forwarder(config, store)))
     return EXIT_OK
 
 
 async def _once(forwarder: Any, since: datetime | None = None, only: str | None = None,
-                output: str = "table") -> int:
+                output: str = "table", metrics_file: Path | None = None) -> int:
     started = time.time()
     async with forwarder:
         async with _showing_the_wait(forwarder):
             results = await forwarder.run_once(since, only)
+        if metrics_file is not None:  # while the forwarder is open: its state gauges are read now
+            from core.app.metrics import write_textfile
+
+            try:
+                write_textfile(metrics_file)
+            except OSError as err:
+                log.error("--metrics-file %s: cannot write it (%s)", metrics_file, err.strerror or err)
     _print_summary(results, forwarder, output)
     forwarder.warn_of_dead_letters(since=started)
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())

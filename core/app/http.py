@@ -65,6 +65,7 @@ class StatusServer:
         host, port = split_listen(self.listen)
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", _metrics)
         if self.add_routes is not None:
             self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
@@ -97,3 +98,13 @@ class StatusServer:
         alive = silent < STALE_AFTER and self._heartbeat is not None and not self._heartbeat.done()
         return web.json_response({"status": "ok" if alive else "stuck", "loop_silent_seconds": round(silent, 3)},
                                  status=200 if alive else 503)
+
+
+async def _metrics(request: Any) -> Any:
+    """Prometheus's scrape: text, or OpenMetrics when the Accept header asks for it."""
+    from aiohttp import web
+
+    from core.app.metrics import exposition
+
+    body, content_type = exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})

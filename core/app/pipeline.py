@@ -24,9 +24,18 @@ import httpx
 from aiolimiter import AsyncLimiter
 
 from connectors import connector_class
-from core.app.config import Config, RouteSettings, TenantSettings, held_back_reason, sinks_for_alert
+from core.app import metrics
+from core.app.config import (
+    BELOW_MIN_SEVERITY,
+    SOURCE_NOT_ROUTED,
+    Config,
+    RouteSettings,
+    TenantSettings,
+    held_back_reason,
+    sinks_for_alert,
+)
 from core.delivery import SinkWorker
-from core.model import jsonutil
+from core.model import jsonutil, telemetry
 from core.model.neterr import connect_and_read, describe
 from core.model.proxy import proxy_for
 from core.model.schema import Alert, EventMeta, TenantRef
@@ -86,6 +95,8 @@ class CycleReport:
 class _PageOutcome:
     commit: PageCommit
     sinks: set[str] = field(default_factory=set)
+    read: int = 0
+    duplicates: int = 0
 
 
 class Forwarder:
@@ -118,9 +129,11 @@ class Forwarder:
         self.readers = {label: self._readers(label, t) for label, t in self.config.tenants.items() if t.enabled}
         kinds = {kind for readers in self.readers.values() for kind in readers}
         self.mappings = {kind: source_mapping(KINDS[kind].mapping) for kind in sorted(kinds)}
+        metrics.watch(self)
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        metrics.unwatch(self)
         for worker in self.workers.values():
             await worker.close()
         for pools in self._http.values():
@@ -245,14 +258,22 @@ class Forwarder:
                            since: datetime | None) -> tuple[Window | None, str | None]:
         """Read one window of one kind of one tenant into `result`: the window if it was read to
         its end, and what failed, if anything."""
+        throttles = getattr(reader, "throttles", 0)
+        polls = telemetry.POLLS
         try:
-            return await self._read_window(label, tenant, reader, result, since), None
+            window = await self._read_window(label, tenant, reader, result, since)
         except TenantAuthError as err:
+            polls.labels(label, reader.kind.name, "failed").inc()
             return None, str(err)
-        except (SourceError, TransientAuthError) as err:
+        except (SourceError, TransientAuthError, httpx.HTTPError) as err:
+            # A window that failed after Graph throttled it: throttled, not failed.
+            throttled = getattr(reader, "throttles", 0) > throttles
+            polls.labels(label, reader.kind.name, "throttled" if throttled else "failed").inc()
+            if isinstance(err, httpx.HTTPError):
+                return None, f"Graph: {describe(err)} (will retry next cycle)"
             return None, f"{err} (will retry next cycle)"
-        except httpx.HTTPError as err:
-            return None, f"Graph: {describe(err)} (will retry next cycle)"
+        polls.labels(label, reader.kind.name, "ok").inc()
+        return window, None
 
     async def _read_window(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
                            since: datetime | None) -> Window | None:
@@ -281,7 +302,9 @@ class Forwarder:
         """Queue one page in one transaction (the cursor with the window's last page)."""
         outcome = self._process_page(ref, kind, window, page, result)
         outcome.commit.cursor = window.end_page(page.last)
-        for letter in self.store.commit_page(outcome.commit):
+        letters = self.store.commit_page(outcome.commit)
+        _count_page(ref.label, kind.name, outcome)
+        for letter in letters:
             # Once per dead letter: the overlap re-reads a refused alert every cycle. (INFO: the
             # WARNING is warn_of_dead_letters' count, with where to look.)
             log.info("tenant %s: alert %s refused (%s), kept as a dead letter: %s", ref.label, letter.version_key,
@@ -301,6 +324,7 @@ class Forwarder:
         alerts = self._normalise_page(ref, self.mappings[kind.name], fresh, commit)
         result.read += skipped + len(alerts) + len(commit.dead)
         result.duplicates += skipped
+        outcome.read, outcome.duplicates = skipped + len(alerts) + len(commit.dead), skipped
         result.dead += len(commit.dead)
         result.refused += len(commit.dead)
         versions = window.new_versions([(a.id, a.times.last_updated) for a in alerts])
@@ -308,6 +332,7 @@ class Forwarder:
         for alert, version in zip(alerts, versions, strict=True):
             if version is None:
                 result.duplicates += 1
+                outcome.duplicates += 1
                 continue
             commit.seen.append(version)
             alert.first_sight = alert.id not in known
@@ -343,6 +368,7 @@ class Forwarder:
         outcome.sinks.update(sink for sink, _, _ in queued)
         for letter in failures:  # a sink's own dead letter, shown in its row of the summary
             self.workers[letter.sink].stats.dead += 1
+            self.workers[letter.sink].dead_lettered.inc()
         # Per tenant each alert counts once: queued if it reached a sink, else dead.
         if queued:
             result.queued += 1
@@ -375,6 +401,9 @@ class Forwarder:
         )
         log.info("%s", report.line(), extra=vars(report))
         self.cycles += 1
+        telemetry.CYCLE_DURATION.observe(seconds)
+        stopped = any(w.fatal for w in self.workers.values())
+        telemetry.CYCLES.labels("partial" if report.tenants_failed or stopped else "ok").inc()
         return report
 
     async def drain(self) -> bool:
@@ -455,6 +484,27 @@ def encode_for_sinks(
             failures.append(DeadLetter("encode", sink, alert.tenant.id, alert.version_key,
                                        jsonutil.dumps_for_keeping(alert.raw), body[:2000]))
     return queued, failures
+
+
+def _count_page(label: str, source: str, outcome: _PageOutcome) -> None:
+    """The per tenant and source counters of one committed page."""
+    commit = outcome.commit
+    telemetry.ALERTS_READ.labels(label, source).inc(outcome.read)
+    telemetry.DUPLICATES.labels(label, source).inc(outcome.duplicates)
+    telemetry.VERSIONS_NEW.labels(label, source).inc(len(commit.seen))
+    normalise_dead = sum(1 for letter in commit.dead if letter.stage == "normalise")
+    if normalise_dead:
+        telemetry.SOURCE_DEAD.labels(label, source).inc(normalise_dead)
+    for reason, count in commit.held_back.items():
+        telemetry.FILTERED.labels(label, source, reason_slug(reason)).inc(count)
+
+
+def reason_slug(reason: str) -> str:
+    """A held-back reason as a label value: below_min_severity, source_not_routed, both joined
+    by `_and_`, or no_route."""
+    slugs = {BELOW_MIN_SEVERITY: "below_min_severity", SOURCE_NOT_ROUTED: "source_not_routed"}
+    named = [slugs[part] for part in reason.split(" and ") if part in slugs]
+    return "_and_".join(named) or "no_route"
 
 
 def _raw_id(raw: Any) -> str | None:

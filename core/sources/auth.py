@@ -13,11 +13,13 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Literal
 from urllib.parse import urlencode
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from core.model import telemetry
 from core.model.neterr import connect_and_read, describe
 from core.model.secrets import Secret
 
@@ -81,10 +83,11 @@ def consent_url(app: AppSettings, tenant_id: str) -> str:
 class TenantAuthError(Exception):
     """This tenant cannot be read until someone acts; the message says who and how."""
 
-    def __init__(self, problem: str, remedy: str) -> None:
+    def __init__(self, problem: str, remedy: str, state: str = "unknown") -> None:
         super().__init__(f"{problem}. Remedy: {remedy}")
         self.problem = problem
         self.remedy = remedy
+        self.state = state  # the auth state it means (core.model.telemetry.AUTH_STATES)
 
 
 class TransientAuthError(Exception):
@@ -124,10 +127,12 @@ def graph_refusal(status: int, app: AppSettings, tenant_id: str, permission: str
             f"Graph refused access (403): the app lacks the {permission} application permission here",
             f"add the permission to app {app.client_id} and have the customer consent again: "
             f"{consent_url(app, tenant_id)}",
+            state="consent_missing",
         )
     return TenantAuthError(
         "Graph rejected a fresh token (401)",
         f"check that app {app.client_id} is consented in tenant {tenant_id}: {consent_url(app, tenant_id)}",
+        state="consent_revoked",
     )
 
 
@@ -149,17 +154,36 @@ class TokenProvider:
         self._msal: Any = None
         self._lock = asyncio.Lock()
         self.scope = endpoints(app).graph + GRAPH_SCOPE_PATH
+        self.had_token = False  # a login succeeded in this process: a refusal now means revoked
+        telemetry.set_auth_state(label, "unknown")
+        watch_certificate(app_name, app)
 
     async def token(self) -> str:
         async with self._lock:
-            return await self._run(self._acquire)
+            return await self._counted(self._acquire)
 
     async def refresh(self) -> str:
         """Drop the cached token (the server no longer accepts it) and get a new one."""
         async with self._lock:
             if self._msal is not None:
                 await self._run(self._msal.remove_tokens_for_client)
-            return await self._run(self._acquire)
+            return await self._counted(self._acquire)
+
+    async def _counted(self, func: Any) -> str:
+        """A token, with the tenant's auth state set from the answer (a transient failure
+        leaves it as it was)."""
+        try:
+            token = await self._run(func)
+        except TenantAuthError as err:
+            self.refused(err)
+            raise
+        self.had_token = True
+        telemetry.set_auth_state(self.label, "ok")
+        return token
+
+    def refused(self, err: TenantAuthError) -> None:
+        """Count a refusal of this tenant (by the login service or by Graph) in its auth state."""
+        telemetry.set_auth_state(self.label, err.state)
 
     async def _run(self, func: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
@@ -205,13 +229,44 @@ class TokenProvider:
         known = _remedies(self.app_name, self.app, self.label, self.tenant_id)
         for code in codes:
             if code in known:
-                return TenantAuthError(*known[code])
+                state = AUTH_STATE_OF_CODE.get(code, "unknown")
+                if code == 700016 and self.had_token:
+                    state = "consent_revoked"  # the app had a token here before, in this process
+                return TenantAuthError(*known[code], state=state)
         if error in ("temporarily_unavailable", "server_error"):
             return TransientAuthError(f"login service error: {error}")
         return TenantAuthError(
             f"login failed ({error}, AADSTS codes {codes or 'none'})",
             f"check [apps.{self.app_name}] and tenants.{self.label}.tenant_id",
         )
+
+
+# What an AADSTS code of the login service says of the tenant's auth state. 700016 (the app is
+# not in the tenant) reads as revoked once the app had a token there (TokenProvider._classify).
+AUTH_STATE_OF_CODE = {700016: "consent_missing", 7000222: "credential_invalid", 7000215: "credential_invalid",
+                      700027: "credential_invalid"}
+
+
+def certificate_expiry(app: AppSettings) -> datetime | None:
+    """When the app's certificate stops being valid; None for a secret, or a PEM that holds none."""
+    from cryptography import x509
+
+    if app.certificate is None:
+        return None
+    pem = app.certificate.get_secret_value()
+    start = pem.find("-----BEGIN CERTIFICATE-----")
+    try:
+        return x509.load_pem_x509_certificate(pem[start:].encode()).not_valid_after_utc if start >= 0 else None
+    except ValueError:
+        return None
+
+
+def watch_certificate(app_name: str, app: AppSettings) -> None:
+    """`defender_forwarder_certificate_expiry_seconds{app}`, computed when scraped."""
+    expiry = certificate_expiry(app)
+    if expiry is not None:
+        telemetry.CERTIFICATE_EXPIRY.labels(app_name).set_function(
+            lambda: (expiry - datetime.now(timezone.utc)).total_seconds())
 
 
 def _credential(app: AppSettings) -> Any:

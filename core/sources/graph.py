@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import time
 from datetime import datetime, timezone
 from typing import Any, AsyncGenerator
 
 import httpx
 
-from core.model import jsonutil
+from core.model import jsonutil, telemetry
 from core.model.durations import backoff_delay
 from core.model.neterr import describe
 from core.sources.auth import endpoints, graph_refusal
@@ -64,6 +65,12 @@ class GraphSource:
         self.page_size, self.max_pages = context.page_size, context.max_pages
         self.backoff_base = context.backoff_base
         self.requests = 0
+        # The metrics of this tenant and kind (labels: the tenant's label, the kind's name).
+        labels = (getattr(context.tokens, "label", context.tenant_id), kind.name)
+        self._throttled = telemetry.THROTTLED.labels(*labels)
+        self._retry_after = telemetry.RETRY_AFTER.labels(*labels)
+        self._duration = telemetry.REQUEST_DURATION.labels(*labels)
+        self.throttles = 0  # 429 answers, ever: the pipeline tells a throttled window from a failed one
 
     def first_url(self, since: datetime) -> str:
         stamp = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -123,9 +130,19 @@ class GraphSource:
             elif response.status_code == 401 and not refreshed:
                 token, refreshed = await self._token(refresh=True), True
             elif response.status_code in (401, 403):
-                raise graph_refusal(response.status_code, self.app, self.tenant_id, self.kind.permission.name)
+                refusal = graph_refusal(response.status_code, self.app, self.tenant_id, self.kind.permission.name)
+                refused = getattr(self.tokens, "refused", None)
+                if refused is not None:
+                    refused(refusal)
+                raise refusal
             elif response.status_code in RETRY_STATUSES:
-                await asyncio.sleep(retry_after(response) or backoff_delay(attempt, self.backoff_base))
+                wait = retry_after(response)
+                if response.status_code == 429:
+                    self.throttles += 1
+                    self._throttled.inc()
+                    if wait:
+                        self._retry_after.inc(wait)
+                await asyncio.sleep(wait or backoff_delay(attempt, self.backoff_base))
             else:
                 raise SourceError(f"Graph answered {response.status_code}: {_graph_error(response)}")
         why = f": {self._unreachable}" if self._unreachable else ""
@@ -138,11 +155,14 @@ class GraphSource:
         async with self.concurrency:
             await self.limiter.acquire()
             self.requests += 1
+            started = time.monotonic()
             try:
                 return await self._send(self.client.build_request("GET", url, headers=headers))
             except httpx.TransportError as err:
                 self._unreachable = describe(err)
                 log.warning("tenant %s: Graph unreachable: %s; retrying", self.tenant_id, self._unreachable)
+            finally:
+                self._duration.observe(time.monotonic() - started)
         await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
         return None
 
