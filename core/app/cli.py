@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from connectors import setup_offers  # the registry alone: no connector is imported
+from core.app.version import version
 
 DESCRIPTION = """\
 Forward Microsoft Defender alerts of many customer tenants (Microsoft Graph
@@ -48,25 +49,6 @@ class _Version(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> NoReturn:
         print(f"defender-forwarder {version()}")
         parser.exit()
-
-
-def version() -> str:
-    """The version of this code: pyproject.toml's when it runs from a checkout (the installed
-    metadata may be another checkout's), else the installed package's."""
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    if pyproject.is_file():
-        import tomllib
-
-        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
-        if project.get("name") == "defender-forwarder" and "version" in project:
-            return str(project["version"])
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
-
-    try:
-        return installed("defender-forwarder")
-    except PackageNotFoundError:
-        return "unknown (neither installed nor run from a checkout)"
 
 
 def build_parser() -> argparse.ArgumentParser:

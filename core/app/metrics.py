@@ -17,6 +17,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core.app.version import version
 from core.model.telemetry import BUILD_INFO, PREFIX, REGISTRY
 
 SINK_STATES = ("ok", "retrying", "stopped", "paused")
@@ -82,24 +83,7 @@ REGISTRY.register(COLLECTOR)
 def watch(forwarder: Any) -> None:
     """Expose the state of `forwarder` (while it runs) and the build info."""
     COLLECTOR.forwarder = forwarder
-    BUILD_INFO.labels(_version(), platform.python_version()).set(1)
-
-
-def _version() -> str:
-    """As `defender-forwarder --version` says it (core.app.cli.version, which imports this
-    module's importers): the checkout's pyproject.toml, else the installed package's."""
-    import tomllib
-    from importlib.metadata import PackageNotFoundError, version
-
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    if pyproject.is_file():
-        project = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {})
-        if project.get("name") == "defender-forwarder" and "version" in project:
-            return str(project["version"])
-    try:
-        return version("defender-forwarder")
-    except PackageNotFoundError:
-        return "unknown"
+    BUILD_INFO.labels(version(), platform.python_version()).set(1)
 
 
 def unwatch(forwarder: Any) -> None:
