@@ -61,6 +61,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+def read_terminal(fd: int) -> bytes:
+    """Everything a child writes to the pseudo-terminal `fd` (pty's main side) until it closes it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_ndjson(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -170,7 +170,7 @@ def _run_on_a_terminal(config: Path, env: dict[str, str]) -> str:
     import subprocess
     import sys
 
-    from tests.helpers import REPO
+    from tests.helpers import REPO, read_terminal
 
     master, slave = pty.openpty()
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "TERM": "xterm", **env}
@@ -178,18 +178,10 @@ def _run_on_a_terminal(config: Path, env: dict[str, str]) -> str:
     process = subprocess.Popen([sys.executable, "-m", "core.app.cli", "run", "--once", "--config", str(config)],
                                cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=slave)
     os.close(slave)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
+    written = read_terminal(master)
     process.wait(timeout=60)
     os.close(master)
-    return b"".join(chunks).decode(errors="replace")
+    return written.decode(errors="replace")
 
 
 def test_on_a_terminal_a_long_wait_says_what_it_waits_for(tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def test_init_on_a_terminal_without_flags_asks(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.helpers import REPO
+    from tests.helpers import REPO, read_terminal
 
     out = tmp_path / "forwarder.toml"
     answers = [CLIENT_ID, "", "MY_SECRET_VAR", "contoso", "contoso=contoso.onmicrosoft.com", "", "syslog"]
@@ -197,15 +197,7 @@ def test_init_on_a_terminal_without_flags_asks(tmp_path: Path) -> None:
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stdin=child, stdout=child, stderr=child)
     os.close(child)
     os.write(main, "".join(answer + "\n" for answer in answers).encode())
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(main, 4096)
-        except OSError:  # the child closed the terminal
-            break
-        if not chunk:
-            break
-        seen += chunk
+    seen = read_terminal(main)
     assert process.wait(timeout=60) == 0, seen.decode(errors="replace")
     os.close(main)
     text = seen.decode(errors="replace")
