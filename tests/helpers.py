@@ -168,10 +168,12 @@ def recent(minutes_ago: float) -> datetime:
     return NOW - timedelta(minutes=minutes_ago)
 
 
-def daemon(config: Path) -> subprocess.Popen[str]:
-    """`defender-forwarder run` (the daemon loop) in a child process, its output piped."""
+def daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`defender-forwarder run` (the daemon loop) in a child process, its output piped; `env`
+    adds to the environment."""
     return subprocess.Popen([sys.executable, "-m", "core.app.cli", "run", "--config", str(config)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **env} if env else None)
 
 
 def until(condition: Any, process: subprocess.Popen[str], timeout: float = 20.0) -> None:

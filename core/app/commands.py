@@ -288,7 +288,7 @@ async def _forever(forwarder: Any) -> None:
                 await stack.enter_async_context(StatusServer(http.listen, lambda app: add_status_routes(app, forwarder)))
             except ListenFailed as err:
                 raise CommandFailed(str(err), EXIT_CONFIG) from None
-            log.info("serving /healthz on http://%s (status page at /)", http.listen)
+            log.info("serving the status page, /metrics, /healthz, /readyz and /api/status on http://%s", http.listen)
         await stack.enter_async_context(forwarder)
         log.info("forwarding %d tenants to %d sinks", len(forwarder.readers), len(forwarder.workers))
         await forwarder.run_forever()

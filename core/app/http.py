@@ -1,9 +1,10 @@
 """The daemon's HTTP endpoint (`[forwarder.http] listen`): what a load balancer, systemd's
 watchdog scripts or Kubernetes probe. It is off unless configured.
 
-Served now: `/healthz`, the process is alive and its event loop turns (a heartbeat task
-stamps the time; a loop blocked for longer than `STALE_AFTER` answers 503); and the routes
-the daemon adds (`/readyz`, `/api/status` and the status page `/`, `core.app.status_routes`).
+Served: `/healthz`, the process is alive and its event loop turns (a heartbeat task stamps
+the time; a loop blocked for longer than `STALE_AFTER` answers 503); `/metrics` for
+Prometheus (`core.app.metrics`); and the routes the daemon adds (`/readyz`, `/api/status` and
+the status page `/`, `core.app.status_routes`).
 """
 from __future__ import annotations
 
