@@ -59,6 +59,7 @@ class StatusServer:
         self._runner: Any = None
         self._heartbeat: asyncio.Task[None] | None = None
         self.last_beat = time.monotonic()
+        self.exposition: Any = None  # core.app.metrics.Exposition, made on the running loop
 
     async def __aenter__(self) -> "StatusServer":
         from aiohttp import web
@@ -66,7 +67,7 @@ class StatusServer:
         host, port = split_listen(self.listen)
         app = web.Application()
         app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", _metrics)
+        app.router.add_get("/metrics", self._metrics)
         if self.add_routes is not None:
             self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None)
@@ -101,11 +102,13 @@ class StatusServer:
                                  status=200 if alive else 503)
 
 
-async def _metrics(request: Any) -> Any:
-    """Prometheus's scrape: text, or OpenMetrics when the Accept header asks for it."""
-    from aiohttp import web
+    async def _metrics(self, request: Any) -> Any:
+        """Prometheus's scrape: text, or OpenMetrics when the Accept header asks for it."""
+        from aiohttp import web
 
-    from core.app.metrics import exposition
+        from core.app.metrics import Exposition
 
-    body, content_type = exposition(request.headers.get("Accept"))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+        if self.exposition is None:
+            self.exposition = Exposition()
+        body, content_type = await self.exposition.scrape(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})

@@ -111,3 +111,31 @@ def test_every_exposed_label_is_documented() -> None:
         if family.name in documented:
             for sample in family.samples:
                 assert set(sample.labels) - {"le"} <= documented[family.name], (family.name, sample.labels)
+
+
+def test_a_scrape_gets_the_last_rendering_until_it_is_old_enough(monkeypatch) -> None:
+    import asyncio
+
+    from core.app import metrics
+    from core.model.telemetry import CYCLES
+
+    monkeypatch.setattr(metrics, "MIN_AGE", 0.3)
+    monkeypatch.setattr(metrics, "RENDER_SHARE", 0)  # the age alone decides here
+
+    def cycles(body: bytes) -> float:
+        return _value(_families(body.decode()), "defender_forwarder_cycles", result="partial")
+
+    async def scrapes() -> list[tuple[bytes, str]]:
+        CYCLES.labels("partial").inc(0)  # the series exists from the first scrape on
+        exposition = metrics.Exposition()
+        first = await exposition.scrape(None)
+        CYCLES.labels("partial").inc()
+        again = await exposition.scrape(None)  # too soon: the same rendering
+        openmetrics = await exposition.scrape("application/openmetrics-text; version=1.0.0")  # its own
+        await asyncio.sleep(0.35)
+        return [first, again, openmetrics, await exposition.scrape(None)]
+
+    first, again, openmetrics, later = asyncio.run(scrapes())
+    assert again == first and first[1].startswith("text/plain")
+    assert openmetrics[1].startswith("application/openmetrics-text") and openmetrics[0].endswith(b"# EOF\n")
+    assert cycles(later[0]) == cycles(first[0]) + 1
