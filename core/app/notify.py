@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import smtplib
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -244,12 +243,17 @@ class Notifier:
     async def _send_queue(self) -> None:
         while self.queue:
             message = self.queue[0]
+            about = "; ".join(c.headline for c in message.changes)
             try:
                 await asyncio.to_thread(self._smtp_send, compose(message, self.settings))
-            except (OSError, smtplib.SMTPException) as err:  # SMTPException derives from OSError; both named
+            except OSError as err:  # refused, unreachable, timed out, an SMTP error (smtplib's derive from it)
                 log.warning("notify: the mail server %s:%d did not take the message about %s (%s); trying "
-                            "again after the next cycle", self.server.host, self.server.port,
-                            "; ".join(c.headline for c in message.changes), REDACTOR.redact(str(err) or repr(err)))
+                            "again after the next cycle", self.server.host, self.server.port, about,
+                            REDACTOR.redact(str(err) or type(err).__name__))
+                return
+            except Exception:  # noqa: BLE001 - a bug here must cost a notification, never a cycle
+                log.exception("notify: the message about %s could not be sent; trying again after the next cycle",
+                              about)
                 return
             self.store.record_notified(message.states())
             self.queue.pop(0)
