@@ -49,7 +49,7 @@ from email.message import EmailMessage
 from email.utils import formataddr, make_msgid
 from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
@@ -236,15 +236,8 @@ class EmailConnector(Connector):
         config = self.config
         context = self._tls() if config.security != "none" else None
         try:
-            if config.security == "tls":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(config.host, config.smtp_port, timeout=config.timeout,
-                                                      context=context)
-            else:
-                smtp = smtplib.SMTP(config.host, config.smtp_port, timeout=config.timeout)
-                if config.security == "starttls":
-                    smtp.starttls(context=context)
-            if config.username is not None and config.password is not None:
-                smtp.login(config.username, config.password.get_secret_value())
+            smtp = open_session(config.host, config.smtp_port, config.security, config.timeout, context,
+                                config.username, config.password)
         except ssl.SSLError as err:
             refused = certificate_refused(err)
             if refused is None:
@@ -280,6 +273,25 @@ class EmailConnector(Connector):
 
     def _where(self) -> str:
         return f"{self.config.host}:{self.config.smtp_port}"
+
+
+def open_session(host: str, port: int, security: str, timeout: float, context: ssl.SSLContext | None,
+                 username: str | None, password: SecretStr | None) -> smtplib.SMTP:
+    """An SMTP session, encrypted as `security` says and logged in when a user is given: the
+    sink's, and [notify]'s (core/app/notify.py), which may use a sink's server. Blocking."""
+    if security == "tls":
+        smtp: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    else:
+        smtp = smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        if security == "starttls":
+            smtp.starttls(context=context)
+        if username is not None and password is not None:
+            smtp.login(username, password.get_secret_value())
+    except BaseException:
+        smtp.close()  # a refused STARTTLS or login must not leave the socket open until collected
+        raise
+    return smtp
 
 
 def _reply(text: bytes | str) -> str:

@@ -66,17 +66,17 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
-def _need_secrets(config: Config, apps: list[str], sinks: list[str]) -> None:
+def _need_secrets(config: Config, apps: list[str], sinks: list[str], notify: bool = False) -> None:
     """Resolve up front the secrets a command will use, so that a missing one stops it before
     anything starts, every one named; the others stay unread."""
-    problems = unresolved_secrets(secret_refs(config, apps, sinks))
+    problems = unresolved_secrets(secret_refs(config, apps, sinks, notify))
     if problems:
         raise CommandFailed("a secret this command needs cannot be read:\n  " + "\n  ".join(problems), EXIT_CONFIG)
 
 
 def _need_run_secrets(config: Config) -> None:
-    """What polling and delivering use: the apps of the enabled tenants, and every sink."""
-    _need_secrets(config, apps_in_use(config), list(config.sinks))
+    """What polling, delivering and notifying use: the apps of the enabled tenants, every sink, [notify]."""
+    _need_secrets(config, apps_in_use(config), list(config.sinks), notify=True)
 
 
 @contextlib.contextmanager

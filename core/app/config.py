@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from connectors import connector_class, sink_types
 from core.app.http import split_listen
 from core.model.durations import Duration
 from core.model.schema import Severity
-from core.model.secrets import LiteralSecretWarning, SecretRef, SecretUnavailable
+from core.model.secrets import LiteralSecretWarning, Secret, SecretRef, SecretUnavailable
 from core.sources import DEFAULT_SOURCES, KINDS
 from core.sources.auth import AppSettings
 
@@ -82,6 +82,36 @@ class ForwarderSettings(_Strict):
         if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
             raise ValueError("not a proxy URL; use http://host:port (or http://user:password@host:port)")
         return proxy
+
+
+class NotifySettings(_Strict):
+    """`[notify]`: mail the MSSP's operators when a tenant turns failing or recovers, consent is
+    revoked, an app's certificate nears its end, or a sink stops (core/app/notify.py); off when absent.
+    The server is an e-mail sink's (`smtp_sink`) or one of its own (`host` and the keys after it)."""
+
+    to: list[str] = Field(min_length=1, description="the operators' addresses")
+    sender: str = Field(description="the From address")
+    smtp_sink: str | None = Field(default=None, description="an email sink whose server, login and TLS to use")
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535, description="default 587, 465 for tls, 25 for none")
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: Secret | None = None
+    ca_file: str | None = Field(default=None, description="PEM of the CA that signed the server's certificate")
+    certificate_days: int = Field(default=14, ge=1, description="mail when an app's certificate expires within this")
+    timeout: Duration = Field(default=30.0, gt=0, description="how long one SMTP conversation may take")
+
+    @model_validator(mode="after")
+    def _one_server(self) -> NotifySettings:
+        own = [key for key in ("host", "port", "username", "password", "ca_file") if getattr(self, key) is not None]
+        if self.smtp_sink is not None and own:
+            raise ValueError(f"smtp_sink uses that sink's server: remove {', '.join(own)}, or remove smtp_sink")
+        if self.smtp_sink is None and self.host is None:
+            raise ValueError('name the mail server: smtp_sink = "<an email sink>", or host (with port, security, '
+                             "username, password)")
+        if (self.username is None) != (self.password is None):
+            raise ValueError('username and password go together (password = "env:NAME")')
+        return self
 
 
 # A tenant is named to Entra by its GUID or by one of its verified domains; anything else
@@ -184,6 +214,7 @@ class Config(_Strict):
     tenants: dict[str, TenantSettings]
     sinks: dict[str, Any]
     routes: list[RouteSettings] = Field(default_factory=list)
+    notify: NotifySettings | None = None
     _source: str = PrivateAttr(default="<config>")
     _literal_secret_warnings: list[str] = PrivateAttr(default_factory=list)
 
@@ -201,6 +232,7 @@ class _Sections(_Strict):
     tenants: dict[str, Any] = Field(default_factory=dict)  # its absence is a problem of its own (below)
     sinks: dict[str, Any] = Field(default_factory=dict)
     routes: list[Any] = Field(default_factory=list)
+    notify: dict[str, Any] | None = None
 
 
 def config_path(explicit: str | None) -> Path:
@@ -261,6 +293,8 @@ def _validate_sections(data: dict[str, Any], problems: list[str]) -> dict[str, A
         "sinks": {name: _validate_sink(name, raw, problems) for name, raw in sections.sinks.items()},
         "routes": [_validated(RouteSettings, raw, ("routes", index), problems)
                    for index, raw in enumerate(sections.routes)],
+        "notify": None if sections.notify is None else _validated(NotifySettings, sections.notify, ("notify",),
+                                                                   problems),
     }
 
 
@@ -321,9 +355,12 @@ def _secrets_in(value: Any, path: str) -> Iterable[tuple[str, SecretRef]]:
             yield from _secrets_in(item, f"{path}.{key}")
 
 
-def secret_refs(config: Config, apps: Iterable[str] = (), sinks: Iterable[str] = ()) -> list[SecretRef]:
-    """The secret references of the apps and sinks named."""
-    models = [config.apps[name] for name in apps] + [config.sinks[name] for name in sinks]
+def secret_refs(config: Config, apps: Iterable[str] = (), sinks: Iterable[str] = (),
+                notify: bool = False) -> list[SecretRef]:
+    """The secret references of the apps and sinks named (and of [notify], if asked)."""
+    models: list[BaseModel] = [config.apps[name] for name in apps] + [config.sinks[name] for name in sinks]
+    if notify and config.notify is not None:
+        models.append(config.notify)
     return [ref for model in models for _, ref in _secrets_in(model, "")]
 
 
@@ -374,6 +411,7 @@ def _cross_check(data: dict[str, Any], parts: dict[str, Any]) -> list[str]:
         *_check_apps(data, parts),
         *_check_formats(parts["sinks"]),
         *_check_routes(data),
+        *_check_notify(data),
         *([] if parts["sinks"] else ["sinks: at least one sink is needed; add a [sinks.NAME] table"]),
     ]
 
@@ -415,6 +453,19 @@ def _check_formats(sinks: dict[str, Any]) -> list[str]:
         except FormatNotAvailable as err:
             problems.append(f"sinks.{name}.format: {err}")
     return problems
+
+
+def _check_notify(data: dict[str, Any]) -> list[str]:
+    """`notify.smtp_sink` names an email sink (a sink of another type has no mail server)."""
+    notify = data.get("notify")
+    name = notify.get("smtp_sink") if isinstance(notify, dict) else None
+    if not isinstance(name, str):
+        return []
+    emails = [sink for sink, table in _tables(data, "sinks").items() if table.get("type") == "email"]
+    if name in emails:
+        return []
+    return [f"notify.smtp_sink = {json.dumps(name)}: no email sink of that name; email sinks: "
+            f"{', '.join(emails) or 'none'} (or set host instead)"]
 
 
 def _check_routes(data: dict[str, Any]) -> list[str]:

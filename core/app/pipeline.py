@@ -34,6 +34,7 @@ from core.app.config import (
     held_back_reason,
     sinks_for_alert,
 )
+from core.app.notify import Notifier
 from core.delivery import SinkWorker
 from core.model import jsonutil, telemetry
 from core.model.neterr import connect_and_read, describe
@@ -71,6 +72,7 @@ class TenantResult:
     refused: int = 0  # of `dead`, the alerts the mapping refused (the others failed to encode)
     paused: bool = False
     error: str | None = None
+    auth_state: str | None = None  # a refused login or Graph token: what it means (telemetry.AUTH_STATES)
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ class Forwarder:
         self.resend = False  # backfill --resend: versions taken before are sent again
         self._counted: tuple[dict[str, int], int] = ({}, 0)  # sink totals at the last cycle line
         self.cycles = 0  # poll cycles completed (`/readyz` waits for the first)
+        # label -> auth state of a tenant whose last poll was refused (consent_revoked, ...): what
+        # [notify] names in its subject; the status model has only the error's text.
+        self.auth_failures: dict[str, str] = {}
+        self.notifier = Notifier(config, store) if config.notify is not None else None
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
@@ -244,6 +250,10 @@ class Forwarder:
             if result.paused:
                 break
         result.error = "; ".join(errors) or None
+        if result.auth_state is not None:
+            self.auth_failures[label] = result.auth_state
+        else:
+            self.auth_failures.pop(label, None)
         if result.error:
             log.error("tenant %s: %s", label, result.error, extra={"tenant": label})
             self.store.record_error(tenant.tenant_id, label, result.error)
@@ -264,6 +274,7 @@ class Forwarder:
             window = await self._read_window(label, tenant, reader, result, since)
         except TenantAuthError as err:
             polls.labels(label, reader.kind.name, "failed").inc()
+            result.auth_state = result.auth_state or err.state
             return None, str(err)
         except (SourceError, TransientAuthError, httpx.HTTPError) as err:
             # A window that failed after Graph throttled it: throttled, not failed.
@@ -382,6 +393,9 @@ class Forwarder:
         await self.drain()
         self._tidy_state()
         self.log_cycle(results, asyncio.get_running_loop().time() - started)
+        if self.notifier is not None:  # cron: the same comparison, sent before the process ends
+            self.notifier.after_cycle(self.workers, self.auth_failures)
+            await self.notifier.flush()
         return results
 
     def log_cycle(self, results: list[TenantResult], seconds: float) -> CycleReport:
@@ -448,6 +462,8 @@ class Forwarder:
                 self._tidy_state()
                 since = self.warn_of_dead_letters(since)
                 self.log_cycle(results, loop.time() - started)
+                if self.notifier is not None:  # sends in a task of its own: the next cycle never waits for it
+                    self.notifier.after_cycle(self.workers, self.auth_failures)
                 # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
                 # which must not add to every alert's wait. Jitter keeps many forwarders from
                 # polling in lockstep.
@@ -460,6 +476,8 @@ class Forwarder:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            if self.notifier is not None:
+                await self.notifier.flush()  # a message under way (bounded by [notify] timeout)
 
 
 def encode_for_sinks(

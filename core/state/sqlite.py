@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS tenant_status (
 CREATE TABLE IF NOT EXISTS held_back (
     tenant_id TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, reason)) WITHOUT ROWID;
+-- [notify]: the state last mailed per subject (`tenant:contoso`, `sink:siem`, `certificate:mssp`),
+-- so that a restart neither mails again nor misses a change made while it was down.
+CREATE TABLE IF NOT EXISTS notified (
+    subject TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL) WITHOUT ROWID;
 """
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
 # rather than misread, or migrated (MIGRATIONS). (A new table needs no bump: CREATE TABLE IF NOT
@@ -362,6 +366,18 @@ class SQLiteStore:
         for tenant_id, reason, count in self.db.execute("SELECT tenant_id, reason, count FROM held_back ORDER BY reason"):
             counts.setdefault(tenant_id, {})[reason] = count
         return counts
+
+    def notified(self) -> dict[str, str]:
+        """subject -> the state last notified (core/app/notify.py)."""
+        return dict(self.db.execute("SELECT subject, state FROM notified").fetchall())
+
+    def record_notified(self, states: dict[str, str]) -> None:
+        """Remember these states as notified, in one transaction (one message's changes)."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("INSERT INTO notified VALUES (?, ?, ?) ON CONFLICT (subject) "
+                           "DO UPDATE SET state=excluded.state, updated=excluded.updated",
+                           [(subject, state, now) for subject, state in states.items()])
 
     def forget_old_sink_memory(self) -> int:
         """Drop the sinks' notes untouched for longer than Defender keeps an alert (what the

@@ -333,6 +333,8 @@ def _model_of(config: Any, header: str) -> Any:
         return type(config.forwarder)
     if section == "routes":
         return type(config.routes[0])
+    if section == "notify":
+        return type(config.notify)
     if section in ("apps", "tenants", "sinks"):
         return type(getattr(config, section)[name])
     raise AssertionError(f"[{header}]: not a table of the configuration")
@@ -360,7 +362,7 @@ def _keys_by_table(block: str) -> dict[str, set[str]]:
 def test_configuration_blocks_are_valid(page: Path, block: str, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tomllib.loads(block)
     keys = _keys_by_table(block)
-    if not any(key in data for key in ("forwarder", "apps", "tenants", "sinks", "routes")):
+    if not any(key in data for key in ("forwarder", "apps", "tenants", "sinks", "routes", "notify")):
         # A fragment of one sink's table (e.g. the other Elasticsearch set-up): its keys only.
         sink_type = next(t for t, p in sink_pages().items() if p == page and t != "stdout")
         unknown = keys[""] - field_names(sink_model(sink_type))
@@ -399,6 +401,13 @@ def test_the_readme_names_every_key_of_the_other_tables(monkeypatch: pytest.Monk
     for header in ("forwarder", "apps.mssp", "tenants.contoso", "routes"):
         absent = field_names(_model_of(config, header)) - keys[header]
         assert not absent, f"README.md [{header}]: the example names no {sorted(absent)}"
+
+
+def test_the_alerting_page_names_every_key_of_notify() -> None:
+    from core.app.config import NotifySettings
+
+    absent = field_names(NotifySettings) - _named_keys(DOCS / "alerting.md")
+    assert not absent, f"docs/alerting.md: its [notify] block names no {sorted(absent)}"
 
 
 # --------------------------------------------------------------------------- sink types and formats
