@@ -144,7 +144,7 @@ def test_basic_auth_over_tls_verified_with_the_ca(tmp_path: Path, monkeypatch: p
         assert _answer(f"http://127.0.0.1:{port}/healthz") is None  # no plain HTTP there
     finally:
         output = _stop(process)
-    assert f"serving /healthz on https://127.0.0.1:{port}" in output
+    assert f" on https://127.0.0.1:{port}" in output  # the start line says where, with the scheme
 
 
 def test_the_server_context_refuses_tls_below_1_2(tmp_path: Path) -> None:
