@@ -28,7 +28,7 @@ from core.app.config import (
 )
 from core.app.logs import setup_logging
 from core.model import jsonutil
-from core.model.secrets import REDACTOR, SecretUnavailable
+from core.model.secrets import REDACTOR, SecretRef, SecretUnavailable
 from core.state import StateError, StateLocked
 from core.state.sqlite import SQLiteStore, StateLock
 
@@ -77,6 +77,33 @@ def _need_secrets(config: Config, apps: list[str], sinks: list[str], notify: boo
 def _need_run_secrets(config: Config) -> None:
     """What polling, delivering and notifying use: the apps of the enabled tenants, every sink, [notify]."""
     _need_secrets(config, apps_in_use(config), list(config.sinks), notify=True)
+
+
+def _http_endpoint(config: Config) -> tuple[Any, ssl.SSLContext | None]:
+    """The daemon endpoint's credentials and TLS context, or (None, None) without one: its
+    secrets read and its certificate loaded now, so that a missing one stops the command
+    before anything starts, in one line naming the key."""
+    from core.app.http import Credentials, TlsFilesFailed, server_ssl_context
+
+    http = config.forwarder.http
+    if http is None:
+        return None, None
+    refs = [ref for ref in (http.bearer_token, http.password) if isinstance(ref, SecretRef)]
+    problems = unresolved_secrets(refs)
+    if problems:
+        raise CommandFailed("a secret this command needs cannot be read:\n  " + "\n  ".join(problems), EXIT_CONFIG)
+    credentials = None
+    if http.authenticated:
+        credentials = Credentials(
+            bearer_token=http.bearer_token.get_secret_value() if http.bearer_token is not None else None,
+            username=http.username,
+            password=http.password.get_secret_value() if http.password is not None else None,
+        )
+    try:
+        context = server_ssl_context(http.tls_cert_file, http.tls_key_file) if http.tls_cert_file else None
+    except TlsFilesFailed as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+    return credentials, context
 
 
 @contextlib.contextmanager
@@ -216,7 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _state(config) as store:
         if args.once:
             return asyncio.run(_once(Forwarder(config, store), output=args.output, metrics_file=args.metrics_file))
-        asyncio.run(_forever(Forwarder(config, store)))
+        asyncio.run(_forever(Forwarder(config, store), *_http_endpoint(config)))
     return EXIT_OK
 
 
@@ -276,7 +303,7 @@ def _waiting_for(forwarder: Any) -> str:
     return escape("waiting for " + "; ".join(parts))
 
 
-async def _forever(forwarder: Any) -> None:
+async def _forever(forwarder: Any, credentials: Any = None, ssl_context: ssl.SSLContext | None = None) -> None:
     from core.app.http import ListenFailed, StatusServer
     from core.app.status_routes import add_status_routes
 
@@ -285,10 +312,14 @@ async def _forever(forwarder: Any) -> None:
         if http is not None:
             # Before the first poll: a port already taken stops the daemon now, with exit 2.
             try:
-                await stack.enter_async_context(StatusServer(http.listen, lambda app: add_status_routes(app, forwarder)))
+                await stack.enter_async_context(StatusServer(
+                    http.listen, lambda app: add_status_routes(app, forwarder), credentials, ssl_context))
             except ListenFailed as err:
                 raise CommandFailed(str(err), EXIT_CONFIG) from None
-            log.info("serving the status page, /metrics, /healthz, /readyz and /api/status on http://%s", http.listen)
+            log.info("serving the status page, /metrics, /healthz, /readyz and /api/status on %s", http.url)
+            if http.allow_unauthenticated and not http.loopback:
+                log.warning("forwarder.http: %s serves the status of every tenant WITHOUT authentication "
+                            "(allow_unauthenticated = true): anyone who reaches it can read it", http.url)
         await stack.enter_async_context(forwarder)
         log.info("forwarding %d tenants to %d sinks", len(forwarder.readers), len(forwarder.workers))
         await forwarder.run_forever()
@@ -521,6 +552,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     _need_run_secrets(config)
     _preflight(config)
+    _http_endpoint(config)  # what the daemon would serve with: its secrets and TLS files
     # With JSON logs stderr is a log stream: what check says goes there as log lines, its table to stdout.
     json_logs = config.forwarder.log_format == "json"
     if json_logs:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from connectors import connector_class, sink_types
-from core.app.http import split_listen
+from core.app.http import is_loopback, split_listen
 from core.model.durations import Duration
 from core.model.schema import Severity
 from core.model.secrets import LiteralSecretWarning, Secret, SecretRef, SecretUnavailable
@@ -39,15 +39,56 @@ class _Strict(BaseModel):
 
 
 class HttpSettings(_Strict):
-    """`[forwarder.http]`: the daemon's HTTP endpoint (core/app/http.py); off when absent."""
+    """`[forwarder.http]`: the daemon's HTTP endpoint (core/app/http.py); off when absent.
 
-    listen: str = Field(description="host:port the daemon serves /healthz on, e.g. 127.0.0.1:9464")
+    Safe by default: it serves the status of every customer tenant, so an address that is not
+    loopback needs credentials, or `allow_unauthenticated = true` said on purpose."""
+
+    listen: str = Field(description="host:port the daemon serves /healthz on; 127.0.0.1:9464 is the "
+                        "recommended one (loopback: only this machine reaches it)")
+    bearer_token: Secret | None = Field(default=None, description="requests must send "
+                                        "`Authorization: Bearer <token>` (a secret reference)")
+    username: str | None = Field(default=None, description="Basic authentication's user, with password")
+    password: Secret | None = Field(default=None, description="Basic authentication's password (a secret "
+                                    "reference)")
+    allow_unauthenticated: bool = Field(default=False, description="serve a non-loopback address without "
+                                        "credentials (a firewall or a proxy guards it); logged as a warning")
+    tls_cert_file: str | None = Field(default=None, description="PEM certificate (chain): serve HTTPS")
+    tls_key_file: str | None = Field(default=None, description="the private key of tls_cert_file (default: in it)")
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, listen: str) -> str:
         split_listen(listen)
         return listen
+
+    @model_validator(mode="after")
+    def _safe(self) -> HttpSettings:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together (Basic authentication)")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file needs tls_cert_file")
+        if self.authenticated and self.allow_unauthenticated:
+            raise ValueError("allow_unauthenticated = true and credentials contradict each other; remove one")
+        if not self.authenticated and not self.allow_unauthenticated and not self.loopback:
+            raise ValueError(f"listen = {self.listen!r} is not a loopback address, so anyone who reaches it "
+                             "could read the status of every tenant; set bearer_token = \"env:NAME\" (or "
+                             "username + password), listen on 127.0.0.1, or set allow_unauthenticated = true "
+                             "if a firewall guards it")
+        return self
+
+    @property
+    def authenticated(self) -> bool:
+        return self.bearer_token is not None or self.password is not None
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(split_listen(self.listen)[0])
+
+    @property
+    def url(self) -> str:
+        """Where the endpoint is, as the log and a browser say it."""
+        return f"{'https' if self.tls_cert_file else 'http'}://{self.listen}"
 
 
 class ForwarderSettings(_Strict):

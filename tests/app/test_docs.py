@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from core.app.config import ConfigError, parse_config
+from core.app.config import ConfigError, HttpSettings, parse_config
 from tests.helpers import REPO, run_cli
 
 README = REPO / "README.md"
@@ -329,6 +329,8 @@ def _runnable(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str
 
 def _model_of(config: Any, header: str) -> Any:
     section, _, name = header.partition(".")
+    if header == "forwarder.http":  # the one table inside [forwarder]
+        return type(config.forwarder.http)
     if section == "forwarder":
         return type(config.forwarder)
     if section == "routes":
@@ -392,6 +394,11 @@ def test_each_sink_page_names_every_key_of_its_sink() -> None:
     if absent:
         missing["every sink (docs/sinks/README.md)"] = sorted(absent)
     assert not missing, f"keys no configuration block names: {missing}"
+
+
+def test_the_status_page_names_every_key_of_the_endpoint() -> None:
+    absent = field_names(HttpSettings) - _named_keys(DOCS / "status.md")
+    assert not absent, f"docs/status.md: no configuration block names [forwarder.http] {sorted(absent)}"
 
 
 def test_the_readme_names_every_key_of_the_other_tables(monkeypatch: pytest.MonkeyPatch) -> None:
