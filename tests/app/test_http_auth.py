@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import signal
-import socket
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import trustme
 from core.app.http import server_ssl_context
 from tests.helpers import SECRET, CloudSetup, daemon, recent, run_cli, until, write_config, write_replay
 from tests.peers.alert_factory import make_alerts
+from tests.peers.lifecycle import free_port
 
 TENANT_ID = "77777777-7777-4777-8777-777777777777"
 ROUTES = ["/", "/api/status", "/metrics", "/readyz", "/healthz"]
@@ -27,12 +27,6 @@ TOKEN = "endpoint-token-4b1d9e-do-not-leak"
 HEC_TOKEN = "hec-token-0c7e52-do-not-leak"
 SMTP_PASSWORD = "smtp-password-9a3f10-do-not-leak"
 BASIC_PASSWORD = "basic-password-5e8c21-do-not-leak"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _replay_config(folder: Path, port: int, http: dict[str, Any]) -> Path:
@@ -72,7 +66,7 @@ def _stop(process: subprocess.Popen[str]) -> str:
 def bearer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A daemon whose endpoint wants a bearer token (read from the environment), after its first
     cycle; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     config = _replay_config(tmp_path_factory.mktemp("bearer"), port, {"bearer_token": "env:DF_TEST_HTTP_TOKEN"})
     base = f"http://127.0.0.1:{port}"
     with pytest.MonkeyPatch.context() as env:
@@ -123,7 +117,7 @@ def test_basic_auth_over_tls_verified_with_the_ca(tmp_path: Path, monkeypatch: p
     server.private_key_pem.write_to_path(str(key))
     ca.cert_pem.write_to_path(str(ca_file))
     monkeypatch.setenv("DF_TEST_HTTP_PASSWORD", BASIC_PASSWORD)
-    port = _free_port()
+    port = free_port()
     config = _replay_config(tmp_path, port, {"username": "prometheus", "password": "env:DF_TEST_HTTP_PASSWORD",
                                              "tls_cert_file": str(cert), "tls_key_file": str(key)})
     base = f"https://127.0.0.1:{port}"
@@ -176,7 +170,7 @@ def _tls_files(tmp_path: Path) -> dict[str, str]:
 def test_an_unusable_certificate_or_key_is_one_line_naming_key_and_file(
         tmp_path: Path, cert: str, key: str, expected: str) -> None:
     files = _tls_files(tmp_path)
-    config = _replay_config(tmp_path, _free_port(), {"tls_cert_file": files[cert], "tls_key_file": files[key]})
+    config = _replay_config(tmp_path, free_port(), {"tls_cert_file": files[cert], "tls_key_file": files[key]})
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -186,7 +180,7 @@ def test_an_unusable_certificate_or_key_is_one_line_naming_key_and_file(
 
 
 def test_a_non_loopback_address_without_credentials_is_a_config_error(tmp_path: Path) -> None:
-    config = _replay_config(tmp_path, _free_port(), {})
+    config = _replay_config(tmp_path, free_port(), {})
     text = config.read_text().replace('listen = "127.0.0.1:', 'listen = "0.0.0.0:')
     config.write_text(text)
     result = run_cli("run", "--config", str(config))
@@ -199,14 +193,14 @@ def test_a_non_loopback_address_without_credentials_is_a_config_error(tmp_path: 
 
 
 def test_a_missing_token_secret_names_its_key(tmp_path: Path) -> None:
-    config = _replay_config(tmp_path, _free_port(), {"bearer_token": "env:DF_TEST_NO_SUCH_TOKEN"})
+    config = _replay_config(tmp_path, free_port(), {"bearer_token": "env:DF_TEST_NO_SUCH_TOKEN"})
     result = run_cli("run", "--config", str(config))
     assert result.returncode == 2, result.stderr
     assert "forwarder.http.bearer_token: environment variable DF_TEST_NO_SUCH_TOKEN is not set" in result.stderr
 
 
 def test_allow_unauthenticated_serves_a_wildcard_address_with_a_warning(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _replay_config(tmp_path, port, {"allow_unauthenticated": True})
     config.write_text(config.read_text().replace('listen = "127.0.0.1:', 'listen = "0.0.0.0:'))
     process = daemon(config)
@@ -239,14 +233,14 @@ def test_no_secret_of_the_configuration_in_any_answer(setup: CloudSetup, monkeyp
     setup.cloud.add_alerts(tenant, make_alerts(2, tenant, recent(30), timedelta(minutes=1)))
     setup.forwarder["poll_interval"] = "1h"
     setup.sinks = {
-        "splunk": {"type": "splunk_hec", "url": f"http://127.0.0.1:{_free_port()}", "token": "env:DF_TEST_HEC_TOKEN",
+        "splunk": {"type": "splunk_hec", "url": f"http://127.0.0.1:{free_port()}", "token": "env:DF_TEST_HEC_TOKEN",
                    "retry_initial": 0.05, "retry_max": 0.2},
-        "mail": {"type": "email", "host": "127.0.0.1", "port": _free_port(), "security": "none", "from": "f@example.org",
+        "mail": {"type": "email", "host": "127.0.0.1", "port": free_port(), "security": "none", "from": "f@example.org",
                  "to": ["soc@example.org"], "username": "forwarder", "password": "env:DF_TEST_SMTP_PASSWORD",
                  "retry_initial": 0.05, "retry_max": 0.2},
     }
     config = setup.write()
-    port = _free_port()
+    port = free_port()
     with config.open("a") as file:
         file.write(f'\n[forwarder.http]\nlisten = "127.0.0.1:{port}"\nbearer_token = "env:DF_TEST_HTTP_TOKEN"\n')
     base, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,14 +9,9 @@ import httpx
 
 from tests.helpers import daemon, recent, until, write_config, write_replay
 from tests.peers.alert_factory import make_alerts
+from tests.peers.lifecycle import free_port
 
 TENANT_ID = "77777777-7777-4777-8777-777777777777"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _healthz(url: str) -> httpx.Response | None:
@@ -30,7 +24,7 @@ def _healthz(url: str) -> httpx.Response | None:
 def test_the_daemon_answers_healthz_while_it_forwards(tmp_path: Path) -> None:
     replay = write_replay(tmp_path / "replay", [make_alerts(5, TENANT_ID, recent(60), timedelta(seconds=1), seed=3)])
     out = tmp_path / "out.ndjson"
-    port = _free_port()
+    port = free_port()
     config = write_config(tmp_path / "c.toml", {
         "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d", "poll_interval": "1h"},
         "forwarder.http": {"listen": f"127.0.0.1:{port}"},
@@ -57,7 +51,7 @@ def test_readyz_turns_503_when_a_sink_stops_and_names_it(tmp_path: Path) -> None
     from tests.peers.hec_peer import HecPeer, TokenSettings
 
     replay = write_replay(tmp_path / "replay", [make_alerts(3, TENANT_ID, recent(60), timedelta(seconds=1), seed=4)])
-    port = _free_port()
+    port = free_port()
     with HecPeer(tokens={"11111111-1111-4111-8111-111111111111": TokenSettings()}, tls=False) as hec:
         config = write_config(tmp_path / "c.toml", {
             "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d", "poll_interval": "1h"},

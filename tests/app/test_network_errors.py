@@ -9,12 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import CloudSetup, run_cli
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.peers.lifecycle import free_port
 
 
 def flat(text: str) -> str:
@@ -46,7 +41,7 @@ def test_login_host_that_does_not_resolve(setup: CloudSetup) -> None:
 
 def test_graph_port_refused_names_tenant_host_and_port(setup: CloudSetup) -> None:
     setup.tenant("acme")
-    port = _free_port()
+    port = free_port()
     setup.app["graph_endpoint"] = f"https://127.0.0.1:{port}"
     result = run_cli("run", "--once", "--config", str(setup.write()))
     assert result.returncode == 1
@@ -68,7 +63,7 @@ def test_graph_with_an_untrusted_certificate(setup: CloudSetup, untrusted_tls: i
 
 def test_tenants_shows_the_last_network_error(setup: CloudSetup, tmp_path: Path) -> None:
     setup.tenant("acme")
-    port = _free_port()
+    port = free_port()
     setup.app["graph_endpoint"] = f"https://127.0.0.1:{port}"
     config = setup.write()
     run_cli("run", "--once", "--config", str(config))
@@ -98,7 +93,7 @@ def sink_row(stderr: str, name: str) -> str:
 
 
 def test_a_sink_that_cannot_connect_shows_retrying_never_ok(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    port = _free_port()
+    port = free_port()
     config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
                                       "token": "env:DF_TEST_HEC_TOKEN"})
     result = run_cli("run", "--once", "--config", str(config),
@@ -113,7 +108,7 @@ def test_a_sink_that_cannot_connect_shows_retrying_never_ok(tmp_path: Path, monk
 
 @pytest.mark.parametrize("sink_type", ["splunk_hec", "elasticsearch", "syslog"])
 def test_every_network_sink_says_where_and_why(tmp_path: Path, sink_type: str) -> None:
-    port = _free_port()
+    port = free_port()
     sink = {"splunk_hec": {"url": f"http://127.0.0.1:{port}", "token": "env:DF_TEST_HEC_TOKEN"},
             "elasticsearch": {"hosts": [f"http://127.0.0.1:{port}"]},
             "syslog": {"host": "127.0.0.1", "port": port, "protocol": "tcp"}}[sink_type]
@@ -185,7 +180,7 @@ def _run_on_a_terminal(config: Path, env: dict[str, str]) -> str:
 
 
 def test_on_a_terminal_a_long_wait_says_what_it_waits_for(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
                                       "token": "env:DF_TEST_HEC_TOKEN"})
     screen = _run_on_a_terminal(config, {"DF_TEST_HEC_TOKEN": "00000000-0000-4000-8000-00000000beef"})
@@ -193,7 +188,7 @@ def test_on_a_terminal_a_long_wait_says_what_it_waits_for(tmp_path: Path) -> Non
 
 
 def test_off_a_terminal_no_spinner(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _replay_setup(tmp_path, {"type": "splunk_hec", "url": f"http://127.0.0.1:{port}",
                                       "token": "env:DF_TEST_HEC_TOKEN"})
     result = run_cli("run", "--once", "--config", str(config),
@@ -202,7 +197,7 @@ def test_off_a_terminal_no_spinner(tmp_path: Path) -> None:
 
 
 def test_an_smtp_server_out_of_reach(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     config = _replay_setup(tmp_path, {"type": "email", "host": "127.0.0.1", "port": port, "security": "none",
                                       "from": "forwarder@mssp.example", "to": ["soc@mssp.example"]})
     result = run_cli("run", "--once", "--config", str(config))

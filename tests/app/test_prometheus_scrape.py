@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,21 +16,16 @@ import pytest
 from core.state.sqlite import SQLiteStore
 from tests.helpers import SECRET, CloudSetup, daemon, recent, until
 from tests.peers.alert_factory import make_alerts
+from tests.peers.lifecycle import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None,
                                 reason="prometheus is not installed (.ci/run installs Debian's prometheus)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _prometheus(target: str, tmp_path: Path) -> Iterator[str]:
     """Prometheus on a free loopback port, scraping `target` every second; yields its URL."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
                       "scrape_configs:\n  - job_name: defender-forwarder\n"
@@ -68,10 +62,10 @@ def running(setup: CloudSetup, tmp_path: Path) -> Iterator[tuple[CloudSetup, str
     setup.tenant("revoked", consent=False)
     setup.forwarder["poll_interval"] = "1h"
     setup.sinks = {"archive": {"type": "file", "path": str(setup.out("{tenant}")), "format": "raw"},
-                   "siem": {"type": "syslog", "host": "127.0.0.1", "port": _free_port(), "protocol": "tcp",
+                   "siem": {"type": "syslog", "host": "127.0.0.1", "port": free_port(), "protocol": "tcp",
                             "retry_initial": 5, "retry_max": 60}}
     config = setup.write()
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     with config.open("a") as file:
         file.write(f'\n[forwarder.http]\nlisten = "{endpoint}"\n')
     process = daemon(config)

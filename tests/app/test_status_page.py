@@ -7,7 +7,6 @@ import contextlib
 import json
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import timedelta
@@ -23,15 +22,10 @@ from core.app.status_page import accessibility_problems
 from core.app.status_routes import not_ready
 from tests.helpers import REPO, SECRET, CloudSetup, daemon, recent, run_cli, until
 from tests.peers.alert_factory import make_alerts
+from tests.peers.lifecycle import free_port
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # ignored by git: the browser's screenshots
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> httpx.Response | None:
@@ -50,7 +44,7 @@ def _daemon_with_a_failing_tenant(setup: CloudSetup) -> Iterator[str]:
     setup.tenant("revoked", consent=False)
     setup.forwarder["poll_interval"] = "1h"
     config = setup.write()
-    port = _free_port()
+    port = free_port()
     with config.open("a") as file:
         file.write(f'\n[forwarder.http]\nlisten = "127.0.0.1:{port}"\n')
     base = f"http://127.0.0.1:{port}"

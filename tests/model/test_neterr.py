@@ -11,12 +11,7 @@ import pytest
 import requests
 
 from core.model.neterr import address, describe
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.peers.lifecycle import free_port
 
 
 @pytest.fixture
@@ -41,7 +36,7 @@ def _requests_error(url: str, timeout: float | tuple[float, float] = 5.0) -> Exc
 
 
 def test_refused_names_the_port() -> None:
-    port = _free_port()
+    port = free_port()
     assert describe(_httpx_error(f"http://127.0.0.1:{port}/x")) == f"127.0.0.1:{port}: connection refused"
     assert describe(_requests_error(f"http://127.0.0.1:{port}/x")) == f"127.0.0.1:{port}: connection refused"
 

@@ -2,9 +2,17 @@
 and a restart on the same port (the peers keep their port across stop())."""
 from __future__ import annotations
 
+import socket
 import time
 from types import TracebackType
 from typing import Any, Self
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS's pick)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Restartable:

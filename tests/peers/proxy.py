@@ -21,16 +21,12 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.peers.lifecycle import free_port
+
 HOST = "127.0.0.1"
 TINYPROXY = shutil.which("tinyproxy") or "/usr/sbin/tinyproxy"
 if not os.path.exists(TINYPROXY):
     TINYPROXY = "/usr/bin/tinyproxy"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 class Proxy:
@@ -40,7 +36,7 @@ class Proxy:
         if not os.access(TINYPROXY, os.X_OK):
             pytest.skip("tinyproxy is not installed (apt-get install tinyproxy; .ci/run does it)")
         self.run_dir = run_dir
-        self.port = _free_port()
+        self.port = free_port()
         self.log_file = run_dir / "tinyproxy.log"
         self.url = f"http://{HOST}:{self.port}"
         if auth is not None:

@@ -54,7 +54,6 @@ import email.policy
 import functools
 import re
 import shutil
-import socket
 import ssl
 import tempfile
 import threading
@@ -71,7 +70,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.peers.lifecycle import Restartable
+from tests.peers.lifecycle import Restartable, free_port
 from tests.peers.mutual_tls import require_client_certificate
 
 HOST = "127.0.0.1"
@@ -150,13 +149,6 @@ def _use(rule: _Rule) -> None:
     """Under the lock: one answer given by `rule`."""
     if rule.times is not None:
         rule.times -= 1
-
-
-def _free_port() -> int:
-    # Controller(port=0) cannot work (it connects to its own port to confirm startup).
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def _address(argument: str | None) -> str | None:
@@ -378,7 +370,8 @@ class SmtpServer(Restartable):
         if self._controller is not None:
             raise RuntimeError("SmtpServer is already running")
         if not self._port:
-            self._port = _free_port()
+            # Controller(port=0) cannot work (it connects to its own port to confirm startup).
+            self._port = free_port()
         controller = _Controller(self, _Handler(self), hostname=HOST, port=self._port,
                                  ready_timeout=READY_TIMEOUT, **self._smtp_options())
         controller.start()
