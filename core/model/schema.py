@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import msgspec
 
@@ -250,6 +250,7 @@ class Comment(_Model, kw_only=True):
 class Alert(_Model, kw_only=True):
     """One version of one Defender alert of one customer tenant."""
 
+    KIND: ClassVar[str] = "alert"  # the event kind: routes choose by it, sinks keep kinds apart
     schema_version: str = SCHEMA_VERSION
     source: str  # "graph_alerts" (later "mde_alerts")
     tenant: TenantRef
@@ -296,6 +297,58 @@ class Alert(_Model, kw_only=True):
     raw: Any = None
 
 
+class IncidentTimes(_Model, kw_only=True):
+    created: datetime | None = None
+    last_updated: datetime
+    ingested: datetime
+
+
+class Incident(_Model, kw_only=True):
+    """One version of one Defender XDR incident of one customer tenant: the alerts Defender
+    correlated, as the SOC works them. Its alerts are linked by id (`alert_ids`, and each
+    Alert's `incident_id`), never embedded: an alert is forwarded as its own event."""
+
+    KIND: ClassVar[str] = "incident"
+    kind: Literal["incident"] = "incident"  # what tells an incident from an alert in the `alert` format
+    schema_version: str = SCHEMA_VERSION
+    source: str  # "graph_incidents"
+    tenant: TenantRef
+    id: str
+    version_key: str
+    times: IncidentTimes
+    severity: Severity
+    severity_original: str | None = None
+    status: str | None = None  # active, inProgress, resolved, redirected, awaitingAction, ...
+    classification: str | None = None
+    determination: str | None = None
+    title: str | None = None  # Graph's displayName
+    description: str | None = None
+    summary: str | None = None
+    assigned_to: str | None = None
+    last_modified_by: str | None = None
+    incident_web_url: str | None = None
+    # Set when Defender merged this incident into another (status `redirected`): the one to follow.
+    redirect_incident_id: str | None = None
+    priority_score: int | None = None
+    custom_tags: list[str] = []
+    system_tags: list[str] = []
+    comments: list[Comment] = []
+    resolving_comment: str | None = None
+    alert_ids: list[str] = []
+    extra: dict[str, Any] = {}  # incident properties with no typed field above, verbatim
+    first_sight: bool | None = None  # as Alert's
+    raw: Any = None  # the incident exactly as the API sent it
+
+    @property
+    def service_source(self) -> None:
+        """Routes filter alerts by their product; an incident spans products, so it has none."""
+        return None
+
+
+# One event of the common schema, of either kind.
+Event = Alert | Incident
+
+
 def version_key(tenant_id: str, alert_id: str, last_updated: datetime) -> str:
     """The identity of one alert version: what dedupe, `_id` and message ids are built on."""
     if last_updated.tzinfo is UTC and last_updated.year >= 1000:
@@ -316,11 +369,12 @@ class EventMeta(NamedTuple):
     version_key: str
     severity: Severity
     time: float  # the version's lastUpdateDateTime, seconds since the epoch
+    kind: str = "alert"  # Alert.KIND or Incident.KIND
 
     @classmethod
-    def of(cls, alert: Alert) -> "EventMeta":
-        return cls(alert.tenant.id, alert.tenant.label, alert.id, alert.version_key, alert.severity,
-                   alert.times.last_updated.timestamp())
+    def of(cls, event: Alert | Incident) -> "EventMeta":
+        return cls(event.tenant.id, event.tenant.label, event.id, event.version_key, event.severity,
+                   event.times.last_updated.timestamp(), event.KIND)
 
 
 def encode_alert(alert: Alert) -> bytes:
@@ -333,6 +387,14 @@ def decode_alert(body: bytes) -> Alert:
     """`encode_alert` read back, every type checked; raises `msgspec.ValidationError` (a
     ValueError) for what is not an encoded Alert."""
     return alert_from_data(msgspec.json.decode(body))
+
+
+def decode_event(body: bytes) -> Alert | Incident:
+    """`encode_alert` of an alert or an incident read back (an incident says `kind`)."""
+    data = msgspec.json.decode(body)
+    if isinstance(data, dict) and data.get("kind") == Incident.KIND:
+        return msgspec.convert(data, Incident)
+    return alert_from_data(data)
 
 
 def alert_from_data(data: Any) -> Alert:

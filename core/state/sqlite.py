@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, tenant_id TEXT NOT NULL,
     tenant_label TEXT NOT NULL, alert_id TEXT NOT NULL, version_key TEXT NOT NULL,
     severity INTEGER NOT NULL, event_time REAL NOT NULL, payload BLOB NOT NULL, enqueued REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    kind TEXT NOT NULL DEFAULT 'alert');  -- the event kind (alert, incident): sinks keep them apart
 CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, id);
 -- Kept by triggers, because counting a full outbox (100,000 rows) took milliseconds, and the
 -- backpressure check asks before every page of every tenant.
@@ -58,7 +59,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, sink TEXT,
     tenant_id TEXT NOT NULL, version_key TEXT, payload BLOB NOT NULL, reason TEXT NOT NULL,
     created REAL NOT NULL, digest TEXT NOT NULL UNIQUE,
-    tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL);
+    tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL, kind TEXT);
 CREATE TABLE IF NOT EXISTS sink_memory (
     sink TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (sink, key)) WITHOUT ROWID;
@@ -77,13 +78,17 @@ CREATE TABLE IF NOT EXISTS notified (
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
 # rather than misread, or migrated (MIGRATIONS). (A new table needs no bump: CREATE TABLE IF NOT
 # EXISTS adds it.)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Older schema -> the statements that bring a file of it to the next one; a file older than
 # the oldest key here is refused.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 4: known_alerts remembers each alert's latest version taken, so that a backfill past the
     # seen-marks' horizon does not re-send it. Rows of older files have none (a backfill re-sends those).
     3: ("ALTER TABLE known_alerts ADD COLUMN last_update TEXT",),
+    # 5: events of more than one kind (alerts, incidents): each outbox row and dead letter says
+    # which, because a sink sends the kinds apart (sourcetype, data stream). Older rows are alerts.
+    4: ("ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'alert'",
+        "ALTER TABLE dead_letters ADD COLUMN kind TEXT"),
 }
 # Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
 RECLAIM_PAGES_PER_CALL = 25_600
@@ -309,7 +314,7 @@ class SQLiteStore:
 
     def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         query = ("SELECT stage, sink, tenant_id, version_key, payload, reason, id, created, "
-                 "tenant_label, alert_id, severity, event_time FROM dead_letters")
+                 "tenant_label, alert_id, severity, event_time, kind FROM dead_letters")
         params: tuple[object, ...] = ()
         if sink is not None:
             query += " WHERE sink=?"
@@ -423,22 +428,22 @@ class _Tx:
 
 def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> list[OutboxRow]:
     rows = db.execute(
-        "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts "
+        "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts, kind "
         "FROM outbox WHERE sink=? AND id>? ORDER BY id LIMIT ?",
         (sink, after, limit),
     )
     by_value = Severity.of_value
     return [
-        OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when), payload, attempts)
-        for row_id, tenant, label, alert, key, severity, when, payload, attempts in rows
+        OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when, kind), payload, attempts)
+        for row_id, tenant, label, alert, key, severity, when, payload, attempts, kind in rows
     ]
 
 
 def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, bytes]], now: float) -> None:
     db.executemany(
         "INSERT INTO outbox (sink, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, "
-        "enqueued) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(sink, m.tenant_id, m.tenant_label, m.alert_id, m.version_key, int(m.severity), m.time, payload, now)
+        "enqueued, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(sink, m.tenant_id, m.tenant_label, m.alert_id, m.version_key, int(m.severity), m.time, payload, now, m.kind)
          for sink, m, payload in rows],
     )
 
@@ -451,7 +456,7 @@ def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> 
     for d in dead:
         cursor = db.execute(
             "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, "
-            "digest, tenant_label, alert_id, severity, event_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "digest, tenant_label, alert_id, severity, event_time, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta)),
         )
         if cursor.rowcount:
@@ -461,16 +466,17 @@ def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> 
 
 def _meta_columns(meta: EventMeta | None) -> tuple[object, ...]:
     if meta is None:
-        return (None, None, None, None)
-    return (meta.tenant_label, meta.alert_id, int(meta.severity), meta.time)
+        return (None, None, None, None, None)
+    return (meta.tenant_label, meta.alert_id, int(meta.severity), meta.time, meta.kind)
 
 
 def _dead_letter(stage: str, sink: str | None, tenant_id: str, version_key: str | None, payload: bytes, reason: str,
                  row_id: int, created: float, label: str | None, alert_id: str | None, severity: int | None,
-                 when: float | None) -> DeadLetter:
+                 when: float | None, kind: str | None) -> DeadLetter:
     meta = None
     if label is not None and alert_id is not None and version_key is not None and when is not None:
-        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity.of_value(severity or 0), when)
+        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity.of_value(severity or 0), when,
+                         kind or "alert")
     return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created)
 
 

@@ -115,17 +115,44 @@ def test_a_schema_3_file_is_migrated_keeping_what_it_holds(tmp_path: Path) -> No
     store.close()
     v3 = sqlite3.connect(path)  # the file as schema 3 wrote it
     v3.execute("ALTER TABLE known_alerts DROP COLUMN last_update")
+    v3.execute("ALTER TABLE outbox DROP COLUMN kind")
+    v3.execute("ALTER TABLE dead_letters DROP COLUMN kind")
     v3.execute("PRAGMA user_version=3")
     v3.commit()
     v3.close()
 
     store = SQLiteStore(path)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert store.known("t1", ["a1"]) == {"a1"}
     assert store.cursor("t1", "graph_alerts") == datetime(2026, 11, 1, tzinfo=timezone.utc)
     assert store.latest_taken("t1", ["a1"]) == {}  # schema 3 did not keep it: a backfill re-sends a1
     store.commit_page(PageCommit("t1", "graph_alerts", seen=[("a1", "2026-11-02T00:00:00.000000Z")]))
     assert store.latest_taken("t1", ["a1"]) == {"a1": "2026-11-02T00:00:00.000000Z"}
+    store.close()
+
+
+def test_a_schema_4_file_is_migrated_its_outbox_rows_being_alerts(tmp_path: Path) -> None:
+    """Schema 5 added the event kind to the outbox and the dead letters."""
+    path = tmp_path / "v4.db"
+    store = SQLiteStore(path)
+    store.outbox_append("siem", [(_meta("a1", "2026-11-01"), b"alert one")])
+    store.close()
+    v4 = sqlite3.connect(path)  # the file as schema 4 wrote it
+    v4.execute("ALTER TABLE outbox DROP COLUMN kind")
+    v4.execute("ALTER TABLE dead_letters DROP COLUMN kind")
+    v4.execute("PRAGMA user_version=4")
+    v4.commit()
+    v4.close()
+
+    store = SQLiteStore(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    incident = _meta("i7", "2026-11-02")._replace(kind="incident")
+    store.outbox_append("siem", [(incident, b"incident seven")])
+    rows = store.outbox_batch("siem", 10)
+    assert [(row.payload, row.meta.kind) for row in rows] == [(b"alert one", "alert"), (b"incident seven", "incident")]
+    store.outbox_dead([(rows[1], "refused")])
+    [letter] = store.dead_letters("siem")
+    assert letter.meta is not None and letter.meta.kind == "incident"
     store.close()
 
 
