@@ -1,7 +1,8 @@
 """Mappings: Defender source shapes -> `core.model.schema.Alert` -> each output format.
 
-Every output format is a module with `encode(alert: Alert) -> bytes` returning one
-line (no trailing newline); a format whose lines can be cut to fit a budget offers a
+Every output format is a module with `encode(event: Alert | Incident) -> bytes` returning
+one line (no trailing newline; an incident has its own shape in each format, chosen inside
+`encode` by one class test so the alert path pays nothing more); a format whose lines can be cut to fit a budget offers a
 shortener too (`shortener(name)`); every source is a module with
 `normalise(raw, tenant, ingested) -> Alert`. Modules are imported on first use so that
 `--help` and cron start-up stay fast.
@@ -14,7 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from core.model.schema import Alert, TenantRef
+    from core.model.schema import Alert, Incident, TenantRef
 
 # Every format a sink or `convert` may name -> its module.
 AVAILABLE_FORMATS = {
@@ -30,10 +31,10 @@ OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 AVAILABLE_FORMATS["alert"] = "mappings.alert"
 
 # `convert --source` names -> the mapping module of that source shape.
-SOURCES = {"graph": "graph_alerts_v2"}
+SOURCES = {"graph": "graph_alerts_v2", "graph_incidents": "graph_incidents"}
 
 
-Encoder = Callable[["Alert"], bytes]
+Encoder = Callable[["Alert | Incident"], bytes]
 # (line, budget in bytes) -> the line within the budget, and whether it had to be cut (it may
 # no longer parse) rather than only shortened value by value.
 Shortener = Callable[[bytes, int], tuple[bytes, bool]]

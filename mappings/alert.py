@@ -2,11 +2,12 @@
 
 For sinks that render the alert themselves (the e-mail sink writes its messages from it) and
 for anyone who wants the normalised schema as it is: every `Alert` field, `raw` included.
-`core.model.schema.decode_alert` reads it back into the same model.
+`decode` reads it back into the same model: an Alert, or an Incident (which says
+`"kind": "incident"`; `core.model.schema.decode_event`).
 """
 from __future__ import annotations
 
-from core.model.schema import decode_alert, encode_alert
+from core.model.schema import decode_event, encode_alert
 
 encode = encode_alert
-decode = decode_alert
+decode = decode_event

@@ -11,6 +11,9 @@ Elastic's m365_defender ingest pipeline). Shape, which a README documents:
 names); should Graph ever send one, its value is kept under `forwarder.shadowed`. An
 alert that did not come from an API (`raw` is None) is encoded as the normalised model
 (`Alert` fields, which carry `tenant` and `version_key` themselves).
+
+An incident (`Incident`) is written the same way: the incident as Graph sent it (its alerts
+linked by the forwarder's `alertIds`, never embedded) plus `tenant` and `forwarder`.
 """
 from __future__ import annotations
 
@@ -19,12 +22,12 @@ from typing import Any
 import msgspec
 
 from core.model import jsonutil
-from core.model.schema import Alert
+from core.model.schema import Alert, Incident
 
 _CONTEXT_KEYS = ("tenant", "forwarder")
 
 
-def to_raw(alert: Alert) -> dict[str, Any]:
+def to_raw(alert: Alert | Incident) -> dict[str, Any]:
     """The document `encode` writes, as a dict."""
     original = alert.raw
     if not isinstance(original, dict):
@@ -36,6 +39,6 @@ def to_raw(alert: Alert) -> dict[str, Any]:
     return {**original, "tenant": {"id": alert.tenant.id, "label": alert.tenant.label}, "forwarder": forwarder}
 
 
-def encode(alert: Alert) -> bytes:
+def encode(alert: Alert | Incident) -> bytes:
     """One line of JSON (no trailing newline)."""
     return jsonutil.dumps(to_raw(alert))

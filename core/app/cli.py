@@ -63,13 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="one poll cycle, drain, exit")
     run.add_argument("--metrics-file", metavar="PATH", type=Path,
                      help="with --once: write the metrics there for node_exporter's textfile collector")
-    convert = _add(commands, "convert", "convert saved alerts to an output format on stdout")
-    convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
-    convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")
+    convert = _add(commands, "convert", "convert saved alerts or incidents to an output format on stdout")
+    convert.add_argument("--source", choices=["graph", "graph_incidents"], default="graph",
+                         help="shape of the input: graph (alerts_v2 alerts, the default) | graph_incidents")
+    convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef | alert")
     convert.add_argument("--tenant-label", default="convert", help="customer label to stamp on the output")
     convert.add_argument("--ingested", metavar="TIME", help="when the alerts count as read, ISO 8601 "
                          "(default: each alert's lastUpdateDateTime, so the same input gives the same output)")
-    convert.add_argument("file", nargs="?", default="-", help="Graph list response, one alert, or NDJSON (- = stdin)")
+    convert.add_argument("file", nargs="?", default="-", help="Graph list response, one alert or incident, or NDJSON (- = stdin)")
     _add(commands, "validate", "check the config offline: no network, no state, secret references by syntax only")
     _add(commands, "check", "validate config, get a token per tenant, read one alert, probe every sink", listing=True)
     _add(commands, "tenants", "per tenant: cursor, lag, last success, last error, outbox depth per sink", listing=True)

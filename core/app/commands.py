@@ -480,7 +480,10 @@ def _time_property(source: str) -> str:
     from core.sources import KINDS
     from mappings import SOURCES
 
-    return next(kind.version.time for kind in KINDS.values() if kind.mapping == SOURCES[source])
+    # Graph's resources all version by lastUpdateDateTime: the default for a shape no
+    # registered source kind reads yet.
+    return next((kind.version.time for kind in KINDS.values() if kind.mapping == SOURCES[source]),
+                "lastUpdateDateTime")
 
 
 def _time_in(raw: Any, time_property: str) -> datetime:
