@@ -11,6 +11,10 @@ of all the steps interleaved, so that drift of the machine hits them alike):
 It prints one line per format: alerts/s, µs/alert and the ratio (b_f)/(a) against its target
 (raw, cef, cim <= 4; ocsf <= 5; ecs <= 6); then where the time goes: parsing, normalising,
 and each format's own encoding (the differences of the steps' growing prefixes).
+Then the same for Graph incidents (issue 18), in the same run: (a) and (b_f) over as many
+generated incidents (`make_incidents`: Graph's documented shape, with comments, tags and
+linked alert ids), normalised by `mappings.graph_incidents`, printed as µs/incident beside
+the alert figures.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' alert f
 import mappings  # noqa: E402
 from core.model.schema import TenantRef  # noqa: E402
 from mappings.graph_alerts_v2 import normalise  # noqa: E402
+from mappings.graph_incidents import normalise as normalise_incident  # noqa: E402
 from tests.peers.alert_factory import make_alerts  # noqa: E402
 
 TENANT = TenantRef(id="22222222-2222-4222-8222-222222222222", label="contoso")
@@ -41,6 +46,35 @@ TARGETS = {"raw": 4.0, "cef": 4.0, "cim": 4.0, "ocsf": 5.0, "ecs": 6.0}
 def build(count: int) -> list[bytes]:
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     return [orjson.dumps(alert) for alert in make_alerts(count, TENANT.id, start, timedelta(seconds=5), seed=1)]
+
+
+_STATUSES = ("active", "inProgress", "resolved", "redirected", "awaitingAction")
+_SEVERITIES = ("informational", "low", "medium", "high")
+
+
+def make_incidents(count: int) -> list[bytes]:
+    """`count` Graph incidents as JSON bytes: the documented shape, varied per incident."""
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    incidents = []
+    for n in range(count):
+        updated = start + timedelta(seconds=5 * n)
+        incidents.append(orjson.dumps({
+            "@odata.type": "#microsoft.graph.security.incident", "id": str(100000 + n), "tenantId": TENANT.id,
+            "incidentWebUrl": f"https://security.microsoft.com/incidents/{100000 + n}?tid={TENANT.id}",
+            "redirectIncidentId": str(n - 1) if n % 5 == 3 else None,
+            "displayName": f"Multi-stage incident involving Initial access on {n % 7 + 1} endpoints",
+            "description": "Microsoft observed activity spreading through infected USB devices. " * 3,
+            "createdDateTime": (updated - timedelta(hours=1)).isoformat().replace("+00:00", "Z"),
+            "lastUpdateDateTime": updated.isoformat().replace("+00:00", "Z"),
+            "assignedTo": f"analyst{n % 4}@contoso.onmicrosoft.com" if n % 3 else None,
+            "classification": "truePositive", "determination": "multiStagedAttack",
+            "status": _STATUSES[n % len(_STATUSES)], "severity": _SEVERITIES[n % len(_SEVERITIES)],
+            "customTags": ["Demo"], "systemTags": ["Defender Experts"], "priorityScore": n % 100,
+            "comments": [{"comment": "Looked at it", "createdBy": "DavidS@contoso.onmicrosoft.com",
+                          "createdTime": "2026-11-01T12:07:37.2756993Z"}],
+            "alertIds": [f"da6375512276775{n:05d}_{k}" for k in range(n % 6 + 1)],
+        }))
+    return incidents
 
 
 def encoder(name: str) -> tuple[Callable[[Any], bytes] | None, str]:
@@ -99,9 +133,26 @@ def main(argv: list[str] | None = None) -> None:
     # Where the time goes: parsing and normalising, the differences of growing prefixes (each
     # difference also pays for freeing what its stage made); a format's own encoding is its
     # pipeline less both.
+    incidents = make_incidents(args.alerts)
+
+    def incident_pipeline(encode: Callable[[Any], bytes]) -> Callable[[bytes], bytes]:
+        return lambda blob: encode(normalise_incident(orjson.loads(blob), TENANT, ingested))
+
+    incident_steps = {"incident (a)": lambda blob: orjson.dumps(orjson.loads(blob))}
+    for name in mappings.OUTPUT_FORMATS:
+        if name in steps:
+            encode = mappings.encoder(name)
+            try:
+                incident_pipeline(encode)(incidents[0])
+            except Exception as error:  # noqa: BLE001 - report it, measure the rest
+                notes[f"incident {name}"] = f"not available ({type(error).__name__}: {error})"
+                continue
+            incident_steps[f"incident {name}"] = incident_pipeline(encode)
+    steps.update(incident_steps)
     steps["prefix parse"] = lambda blob: orjson.loads(blob)
     steps["prefix normalise"] = lambda blob: normalise(orjson.loads(blob), TENANT, ingested)
-    seconds = best_seconds(steps, dict.fromkeys(steps, blobs), args.repeat)
+    inputs = {name: incidents if name in incident_steps else blobs for name in steps}
+    seconds = best_seconds(steps, inputs, args.repeat)
 
     def rate(s: float) -> str:
         return f"{args.alerts / s:>9,.0f} alerts/s {s / args.alerts * 1e6:6.1f} µs/alert"
@@ -122,6 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"where the time goes, µs/alert: parse {parse / args.alerts * 1e6:.1f}, "
           f"normalise {(normalised - parse) / args.alerts * 1e6:.1f} (/(a) {(normalised - parse) / plain:.2f}); "
           f"each format's own encoding: {own}")
+    incident_plain = seconds["incident (a)"]
+    figures = ", ".join(
+        f"{name} {seconds[f'incident {name}'] / args.alerts * 1e6:.1f} "
+        f"({seconds[f'incident {name}'] / incident_plain:.2f}x; alert {seconds[name] / args.alerts * 1e6:.1f})"
+        for name in mappings.OUTPUT_FORMATS if f"incident {name}" in seconds)
+    print(f"incidents, µs/incident (bytes->Incident->format, (b)/(a) against the incidents' own round trip "
+          f"{incident_plain / args.alerts * 1e6:.1f} µs): {figures}")
 
 
 if __name__ == "__main__":
