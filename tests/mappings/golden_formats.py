@@ -2,7 +2,9 @@
 
 The corpus is fixed and lives in this repository: 600 generated alerts
 (`tests/peers/alert_factory.py`, seeded), every case of the hostile corpus
-(`tests/reliability/hostile_alerts.ndjson`) and the demo's replay pages. For each alert the
+(`tests/reliability/hostile_alerts.ndjson`), the demo's replay pages, and the Graph incidents
+of `INCIDENTS` (the documented shape: assigned, merged, resolved, hostile, unknown enums, one
+refused), normalised by `mappings.graph_incidents`. For each alert the
 snapshot keeps what `normalise` said (ok, or its dead-letter reason), `version_of`, and per
 format a digest of the bytes written (or the encoder's error): `ocsf` three times, for
 `first_sight` None, True and False.
@@ -30,6 +32,34 @@ INGESTED = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
 FORMATS = ("raw", "ocsf", "ecs", "cim", "cef", "alert")
 
 
+_HOSTILE = "a|b\\c=d\ne\rf\x00g\u2028h<script>'\";--${jndi:ldap://x}"
+_INCIDENT = {
+    "@odata.type": "#microsoft.graph.security.incident", "id": "2972395", "tenantId": TENANT_ID,
+    "incidentWebUrl": f"https://security.microsoft.com/incidents/2972395?tid={TENANT_ID}", "redirectIncidentId": None,
+    "displayName": "Multi-stage incident involving Initial access & Command and control on multiple endpoints",
+    "createdDateTime": "2026-11-01T08:43:35.5533333Z", "lastUpdateDateTime": "2026-11-02T09:35:45.1133333Z",
+    "assignedTo": "KaiC@contoso.onmicrosoft.com", "classification": "TruePositive",
+    "determination": "MultiStagedAttack", "status": "Active", "severity": "Medium", "customTags": ["Demo"],
+    "systemTags": ["Defender Experts"], "description": "Worm activity spreading through infected USB devices.",
+    "comments": [{"comment": "Demo incident", "createdBy": "DavidS@contoso.onmicrosoft.com",
+                  "createdTime": "2026-11-02T12:07:37.2756993Z"}],
+    "alertIds": ["da637551227677560813_-961444813", "da637551227677560813_-961444814"],
+}
+# Graph incidents of the corpus: (name, incident).
+INCIDENTS: tuple[tuple[str, Any], ...] = (
+    ("documented", _INCIDENT),
+    ("unassigned", {**_INCIDENT, "assignedTo": None, "comments": [], "alertIds": []}),
+    ("merged", {**_INCIDENT, "status": "redirected", "redirectIncidentId": "2972400"}),
+    ("resolved", {**_INCIDENT, "status": "resolved", "resolvingComment": "Closed as true positive",
+                  "createdDateTime": "2026-11-02T09:35:45.1133333Z"}),
+    ("hostile", {**_INCIDENT, "displayName": _HOSTILE, "assignedTo": _HOSTILE, "customTags": [_HOSTILE],
+                 "comments": [{"comment": _HOSTILE, "createdBy": _HOSTILE}], "incidentWebUrl": _HOSTILE}),
+    ("unknown enums", {**_INCIDENT, "status": "someNewStatus", "severity": "someNewSeverity",
+                       "classification": "someNewClassification", "determination": "someNewDetermination"}),
+    ("refused", {**_INCIDENT, "lastUpdateDateTime": "yesterday"}),
+)
+
+
 def corpus() -> Iterator[tuple[str, Any]]:
     """(case name, raw alert) for every alert of the fixed corpus, in a fixed order."""
     from core.model import jsonutil
@@ -45,6 +75,8 @@ def corpus() -> Iterator[tuple[str, Any]]:
     for page in sorted((REPO / "examples" / "demo").glob("*/page-*.json")):
         for index, alert in enumerate(jsonutil.loads(page.read_bytes())["value"]):
             yield f"demo/{page.parent.name}/{page.stem}/{index}", alert
+    for name, incident in INCIDENTS:
+        yield f"incident/{name}", incident
 
 
 def _digest(data: bytes) -> str:
@@ -63,15 +95,15 @@ def outputs(name: str, raw: Any) -> dict[str, Any]:
     from core.model.schema import TenantRef
     from core.sources import graph_alerts
     from core.sources.incremental import version_reader
-    from mappings import encoder
-    from mappings.graph_alerts_v2 import MappingError, normalise
+    from mappings import encoder, graph_alerts_v2, graph_incidents
 
+    mapping = graph_incidents if name.startswith("incident/") else graph_alerts_v2
     found = version_reader(graph_alerts.KIND.version)(raw)
     row: dict[str, Any] = {"case": name,
                            "version_of": None if found is None else [found[0], found[1].isoformat()]}
     try:
-        alert = normalise(raw, TenantRef(id=TENANT_ID, label=LABEL), INGESTED)
-    except MappingError as err:
+        alert = mapping.normalise(raw, TenantRef(id=TENANT_ID, label=LABEL), INGESTED)
+    except mapping.MappingError as err:
         row["normalise"] = f"dead: {err}"
         return row
     row["normalise"] = "ok"
