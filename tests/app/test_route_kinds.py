@@ -1,17 +1,20 @@
 """Routes choose by event kind (`kinds = ["alert", "incident"]`): the default takes both, a
 route for one kind holds the other back with a reason that names it, and a route filtering by
 service source holds incidents (which have none) back with their own reason, counted, never
-dropped silently."""
+dropped silently. And a file sink's `{kind}` path template."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+from connectors.base import Outcome
+from connectors.file import FileConnector, FileSinkConfig
 from core.app.config import RouteSettings, held_back_reason, load_config, sinks_for_alert
 from core.app.pipeline import Forwarder, TenantResult, _PageOutcome, reason_slug
 from core.model.schema import Severity, TenantRef, decode_event
 from core.state import PageCommit
 from core.state.sqlite import SQLiteStore
-from tests.connectors.kinds import an_alert, an_incident
+from tests.connectors.kinds import an_alert, an_incident, kind_events
 from tests.helpers import run_cli, write_config
 
 TENANT = "55555555-5555-4555-8555-555555555555"
@@ -81,3 +84,12 @@ def test_the_pipeline_queues_each_kind_only_for_the_routes_that_take_it(tmp_path
         assert store.held_back_counts()[TENANT] == {"incident: no service source": 1}
     finally:
         store.close()
+
+
+def test_a_file_path_with_kind_writes_each_kind_to_its_own_file(tmp_path: Path) -> None:
+    config = FileSinkConfig(path=str(tmp_path / "{kind}s" / "{tenant}.ndjson"), format="alert", fsync=False)
+    results = asyncio.run(FileConnector("archive", config).send(kind_events(REF)))
+    assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK]
+    alerts = (tmp_path / "alerts" / "acme.ndjson").read_bytes().splitlines()
+    incidents = (tmp_path / "incidents" / "acme.ndjson").read_bytes().splitlines()
+    assert [type(decode_event(line)).__name__ for line in alerts + incidents] == ["Alert", "Incident"]
