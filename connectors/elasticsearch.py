@@ -5,7 +5,8 @@ off: the delivery worker owns retries and backoff, so that one policy and one ou
 
 Writing: each event is a `create` into `data_stream` (default
 `logs-defender_forwarder.alert-{tenant}`; `{tenant}` is the customer label made a valid
-namespace: lower case, `-` and `.` as `_`). `_id` is a SHA-256 of the version key, so a
+namespace: lower case, `-` and `.` as `_`); an incident into `data_stream_incident` (default
+`logs-defender_forwarder.incident-{tenant}`, through `pipeline_incident` when set). `_id` is a SHA-256 of the version key, so a
 re-send after a crash or a lost response meets a 409 (the document is there) and counts as
 delivered: no duplicate document. The document is the event in the sink's format: `ecs` (the
 default) as it is; `ocsf` and `cim` with `@timestamp` added (data streams require it);
@@ -55,7 +56,7 @@ from connectors.base import (
     SinkConfig,
     SinkFatal,
 )
-from connectors.elasticsearch_setup import TEMPLATE_NAME, Request
+from connectors.elasticsearch_setup import Request
 from connectors.sizes import RequestLimit
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
@@ -66,6 +67,9 @@ from core.model.secrets import Secret
 log = logging.getLogger("defender_forwarder.elasticsearch")
 
 DEFAULT_DATA_STREAM = "logs-defender_forwarder.alert-{tenant}"
+# Incidents in a data stream of their own (as Elastic's m365_defender integration keeps its
+# `alert` and `incident` data streams apart): their own fields, mappings and retention.
+DEFAULT_INCIDENT_DATA_STREAM = "logs-defender_forwarder.incident-{tenant}"
 # Formats whose document is the alert under `message` (what Elastic's integration pipelines read).
 MESSAGE_FORMATS = frozenset({"raw", "cef"})
 _NAMESPACE_UNSAFE = re.compile(r"[^a-z0-9_]")
@@ -82,7 +86,11 @@ class ElasticsearchSinkConfig(TlsSinkConfig):
     username: str | None = None
     password: Secret | None = None
     data_stream: str = DEFAULT_DATA_STREAM
+    data_stream_incident: str = DEFAULT_INCIDENT_DATA_STREAM
     pipeline: str | None = None
+    # Incidents' own ingest pipeline (Elastic's integration has one per data stream), named in
+    # each incident's bulk action; default: `pipeline`.
+    pipeline_incident: str | None = None
     ssl_assert_fingerprint: str | None = Field(default=None, description="SHA-256 of the server certificate")
     api_compatibility: Literal[8, 9] = Field(default=9, description="the cluster's major version")
     request_timeout: Duration = 60.0
@@ -210,7 +218,7 @@ class ElasticsearchConnector(Connector):
         super().__init__(name, config, shortener)
         self.limit = RequestLimit(None, name, "Elasticsearch", log)  # none known until a 413 says it
         self._client: Any = None
-        self._streams: dict[str, bytes] = {}  # tenant label -> its data stream, as JSON text
+        self._streams: dict[tuple[str, str], bytes] = {}  # (tenant label, kind) -> its data stream, as JSON
 
     @classmethod
     def setup(cls, config: SinkConfig, options: Mapping[str, str]) -> SetupPlan:
@@ -260,12 +268,21 @@ class ElasticsearchConnector(Connector):
 
     def _operation(self, event: Event) -> list[bytes]:
         meta = event.meta
-        stream = self._streams.get(meta.tenant_label)
+        stream = self._streams.get((meta.tenant_label, meta.kind))
         if stream is None:
-            name = self.config.data_stream.replace("{tenant}", namespace(meta.tenant_label))
-            stream = self._streams[meta.tenant_label] = orjson.dumps(name)
+            stream = self._streams[(meta.tenant_label, meta.kind)] = self._stream(meta.tenant_label, meta.kind)
         action = b'{"create":{"_index":%b,"_id":"%b"}}' % (stream, document_id(meta.version_key).encode())
         return [action, self._document(event)]
+
+    def _stream(self, label: str, kind: str) -> bytes:
+        """The data stream of a tenant's events of `kind`, as JSON text (and, for an incident
+        with its own pipeline, that pipeline after it, inside the bulk action)."""
+        config = self.config
+        template = config.data_stream if kind == "alert" else config.data_stream_incident
+        stream = orjson.dumps(template.replace("{tenant}", namespace(label)))
+        if kind != "alert" and config.pipeline_incident:
+            stream += b',"pipeline":' + orjson.dumps(config.pipeline_incident)
+        return stream
 
     def _document(self, event: Event) -> bytes:
         if self.config.format == "ecs":
@@ -304,17 +321,27 @@ class ElasticsearchConnector(Connector):
         raise SinkFatal(f"Elasticsearch refused the bulk request ({reason})") from None
 
     # ---- check --------------------------------------------------------------------------
+    def _template_names(self) -> list[str]:
+        """The index templates `setup` installs for this sink's data streams (one per kind, or
+        one for both when their streams share a pattern)."""
+        made = elasticsearch_setup.requests(self.config.data_stream, self.config.format, "1d",
+                                            self.config.data_stream_incident)
+        return [request.name for request in made if request.kind == "index template"]
+
     async def probe(self) -> str:
         from elasticsearch import ApiError, NotFoundError, TransportError
 
         await self.open()
         try:
             info = (await call(self._client, self.config, "GET", "/")).body
-            try:
-                await call(self._client, self.config, "GET", f"/_index_template/{TEMPLATE_NAME}")
-                template = f"template {TEMPLATE_NAME} installed"
-            except NotFoundError:
-                template = f"template {TEMPLATE_NAME} MISSING: run `defender-forwarder setup elasticsearch`"
+            found = []
+            for name in self._template_names():
+                try:
+                    await call(self._client, self.config, "GET", f"/_index_template/{name}")
+                    found.append(f"template {name} installed")
+                except NotFoundError:
+                    found.append(f"template {name} MISSING: run `defender-forwarder setup elasticsearch`")
+            template = "; ".join(found)
         except ApiError as err:
             raise SinkFatal(f"HTTP {err.meta.status}: {_error_text(err)}") from None
         except TransportError as err:
@@ -331,7 +358,8 @@ class IndexTemplateSetup(SetupPlan):
 
     def __init__(self, config: ElasticsearchSinkConfig, retention: str) -> None:
         self.config = config
-        self.requests = elasticsearch_setup.requests(config.data_stream, config.format, retention)
+        self.requests = elasticsearch_setup.requests(config.data_stream, config.format, retention,
+                                                     config.data_stream_incident)
 
     def describe(self) -> str:
         return elasticsearch_setup.describe(self.requests)

@@ -1,7 +1,8 @@
 """`defender-forwarder setup elasticsearch`: the index template and ILM policy our data streams need
 (what `ElasticsearchConnector.setup` installs, and `check` looks for).
 
-The template matches the sink's data streams (`data_stream` with `{tenant}` as `*`), makes
+A template matches the sink's data streams (`data_stream` with `{tenant}` as `*`; incidents
+have their own, `INCIDENT_TEMPLATE_NAME` for `data_stream_incident`), makes
 them data streams, sets the ILM policy and maps every field the `ecs` format writes (table
 `FIELD_TYPES`): `@timestamp` and the other times as dates, addresses as `ip`, counts as
 `long`, ids and names as `keyword`, `message` as text. Defender's vendor objects whose shape
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 
 TEMPLATE_NAME = "defender-forwarder-alerts"
+INCIDENT_TEMPLATE_NAME = "defender-forwarder-incidents"
 POLICY_NAME = "defender-forwarder-alerts"
 ROLLOVER = {"max_age": "30d", "max_primary_shard_size": "50gb"}
 
@@ -74,6 +76,23 @@ FIELD_TYPES: dict[str, str] = {
 }
 BASE_FIELD_TYPES = {"@timestamp": "date", "message": "match_only_text"}
 
+# An incident's own fields in the `ecs` format, named as Elastic's m365_defender `incident`
+# data stream names them (its pipeline fixture), beside the ECS fields alerts share.
+_INCIDENT = "m365_defender.incident."
+_INCIDENT_DATES = "created_datetime last_update_datetime comments.createdTime"
+_INCIDENT_TEXTS = "comments.comment description summary"
+_INCIDENT_KEYWORDS = """id display_name status severity classification determination assigned_to tenant_id
+tags custom_tags system_tags odata_type redirect_incident_id alert_ids last_modified_by comments.createdBy
+web_url.original web_url.domain web_url.path web_url.query web_url.scheme"""
+INCIDENT_FIELD_TYPES: dict[str, str] = {
+    **FIELD_TYPES,
+    **{f"{_INCIDENT}{name}": "keyword" for name in _INCIDENT_KEYWORDS.split()},
+    **{f"{_INCIDENT}{name}": "date" for name in _INCIDENT_DATES.split()},
+    **{f"{_INCIDENT}{name}": "match_only_text" for name in _INCIDENT_TEXTS.split()},
+    **dict.fromkeys("tags source.user.name source.user.domain source.user.email".split(), "keyword"),
+    "m365_defender.incident.priority_score": "long",
+}
+
 
 @dataclass(frozen=True)
 class Request:
@@ -101,20 +120,36 @@ def template_pattern(data_stream: str) -> str:
     return data_stream.replace("{tenant}", "*")
 
 
-def requests(data_stream: str, sink_format: str, retention: str) -> list[Request]:
-    """The ILM policy (rollover, then delete after `retention`) and the index template of the
-    data streams `data_stream` names, mapped for the sink's format."""
+def requests(data_stream: str, sink_format: str, retention: str,
+             incident_stream: str | None = None) -> list[Request]:
+    """The ILM policy (rollover, then delete after `retention`) and the index templates of the
+    data streams `data_stream` (alerts) and `incident_stream` (incidents) name, mapped for the
+    sink's format. Streams of the same pattern share one template, mapped for both kinds; the
+    incidents' template outranks the alerts' (201 > 200), so that patterns that overlap
+    (an alerts' pattern that also matches the incidents' streams) are allowed and the incident
+    streams get theirs."""
     policy = {"policy": {"phases": {"hot": {"actions": {"rollover": ROLLOVER}},
                                     "delete": {"min_age": retention, "actions": {"delete": {}}}}}}
+    ecs = sink_format == "ecs"
+    shared = incident_stream is not None and template_pattern(incident_stream) == template_pattern(data_stream)
+    alert_fields = (INCIDENT_FIELD_TYPES if shared else FIELD_TYPES) if ecs else BASE_FIELD_TYPES
+    made = [Request("ILM policy", POLICY_NAME, f"/_ilm/policy/{POLICY_NAME}", _with_digest(policy, "policy")),
+            _template_request(TEMPLATE_NAME, data_stream, 200, alert_fields)]
+    if incident_stream is not None and not shared:
+        made.append(_template_request(INCIDENT_TEMPLATE_NAME, incident_stream, 201,
+                                      INCIDENT_FIELD_TYPES if ecs else BASE_FIELD_TYPES))
+    return made
+
+
+def _template_request(name: str, data_stream: str, priority: int, field_types: dict[str, str]) -> Request:
     template = {
         "index_patterns": [template_pattern(data_stream)],
         "data_stream": {},
-        "priority": 200,  # above the built-in logs-*-* template (100)
+        "priority": priority,  # above the built-in logs-*-* template (100)
         "template": {"settings": {"index": {"lifecycle": {"name": POLICY_NAME}}},
-                     "mappings": mappings(FIELD_TYPES if sink_format == "ecs" else BASE_FIELD_TYPES)},
+                     "mappings": mappings(field_types)},
     }
-    return [Request("ILM policy", POLICY_NAME, f"/_ilm/policy/{POLICY_NAME}", _with_digest(policy, "policy")),
-            Request("index template", TEMPLATE_NAME, f"/_index_template/{TEMPLATE_NAME}", _with_digest(template))]
+    return Request("index template", name, f"/_index_template/{name}", _with_digest(template))
 
 
 def _with_digest(body: dict[str, Any], inner: str | None = None) -> dict[str, Any]:

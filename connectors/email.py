@@ -5,7 +5,10 @@ tenant, minimum severity, service source), to recipients templated per customer.
 reads the common schema (`format = "alert"`) and writes its own messages.
 
 Messages: `mode = "each"` sends one message per new alert, subject
-`[<customer>] <Severity>: <title>`; `mode = "digest"` sends one message per customer every
+`[<customer>] <Severity>: <title>`, and per new incident, subject
+`[<customer>] <Severity> incident <id>: <title>`, with the incident's own facts (status,
+classification, assignee, its alerts by id, the link to the incident; `X-Defender-Incident-Ids`
+instead of `X-Defender-Alert-Ids`); `mode = "digest"` sends one message per customer every
 `digest_interval` with every alert since the last one. Each message has a plain-text and an
 HTML part: tenant, severity, status, times, category and MITRE techniques, the main evidence
 (devices, users, files, IPs, URLs), and links to the alert and the incident in the Defender
@@ -55,10 +58,12 @@ from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResu
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
 from core.model.neterr import describe
-from core.model.schema import Alert, Severity, decode_alert
+from core.model.schema import Alert, Incident, Severity, decode_event
 from core.model.secrets import Secret
 
 log = logging.getLogger("defender_forwarder.email")
+
+Mailable = Alert | Incident  # what a message is about: alerts, incidents, or (a digest) both
 
 PORTS = {"starttls": 587, "tls": 465, "none": 25}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -124,9 +129,9 @@ class EmailConnector(Connector):
     # ---- sending ------------------------------------------------------------------------
     async def send(self, batch: list[Event]) -> list[EventResult]:
         results = BatchResults(len(batch))
-        wanted: list[tuple[int, Alert]] = []
+        wanted: list[tuple[int, Mailable]] = []
         for index, event in enumerate(batch):
-            alert = decode_alert(event.body)
+            alert = decode_event(event.body)  # an alert or an incident, by the `kind` it says
             if not self._worth_mailing(alert):
                 results[index] = DELIVERED
                 self.counters["not_mailed_again"] += 1
@@ -138,16 +143,17 @@ class EmailConnector(Connector):
             await self._send_digests(wanted, batch, results)
         return results.final()
 
-    def _worth_mailing(self, alert: Alert) -> bool:
-        """A new alert, a later version when `on_update`, or a version whose severity went up."""
+    def _worth_mailing(self, alert: Mailable) -> bool:
+        """A new alert, a later version when `on_update`, or a version whose severity went up
+        (an incident alike: a new alert joining it does not mail it again, a raised severity does)."""
         assert self.memory is not None
-        mailed = self.memory.get(f"severity/{alert.tenant.id}/{alert.id}")
+        mailed = self.memory.get(_mailed_key(alert))
         return mailed is None or self.config.on_update or alert.severity > Severity(int(mailed))
 
-    async def _send_digests(self, wanted: list[tuple[int, Alert]], batch: list[Event],
+    async def _send_digests(self, wanted: list[tuple[int, Mailable]], batch: list[Event],
                             results: BatchResults) -> None:
         assert self.memory is not None
-        by_tenant: dict[str, list[tuple[int, Alert]]] = defaultdict(list)
+        by_tenant: dict[str, list[tuple[int, Mailable]]] = defaultdict(list)
         for index, alert in wanted:
             by_tenant[alert.tenant.id].append((index, alert))
         now = time.time()
@@ -162,7 +168,7 @@ class EmailConnector(Connector):
                 self.memory.put({f"digest/{tenant_id}": str(now)})
             results.mark((index for index, _ in items), result)
 
-    async def _deliver(self, alerts: list[Alert], events: list[Event]) -> EventResult:
+    async def _deliver(self, alerts: list[Mailable], events: list[Event]) -> EventResult:
         """One message about `alerts` (one alert, or a customer's digest) to their recipients."""
         assert self.memory is not None
         tenant = alerts[0].tenant
@@ -187,8 +193,7 @@ class EmailConnector(Connector):
             self.memory.put({key: ",".join(sorted(done))})
             return EventResult(Outcome.RETRY, "some recipients answered 4xx; they get it on the retry")
         self.counters["messages"] += 1
-        self.memory.put({key: ",".join(sorted(done)), **{
-            f"severity/{a.tenant.id}/{a.id}": str(int(a.severity)) for a in alerts}})
+        self.memory.put({key: ",".join(sorted(done)), **{_mailed_key(a): str(int(a.severity)) for a in alerts}})
         return DELIVERED
 
     def _rate_wait(self, recipients: list[str]) -> float:
@@ -294,6 +299,14 @@ def open_session(host: str, port: int, security: str, timeout: float, context: s
     return smtp
 
 
+def _mailed_key(event: Mailable) -> str:
+    """Where the sink remembers the severity it last mailed of an event (incidents apart:
+    an incident id may look like an alert id)."""
+    if isinstance(event, Incident):
+        return f"severity/{event.tenant.id}/incident/{event.id}"
+    return f"severity/{event.tenant.id}/{event.id}"
+
+
 def _reply(text: bytes | str) -> str:
     return text.decode("utf-8", "replace") if isinstance(text, bytes) else text
 
@@ -306,7 +319,7 @@ def header_text(text: str | None, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
-def compose(alerts: list[Alert], config: EmailSinkConfig, recipients: list[str]) -> EmailMessage:
+def compose(alerts: list[Mailable], config: EmailSinkConfig, recipients: list[str]) -> EmailMessage:
     tenant = alerts[0].tenant
     message = EmailMessage()
     message["From"] = formataddr((header_text(config.sender_name), config.sender))
@@ -314,26 +327,44 @@ def compose(alerts: list[Alert], config: EmailSinkConfig, recipients: list[str])
     message["Subject"] = subject(alerts)
     message["Message-ID"] = make_msgid(domain=config.sender.rpartition("@")[2] or socket.gethostname())
     message["X-Defender-Tenant"] = header_text(f"{tenant.label} ({tenant.id})")
-    message["X-Defender-Alert-Ids"] = header_text(" ".join(alert.id for alert in alerts), 4000)
+    alert_ids = [event.id for event in alerts if isinstance(event, Alert)]
+    incident_ids = [event.id for event in alerts if isinstance(event, Incident)]
+    if alert_ids:
+        message["X-Defender-Alert-Ids"] = header_text(" ".join(alert_ids), 4000)
+    if incident_ids:
+        message["X-Defender-Incident-Ids"] = header_text(" ".join(incident_ids), 4000)
     message.set_content("\n\n".join(plain(alert) for alert in alerts))
     message.add_alternative(html_page(alerts), subtype="html")
     return message
 
 
-def subject(alerts: list[Alert]) -> str:
+def subject(alerts: list[Mailable]) -> str:
     tenant = alerts[0].tenant.label
     if len(alerts) == 1:
         alert = alerts[0]
+        if isinstance(alert, Incident):
+            return header_text(f"[{tenant}] {alert.severity.name.capitalize()} incident {alert.id}: "
+                               f"{alert.title or 'Defender incident'}", 250)
         return header_text(f"[{tenant}] {alert.severity.name.capitalize()}: {alert.title or 'Defender alert'}", 250)
     counts = defaultdict(int)
     for alert in alerts:
         counts[alert.severity.name] += 1
     summary = ", ".join(f"{counts[s.name]} {s.name}" for s in sorted(Severity, reverse=True) if counts[s.name])
-    return header_text(f"[{tenant}] {len(alerts)} Defender alerts ({summary})", 250)
+    incidents = sum(1 for alert in alerts if isinstance(alert, Incident))
+    what = _count(len(alerts) - incidents, "alert")
+    if incidents:
+        what = f"{what} and {_count(incidents, 'incident')}" if incidents < len(alerts) else _count(incidents, "incident")
+    return header_text(f"[{tenant}] {what} ({summary})", 250)
 
 
-def facts(alert: Alert) -> list[tuple[str, str]]:
+def _count(number: int, noun: str) -> str:
+    return f"{number} Defender {noun}{'' if number == 1 else 's'}"
+
+
+def facts(alert: Mailable) -> list[tuple[str, str]]:
     """(label, text) rows every part shows, in order; empty values are left out."""
+    if isinstance(alert, Incident):
+        return incident_facts(alert)
     times = alert.times
     evidence = evidence_lines(alert)
     rows = [
@@ -349,6 +380,31 @@ def facts(alert: Alert) -> list[tuple[str, str]]:
         ("Alert in the portal", alert.alert_web_url or ""), ("Incident in the portal", alert.incident_web_url or ""),
     ]
     return [(label, text) for label, text in rows if text]
+
+
+def incident_facts(incident: Incident) -> list[tuple[str, str]]:
+    """An incident's rows: what the SOC works it by. Its alerts by id (each is mailed, or
+    forwarded, as its own event); nothing of the raw incident, so no text Defender did not
+    show in the portal."""
+    times = incident.times
+    rows = [
+        ("Customer", f"{incident.tenant.label} ({incident.tenant.id})"),
+        ("Severity", incident.severity.name), ("Status", incident.status or ""),
+        ("Classification", incident.classification or ""), ("Determination", incident.determination or ""),
+        ("Assigned to", incident.assigned_to or ""),
+        ("Created", _when(times.created)), ("Last update", _when(times.last_updated)),
+        ("Incident id", incident.id), ("Merged into incident", incident.redirect_incident_id or ""),
+        ("Tags", ", ".join([*incident.custom_tags, *incident.system_tags])),
+        (f"Alerts ({len(incident.alert_ids)})" if incident.alert_ids else "Alerts", ", ".join(incident.alert_ids)),
+        ("Incident in the portal", incident.incident_web_url or ""),
+    ]
+    return [(label, text) for label, text in rows if text]
+
+
+def _heading(alert: Mailable) -> str:
+    if isinstance(alert, Incident):
+        return f"Incident {alert.id}: {alert.title or 'Defender incident'}"
+    return alert.title or "Defender alert"
 
 
 def evidence_lines(alert: Alert) -> dict[str, list[str]]:
@@ -375,22 +431,22 @@ def evidence_lines(alert: Alert) -> dict[str, list[str]]:
     return {kind: values for kind, values in found.items() if values}
 
 
-def plain(alert: Alert) -> str:
+def plain(alert: Mailable) -> str:
     width = max(len(label) for label, _ in facts(alert))
-    lines = [header_text(alert.title or "Defender alert", 1000), ""]
+    lines = [header_text(_heading(alert), 1000), ""]
     lines += [f"{label + ':':<{width + 1}} {header_text(text, 4000)}" for label, text in facts(alert)]
     if alert.description:
         lines += ["", alert.description]
     return "\n".join(lines)
 
 
-def html_page(alerts: list[Alert]) -> str:
+def html_page(alerts: list[Mailable]) -> str:
     sections = []
     for alert in alerts:
         rows = "".join(f"<tr><th align=\"left\">{html.escape(label)}</th><td>{_html_value(label, text)}</td></tr>"
                        for label, text in facts(alert))
         description = f"<p>{html.escape(alert.description)}</p>" if alert.description else ""
-        sections.append(f"<h2>{html.escape(alert.title or 'Defender alert')}</h2><table>{rows}</table>{description}")
+        sections.append(f"<h2>{html.escape(_heading(alert))}</h2><table>{rows}</table>{description}")
     return "<!DOCTYPE html><html><body>" + "<hr>".join(sections) + "</body></html>"
 
 

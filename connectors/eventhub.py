@@ -6,7 +6,8 @@ write the hub too.
 
 Events: the body is the alert in the sink's format (default `ocsf`); `message_id` is the
 version key (a consumer can dedupe on it); application properties carry the tenant id,
-customer label, alert id, severity, format and schema version; the partition key is the tenant
+customer label, the event's `kind` (`alert` or `incident`), its id (`alert_id`, or
+`incident_id` for an incident), severity, format and schema version; the partition key is the tenant
 id (`partition_key`), so each customer's alerts stay in order on one partition.
 `envelope = "records"` wraps each alert as `{"records": [{"time", "tenantId",
 "operationName": "Publish", "category": "DefenderForwarder-Alert", "properties": <alert>}]}`,
@@ -60,6 +61,7 @@ from core.model.secrets import Secret
 log = logging.getLogger("defender_forwarder.eventhub")
 
 RECORD_CATEGORY = "DefenderForwarder-Alert"
+INCIDENT_RECORD_CATEGORY = "DefenderForwarder-Incident"
 EVENTHUBS_SCOPE = "https://eventhubs.azure.net/.default"
 AMQPS_PORT = 5671
 WEBSOCKET_PORT = 443
@@ -322,7 +324,11 @@ class EventHubConnector(Connector):
         data.message_id = meta.version_key
         data.content_type = "text/plain" if self.config.format == "cef" and self.config.envelope == "single" \
             else "application/json"
-        data.properties = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label, "alert_id": meta.alert_id,
+        # `kind` keeps alerts and incidents apart for a consumer that reads neither body (a
+        # Stream Analytics filter, a Function trigger); the id is named after its kind.
+        incident = meta.kind != "alert"
+        data.properties = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label, "kind": meta.kind,
+                           "incident_id" if incident else "alert_id": meta.alert_id,
                            "severity": meta.severity.name, "format": self.config.format,
                            "schema_version": SCHEMA_VERSION}
         return data
@@ -333,7 +339,8 @@ class EventHubConnector(Connector):
         meta = event.meta
         alert = event.body if self.config.format != "cef" else orjson.dumps(event.body.decode("utf-8", "replace"))
         head = orjson.dumps({"time": datetime.fromtimestamp(meta.time, UTC).isoformat().replace("+00:00", "Z"),
-                             "tenantId": meta.tenant_id, "operationName": "Publish", "category": RECORD_CATEGORY})
+                             "tenantId": meta.tenant_id, "operationName": "Publish",
+                             "category": RECORD_CATEGORY if meta.kind == "alert" else INCIDENT_RECORD_CATEGORY})
         return b'{"records":[' + head[:-1] + b',"properties":' + alert + b"}]}"
 
     # ---- check --------------------------------------------------------------------------

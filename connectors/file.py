@@ -1,4 +1,5 @@
-"""`type = "file"`: NDJSON files, one per tenant if the path has `{tenant}`.
+"""`type = "file"`: NDJSON files, one per tenant if the path has `{tenant}`, and one per event
+kind (`alert`, `incident`) if it has `{kind}`.
 
 Status table (OSError errno -> outcome):
   ENOSPC, EDQUOT, EIO, EAGAIN, EINTR   retry (the disk may free up, the NFS server come back)
@@ -29,13 +30,13 @@ class FileConnector(Connector):
     config: FileSinkConfig
 
     async def send(self, batch: list[Event]) -> list[EventResult]:
-        paths: dict[str, Path] = {}  # per tenant label: one Path a batch, not one an event
+        paths: dict[tuple[str, str], Path] = {}  # per (tenant label, kind): one Path a batch, not one an event
         by_path: dict[Path, list[bytes]] = defaultdict(list)
         for event in batch:
-            label = event.meta.tenant_label
-            if label not in paths:
-                paths[label] = Path(self.config.path.replace("{tenant}", label))
-            by_path[paths[label]].append(event.body)
+            key = (event.meta.tenant_label, event.meta.kind)
+            if key not in paths:
+                paths[key] = Path(self.config.path.replace("{tenant}", key[0]).replace("{kind}", key[1]))
+            by_path[paths[key]].append(event.body)
         try:
             await asyncio.to_thread(self._write_all, by_path)
         except OSError as err:
@@ -54,7 +55,7 @@ class FileConnector(Connector):
                     os.fsync(handle.fileno())
 
     async def probe(self) -> str:
-        directory = Path(self.config.path.replace("{tenant}", "probe")).parent
+        directory = Path(self.config.path.replace("{tenant}", "probe").replace("{kind}", "alert")).parent
         directory.mkdir(parents=True, exist_ok=True)
         if not os.access(directory, os.W_OK):
             raise SinkFatal(f"{directory} is not writable")

@@ -7,8 +7,10 @@ Each event is one JSON envelope; a request carries many, concatenated, to
 
 Envelope: `time` (the version's lastUpdateDateTime, epoch seconds with milliseconds), `host`,
 `source`, `sourcetype`, `index` (templates: `{tenant}` the customer label, `{tenant_id}`),
-indexed `fields` (tenant_id, customer, severity, version_key) and `event` (the alert in the
-sink's format: a JSON object, or a string for CEF).
+indexed `fields` (tenant_id, customer, severity, version_key, kind) and `event` (the alert in
+the sink's format: a JSON object, or a string for CEF). Incidents keep apart from alerts:
+their own sourcetype (`sourcetype_incident`; raw: `ms365:defender:incident`, as Splunk's
+add-on names them) and, when set, their own index (`index_incident`).
 
 Sizes: a request holds at most `batch_max_bytes` of envelopes (uncompressed) and never more
 than `max_content_length`; a 413 from the server halves the limit for the rest of the run
@@ -61,6 +63,8 @@ HEALTH_PATH = "/services/collector/health"
 # What Splunk's own add-on calls Graph alerts; its props extract the CIM fields from `raw`.
 FIRST_ACK_POLL = 0.01  # seconds between the first two ack queries of a batch
 SOURCETYPES = {"raw": "ms365:defender:incident:alerts", "cef": "cef"}
+# An incident's, kept apart from the alerts': raw as Splunk's add-on names Graph incidents.
+INCIDENT_SOURCETYPES = {"raw": "ms365:defender:incident"}
 
 
 class Action(enum.Enum):
@@ -156,6 +160,9 @@ class SplunkHecSinkConfig(TlsSinkConfig):
     index: str | None = Field(default="mssp_{tenant}", description="templates: {tenant}, {tenant_id}; "
                               "empty: the token's default index")
     sourcetype: str | None = Field(default=None, description="default: ms365:defender:incident:alerts for raw")
+    sourcetype_incident: str | None = Field(default=None, description="incidents' sourcetype; default: "
+                                            "ms365:defender:incident for raw")
+    index_incident: str | None = Field(default=None, description="incidents' index; default: index")
     source: str = "defender-forwarder:{tenant_id}"
     host: str | None = Field(default=None, description="default: this machine's name")
     compress: bool = True
@@ -186,8 +193,16 @@ class SplunkHecSinkConfig(TlsSinkConfig):
     def request_limit(self) -> int:
         return min(self.batch_max_bytes, self.max_content_length or self.batch_max_bytes)
 
-    def sourcetype_for_format(self) -> str:
+    def sourcetype_for_format(self, kind: str = "alert") -> str:
+        """The sourcetype of an event of `kind`: alerts as before incidents existed, incidents
+        their own, so that searches and the add-on's props keep the two apart."""
+        if kind != "alert":
+            return self.sourcetype_incident or INCIDENT_SOURCETYPES.get(
+                self.format, f"defender_forwarder:{kind}:{self.format}")
         return self.sourcetype or SOURCETYPES.get(self.format, f"defender_forwarder:{self.format}")
+
+    def index_for(self, kind: str) -> str | None:
+        return self.index_incident or self.index if kind != "alert" else self.index
 
 
 class HecRefused(Exception):
@@ -387,27 +402,28 @@ class _EnvelopeWriter:
         self.config = config
         self.json_body = config.format != "cef"
         self.host = config.host or socket.gethostname() or "defender-forwarder"
-        self.sourcetype = config.sourcetype_for_format()
-        self._metadata_by_tenant: dict[str, dict[str, str]] = {}
+        self._metadata_by_tenant: dict[tuple[str, str], dict[str, str]] = {}  # (tenant id, kind) ->
 
     def write(self, event: Event) -> bytes:
         meta = event.meta
         fields = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label,
-                  "severity": meta.severity.name, "version_key": meta.version_key}
-        metadata = self._metadata_by_tenant.get(meta.tenant_id)
+                  "severity": meta.severity.name, "version_key": meta.version_key, "kind": meta.kind}
+        metadata = self._metadata_by_tenant.get((meta.tenant_id, meta.kind))
         if metadata is None:
-            metadata = self._metadata_by_tenant[meta.tenant_id] = self._metadata(meta.tenant_id, meta.tenant_label)
+            metadata = self._metadata_by_tenant[(meta.tenant_id, meta.kind)] = self._metadata(
+                meta.tenant_id, meta.tenant_label, meta.kind)
         head = orjson.dumps({"time": round(meta.time, 3), **metadata, "fields": fields})
         body = event.body if self.json_body else orjson.dumps(event.body.decode("utf-8", "replace"))
         return head[:-1] + b',"event":' + body + b"}"
 
-    def _metadata(self, tenant_id: str, label: str) -> dict[str, str]:
+    def _metadata(self, tenant_id: str, label: str, kind: str) -> dict[str, str]:
         config = self.config
         metadata = {"host": _template(self.host, tenant_id, label),
                     "source": _template(config.source, tenant_id, label),
-                    "sourcetype": self.sourcetype}
-        if config.index:
-            metadata["index"] = _template(config.index, tenant_id, label)
+                    "sourcetype": config.sourcetype_for_format(kind)}
+        index = config.index_for(kind)
+        if index:
+            metadata["index"] = _template(index, tenant_id, label)
         return metadata
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from connectors import connector_class, sink_types
 from core.app.http import is_loopback, split_listen
 from core.model.durations import Duration
-from core.model.schema import Severity
+from core.model.schema import Alert, Incident, Severity
 from core.model.secrets import LiteralSecretWarning, Secret, SecretRef, SecretUnavailable
 from core.sources import DEFAULT_SOURCES, KINDS
 from core.sources.auth import AppSettings
@@ -193,13 +193,22 @@ class TenantSettings(_Strict):
 # Why an alert is held back, counted per tenant in the run summary and in `tenants`.
 BELOW_MIN_SEVERITY = "below min_severity"
 SOURCE_NOT_ROUTED = "service source not routed"
-HELD_BACK_REASONS = (BELOW_MIN_SEVERITY, SOURCE_NOT_ROUTED)
+# A route with `service_sources` takes alerts of those products; an incident spans products
+# and has no service source, so such a route holds it back (counted, never silently dropped).
+NO_SERVICE_SOURCE = "no service source"
+KIND_NOT_ROUTED = "kind not routed"  # the route's `kinds` leaves the event's kind out
+HELD_BACK_REASONS = (KIND_NOT_ROUTED, BELOW_MIN_SEVERITY, SOURCE_NOT_ROUTED, NO_SERVICE_SOURCE)
 NO_ROUTE = "no route for the tenant"  # the config check refuses this for an enabled tenant
+# The event kinds a route may choose (core.model.schema: Alert.KIND, Incident.KIND).
+EVENT_KINDS = (Alert.KIND, Incident.KIND)
 
 
 class RouteSettings(_Strict):
     tenants: list[str] = Field(default_factory=lambda: ["*"])
     sinks: list[str]
+    # Every kind by default: incidents flow only from tenants whose `sources` name
+    # graph_incidents, so an upgraded config's routes keep taking exactly what they took.
+    kinds: list[str] = Field(default_factory=lambda: list(EVENT_KINDS))
     min_severity: str = "unknown"
     service_sources: list[str] = Field(default_factory=list)
 
@@ -210,17 +219,33 @@ class RouteSettings(_Strict):
             raise ValueError(f"unknown severity {value!r}; one of {', '.join(Severity.__members__)}")
         return value.lower()
 
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str]) -> list[str]:
+        valid = ", ".join(EVENT_KINDS)
+        if not kinds:
+            raise ValueError(f"empty, so the route takes nothing; valid kinds: {valid}")
+        for kind in kinds:
+            if kind.lower() not in EVENT_KINDS:
+                raise ValueError(f"unknown kind {kind!r}; valid kinds: {valid}")
+        return [kind.lower() for kind in kinds]
+
     def covers(self, tenant_label: str) -> bool:
         return any(fnmatch.fnmatchcase(tenant_label, pattern) for pattern in self.tenants)
 
-    def matches(self, tenant_label: str, severity: Severity, service_source: str | None) -> bool:
-        return self.covers(tenant_label) and self.holds_back(severity, service_source) is None
+    def matches(self, tenant_label: str, severity: Severity, service_source: str | None,
+                kind: str = Alert.KIND) -> bool:
+        return self.covers(tenant_label) and self.holds_back(severity, service_source, kind) is None
 
-    def holds_back(self, severity: Severity, service_source: str | None) -> str | None:
-        """Which of this route's filters keeps an alert out of its sinks, if one does."""
+    def holds_back(self, severity: Severity, service_source: str | None, kind: str = Alert.KIND) -> str | None:
+        """Which of this route's filters keeps an event out of its sinks, if one does."""
+        if kind not in self.kinds:
+            return KIND_NOT_ROUTED
         if severity < Severity[self.min_severity] and severity != Severity.unknown:
             return BELOW_MIN_SEVERITY
         if self.service_sources:
+            if service_source is None and kind != Alert.KIND:
+                return NO_SERVICE_SOURCE
             wanted = {s.lower() for s in self.service_sources}
             if (service_source or "").lower() not in wanted:
                 return SOURCE_NOT_ROUTED
@@ -228,20 +253,23 @@ class RouteSettings(_Strict):
 
 
 def sinks_for_alert(
-    routes: list[RouteSettings], label: str, severity: Severity, service_source: str | None
+    routes: list[RouteSettings], label: str, severity: Severity, service_source: str | None, kind: str = Alert.KIND
 ) -> list[str]:
-    """The sinks one alert goes to: the union of the sinks of every route it matches."""
-    return sorted({sink for route in routes if route.matches(label, severity, service_source) for sink in route.sinks})
+    """The sinks one event goes to: the union of the sinks of every route it matches."""
+    return sorted({sink for route in routes if route.matches(label, severity, service_source, kind)
+                   for sink in route.sinks})
 
 
 def held_back_reason(
-    routes: list[RouteSettings], label: str, severity: Severity, service_source: str | None
+    routes: list[RouteSettings], label: str, severity: Severity, service_source: str | None, kind: str = Alert.KIND
 ) -> str:
-    """Why an alert no route takes is held back: the filter of each route of its tenant that
-    refused it (both, joined, when its routes refused it for different reasons)."""
-    reasons = {route.holds_back(severity, service_source) for route in routes if route.covers(label)}
-    named = [reason for reason in HELD_BACK_REASONS if reason in reasons]
-    return " and ".join(named) or NO_ROUTE
+    """Why an event no route takes is held back: the filter of each route of its tenant that
+    refused it (all of them, joined, when its routes refused it for different reasons). The
+    reason of an event of another kind than an alert starts with its kind (`incident: ...`),
+    so that `tenants` and the run summary tell whose it is."""
+    reasons = {route.holds_back(severity, service_source, kind) for route in routes if route.covers(label)}
+    named = " and ".join(reason for reason in HELD_BACK_REASONS if reason in reasons) or NO_ROUTE
+    return named if kind == Alert.KIND else f"{kind}: {named}"
 
 
 TENANT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

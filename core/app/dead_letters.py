@@ -112,7 +112,7 @@ def _requeue(config: Config, store: SQLiteStore, letter: DeadLetter, label: str 
                           datetime.now(timezone.utc))
     except (MappingError, ValueError):
         return False
-    sinks = sinks_for_alert(config.routes_or_default(), label, alert.severity, alert.service_source)
+    sinks = sinks_for_alert(config.routes_or_default(), label, alert.severity, alert.service_source, alert.KIND)
     if letter.stage == "encode":
         sinks = {letter.sink} & set(config.sinks)
     queued, failures = encode_for_sinks(alert, sinks, encoders)

@@ -27,6 +27,8 @@ from connectors import connector_class
 from core.app import metrics
 from core.app.config import (
     BELOW_MIN_SEVERITY,
+    KIND_NOT_ROUTED,
+    NO_SERVICE_SOURCE,
     SOURCE_NOT_ROUTED,
     Config,
     RouteSettings,
@@ -367,9 +369,10 @@ class Forwarder:
         return alerts
 
     def _route(self, alert: Alert, commit: PageCommit, outcome: _PageOutcome, result: TenantResult) -> None:
-        sinks = sinks_for_alert(self.routes, alert.tenant.label, alert.severity, alert.service_source)
+        sinks = sinks_for_alert(self.routes, alert.tenant.label, alert.severity, alert.service_source, alert.KIND)
         if not sinks:
-            reason = held_back_reason(self.routes, alert.tenant.label, alert.severity, alert.service_source)
+            reason = held_back_reason(self.routes, alert.tenant.label, alert.severity, alert.service_source,
+                                      alert.KIND)
             commit.held_back[reason] = commit.held_back.get(reason, 0) + 1
             result.held_back[reason] = result.held_back.get(reason, 0) + 1
             return
@@ -518,10 +521,12 @@ def _count_page(label: str, source: str, outcome: _PageOutcome) -> None:
 
 
 def reason_slug(reason: str) -> str:
-    """A held-back reason as a label value: below_min_severity, source_not_routed, both joined
-    by `_and_`, or no_route."""
-    slugs = {BELOW_MIN_SEVERITY: "below_min_severity", SOURCE_NOT_ROUTED: "source_not_routed"}
-    named = [slugs[part] for part in reason.split(" and ") if part in slugs]
+    """A held-back reason as a label value: kind_not_routed, below_min_severity,
+    source_not_routed, no_service_source, several joined by `_and_`, or no_route. (The kind an
+    incident's reason starts with is left out: the `source` label tells it.)"""
+    slugs = {KIND_NOT_ROUTED: "kind_not_routed", BELOW_MIN_SEVERITY: "below_min_severity",
+             SOURCE_NOT_ROUTED: "source_not_routed", NO_SERVICE_SOURCE: "no_service_source"}
+    named = [slugs[part] for part in reason.rpartition(": ")[2].split(" and ") if part in slugs]
     return "_and_".join(named) or "no_route"
 
 

@@ -23,19 +23,19 @@ from cryptography.hazmat.primitives import serialization
 
 from connectors.base import Event, Outcome
 from connectors.elasticsearch import (
-    TEMPLATE_NAME,
     ElasticsearchConnector,
     ElasticsearchSinkConfig,
     document_id,
     namespace,
 )
-from connectors.elasticsearch_setup import FIELD_TYPES
+from connectors.elasticsearch_setup import FIELD_TYPES, INCIDENT_TEMPLATE_NAME, TEMPLATE_NAME, requests
 from core.model.neterr import CONNECT_TIMEOUT
 from core.model.schema import EventMeta, Severity, TenantRef
 from core.state.sqlite import SQLiteStore
 from mappings import ecs, raw
 from mappings.graph_alerts_v2 import normalise
 from tests.connectors.battery import ConnectorBattery
+from tests.connectors.kinds import kind_events
 from tests.helpers import SHARED_SAMPLES, CloudSetup, daemon, recent, run_cli, until
 from tests.peers.alert_factory import make_alerts
 from tests.peers.es_peer import EsPeer
@@ -214,18 +214,70 @@ def test_setup_installs_template_and_policy_once(setup: CloudSetup, es: EsPeer) 
     assert "MISSING" in check.stderr
     first = _run(setup, "setup", "elasticsearch")
     assert first.returncode == 0, first.stderr
-    assert first.stderr.count(": installed") == 2
+    assert first.stderr.count(": installed") == 3  # the policy, the alerts' and the incidents' templates
     second = _run(setup, "setup", "elasticsearch")
-    assert second.returncode == 0 and second.stderr.count(": unchanged") == 2
-    assert sum(es.changes.values()) == 2  # the second run changed nothing
+    assert second.returncode == 0 and second.stderr.count(": unchanged") == 3
+    assert sum(es.changes.values()) == 3  # the second run changed nothing
     template = es.index_templates()[TEMPLATE_NAME]
     assert template["index_patterns"] == ["logs-defender_forwarder.alert-*"] and "data_stream" in template
     properties = template["template"]["mappings"]["properties"]
     assert properties["@timestamp"] == {"type": "date"}
     assert properties["event"]["properties"]["id"]["type"] == "keyword"
+    incidents = es.index_templates()[INCIDENT_TEMPLATE_NAME]
+    assert incidents["index_patterns"] == ["logs-defender_forwarder.incident-*"] and "data_stream" in incidents
+    incident = incidents["template"]["mappings"]["properties"]["m365_defender"]["properties"]["incident"]
+    assert incident["properties"]["last_update_datetime"] == {"type": "date"}
     check = _run(setup, "check")
     elastic = next(line for line in check.stderr.splitlines() if "elastic" in line and "cluster" in line)
     assert "Elasticsearch 9." in elastic and f"template {TEMPLATE_NAME} installed" in elastic
+    assert f"template {INCIDENT_TEMPLATE_NAME} installed" in elastic
+
+
+def test_streams_of_one_pattern_share_one_template_mapped_for_both_kinds() -> None:
+    made = requests("logs-defender-{tenant}", "ecs", "90d", "logs-defender-{tenant}")
+    (template,) = [request for request in made if request.kind == "index template"]
+    fields = template.body["template"]["mappings"]["properties"]["m365_defender"]["properties"]
+    assert {"alert", "incident"} <= set(fields)
+
+
+def test_alerts_and_incidents_land_in_their_own_data_streams(es: EsPeer) -> None:
+    connector = ElasticsearchConnector("elastic", ElasticsearchSinkConfig.model_validate(_sink(es, format="cim")))
+
+    async def go() -> list[Any]:
+        try:
+            return await connector.send(kind_events(TenantRef(id="t-1", label="Acme-EU")))
+        finally:
+            await connector.close()
+
+    assert [r.outcome for r in asyncio.run(go())] == [Outcome.OK, Outcome.OK]
+    assert es.indices() == {"logs-defender_forwarder.alert-acme_eu", "logs-defender_forwarder.incident-acme_eu"}
+    (incident,) = es.documents("logs-defender_forwarder.incident-acme_eu")
+    assert incident["source"]["kind"] == "incident" and incident["source"]["id"] == "2972395"
+    assert es.kind("logs-defender_forwarder.incident-acme_eu") == "data_stream"
+
+
+def test_incidents_go_through_their_own_pipeline_of_the_integration(es: EsPeer) -> None:
+    for name in ("logs-m365_defender.alert-2.20.0", "logs-m365_defender.incident-2.20.0"):
+        installed = httpx.put(f"{es.url}/_ingest/pipeline/{name}", json={"processors": []},
+                              headers={"Authorization": f"ApiKey {API_KEY}"},
+                              verify=ssl.create_default_context(cafile=es.ca_file))
+        assert installed.status_code == 200, installed.text
+    config = _sink(es, format="raw", data_stream="logs-m365_defender.alert-{tenant}",
+                   data_stream_incident="logs-m365_defender.incident-{tenant}",
+                   pipeline="logs-m365_defender.alert-2.20.0", pipeline_incident="logs-m365_defender.incident-2.20.0")
+    connector = ElasticsearchConnector("elastic", ElasticsearchSinkConfig.model_validate(config))
+
+    async def go() -> list[Any]:
+        try:
+            return await connector.send(kind_events(TenantRef(id="t-1", label="acme")))
+        finally:
+            await connector.close()
+
+    assert [r.outcome for r in asyncio.run(go())] == [Outcome.OK, Outcome.OK]
+    (alert,) = es.documents("logs-m365_defender.alert-acme")
+    (incident,) = es.documents("logs-m365_defender.incident-acme")
+    assert (alert["pipeline"], incident["pipeline"]) == ("logs-m365_defender.alert-2.20.0",
+                                                         "logs-m365_defender.incident-2.20.0")
 
 
 def _leaves(document: Any, prefix: str = "") -> Iterator[str]:

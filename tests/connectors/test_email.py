@@ -4,6 +4,7 @@ on_update, the per-recipient rate limit, a server down then back, refused recipi
 the standard battery."""
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,8 +15,12 @@ import orjson
 import pytest
 import trustme
 
+from connectors.base import Outcome
+from connectors.email import EmailConnector, EmailSinkConfig
+from core.model.schema import TenantRef
 from core.state.sqlite import SQLiteStore
 from tests.connectors.battery import ConnectorBattery
+from tests.connectors.kinds import INCIDENT_URL, kind_events
 from tests.helpers import CloudSetup, recent, run_cli
 from tests.peers.alert_factory import make_alerts, updated_version
 from tests.peers.mutual_tls import client_certificate
@@ -283,3 +288,41 @@ def test_tls_keys_smtplib_cannot_honour_are_refused(setup: CloudSetup, smtp: Smt
     setup.sinks = {"mail": _sink(smtp, security="none", client_cert="/etc/c.pem")}
     result = _run(setup)
     assert result.returncode == 2 and 'client_cert needs security = "starttls" or "tls"' in result.stderr
+
+
+# ---- incidents ----------------------------------------------------------------------------------
+
+class _Memory(dict):
+    """The sink's notes, in memory (the state store keeps them in a run)."""
+
+    def put(self, items: dict[str, str]) -> None:
+        self.update(items)
+
+
+def _send_kinds(smtp: SmtpServer, **keys: Any) -> list[Any]:
+    connector = EmailConnector("mail", EmailSinkConfig.model_validate(_sink(smtp, **keys)))
+    connector.memory = _Memory()
+    return asyncio.run(connector.send(kind_events(TenantRef(id="t-1", label="acme"))))
+
+
+def test_an_incident_is_mailed_with_its_own_template(smtp: SmtpServer) -> None:
+    assert [r.outcome for r in _send_kinds(smtp)] == [Outcome.OK, Outcome.OK]
+    by_subject = {r.message["Subject"]: r.message for r in smtp.wait_for(2)}
+    alert = by_subject["[acme] High: Suspicious PowerShell command line"]
+    incident = by_subject["[acme] Medium incident 2972395: Multi-stage incident involving Execution & Initial access"]
+    assert alert["X-Defender-Alert-Ids"] == "da637551227677560813_-961444813"
+    assert incident["X-Defender-Incident-Ids"] == "2972395" and incident["X-Defender-Alert-Ids"] is None
+    text, page = _parts(incident)
+    for fact in ("Incident 2972395: Multi-stage", "Status:", "active", "Assigned to:", "soc@mssp.example",
+                 "Alerts (2):", "da637551227677560813_-961444813, fa9e6a1e2c-5d4b-4a3b", INCIDENT_URL):
+        assert fact in text, fact
+    assert f'<a href="{INCIDENT_URL}">' in page.replace("&amp;", "&") and "Execution &amp; Initial access" in page
+    assert PASSWORD not in incident.as_string() and "Service source" not in text
+
+
+def test_a_digest_names_alerts_and_incidents_apart(smtp: SmtpServer) -> None:
+    assert {r.outcome for r in _send_kinds(smtp, mode="digest")} == {Outcome.OK}
+    (received,) = smtp.wait_for(1)
+    assert received.message["Subject"] == "[acme] 1 Defender alert and 1 Defender incident (1 high, 1 medium)"
+    text, _ = _parts(received.message)
+    assert "Suspicious PowerShell" in text and "Incident 2972395" in text

@@ -15,12 +15,20 @@ import orjson
 import pytest
 
 from connectors.base import Event, EventResult, Outcome, SinkFatal
-from connectors.eventhub import EVENTHUBS_SCOPE, RECORD_CATEGORY, EventHubConnector, EventHubSinkConfig, credential_for
+from connectors.eventhub import (
+    EVENTHUBS_SCOPE,
+    INCIDENT_RECORD_CATEGORY,
+    RECORD_CATEGORY,
+    EventHubConnector,
+    EventHubSinkConfig,
+    credential_for,
+)
 from core.model.schema import SCHEMA_VERSION, EventMeta, Severity, TenantRef
 from core.state.sqlite import SQLiteStore
 from mappings import ocsf
 from mappings.graph_alerts_v2 import normalise
 from tests.connectors.battery import ConnectorBattery
+from tests.connectors.kinds import kind_events
 from tests.helpers import CLIENT_ID, SECRET, CloudSetup, recent, run_cli
 from tests.peers.alert_factory import make_alerts
 from tests.peers.eventhub_peer import EventHubPeer
@@ -83,7 +91,7 @@ def test_each_tenant_keeps_its_partition_key_and_every_property(setup: CloudSetu
             event = by_key[normalised.version_key]
             assert _comparable(event.body) == _comparable(ocsf.encode(normalised))
             assert event.application_properties == {
-                "tenant_id": tenant_id, "customer": label, "alert_id": alert["id"],
+                "tenant_id": tenant_id, "customer": label, "kind": "alert", "alert_id": alert["id"],
                 "severity": normalised.severity.name, "format": "ocsf", "schema_version": SCHEMA_VERSION}
             assert event.content_type == "application/json"
 
@@ -169,6 +177,21 @@ def _send(config: dict[str, Any], batch: list[Event]) -> list[EventResult]:
 def _events(count: int) -> list[Event]:
     return [Event(i, EventMeta("t-1", "acme", f"a{i}", f"t-1/a{i}/v", Severity.high, 1.5e9), b'{"n":%d}' % i)
             for i in range(count)]
+
+
+@pytest.mark.parametrize("envelope", ["single", "records"])
+def test_alerts_and_incidents_keep_apart_by_the_kind_property(hub: EventHubPeer, envelope: str) -> None:
+    results = _send(_sink(envelope=envelope), kind_events(TenantRef(id="t-1", label="acme")))
+    assert [result.outcome for result in results] == [Outcome.OK, Outcome.OK]
+    by_kind = {event.application_properties["kind"]: event for event in hub.events()}
+    alert, incident = by_kind["alert"], by_kind["incident"]
+    assert incident.application_properties["incident_id"] == "2972395"
+    assert "alert_id" not in incident.application_properties and "incident_id" not in alert.application_properties
+    assert alert.partition_key == incident.partition_key == "t-1"  # one customer's events stay in order
+    if envelope == "records":
+        (record,) = orjson.loads(incident.body)["records"]
+        assert record["category"] == INCIDENT_RECORD_CATEGORY and record["properties"]["kind"] == "incident"
+        assert orjson.loads(alert.body)["records"][0]["category"] == RECORD_CATEGORY
 
 
 def test_a_hub_down_is_retried_whatever_its_port_spells(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -206,7 +206,7 @@ def test_setup_elasticsearch_goes_through_forwarder_proxy(setup: CloudSetup, es:
                                "ca_file": str(es.ca_file)}}
     result = run_cli("setup", "elasticsearch", "--config", str(setup.write()))
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count(": installed") == 2
+    assert result.stderr.count(": installed") == 3  # the policy and the two kinds' templates
     assert _target(es.url) in proxy.connects()
 
 

@@ -31,6 +31,7 @@ from core.state.sqlite import SQLiteStore
 from mappings import raw
 from mappings.graph_alerts_v2 import normalise
 from tests.connectors.battery import ConnectorBattery
+from tests.connectors.kinds import kind_events
 from tests.helpers import CloudSetup, daemon, recent, run_cli, until
 from tests.peers.alert_factory import make_alerts
 from tests.peers.hec_peer import HecPeer, HecRequest, TokenSettings
@@ -99,9 +100,26 @@ def test_each_tenant_lands_in_its_own_index_with_its_metadata(setup: CloudSetup,
             assert record["fields"] == {"tenant_id": setup.tenants[label], "customer": label,
                                         "severity": record["fields"]["severity"],
                                         "version_key": f"{setup.tenants[label]}/{alert['id']}/"
-                                                       f"{record['fields']['version_key'].rsplit('/', 1)[1]}"}
+                                                       f"{record['fields']['version_key'].rsplit('/', 1)[1]}",
+                                        "kind": "alert"}
             assert record["fields"]["severity"] == alert["severity"].lower()
     assert all(r.gzip and r.authorization == f"Splunk {TOKEN}" for r in _posts(hec))
+
+
+@pytest.mark.parametrize(("keys", "alert_type", "incident_type", "incident_index"), [
+    ({}, "ms365:defender:incident:alerts", "ms365:defender:incident", "mssp_acme"),
+    ({"format": "ocsf", "index_incident": "soc_{tenant}"}, "defender_forwarder:ocsf",
+     "defender_forwarder:incident:ocsf", "soc_acme"),
+    ({"sourcetype": "a:st", "sourcetype_incident": "i:st"}, "a:st", "i:st", "mssp_acme"),
+])
+def test_alerts_and_incidents_land_apart(hec: HecPeer, keys: dict[str, Any], alert_type: str,
+                                         incident_type: str, incident_index: str) -> None:
+    results = asyncio.run(_send(_connector(hec, **keys), kind_events(TenantRef(id="t-1", label="acme"))))
+    assert [r.outcome for r in results] == [Outcome.OK, Outcome.OK]
+    stored = {record["fields"]["kind"]: record for record in hec.events()}
+    assert (stored["alert"]["sourcetype"], stored["alert"]["index"]) == (alert_type, "mssp_acme")
+    assert (stored["incident"]["sourcetype"], stored["incident"]["index"]) == (incident_type, incident_index)
+    assert stored["incident"]["event"]["id"] == "2972395" and stored["incident"]["event"]["kind"] == "incident"
 
 
 def test_batches_respect_events_and_bytes(setup: CloudSetup, hec: HecPeer) -> None:
