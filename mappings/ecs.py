@@ -1444,5 +1444,10 @@ def to_ecs(alert: Alert) -> dict[str, Any]:
 
 
 def encode(alert: Alert) -> bytes:
-    """One ECS document as one line of JSON (no trailing newline)."""
+    """One ECS document as one line of JSON (no trailing newline). An alert of the Defender for
+    Endpoint API takes the shape of Elastic's microsoft_defender_endpoint integration instead."""
+    if alert.source == "mde_alerts":
+        from mappings.ecs_mde import to_ecs_mde
+
+        return jsonutil.dumps(to_ecs_mde(alert, _iso))
     return jsonutil.dumps(to_ecs(alert))
