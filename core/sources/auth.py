@@ -95,9 +95,9 @@ def graph_scope(app: AppSettings) -> str:
 
 
 def mde_scope(app: AppSettings) -> str:
-    """The scope of a Defender for Endpoint API token. A test cloud (`mde_endpoint` set) is its
-    own resource; Microsoft's hosts take tokens of the WindowsDefenderATP resource."""
-    return (app.mde_endpoint.rstrip("/") if app.mde_endpoint else endpoints(app).mde_resource) + GRAPH_SCOPE_PATH
+    """The scope of a Defender for Endpoint API token: the WindowsDefenderATP resource, whatever
+    the host (the geo hosts and `mde_endpoint` take its tokens)."""
+    return endpoints(app).mde_resource + GRAPH_SCOPE_PATH
 
 
 def consent_url(app: AppSettings, tenant_id: str) -> str:

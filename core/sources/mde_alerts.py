@@ -13,4 +13,8 @@ KIND = SourceKind(
     # As Graph's alerts, an MDE alert is updated in place; each update is a new lastUpdateTime.
     version=VersionKey(id="id", time="lastUpdateTime"),
     reader=lazy_reader("core.sources.mde", "MdeSource"),
+    # Graph's alerts_v2 serves every MDE alert too, under the same id: where a tenant reads
+    # both, Graph's versions are the ones forwarded; MDE forwards only an alert that no source
+    # has taken yet (one Graph has not indexed yet), and never marks a version seen for Graph.
+    defers_to="graph_alerts",
 )
