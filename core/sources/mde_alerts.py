@@ -3,6 +3,7 @@ tenant (WindowsDefenderATP `Alert.Read.All`), read by `lastUpdateTime` with `$ex
 The reader (`core/sources/mde.py`) is imported only when a tenant is read live."""
 from __future__ import annotations
 
+from core.sources import graph_alerts
 from core.sources.contract import Permission, SourceKind, VersionKey, lazy_reader
 
 KIND = SourceKind(
@@ -16,5 +17,5 @@ KIND = SourceKind(
     # Graph's alerts_v2 serves every MDE alert too, under the same id: where a tenant reads
     # both, Graph's versions are the ones forwarded; MDE forwards only an alert that no source
     # has taken yet (one Graph has not indexed yet), and never marks a version seen for Graph.
-    defers_to="graph_alerts",
+    defers_to=graph_alerts.KIND.name,
 )

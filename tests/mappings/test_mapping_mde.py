@@ -145,3 +145,35 @@ def test_convert_takes_mde_alerts() -> None:
     doc = json.loads(done.stdout.splitlines()[0])
     assert doc["event"]["provider"] == "defender_endpoint" and doc["host"]["name"].startswith("temp123")
     assert "mde_alerts" in run_cli("convert", "--help").stdout
+
+
+def _doc_rows(text: str, header: str) -> list[tuple[str, str]]:
+    """The rows of the docs table under `header` as (first cell, second cell), backticks off."""
+    lines = text[text.index(header):].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip().replace("`", "") for cell in line.strip("|").split("|")]
+        rows.append((cells[0], cells[1]))
+    return rows
+
+
+def test_the_docs_field_tables_are_the_mappings_tables() -> None:
+    from pathlib import Path
+
+    from mappings import mde_alerts as m
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "source-mde.md").read_text(encoding="utf-8")
+    documented = _doc_rows(text, "| MDE property | common Alert field |")
+    expected = [(row.graph, row.field) for row in m.ALERT.rows if row.graph != "evidence"]
+    expected += [(row.graph, f"times.{row.field}") for row in m.TIMES.rows]
+    expected += [(row.graph, f"device evidence {row.field}") for row in m.DEVICE.rows
+                 if row.graph in m.DEVICE_PROPERTIES]
+    assert documented == expected
+    evidence = dict(_doc_rows(text, "| `entityType` | evidence fields |"))
+    for name, table in (("User", m.USER), ("File", m.FILE), ("Process", m.PROCESS), ("Ip", m.IP), ("Url", m.URL),
+                        ("Registry", m.REGISTRY)):
+        assert evidence.pop(name) == ", ".join(f"{row.graph} → {row.field}" for row in table.rows)
+        assert m.EVIDENCE_TABLES[name.lower()][1] is table
+    assert not evidence
