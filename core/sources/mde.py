@@ -39,7 +39,7 @@ MAX_TOP = 10_000  # "Maximum page size is 10,000"
 class MdeSource(GraphSource):
     """`/api/alerts` of one tenant, under its own budget and token."""
 
-    API = "the Defender for Endpoint API"
+    API = "Defender for Endpoint API"
 
     def __init__(self, kind: SourceKind, context: LiveContext) -> None:
         super().__init__(kind, context)

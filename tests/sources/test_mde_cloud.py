@@ -172,3 +172,14 @@ def test_one_alert_reaches_the_sink_once_per_version_from_both_sources(setup: Cl
     assert len(versions) == len(set(versions)) == 14  # 10 + 2 + 2 updates, each once
     assert [line["id"] for line in out[12:]] == sorted([fresh[0]["id"], alerts[0]["id"]], key=[
         line["id"] for line in out[12:]].index) and all("lastUpdateDateTime" in line for line in out[12:])
+
+
+def test_check_probes_the_mde_api_with_its_token_and_names_its_permission(setup: CloudSetup) -> None:
+    tenant_id, _ = _mde_tenant(setup, "acme", 2, ["graph_alerts", "mde_alerts"])
+    _mde_tenant(setup, "refused", 2, ["mde_alerts"], mde_forbidden=True)
+    done = run_cli("check", "--config", str(setup.write()))
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "acme (mde_alerts)" in out and "acme (graph_alerts)" in out
+    assert "WindowsDefenderATP Alert.Read.All" in out and "refused" in out
+    assert any(hit.kind == "mde_alerts" and hit.status == 200 and hit.tenant == tenant_id for hit in setup.cloud.hits)
