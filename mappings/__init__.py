@@ -31,7 +31,8 @@ OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 AVAILABLE_FORMATS["alert"] = "mappings.alert"
 
 # `convert --source` names -> the mapping module of that source shape.
-SOURCES = {"graph": "graph_alerts_v2", "graph_incidents": "graph_incidents"}
+SOURCES = {"graph": "graph_alerts_v2", "graph_incidents": "graph_incidents", "mde": "mde_alerts",
+           "mde_alerts": "mde_alerts"}
 
 
 Encoder = Callable[["Alert | Incident"], bytes]

@@ -1445,9 +1445,14 @@ def to_ecs(alert: Alert) -> dict[str, Any]:
 
 
 def encode(alert: Alert | Incident) -> bytes:
-    """One ECS document as one line of JSON (no trailing newline)."""
+    """One ECS document as one line of JSON (no trailing newline). An alert of the Defender for
+    Endpoint API takes the shape of Elastic's microsoft_defender_endpoint integration instead."""
     if alert.__class__ is Incident:  # (one identity test: the alert path stays as it was)
         return jsonutil.dumps(incident_to_ecs(alert))
+    if alert.source == "mde_alerts":
+        from mappings.ecs_mde import to_ecs_mde
+
+        return jsonutil.dumps(to_ecs_mde(alert, _iso))
     return jsonutil.dumps(to_ecs(alert))
 
 

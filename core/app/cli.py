@@ -10,6 +10,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from connectors import setup_offers  # the registry alone: no connector is imported
 from core.app.version import version
+from mappings import SOURCES  # the names alone: no mapping is imported
 
 DESCRIPTION = """\
 Forward Microsoft Defender alerts of many customer tenants (Microsoft Graph
@@ -64,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-file", metavar="PATH", type=Path,
                      help="with --once: write the metrics there for node_exporter's textfile collector")
     convert = _add(commands, "convert", "convert saved alerts or incidents to an output format on stdout")
-    convert.add_argument("--source", choices=["graph", "graph_incidents"], default="graph",
-                         help="shape of the input: graph (alerts_v2 alerts, the default) | graph_incidents")
+    convert.add_argument("--source", choices=list(SOURCES), default="graph",
+                         help="shape of the input: graph (alerts_v2 alerts), graph_incidents, mde or mde_alerts "
+                              "(Defender for Endpoint /api/alerts) (default graph)")
     convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef | alert")
     convert.add_argument("--tenant-label", default="convert", help="customer label to stamp on the output")
     convert.add_argument("--ingested", metavar="TIME", help="when the alerts count as read, ISO 8601 "

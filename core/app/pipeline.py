@@ -163,7 +163,9 @@ class Forwarder:
 
     def _readers(self, label: str, tenant: TenantSettings) -> dict[str, AlertSource]:
         """A reader per source kind the tenant reads; a replay tenant replays its folder for each."""
-        kinds = [KINDS[name] for name in dict.fromkeys(tenant.sources)]
+        # In the registry's order, whatever the config's: a kind that defers to another reads
+        # after it in each cycle, so the other takes the records both read first.
+        kinds = [kind for name, kind in KINDS.items() if name in tenant.sources]
         if tenant.replay is not None:
             return {kind.name: ReplaySource(kind, tenant.replay, self.settings.page_size) for kind in kinds}
         context = self._live_context(label, tenant)
@@ -342,8 +344,12 @@ class Forwarder:
         result.refused += len(commit.dead)
         versions = window.new_versions([(a.id, a.times.last_updated) for a in alerts])
         known = self.store.known(ref.id, [version[0] for version in versions if version is not None])
+        # The records another kind of this tenant reads too, and forwards (SourceKind.defers_to).
+        deferred = known.copy() if kind.defers_to in self.readers.get(ref.label, {}) else set()
         for alert, version in zip(alerts, versions, strict=True):
-            if version is None:
+            if version is None or alert.id in deferred:
+                # A deferred version is not marked seen: it may be the very version (id, time)
+                # the other kind is to forward.
                 result.duplicates += 1
                 outcome.duplicates += 1
                 continue

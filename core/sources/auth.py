@@ -39,6 +39,10 @@ class AppSettings(BaseModel):
     # Overrides of the cloud's endpoints: for a private test cloud or a proxy that terminates TLS.
     login_endpoint: str | None = None
     graph_endpoint: str | None = None
+    # The Defender for Endpoint API (source mde_alerts): a geo server of the public cloud
+    # ("us", "eu", "uk", "au", "swa", "ina", "aea"), or the whole endpoint (a private test cloud).
+    mde_region: Literal["us", "eu", "uk", "au", "swa", "ina", "aea"] | None = None
+    mde_endpoint: str | None = None
     ca_file: str | None = None
     consent_redirect_uri: str | None = None
 
@@ -53,23 +57,47 @@ class AppSettings(BaseModel):
 class Cloud:
     login: str
     graph: str
+    mde: str = "https://api.security.microsoft.com"  # the Defender for Endpoint API
+    # The token audience of the MDE API (WindowsDefenderATP): not the host above, which
+    # accepts tokens of this resource (defender-source.md §2.2).
+    mde_resource: str = "https://api.securitycenter.microsoft.com"
 
 
-# GCC uses the commercial endpoints; GCC High and DoD have their own login and Graph hosts.
+# GCC uses the commercial login and Graph but its own MDE host; GCC High and DoD have their own
+# login and Graph hosts and share one MDE host.
 CLOUDS: dict[str, Cloud] = {
     "public": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
-    "gcc": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com"),
-    "gcc-high": Cloud("https://login.microsoftonline.us", "https://graph.microsoft.us"),
-    "dod": Cloud("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+    "gcc": Cloud("https://login.microsoftonline.com", "https://graph.microsoft.com",
+                 "https://api-gcc.securitycenter.microsoft.us", "https://api-gcc.securitycenter.microsoft.us"),
+    "gcc-high": Cloud("https://login.microsoftonline.us", "https://graph.microsoft.us",
+                      "https://api-gov.securitycenter.microsoft.us", "https://api-gov.securitycenter.microsoft.us"),
+    "dod": Cloud("https://login.microsoftonline.us", "https://dod-graph.microsoft.us",
+                 "https://api-gov.securitycenter.microsoft.us", "https://api-gov.securitycenter.microsoft.us"),
 }
 
 
 def endpoints(app: AppSettings) -> Cloud:
     cloud = CLOUDS[app.cloud]
+    mde = cloud.mde
+    if app.mde_region and app.cloud == "public":
+        mde = f"https://{app.mde_region}.api.security.microsoft.com"
     return Cloud(
         (app.login_endpoint or cloud.login).rstrip("/"),
         (app.graph_endpoint or cloud.graph).rstrip("/"),
+        (app.mde_endpoint or mde).rstrip("/"),
+        cloud.mde_resource,
     )
+
+
+def graph_scope(app: AppSettings) -> str:
+    """The scope of a Microsoft Graph token (the app's Graph endpoint is its resource)."""
+    return endpoints(app).graph + GRAPH_SCOPE_PATH
+
+
+def mde_scope(app: AppSettings) -> str:
+    """The scope of a Defender for Endpoint API token: the WindowsDefenderATP resource, whatever
+    the host (the geo hosts and `mde_endpoint` take its tokens)."""
+    return endpoints(app).mde_resource + GRAPH_SCOPE_PATH
 
 
 def consent_url(app: AppSettings, tenant_id: str) -> str:
@@ -119,25 +147,29 @@ def _remedies(app_name: str, app: AppSettings, label: str, tenant_id: str) -> di
     }
 
 
-def graph_refusal(status: int, app: AppSettings, tenant_id: str, permission: str) -> TenantAuthError:
-    """Graph's 401 (after a fresh token) or 403, for a source kind that needs the application
-    permission `permission`."""
+def graph_refusal(status: int, app: AppSettings, tenant_id: str, permission: str, api: str = "Graph",
+                  permission_api: str = "Microsoft Graph") -> TenantAuthError:
+    """The API's 401 (after a fresh token) or 403, for a source kind that needs the application
+    permission `permission` of `permission_api` (as Entra ID names them)."""
+    named = permission if permission_api == "Microsoft Graph" else f"{permission_api} {permission}"
     if status == 403:
         return TenantAuthError(
-            f"Graph refused access (403): the app lacks the {permission} application permission here",
+            f"{api} refused access (403): the app lacks the {named} application permission here",
             f"add the permission to app {app.client_id} and have the customer consent again: "
             f"{consent_url(app, tenant_id)}",
             state="consent_missing",
         )
     return TenantAuthError(
-        "Graph rejected a fresh token (401)",
+        f"{api} rejected a fresh token (401)",
         f"check that app {app.client_id} is consented in tenant {tenant_id}: {consent_url(app, tenant_id)}",
         state="consent_revoked",
     )
 
 
 class TokenProvider:
-    """Client-credential tokens for Graph in one customer tenant."""
+    """Client-credential tokens in one customer tenant: for Graph by default, for another
+    resource by scope (`for_scope`). One MSAL app per tenant holds them all, its cache keyed by
+    scope, so each (tenant, scope) has one token, refreshed on its own."""
 
     def __init__(
         self,
@@ -153,21 +185,26 @@ class TokenProvider:
         self._session = http_session
         self._msal: Any = None
         self._lock = asyncio.Lock()
-        self.scope = endpoints(app).graph + GRAPH_SCOPE_PATH
+        self.scope = graph_scope(app)
         self.had_token = False  # a login succeeded in this process: a refusal now means revoked
         telemetry.set_auth_state(label, "unknown")
         watch_certificate(app_name, app)
 
-    async def token(self) -> str:
-        async with self._lock:
-            return await self._counted(self._acquire)
+    def for_scope(self, scope: str) -> "ScopedTokens":
+        """The tokens of this tenant for another resource (the MDE API), with the same interface."""
+        return ScopedTokens(self, scope)
 
-    async def refresh(self) -> str:
-        """Drop the cached token (the server no longer accepts it) and get a new one."""
+    async def token(self, scope: str | None = None) -> str:
+        async with self._lock:
+            return await self._counted(functools.partial(self._acquire, scope or self.scope))
+
+    async def refresh(self, scope: str | None = None) -> str:
+        """Drop the cached tokens (the server no longer accepts one) and get a new one. MSAL drops
+        a client's tokens of every scope at once; the others are fetched again when next needed."""
         async with self._lock:
             if self._msal is not None:
                 await self._run(self._msal.remove_tokens_for_client)
-            return await self._counted(self._acquire)
+            return await self._counted(functools.partial(self._acquire, scope or self.scope))
 
     async def _counted(self, func: Any) -> str:
         """A token, with the tenant's auth state set from the answer (a transient failure
@@ -188,13 +225,13 @@ class TokenProvider:
     async def _run(self, func: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
 
-    def _acquire(self) -> str:
+    def _acquire(self, scope: str) -> str:
         import msal
 
         if self._msal is None:
             self._msal = self._build()
         try:
-            result = self._msal.acquire_token_for_client([self.scope])
+            result = self._msal.acquire_token_for_client([scope])
         except msal.exceptions.MsalServiceError as err:
             raise TransientAuthError(f"login service error: {err.error}") from None
         except OSError as err:  # requests' connection errors derive from OSError
@@ -239,6 +276,23 @@ class TokenProvider:
             f"login failed ({error}, AADSTS codes {codes or 'none'})",
             f"check [apps.{self.app_name}] and tenants.{self.label}.tenant_id",
         )
+
+
+class ScopedTokens:
+    """A TokenProvider seen through one scope: what a reader of another API than Graph holds."""
+
+    def __init__(self, provider: TokenProvider, scope: str) -> None:
+        self.provider, self.scope = provider, scope
+        self.label = provider.label
+
+    async def token(self) -> str:
+        return await self.provider.token(self.scope)
+
+    async def refresh(self) -> str:
+        return await self.provider.refresh(self.scope)
+
+    def refused(self, err: TenantAuthError) -> None:
+        self.provider.refused(err)
 
 
 # What an AADSTS code of the login service says of the tenant's auth state. 700016 (the app is

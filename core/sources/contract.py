@@ -103,6 +103,11 @@ class SourceKind:
     version: VersionKey
     reader: ReaderFactory  # builds the live reader of a tenant
     settings: type[BaseModel] | None = None  # the kind's own configuration keys, if it has any
+    # Another kind that reads the same records (same ids), whose fields win: in a tenant that
+    # reads both, a record of this kind whose id the tenant has taken before (from either) is
+    # left to that kind, which forwards its every version (docs/sources.md, "One alert,
+    # forwarded once"). None: this kind's records are its own.
+    defers_to: str | None = None
 
     @property
     def time_property(self) -> str:

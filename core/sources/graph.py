@@ -54,12 +54,18 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class GraphSource:
-    """The Graph collection of `kind` in one tenant, under the bounds of `context`."""
+    """The Graph collection of `kind` in one tenant, under the bounds of `context`.
+
+    Another Microsoft API read the same way (the MDE API, core/sources/mde_alerts.py) is a
+    subclass: its `API` name (in messages), `endpoint`, `tokens`, request budget (`_spend`),
+    headers and paging (`pages`); the requests, retries and page slots are these."""
+
+    API = "Graph"
 
     def __init__(self, kind: SourceKind, context: LiveContext) -> None:
         self.kind = kind
         self.client, self.tokens, self.app = context.client, context.tokens, context.app
-        self.graph_endpoint = endpoints(context.app).graph
+        self.graph_endpoint = self.endpoint(context)
         self.tenant_id = context.tenant_id
         self.limiter, self.concurrency, self.page_slots = context.limiter, context.concurrency, context.page_slots
         self.page_size, self.max_pages = context.page_size, context.max_pages
@@ -71,6 +77,16 @@ class GraphSource:
         self._retry_after = telemetry.RETRY_AFTER.labels(*labels)
         self._duration = telemetry.REQUEST_DURATION.labels(*labels)
         self.throttles = 0  # 429 answers, ever: the pipeline tells a throttled window from a failed one
+
+    def endpoint(self, context: LiveContext) -> str:
+        return endpoints(context.app).graph
+
+    def headers(self, token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", "Prefer": "include-unknown-enum-members"}
+
+    async def _spend(self) -> None:
+        """Wait for the tenant's request budget of this API."""
+        await self.limiter.acquire()
 
     def first_url(self, since: datetime) -> str:
         stamp = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -125,12 +141,13 @@ class GraphSource:
                 if body is not None:
                     return body
                 self.page_slots.release()
-                log.warning("tenant %s: Graph sent a body that is not JSON; retrying", self.tenant_id)
+                log.warning("tenant %s: %s sent a body that is not JSON; retrying", self.tenant_id, self.API)
                 await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
             elif response.status_code == 401 and not refreshed:
                 token, refreshed = await self._token(refresh=True), True
             elif response.status_code in (401, 403):
-                refusal = graph_refusal(response.status_code, self.app, self.tenant_id, self.kind.permission.name)
+                refusal = graph_refusal(response.status_code, self.app, self.tenant_id, self.kind.permission.name,
+                                        self.API, self.kind.permission.api)
                 refused = getattr(self.tokens, "refused", None)
                 if refused is not None:
                     refused(refusal)
@@ -144,23 +161,23 @@ class GraphSource:
                         self._retry_after.inc(wait)
                 await asyncio.sleep(wait or backoff_delay(attempt, self.backoff_base))
             else:
-                raise SourceError(f"Graph answered {response.status_code}: {_graph_error(response)}")
+                raise SourceError(f"{self.API} answered {response.status_code}: {_graph_error(response)}")
         why = f": {self._unreachable}" if self._unreachable else ""
-        raise SourceError(f"Graph did not answer successfully after {MAX_ATTEMPTS} attempts{why}")
+        raise SourceError(f"{self.API} did not answer successfully after {MAX_ATTEMPTS} attempts{why}")
 
     async def _request(self, url: str, token: str, attempt: int) -> httpx.Response | None:
         """One GET under the global and per-tenant bounds; None after a transport failure.
         A 200 is returned holding a page slot."""
-        headers = {"Authorization": f"Bearer {token}", "Prefer": "include-unknown-enum-members"}
+        headers = self.headers(token)
         async with self.concurrency:
-            await self.limiter.acquire()
+            await self._spend()
             self.requests += 1
             started = time.monotonic()
             try:
                 return await self._send(self.client.build_request("GET", url, headers=headers))
             except httpx.TransportError as err:
                 self._unreachable = describe(err)
-                log.warning("tenant %s: Graph unreachable: %s; retrying", self.tenant_id, self._unreachable)
+                log.warning("tenant %s: %s unreachable: %s; retrying", self.tenant_id, self.API, self._unreachable)
             finally:
                 self._duration.observe(time.monotonic() - started)
         await asyncio.sleep(backoff_delay(attempt, self.backoff_base))

@@ -1,4 +1,5 @@
-"""A simulated Microsoft cloud for tests: Entra ID login plus Graph `security/alerts_v2`.
+"""A simulated Microsoft cloud for tests: Entra ID login plus Graph `security/alerts_v2`, and
+the Defender for Endpoint API `/api/alerts` (tests/peers/fake_mde.py).
 
 One HTTPS server on 127.0.0.1 (certificate from a trustme CA) plays both hosts, so a client
 uses login endpoint = Graph endpoint = `base_url`:
@@ -7,6 +8,7 @@ uses login endpoint = Graph endpoint = `base_url`:
   GET  /{tenant}/discovery/v2.0/keys                    JWKS of the fake STS
   POST /{tenant}/oauth2/v2.0/token                      client_credentials, secret or certificate
   GET  /v1.0/security/alerts_v2                         tenant taken from the bearer token
+  GET  /api/alerts                                      MDE: a WindowsDefenderATP token, quotas
 
 The login half is adapted from the MSAL spike the project started from.
 The Graph half follows Microsoft Graph's documentation of alerts_v2 (list, $filter, paging,
@@ -58,6 +60,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tests.peers import fake_mde
 from tests.peers.alert_factory import make_alerts
 from tests.peers.loopback_http import LoopbackHTTPServer
 
@@ -188,12 +191,17 @@ class Tenant:
     graph_token_lifetime: float | None = None
     page_size: int = 100
     token_fail_status: int | None = None
+    mde_forbidden: bool = False  # the app lacks WindowsDefenderATP Alert.Read.All here
+    mde_per_minute: int = 100  # the MDE API's quotas (documented: 100 a minute, 1,500 an hour)
+    mde_per_hour: int = 1500
     alerts: _AlertStore | SyntheticAlerts = field(init=False, repr=False)
     faults: deque[Fault] = field(init=False, repr=False)
+    mde_quota: fake_mde.Quota = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.alerts = _AlertStore()
         self.faults = deque()
+        self.mde_quota = fake_mde.Quota(self.mde_per_minute, self.mde_per_hour)
 
 
 @dataclass(frozen=True)
@@ -667,14 +675,17 @@ class FakeCloud:
                    cert: x509.Certificate | None = None, consent: bool = True,
                    secret_expired: bool = False, graph_forbidden: bool = False,
                    expires_in: int = 3599, graph_token_lifetime: float | None = None,
-                   page_size: int = 100, token_fail_status: int | None = None) -> Tenant:
+                   page_size: int = 100, token_fail_status: int | None = None,
+                   mde_forbidden: bool = False, mde_per_minute: int = 100, mde_per_hour: int = 1500) -> Tenant:
         """Register a tenant with the app `client_id` consented. `page_size` applies when a
         request has no `$top`; `graph_token_lifetime` (seconds) makes Graph reject tokens
         older than that with 401 although MSAL still caches them; `token_fail_status`
-        (e.g. 503) makes the token endpoint fail."""
+        (e.g. 503) makes the token endpoint fail. `mde_forbidden` leaves WindowsDefenderATP
+        Alert.Read.All out of the MDE token's roles (403 on /api/alerts); `mde_per_minute` and
+        `mde_per_hour` are the MDE quotas."""
         tenant = Tenant(tenant_id, client_id, secret, cert, consent, secret_expired,
                         graph_forbidden, expires_in, graph_token_lifetime, page_size,
-                        token_fail_status)
+                        token_fail_status, mde_forbidden, mde_per_minute, mde_per_hour)
         with self._lock:
             self.tenants[tenant_id] = tenant
         return tenant
@@ -749,6 +760,8 @@ class FakeCloud:
         tenant_id, _, rest = path.strip("/").partition("/")
         if request.method == "GET" and path.lower() == ALERTS_PATH:
             return self._alerts(request)
+        if request.method == "GET" and path.lower() in (fake_mde.MDE_PATH, "/api/v1.0/alerts"):
+            return self._mde_alerts(request)
         if request.method == "GET" and rest == "v2.0/.well-known/openid-configuration":
             return self._discovery(tenant_id, request)
         if request.method == "GET" and rest == "discovery/v2.0/keys":
@@ -882,7 +895,7 @@ class FakeCloud:
             "tid": tenant.tenant_id, "appid": tenant.client_id,
             "appidacr": "2" if auth.startswith("certificate") else "1",
             "idtyp": "app", "oid": tenant.client_id, "sub": tenant.client_id,
-            "roles": ["SecurityAlert.Read.All"], "uti": uti, "ver": "1.0",
+            "roles": _roles(tenant, resource), "uti": uti, "ver": "1.0",
         }
         return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})
 
@@ -900,6 +913,49 @@ class FakeCloud:
             "correlation_id": correlation_id,
             "error_uri": f"{self.base_url}/error?code={error.code}",
         })
+
+    # ---- the Defender for Endpoint API
+
+    def _mde_alerts(self, request: _Request) -> _Outcome:
+        tenant_id: str | None = None
+        fault: Fault | None = None
+        try:
+            tenant = self._mde_tenant(request.headers.get("authorization"))
+            tenant_id = tenant.tenant_id
+            tenant.mde_quota.spend()
+            fault = self._next_fault(tenant)
+            if fault is not None and fault.kind == "status":
+                return _Outcome("mde_alerts", tenant_id, _fault_response(fault), fault=fault.kind)
+            if fault is not None and fault.kind == "delay":
+                time.sleep(fault.seconds)
+            with self._lock:
+                graph = [json.loads(entry.json) for entry in getattr(tenant.alerts, "_entries", {}).values()]
+            body = fake_mde.answer(graph, urlsplit(request.path).query)
+            response = _Response(200, body, {"Content-Type": "application/json; odata.metadata=minimal"})
+        except fake_mde.MdeError as error:
+            headers = {} if error.retry_after is None else {"Retry-After": str(error.retry_after)}
+            response = _json_response(error.status, error.body(), headers=headers)
+        return _Outcome("mde_alerts", tenant_id, response, fault=fault.kind if fault else None)
+
+    def _mde_tenant(self, authorization: str | None) -> Tenant:
+        """The tenant of a valid WindowsDefenderATP token with the Alert.Read.All role."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise fake_mde.MdeError(401, "Unauthorized", "Authorization header is missing.")
+        try:
+            claims = jwt.decode(token.strip(), self._signing_key.public_key(), algorithms=["RS256"],
+                                audience=fake_mde.MDE_RESOURCE, options={"require": ["exp", "iat", "tid"]})
+        except jwt.PyJWTError:
+            # A Graph token is not accepted (defender-source.md §4.6).
+            raise fake_mde.MdeError(401, "Unauthorized", "Invalid or expired authorization header.") from None
+        tenant = self.tenants.get(claims["tid"])
+        if tenant is None:
+            raise fake_mde.MdeError(401, "Unauthorized", "Invalid or expired authorization header.")
+        if fake_mde.MDE_ROLE not in claims.get("roles", []):
+            raise fake_mde.MdeError(403, "Forbidden", "The application does not have any of the required "
+                                    "application permissions (Alert.ReadWrite.All, Alert.Read.All) to access "
+                                    "the resource.")
+        return tenant
 
     # ---- Graph alerts_v2
 
@@ -1024,6 +1080,13 @@ class FakeCloud:
 
 _GRAPH_CONTENT_TYPE = ("application/json;odata.metadata=minimal;odata.streaming=true;"
                        "IEEE754Compatible=false;charset=utf-8")
+
+
+def _roles(tenant: Tenant, resource: str) -> list[str]:
+    """The application roles consented for `resource` (a token carries those of its resource)."""
+    if resource == fake_mde.MDE_RESOURCE:
+        return [] if tenant.mde_forbidden else [fake_mde.MDE_ROLE]
+    return ["SecurityAlert.Read.All"]
 
 
 def _tenant_not_found(tenant_id: str) -> str:

@@ -551,3 +551,94 @@ def test_standalone_process_serves_generated_tenants(tmp_path: Path) -> None:
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0
     assert json.loads(stderr.strip().splitlines()[-1])["alerts"] == 3
+
+
+# ---------------------------------------------------------------- the Defender for Endpoint API
+
+MDE_SCOPE = ["https://api.securitycenter.microsoft.com/.default"]
+MDE_ALERTS = "/api/alerts"
+
+
+def mde_client(cloud: FakeCloud, ca_file: Path, tenant: Tenant) -> httpx.Client:
+    return graph(cloud, access_token(cloud, ca_file, tenant.tenant_id, MDE_SCOPE))
+
+
+def test_mde_serves_the_tenants_endpoint_alerts_in_mdes_shape(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud)
+    device = {"@odata.type": "#microsoft.graph.security.deviceEvidence", "mdeDeviceId": "m1",
+              "deviceDnsName": "pc1.contoso.com"}
+    user = {"@odata.type": "#microsoft.graph.security.userEvidence", "userAccount": {"accountName": "kim"}}
+    cloud.add_alerts(tenant.tenant_id, [
+        alert("da1_1", "2026-01-01T00:00:01Z", incidentId="42", evidence=[device, user]),
+        alert("da1_2", "2026-01-01T00:00:02Z"),
+        alert("fa1_3", "2026-01-01T00:00:03Z", serviceSource="microsoftDefenderForOffice365"),
+    ])
+    with mde_client(cloud, ca_file, tenant) as client:
+        body = client.get(MDE_ALERTS, params={"$expand": "evidence"}).json()
+        plain = client.get(MDE_ALERTS).json()
+    assert "@odata.nextLink" not in body
+    first = body["value"][0]
+    assert [a["id"] for a in body["value"]] == ["da1_1", "da1_2"]  # Office's alert is not MDE's
+    assert (first["incidentId"], first["severity"], first["status"]) == (42, "Medium", "New")
+    assert first["lastUpdateTime"] == "2026-01-01T00:00:01Z" and first["machineId"] == "m1"
+    assert first["evidence"] == [{"entityType": "User", "evidenceCreationTime": None, "accountName": "kim",
+                                  "domainName": None, "userSid": None, "aadUserId": None,
+                                  "userPrincipalName": None}]
+    assert plain["value"][0]["evidence"] == []  # only with $expand=evidence
+
+
+def test_mde_filter_orderby_top_and_skip(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud)
+    cloud.add_alerts(tenant.tenant_id, [alert(f"da_{i}", f"2026-01-01T00:00:0{i}Z") for i in range(6)])
+    with mde_client(cloud, ca_file, tenant) as client:
+        def ids(**params: str) -> list[str]:
+            response = client.get(MDE_ALERTS, params=params)
+            assert response.status_code == 200, response.text
+            assert "@odata.nextLink" not in response.json()
+            return [a["id"] for a in response.json()["value"]]
+
+        assert ids(**{"$filter": "lastUpdateTime ge 2026-01-01T00:00:02Z"}) == ["da_2", "da_3", "da_4", "da_5"]
+        assert ids(**{"$filter": "lastUpdateTime gt 2026-01-01T00:00:02Z and lastUpdateTime lt "
+                                 "2026-01-01T00:00:05Z"}) == ["da_3", "da_4"]
+        assert ids(**{"$orderby": "lastUpdateTime desc", "$top": "2"}) == ["da_5", "da_4"]
+        assert ids(**{"$orderby": "lastUpdateTime asc", "$top": "2", "$skip": "3"}) == ["da_3", "da_4"]
+        for bad in ({"$expand": "alerts"}, {"$top": "10001"}, {"$select": "id"},
+                    {"$filter": "severity eq 'High'"}):
+            response = client.get(MDE_ALERTS, params=bad)
+            assert response.status_code == 400 and response.json()["error"]["code"] in ("ODataError", "InvalidInput")
+
+
+def test_mde_wants_its_own_token_and_its_own_consent(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud)
+    with graph(cloud, access_token(cloud, ca_file, tenant.tenant_id)) as client:  # a Graph token
+        assert client.get(MDE_ALERTS).status_code == 401
+    with mde_client(cloud, ca_file, tenant) as client:  # and an MDE token is no Graph token
+        assert client.get(ALERTS).status_code == 401
+    refused = new_tenant(cloud, mde_forbidden=True)
+    with mde_client(cloud, ca_file, refused) as client:
+        response = client.get(MDE_ALERTS)
+    assert response.status_code == 403 and response.json()["error"]["code"] == "Forbidden"
+    with graph(cloud, access_token(cloud, ca_file, refused.tenant_id)) as client:
+        assert client.get(ALERTS).status_code == 200  # Graph's consent is another
+
+
+def test_mde_quotas_per_tenant_minute_and_hour(cloud: FakeCloud, ca_file: Path) -> None:
+    busy, other = new_tenant(cloud, mde_per_minute=3), new_tenant(cloud, mde_per_minute=50, mde_per_hour=2)
+    with mde_client(cloud, ca_file, busy) as client:
+        assert [client.get(MDE_ALERTS).status_code for _ in range(4)] == [200, 200, 200, 429]
+        throttled = client.get(MDE_ALERTS)
+    assert throttled.json()["error"]["code"] == "TooManyRequests"
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 60
+    with mde_client(cloud, ca_file, other) as client:  # another tenant's budget, and the hour's
+        codes = [client.get(MDE_ALERTS).status_code for _ in range(3)]
+        assert codes == [200, 200, 429] and int(client.get(MDE_ALERTS).headers["Retry-After"]) > 60
+
+
+def test_mde_faults_use_the_fault_queue(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud)
+    cloud.inject(tenant.tenant_id, Fault.status(503, retry_after=2), Fault.status(500))
+    with mde_client(cloud, ca_file, tenant) as client:
+        first, second, third = (client.get(MDE_ALERTS) for _ in range(3))
+    assert (first.status_code, first.headers["Retry-After"]) == (503, "2")
+    assert (second.status_code, third.status_code) == (500, 200)
+    assert cloud.count("mde_alerts", tenant.tenant_id) == 3
