@@ -23,7 +23,7 @@ import pytest
 from core.app.config import load_config
 from core.app.pipeline import Forwarder, TenantResult
 from core.state.sqlite import SQLiteStore
-from tests.helpers import CloudSetup, read_ndjson, recent
+from tests.helpers import CloudSetup, read_ndjson, recent, run_cli
 from tests.peers.alert_factory import make_alerts
 from tests.peers.fake_cloud import Fault, parse_ticks
 from tests.peers.lifecycle import free_port
@@ -153,6 +153,11 @@ def test_a_window_that_always_fails_is_split_the_bad_second_skipped_and_the_curs
         assert store.tenant_statuses()[tenant_id].last_error == result.error
     finally:
         store.close()
+
+    listed = run_cli("dead-letters", "list", "--config", str(config))  # the remedy the status names
+    assert listed.returncode == 0 and "poll" in listed.stdout and "contoso" in listed.stdout, listed
+    shown = run_cli("dead-letters", "show", str(letter.id), "--config", str(config))
+    assert shown.returncode == 0 and "the slice of time skipped" in shown.stdout, shown
 
     seen = len(_alert_hits(setup, tenant_id))
     result = _cycle(config)
