@@ -102,6 +102,8 @@ class ForwarderSettings(_Strict):
     request_timeout: Duration = 60.0
     retry_initial: Duration = Field(default=1.0, gt=0, description="first backoff after a Graph 5xx or timeout")
     max_pages_per_window: int = Field(default=10_000, ge=1)
+    split_after: int = Field(default=3, ge=1, description="cycles in a row the API fails a window itself (5xx, a "
+                             "malformed page) before it is read in halves and what still fails is skipped")
     once_deadline: Duration = Field(default=300.0, description="how long `run --once` keeps retrying deliveries")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

@@ -61,7 +61,9 @@ COLUMNS = [
 def describe(letter: DeadLetter, labels: dict[str, str]) -> str:
     """One dead letter in full: where it stopped, why, and the stored alert (indented when it is
     JSON; a CEF line as it is)."""
-    held = "the body the sink refused" if letter.stage == "deliver" else "the alert as the API sent it"
+    held = {"deliver": "the body the sink refused",
+            "poll": "the slice of time skipped (`backfill --since` its start reads it again)"}.get(
+        letter.stage, "the alert as the API sent it")
     lines = [
         f"dead letter {letter.id}",
         f"stage: {letter.stage}",

@@ -42,10 +42,11 @@ from core.model import jsonutil, telemetry
 from core.model.neterr import connect_and_read, describe
 from core.model.proxy import proxy_for
 from core.model.schema import Alert, EventMeta, TenantRef
-from core.sources import KINDS, AlertSource, LiveContext, Page, SourceError, SourceKind
+from core.model.times import format_time
+from core.sources import KINDS, AlertSource, BrokenWindow, LiveContext, Page, SourceError, SourceKind
 from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
 from core.sources.graph import PAGES_IN_MEMORY
-from core.sources.incremental import Window, prune_horizon, window_start
+from core.sources.incremental import Span, Window, prune_horizon, spans_to_read, window_start
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
@@ -54,6 +55,12 @@ from mappings import Encoder, SourceMapping, encoder, shortener, source_mapping
 log = logging.getLogger("defender_forwarder.pipeline")
 
 CONNECTIONS_PER_POOL = 5
+# A window being split tries each slice this many times (with backoff), not a page's full
+# budget: it failed whole for `split_after` cycles already, and a day splits ~17 levels deep.
+SPLIT_ATTEMPTS = 2
+# A split meeting more failing slices than this stops and holds the cursor: an API failing a
+# window nearly everywhere is not answered by skipping slices of it.
+MAX_SPLIT_FAILURES = 128
 
 Clock = Callable[[], datetime]
 
@@ -93,6 +100,28 @@ class CycleReport:
         return (f"cycle: {self.tenants_polled} tenants polled ({self.tenants_failed} failed), "
                 f"{self.new_versions} new versions, delivered: {delivered}; dead letters {self.dead_letters}; "
                 f"{self.duration_s:.1f} s")
+
+
+class _Paused(Exception):
+    """An outbox of the tenant's sinks is full: the window stops here, its cursor held."""
+
+
+@dataclass
+class _WindowRead:
+    """One window of one (tenant, kind) being read: what its spans and slices share."""
+
+    ref: TenantRef
+    reader: AlertSource
+    window: Window
+    sinks: set[str]
+    result: TenantResult
+    answered: bool = False  # a slice of a split was read: the API answers, it fails some slices only
+    failed_slices: int = 0
+    skipped: list[tuple[Span, BrokenWindow]] = field(default_factory=list)
+
+    @property
+    def kind(self) -> SourceKind:
+        return self.reader.kind
 
 
 @dataclass
@@ -275,7 +304,7 @@ class Forwarder:
         throttles = getattr(reader, "throttles", 0)
         polls = telemetry.POLLS
         try:
-            window = await self._read_window(label, tenant, reader, result, since)
+            window, skipped = await self._read_window(label, tenant, reader, result, since)
         except TenantAuthError as err:
             polls.labels(label, reader.kind.name, "failed").inc()
             result.auth_state = result.auth_state or err.state
@@ -288,35 +317,125 @@ class Forwarder:
                 return None, f"Graph: {describe(err)} (will retry next cycle)"
             return None, f"{err} (will retry next cycle)"
         polls.labels(label, reader.kind.name, "ok").inc()
-        return window, None
+        return window, skipped
 
     async def _read_window(self, label: str, tenant: TenantSettings, reader: AlertSource, result: TenantResult,
-                           since: datetime | None) -> Window | None:
-        """Read one window to its end and return it; None if an outbox is full (`result.paused`)."""
-        sinks = self.sinks_for(label)
+                           since: datetime | None) -> tuple[Window | None, str | None]:
+        """Read one window to its end and return it, with what of it was skipped if anything;
+        None if an outbox is full (`result.paused`).
+
+        A window the API fails itself (BrokenWindow) holds its cursor, and its failed cycles are
+        counted in the state; at `split_after` it is read in slices (`_split_window`). Every
+        window reads around the slices skipped before. A backfill (`since`) reads across them and
+        never splits: it is how an operator reads a skipped slice again."""
         kind = reader.kind
         cursor = self.store.cursor(tenant.tenant_id, kind.name)
         overlap, lookback = timedelta(seconds=self.settings.overlap), timedelta(seconds=self.settings.initial_lookback)
         window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap,
                         resend=self.resend and since is not None)
         start = window_start(cursor, overlap=overlap, initial_lookback=lookback, now=self.clock, since=since)
-        ref = TenantRef(id=tenant.tenant_id, label=label)
-        # aclosing: a window left early (backpressure, an error) gives its page slot back now.
-        async with aclosing(reader.pages(start)) as pages:
-            async for page in pages:
-                if self._backpressured(sinks):
-                    result.paused = True
-                    log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)),
-                                extra={"tenant": label})
-                    return None
-                self._take_page(ref, kind, window, page, result)
-                del page  # not kept while the next page waits for its request (see GraphSource.pages)
-        return window
+        read = _WindowRead(TenantRef(id=tenant.tenant_id, label=label), reader, window, self.sinks_for(label), result)
+        live = since is None
+        skipped = self.store.skipped_windows(tenant.tenant_id, kind.name) if live else []
+        failures = self.store.window_failures(tenant.tenant_id, kind.name) if live else 0
+        split_after = self.settings.split_after
+        try:
+            if failures < split_after:
+                try:
+                    await self._read_spans(read, spans_to_read(start, skipped), failed_before=failures > 0)
+                    return window, None
+                except BrokenWindow as err:
+                    if not live:
+                        raise
+                    failures = self.store.window_failed(tenant.tenant_id, kind.name, str(err))
+                    if failures < split_after:
+                        raise BrokenWindow(f"{err}; the window failed {failures} of {split_after} cycles in a row "
+                                           "before it is split", err.url) from None
+                    log.warning("tenant %s: %s failed %d cycles in a row (%s); reading it in slices", label,
+                                kind.name, failures, err, extra={"tenant": label})
+            return window, await self._split_window(read, spans_to_read(start, skipped, self.clock()))
+        except _Paused:
+            return None, None
 
-    def _take_page(self, ref: TenantRef, kind: SourceKind, window: Window, page: Page, result: TenantResult) -> None:
+    async def _read_spans(self, read: _WindowRead, spans: list[Span], *, failed_before: bool) -> None:
+        """Read a window's spans in turn; the cursor goes with the last page of the last one
+        (with it, a count of failed cycles goes, if there was one)."""
+        for index, span in enumerate(spans):
+            final = index == len(spans) - 1
+            await self._read_span(read, span, final=final, window_read=final and failed_before)
+
+    async def _read_span(self, read: _WindowRead, span: Span, *, final: bool = False, window_read: bool = False,
+                         attempts: int | None = None) -> None:
+        """Read one span to its end, a transaction a page; raises _Paused if an outbox is full."""
+        if span.end is None and attempts is None:
+            pages = read.reader.pages(span.start)  # a plain window, as every reader takes it
+        else:
+            pages = read.reader.pages(span.start, span.end, attempts=attempts)
+        # aclosing: a window left early (backpressure, an error) gives its page slot back now.
+        async with aclosing(pages):
+            async for page in pages:
+                if self._backpressured(read.sinks):
+                    read.result.paused = True
+                    log.warning("tenant %s: paused, an outbox of %s is full", read.ref.label,
+                                ", ".join(sorted(read.sinks)), extra={"tenant": read.ref.label})
+                    raise _Paused
+                last = final and page.last
+                self._take_page(read.ref, read.kind, read.window, page, read.result, last=last,
+                                window_read=window_read and page.last)
+                del page  # not kept while the next page waits for its request (see GraphSource.pages)
+
+    async def _split_window(self, read: _WindowRead, spans: list[Span]) -> str | None:
+        """Read a window the API failed `split_after` cycles in a row, in slices; skip (as dead
+        letters) the slices it still fails at the smallest span, and move the cursor past them,
+        in one transaction. Returns what was skipped, for the tenant's status, if anything."""
+        await self._read_slices(read, spans)
+        tenant_id, label, kind = read.ref.id, read.ref.label, read.kind
+        letters = [_skipped_letter(read, span, err, self.settings.split_after) for span, err in read.skipped]
+        commit = PageCommit(tenant_id=tenant_id, source=kind.name, dead=letters, cursor=read.window.high_water,
+                            skipped=[(span.start, span.end, str(err)) for span, err in read.skipped if span.end],
+                            window_read=True)
+        self.store.commit_page(commit)
+        if not read.skipped:
+            return None
+        for letter in letters:
+            log.warning("tenant %s: %s", label, letter.reason, extra={"tenant": label})
+        first, last = read.skipped[0][0], read.skipped[-1][0]
+        plural = "" if len(read.skipped) == 1 else "s"
+        return (f"skipped {len(read.skipped)} slice{plural} of time that the API fails on every read "
+                f"({_moment(first.start)} to {_moment(last.end)}: {read.skipped[0][1]}); the cursor moved on. "
+                f"`defender-forwarder dead-letters list` shows what was skipped; `defender-forwarder backfill "
+                f"--since {_moment(first.start)} --tenant {label}` reads it again once the API serves it")
+
+    async def _read_slices(self, read: _WindowRead, spans: list[Span]) -> None:
+        """Read each span; one the API fails is halved, and its halves read the same way, down
+        to the smallest span, where it is kept in `read.skipped`. A slice is skipped only once
+        another has been read: an API that fails every part of a window is down, not choking
+        on some records, and the cursor waits for it."""
+        failing: list[tuple[Span, BrokenWindow]] = []
+        for span in spans:
+            try:
+                await self._read_span(read, span, attempts=SPLIT_ATTEMPTS)
+                read.answered = True
+            except BrokenWindow as err:
+                read.failed_slices += 1
+                if read.failed_slices > MAX_SPLIT_FAILURES:
+                    raise SourceError(f"{err}; the window failed in more than {MAX_SPLIT_FAILURES} slices, so "
+                                      "none is skipped") from None
+                failing.append((span, err))
+        for span, err in failing:
+            if span.splittable():
+                await self._read_slices(read, list(span.halves()))
+            elif not read.answered:
+                raise SourceError(f"{err}; every part of the window failed, so none is skipped") from None
+            else:
+                read.skipped.append((span, err))
+
+    def _take_page(self, ref: TenantRef, kind: SourceKind, window: Window, page: Page, result: TenantResult, *,
+                   last: bool, window_read: bool = False) -> None:
         """Queue one page in one transaction (the cursor with the window's last page)."""
         outcome = self._process_page(ref, kind, window, page, result)
-        outcome.commit.cursor = window.end_page(page.last)
+        outcome.commit.cursor = window.end_page(last)
+        outcome.commit.window_read = window_read
         letters = self.store.commit_page(outcome.commit)
         _count_page(ref.label, kind.name, outcome)
         for letter in letters:
@@ -534,6 +653,23 @@ def reason_slug(reason: str) -> str:
              SOURCE_NOT_ROUTED: "source_not_routed", NO_SERVICE_SOURCE: "no_service_source"}
     named = [slugs[part] for part in reason.rpartition(": ")[2].split(" and ") if part in slugs]
     return "_and_".join(named) or "no_route"
+
+
+def _moment(moment: datetime | None) -> str:
+    """A slice's bound as `backfill --since` takes it (and as an operator reads it)."""
+    return "now" if moment is None else moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _skipped_letter(read: _WindowRead, span: Span, err: BrokenWindow, split_after: int) -> DeadLetter:
+    """The dead letter of a slice of time skipped: which, and why (with the request that failed,
+    whose URL holds no secret: the token travels in a header)."""
+    kind = read.kind
+    where = {"source": kind.name, "tenant": read.ref.label, "property": kind.time_property,
+             "start": format_time(span.start), "end": format_time(span.end) if span.end else None}
+    reason = (f"poll: {err}, for {kind.time_property} from {_moment(span.start)} to {_moment(span.end)}, in "
+              f"{split_after} cycles in a row and split to its smallest slice; skipped, the cursor moved on"
+              + (f"; request: GET {err.url}" if err.url else ""))
+    return DeadLetter("poll", None, read.ref.id, None, jsonutil.dumps_for_keeping({"window": where}), reason[:2000])
 
 
 def _raw_id(raw: Any) -> str | None:

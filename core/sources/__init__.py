@@ -9,6 +9,7 @@ from __future__ import annotations
 from core.sources import graph_alerts, mde_alerts
 from core.sources.contract import (
     AlertSource,
+    BrokenWindow,
     LiveContext,
     Page,
     Permission,
@@ -23,6 +24,6 @@ KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (graph_alerts.KIND, 
 DEFAULT_SOURCES: tuple[str, ...] = (graph_alerts.KIND.name,)
 
 __all__ = [
-    "DEFAULT_SOURCES", "KINDS", "AlertSource", "LiveContext", "Page", "Permission", "SourceError", "SourceKind",
-    "VersionKey", "lazy_reader",
+    "DEFAULT_SOURCES", "KINDS", "AlertSource", "BrokenWindow", "LiveContext", "Page", "Permission", "SourceError",
+    "SourceKind", "VersionKey", "lazy_reader",
 ]

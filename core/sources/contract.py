@@ -34,6 +34,18 @@ class SourceError(Exception):
     """The window could not be read to its end; what was committed stays, the cursor does not move."""
 
 
+class BrokenWindow(SourceError):
+    """The API keeps failing this window itself: a server error (5xx) or a malformed page, every
+    attempt. Not throttling, an outage (no answer at all) or a refusal (401/403): those say
+    nothing about the window and the cursor waits for them. A window broken for
+    `[forwarder] split_after` cycles in a row is read in halves by time, and a slice that
+    still fails at the smallest span is skipped as a dead letter (core.app.pipeline)."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url  # the request that failed (no secret: the token travels in a header)
+
+
 @dataclass(frozen=True)
 class VersionKey:
     """The properties that make one version of a record: the same (id, time) read again is the
@@ -77,8 +89,13 @@ class AlertSource(Protocol):
 
     kind: SourceKind
 
-    def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
-        """The records whose `kind.version.time` is at or after `since` (a closed start)."""
+    def pages(self, since: datetime, until: datetime | None = None, *,
+              attempts: int | None = None) -> AsyncGenerator[Page, None]:
+        """The records whose `kind.version.time` is at or after `since` (a closed start) and,
+        with `until`, before it (an open end): `time ge since and time lt until`. `attempts`:
+        how many times a page is tried before the window fails (None: the reader's own
+        number); a window being split tries each slice less, since it failed whole already.
+        Raises BrokenWindow when the API fails the window itself, SourceError otherwise."""
         ...
 
     async def probe(self) -> str:

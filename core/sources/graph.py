@@ -7,6 +7,11 @@ Status table (one place decides what every response means):
   403            tenant refused: permission or consent missing (TenantAuthError)
   408/429/5xx    retried after Retry-After, else exponential backoff with jitter
   other 4xx      the window fails (SourceError); the next cycle reads it again
+
+A window whose every attempt ended in a 5xx (a 503 with Retry-After is throttling, not that)
+or a malformed page fails with BrokenWindow: the API fails this window itself, and the
+pipeline splits it after `split_after` such cycles. Every other failure (no answer at all,
+throttling to the end) is a plain SourceError: the cursor waits for the API to come back.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from core.model import jsonutil, telemetry
 from core.model.durations import backoff_delay
 from core.model.neterr import describe
 from core.sources.auth import endpoints, graph_refusal
-from core.sources.contract import LiveContext, Page, SourceError, SourceKind
+from core.sources.contract import BrokenWindow, LiveContext, Page, SourceError, SourceKind
 
 log = logging.getLogger("defender_forwarder.graph")
 
@@ -88,9 +93,12 @@ class GraphSource:
         """Wait for the tenant's request budget of this API."""
         await self.limiter.acquire()
 
-    def first_url(self, since: datetime) -> str:
-        stamp = since.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        query = httpx.QueryParams({"$filter": f"{self.kind.time_property} ge {stamp}", "$top": str(self.page_size)})
+    def first_url(self, since: datetime, until: datetime | None = None) -> str:
+        """The window's first page: `time ge since`, and `time lt until` for a bounded one."""
+        clause = f"{self.kind.time_property} ge {_odata_time(since)}"
+        if until is not None:
+            clause += f" and {self.kind.time_property} lt {_odata_time(until)}"
+        query = httpx.QueryParams({"$filter": clause, "$top": str(self.page_size)})
         return f"{self.graph_endpoint}{self.kind.path}?{query}"
 
     async def probe(self) -> str:
@@ -101,8 +109,9 @@ class GraphSource:
         seen = newest[0].get(self.kind.time_property, "?") if newest and isinstance(newest[0], dict) else None
         return f"token ok; read {len(newest)} alert" + (f" (last updated {seen})" if seen else "")
 
-    async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
-        url: str | None = self.first_url(since)
+    async def pages(self, since: datetime, until: datetime | None = None, *,
+                    attempts: int | None = None) -> AsyncGenerator[Page, None]:
+        url: str | None = self.first_url(since, until)
         followed: set[str] = set()
         while url is not None:
             if url in followed:
@@ -110,10 +119,11 @@ class GraphSource:
             if len(followed) >= self.max_pages:
                 raise SourceError(f"more than {self.max_pages} pages in one window; stopped paging")
             followed.add(url)
-            body = await self._get_page(url)
+            body = await self._get_page(url, attempts or MAX_ATTEMPTS)
             try:
-                url = _next_link(body)
-                yield Page(alerts=_page_values(body), last=url is None)
+                # No local keeps the page while the generator waits (the values are read with
+                # the page's own URL, then `url` moves on to the next).
+                yield Page(alerts=_page_values(body, url), last=(url := _next_link(body)) is None)
             finally:
                 # Done with the page: while this window waits its turn for the next request it
                 # must keep neither the page nor its slot (with hundreds of windows waiting,
@@ -126,21 +136,25 @@ class GraphSource:
         async with self.concurrency:
             return await (self.tokens.refresh() if refresh else self.tokens.token())
 
-    async def _get_page(self, url: str) -> dict[str, Any]:
+    async def _get_page(self, url: str, attempts: int = MAX_ATTEMPTS) -> dict[str, Any]:
         """The page at `url`, holding one of the page slots: the caller releases it."""
         token = await self._token()
         refreshed = False
         self._unreachable: str | None = None  # why the last request got no answer at all
-        for attempt in range(MAX_ATTEMPTS):
+        broken: str | None = None  # what the last answer was, if the server failed this request itself
+        for attempt in range(attempts):
             response = await self._request(url, token, attempt)
             if response is None:
+                broken = None
                 continue
             self._unreachable = None
+            broken = None
             if response.status_code == 200:
                 body = _json_or_none(response.content)
                 if body is not None:
                     return body
                 self.page_slots.release()
+                broken = "a body that is not JSON"
                 log.warning("tenant %s: %s sent a body that is not JSON; retrying", self.tenant_id, self.API)
                 await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
             elif response.status_code == 401 and not refreshed:
@@ -159,11 +173,16 @@ class GraphSource:
                     self._throttled.inc()
                     if wait:
                         self._retry_after.inc(wait)
+                elif response.status_code >= 500 and not (response.status_code == 503 and wait is not None):
+                    # A 503 with Retry-After is Graph throttling; any other 5xx, the server failing.
+                    broken = f"HTTP {response.status_code} ({_graph_error(response)})"
                 await asyncio.sleep(wait or backoff_delay(attempt, self.backoff_base))
             else:
                 raise SourceError(f"{self.API} answered {response.status_code}: {_graph_error(response)}")
+        if broken is not None:
+            raise BrokenWindow(f"{self.API} did not answer successfully after {attempts} attempts: {broken}", url)
         why = f": {self._unreachable}" if self._unreachable else ""
-        raise SourceError(f"{self.API} did not answer successfully after {MAX_ATTEMPTS} attempts{why}")
+        raise SourceError(f"{self.API} did not answer successfully after {attempts} attempts{why}")
 
     async def _request(self, url: str, token: str, attempt: int) -> httpx.Response | None:
         """One GET under the global and per-tenant bounds; None after a transport failure.
@@ -209,11 +228,15 @@ def _json_or_none(content: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _page_values(body: dict[str, Any]) -> list[Any]:
+def _page_values(body: dict[str, Any], url: str | None = None) -> list[Any]:
     values = body.get("value")
     if not isinstance(values, list):
-        raise SourceError("Graph page has no 'value' list")
+        raise BrokenWindow("Graph page has no 'value' list", url)
     return values
+
+
+def _odata_time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _next_link(body: dict[str, Any]) -> str | None:

@@ -19,6 +19,8 @@ a closed start: `time ge start`, so a record stamped exactly at the start is rea
 - Cursor: the window's high-water mark, the largest time read (seen or new). It is committed
   with the window's last page only: the API does not promise page order, so a window broken
   off mid-way is read again whole, and the seen-marks drop what was queued already.
+- A window the API keeps failing is read in slices, and what still fails is skipped (see
+  `Span` below; the pipeline drives it, the state keeps the count and the skipped slices).
 - Pruning: a seen-mark older than the high-water mark minus the overlap can go, since no
   later window starts below it (a backfill re-reads history on purpose). A tenant's seen-marks
   are one set for all its kinds (the state keys them by tenant, record id and time), so a
@@ -30,6 +32,7 @@ through `SeenVersions`, which `core.state.sqlite.SQLiteStore` satisfies.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -165,3 +168,50 @@ def prune_horizon(windows: Iterable[Window]) -> datetime | None:
     tenant's kinds are one set; a kind without a cursor has none of its own to keep."""
     horizons = [horizon for window in windows if (horizon := window.prune_before()) is not None]
     return min(horizons, default=None)
+
+
+# ---- a window that keeps failing: read around its skipped slices, split in halves ----------
+#
+# A window the API fails itself (BrokenWindow: 5xx or a malformed page, every attempt) for
+# `split_after` cycles in a row is read in slices: halves by time, a half that fails halved
+# again, down to MIN_SPLIT_SPAN. What still fails there is skipped: a dead letter names it,
+# and the state keeps it, so that every later window reads around it (the overlap would read
+# it again) while the cursor moves on. `backfill --since` reads across skipped slices.
+
+# The smallest slice a window is split into: a record the API cannot serve costs at most this
+# much of its neighbours' time (they are in the same dead letter, and `backfill` reads them).
+MIN_SPLIT_SPAN = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A part of a window: `time ge start`, and `time lt end` unless it is open (None: to now)."""
+
+    start: datetime
+    end: datetime | None = None
+
+    def splittable(self) -> bool:
+        return self.end is not None and self.end - self.start > MIN_SPLIT_SPAN
+
+    def halves(self) -> tuple[Span, Span]:
+        assert self.end is not None, "an open span is bounded before it is split"
+        middle = self.start + (self.end - self.start) / 2
+        return Span(self.start, middle), Span(middle, self.end)
+
+
+def spans_to_read(start: datetime, skipped: Iterable[tuple[datetime, datetime]],
+                  end: datetime | None = None) -> list[Span]:
+    """The window from `start` (to `end`, or open) without its skipped slices, in time order."""
+    spans: list[Span] = []
+    low = start
+    for skip_start, skip_end in sorted(skipped):
+        if skip_end <= low:
+            continue
+        if end is not None and skip_start >= end:
+            break
+        if skip_start > low:
+            spans.append(Span(low, skip_start))
+        low = skip_end
+    if end is None or low < end:
+        spans.append(Span(low, end))
+    return spans

@@ -20,7 +20,7 @@ with what differs in this API (docs/sources.md):
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -29,7 +29,7 @@ from aiolimiter import AsyncLimiter
 from core.model.times import parse_timestamp
 from core.sources.auth import endpoints, mde_scope
 from core.sources.contract import LiveContext, Page, SourceError, SourceKind
-from core.sources.graph import GraphSource, _next_link, _page_values
+from core.sources.graph import MAX_ATTEMPTS, GraphSource, _next_link, _odata_time, _page_values
 
 # The documented quotas of `GET /api/alerts`, per tenant.
 CALLS_PER_MINUTE = 100
@@ -61,26 +61,30 @@ class MdeSource(GraphSource):
         await self.hour.acquire()
         await self.minute.acquire()
 
-    def page_url(self, bound: datetime, skip: int) -> str:
-        stamp = bound.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        query: dict[str, str] = {"$filter": f"{self.kind.time_property} ge {stamp}",
+    def page_url(self, bound: datetime, skip: int, until: datetime | None = None) -> str:
+        """A page from `bound` on (`time lt until` for a bounded window, as a split reads)."""
+        clause = f"{self.kind.time_property} ge {_odata_time(bound)}"
+        if until is not None:
+            clause += f" and {self.kind.time_property} lt {_odata_time(until)}"
+        query: dict[str, str] = {"$filter": clause,
                                  "$orderby": f"{self.kind.time_property} asc",
                                  "$top": str(self.page_size), "$expand": "evidence"}
         if skip:
             query["$skip"] = str(skip)
         return f"{self.graph_endpoint}{self.kind.path}?{httpx.QueryParams(query)}"
 
-    def first_url(self, since: datetime) -> str:
-        return self.page_url(since, 0)
+    def first_url(self, since: datetime, until: datetime | None = None) -> str:
+        return self.page_url(since, 0, until)
 
-    async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
+    async def pages(self, since: datetime, until: datetime | None = None, *,
+                    attempts: int | None = None) -> AsyncGenerator[Page, None]:
         bound, skip = since, 0
-        url: str | None = self.page_url(bound, skip)
+        url: str | None = self.page_url(bound, skip, until)
         for asked in range(1, self.max_pages + 1):
             assert url is not None
-            body = await self._get_page(url)
+            body = await self._get_page(url, attempts or MAX_ATTEMPTS)
             try:
-                values = _page_values(body)
+                values = _page_values(body, url)
                 link = _next_link(body)
                 if link is not None:  # should MDE send one after all, it is followed as Graph's
                     url = link
@@ -88,7 +92,7 @@ class MdeSource(GraphSource):
                     url = None
                 else:
                     bound, skip = self._next_bound(values, bound, skip)
-                    url = self.page_url(bound, skip)
+                    url = self.page_url(bound, skip, until)
                 # The page limit ends the window here, as read to its highest time: the cursor
                 # moves, and the next cycle goes on from there (a window never stalls).
                 yield Page(alerts=values, last=url is None or asked == self.max_pages)

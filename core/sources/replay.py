@@ -1,8 +1,9 @@
 """Saved API responses replayed as if the API served them (demo, tests, air-gapped trials).
 
 The folder holds list responses (`{"value": [...]}`) in files read in name order. The
-reader applies the same `<time property> ge <since>` filter the API would, on the kind's time
-property, so cursors, overlap and dedupe behave exactly as they do against the live API.
+reader applies the same `<time property> ge <since>` (and `lt <until>`) filter the API would,
+on the kind's time property, so cursors, overlap and dedupe behave exactly as they do against
+the live API.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ class ReplaySource:
         self.folder = Path(folder)
         self.page_size = page_size
 
-    async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
+    async def pages(self, since: datetime, until: datetime | None = None, *,
+                    attempts: int | None = None) -> AsyncGenerator[Page, None]:
         time_property = self.kind.time_property
-        matching = [record for record in self._all_records() if _not_before(record, time_property, since)]
+        matching = [record for record in self._all_records() if _in_window(record, time_property, since, until)]
         if not matching:
             yield Page(alerts=[], last=True)
             return
@@ -49,13 +51,14 @@ class ReplaySource:
         return records
 
 
-def _not_before(record: Any, time_property: str, since: datetime) -> bool:
-    """The API's `ge` filter; a record whose time cannot be read is passed on to be dead-lettered."""
+def _in_window(record: Any, time_property: str, since: datetime, until: datetime | None) -> bool:
+    """The API's `ge` (and `lt`) filter; a record whose time cannot be read is passed on to be
+    dead-lettered (in an open window: a bounded one is a slice of a window read whole before)."""
     stamp = record.get(time_property) if isinstance(record, dict) else None
     try:
         moment = datetime.fromisoformat(str(stamp))
     except ValueError:
-        return True
+        return until is None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment >= since
+    return moment >= since and (until is None or moment < until)

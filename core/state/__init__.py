@@ -1,7 +1,8 @@
 """The state store contract: what the pipeline and the workers keep durably, whatever the backend.
 
 Cursors, seen versions, one outbox per sink, dead letters, sink memory and tenant health
-(with the alerts each tenant's routes held back, per reason), and what [notify] last mailed.
+(with the alerts each tenant's routes held back, per reason), what [notify] last mailed, and
+the windows the API keeps failing (how many cycles in a row; the slices of time skipped).
 `StateStore` is the interface; `core.state.sqlite.SQLiteStore` the default backend (a
 PostgreSQL one can follow). A page of alerts is committed in ONE transaction (`PageCommit`):
 its outbox rows, its seen-marks, its dead letters and, on the window's last page, the cursor.
@@ -68,6 +69,10 @@ class PageCommit:
     # Alerts of the page no route took, per reason: counted with their seen-marks, so that the
     # overlap re-reading them never counts them twice.
     held_back: dict[str, int] = field(default_factory=dict)
+    # Slices of time the API failed even at the smallest span, (start, end, reason): later
+    # windows read around them. Committed with the cursor that moves past them.
+    skipped: list[tuple[datetime, datetime, str]] = field(default_factory=list)
+    window_read: bool = False  # the window was read to its end: its count of failed cycles goes
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ class StateStore(Protocol):
     def latest_taken(self, tenant_id: str, alert_ids: Iterable[str]) -> dict[str, str]: ...
     def commit_page(self, page: PageCommit) -> list[DeadLetter]: ...
     def prune_seen(self, tenant_id: str, older_than: datetime) -> int: ...
+    def window_failures(self, tenant_id: str, source: str) -> int: ...
+    def window_failed(self, tenant_id: str, source: str, reason: str) -> int: ...
+    def skipped_windows(self, tenant_id: str, source: str) -> list[tuple[datetime, datetime]]: ...
     def outbox_depth(self, sink: str) -> int: ...
     def outbox_depths(self) -> dict[str, int]: ...
     def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]: ...

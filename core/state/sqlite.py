@@ -74,6 +74,17 @@ CREATE TABLE IF NOT EXISTS held_back (
 -- so that a restart neither mails again nor misses a change made while it was down.
 CREATE TABLE IF NOT EXISTS notified (
     subject TEXT PRIMARY KEY, state TEXT NOT NULL, updated REAL NOT NULL) WITHOUT ROWID;
+-- Added within schema 5. A window the API failed itself (5xx, a malformed page) in every cycle
+-- so far: how many in a row, kept so that a restart does not count again from nothing; the
+-- window is split at [forwarder] split_after (core/app/pipeline.py). Gone once it is read.
+CREATE TABLE IF NOT EXISTS window_failures (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, failures INTEGER NOT NULL, reason TEXT NOT NULL,
+    updated REAL NOT NULL, PRIMARY KEY (tenant_id, source)) WITHOUT ROWID;
+-- Slices of time the API failed even split to the smallest span: skipped, each a dead letter;
+-- later windows read around them (times in seen's format). Pruned with the seen-marks.
+CREATE TABLE IF NOT EXISTS skipped_windows (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, start_time TEXT NOT NULL, end_time TEXT NOT NULL,
+    reason TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant_id, source, start_time)) WITHOUT ROWID;
 """
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
 # rather than misread, or migrated (MIGRATIONS). (A new table needs no bump: CREATE TABLE IF NOT
@@ -232,6 +243,13 @@ class SQLiteStore:
                 "DO UPDATE SET count=count+excluded.count",
                 [(page.tenant_id, reason, count) for reason, count in page.held_back.items()],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO skipped_windows VALUES (?, ?, ?, ?, ?, ?)",
+                [(page.tenant_id, page.source, format_time(start), format_time(end), reason, now)
+                 for start, end, reason in page.skipped],
+            )
+            if page.window_read:
+                db.execute("DELETE FROM window_failures WHERE tenant_id=? AND source=?", (page.tenant_id, page.source))
             if page.cursor is not None:
                 db.execute(
                     "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (tenant_id, source) "
@@ -244,11 +262,34 @@ class SQLiteStore:
         cur = self.db.execute(
             "DELETE FROM seen WHERE tenant_id=? AND last_update < ?", (tenant_id, format_time(older_than))
         )
+        # No later window of the tenant starts before `older_than`: a slice ending there is behind all.
+        self.db.execute("DELETE FROM skipped_windows WHERE tenant_id=? AND end_time <= ?",
+                        (tenant_id, format_time(older_than)))
         self.db.execute(
             "DELETE FROM known_alerts WHERE tenant_id=? AND first_queued < ?",
             (tenant_id, time.time() - KNOWN_ALERT_RETENTION),
         )
         return cur.rowcount
+
+    def window_failures(self, tenant_id: str, source: str) -> int:
+        """How many cycles in a row the API failed this (tenant, source)'s window itself."""
+        row = self.db.execute("SELECT failures FROM window_failures WHERE tenant_id=? AND source=?",
+                              (tenant_id, source)).fetchone()
+        return row[0] if row else 0
+
+    def window_failed(self, tenant_id: str, source: str, reason: str) -> int:
+        """Count one more failed cycle of the window; returns the count."""
+        return self.db.execute(
+            "INSERT INTO window_failures VALUES (?, ?, 1, ?, ?) ON CONFLICT (tenant_id, source) "
+            "DO UPDATE SET failures=failures+1, reason=excluded.reason, updated=excluded.updated RETURNING failures",
+            (tenant_id, source, reason[:2000], time.time()),
+        ).fetchall()[0][0]  # fetched to the end: the statement, and its write, finish here
+
+    def skipped_windows(self, tenant_id: str, source: str) -> list[tuple[datetime, datetime]]:
+        """The slices of time skipped in this (tenant, source), (start, end), oldest first."""
+        rows = self.db.execute("SELECT start_time, end_time FROM skipped_windows WHERE tenant_id=? AND source=? "
+                               "ORDER BY start_time", (tenant_id, source))
+        return [(parse_time(start), parse_time(end)) for start, end in rows]
 
     def outbox_depth(self, sink: str) -> int:
         row = self.db.execute("SELECT depth FROM outbox_depths WHERE sink=?", (sink,)).fetchone()
@@ -324,8 +365,10 @@ class SQLiteStore:
 
     def dead_letter_counts(self, since: float = 0.0) -> dict[str | None, int]:
         """How many dead letters each sink (None: the normalisation stage, of no sink) holds
-        that were filed at or after `since` (epoch seconds)."""
-        rows = self.db.execute("SELECT sink, count(*) FROM dead_letters WHERE created >= ? GROUP BY sink", (since,))
+        that were filed at or after `since` (epoch seconds). A slice of time skipped (stage
+        "poll") is no alert: the tenant's status and its own warning tell of it."""
+        rows = self.db.execute("SELECT sink, count(*) FROM dead_letters WHERE created >= ? AND stage != 'poll' "
+                               "GROUP BY sink", (since,))
         return {sink: count for sink, count in rows}
 
     def dead_letters_remove(self, ids: Iterable[int]) -> None:

@@ -19,7 +19,17 @@ import pytest
 from core.model.times import format_time
 from core.sources import graph_alerts
 from core.sources.contract import VersionKey
-from core.sources.incremental import SeenVersions, Version, Window, prune_horizon, version_reader, window_start
+from core.sources.incremental import (
+    MIN_SPLIT_SPAN,
+    SeenVersions,
+    Span,
+    Version,
+    Window,
+    prune_horizon,
+    spans_to_read,
+    version_reader,
+    window_start,
+)
 from core.sources.replay import ReplaySource
 from core.state import PageCommit
 from core.state.sqlite import SQLiteStore
@@ -107,6 +117,59 @@ def test_the_start_is_closed(tmp_path: Path) -> None:
         return [r["id"] async for page in ReplaySource(KIND, str(folder), 10).pages(start) for r in page.alerts]
 
     assert asyncio.run(read()) == ["at", "after"]
+
+
+def test_a_bounded_window_has_an_open_end(tmp_path: Path) -> None:
+    """`until` is `lt`: a record stamped exactly at it belongs to the next slice."""
+    folder = write_replay(tmp_path / "replay", [[
+        record("start", T0), record("inside", T0 + timedelta(seconds=1)), record("end", T0 + timedelta(seconds=2))]])
+
+    async def read(since: datetime, until: datetime) -> list[str]:
+        source = ReplaySource(KIND, str(folder), 10)
+        return [r["id"] async for page in source.pages(since, until) for r in page.alerts]
+
+    assert asyncio.run(read(T0, T0 + timedelta(seconds=2))) == ["start", "inside"]
+    assert asyncio.run(read(T0 + timedelta(seconds=2), T0 + timedelta(seconds=3))) == ["end"]
+
+
+# ---------------------------------------------------------------- a window that keeps failing
+
+def test_a_window_is_read_around_its_skipped_slices() -> None:
+    a, b = (T0 + timedelta(minutes=1), T0 + timedelta(minutes=1, seconds=1)), (T0 + timedelta(minutes=5),
+                                                                                T0 + timedelta(minutes=6))
+    behind = (T0 - timedelta(hours=1), T0 - timedelta(minutes=30))  # before the window: no matter
+    assert spans_to_read(T0, [b, behind, a]) == [Span(T0, a[0]), Span(a[1], b[0]), Span(b[1])]
+    end = T0 + timedelta(minutes=5, seconds=30)  # a bounded window (a split) ending inside a slice
+    assert spans_to_read(T0, [a, b], end) == [Span(T0, a[0]), Span(a[1], b[0])]
+    assert spans_to_read(T0, [], end) == [Span(T0, end)]
+    assert spans_to_read(a[0], [a]) == [Span(a[1])]  # a window starting inside a slice
+
+
+def test_halves_meet_and_stop_at_the_smallest_span() -> None:
+    span = Span(T0, T0 + timedelta(days=1))
+    levels = 0
+    while span.splittable():
+        left, right = span.halves()
+        assert left.start == span.start and left.end == right.start and right.end == span.end
+        span, levels = left, levels + 1
+    assert span.end is not None and span.end - span.start <= MIN_SPLIT_SPAN
+    assert levels == 17  # a day: 17 halvings to a second or less
+    assert not Span(T0).splittable()  # an open span is bounded first
+
+
+def test_failed_cycles_are_counted_until_the_window_is_read_and_skipped_slices_pruned(store: SQLiteStore) -> None:
+    assert store.window_failures(TENANT, KIND.name) == 0
+    assert [store.window_failed(TENANT, KIND.name, "HTTP 500") for _ in range(3)] == [1, 2, 3]
+    assert store.window_failures(TENANT, "graph_incidents") == 0  # each source its own count
+    slice_ = (T0, T0 + timedelta(seconds=1))
+    store.commit_page(PageCommit(TENANT, KIND.name, cursor=T0 + timedelta(minutes=20),
+                                 skipped=[(*slice_, "HTTP 500")], window_read=True))
+    assert store.window_failures(TENANT, KIND.name) == 0
+    assert store.skipped_windows(TENANT, KIND.name) == [slice_]
+    store.prune_seen(TENANT, T0)  # a horizon before the slice's end keeps it
+    assert store.skipped_windows(TENANT, KIND.name) == [slice_]
+    store.prune_seen(TENANT, T0 + timedelta(minutes=5))
+    assert store.skipped_windows(TENANT, KIND.name) == []
 
 
 # ---------------------------------------------------------------- overlap and dedupe
