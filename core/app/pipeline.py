@@ -297,6 +297,8 @@ class Forwarder:
                         resend=self.resend and since is not None)
         start = window_start(cursor, overlap=overlap, initial_lookback=lookback, now=self.clock, since=since)
         ref = TenantRef(id=tenant.tenant_id, label=label)
+        # A reader that adds to new records with requests of its own (AlertSource.complete).
+        complete = getattr(reader, "complete", None)
         # aclosing: a window left early (backpressure, an error) gives its page slot back now.
         async with aclosing(reader.pages(start)) as pages:
             async for page in pages:
@@ -305,6 +307,9 @@ class Forwarder:
                     log.warning("tenant %s: paused, an outbox of %s is full", label, ", ".join(sorted(sinks)),
                                 extra={"tenant": label})
                     return None
+                if complete is not None:
+                    # Only the versions not seen before: the overlap re-reads most of a window.
+                    await complete(window.unseen_records(page.alerts))
                 self._take_page(ref, kind, window, page, result)
                 del page  # not kept while the next page waits for its request (see GraphSource.pages)
         return window
@@ -346,8 +351,9 @@ class Forwarder:
                 outcome.duplicates += 1
                 continue
             commit.seen.append(version)
-            alert.first_sight = alert.id not in known
-            known.add(alert.id)
+            # By the stored id (scoped for incidents: VersionKey.stored), as `known` returns them.
+            alert.first_sight = version[0] not in known
+            known.add(version[0])
             self._route(alert, commit, outcome, result)
         return outcome
 
