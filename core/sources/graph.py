@@ -85,7 +85,9 @@ class GraphSource:
         self.page_slots.release()
         newest = _page_values(body)[:1]
         seen = newest[0].get(self.kind.time_property, "?") if newest and isinstance(newest[0], dict) else None
-        return f"token ok; read {len(newest)} {self.noun}" + (f" (last updated {seen})" if seen else "")
+        # Named, since a tenant may have consented to one source's permission and not another's.
+        granted = f"token ok; {self.kind.permission.name} granted"
+        return f"{granted}; read {len(newest)} {self.noun}" + (f" (last updated {seen})" if seen else "")
 
     async def pages(self, since: datetime) -> AsyncGenerator[Page, None]:
         url: str | None = self.first_url(since)
