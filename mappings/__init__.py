@@ -30,7 +30,7 @@ OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 AVAILABLE_FORMATS["alert"] = "mappings.alert"
 
 # `convert --source` names -> the mapping module of that source shape.
-SOURCES = {"graph": "graph_alerts_v2"}
+SOURCES = {"graph": "graph_alerts_v2", "graph_incidents": "graph_incidents"}
 
 
 Encoder = Callable[["Alert"], bytes]

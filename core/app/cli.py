@@ -11,6 +11,7 @@ from typing import Any, Callable, NoReturn, Sequence
 from connectors import setup_offers  # the registry alone: no connector is imported
 from core.app.version import version
 from core.sources import KINDS  # the registry of source kinds: no reader is imported
+from mappings import SOURCES  # the input shapes `convert` reads: no mapping is imported
 
 DESCRIPTION = """\
 Forward Microsoft Defender alerts of many customer tenants (Microsoft Graph
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-file", metavar="PATH", type=Path,
                      help="with --once: write the metrics there for node_exporter's textfile collector")
     convert = _add(commands, "convert", "convert saved alerts to an output format on stdout")
-    convert.add_argument("--source", choices=["graph"], default="graph", help="shape of the input (default graph)")
+    convert.add_argument("--source", choices=list(SOURCES), default="graph",
+                         help="shape of the input: Graph alerts (default) or incidents")
     convert.add_argument("--format", required=True, help="ocsf | ecs | cim | raw | cef")
     convert.add_argument("--tenant-label", default="convert", help="customer label to stamp on the output")
     convert.add_argument("--ingested", metavar="TIME", help="when the alerts count as read, ISO 8601 "

@@ -3,9 +3,12 @@ name and verify each source's permission per tenant and source, and one failing 
 not hold back another."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
-from tests.helpers import CloudSetup, read_ndjson, recent, run_cli
+import pytest
+
+from tests.helpers import SHARED_SAMPLES, CloudSetup, read_ndjson, recent, run_cli
 from tests.peers.alert_factory import make_alerts, make_incidents
 
 BOTH = ["graph_alerts", "graph_incidents"]
@@ -37,7 +40,7 @@ def test_check_verifies_each_sources_permission_per_tenant(setup: CloudSetup) ->
     _tenant(setup, "acme", permissions={"SecurityAlert.Read.All"})
     result = run_cli("check", "--config", str(setup.write()), "--output", "json")
 
-    rows = {row["name"]: row for row in __import__("json").loads(result.stdout) if row["what"] == "tenant"}
+    rows = {row["name"]: row for row in json.loads(result.stdout) if row["what"] == "tenant"}
     assert result.returncode == 1
     assert rows["acme (graph_alerts)"]["ok"] and "SecurityAlert.Read.All granted" in rows["acme (graph_alerts)"]["result"]
     incidents = rows["acme (graph_incidents)"]
@@ -69,3 +72,13 @@ def test_backfill_reads_one_source(setup: CloudSetup) -> None:
     assert wrong.returncode == 2 and "tenants.alerts_only reads graph_incidents" in wrong.stderr
     unknown = run_cli("backfill", "--since", since, "--source", "graph", "--config", config)
     assert unknown.returncode == 2 and "invalid choice: 'graph'" in unknown.stderr
+
+
+@pytest.mark.skipif(not SHARED_SAMPLES.exists(), reason="../shared/samples is not beside the repo")
+def test_convert_takes_graph_incidents() -> None:
+    sample = SHARED_SAMPLES / "graph_incidents_list_docs.json"
+    expected = json.loads(sample.read_text())["value"]
+    result = run_cli("convert", "--source", "graph_incidents", "--format", "alert", str(sample))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(e["kind"], e["id"]) for e in events] == [("incident", i["id"]) for i in expected]
