@@ -161,3 +161,11 @@ def test_alert_id_requests_are_paced_by_the_tenants_budget(setup: CloudSetup) ->
     assert len(times) == 2 + len(incidents)
     # The span of all of them cannot shrink however a loaded machine delays one request.
     assert times[-1] - times[0] >= (len(times) - 1) * 0.09
+
+
+def test_incident_pages_are_small_whatever_the_page_size(setup: CloudSetup) -> None:
+    tenant_id, _, incidents = _tenant(setup, "acme", 120, sources=["graph_incidents"])
+    _run_once(setup.write())  # page_size: the default, 1,000
+    listed = _hits(setup, tenant_id, "incidents")
+    assert [parse_qs(urlsplit(path).query)["$top"] for path in listed] == [["50"]] * 2
+    assert len(read_ndjson(setup.out("acme"))) == len(incidents) == 60
