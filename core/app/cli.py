@@ -10,7 +10,8 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from connectors import setup_offers  # the registry alone: no connector is imported
 from core.app.version import version
-from mappings import SOURCES  # the names alone: no mapping is imported
+from core.sources import KINDS  # the registry of source kinds: no reader is imported
+from mappings import SOURCES  # the input shapes `convert` reads: no mapping is imported
 
 DESCRIPTION = """\
 Forward Microsoft Defender alerts of many customer tenants (Microsoft Graph
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                     listing=True)
     backfill.add_argument("--since", required=True, help="ISO date or time, e.g. 2026-11-01 or 2026-11-01T12:00Z")
     backfill.add_argument("--tenant", help="one tenant label (default: every tenant)")
+    backfill.add_argument("--source", choices=list(KINDS),
+                          help="one source kind (default: every source each tenant reads)")
     backfill.add_argument("--resend", action="store_true",
                           help="send again the versions already taken (default: only what the sinks have not had)")
     dead = _add(commands, "dead-letters", "inspect, re-send or drop rejected events", listing=True)

@@ -413,9 +413,21 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         forwarder = Forwarder(config, store)
         forwarder.resend = args.resend
         labels = [args.tenant] if args.tenant else [label for label, t in config.tenants.items() if t.enabled]
+        if args.source:
+            labels = _reading(config, labels, args.source)
+            forwarder.sources = {args.source}
         tasks = {label: progress.add_task(f"{label}: alerts read", total=None) for label in labels}
         forwarder.on_page = lambda label, n: progress.advance(tasks[label], n)
-        return asyncio.run(_once(forwarder, since, args.tenant, args.output))
+        return asyncio.run(_once(forwarder, since, labels[0] if len(labels) == 1 else None, args.output))
+
+
+def _reading(config: Any, labels: list[str], source: str) -> list[str]:
+    """Those of `labels` whose tenant reads `source`; none is a mistake of the command line."""
+    reading = [label for label in labels if source in config.tenants[label].sources]
+    if not reading:
+        which = f"tenants.{labels[0]}" if len(labels) == 1 else "no tenant"
+        raise CommandFailed(f"--source: {which} reads {source}; add it to the tenant's `sources`", EXIT_CONFIG)
+    return reading
 
 
 def _parse_since(text: str) -> datetime:
@@ -476,14 +488,12 @@ def _convert_one(normalise: Any, raw: Any, label: str, ingested: datetime) -> An
 
 def _time_property(source: str) -> str:
     """The property whose time makes a version of `convert --source` records (lastUpdateDateTime
-    for Graph alerts): the source kind whose mapping reads that shape says it."""
+    for Graph alerts): the source kind whose mapping reads that shape says it (every shape
+    `convert` reads is a registered kind's; tests/sources/test_registry.py checks it)."""
     from core.sources import KINDS
     from mappings import SOURCES
 
-    # Graph's resources all version by lastUpdateDateTime: the default for a shape no
-    # registered source kind reads yet.
-    return next((kind.version.time for kind in KINDS.values() if kind.mapping == SOURCES[source]),
-                "lastUpdateDateTime")
+    return next(kind.version.time for kind in KINDS.values() if kind.mapping == SOURCES[source])
 
 
 def _time_in(raw: Any, time_property: str) -> datetime:
@@ -658,7 +668,23 @@ def cmd_consent_url(args: argparse.Namespace) -> int:
     if tenant.app is None:
         raise CommandFailed(f"tenants.{args.tenant}: a replay tenant has no app to consent to", EXIT_CONFIG)
     print(consent_url(config.apps[tenant.app], tenant.tenant_id))
+    # The consent grants what the app registration asks for: it must ask for the permission of
+    # each source the tenant reads (on stderr: stdout stays the URL alone, for scripts).
+    err_console.print(escape(f"tenants.{args.tenant} reads {', '.join(tenant.sources)}: app "
+                             f"{config.apps[tenant.app].client_id} needs {_permissions(tenant.sources)}"),
+                      soft_wrap=True)
     return EXIT_OK
+
+
+def _permissions(sources: list[str]) -> str:
+    """The application permissions `sources` need, each with the sources that need it."""
+    from core.sources import KINDS
+
+    needed: dict[str, list[str]] = {}
+    for name in dict.fromkeys(sources):
+        permission = KINDS[name].permission
+        needed.setdefault(f"{permission.api} {permission.name}", []).append(name)
+    return ", ".join(f"{permission} ({', '.join(names)})" for permission, names in needed.items())
 
 
 # ---- setup ------------------------------------------------------------------------------

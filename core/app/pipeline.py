@@ -123,6 +123,11 @@ class _WindowRead:
     def kind(self) -> SourceKind:
         return self.reader.kind
 
+    @property
+    def complete(self) -> Any:
+        """A reader that adds to new records with requests of its own (AlertSource.complete)."""
+        return getattr(self.reader, "complete", None)
+
 
 @dataclass
 class _PageOutcome:
@@ -154,6 +159,7 @@ class Forwarder:
         self._page_slots = asyncio.Semaphore(PAGES_IN_MEMORY)
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
         self.resend = False  # backfill --resend: versions taken before are sent again
+        self.sources: set[str] | None = None  # backfill --source: the only source kind read
         self._counted: tuple[dict[str, int], int] = ({}, 0)  # sink totals at the last cycle line
         self.cycles = 0  # poll cycles completed (`/readyz` waits for the first)
         # label -> auth state of a tenant whose last poll was refused (consent_revoked, ...): what
@@ -263,14 +269,19 @@ class Forwarder:
         return any(self.store.outbox_depth(name) >= self.workers[name].config.max_outbox for name in sinks)
 
     async def poll_all(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
-        labels = [label for label in self.readers if only is None or label == only]
+        labels = [label for label in self.readers if (only is None or label == only) and self._kinds_of(label)]
         return list(await asyncio.gather(*(self.poll_tenant(label, since) for label in labels)))
+
+    def _kinds_of(self, label: str) -> dict[str, AlertSource]:
+        """The tenant's readers this run reads: all, or those of `sources` (backfill --source)."""
+        readers = self.readers[label]
+        return readers if self.sources is None else {n: r for n, r in readers.items() if n in self.sources}
 
     async def poll_tenant(self, label: str, since: datetime | None = None) -> TenantResult:
         """Read one window of each source kind of one tenant; `since` overrides the cursors (backfill)."""
         tenant = self.config.tenants[label]
         result = TenantResult(label, tenant.tenant_id)
-        readers = self.readers[label]
+        readers = self._kinds_of(label)
         errors: list[str] = []
         windows: list[Window] = []  # those read to their end
         for name, reader in readers.items():
@@ -379,6 +390,9 @@ class Forwarder:
                     log.warning("tenant %s: paused, an outbox of %s is full", read.ref.label,
                                 ", ".join(sorted(read.sinks)), extra={"tenant": read.ref.label})
                     raise _Paused
+                if read.complete is not None:
+                    # Only the versions not seen before: the overlap re-reads most of a window.
+                    await read.complete(read.window.unseen_records(page.alerts))
                 last = final and page.last
                 self._take_page(read.ref, read.kind, read.window, page, read.result, last=last,
                                 window_read=window_read and page.last)
@@ -473,8 +487,9 @@ class Forwarder:
                 outcome.duplicates += 1
                 continue
             commit.seen.append(version)
-            alert.first_sight = alert.id not in known
-            known.add(alert.id)
+            # By the stored id (scoped for incidents: VersionKey.stored), as `known` returns them.
+            alert.first_sight = version[0] not in known
+            known.add(version[0])
             self._route(alert, commit, outcome, result)
         return outcome
 

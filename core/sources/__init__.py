@@ -6,7 +6,7 @@ The registry below is the one list of source kinds. Adding one = its module here
 """
 from __future__ import annotations
 
-from core.sources import graph_alerts, mde_alerts
+from core.sources import graph_alerts, graph_incidents, mde_alerts
 from core.sources.contract import (
     AlertSource,
     BrokenWindow,
@@ -19,7 +19,7 @@ from core.sources.contract import (
     lazy_reader,
 )
 
-KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (graph_alerts.KIND, mde_alerts.KIND)}
+KINDS: dict[str, SourceKind] = {kind.name: kind for kind in (graph_alerts.KIND, graph_incidents.KIND, mde_alerts.KIND)}
 # What a tenant reads when its config names no `sources`.
 DEFAULT_SOURCES: tuple[str, ...] = (graph_alerts.KIND.name,)
 

@@ -56,6 +56,16 @@ class VersionKey:
     # and the cursor is the largest of it read: were they two properties, the cursor would not
     # say what the window already covers.
     time: str
+    # The id space of the records, where it is not that of alerts: the state keeps the seen-marks
+    # and the versions taken of a tenant by (tenant, id), so records of another id space (Graph
+    # incident ids are bare numbers, alert ids are not, but nothing promises it) are stored as
+    # `<scope>:<id>`. Alerts keep no scope: graph_alerts and mde_alerts read the same alerts
+    # under the same ids, and one seen-mark must cover both (one alert, forwarded once).
+    scope: str = ""
+
+    def stored(self, record_id: str) -> str:
+        """The record id as the state keeps it."""
+        return f"{self.scope}:{record_id}" if self.scope else record_id
 
 
 @dataclass(frozen=True)
@@ -85,7 +95,14 @@ class LiveContext:
 
 
 class AlertSource(Protocol):
-    """A reader of one kind for one tenant: pages of raw records of a window, and a probe."""
+    """A reader of one kind for one tenant: pages of raw records of a window, and a probe.
+
+    A reader may also have `async def complete(self, records: list[Any]) -> None`: the app
+    calls it with the records of each page whose version was not seen before, before they are
+    normalised, so that the reader adds what its list API does not give (the alert ids of an
+    incident) with requests of its own, in the tenant's budget, for new versions only. It must
+    not raise: what it cannot add, it leaves out.
+    """
 
     kind: SourceKind
 

@@ -67,6 +67,8 @@ class GraphSource:
 
     API = "Graph"
 
+    noun = "alert"  # what `check` says it read
+
     def __init__(self, kind: SourceKind, context: LiveContext) -> None:
         self.kind = kind
         self.client, self.tokens, self.app = context.client, context.tokens, context.app
@@ -107,7 +109,9 @@ class GraphSource:
         self.page_slots.release()
         newest = _page_values(body)[:1]
         seen = newest[0].get(self.kind.time_property, "?") if newest and isinstance(newest[0], dict) else None
-        return f"token ok; read {len(newest)} alert" + (f" (last updated {seen})" if seen else "")
+        # Named, since a tenant may have consented to one source's permission and not another's.
+        granted = f"token ok; {self.kind.permission.name} granted"
+        return f"{granted}; read {len(newest)} {self.noun}" + (f" (last updated {seen})" if seen else "")
 
     async def pages(self, since: datetime, until: datetime | None = None, *,
                     attempts: int | None = None) -> AsyncGenerator[Page, None]:
@@ -138,12 +142,20 @@ class GraphSource:
 
     async def _get_page(self, url: str, attempts: int = MAX_ATTEMPTS) -> dict[str, Any]:
         """The page at `url`, holding one of the page slots: the caller releases it."""
+        return await self._get_json(url, attempts=attempts)
+
+    async def _get_json(self, url: str, *, attempts: int = MAX_ATTEMPTS, slot: bool = True,
+                        report_refusal: bool = True) -> dict[str, Any]:
+        """The JSON body at `url`, after up to `attempts` tries. With `slot`, a page's: it holds
+        one of the page slots, which the caller releases; without, a small answer (a list of
+        ids) that takes none, so that it can be asked for while a page is held. Without
+        `report_refusal`, a 403 fails this request only, not the tenant's auth state."""
         token = await self._token()
         refreshed = False
         self._unreachable: str | None = None  # why the last request got no answer at all
         broken: str | None = None  # what the last answer was, if the server failed this request itself
         for attempt in range(attempts):
-            response = await self._request(url, token, attempt)
+            response = await self._request(url, token, attempt, slot=slot)
             if response is None:
                 broken = None
                 continue
@@ -153,7 +165,8 @@ class GraphSource:
                 body = _json_or_none(response.content)
                 if body is not None:
                     return body
-                self.page_slots.release()
+                if slot:
+                    self.page_slots.release()
                 broken = "a body that is not JSON"
                 log.warning("tenant %s: %s sent a body that is not JSON; retrying", self.tenant_id, self.API)
                 await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
@@ -163,7 +176,7 @@ class GraphSource:
                 refusal = graph_refusal(response.status_code, self.app, self.tenant_id, self.kind.permission.name,
                                         self.API, self.kind.permission.api)
                 refused = getattr(self.tokens, "refused", None)
-                if refused is not None:
+                if refused is not None and report_refusal:
                     refused(refusal)
                 raise refusal
             elif response.status_code in RETRY_STATUSES:
@@ -184,16 +197,16 @@ class GraphSource:
         why = f": {self._unreachable}" if self._unreachable else ""
         raise SourceError(f"{self.API} did not answer successfully after {attempts} attempts{why}")
 
-    async def _request(self, url: str, token: str, attempt: int) -> httpx.Response | None:
+    async def _request(self, url: str, token: str, attempt: int, *, slot: bool = True) -> httpx.Response | None:
         """One GET under the global and per-tenant bounds; None after a transport failure.
-        A 200 is returned holding a page slot."""
+        A 200 is returned holding a page slot, with `slot`."""
         headers = self.headers(token)
         async with self.concurrency:
             await self._spend()
             self.requests += 1
             started = time.monotonic()
             try:
-                return await self._send(self.client.build_request("GET", url, headers=headers))
+                return await self._send(self.client.build_request("GET", url, headers=headers), slot)
             except httpx.TransportError as err:
                 self._unreachable = describe(err)
                 log.warning("tenant %s: %s unreachable: %s; retrying", self.tenant_id, self.API, self._unreachable)
@@ -202,11 +215,11 @@ class GraphSource:
         await asyncio.sleep(backoff_delay(attempt, self.backoff_base))
         return None
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
+    async def _send(self, request: httpx.Request, slot: bool = True) -> httpx.Response:
         """The response, its body read; a page's body only once a page slot is free."""
         response = await self.client.send(request, stream=True)
         try:
-            if response.status_code != 200:
+            if response.status_code != 200 or not slot:
                 await response.aread()
                 return response
             await self.page_slots.acquire()

@@ -67,7 +67,8 @@ def window_start(cursor: datetime | None, *, overlap: timedelta, initial_lookbac
 
 def version_reader(key: VersionKey) -> Callable[[Any], tuple[str, datetime] | None]:
     """A function reading a raw record's version (id, time) by `key`, as a mapping reads them,
-    or None where only the mapping can tell what is wrong. It runs on every record read."""
+    or None where only the mapping can tell what is wrong. It runs on every record read.
+    The id is the record's own, not yet scoped (VersionKey.stored)."""
     id_property, time_property = key.id, key.time
 
     def read(record: Any) -> tuple[str, datetime] | None:
@@ -96,6 +97,7 @@ class Window:
         self._seen = seen
         self._resend = resend
         self._read_version = version_reader(key)
+        self._stored = key.stored  # the id as the state keeps it (a scope for non-alert ids)
         self._overlap = overlap
         # Starts at the cursor: a window that reads nothing leaves the cursor where it was.
         self.high_water = cursor
@@ -103,9 +105,21 @@ class Window:
     def skip_seen(self, records: list[Any]) -> tuple[list[Any], int]:
         """The records of a page whose version was not seen before (in page order), and how many
         were skipped as seen. A skipped version still counts for the high-water mark."""
+        fresh, seen_times = self._partition(records)
+        if seen_times:
+            self._raise_high_water(max(seen_times))
+        return fresh, len(seen_times)
+
+    def unseen_records(self, records: list[Any]) -> list[Any]:
+        """What `skip_seen` would keep, without counting anything: for a source that completes
+        the new records of a page with more requests (the alert ids of new incident versions)."""
+        return self._partition(records)[0]
+
+    def _partition(self, records: list[Any]) -> tuple[list[Any], list[datetime]]:
         read = self._read_version
         versions = {position: found for position, record in enumerate(records) if (found := read(record)) is not None}
-        keys = {position: (record_id, format_time(moment)) for position, (record_id, moment) in versions.items()}
+        stored = self._stored
+        keys = {position: (stored(record_id), format_time(moment)) for position, (record_id, moment) in versions.items()}
         unseen = self._unseen(list(keys.values()))
         fresh: list[Any] = []
         seen_times: list[datetime] = []
@@ -115,14 +129,14 @@ class Window:
                 seen_times.append(versions[position][1])
             else:
                 fresh.append(record)
-        if seen_times:
-            self._raise_high_water(max(seen_times))
-        return fresh, len(seen_times)
+        return fresh, seen_times
 
     def new_versions(self, versions: Sequence[tuple[str, datetime]]) -> list[Version | None]:
         """For each normalised record's (id, time), in order: its version as the state stores it
-        when it is new, or None when it is a duplicate (seen before, or earlier in this page)."""
-        keys = [(record_id, format_time(moment)) for record_id, moment in versions]
+        (the id scoped, see VersionKey.stored) when it is new, or None when it is a duplicate
+        (seen before, or earlier in this page)."""
+        stored = self._stored
+        keys = [(stored(record_id), format_time(moment)) for record_id, moment in versions]
         unseen = self._unseen(keys)
         if versions:
             self._raise_high_water(max(moment for _, moment in versions))

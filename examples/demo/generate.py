@@ -1,10 +1,15 @@
-"""Write the demo replay data: saved Graph `alerts_v2` list responses for three customers.
+"""Write the demo replay data: saved Graph `alerts_v2` and `incidents` list responses for three customers.
 
     .venv/bin/python examples/demo/generate.py
 
 Output (checked in; re-running gives byte-identical files):
 
     examples/demo/<customer>/page-0001.json, page-0002.json, ...
+    examples/demo/<customer>/graph_incidents/page-0001.json
+
+Each incident file is one `GET /v1.0/security/incidents` response body, the incidents of the
+customer's alerts (one per `incidentId`), each with the `alertIds` the forwarder's live reader
+adds (from `/security/incidents/{id}/alerts?$select=id`): a replay stands in for that reader.
 
 Each file is one `GET /v1.0/security/alerts_v2` response body (`@odata.context` + `value`),
 pretty-printed so diffs stay readable. `core.sources.replay.ReplaySource` reads a folder's
@@ -25,7 +30,9 @@ What the data exercises:
   medium, classified truePositive) in a later page, so dedupe must forward both versions;
 - northwind: one alert from `microsoftDefenderForCloud`, a serviceSource member Graph added
   after `unknownFutureValue`, whose evidence is `azureResourceEvidence`, a type the mapping
-  has no typed model for (kept as kind "other").
+  has no typed model for (kept as kind "other");
+- contoso: one incident merged into another later (status `redirected`, `redirectIncidentId`),
+  a second version of it in the same incident page.
 """
 from __future__ import annotations
 
@@ -39,7 +46,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # the repo root, for the tests.peers package
 
-from tests.peers.alert_factory import comment, list_response, make_alert, updated_version  # noqa: E402
+from tests.peers.alert_factory import (  # noqa: E402
+    comment,
+    graph_time,
+    list_response,
+    make_alert,
+    make_incidents,
+    updated_version,
+)
 
 WEEK_START = datetime(2026, 11, 16, tzinfo=timezone.utc)
 WEEK_END = WEEK_START + timedelta(days=7)
@@ -235,12 +249,37 @@ def write(plan: TenantPlan, bodies: list[dict]) -> None:
         (folder / f"page-{number:04d}.json").write_text(text, encoding="utf-8", newline="\n")
 
 
+def incidents(plan: TenantPlan, versions: list[dict]) -> list[dict]:
+    """The tenant's incidents, oldest update first, their `alertIds` added; contoso's first one
+    merged into its second a day after its last update (a second version)."""
+    latest = {alert["id"]: alert for alert in versions}  # versions are oldest first
+    made = make_incidents(list(latest.values()))
+    for incident in made:
+        incident["alertIds"] = sorted(a["id"] for a in latest.values() if str(a["incidentId"]) == incident["id"])
+    if plan.label == "contoso":
+        first, into = made[0], made[1]
+        merged_at = datetime.fromisoformat(first["lastUpdateDateTime"]) + timedelta(days=1)
+        made.append({**first, "status": "redirected", "redirectIncidentId": into["id"],
+                     "lastUpdateDateTime": graph_time(merged_at)})
+    made.sort(key=lambda i: (i["lastUpdateDateTime"], i["id"]))
+    return made
+
+
+def write_incidents(plan: TenantPlan, made: list[dict]) -> None:
+    folder = HERE / plan.label / "graph_incidents"
+    folder.mkdir(exist_ok=True)
+    body = {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#security/incidents", "value": made}
+    text = json.dumps(body, indent=2, ensure_ascii=False) + "\n"
+    (folder / "page-0001.json").write_text(text, encoding="utf-8", newline="\n")
+
+
 def main() -> None:
     for plan in PLANS:
         versions, updated_id = build(plan)
         check(plan, versions, updated_id)
         bodies = pages(versions, plan.page_size)
         write(plan, bodies)
+        write_incidents(plan, incidents(plan, versions))
         alerts = len({a["id"] for a in versions})
         note = f", updated alert {updated_id}" if updated_id else ""
         print(f"{plan.label}: {alerts} alerts, {len(versions)} versions, {len(bodies)} pages{note}")

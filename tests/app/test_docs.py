@@ -715,6 +715,23 @@ def test_the_tenant_failure_table_is_the_sources() -> None:
     assert all(re.search(rf"\b{code}\b", read("docs/sources.md")) for code in known)
 
 
+def test_the_incident_field_table_is_the_mapping() -> None:
+    from mappings.graph_incidents import INCIDENT, TIMES
+
+    rows = table_with(read("docs/sources.md"), "Graph property", "Incident field")
+    documented = [(code_spans(row[0])[0], code_spans(row[1])[0]) for row in rows]
+    mapped = [(row.graph, row.field) for row in INCIDENT.rows] + [(row.graph, f"times.{row.field}") for row in TIMES.rows]
+    assert documented == mapped
+
+
+def test_the_sources_table_is_the_registry() -> None:
+    from core.sources import KINDS
+
+    rows = table_with(read("docs/sources.md"), "source", "API", "application permission")
+    documented = {code_spans(row[0])[0]: (code_spans(row[1])[0], code_spans(row[2])[0]) for row in rows}
+    assert documented == {name: (f"GET {kind.path}", kind.permission.name) for name, kind in KINDS.items()}
+
+
 # --------------------------------------------------------------------------- onboarding
 
 # What an error line in the onboarding table leaves to the case: a placeholder, an elision,

@@ -177,6 +177,10 @@ def test_demo_readme_command_twice(tmp_path: Path) -> None:
     assert all(counts.values())
     for tenant in ("contoso", "fabrikam", "northwind"):
         assert tenant in first.stderr
+        # Its incidents too (the raw copy: medium and above), contoso's merged one with its link.
+        incidents = [r for r in read_ndjson(tmp_path / "demo-out" / f"{tenant}.raw.ndjson") if "alertIds" in r]
+        assert incidents and all(r["alertIds"] for r in incidents)
+    assert any(r.get("redirectIncidentId") for r in read_ndjson(tmp_path / "demo-out" / "contoso.raw.ndjson"))
     second = run_cli("run", "--once", "--config", "examples/demo.toml", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert {f.name: len(read_ndjson(f)) for f in files} == counts

@@ -1605,6 +1605,52 @@ def updated_version(alert: dict, last_update: datetime, **changes: Any) -> dict:
     return new
 
 
+_SEVERITY_ORDER = ("informational", "low", "medium", "high")
+
+
+def make_incidents(alerts: list[dict], **changes: Any) -> list[dict]:
+    """The Graph incidents (`microsoft.graph.security.incident`) of `alerts`, one per distinct
+    `incidentId`, as Defender correlates them: the highest severity of its alerts, created with
+    the first, last updated with the latest of them (Graph property names; `changes` set on
+    every incident, e.g. `status="redirected"`)."""
+    grouped: dict[str, list[dict]] = {}
+    for alert in alerts:
+        grouped.setdefault(str(alert["incidentId"]), []).append(alert)
+    incidents = []
+    for incident_id, members in grouped.items():
+        first = min(members, key=lambda a: a["createdDateTime"])
+        severities = [str(a.get("severity", "")).lower() for a in members]
+        severity = max(severities, key=lambda s: _SEVERITY_ORDER.index(s) if s in _SEVERITY_ORDER else -1)
+        tenant_id = str(first["tenantId"])
+        incident = {
+            "@odata.type": "#microsoft.graph.security.incident",
+            "id": incident_id,
+            "incidentWebUrl": _incident_url(incident_id, tenant_id),
+            "redirectIncidentId": None,
+            "tenantId": tenant_id,
+            "displayName": f"{first['title']} on {len(members)} alert(s)",
+            "createdDateTime": first["createdDateTime"],
+            "lastUpdateDateTime": max(a["lastUpdateDateTime"] for a in members),
+            "assignedTo": first.get("assignedTo"),
+            "classification": first.get("classification"),
+            "determination": first.get("determination"),
+            "status": "active",
+            "severity": severity,
+            "customTags": [],
+            "systemTags": [],
+            "comments": [],
+            "description": first.get("description"),
+            "summary": None,
+            "resolvingComment": None,
+            "lastModifiedBy": "API-App:defender-forwarder-tests",
+            "priorityScore": _int_of(0, 100, "priority", incident_id),
+        }
+        incident.update({key: graph_time(value) if isinstance(value, datetime) else value
+                         for key, value in changes.items()})
+        incidents.append(incident)
+    return incidents
+
+
 def list_response(alerts: list[dict], next_link: str | None = None) -> dict:
     """A `GET /security/alerts_v2` response body holding `alerts`."""
     body: dict[str, Any] = {"@odata.context": GRAPH_ALERTS_CONTEXT, "value": alerts}

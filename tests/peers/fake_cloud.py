@@ -1,5 +1,5 @@
-"""A simulated Microsoft cloud for tests: Entra ID login plus Graph `security/alerts_v2`, and
-the Defender for Endpoint API `/api/alerts` (tests/peers/fake_mde.py).
+"""A simulated Microsoft cloud for tests: Entra ID login plus Graph `security/alerts_v2` and
+`security/incidents`, and the Defender for Endpoint API `/api/alerts` (tests/peers/fake_mde.py).
 
 One HTTPS server on 127.0.0.1 (certificate from a trustme CA) plays both hosts, so a client
 uses login endpoint = Graph endpoint = `base_url`:
@@ -9,6 +9,14 @@ uses login endpoint = Graph endpoint = `base_url`:
   POST /{tenant}/oauth2/v2.0/token                      client_credentials, secret or certificate
   GET  /v1.0/security/alerts_v2                         tenant taken from the bearer token
   GET  /api/alerts                                      MDE: a WindowsDefenderATP token, quotas
+  GET  /v1.0/security/incidents                         the same options, plus `$expand=alerts`
+  GET  /v1.0/security/incidents/{id}/alerts             the alerts whose incidentId is {id}
+
+Incidents are served as alerts are (filter, paging, faults). `$expand=alerts` answers HTTP 500
+on a tenant of more than EXPAND_ALERTS_LIMIT incidents, as Graph does on large tenants for good,
+so that a test can prove the forwarder never asks for it. A tenant's `permissions` are the
+application permissions its admin consented to: they are the token's `roles`, and a collection
+whose permission is missing answers 403 (per-source consent).
 
 The login half is adapted from the MSAL spike the project started from.
 The Graph half follows Microsoft Graph's documentation of alerts_v2 (list, $filter, paging,
@@ -68,6 +76,12 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 ALERTS_PATH = "/v1.0/security/alerts_v2"
+INCIDENTS_PATH = "/v1.0/security/incidents"
+_INCIDENT_ALERTS = re.compile(r"/v1\.0/security/incidents/([^/]+)/alerts", re.IGNORECASE)
+ALERTS_PERMISSION = "SecurityAlert.Read.All"
+INCIDENTS_PERMISSION = "SecurityIncident.Read.All"
+# A tenant with more incidents than this answers `$expand=alerts` with HTTP 500 (elastic/integrations#18144).
+EXPAND_ALERTS_LIMIT = 20
 MAX_TOP = 1000
 PREFER_UNKNOWN_ENUMS = "include-unknown-enum-members"
 UNKNOWN_FUTURE_VALUE = "unknownFutureValue"
@@ -194,17 +208,23 @@ class Tenant:
     mde_forbidden: bool = False  # the app lacks WindowsDefenderATP Alert.Read.All here
     mde_per_minute: int = 100  # the MDE API's quotas (documented: 100 a minute, 1,500 an hour)
     mde_per_hour: int = 1500
+    # The application permissions of Microsoft Graph consented in this tenant: the token's roles.
+    permissions: frozenset[str] = frozenset({ALERTS_PERMISSION, INCIDENTS_PERMISSION})
     # Alert ids Graph chokes on: every page that would hold one answers 500, for good (as
     # `$expand=alerts` does on a large tenant), so only a window around it can be read.
     poisoned: set[str] = field(default_factory=set, repr=False)
     alerts: _AlertStore | SyntheticAlerts = field(init=False, repr=False)
-    faults: deque[Fault] = field(init=False, repr=False)
+    incidents: _AlertStore = field(init=False, repr=False)
+    faults: deque[Fault] = field(init=False, repr=False)  # for alerts requests
+    incident_faults: deque[Fault] = field(init=False, repr=False)  # for incidents requests, ids too
     mde_quota: fake_mde.Quota = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.alerts = _AlertStore()
+        self.incidents = _AlertStore()
         self.faults = deque()
         self.mde_quota = fake_mde.Quota(self.mde_per_minute, self.mde_per_hour)
+        self.incident_faults = deque()
 
 
 @dataclass(frozen=True)
@@ -257,6 +277,7 @@ class _Query:
     descending: bool
     top: int
     options: tuple[tuple[str, str], ...]  # the client's options, repeated in nextLink
+    expand: str | None = None  # `$expand` (incidents only: `alerts`)
 
 
 @dataclass(frozen=True)
@@ -270,6 +291,7 @@ class _Entry:
     fields: dict[str, Any]  # the STRING_PROPERTIES `$filter` compares
     json: bytes  # as sent with `Prefer: include-unknown-enum-members`
     masked_json: bytes  # as sent without it
+    incident: str | None = None  # an alert's incidentId
 
     @classmethod
     def of(cls, alert: dict[str, Any]) -> _Entry:
@@ -280,7 +302,8 @@ class _Entry:
         masked = _mask_alert(alert)
         return cls(key=(ticks["lastUpdateDateTime"], alert["id"]), ticks=ticks,
                    fields={name: alert.get(name) for name in STRING_PROPERTIES}, json=plain,
-                   masked_json=plain if masked == alert else json.dumps(masked).encode())
+                   masked_json=plain if masked == alert else json.dumps(masked).encode(),
+                   incident=None if alert.get("incidentId") is None else str(alert["incidentId"]))
 
     def matches(self, query: _Query) -> bool:
         in_range = all(low <= self.ticks.get(name, _UNBOUNDED[0] - 1) <= high
@@ -303,6 +326,16 @@ class _AlertStore:
             del self._keys[bisect_left(self._keys, old.key)]
         insort(self._keys, entry.key)
         self._entries[entry.key[1]] = entry
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def has(self, record_id: str) -> bool:
+        return record_id in self._entries
+
+    def of_incident(self, incident_id: str) -> list[_Entry]:
+        """The alerts whose incidentId is `incident_id`, in (lastUpdateDateTime, id) order."""
+        return [self._entries[key[1]] for key in self._keys if self._entries[key[1]].incident == incident_id]
 
     def page(self, query: _Query, after: Key | None) -> tuple[list[_Entry], Key | None]:
         """Up to `query.top` matching alerts past `after`, and the key to continue from
@@ -415,6 +448,9 @@ class SyntheticAlerts:
         self.backlog_start = calendar.timegm(backlog_start.utctimetuple()) * TICKS_PER_SECOND
         self.step = round(step.total_seconds() * TICKS_PER_SECOND)
 
+    def of_incident(self, incident_id: str) -> list[_Entry]:
+        return []  # synthetic alerts belong to no incident the cloud serves
+
     def page(self, query: _Query, after: Key | None) -> tuple[list[_Made], Key | None]:
         if query.equals or set(query.bounds) - {"lastUpdateDateTime"}:
             raise _bad_request("a synthetic tenant serves lastUpdateDateTime ranges only")
@@ -471,19 +507,23 @@ class _EntraError(Exception):
         self.status, self.error, self.code, self.description = status, error, code, description
 
 
-def parse_query(raw_query: str, default_top: int) -> _Query:
-    """The OData options of a first-page request; raises _GraphError 400 on anything unsupported."""
+def parse_query(raw_query: str, default_top: int, expandable: tuple[str, ...] = ()) -> _Query:
+    """The OData options of a first-page request; raises _GraphError 400 on anything unsupported.
+    `expandable`: the navigation properties `$expand` may name (incidents: `alerts`)."""
     options = _single_valued(parse_qs(raw_query, keep_blank_values=True))
-    unsupported = sorted(name for name in options
-                         if name.startswith("$") and name not in ("$filter", "$orderby", "$top"))
+    known = ("$filter", "$orderby", "$top", *(("$expand",) if expandable else ()))
+    unsupported = sorted(name for name in options if name.startswith("$") and name not in known)
     if unsupported:
-        raise _bad_request(f"Query option '{unsupported[0]}' is not supported by this alerts_v2 simulation.")
+        raise _bad_request(f"Query option '{unsupported[0]}' is not supported by this simulation.")
+    expand = options.get("$expand")
+    if expand is not None and expand not in expandable:
+        raise _bad_request(f"Could not find a property named '{expand}' to expand.")
     bounds, equals = _parse_filter(options.get("$filter", ""))
     return _Query(bounds=bounds, equals=equals,
                   descending=_parse_orderby(options.get("$orderby")),
                   top=_parse_top(options.get("$top"), default_top),
-                  options=tuple((name, options[name]) for name in ("$filter", "$orderby", "$top")
-                                if name in options))
+                  options=tuple((name, options[name]) for name in known if name in options),
+                  expand=expand)
 
 
 def _single_valued(params: dict[str, list[str]]) -> dict[str, str]:
@@ -679,16 +719,20 @@ class FakeCloud:
                    secret_expired: bool = False, graph_forbidden: bool = False,
                    expires_in: int = 3599, graph_token_lifetime: float | None = None,
                    page_size: int = 100, token_fail_status: int | None = None,
-                   mde_forbidden: bool = False, mde_per_minute: int = 100, mde_per_hour: int = 1500) -> Tenant:
+                   mde_forbidden: bool = False, mde_per_minute: int = 100, mde_per_hour: int = 1500,
+                   permissions: Iterable[str] | None = None) -> Tenant:
         """Register a tenant with the app `client_id` consented. `page_size` applies when a
         request has no `$top`; `graph_token_lifetime` (seconds) makes Graph reject tokens
         older than that with 401 although MSAL still caches them; `token_fail_status`
         (e.g. 503) makes the token endpoint fail. `mde_forbidden` leaves WindowsDefenderATP
         Alert.Read.All out of the MDE token's roles (403 on /api/alerts); `mde_per_minute` and
-        `mde_per_hour` are the MDE quotas."""
+        `mde_per_hour` are the MDE quotas; `permissions` are the Graph permissions consented
+        (default: alerts and incidents), e.g. `{"SecurityAlert.Read.All"}` alone."""
         tenant = Tenant(tenant_id, client_id, secret, cert, consent, secret_expired,
                         graph_forbidden, expires_in, graph_token_lifetime, page_size,
                         token_fail_status, mde_forbidden, mde_per_minute, mde_per_hour)
+        if permissions is not None:
+            tenant.permissions = frozenset(permissions)
         with self._lock:
             self.tenants[tenant_id] = tenant
         return tenant
@@ -700,10 +744,20 @@ class FakeCloud:
             for alert in alerts:
                 tenant.alerts.upsert(alert)
 
-    def inject(self, tenant_id: str, *faults: Fault) -> None:
-        """Queue faults; each is used up by one of the tenant's next authenticated alerts requests."""
+    def add_incidents(self, tenant_id: str, incidents: Iterable[dict[str, Any]]) -> None:
+        """Upsert by `id`, as add_alerts (tests.peers.alert_factory.make_incidents derives
+        incidents from alerts)."""
+        tenant = self.tenants[tenant_id]
         with self._lock:
-            self.tenants[tenant_id].faults.extend(faults)
+            for incident in incidents:
+                tenant.incidents.upsert(incident)
+
+    def inject(self, tenant_id: str, *faults: Fault, collection: Literal["alerts", "incidents"] = "alerts") -> None:
+        """Queue faults; each is used up by one of the tenant's next authenticated requests of
+        `collection` (for incidents: the list and the alert ids of an incident alike)."""
+        tenant = self.tenants[tenant_id]
+        with self._lock:
+            (tenant.faults if collection == "alerts" else tenant.incident_faults).extend(faults)
 
     # ---- observation
 
@@ -765,6 +819,10 @@ class FakeCloud:
             return self._alerts(request)
         if request.method == "GET" and path.lower() in (fake_mde.MDE_PATH, "/api/v1.0/alerts"):
             return self._mde_alerts(request)
+        if request.method == "GET" and path.lower() == INCIDENTS_PATH:
+            return self._incidents(request)
+        if request.method == "GET" and (match := _INCIDENT_ALERTS.fullmatch(path)):
+            return self._incident_alerts(request, match[1])
         if request.method == "GET" and rest == "v2.0/.well-known/openid-configuration":
             return self._discovery(tenant_id, request)
         if request.method == "GET" and rest == "discovery/v2.0/keys":
@@ -963,18 +1021,31 @@ class FakeCloud:
     # ---- Graph alerts_v2
 
     def _alerts(self, request: _Request) -> _Outcome:
+        return self._serve_graph("alerts", request, lambda tenant, roles, fault: self._alerts_page(
+            tenant, request, fault, roles=roles))
+
+    def _incidents(self, request: _Request) -> _Outcome:
+        return self._serve_graph("incidents", request, lambda tenant, roles, fault: self._alerts_page(
+            tenant, request, fault, roles=roles, collection=INCIDENTS_PATH))
+
+    def _incident_alerts(self, request: _Request, incident_id: str) -> _Outcome:
+        return self._serve_graph("incident_alerts", request, lambda tenant, roles, fault: self._incident_alerts_page(
+            tenant, request, fault, roles, incident_id))
+
+    def _serve_graph(self, kind: str, request: _Request, serve: Any) -> _Outcome:
+        """Authenticate, take the collection's next fault, and serve (Graph errors answered)."""
         tenant_id: str | None = None
         fault: Fault | None = None
         try:
-            tenant = self._authenticate_bearer(request.headers.get("authorization"))
+            tenant, roles = self._authenticate_bearer(request.headers.get("authorization"))
             tenant_id = tenant.tenant_id
-            fault = self._next_fault(tenant)
-            response = self._alerts_page(tenant, request, fault)
+            fault = self._next_fault(tenant, tenant.faults if kind == "alerts" else tenant.incident_faults)
+            response = serve(tenant, roles, fault)
         except _GraphError as error:
             response = self._graph_error(error, request)
-        return _Outcome("alerts", tenant_id, response, fault=fault.kind if fault else None)
+        return _Outcome(kind, tenant_id, response, fault=fault.kind if fault else None)
 
-    def _authenticate_bearer(self, authorization: str | None) -> Tenant:
+    def _authenticate_bearer(self, authorization: str | None) -> tuple[Tenant, list[str]]:
         """The tenant named by a valid token's `tid`, exactly as Graph picks it."""
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -994,7 +1065,7 @@ class FakeCloud:
             raise _unauthenticated("Access token validation failure.")
         if self._outlived(tenant, claims["uti"]):
             raise _unauthenticated("Lifetime validation failed, the token is expired.")
-        return tenant
+        return tenant, list(claims.get("roles") or [])
 
     def _outlived(self, tenant: Tenant, uti: str) -> bool:
         """Server-side expiry/revocation that MSAL cannot see: the token is older than
@@ -1006,30 +1077,37 @@ class FakeCloud:
             issued = self._issued.get(uti)
         return issued is None or time.monotonic() - issued > tenant.graph_token_lifetime
 
-    def _next_fault(self, tenant: Tenant) -> Fault | None:
+    def _next_fault(self, tenant: Tenant, faults: deque[Fault]) -> Fault | None:
         with self._lock:
-            return tenant.faults.popleft() if tenant.faults else None
+            return faults.popleft() if faults else None
 
-    def _alerts_page(self, tenant: Tenant, request: _Request, fault: Fault | None) -> _Response:
+    def _alerts_page(self, tenant: Tenant, request: _Request, fault: Fault | None, *, roles: list[str],
+                     collection: str = ALERTS_PATH) -> _Response:
+        """A page of alerts, or of incidents (`collection`): the same options, paging and faults."""
         if fault is not None and fault.kind == "status":
             return _fault_response(fault)
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
-        if tenant.graph_forbidden:
-            raise _GraphError(403, "Forbidden", (
-                "Missing application roles. API required roles: SecurityAlert.Read.All, "
-                "SecurityAlert.ReadWrite.All. Application roles shown: ."))
-        query, after = self._resolve_query(tenant, urlsplit(request.path).query)
+        _require_role(tenant, roles, ALERTS_PERMISSION if collection == ALERTS_PATH else INCIDENTS_PERMISSION)
+        store = tenant.alerts if collection == ALERTS_PATH else tenant.incidents
+        expandable = ("alerts",) if collection == INCIDENTS_PATH else ()
+        query, after = self._resolve_query(tenant, urlsplit(request.path).query, expandable)
+        if query.expand and len(tenant.incidents) > EXPAND_ALERTS_LIMIT:
+            # What Graph does on a large tenant, whatever the page size (elastic/integrations#18144).
+            raise _GraphError(500, "InternalServerError", "An unexpected error occurred.")
         with self._lock:
-            entries, next_key = tenant.alerts.page(query, after)
+            entries, next_key = store.page(query, after)
         if tenant.poisoned and any(entry.key[1] in tenant.poisoned for entry in entries):
             raise _GraphError(500, "InternalServerError", "An unexpected error occurred while processing the request.")
         include_unknown = _prefers_unknown_enums(request.headers.get("prefer"))
-        head: dict[str, str] = {"@odata.context": f"{self.base_url}/v1.0/$metadata#security/alerts_v2"}
-        next_link = self._next_link(tenant, query, next_key, request, fault)
+        name = collection.removeprefix("/v1.0/")
+        head: dict[str, str] = {"@odata.context": f"{self.base_url}/v1.0/$metadata#{name}"}
+        next_link = self._next_link(tenant, query, next_key, request, fault, collection)
         if next_link is not None:
             head["@odata.nextLink"] = next_link
         alerts = [entry.json if include_unknown else entry.masked_json for entry in entries]
+        if query.expand:
+            alerts = [self._expanded(tenant, entry) for entry in entries]
         body = json.dumps(head).encode()[:-1] + b', "value": [' + b", ".join(alerts) + b"]}"
         headers = {"Content-Type": _GRAPH_CONTENT_TYPE, **self._graph_headers(request)}
         if include_unknown:
@@ -1038,11 +1116,46 @@ class FakeCloud:
             body = body[: len(body) // 2]
         return _Response(200, body, headers)
 
-    def _resolve_query(self, tenant: Tenant, raw_query: str) -> tuple[_Query, Key | None]:
+    def _expanded(self, tenant: Tenant, entry: _Entry) -> bytes:
+        """An incident with its alerts embedded (`$expand=alerts`, on a small tenant)."""
+        incident = json.loads(entry.json)
+        with self._lock:
+            incident["alerts"] = [json.loads(alert.json) for alert in tenant.alerts.of_incident(incident["id"])]
+        return json.dumps(incident).encode()
+
+    def _incident_alerts_page(self, tenant: Tenant, request: _Request, fault: Fault | None, roles: list[str],
+                              incident_id: str) -> _Response:
+        """`/incidents/{id}/alerts`: the alerts whose incidentId is `incident_id`, `$select=id`
+        giving ids only; `tenant.page_size` a page, then an offset `$skiptoken` nextLink."""
+        if fault is not None and fault.kind == "status":
+            return _fault_response(fault)
+        _require_role(tenant, roles, INCIDENTS_PERMISSION)
+        options = _single_valued(parse_qs(urlsplit(request.path).query, keep_blank_values=True))
+        unsupported = sorted(name for name in options if name not in ("$select", "$skiptoken"))
+        if unsupported:
+            raise _bad_request(f"Query option '{unsupported[0]}' is not supported by this simulation.")
+        with self._lock:
+            known = tenant.incidents.has(incident_id)
+            alerts = [json.loads(entry.json) for entry in tenant.alerts.of_incident(incident_id)]
+        if not known:
+            raise _GraphError(404, "NotFound", f"Incident {incident_id} was not found.")
+        offset = int(options.get("$skiptoken", "0") or 0)
+        chunk = alerts[offset: offset + tenant.page_size]
+        if options.get("$select") == "id":
+            chunk = [{"id": alert["id"]} for alert in chunk]
+        body: dict[str, Any] = {"@odata.context": f"{self.base_url}/v1.0/$metadata#security/alerts_v2", "value": chunk}
+        if offset + tenant.page_size < len(alerts):
+            rest = urlencode({**{k: v for k, v in options.items() if k != "$skiptoken"},
+                              "$skiptoken": str(offset + tenant.page_size)}, quote_via=quote, safe="$:',")
+            body["@odata.nextLink"] = f"{self.base_url}{urlsplit(request.path).path}?{rest}"
+        return _json_response(200, body, self._graph_headers(request))
+
+    def _resolve_query(self, tenant: Tenant, raw_query: str,
+                       expandable: tuple[str, ...] = ()) -> tuple[_Query, Key | None]:
         """A first page's query, or the saved state behind a nextLink's `$skiptoken`."""
         skiptoken = parse_qs(raw_query).get("$skiptoken")
         if skiptoken is None:
-            return parse_query(raw_query, tenant.page_size), None
+            return parse_query(raw_query, tenant.page_size, expandable), None
         with self._lock:
             cursor = self._cursors.get(skiptoken[0])
         if cursor is None or cursor.tenant_id != tenant.tenant_id:
@@ -1050,21 +1163,21 @@ class FakeCloud:
         return cursor.query, cursor.after
 
     def _next_link(self, tenant: Tenant, query: _Query, next_key: Key | None,
-                   request: _Request, fault: Fault | None) -> str | None:
+                   request: _Request, fault: Fault | None, collection: str = ALERTS_PATH) -> str | None:
         if fault is not None and fault.kind == "repeat_next_link":
             return self.base_url + request.path
         if fault is not None and fault.kind == "next_link_404":
-            return self._skiptoken_link(query, secrets.token_urlsafe(24))
+            return self._skiptoken_link(query, secrets.token_urlsafe(24), collection)
         if next_key is None:
             return None
         token = secrets.token_urlsafe(24)
         with self._lock:
             self._cursors[token] = _Cursor(tenant.tenant_id, query, next_key)
-        return self._skiptoken_link(query, token)
+        return self._skiptoken_link(query, token, collection)
 
-    def _skiptoken_link(self, query: _Query, token: str) -> str:
+    def _skiptoken_link(self, query: _Query, token: str, collection: str = ALERTS_PATH) -> str:
         options = urlencode([*query.options, ("$skiptoken", token)], quote_via=quote, safe="$:',")
-        return f"{self.base_url}{ALERTS_PATH}?{options}"
+        return f"{self.base_url}{collection}?{options}"
 
     def _graph_headers(self, request: _Request) -> dict[str, str]:
         request_id = str(uuid.uuid4())
@@ -1091,7 +1204,17 @@ def _roles(tenant: Tenant, resource: str) -> list[str]:
     """The application roles consented for `resource` (a token carries those of its resource)."""
     if resource == fake_mde.MDE_RESOURCE:
         return [] if tenant.mde_forbidden else [fake_mde.MDE_ROLE]
-    return ["SecurityAlert.Read.All"]
+    return sorted(tenant.permissions)
+
+
+def _require_role(tenant: Tenant, roles: list[str], permission: str) -> None:
+    """Graph's 403 for a token without the collection's application permission (its roles are
+    what the tenant's admin consented to), or for a tenant that forbids Graph altogether."""
+    if tenant.graph_forbidden or permission not in roles:
+        write = permission.replace(".Read.", ".ReadWrite.")
+        raise _GraphError(403, "Forbidden", (
+            f"Missing application roles. API required roles: {permission}, {write}. "
+            f"Application roles shown: {', '.join(roles)}."))
 
 
 def _tenant_not_found(tenant_id: str) -> str:

@@ -642,3 +642,88 @@ def test_mde_faults_use_the_fault_queue(cloud: FakeCloud, ca_file: Path) -> None
     assert (first.status_code, first.headers["Retry-After"]) == (503, "2")
     assert (second.status_code, third.status_code) == (500, 200)
     assert cloud.count("mde_alerts", tenant.tenant_id) == 3
+
+
+# ---------------------------------------------------------------- Graph incidents
+
+INCIDENTS = "/v1.0/security/incidents"
+
+
+def incident(incident_id: str, updated: str, **fields: Any) -> dict[str, Any]:
+    return {"id": incident_id, "lastUpdateDateTime": updated, "createdDateTime": updated,
+            "severity": "medium", "status": "active", "displayName": incident_id, **fields}
+
+
+def test_incidents_are_filtered_and_paged_like_alerts(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud)
+    cloud.add_incidents(tenant.tenant_id, [incident(str(100 + i), f"2026-11-20T10:0{i}:00Z") for i in range(5)])
+    with graph(cloud, access_token(cloud, ca_file, tenant.tenant_id)) as client:
+        pages = follow_pages(client, INCIDENTS, {"$filter": "lastUpdateDateTime ge 2026-11-20T10:01:00Z",
+                                                 "$orderby": "lastUpdateDateTime asc", "$top": "2"})
+        after = client.get(INCIDENTS, params={"$filter": "lastUpdateDateTime gt 2026-11-20T10:03:00Z"})
+    assert [[i["id"] for i in page] for page in pages] == [["101", "102"], ["103", "104"]]
+    assert [i["id"] for i in after.json()["value"]] == ["104"]
+    links = [hit.path for hit in cloud.hits if hit.tenant == tenant.tenant_id and hit.kind == "incidents"]
+    assert len(links) == 3 and all(path.startswith(INCIDENTS + "?") for path in links)
+
+
+def test_incidents_take_their_own_faults(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud)
+    cloud.add_incidents(tenant.tenant_id, [incident("7", "2026-11-20T10:00:00Z")])
+    cloud.inject(tenant.tenant_id, Fault.status(429, retry_after=3), Fault.status(503), collection="incidents")
+    with graph(cloud, access_token(cloud, ca_file, tenant.tenant_id)) as client:
+        throttled, failed, served = (client.get(INCIDENTS) for _ in range(3))
+        alerts = client.get(ALERTS)
+    assert (throttled.status_code, throttled.headers["retry-after"]) == (429, "3")
+    assert failed.status_code == 503 and served.status_code == 200
+    assert alerts.status_code == 200  # the alerts' queue was not touched
+
+
+def test_incident_alerts_by_id_follow_incident_id_and_page(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud, page_size=2)
+    cloud.add_alerts(tenant.tenant_id, [alert(f"a{i}", f"2026-11-20T10:0{i}:00Z", incidentId="9" if i < 3 else "8")
+                                        for i in range(4)])
+    cloud.add_incidents(tenant.tenant_id, [incident("9", "2026-11-20T10:05:00Z")])
+    with graph(cloud, access_token(cloud, ca_file, tenant.tenant_id)) as client:
+        pages = follow_pages(client, f"{INCIDENTS}/9/alerts", {"$select": "id"})
+        unknown = client.get(f"{INCIDENTS}/404/alerts")
+    assert pages == [[{"id": "a0"}, {"id": "a1"}], [{"id": "a2"}]]
+    assert unknown.status_code == 404
+
+
+def test_a_tenant_consented_to_alerts_only_is_refused_incidents(cloud: FakeCloud, ca_file: Path) -> None:
+    tenant = new_tenant(cloud, permissions={"SecurityAlert.Read.All"})
+    token = access_token(cloud, ca_file, tenant.tenant_id)
+    with graph(cloud, token) as client:
+        incidents, ids, alerts = client.get(INCIDENTS), client.get(f"{INCIDENTS}/1/alerts"), client.get(ALERTS)
+    assert jwt.decode(token, options={"verify_signature": False})["roles"] == ["SecurityAlert.Read.All"]
+    assert incidents.status_code == ids.status_code == 403 and alerts.status_code == 200
+    assert "SecurityIncident.Read.All" in incidents.json()["error"]["message"]
+
+
+def test_expand_alerts_fails_on_a_large_tenant_only(cloud: FakeCloud, ca_file: Path) -> None:
+    from tests.peers.fake_cloud import EXPAND_ALERTS_LIMIT
+
+    small, large = new_tenant(cloud), new_tenant(cloud)
+    cloud.add_alerts(small.tenant_id, [alert("a1", "2026-11-20T10:00:00Z", incidentId="1")])
+    cloud.add_incidents(small.tenant_id, [incident("1", "2026-11-20T10:00:00Z")])
+    cloud.add_incidents(large.tenant_id, [incident(str(i), "2026-11-20T10:00:00Z") for i in range(EXPAND_ALERTS_LIMIT + 1)])
+    expand = {"$expand": "alerts", "$top": "1"}
+    with graph(cloud, access_token(cloud, ca_file, small.tenant_id)) as client:
+        embedded = client.get(INCIDENTS, params=expand)
+    with graph(cloud, access_token(cloud, ca_file, large.tenant_id)) as client:
+        failed, plain = client.get(INCIDENTS, params=expand), client.get(INCIDENTS, params={"$top": "1"})
+    assert [a["id"] for a in embedded.json()["value"][0]["alerts"]] == ["a1"]
+    assert failed.status_code == 500 and plain.status_code == 200
+
+
+def test_make_incidents_groups_alerts_by_incident_id() -> None:
+    from tests.peers.alert_factory import make_alerts, make_incidents
+
+    alerts = make_alerts(6, "tenant-x", datetime(2026, 11, 20, 10, tzinfo=UTC), timedelta(minutes=1))
+    alerts[1]["incidentId"] = alerts[0]["incidentId"]
+    incidents = {i["id"]: i for i in make_incidents(alerts)}
+    joined = incidents[alerts[0]["incidentId"]]
+    assert len(incidents) == len({a["incidentId"] for a in alerts})
+    assert joined["lastUpdateDateTime"] == alerts[1]["lastUpdateDateTime"]
+    assert joined["severity"] in {"informational", "low", "medium", "high"}

@@ -150,6 +150,27 @@ def test_a_tenant_naming_graph_alerts_behaves_as_one_naming_no_source(tmp_path: 
 
 # ---------------------------------------------------------------- a second kind
 
+def test_a_replay_folder_gives_each_kind_its_own_pages(tmp_path: Path) -> None:
+    """The default kinds' pages at the top (the layout from before other kinds), another kind's
+    in its subfolder; a kind without one has nothing to replay, and says where it looked."""
+    from core.sources.replay import ReplaySource
+
+    alerts = make_alerts(2, TENANT_ID, datetime(2026, 11, 1, tzinfo=UTC), timedelta(minutes=5))
+    incidents = [{"id": "7", "lastUpdateDateTime": "2026-11-01T00:00:00Z"}]
+    replay = write_replay(tmp_path / "replay", [alerts])
+
+    async def read(kind: SourceKind) -> list[Any]:
+        source = ReplaySource(kind, str(replay), 10)
+        return [record for page in [p async for p in source.pages(datetime(2026, 1, 1, tzinfo=UTC))]
+                for record in page.alerts]
+
+    with pytest.raises(Exception, match="graph_incidents does not exist"):
+        asyncio.run(read(KINDS["graph_incidents"]))
+    write_replay(replay / "graph_incidents", [incidents])
+    assert asyncio.run(read(KINDS["graph_alerts"])) == alerts
+    assert asyncio.run(read(KINDS["graph_incidents"])) == incidents
+
+
 @pytest.fixture
 def second_kind(monkeypatch: pytest.MonkeyPatch) -> SourceKind:
     """A stand-in for the next kind (Graph incidents, MDE alerts): registered, nothing else."""
@@ -162,6 +183,7 @@ def test_a_second_kind_is_another_reader_with_its_own_cursor(
         second_kind: SourceKind, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     alerts = make_alerts(9, TENANT_ID, datetime(2026, 11, 1, tzinfo=UTC), timedelta(minutes=5), seed=2)
     replay = write_replay(tmp_path / "replay", [alerts])
+    write_replay(replay / second_kind.name, [alerts])  # a kind's own pages: the subfolder named after it
     path = write_config(tmp_path / "two.toml", {
         "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
         "tenants.contoso": {"tenant_id": TENANT_ID, "replay": str(replay),
@@ -222,3 +244,11 @@ def set_cursor(state: Path, kind: str, cursor: datetime) -> None:
         store.commit_page(PageCommit(TENANT_ID, kind, cursor=cursor))
     finally:
         store.close()
+
+
+def test_every_shape_convert_reads_is_a_registered_kinds() -> None:
+    """`convert --source` takes a kind's version time from the registry: each shape has one."""
+    from mappings import SOURCES
+
+    mappings = {kind.mapping for kind in KINDS.values()}
+    assert set(SOURCES.values()) <= mappings, set(SOURCES.values()) - mappings
