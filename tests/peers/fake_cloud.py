@@ -984,7 +984,7 @@ class FakeCloud:
             tenant = self._mde_tenant(request.headers.get("authorization"))
             tenant_id = tenant.tenant_id
             tenant.mde_quota.spend()
-            fault = self._next_fault(tenant)
+            fault = self._next_fault(tenant, tenant.faults)
             if fault is not None and fault.kind == "status":
                 return _Outcome("mde_alerts", tenant_id, _fault_response(fault), fault=fault.kind)
             if fault is not None and fault.kind == "delay":
