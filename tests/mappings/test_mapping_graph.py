@@ -166,9 +166,11 @@ def test_empty_page_has_no_alerts_and_a_page_is_not_an_alert() -> None:
 
 
 def test_normaliser_registry() -> None:
-    assert normaliser("graph") is normalise
-    with pytest.raises(ValueError, match="unknown source 'mde'"):
-        normaliser("mde")
+    from mappings import mde_alerts
+
+    assert normaliser("graph") is normalise and normaliser("mde") is mde_alerts.normalise
+    with pytest.raises(ValueError, match="unknown source 'splunk'"):
+        normaliser("splunk")
 
 
 # --------------------------------------------------------------------------- nothing is lost
