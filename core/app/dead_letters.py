@@ -1,9 +1,10 @@
 """Inspect and re-send dead letters.
 
 A delivery dead letter goes back into its sink's outbox as it was. A normalisation dead
-letter is normalised again (the mapping may have been fixed since) and routed like a
-freshly polled alert; an encoding dead letter likewise, to its own sink only. One that
-still fails stays.
+letter is normalised again, by the mapping of the source that read it (the mapping may have
+been fixed since), and routed like a freshly polled record; an encoding dead letter
+likewise, to its own sink only. One that still fails stays, and so does a slice of time
+skipped (stage "poll"): `backfill --since` reads it again, not a replay.
 """
 from __future__ import annotations
 
@@ -18,9 +19,13 @@ from core.app.output import Column, keyed
 from core.app.pipeline import encode_for_sinks
 from core.model import jsonutil
 from core.model.schema import TenantRef
+from core.sources import KINDS, graph_alerts
 from core.state import DeadLetter
 from core.state.sqlite import SQLiteStore
-from mappings import Encoder, encoder
+from mappings import Encoder, SourceMapping, encoder, source_mapping
+
+# The source of a dead letter filed before dead letters kept theirs: only graph_alerts was read then.
+OLDEST_SOURCE = graph_alerts.KIND.name
 
 
 def labels_of(config: Config) -> dict[str, str]:
@@ -36,6 +41,15 @@ def label_of(letter: DeadLetter, labels: dict[str, str]) -> str:
     return letter.meta.tenant_label if letter.meta is not None else letter.tenant_id
 
 
+def source_of(letter: DeadLetter) -> str | None:
+    """The source kind that read the letter's record. A delivery letter keeps none (its body is
+    re-sent as it was); a normalise or encode letter filed before sources were kept was read by
+    the only source there was."""
+    if letter.source is not None or letter.stage not in ("normalise", "encode"):
+        return letter.source
+    return OLDEST_SOURCE
+
+
 def _when(letter: DeadLetter) -> str:
     return datetime.fromtimestamp(letter.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -44,7 +58,8 @@ def rows(dead: list[DeadLetter], labels: dict[str, str]) -> list[dict[str, Any]]
     """One row per dead letter, for `dead-letters list` (table or JSON); the payload stays out."""
     return [
         {"id": d.id, "created": datetime.fromtimestamp(d.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-         "stage": d.stage, "sink": d.sink, "tenant": label_of(d, labels), "tenant_id": d.tenant_id,
+         "stage": d.stage, "sink": d.sink, "source": source_of(d), "tenant": label_of(d, labels),
+         "tenant_id": d.tenant_id,
          "version_key": d.version_key, "reason": d.reason}
         for d in dead
     ]
@@ -68,6 +83,7 @@ def describe(letter: DeadLetter, labels: dict[str, str]) -> str:
         f"dead letter {letter.id}",
         f"stage: {letter.stage}",
         f"sink: {letter.sink or '-'}",
+        f"source: {source_of(letter) or '-'}",
         f"tenant: {label_of(letter, labels)} ({letter.tenant_id})",
         f"alert version: {letter.version_key or '-'}",
         f"when: {_when(letter)} UTC",
@@ -104,15 +120,15 @@ def replay(config: Config, store: SQLiteStore, dead: list[DeadLetter]) -> tuple[
 
 def _requeue(config: Config, store: SQLiteStore, letter: DeadLetter, label: str | None,
              encoders: dict[str, Encoder]) -> bool:
-    """Normalise, route and encode the alert of a "normalise" or "encode" dead letter again."""
-    from mappings.graph_alerts_v2 import MappingError, normalise
-
-    if letter.stage not in ("normalise", "encode") or label is None:
+    """Normalise (with the mapping of the source that read it), route and encode the record of a
+    "normalise" or "encode" dead letter again."""
+    mapping = _mapping_of(letter)
+    if letter.stage not in ("normalise", "encode") or label is None or mapping is None:
         return False
     try:
-        alert = normalise(jsonutil.loads(letter.payload), TenantRef(id=letter.tenant_id, label=label),
-                          datetime.now(timezone.utc))
-    except (MappingError, ValueError):
+        alert = mapping.normalise(jsonutil.loads(letter.payload), TenantRef(id=letter.tenant_id, label=label),
+                                  datetime.now(timezone.utc))
+    except (mapping.refusal, ValueError):
         return False
     sinks = sinks_for_alert(config.routes_or_default(), label, alert.severity, alert.service_source, alert.KIND)
     if letter.stage == "encode":
@@ -123,3 +139,10 @@ def _requeue(config: Config, store: SQLiteStore, letter: DeadLetter, label: str 
     for sink, meta, body in queued:
         store.outbox_append(sink, [(meta, body)])
     return True
+
+
+def _mapping_of(letter: DeadLetter) -> SourceMapping | None:
+    """The mapping of the letter's source; None for a source this version does not know (a
+    letter of a newer version's source stays, rather than be normalised as something else)."""
+    kind = KINDS.get(source_of(letter) or OLDEST_SOURCE)
+    return source_mapping(kind.mapping) if kind is not None else None

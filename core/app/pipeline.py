@@ -469,7 +469,7 @@ class Forwarder:
         # Every cycle re-reads the overlap, which in steady state is most of what is read:
         # skipping the versions seen before, unnormalised, saves most of a cycle's CPU.
         fresh, skipped = window.skip_seen(page.alerts)
-        alerts = self._normalise_page(ref, self.mappings[kind.name], fresh, commit)
+        alerts = self._normalise_page(ref, kind.name, fresh, commit)
         result.read += skipped + len(alerts) + len(commit.dead)
         result.duplicates += skipped
         outcome.read, outcome.duplicates = skipped + len(alerts) + len(commit.dead), skipped
@@ -493,19 +493,20 @@ class Forwarder:
             self._route(alert, commit, outcome, result)
         return outcome
 
-    def _normalise_page(self, ref: TenantRef, mapping: SourceMapping, raws: list[Any], commit: PageCommit) -> list[Alert]:
+    def _normalise_page(self, ref: TenantRef, source: str, raws: list[Any], commit: PageCommit) -> list[Alert]:
         ingested = self.clock()
-        normalise, refusal = mapping.normalise, mapping.refusal
+        normalise, refusal = self.mappings[source].normalise, self.mappings[source].refusal
         alerts = []
         for raw in raws:
             try:
                 alerts.append(normalise(raw, ref, ingested))
             except refusal as err:
-                commit.dead.append(_dead_raw(ref, raw, f"normalise: {err}"))
+                commit.dead.append(_dead_raw(ref, source, raw, f"normalise: {err}"))
             except Exception as err:  # noqa: BLE001 - a mapping bug must cost one alert, not the run
                 log.exception("tenant %s: mapping failed unexpectedly", ref.label,
                               extra={"tenant": ref.label, "alert_id": _raw_id(raw)})
-                commit.dead.append(_dead_raw(ref, raw, f"normalise: internal error {type(err).__name__}: {err}"))
+                commit.dead.append(_dead_raw(ref, source, raw,
+                                             f"normalise: internal error {type(err).__name__}: {err}"))
         return alerts
 
     def _route(self, alert: Alert, commit: PageCommit, outcome: _PageOutcome, result: TenantResult) -> None:
@@ -643,7 +644,7 @@ def encode_for_sinks(
             queued.append((sink, meta, body))
         else:
             failures.append(DeadLetter("encode", sink, alert.tenant.id, alert.version_key,
-                                       jsonutil.dumps_for_keeping(alert.raw), body[:2000]))
+                                       jsonutil.dumps_for_keeping(alert.raw), body[:2000], source=alert.source))
     return queued, failures
 
 
@@ -684,7 +685,8 @@ def _skipped_letter(read: _WindowRead, span: Span, err: BrokenWindow, split_afte
     reason = (f"poll: {err}, for {kind.time_property} from {_moment(span.start)} to {_moment(span.end)}, in "
               f"{split_after} cycles in a row and split to its smallest slice; skipped, the cursor moved on"
               + (f"; request: GET {err.url}" if err.url else ""))
-    return DeadLetter("poll", None, read.ref.id, None, jsonutil.dumps_for_keeping({"window": where}), reason[:2000])
+    return DeadLetter("poll", None, read.ref.id, None, jsonutil.dumps_for_keeping({"window": where}), reason[:2000],
+                      source=kind.name)
 
 
 def _raw_id(raw: Any) -> str | None:
@@ -693,11 +695,13 @@ def _raw_id(raw: Any) -> str | None:
     return alert_id if isinstance(alert_id, str) else None
 
 
-def _dead_raw(ref: TenantRef, raw: Any, reason: str) -> DeadLetter:
+def _dead_raw(ref: TenantRef, source: str, raw: Any, reason: str) -> DeadLetter:
+    """A record the mapping of `source` (a SourceKind name) refused: a replay uses that mapping again."""
     version = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) else None
     if version is not None:  # shown by `dead-letters list`; SQLite text must be valid UTF-8
         version = version.encode("utf-8", "backslashreplace").decode()
-    return DeadLetter("normalise", None, ref.id, version, jsonutil.dumps_for_keeping(raw), reason[:2000])
+    return DeadLetter("normalise", None, ref.id, version, jsonutil.dumps_for_keeping(raw), reason[:2000],
+                      source=source)
 
 
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:

@@ -54,6 +54,9 @@ class DeadLetter:
     meta: EventMeta | None = None
     id: int = 0
     created: float = 0.0
+    # The source kind that read it (`SourceKind.name`): a replay normalises it with that
+    # kind's mapping. None in letters filed before it was kept: graph_alerts read those.
+    source: str | None = None
 
 
 @dataclass

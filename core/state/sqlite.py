@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, sink TEXT,
     tenant_id TEXT NOT NULL, version_key TEXT, payload BLOB NOT NULL, reason TEXT NOT NULL,
     created REAL NOT NULL, digest TEXT NOT NULL UNIQUE,
-    tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL, kind TEXT);
+    tenant_label TEXT, alert_id TEXT, severity INTEGER, event_time REAL, kind TEXT,
+    source TEXT);  -- the source kind read (graph_alerts, ...): a replay normalises with its mapping
 CREATE TABLE IF NOT EXISTS sink_memory (
     sink TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, updated REAL NOT NULL,
     PRIMARY KEY (sink, key)) WITHOUT ROWID;
@@ -98,8 +99,11 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     3: ("ALTER TABLE known_alerts ADD COLUMN last_update TEXT",),
     # 5: events of more than one kind (alerts, incidents): each outbox row and dead letter says
     # which, because a sink sends the kinds apart (sourcetype, data stream). Older rows are alerts.
+    # A dead letter also says which source read it, whose mapping a replay normalises it with;
+    # older ones were all read by graph_alerts (core/app/dead_letters.py takes NULL for it).
     4: ("ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'alert'",
-        "ALTER TABLE dead_letters ADD COLUMN kind TEXT"),
+        "ALTER TABLE dead_letters ADD COLUMN kind TEXT",
+        "ALTER TABLE dead_letters ADD COLUMN source TEXT"),
 }
 # Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
 RECLAIM_PAGES_PER_CALL = 25_600
@@ -355,7 +359,7 @@ class SQLiteStore:
 
     def dead_letters(self, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
         query = ("SELECT stage, sink, tenant_id, version_key, payload, reason, id, created, "
-                 "tenant_label, alert_id, severity, event_time, kind FROM dead_letters")
+                 "tenant_label, alert_id, severity, event_time, kind, source FROM dead_letters")
         params: tuple[object, ...] = ()
         if sink is not None:
             query += " WHERE sink=?"
@@ -499,8 +503,10 @@ def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> 
     for d in dead:
         cursor = db.execute(
             "INSERT OR IGNORE INTO dead_letters (stage, sink, tenant_id, version_key, payload, reason, created, "
-            "digest, tenant_label, alert_id, severity, event_time, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta)),
+            "digest, tenant_label, alert_id, severity, event_time, kind, source) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (d.stage, d.sink, d.tenant_id, d.version_key, d.payload, d.reason, now, _digest(d), *_meta_columns(d.meta),
+             d.source),
         )
         if cursor.rowcount:
             filed.append(d)
@@ -515,12 +521,12 @@ def _meta_columns(meta: EventMeta | None) -> tuple[object, ...]:
 
 def _dead_letter(stage: str, sink: str | None, tenant_id: str, version_key: str | None, payload: bytes, reason: str,
                  row_id: int, created: float, label: str | None, alert_id: str | None, severity: int | None,
-                 when: float | None, kind: str | None) -> DeadLetter:
+                 when: float | None, kind: str | None, source: str | None) -> DeadLetter:
     meta = None
     if label is not None and alert_id is not None and version_key is not None and when is not None:
         meta = EventMeta(tenant_id, label, alert_id, version_key, Severity.of_value(severity or 0), when,
                          kind or "alert")
-    return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created)
+    return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created, source)
 
 
 def _digest(dead: DeadLetter) -> str:

@@ -6,8 +6,8 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tests.helpers import recent, run_cli, write_config, write_replay
-from tests.peers.alert_factory import make_alerts
+from tests.helpers import CloudSetup, read_ndjson, recent, run_cli, write_config, write_replay
+from tests.peers.alert_factory import make_alerts, make_incidents
 
 TENANT_ID = "66666666-6666-4666-8666-666666666666"
 
@@ -126,3 +126,50 @@ def test_the_daemon_warns_of_each_cycles_dead_letters(tmp_path: Path) -> None:
         output, _ = forwarder.communicate(timeout=20)
     warnings = [line for line in output.splitlines() if "WARNING" in line and "dead letter" in line]
     assert len(warnings) == 1 and "defender-forwarder dead-letters list" in warnings[0], output
+
+
+def test_an_incidents_dead_letter_is_replayed_with_the_incident_mapping(setup: CloudSetup) -> None:
+    """A dead letter remembers its source: `replay` normalises it again with that source's
+    mapping. The incident mapping still refuses a priorityScore "x" (the alerts mapping would
+    take the incident for an alert), and it stays."""
+    tenant_id = setup.tenant("acme")
+    alerts = make_alerts(2, tenant_id, recent(60), timedelta(minutes=1), seed=8)
+    setup.cloud.add_alerts(tenant_id, alerts)
+    [incident, *_] = incidents = make_incidents(alerts[:1])
+    incident["priorityScore"] = "x"
+    setup.cloud.add_incidents(tenant_id, incidents)
+    setup.tenant_keys["acme"] = {"sources": ["graph_alerts", "graph_incidents"]}
+    config = str(setup.write())
+    assert run_cli("run", "--once", "--config", config).returncode == 0
+
+    listed = json.loads(run_cli("dead-letters", "list", "--output", "json", "--config", config).stdout)
+    assert [(row["stage"], row["source"]) for row in listed] == [("normalise", "graph_incidents")]
+    assert "priorityScore" in listed[0]["reason"]
+    shown = run_cli("dead-letters", "show", str(listed[0]["id"]), "--config", config)
+    assert "source: graph_incidents" in shown.stdout, shown.stdout
+    replay = run_cli("dead-letters", "replay", "--config", config)
+    assert replay.returncode == 1 and "replayed 0" in replay.stderr and "1 still fail" in replay.stderr
+    assert run_cli("run", "--once", "--config", config).returncode == 0
+    assert incident["id"] not in {row["id"] for row in read_ndjson(setup.out("acme"))}
+
+
+def test_an_incidents_encode_dead_letter_is_replayed_as_an_incident(setup: CloudSetup) -> None:
+    from core.state import DeadLetter, PageCommit
+    from core.state.sqlite import SQLiteStore
+
+    tenant_id = setup.tenant("acme")
+    setup.tenant_keys["acme"] = {"sources": ["graph_incidents"]}
+    config = str(setup.write())
+    [incident] = make_incidents(make_alerts(1, tenant_id, recent(60), timedelta(minutes=1), seed=9))
+    store = SQLiteStore(setup.state)
+    store.commit_page(PageCommit(tenant_id, "graph_incidents", dead=[
+        DeadLetter("encode", "archive", tenant_id, None, json.dumps(incident).encode(), "encode: a bug since fixed",
+                   source="graph_incidents")]))
+    store.close()
+
+    replay = run_cli("dead-letters", "replay", "--config", config)
+    assert replay.returncode == 0 and "replayed 1" in replay.stderr, replay.stderr
+    store = SQLiteStore(setup.state)
+    [row] = store.outbox_batch("archive", 10)
+    store.close()
+    assert row.meta.kind == "incident" and json.loads(row.payload)["id"] == incident["id"]

@@ -78,9 +78,9 @@ def test_dead_letters_list_output_json(tmp_path: Path) -> None:
     result = run_cli("dead-letters", "list", "--output", "json", "--config", str(config))
     assert result.returncode == 0, result.stderr
     [letter] = json.loads(result.stdout)
-    assert set(letter) == {"id", "created", "stage", "sink", "tenant", "tenant_id", "version_key", "reason"}
-    assert (letter["stage"], letter["sink"], letter["tenant"], letter["tenant_id"]) == ("normalise", None, "acme",
-                                                                                         TENANT_ID)
+    assert set(letter) == {"id", "created", "stage", "sink", "source", "tenant", "tenant_id", "version_key", "reason"}
+    assert (letter["stage"], letter["sink"], letter["source"], letter["tenant"], letter["tenant_id"]) == (
+        "normalise", None, "graph_alerts", "acme", TENANT_ID)
     assert "createdDateTime" in letter["reason"]
 
 

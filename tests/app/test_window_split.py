@@ -158,6 +158,10 @@ def test_a_window_that_always_fails_is_split_the_bad_second_skipped_and_the_curs
     assert listed.returncode == 0 and "poll" in listed.stdout and "contoso" in listed.stdout, listed
     shown = run_cli("dead-letters", "show", str(letter.id), "--config", str(config))
     assert shown.returncode == 0 and "the slice of time skipped" in shown.stdout, shown
+    assert letter.source == SOURCE and f"source: {SOURCE}" in shown.stdout
+    replay = run_cli("dead-letters", "replay", "--config", str(config))  # a slice is read again by backfill only
+    assert replay.returncode == 1 and "replayed 0" in replay.stderr and "1 still fail" in replay.stderr, replay
+    assert [d.id for d in _poll_letters(setup)] == [letter.id]
 
     seen = len(_alert_hits(setup, tenant_id))
     result = _cycle(config)

@@ -117,6 +117,7 @@ def test_a_schema_3_file_is_migrated_keeping_what_it_holds(tmp_path: Path) -> No
     v3.execute("ALTER TABLE known_alerts DROP COLUMN last_update")
     v3.execute("ALTER TABLE outbox DROP COLUMN kind")
     v3.execute("ALTER TABLE dead_letters DROP COLUMN kind")
+    v3.execute("ALTER TABLE dead_letters DROP COLUMN source")
     v3.execute("PRAGMA user_version=3")
     v3.commit()
     v3.close()
@@ -132,14 +133,18 @@ def test_a_schema_3_file_is_migrated_keeping_what_it_holds(tmp_path: Path) -> No
 
 
 def test_a_schema_4_file_is_migrated_its_outbox_rows_being_alerts(tmp_path: Path) -> None:
-    """Schema 5 added the event kind to the outbox and the dead letters."""
+    """Schema 5 added the event kind to the outbox and the dead letters, and the source to the
+    dead letters (a letter from before has none: core/app/dead_letters.py reads it as graph_alerts)."""
     path = tmp_path / "v4.db"
     store = SQLiteStore(path)
     store.outbox_append("siem", [(_meta("a1", "2026-11-01"), b"alert one")])
+    store.commit_page(PageCommit("t1", "graph_alerts", dead=[
+        DeadLetter("normalise", None, "t1", None, b'{"id": "old"}', "normalise: lastUpdateDateTime: missing")]))
     store.close()
     v4 = sqlite3.connect(path)  # the file as schema 4 wrote it
     v4.execute("ALTER TABLE outbox DROP COLUMN kind")
     v4.execute("ALTER TABLE dead_letters DROP COLUMN kind")
+    v4.execute("ALTER TABLE dead_letters DROP COLUMN source")
     v4.execute("PRAGMA user_version=4")
     v4.commit()
     v4.close()
@@ -153,6 +158,11 @@ def test_a_schema_4_file_is_migrated_its_outbox_rows_being_alerts(tmp_path: Path
     store.outbox_dead([(rows[1], "refused")])
     [letter] = store.dead_letters("siem")
     assert letter.meta is not None and letter.meta.kind == "incident"
+    store.commit_page(PageCommit("t1", "graph_incidents", dead=[
+        DeadLetter("normalise", None, "t1", None, b'{"id": "7"}', "normalise: priorityScore: bad",
+                   source="graph_incidents")]))
+    assert [(d.payload, d.source) for d in store.dead_letters() if d.stage == "normalise"] == [
+        (b'{"id": "old"}', None), (b'{"id": "7"}', "graph_incidents")]
     store.close()
 
 
