@@ -14,7 +14,9 @@ and each format's own encoding (the differences of the steps' growing prefixes).
 Then the same for Graph incidents (issue 18), in the same run: (a) and (b_f) over as many
 generated incidents (`make_incidents`: Graph's documented shape, with comments, tags and
 linked alert ids), normalised by `mappings.graph_incidents`, printed as µs/incident beside
-the alert figures.
+the alert figures; and for Defender for Endpoint API alerts (`mde_alerts`): the same generated
+alerts in MDE's `/api/alerts` shape with `$expand=evidence` (tests/peers/fake_mde.py, as the
+simulated cloud serves them), normalised by `mappings.mde_alerts`, printed as µs/MDE alert.
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ import mappings  # noqa: E402
 from core.model.schema import TenantRef  # noqa: E402
 from mappings.graph_alerts_v2 import normalise  # noqa: E402
 from mappings.graph_incidents import normalise as normalise_incident  # noqa: E402
+from mappings.mde_alerts import normalise as normalise_mde  # noqa: E402
 from tests.peers.alert_factory import make_alerts  # noqa: E402
+from tests.peers.fake_mde import mde_alert  # noqa: E402
 
 TENANT = TenantRef(id="22222222-2222-4222-8222-222222222222", label="contoso")
 # (b)/(a) at most, per format.
@@ -46,6 +50,14 @@ TARGETS = {"raw": 4.0, "cef": 4.0, "cim": 4.0, "ocsf": 5.0, "ecs": 6.0}
 def build(count: int) -> list[bytes]:
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
     return [orjson.dumps(alert) for alert in make_alerts(count, TENANT.id, start, timedelta(seconds=5), seed=1)]
+
+
+def make_mde_alerts(count: int) -> list[bytes]:
+    """`count` MDE API alerts as JSON bytes: the generated Graph alerts (evidence and all) as
+    `/api/alerts?$expand=evidence` sends them (flat evidence, PascalCase enums)."""
+    start = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    return [orjson.dumps(mde_alert(alert, expand=True))
+            for alert in make_alerts(count, TENANT.id, start, timedelta(seconds=5), seed=1)]
 
 
 _STATUSES = ("active", "inProgress", "resolved", "redirected", "awaitingAction")
@@ -103,6 +115,39 @@ def best_seconds(steps: dict[str, Callable[[Any], object]], inputs: dict[str, Se
     return best
 
 
+def kind_pipelines(kind: str, records: list[bytes], normalise_kind: Callable[..., Any], ingested: datetime,
+                   alert_steps: dict[str, Any], notes: dict[str, str]) -> dict[str, Callable[[Any], object]]:
+    """The steps of another kind: `<kind> (a)`, its round trip, and `<kind> <format>` for each
+    format the alerts measure, bytes -> its mapping -> the format's bytes."""
+
+    def pipeline(encode: Callable[[Any], bytes]) -> Callable[[bytes], bytes]:
+        return lambda blob: encode(normalise_kind(orjson.loads(blob), TENANT, ingested))
+
+    steps: dict[str, Callable[[Any], object]] = {f"{kind} (a)": lambda blob: orjson.dumps(orjson.loads(blob))}
+    for name in mappings.OUTPUT_FORMATS:
+        if name in alert_steps:
+            encode = mappings.encoder(name)
+            try:
+                pipeline(encode)(records[0])
+            except Exception as error:  # noqa: BLE001 - report it, measure the rest
+                notes[f"{kind} {name}"] = f"not available ({type(error).__name__}: {error})"
+                continue
+            steps[f"{kind} {name}"] = pipeline(encode)
+    return steps
+
+
+def kind_line(kind: str, unit: str, seconds: dict[str, float], count: int) -> str:
+    """Another kind's figures: µs per record and format, against its own round trip, the
+    alert's beside them."""
+    plain = seconds[f"{kind} (a)"]
+    figures = ", ".join(
+        f"{name} {seconds[f'{kind} {name}'] / count * 1e6:.1f} "
+        f"({seconds[f'{kind} {name}'] / plain:.2f}x; alert {seconds[name] / count * 1e6:.1f})"
+        for name in mappings.OUTPUT_FORMATS if f"{kind} {name}" in seconds)
+    return (f"{unit}s, µs/{unit} (bytes->{'Incident' if kind == 'incident' else 'Alert'}->format, (b)/(a) "
+            f"against the {unit}s' own round trip {plain / count * 1e6:.1f} µs): {figures}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alerts", type=int, default=10_000)
@@ -130,28 +175,20 @@ def main(argv: list[str] | None = None) -> None:
             encode, notes[name] = None, f"not available ({type(error).__name__}: {error})"
         if encode is not None:
             steps[name] = pipeline(encode)
+    # The other kinds, over as many records each: (a) and (b_f) with their own mapping.
+    kinds = {"incident": (make_incidents(args.alerts), normalise_incident),
+             "mde": (make_mde_alerts(args.alerts), normalise_mde)}
+    kind_inputs: dict[str, list[bytes]] = {}
+    for kind, (records, normalise_kind) in kinds.items():
+        for name, step in kind_pipelines(kind, records, normalise_kind, ingested, steps, notes).items():
+            steps[name] = step
+            kind_inputs[name] = records
     # Where the time goes: parsing and normalising, the differences of growing prefixes (each
     # difference also pays for freeing what its stage made); a format's own encoding is its
     # pipeline less both.
-    incidents = make_incidents(args.alerts)
-
-    def incident_pipeline(encode: Callable[[Any], bytes]) -> Callable[[bytes], bytes]:
-        return lambda blob: encode(normalise_incident(orjson.loads(blob), TENANT, ingested))
-
-    incident_steps = {"incident (a)": lambda blob: orjson.dumps(orjson.loads(blob))}
-    for name in mappings.OUTPUT_FORMATS:
-        if name in steps:
-            encode = mappings.encoder(name)
-            try:
-                incident_pipeline(encode)(incidents[0])
-            except Exception as error:  # noqa: BLE001 - report it, measure the rest
-                notes[f"incident {name}"] = f"not available ({type(error).__name__}: {error})"
-                continue
-            incident_steps[f"incident {name}"] = incident_pipeline(encode)
-    steps.update(incident_steps)
     steps["prefix parse"] = lambda blob: orjson.loads(blob)
     steps["prefix normalise"] = lambda blob: normalise(orjson.loads(blob), TENANT, ingested)
-    inputs = {name: incidents if name in incident_steps else blobs for name in steps}
+    inputs = {name: kind_inputs.get(name, blobs) for name in steps}
     seconds = best_seconds(steps, inputs, args.repeat)
 
     def rate(s: float) -> str:
@@ -173,13 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"where the time goes, µs/alert: parse {parse / args.alerts * 1e6:.1f}, "
           f"normalise {(normalised - parse) / args.alerts * 1e6:.1f} (/(a) {(normalised - parse) / plain:.2f}); "
           f"each format's own encoding: {own}")
-    incident_plain = seconds["incident (a)"]
-    figures = ", ".join(
-        f"{name} {seconds[f'incident {name}'] / args.alerts * 1e6:.1f} "
-        f"({seconds[f'incident {name}'] / incident_plain:.2f}x; alert {seconds[name] / args.alerts * 1e6:.1f})"
-        for name in mappings.OUTPUT_FORMATS if f"incident {name}" in seconds)
-    print(f"incidents, µs/incident (bytes->Incident->format, (b)/(a) against the incidents' own round trip "
-          f"{incident_plain / args.alerts * 1e6:.1f} µs): {figures}")
+    for kind, unit in (("incident", "incident"), ("mde", "MDE alert")):
+        print(kind_line(kind, unit, seconds, args.alerts))
 
 
 if __name__ == "__main__":
