@@ -25,6 +25,7 @@ from core.app.config import (
     load_config,
     secret_refs,
     unresolved_secrets,
+    unrouted_sources,
 )
 from core.app.logs import setup_logging
 from core.model import jsonutil
@@ -549,9 +550,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """The parsing every command does, so every check of the config, and nothing more: no
     state, no network, no secret read (a reference is checked for its syntax only)."""
     config = _load(args)
+    _warn_of_unrouted_sources(config)
     routes = _count(len(config.routes), "route") + ("" if config.routes else " (every tenant to every sink)")
     print(f"valid: {_count(len(config.tenants), 'tenant')}, {_count(len(config.sinks), 'sink')}, {routes}")
     return EXIT_OK
+
+
+def _warn_of_unrouted_sources(config: Config) -> None:
+    for warning in unrouted_sources(config):
+        log.warning("%s", warning)
 
 
 def _count(n: int, noun: str) -> str:
@@ -566,6 +573,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     _need_run_secrets(config)
     _preflight(config)
     _http_endpoint(config)  # what the daemon would serve with: its secrets and TLS files
+    _warn_of_unrouted_sources(config)
     # With JSON logs stderr is a log stream: what check says goes there as log lines, its table to stdout.
     json_logs = config.forwarder.log_format == "json"
     if json_logs:

@@ -274,6 +274,26 @@ def held_back_reason(
     return named if kind == Alert.KIND else f"{kind}: {named}"
 
 
+def unrouted_sources(config: Config) -> list[str]:
+    """A warning per enabled tenant and source whose event kind (SourceKind.event_kind) no route
+    of the tenant takes: what it reads of that source would all be held back. Not an error: a
+    route may be meant to come later, and held-back events are counted (`tenants`)."""
+    warnings = []
+    routes = config.routes_or_default()
+    for label, tenant in config.tenants.items():
+        if not tenant.enabled:
+            continue
+        taken = {kind for route in routes if route.covers(label) for kind in route.kinds}
+        for source in tenant.sources:
+            event_kind = KINDS[source].event_kind
+            if event_kind not in taken:
+                warnings.append(
+                    f"tenants.{label} reads {source}, whose events are of kind {event_kind!r}, but no route of "
+                    f"{label} takes that kind, so every one would be held back: add {event_kind!r} to the `kinds` "
+                    f"of a [[routes]] entry covering {label}, or remove {source} from tenants.{label}.sources")
+    return warnings
+
+
 TENANT_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 

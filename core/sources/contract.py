@@ -136,6 +136,10 @@ class SourceKind:
     path: str  # the collection's path on the API's endpoint
     version: VersionKey
     reader: ReaderFactory  # builds the live reader of a tenant
+    # The event kind its mapping makes: `Alert.KIND` or `Incident.KIND` (core.model.schema), as
+    # routes' `kinds` name them. The config check warns of a tenant reading a source whose
+    # event kind no route of the tenant takes.
+    event_kind: str
     settings: type[BaseModel] | None = None  # the kind's own configuration keys, if it has any
     # Another kind that reads the same records (same ids), whose fields win: in a tenant that
     # reads both, a record of this kind whose id the tenant has taken before (from either) is

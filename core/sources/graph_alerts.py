@@ -2,6 +2,7 @@
 alerts of a tenant (every Defender product, one schema), read by `lastUpdateDateTime`."""
 from __future__ import annotations
 
+from core.model.schema import Alert
 from core.sources.contract import Permission, SourceKind, VersionKey, lazy_reader
 
 KIND = SourceKind(
@@ -13,4 +14,5 @@ KIND = SourceKind(
     # a new lastUpdateDateTime, and it is a new version to forward.
     version=VersionKey(id="id", time="lastUpdateDateTime"),
     reader=lazy_reader("core.sources.graph", "GraphSource"),
+    event_kind=Alert.KIND,
 )

@@ -10,6 +10,7 @@ request budget (core/sources/graph_incident_reader.py), and adds them to the raw
 """
 from __future__ import annotations
 
+from core.model.schema import Incident
 from core.sources.contract import Permission, SourceKind, VersionKey, lazy_reader
 
 KIND = SourceKind(
@@ -22,4 +23,5 @@ KIND = SourceKind(
     # ids are another id space than alert ids: the state keeps them scoped (VersionKey.scope).
     version=VersionKey(id="id", time="lastUpdateDateTime", scope="incident"),
     reader=lazy_reader("core.sources.graph_incident_reader", "GraphIncidentSource"),
+    event_kind=Incident.KIND,
 )

@@ -54,6 +54,35 @@ def test_an_unknown_kind_is_one_line_naming_the_key_and_the_valid_kinds(tmp_path
     assert "Traceback" not in result.stderr
 
 
+def test_validate_warns_of_a_source_whose_kind_no_route_of_the_tenant_takes(tmp_path: Path) -> None:
+    """acme reads incidents that no route of its takes: one warning line naming the tenant, the
+    source and the fix, exit code unchanged. globex, whose second route takes incidents, is fine,
+    as are the alerts of both."""
+    config = write_config(tmp_path / "forwarder.toml", {
+        "forwarder": {"state": str(tmp_path / "state.db")},
+        "tenants.acme": {"tenant_id": TENANT, "replay": str(tmp_path), "sources": ["graph_alerts", "graph_incidents"]},
+        "tenants.globex": {"tenant_id": "55555555-5555-4555-8555-555555555556", "replay": str(tmp_path),
+                           "sources": ["graph_alerts", "graph_incidents", "mde_alerts"]},
+        "sinks.all": {"type": "file", "path": str(tmp_path / "out.ndjson")},
+    }, routes=[{"sinks": ["all"], "kinds": ["alert"]},
+               {"tenants": ["globex"], "sinks": ["all"], "kinds": ["incident"]}])
+    result = run_cli("validate", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "tenants.acme" in warnings[0] and "graph_incidents" in warnings[0] and "incident" in warnings[0]
+    assert "kinds" in warnings[0] and "sources" in warnings[0]  # the two fixes
+    assert "globex" not in warnings[0] and "Traceback" not in result.stderr
+
+    every = write_config(tmp_path / "every.toml", {  # no [[routes]]: every kind goes everywhere
+        "forwarder": {"state": str(tmp_path / "state.db")},
+        "tenants.acme": {"tenant_id": TENANT, "replay": str(tmp_path), "sources": ["graph_incidents"]},
+        "sinks.all": {"type": "file", "path": str(tmp_path / "out.ndjson")},
+    })
+    quiet = run_cli("validate", "--config", str(every))
+    assert quiet.returncode == 0 and "WARNING" not in quiet.stderr, quiet.stderr
+
+
 def test_the_pipeline_queues_each_kind_only_for_the_routes_that_take_it(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path / "forwarder.toml", {
         "forwarder": {"state": str(tmp_path / "state.db")},

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from core.app import commands
-from core.app.config import ConfigError, load_config, parse_config
+from core.app.config import EVENT_KINDS, ConfigError, load_config, parse_config
 from core.app.pipeline import Forwarder
+from core.model.schema import Alert, Incident
 from core.sources import DEFAULT_SOURCES, KINDS, SourceKind, graph_alerts
 from core.state import PageCommit
 from core.state.sqlite import SQLiteStore
@@ -83,6 +84,14 @@ def test_graph_alerts_is_declared_as_the_api_documents_it() -> None:
     assert (kind.path, kind.time_property) == ("/v1.0/security/alerts_v2", "lastUpdateDateTime")
     assert (kind.version.id, kind.version.time) == ("id", "lastUpdateDateTime")
     assert kind.mapping == "graph_alerts_v2" and kind.settings is None
+
+
+def test_every_kind_says_which_event_kind_it_yields() -> None:
+    """What its mapping makes (an Alert or an Incident), as routes' `kinds` name them: the config
+    check warns of a source whose event kind no route of its tenant takes."""
+    assert {name: kind.event_kind for name, kind in KINDS.items()} == {
+        "graph_alerts": Alert.KIND, "mde_alerts": Alert.KIND, "graph_incidents": Incident.KIND}
+    assert {kind.event_kind for kind in KINDS.values()} <= set(EVENT_KINDS)
 
 
 @pytest.mark.parametrize("name", sorted(KINDS))
