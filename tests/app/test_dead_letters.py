@@ -173,3 +173,26 @@ def test_an_incidents_encode_dead_letter_is_replayed_as_an_incident(setup: Cloud
     [row] = store.outbox_batch("archive", 10)
     store.close()
     assert row.meta.kind == "incident" and json.loads(row.payload)["id"] == incident["id"]
+
+
+def test_an_mde_alerts_dead_letter_is_replayed_with_the_mde_mapping(tmp_path: Path) -> None:
+    """An MDE API alert (lastUpdateTime, not Graph's lastUpdateDateTime: the alerts mapping would
+    refuse it) filed by mde_alerts is normalised again by the MDE mapping, and forwarded."""
+    from core.state import DeadLetter, PageCommit
+    from core.state.sqlite import SQLiteStore
+    from tests.peers.fake_mde import mde_alert
+
+    config = _config(tmp_path)
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    graph = make_alerts(1, TENANT_ID, recent(5), timedelta(minutes=1), seed=78)[0]
+    store = SQLiteStore(tmp_path / "state.db")
+    store.commit_page(PageCommit(TENANT_ID, "mde_alerts", dead=[DeadLetter(
+        "normalise", None, TENANT_ID, graph["id"], json.dumps(mde_alert(graph, expand=True)).encode(),
+        "normalise: a mapping bug since fixed", source="mde_alerts")]))
+    store.close()
+
+    replay = run_cli("dead-letters", "replay", "--config", str(config))
+    assert replay.returncode == 0 and "replayed 1" in replay.stderr, replay.stderr
+    assert run_cli("run", "--once", "--config", str(config)).returncode == 0
+    [sent] = [row for row in read_ndjson(tmp_path / "out.ndjson") if row["finding_info"]["uid"] == graph["id"]]
+    assert sent["metadata"]["product"]["feature"]["name"] == "WindowsDefenderAtp"  # MDE's detectionSource
