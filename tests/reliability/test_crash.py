@@ -70,6 +70,15 @@ def _expected(setup: CloudSetup, alerts: list[tuple[str, dict[str, Any]]],
     return expected
 
 
+def _correlated(alerts: list[dict[str, Any]], per_incident: int = 3) -> list[dict[str, Any]]:
+    """The alerts in incidents of `per_incident` neighbours, as Defender correlates them (the
+    factory gives each alert its own incident)."""
+    for number, alert in enumerate(alerts):
+        first = alerts[number - number % per_incident]
+        alert["incidentId"], alert["incidentWebUrl"] = first["incidentId"], first["incidentWebUrl"]
+    return alerts
+
+
 def _publish_incidents(setup: CloudSetup, alerts: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict]]:
     """The incidents of the alerts' latest versions, per tenant, put in the cloud."""
     latest: dict[str, dict[str, dict[str, Any]]] = {}
@@ -114,8 +123,8 @@ def run_crash_scenario(setup: CloudSetup, peers: Peers, scale: Scale, seed: int 
         setup.tenant_keys[label] = {"sources": SOURCES[number % len(SOURCES)]}
         # Spread over 200 minutes that end well before the updates' lastUpdateDateTime, at any
         # scale: a first version newer than its update would be a test of time travel.
-        alerts = make_alerts(per_tenant, tenant_id, recent(240), timedelta(minutes=200) / per_tenant,
-                             seed=seed + number)
+        alerts = _correlated(make_alerts(per_tenant, tenant_id, recent(240), timedelta(minutes=200) / per_tenant,
+                                         seed=seed + number))
         setup.cloud.add_alerts(tenant_id, alerts)
         versions += [(label, alert) for alert in alerts]
     incidents = _publish_incidents(setup, versions)
