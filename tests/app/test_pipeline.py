@@ -180,7 +180,13 @@ def test_demo_readme_command_twice(tmp_path: Path) -> None:
         # Its incidents too (the raw copy: medium and above), contoso's merged one with its link.
         incidents = [r for r in read_ndjson(tmp_path / "demo-out" / f"{tenant}.raw.ndjson") if "alertIds" in r]
         assert incidents and all(r["alertIds"] for r in incidents)
+        # and in the archive, every one as an OCSF Incident Finding (class 2005)
+        archived = read_ndjson(tmp_path / "demo-out" / f"{tenant}.ocsf.ndjson")
+        assert sum(r["class_uid"] == 2005 for r in archived) >= len(incidents)
     assert any(r.get("redirectIncidentId") for r in read_ndjson(tmp_path / "demo-out" / "contoso.raw.ndjson"))
+    store = SQLiteStore(tmp_path / "demo-out" / "forwarder.db")
+    assert store.dead_letters() == []
+    store.close()
     second = run_cli("run", "--once", "--config", "examples/demo.toml", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert {f.name: len(read_ndjson(f)) for f in files} == counts

@@ -44,22 +44,30 @@ def sinks(peers: Peers) -> dict[str, dict[str, Any]]:
     }
 
 
-def received(peers: Peers) -> dict[str, Counter[tuple[str, int]]]:
-    """Per sink: (alert id, lastUpdateDateTime in ms) -> times received."""
+# What every sink can tell of an event version: (kind, id, lastUpdateDateTime in whole ms).
+Version = tuple[str, str, int]
+
+
+def received(peers: Peers) -> dict[str, Counter[Version]]:
+    """Per sink: (kind, event id, lastUpdateDateTime in ms) -> times received. Each sink says
+    the kind its own way: CEF's Device Event Class, HEC's indexed field `kind`, the data
+    stream of an Elasticsearch document, the Event Hubs property `kind`. (An MDE alert is an
+    alert: the same id and version key as its Graph twin, so it counts as the same version.)"""
     syslog = Counter()
     for message in peers.syslog.messages("tcp"):
         cef = parse_cef(message["MSG"])
-        syslog[(cef.extension["cs3"], int(cef.extension["rt"]))] += 1
-    splunk = Counter(version(r["fields"]["version_key"]) for r in peers.hec.events())
-    elastic = Counter(version(doc["source"]["defender_forwarder"]["version_key"]) for doc in peers.es.documents())
-    hub = Counter(version(event.message_id) for event in peers.hub.events())
+        kind = "incident" if cef.signature_id == "incident" else "alert"
+        syslog[(kind, cef.extension["cs3"], int(cef.extension["rt"]))] += 1
+    splunk = Counter(version(r["fields"]["version_key"], r["fields"]["kind"]) for r in peers.hec.events())
+    elastic = Counter(version(doc["source"]["defender_forwarder"]["version_key"],
+                              "incident" if ".incident-" in doc["index"] else "alert")
+                      for doc in peers.es.documents())
+    hub = Counter(version(event.message_id, event.application_properties["kind"]) for event in peers.hub.events())
     return {"syslog": syslog, "splunk": splunk, "elastic": elastic, "hub": hub}
 
 
-def version(version_key: str) -> tuple[str, int]:
-    """(alert id, lastUpdateDateTime in whole ms): what every sink can tell (CEF carries ms)."""
-    _, alert_id, stamp = version_key.split("/", 2)
+def version(version_key: str, kind: str = "alert") -> Version:
+    """(kind, event id, lastUpdateDateTime in whole ms): what every sink can tell (CEF carries ms)."""
+    _, event_id, stamp = version_key.split("/", 2)
     moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return alert_id, (moment - EPOCH) // timedelta(milliseconds=1)
-
-
+    return kind, event_id, (moment - EPOCH) // timedelta(milliseconds=1)

@@ -1,14 +1,15 @@
-"""Hostile incidents through the real forwarder (`run --once`, source graph_incidents, replayed):
-each case is dead-lettered with a reason or forwarded exactly once to every sink, never both
-and never lost; the run prints no traceback and the good incidents around them go through.
-The pages are written as text, so lone surrogates and huge numbers reach the forwarder as is."""
+"""Hostile incidents through the real forwarder (`run --once`, source graph_incidents, replayed
+into one file sink per format; tests/reliability/hostile_replay.py says what is asserted):
+each case is dead-lettered with a reason or forwarded exactly once in every format, never both
+and never lost; every JSON line is strict, every CEF line parses, no line is forged; the run
+prints no traceback and the good incidents around them go through. The pages are written as
+text, so lone surrogates and huge numbers reach the forwarder as is."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from core.state.sqlite import SQLiteStore
-from tests.helpers import read_ndjson, run_cli, write_config
+from tests.reliability.hostile_replay import assert_once_or_dead, run_hostile
 
 TENANT = "22222222-2222-4222-8222-222222222222"
 T = "2026-11-20T10:00:00Z"
@@ -43,29 +44,10 @@ CASES: list[tuple[str, str, bool]] = [
 
 
 def test_hostile_incidents_are_forwarded_once_or_dead_lettered(tmp_path: Path) -> None:
-    folder = tmp_path / "replay" / "graph_incidents"
-    folder.mkdir(parents=True)
-    body = ",\n".join(text for _, text, _ in CASES)
-    (folder / "page-0001.json").write_text('{"value": [\n' + body + "\n]}", encoding="utf-8")
-    sinks = {f"sinks.{fmt}": {"type": "file", "path": str(tmp_path / "out" / f"{{tenant}}.{fmt}.ndjson"),
-                              "format": fmt} for fmt in ("raw", "alert")}
-    config = write_config(tmp_path / "forwarder.toml", {
-        "forwarder": {"state": str(tmp_path / "state.db"), "initial_lookback": "3650d"},
-        "tenants.acme": {"tenant_id": TENANT, "replay": str(tmp_path / "replay"), "sources": ["graph_incidents"]},
-        **sinks,
-    })
-    result = run_cli("run", "--once", "--config", str(config))
-    assert result.returncode in (0, 1) and "Traceback" not in result.stderr, result.stderr
-
-    store = SQLiteStore(tmp_path / "state.db")
-    dead = store.dead_letters()
-    store.close()
-    assert all(letter.reason and letter.stage == "normalise" for letter in dead)
-    outputs = {fmt: read_ndjson(tmp_path / "out" / f"acme.{fmt}.ndjson") for fmt in ("raw", "alert")}
-    forwarded_ids = sorted(str(json.loads(text)["id"]) for _, text, ok in CASES if ok)
-    for fmt, lines in outputs.items():
-        assert sorted(str(line["id"]) for line in lines) == forwarded_ids, fmt
-    assert len(dead) == sum(not ok for _, _, ok in CASES)
-    alert_format = {line["id"]: line for line in outputs["alert"]}
+    outcome = run_hostile(tmp_path, "graph_incidents", TENANT, [text for _, text, _ in CASES])
+    forwarded = [str(json.loads(text)["id"]) for _, text, ok in CASES if ok]
+    assert_once_or_dead(outcome, TENANT, forwarded, dead=sum(not ok for _, _, ok in CASES))
+    alert_format = {line["id"]: line for line in map(json.loads, outcome.lines["alert"])}
     assert alert_format["109"]["redirect_incident_id"] == "100"
     assert alert_format["111"]["alert_ids"] == ["da9"] and alert_format["108"]["status"] == "someFutureStatus"
+    assert {json.loads(line)["class_uid"] for line in outcome.lines["ocsf"]} == {2005}
