@@ -285,10 +285,14 @@ class Forwarder:
         errors: list[str] = []
         windows: list[Window] = []  # those read to their end
         for name, reader in readers.items():
+            queued = result.queued
             window, error = await self._poll_source(label, tenant, reader, result, since)
             if error is not None:
                 # One line per kind that failed; a tenant of one kind keeps the plain message.
                 errors.append(error if len(readers) == 1 else f"{name}: {error}")
+                self.store.record_source_error(tenant.tenant_id, name, error)
+            elif window is not None:  # read to its end (None: paused by a full outbox, nothing to say)
+                self.store.record_source_success(tenant.tenant_id, name, result.queued - queued)
             if window is not None:
                 windows.append(window)
             if result.paused:

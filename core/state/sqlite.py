@@ -20,6 +20,7 @@ from core.state import (
     DeadLetter,
     OutboxRow,
     PageCommit,
+    SourceStatus,
     StateError,
     StateLocked,
     TenantStatus,
@@ -86,6 +87,11 @@ CREATE TABLE IF NOT EXISTS window_failures (
 CREATE TABLE IF NOT EXISTS skipped_windows (
     tenant_id TEXT NOT NULL, source TEXT NOT NULL, start_time TEXT NOT NULL, end_time TEXT NOT NULL,
     reason TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant_id, source, start_time)) WITHOUT ROWID;
+-- Added within schema 5. The status of each source of a tenant (tenant_status is the tenant's
+-- roll-up: its last success is the last cycle in which every source it read succeeded).
+CREATE TABLE IF NOT EXISTS source_status (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, last_success REAL, last_error TEXT, last_error_at REAL,
+    forwarded_total INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, source)) WITHOUT ROWID;
 """
 # Bumped whenever a table changes shape: an older state file is refused with a clear error
 # rather than misread, or migrated (MIGRATIONS). (A new table needs no bump: CREATE TABLE IF NOT
@@ -411,6 +417,28 @@ class SQLiteStore:
             "SELECT tenant_id, label, last_success, last_error, last_error_at, forwarded_total FROM tenant_status"
         )
         return {row[0]: TenantStatus(*row) for row in rows}
+
+    def record_source_success(self, tenant_id: str, source: str, forwarded: int) -> None:
+        self.db.execute(
+            "INSERT INTO source_status (tenant_id, source, last_success, forwarded_total) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id, source) DO UPDATE SET last_success=excluded.last_success, last_error=NULL, "
+            "forwarded_total=forwarded_total+excluded.forwarded_total",
+            (tenant_id, source, time.time(), forwarded),
+        )
+
+    def record_source_error(self, tenant_id: str, source: str, error: str) -> None:
+        self.db.execute(
+            "INSERT INTO source_status (tenant_id, source, last_error, last_error_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (tenant_id, source) DO UPDATE SET last_error=excluded.last_error, "
+            "last_error_at=excluded.last_error_at",
+            (tenant_id, source, error, time.time()),
+        )
+
+    def source_statuses(self) -> dict[tuple[str, str], SourceStatus]:
+        """(tenant id, source) -> the status of that source of that tenant."""
+        rows = self.db.execute("SELECT tenant_id, source, last_success, last_error, last_error_at, forwarded_total "
+                               "FROM source_status")
+        return {(row[0], row[1]): SourceStatus(*row) for row in rows}
 
     def held_back_counts(self) -> dict[str, dict[str, int]]:
         """tenant id -> reason -> how many alerts its routes held back, ever."""
