@@ -635,6 +635,7 @@ def _tenant_columns(config: Config) -> list[output_.Column]:
         output_.keyed("tenant"),
         output_.keyed("tenant_id"),
         output_.Column("health", lambda row: HEALTH_COLOURS.get(row["health"], "{}").format(row["health"])),
+        output_.Column("sources", _sources_cell),
         output_.Column("cursor", lambda row: _shown_time(row["cursor"])),
         output_.Column("lag", lambda row: _age(row["lag_seconds"])),
         output_.Column("last success", lambda row: _shown_time(row["last_success"])),
@@ -642,6 +643,13 @@ def _tenant_columns(config: Config) -> list[output_.Column]:
         output_.Column("held back", lambda row: _held_back(row["held_back"], "-")),
         *(output_.Column(sink, lambda row, sink=sink: str(row["outbox"][sink])) for sink in config.sinks),
     ]
+
+
+def _sources_cell(row: dict[str, Any]) -> str:
+    """Each source of the tenant with its health and its last success: `graph_alerts ok 12:00:00`."""
+    return "\n".join(
+        f"{escape(s['source'])} " + HEALTH_COLOURS.get(s["health"], "{}").format(s["health"])
+        + f" {_shown_time(s['last_success'])}" for s in row["per_source"])
 
 
 def _shown_time(iso: str | None) -> str:

@@ -56,7 +56,7 @@ class StateCollector(Collector):
         state = GaugeMetricFamily(PREFIX + "sink_state", "1 for the sink's current state, 0 for the others",
                                   labels=["sink", "state"])
         success = GaugeMetricFamily(PREFIX + "last_success_timestamp_seconds",
-                                    "Unix time of the tenant's last successful poll", labels=["tenant", "source"])
+                                    "Unix time of the last successful poll of the tenant's source", labels=["tenant", "source"])
         lag = GaugeMetricFamily(PREFIX + "lag_seconds", "Now minus the source's cursor", labels=["tenant", "source"])
         forwarder = self.forwarder
         if forwarder is not None:
@@ -82,13 +82,14 @@ class StateCollector(Collector):
     @staticmethod
     def _tenants(forwarder: Any, success: GaugeMetricFamily, lag: GaugeMetricFamily) -> None:
         store, now = forwarder.store, time.time()
-        statuses = store.tenant_statuses()
-        cursors = store.cursors()
+        statuses, by_source, cursors = store.tenant_statuses(), store.source_statuses(), store.cursors()
         for label, readers in forwarder.readers.items():
             tenant_id = forwarder.config.tenants[label].tenant_id
-            status = statuses.get(tenant_id)
+            # A state from before sources had a status of their own has the tenant's alone (as
+            # core.app.status reads it): its sources share its time until their first poll.
+            recorded = any((tenant_id, source) in by_source for source in readers)
             for source in readers:
-                # The state records success per tenant: its sources share the time.
+                status = by_source.get((tenant_id, source)) if recorded else statuses.get(tenant_id)
                 if status is not None and status.last_success is not None:
                     success.add_metric([label, source], status.last_success)
                 cursor = cursors.get((tenant_id, source))

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.app.config import Config, TenantSettings
 from core.model.secrets import REDACTOR
+from core.state import SourceStatus
 from core.state.sqlite import SQLiteStore
 
 # Tenant health, worst last: the page's filter and sort use these words.
@@ -24,7 +25,26 @@ STALE_MIN = 1800.0  # a tenant without a successful poll for this long (or 3 pol
 
 
 @dataclass
+class SourceRow:
+    """One source of a tenant (graph_alerts, graph_incidents, mde_alerts): each has its own
+    cursor and its own health, so that one refused source is told apart from those that flow."""
+
+    source: str
+    health: str  # one of HEALTHS
+    health_reason: str | None  # why it is not ok, with the remedy when the forwarder knows one
+    cursor: str | None  # ISO 8601 UTC
+    lag_seconds: int | None
+    last_success: str | None
+    last_error: str | None
+    forwarded_total: int  # events of this source queued for a sink, ever
+
+
+@dataclass
 class TenantRow:
+    """A tenant: the roll-up of its sources (`per_source`). Its health is the worst of theirs,
+    its reason theirs (named by source when it reads more than one); its cursor the one furthest
+    behind; its last success the last cycle in which every source it read succeeded."""
+
     tenant: str
     tenant_id: str
     sources: list[str]
@@ -34,6 +54,7 @@ class TenantRow:
     lag_seconds: int | None
     last_success: str | None
     last_error: str | None
+    per_source: list[SourceRow] = field(default_factory=list)
     held_back: dict[str, int] = field(default_factory=dict)
     outbox: dict[str, int] = field(default_factory=dict)  # sink -> events of this tenant waiting
 
@@ -69,29 +90,63 @@ def tenant_rows(config: Config, store: SQLiteStore, now: datetime | None = None)
     """One row per tenant of the config, by label; times ISO 8601 UTC, absent values None."""
     now = now or datetime.now(timezone.utc)
     statuses, cursors, depths = store.tenant_statuses(), store.cursors(), store.outbox_depths_by_tenant()
-    held_back = store.held_back_counts()
+    by_source, held_back = store.source_statuses(), store.held_back_counts()
     stale_after = max(3 * config.forwarder.poll_interval, STALE_MIN)
     rows = []
     for label, tenant in sorted(config.tenants.items()):
         status = statuses.get(tenant.tenant_id)
+        sources = list(dict.fromkeys(tenant.sources))
+        # A state written before sources had a status of their own has the tenant's alone: its
+        # sources share it until their first poll.
+        recorded = any((tenant.tenant_id, name) in by_source for name in sources)
+        per_source = [_source_row(tenant, name, by_source.get((tenant.tenant_id, name)) if recorded else status,
+                                  cursors.get((tenant.tenant_id, name)), now, stale_after) for name in sources]
+        health, reason = _rolled_up(per_source)
         cursor = _tenant_cursor(cursors, tenant)
         last_success = status.last_success if status else None
-        last_error = REDACTOR.redact(status.last_error) if status and status.last_error else None
-        health, reason = _health(tenant, status is not None, last_success, last_error, now.timestamp(), stale_after)
         rows.append(TenantRow(
             tenant=label,
             tenant_id=tenant.tenant_id,
-            sources=list(dict.fromkeys(tenant.sources)),
+            sources=sources,
             health=health,
             health_reason=reason,
             cursor=_iso(cursor.timestamp()) if cursor else None,
             lag_seconds=int((now - cursor).total_seconds()) if cursor else None,
             last_success=_iso(last_success) if last_success is not None else None,
-            last_error=last_error,
+            last_error=REDACTOR.redact(status.last_error) if status and status.last_error else None,
+            per_source=per_source,
             held_back=dict(sorted(held_back.get(tenant.tenant_id, {}).items())),
             outbox={sink: depths.get((tenant.tenant_id, sink), 0) for sink in config.sinks},
         ))
     return rows
+
+
+def _source_row(tenant: TenantSettings, source: str, status: Any, cursor: datetime | None, now: datetime,
+                stale_after: float) -> SourceRow:
+    """`status`: the source's SourceStatus (or, in an older state, the tenant's TenantStatus)."""
+    last_success = status.last_success if status else None
+    last_error = REDACTOR.redact(status.last_error) if status and status.last_error else None
+    health, reason = _health(tenant, status is not None, last_success, last_error, now.timestamp(), stale_after)
+    return SourceRow(
+        source=source, health=health, health_reason=reason,
+        cursor=_iso(cursor.timestamp()) if cursor else None,
+        lag_seconds=int((now - cursor).total_seconds()) if cursor else None,
+        last_success=_iso(last_success) if last_success is not None else None,
+        last_error=last_error,
+        forwarded_total=status.forwarded_total if isinstance(status, SourceStatus) else 0,
+    )
+
+
+def _rolled_up(per_source: list[SourceRow]) -> tuple[str, str | None]:
+    """A tenant's health: the worst of its sources'; its reason, theirs at that health, each
+    named by its source when the tenant reads more than one."""
+    worst = max((row.health for row in per_source), key=HEALTHS.index, default="unknown")
+    at_worst = [row for row in per_source if row.health == worst and row.health_reason]
+    if not at_worst:
+        return worst, None
+    if len(per_source) == 1 or worst == "disabled":
+        return worst, at_worst[0].health_reason
+    return worst, "; ".join(f"{row.source}: {row.health_reason}" for row in at_worst)
 
 
 def _health(tenant: TenantSettings, polled: bool, last_success: float | None, last_error: str | None,

@@ -80,9 +80,10 @@ def test_tenants_table_shows_cursor_and_outbox(tmp_path: Path) -> None:
     assert table.returncode == 0
     row = next(line for line in table.stdout.splitlines() if "acme" in line)
     cells = [cell.strip() for cell in row.strip("│ ").split("│")]
-    label, tenant_id, health, cursor, lag, last_success, last_error, held_back, outbox = cells
+    label, tenant_id, health, sources, cursor, lag, last_success, last_error, held_back, outbox = cells
     assert (label, tenant_id, health, last_error, held_back, outbox) == (
         "acme", "66666666-6666-4666-8666-666666666666", "ok", "-", "-", "0")
+    assert sources == f"graph_alerts ok {last_success}"  # each source, its health and last success
     assert cursor == recent(296).strftime("%Y-%m-%d %H:%M:%S") and lag.endswith("m") and last_success != "-"
 
 

@@ -27,13 +27,35 @@ def _tenant(setup: CloudSetup, label: str, sources: list[str] = BOTH, **options:
 def test_run_once_forwards_alerts_of_a_tenant_not_consented_to_incidents(setup: CloudSetup) -> None:
     _, alerts = _tenant(setup, "acme", permissions={"SecurityAlert.Read.All"})
     _, both = _tenant(setup, "globex")
-    result = run_cli("run", "--once", "--config", str(setup.write()))
+    config, metrics = str(setup.write()), setup.tmp / "forwarder.prom"
+    result = run_cli("run", "--once", "--config", config, "--metrics-file", str(metrics))
 
     assert result.returncode == 1
     assert {r["id"] for r in read_ndjson(setup.out("acme"))} == {a["id"] for a in alerts}
     assert len(read_ndjson(setup.out("globex"))) == len(both) + len({a["incidentId"] for a in both})
     refused = [line for line in result.stderr.splitlines() if "graph_incidents" in line and "403" in line]
     assert refused and "SecurityIncident.Read.All" in refused[0] and "Traceback" not in result.stderr
+
+    # The status, per source: acme's alerts flow while its incidents are refused.
+    shown = run_cli("tenants", "--output", "json", "--config", config)
+    tenants = {row["tenant"]: row for row in json.loads(shown.stdout)}
+    acme = {row["source"]: row for row in tenants["acme"]["per_source"]}
+    assert acme["graph_alerts"]["health"] == "ok" and acme["graph_alerts"]["last_success"]
+    assert acme["graph_alerts"]["forwarded_total"] == len(alerts) and acme["graph_alerts"]["cursor"]
+    assert acme["graph_incidents"]["health"] == "failing" and acme["graph_incidents"]["last_success"] is None
+    assert "403" in acme["graph_incidents"]["last_error"]
+    assert "SecurityIncident.Read.All" in acme["graph_incidents"]["health_reason"]
+    assert tenants["acme"]["health"] == "failing" and tenants["acme"]["last_success"] is None
+    assert tenants["acme"]["health_reason"].startswith("graph_incidents: ")
+    assert [(r["source"], r["health"]) for r in tenants["globex"]["per_source"]] == [
+        ("graph_alerts", "ok"), ("graph_incidents", "ok")]
+    table = run_cli("tenants", "--config", config)
+    assert "graph_incidents failing" in " ".join(table.stdout.split())
+    # The last success per source: acme's incidents have none.
+    success = {line.split("{")[1].split("}")[0]: line for line in metrics.read_text().splitlines()
+               if line.startswith("defender_forwarder_last_success_timestamp_seconds{")}
+    assert 'source="graph_alerts",tenant="acme"' in success and 'source="graph_incidents",tenant="globex"' in success
+    assert 'source="graph_incidents",tenant="acme"' not in success
 
 
 def test_check_verifies_each_sources_permission_per_tenant(setup: CloudSetup) -> None:
