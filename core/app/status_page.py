@@ -75,6 +75,7 @@ def render(status: Status, query: dict[str, str]) -> str:
         '<a href="/api/status">/api/status</a>.</p>',
         _form(health, sort),
         _tenant_table(tenants, health, sort, len(status.tenants)),
+        _source_table(tenants),
         _sink_table(status),
         "</body></html>",
     ]
@@ -122,6 +123,27 @@ def _tenant_table(rows: list[TenantRow], health: str | None, sort: str, total: i
         body.append(f'<tr><td colspan="{len(head)}">no tenant matches</td></tr>')
     return (f'<table id="tenants"><caption>{escape(caption)}</caption><thead><tr>{"".join(head)}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _source_table(tenants: list[TenantRow]) -> str:
+    """Each source of the tenants shown, in their order: a source refused (an API permission
+    missing) is told apart from those of its tenant that flow."""
+    head = "".join(f'<th scope="col">{h}</th>' for h in (
+        "Tenant", "Source", "Health", "Lag", "Last success", "Forwarded", "Last error and remedy"))
+    body = []
+    for t in tenants:
+        for r in t.per_source:
+            body.append(
+                f'<tr data-source-of="{escape(t.tenant)}" data-source="{escape(r.source)}" '
+                f'data-health="{escape(r.health)}"><td>{escape(t.tenant)}</td><td>{escape(r.source)}</td>'
+                f'{_health_cell(r.health)}<td class="n">{escape(age(r.lag_seconds))}</td>'
+                f'<td class="t">{escape(_time(r.last_success))}</td><td class="n">{r.forwarded_total}</td>'
+                f'<td class="reason">{escape(r.health_reason or "-")}</td></tr>')
+    if not body:
+        body.append('<tr><td colspan="7">no tenant matches</td></tr>')
+    count = sum(len(t.per_source) for t in tenants)
+    return (f'<table id="sources"><caption>Sources of the tenants shown ({count})</caption>'
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
 def _sink_table(status: Status) -> str:

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from core.app.status_page import accessibility_problems
+from core.app.status_page import _time, accessibility_problems
 from core.app.status_routes import not_ready
 from tests.helpers import REPO, SECRET, CloudSetup, daemon, recent, run_cli, until
-from tests.peers.alert_factory import make_alerts
+from tests.peers.alert_factory import make_alerts, make_incidents
 from tests.peers.lifecycle import free_port
 
 ARTIFACTS = REPO / "tests" / "artifacts"  # ignored by git: the browser's screenshots
@@ -37,11 +37,17 @@ def _get(url: str) -> httpx.Response | None:
 
 @contextlib.contextmanager
 def _daemon_with_a_failing_tenant(setup: CloudSetup) -> Iterator[str]:
-    """The daemon over two tenants, `good` and `revoked` (no admin consent), after its first
+    """The daemon over three tenants, `good`, `revoked` (no admin consent) and `partial` (its
+    alerts flow, its incidents are refused: no SecurityIncident.Read.All), after its first
     cycle; yields the endpoint's base URL."""
     good = setup.tenant("good")
     setup.cloud.add_alerts(good, make_alerts(3, good, recent(30), timedelta(minutes=1)))
     setup.tenant("revoked", consent=False)
+    partial = setup.tenant("partial", permissions={"SecurityAlert.Read.All"})
+    alerts = make_alerts(2, partial, recent(30), timedelta(minutes=1))
+    setup.cloud.add_alerts(partial, alerts)
+    setup.cloud.add_incidents(partial, make_incidents(alerts))
+    setup.tenant_keys["partial"] = {"sources": ["graph_alerts", "graph_incidents"]}
     setup.forwarder["poll_interval"] = "1h"
     config = setup.write()
     port = free_port()
@@ -63,11 +69,13 @@ def _daemon_with_a_failing_tenant(setup: CloudSetup) -> Iterator[str]:
 
 
 class _Rows(HTMLParser):
-    """The status page's tenant rows: label -> {health, reason, cells}; and every text shown."""
+    """The status page's tenant rows: label -> {health, cells}; its source rows: (label,
+    source) -> {health, cells}."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, dict[str, Any]] = {}
+        self.sources: dict[tuple[str, str], dict[str, Any]] = {}
         self._row: dict[str, Any] | None = None
         self._cell: list[str] | None = None
 
@@ -76,6 +84,9 @@ class _Rows(HTMLParser):
         if tag == "tr" and a.get("data-tenant"):
             self._row = {"health": a["data-health"], "cells": []}
             self.rows[str(a["data-tenant"])] = self._row
+        elif tag == "tr" and a.get("data-source-of"):
+            self._row = {"health": a["data-health"], "cells": []}
+            self.sources[(str(a["data-source-of"]), str(a["data-source"]))] = self._row
         elif tag == "td" and self._row is not None:
             self._cell = []
 
@@ -92,9 +103,13 @@ class _Rows(HTMLParser):
 
 
 def page_rows(html: str) -> dict[str, dict[str, Any]]:
+    return _parsed(html).rows
+
+
+def _parsed(html: str) -> _Rows:
     parser = _Rows()
     parser.feed(html)
-    return parser.rows
+    return parser
 
 
 # Columns of the tenant table: tenant, id, sources, health, lag, last success, last error and remedy, waiting.
@@ -112,7 +127,8 @@ def test_tenants_api_status_and_the_page_show_the_same_state(setup: CloudSetup) 
     status, tenants = api.json(), json.loads(cli.stdout)
 
     def steady(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:  # the lag grows between the reads
-        return [{k: v for k, v in row.items() if k != "lag_seconds"} for row in rows]
+        return [{k: steady(v) if k == "per_source" else v for k, v in row.items() if k != "lag_seconds"}
+                for row in rows]
 
     assert steady(status["tenants"]) == steady(tenants)
     by_label = {row["tenant"]: row for row in tenants}
@@ -121,12 +137,26 @@ def test_tenants_api_status_and_the_page_show_the_same_state(setup: CloudSetup) 
     assert [(s["sink"], s["state"], s["outbox"], s["dead_letters"]) for s in status["sinks"]] == [
         ("archive", "ok", 0, 0)]
 
-    rows = page_rows(page.text)
+    partial = {s["source"]: s for s in by_label["partial"]["per_source"]}
+    assert (partial["graph_alerts"]["health"], partial["graph_incidents"]["health"]) == ("ok", "failing")
+    assert "SecurityIncident.Read.All" in partial["graph_incidents"]["health_reason"]
+    assert by_label["partial"]["health_reason"].startswith("graph_incidents: ")
+
+    parsed = _parsed(page.text)
+    rows = parsed.rows
     assert {label: row["health"] for label, row in rows.items()} == {r["tenant"]: r["health"] for r in tenants}
     for row in tenants:
         cells = rows[row["tenant"]]["cells"]
         assert cells[:4] == [row["tenant"], row["tenant_id"], ", ".join(row["sources"]), row["health"]]
         assert cells[REASON] == (row["health_reason"] or "-")
+    # Each source of each tenant, in its own row of the sources table.
+    assert list(parsed.sources) == [(r["tenant"], s["source"]) for r in tenants for s in r["per_source"]]
+    for row in tenants:
+        for source in row["per_source"]:
+            cells = parsed.sources[(row["tenant"], source["source"])]["cells"]
+            assert cells[:3] == [row["tenant"], source["source"], source["health"]]
+            assert cells[4:] == [_time(source["last_success"]), str(source["forwarded_total"]),
+                                 source["health_reason"] or "-"]
     for body in (ready.text, api.text, page.text, cli.stdout):
         assert SECRET not in body
 
@@ -140,10 +170,14 @@ def test_the_page_is_strict_and_passes_the_accessibility_basics(setup: CloudSetu
     assert page.headers["content-type"].startswith("text/html")
     assert "<script" not in page.text.lower() and "http-equiv=\"refresh\"" in page.text
     assert "src=" not in page.text and "<link" not in page.text and "url(" not in page.text  # no external asset
-    assert list(page_rows(page.text)) == ["revoked"]
+    assert list(page_rows(page.text)) == ["partial", "revoked"]
+    # A failing tenant's sources, each with its health: partial's alerts flow while its incidents fail.
+    assert {key: row["health"] for key, row in _parsed(page.text).sources.items()} == {
+        ("partial", "graph_alerts"): "ok", ("partial", "graph_incidents"): "failing",
+        ("revoked", "graph_alerts"): "failing"}
     assert accessibility_problems(page.text) == []
     assert nonsense.status_code == 200 and "<script>" not in nonsense.text  # ignored, and escaped anyway
-    assert set(page_rows(nonsense.text)) == {"good", "revoked"}
+    assert set(page_rows(nonsense.text)) == {"good", "partial", "revoked"}
 
 
 def test_the_accessibility_check_catches_a_bad_page() -> None:
@@ -183,11 +217,13 @@ def test_the_page_in_a_real_browser(setup: CloudSetup, tmp_path: Path) -> None:
         shot = ARTIFACTS / "status-page.png"
         _screenshot(f"{base}/?sort=health", shot, tmp_path)
     rows = page_rows(everything)
-    assert list(rows) == ["revoked", "good"]  # worst first
+    assert list(rows) == ["partial", "revoked", "good"]  # worst first
     revoked = rows["revoked"]
     assert revoked["health"] == "failing" and revoked["cells"][HEALTH] == "failing"
     assert "consent" in revoked["cells"][REASON] and "adminconsent" in revoked["cells"][REASON]  # its remedy
-    assert list(page_rows(failing)) == ["revoked"] and list(page_rows(ok)) == ["good"]
+    assert list(page_rows(failing)) == ["partial", "revoked"] and list(page_rows(ok)) == ["good"]
+    assert {key: row["cells"][2] for key, row in _parsed(everything).sources.items()
+            if key[0] == "partial"} == {("partial", "graph_alerts"): "ok", ("partial", "graph_incidents"): "failing"}
     for dom in (everything, failing, ok):
         assert SECRET not in dom
     assert accessibility_problems(everything) == []
