@@ -9,7 +9,9 @@ the one status model (`core.app.status.collect`) and compared with the state las
   certificate:APP    ok | expiring:DATE | expired:DATE   (apps in use that log in with a certificate)
 
 Each change is mailed once; the changes of one cycle go in one message whose subject says
-what changed (`[defender-forwarder] contoso: failing — consent revoked`). A subject seen for
+what changed (`[defender-forwarder] contoso: failing — consent revoked`; a tenant of several
+sources names those at fault: `acme (graph_incidents): failing — ...`, and its body gives each
+source's health and last success). A subject seen for
 the first time in a good state is remembered without a mail; one first seen in a bad state
 is mailed. What was mailed is kept in the state store, so that a restart neither mails again
 nor misses a change made while the forwarder was down.
@@ -163,16 +165,21 @@ class Notifier:
             return None
         old, new = changed
         health, _, cause = new.partition(":")
+        # A tenant of more than one source names those at its health: `acme (graph_incidents)`.
+        named = row.tenant + _sources_at(row, health)
         if health == "ok":
             headline = f"{row.tenant}: recovered"
         elif health == "failing":
-            headline = f"{row.tenant}: failing — {CAUSES.get(cause, cause)}"
+            headline = f"{named}: failing — {CAUSES.get(cause, cause)}"
         else:
-            headline = f"{row.tenant}: {health} — no successful poll lately"
+            headline = f"{named}: {health} — no successful poll lately"
         details = [f"Tenant: {row.tenant} ({row.tenant_id})",
                    f"Health: {_shown(old)} -> {f'{health} ({CAUSES.get(cause, cause)})' if cause else health}",
                    f"Reason and remedy: {row.health_reason or '-'}",
                    f"Last successful poll: {row.last_success or 'never'}"]
+        if len(row.per_source) > 1:
+            details += [f"Source {s.source}: {s.health}, last success {s.last_success or 'never'}"
+                        for s in row.per_source]
         return Change(subject, old, new, headline, details)
 
     def _sink(self, row: SinkRow) -> Change | None:
@@ -287,6 +294,14 @@ def tenant_state(row: TenantRow, auth: str | None, before: str | None) -> str | 
     if cause == "consent_missing" and before in _CONSENTED:
         cause = "consent_revoked"
     return f"failing:{cause}"
+
+
+def _sources_at(row: TenantRow, health: str) -> str:
+    """` (graph_incidents)`: the sources of a tenant of several at this health; "" for one."""
+    if len(row.per_source) < 2:
+        return ""
+    names = [s.source for s in row.per_source if s.health == health]
+    return f" ({', '.join(names)})" if names else ""
 
 
 def certificate_state(expiry: datetime, now: datetime, days: int) -> str:

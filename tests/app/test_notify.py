@@ -131,6 +131,23 @@ def test_a_tenant_that_fails_is_mailed_once_and_its_recovery_once(setup: CloudSe
     assert fabrikam not in _text(mails[2])
 
 
+def test_a_failing_source_of_a_tenant_is_named_in_the_mail(setup: CloudSetup, smtp: SmtpServer) -> None:
+    acme = setup.tenant("acme")
+    setup.tenant_keys["acme"] = {"sources": ["graph_alerts", "graph_incidents"]}
+    config = _write(setup, _own_server(smtp))
+    _cycle(config)  # both sources ok at first sight: nothing to say
+    assert _mails(smtp) == []
+
+    setup.cloud.tenants[acme].permissions = {"SecurityAlert.Read.All"}  # SecurityIncident.Read.All removed
+    _cycle(config)
+    (mail,) = _mails(smtp)
+    assert _subject(mail) == "[defender-forwarder] acme (graph_incidents): failing — consent revoked"
+    text = _text(mail)
+    assert "Source graph_alerts: ok, last success 20" in text and "Source graph_incidents: failing" in text
+    assert "graph_incidents: Graph refused access (403)" in text and "SecurityIncident.Read.All" in text
+    _assert_no_secret([mail])
+
+
 # ---- sinks ---------------------------------------------------------------------------------------
 
 def test_a_stopped_sink_is_mailed_once_through_an_email_sinks_server(
