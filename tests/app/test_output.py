@@ -65,8 +65,12 @@ def test_tenants_output_json_is_one_object_per_tenant(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [row] = json.loads(result.stdout)
     assert set(row) == {"tenant", "tenant_id", "sources", "health", "health_reason", "cursor", "lag_seconds",
-                        "last_success", "last_error", "held_back", "outbox"}
+                        "last_success", "last_error", "per_source", "held_back", "outbox"}
     assert (row["health"], row["health_reason"]) == ("ok", None)
+    [source] = row["per_source"]
+    assert set(source) == {"source", "health", "health_reason", "cursor", "lag_seconds", "last_success",
+                           "last_error", "forwarded_total"}
+    assert (source["source"], source["health"], source["forwarded_total"]) == ("graph_alerts", "ok", 3)
     assert (row["tenant"], row["tenant_id"], row["last_error"], row["held_back"], row["outbox"]) == (
         "acme", TENANT_ID, None, {}, {"out": 0})
     assert row["cursor"].endswith("Z") and row["last_success"].endswith("Z") and row["lag_seconds"] >= 0
