@@ -757,20 +757,32 @@ def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
         times = fill(TIMES, rest)
     except _Invalid as error:
         raise MappingError(f"{error.where()}: {error.reason}") from None
-    alert_id = fields["id"]
-    if not alert_id:
-        raise MappingError("id: missing" if alert_id is None else "id: empty")
+    alert_id, last_updated = identity(fields, times, "lastUpdateDateTime")
+    return Alert(**fields, source=SOURCE, tenant=tenant, times=AlertTimes(**times, ingested=ingested), extra=rest,
+                 version_key=_version_key(raw, tenant.id, alert_id, last_updated), raw=raw,
+                 severity=severity_of(fields["severity_original"]))
+
+
+def identity(fields: dict[str, Any], times: dict[str, Any], time_property: str) -> tuple[str, datetime]:
+    """A record's id and version time, as filled from its tables: MappingError naming the
+    property when either is missing, or the id is empty or unfit to be one (every source's
+    mapping checks the two the same way: dedupe and the version key stand on them)."""
+    record_id = fields.get("id")
+    if not record_id:
+        raise MappingError("id: missing" if record_id is None else "id: empty")
     try:
-        check_record_id(alert_id)
+        check_record_id(record_id)
     except InvalidValue as error:
         raise MappingError(f"id: {error}") from None
     last_updated = times.get("last_updated")
     if last_updated is None:
-        raise MappingError("lastUpdateDateTime: missing")
-    original = fields["severity_original"]
-    return Alert(**fields, source=SOURCE, tenant=tenant, times=AlertTimes(**times, ingested=ingested), extra=rest,
-                 version_key=_version_key(raw, tenant.id, alert_id, last_updated), raw=raw,
-                 severity=_SEVERITIES.get(original.lower(), Severity.unknown) if original else Severity.unknown)
+        raise MappingError(f"{time_property}: missing")
+    return record_id, last_updated
+
+
+def severity_of(original: str | None, table: Mapping[str, Severity] = _SEVERITIES) -> Severity:
+    """The Severity of a source's severity text (any case); unknown for none or an unknown one."""
+    return table.get(original.lower(), Severity.unknown) if original else Severity.unknown
 
 
 def _version_key(raw: dict[str, Any], tenant_id: str, alert_id: str, last_updated: datetime) -> str:

@@ -14,10 +14,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from core.model.checks import InvalidValue, check_record_id
-from core.model.schema import Incident, IncidentTimes, Severity, TenantRef
+from core.model.schema import Incident, IncidentTimes, TenantRef
 from mappings.graph_alerts_v2 import (
-    _SEVERITIES,
     ALERT_CLASSIFICATION,
     ALERT_DETERMINATION,
     COMMENT,
@@ -35,6 +33,8 @@ from mappings.graph_alerts_v2 import (
     _Invalid,
     _version_key,
     fill,
+    identity,
+    severity_of,
 )
 
 SOURCE = "graph_incidents"
@@ -88,22 +88,12 @@ def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Incident:
         expanded_ids = _expanded_alert_ids(expanded)
     except _Invalid as error:
         raise MappingError(f"{error.where() if error.path else 'incident'}: {error.reason}") from None
-    incident_id = fields.get("id")
-    if not incident_id:
-        raise MappingError("id: missing" if incident_id is None else "id: empty")
-    try:
-        check_record_id(incident_id)
-    except InvalidValue as error:
-        raise MappingError(f"id: {error}") from None
-    last_updated = times.get("last_updated")
-    if last_updated is None:
-        raise MappingError("lastUpdateDateTime: missing")
+    incident_id, last_updated = identity(fields, times, "lastUpdateDateTime")
     if expanded_ids and not fields.get("alert_ids"):
         fields["alert_ids"] = expanded_ids
-    original = fields["severity_original"]
     return Incident(**fields, source=SOURCE, tenant=tenant, times=IncidentTimes(**times, ingested=ingested),
                     extra=rest, version_key=_version_key(raw, tenant.id, incident_id, last_updated), raw=raw,
-                    severity=_SEVERITIES.get(original.lower(), Severity.unknown) if original else Severity.unknown)
+                    severity=severity_of(fields["severity_original"]))
 
 
 def _expanded_alert_ids(alerts: Any) -> list[str]:

@@ -28,7 +28,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from core.model.checks import InvalidValue, check_record_id
 from core.model.schema import (
     Alert,
     AlertTimes,
@@ -69,6 +68,8 @@ from mappings.graph_alerts_v2 import (
     _Invalid,
     _object,
     fill,
+    identity,
+    severity_of,
 )
 
 SOURCE = "mde_alerts"
@@ -259,18 +260,8 @@ def normalise(raw: dict, tenant: TenantRef, ingested: datetime) -> Alert:
         times = fill(TIMES, rest)
     except _Invalid as error:
         raise MappingError(f"{error.where()}: {error.reason}") from None
-    alert_id = fields.get("id")
-    if not alert_id:
-        raise MappingError("id: missing" if alert_id is None else "id: empty")
-    try:
-        check_record_id(alert_id)
-    except InvalidValue as error:
-        raise MappingError(f"id: {error}") from None
-    last_updated = times.get("last_updated")
-    if last_updated is None:
-        raise MappingError("lastUpdateTime: missing")
-    original = fields.get("severity_original")
-    severity = _SEVERITIES.get(original.lower(), Severity.unknown) if original else Severity.unknown
+    alert_id, last_updated = identity(fields, times, "lastUpdateTime")
+    severity = severity_of(fields.get("severity_original"), _SEVERITIES)
     extra = {key: value for key, value in rest.items() if value is not None}
     return Alert(**fields, source=SOURCE, tenant=tenant, provider_alert_id=alert_id, service_source=SERVICE_SOURCE,
                  product_name=PRODUCT_NAME, times=AlertTimes(**times, ingested=ingested), extra=extra,
