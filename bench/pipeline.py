@@ -201,10 +201,11 @@ def measure(variant: str, cloud: dict[str, Any], args: argparse.Namespace, expec
         with sink_peers(variant, work, note) as (sinks, checks):
             config = forwarder_config(cloud, work, args.concurrency, sinks) if variant != "a" else None
             started, cpu_started = time.perf_counter(), time.process_time()
-            if variant == "a":
-                asyncio.run(bare_loop(cloud, out, args.concurrency))
-            else:
-                results = asyncio.run(forwarder_once(config, work / "state.db"))
+            with profiled(variant in args.profile, variant):
+                if variant == "a":
+                    asyncio.run(bare_loop(cloud, out, args.concurrency))
+                else:
+                    results = asyncio.run(forwarder_once(config, work / "state.db"))
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
             if variant != "a":
                 errors = [r for r in results if r.error]
@@ -223,6 +224,27 @@ def measure(variant: str, cloud: dict[str, Any], args: argparse.Namespace, expec
     print(f"  {LABELS[variant]:<58} {run['cpu_us']:7.0f} us CPU/alert {run['rate']:8.0f} alerts/s "
           f"(cpu {cpu:.1f} s of {elapsed:.1f} s wall)", flush=True)
     return run
+
+
+@contextmanager
+def profiled(wanted: bool, variant: str) -> Iterator[None]:
+    """pyinstrument over one variant's run (`--profile b2`): the top frames, printed after it.
+    The profiler's own cost counts in that run's CPU, so a profiled run's figures are not the ratio."""
+    if not wanted:
+        yield
+        return
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        raise SystemExit("--profile needs pyinstrument: .venv/bin/pip install pyinstrument") from None
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        print(f"--- profile of {variant} ---")
+        print(profiler.output_text(unicode=False, color=False, show_all=False, timeline=False))
 
 
 def warm_imports() -> None:
@@ -245,8 +267,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds the cloud adds to every request")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of a, b1, b2, b4 (medians reported)")
     parser.add_argument("--concurrency", type=int, default=50, help="requests in flight, both ways")
+    parser.add_argument("--profile", action="append", default=[], choices=VARIANTS,
+                        help="profile this variant with pyinstrument (repeatable; its figures then include the profiler)")
+    parser.add_argument("--only", action="append", default=[], choices=VARIANTS,
+                        help="run only this variant (repeatable; default all; (a) is always run, for the ratio)")
     args = parser.parse_args()
     expected = args.tenants * args.alerts_per_tenant
+    chosen = [v for v in VARIANTS if v == "a" or not args.only or v in args.only]
     warm_imports()
     note: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -258,21 +285,22 @@ def main() -> None:
             runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
             for round_ in range(args.repeat):
                 print(f"round {round_ + 1}:", flush=True)
-                for variant in VARIANTS:
+                for variant in chosen:
                     runs[variant].append(measure(variant, cloud, args, expected, note))
         finally:
             proc.terminate()
             proc.wait()
     for line in note:
         print(f"note: {line}")
-    cpu = {v: statistics.median(r["cpu_us"] for r in runs[v]) for v in VARIANTS}
-    rate = {v: statistics.median(r["rate"] for r in runs[v]) for v in VARIANTS}
+    cpu = {v: statistics.median(r["cpu_us"] for r in runs[v]) for v in chosen}
+    rate = {v: statistics.median(r["rate"] for r in runs[v]) for v in chosen}
     print(f"medians of {args.repeat}:")
     print(f"  {'':<58} {'us CPU/alert':>12} {'alerts/s':>9} {'CPU (b)/(a)':>12} {'rate (a)/(b)':>13}")
-    for v in VARIANTS:
+    for v in chosen:
         print(f"  {LABELS[v]:<58} {cpu[v]:12.0f} {rate[v]:9.0f} {cpu[v] / cpu['a']:11.2f}x {rate['a'] / rate[v]:12.2f}x")
-    print(f"  each extra sink: b2-b1 +{(cpu['b2'] - cpu['b1']) / cpu['a']:.2f}x, "
-          f"(b4-b1)/3 +{(cpu['b4'] - cpu['b1']) / cpu['a'] / 3:.2f}x of (a)")
+    if {"b1", "b2", "b4"} <= set(chosen):
+        print(f"  each extra sink: b2-b1 +{(cpu['b2'] - cpu['b1']) / cpu['a']:.2f}x, "
+              f"(b4-b1)/3 +{(cpu['b4'] - cpu['b1']) / cpu['a'] / 3:.2f}x of (a)")
     print("  targets (issue 19): one sink <= 2.0x (stretch 1.5x); each extra sink <= +0.3x")
 
 
