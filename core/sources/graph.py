@@ -20,9 +20,10 @@ import email.utils
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncGenerator
+from typing import Any, AsyncGenerator, Callable
 
 import httpx
+import msgspec
 
 from core.model import jsonutil, telemetry
 from core.model.durations import backoff_delay
@@ -68,6 +69,10 @@ class GraphSource:
     API = "Graph"
 
     noun = "alert"  # what `check` says it read
+    # Whether `pages` hands its records over as their JSON text (msgspec.Raw), which the
+    # window parses only when they are not seen before (core/sources/incremental.py). A reader
+    # that works on a page's new records itself (`complete`) wants them parsed.
+    raw_records = True
 
     def __init__(self, kind: SourceKind, context: LiveContext) -> None:
         self.kind = kind
@@ -123,11 +128,13 @@ class GraphSource:
             if len(followed) >= self.max_pages:
                 raise SourceError(f"more than {self.max_pages} pages in one window; stopped paging")
             followed.add(url)
-            body = await self._get_page(url, attempts or MAX_ATTEMPTS)
+            body = await self._get_json(url, attempts=attempts or MAX_ATTEMPTS,
+                                        decode=_split_page if self.raw_records else _json_or_none)
             try:
                 # No local keeps the page while the generator waits (the values are read with
                 # the page's own URL, then `url` moves on to the next).
-                yield Page(alerts=_page_values(body, url), last=(url := _next_link(body)) is None)
+                values, link = _values_and_link(body, url)
+                yield Page(alerts=values, last=(url := link) is None)
             finally:
                 # Done with the page: while this window waits its turn for the next request it
                 # must keep neither the page nor its slot (with hundreds of windows waiting,
@@ -145,11 +152,13 @@ class GraphSource:
         return await self._get_json(url, attempts=attempts)
 
     async def _get_json(self, url: str, *, attempts: int = MAX_ATTEMPTS, slot: bool = True,
-                        report_refusal: bool = True) -> dict[str, Any]:
+                        report_refusal: bool = True, decode: Callable[[bytes], Any] | None = None) -> Any:
         """The JSON body at `url`, after up to `attempts` tries. With `slot`, a page's: it holds
         one of the page slots, which the caller releases; without, a small answer (a list of
         ids) that takes none, so that it can be asked for while a page is held. Without
-        `report_refusal`, a 403 fails this request only, not the tenant's auth state."""
+        `report_refusal`, a 403 fails this request only, not the tenant's auth state. `decode`
+        reads the body (None: not JSON, tried again); by default into a dict."""
+        decode = decode or _json_or_none
         token = await self._token()
         refreshed = False
         self._unreachable: str | None = None  # why the last request got no answer at all
@@ -162,7 +171,7 @@ class GraphSource:
             self._unreachable = None
             broken = None
             if response.status_code == 200:
-                body = _json_or_none(response.content)
+                body = decode(response.content)
                 if body is not None:
                     return body
                 if slot:
@@ -239,6 +248,46 @@ def _json_or_none(content: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
+
+
+class _PageShape(msgspec.Struct):
+    """A page with its records kept as their JSON text, unparsed."""
+
+    value: list[msgspec.Raw]
+    next_link: Any = msgspec.field(default=None, name="@odata.nextLink")
+
+
+_PAGE_SHAPE = msgspec.json.Decoder(_PageShape)
+
+
+def _split_page(content: bytes) -> _PageShape | dict[str, Any] | None:
+    """A page split into its records' JSON texts, without parsing them; a page that does not
+    split so (not JSON, no `value` list, a lone surrogate msgspec refuses) is read as a dict,
+    the way every page was read before, so that what is an error stays the same error."""
+    # msgspec checks the UTF-8 of what it parses, not of what it only delimits; orjson and the
+    # standard library refuse a page with any invalid byte, and so must this.
+    if content.isascii() or _is_utf8(content):
+        try:
+            return _PAGE_SHAPE.decode(content)
+        except msgspec.MsgspecError:
+            pass
+    return _json_or_none(content)
+
+
+def _is_utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _values_and_link(body: _PageShape | dict[str, Any], url: str) -> tuple[list[Any], str | None]:
+    """A page's records and nextLink, from either reading of it."""
+    if isinstance(body, _PageShape):
+        link = body.next_link
+        return body.value, link if isinstance(link, str) and link else None
+    return _page_values(body, url), _next_link(body)
 
 
 def _page_values(body: dict[str, Any], url: str | None = None) -> list[Any]:

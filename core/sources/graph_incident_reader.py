@@ -42,6 +42,7 @@ class GraphIncidentSource(GraphSource):
     """Graph incidents of one tenant, completed with their alert ids."""
 
     noun = "incident"
+    raw_records = False  # `complete` adds each new incident's alert ids to its parsed record
 
     def __init__(self, kind: SourceKind, context: LiveContext) -> None:
         super().__init__(kind, context)

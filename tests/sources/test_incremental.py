@@ -369,3 +369,53 @@ def test_the_version_read_agrees_with_the_golden_snapshot_on_every_case() -> Non
         found[case] = None if version is None else [version[0], version[1].isoformat()]
     assert found == expected
     assert sum(version is None for version in found.values()) > 20  # the hostile cases are in
+
+
+# ---- records handed over as their JSON text (msgspec.Raw), as the Graph reader does ---------
+
+def raw_records(page: bytes) -> list[Any]:
+    from core.sources.graph import _split_page
+
+    split = _split_page(page)
+    assert split is not None and not isinstance(split, dict), "this page splits into its records' texts"
+    return list(split.value)
+
+
+def test_raw_records_are_judged_like_parsed_ones_and_only_the_fresh_parsed(store: SQLiteStore) -> None:
+    seen = record("a", T0, title="seen before")
+    window, _ = open_window(store)
+    take_page(store, window, [seen], last=True)
+    update = record("a", T0 + timedelta(minutes=1), title="an update")
+    page = orjson.dumps({"value": [seen, update, 5, {"no": "id"}], "@odata.nextLink": None})
+    window, _ = open_window(store)
+    fresh, skipped = window.skip_seen(raw_records(page))
+    # The seen version is skipped; the update, and what only the mapping can judge, come parsed.
+    assert (fresh, skipped) == ([update, 5, {"no": "id"}], 1)
+    assert window.high_water == T0  # the skipped version still counts for the cursor
+
+
+def test_a_raw_record_with_a_repeated_key_is_read_as_the_parsed_record_reads(store: SQLiteStore) -> None:
+    """JSON lets a key repeat; the last one wins in orjson. The version read from the text must
+    be the one the mapping will read, or an update could be skipped as seen."""
+    window, _ = open_window(store)
+    take_page(store, window, [record("a", T0)], last=True)
+    text = (b'{"value": [{"id": "a", "lastUpdateDateTime": "' + stamp(T0).encode()
+            + b'", "lastUpdateDateTime": "' + stamp(T0 + timedelta(minutes=5)).encode() + b'"}]}')
+    window, _ = open_window(store)
+    fresh, skipped = window.skip_seen(raw_records(text))
+    assert skipped == 0 and fresh == [orjson.loads(text)["value"][0]]
+    assert fresh[0]["lastUpdateDateTime"] == stamp(T0 + timedelta(minutes=5))
+
+
+def test_pages_the_record_split_cannot_take_are_read_as_before() -> None:
+    from core.sources.graph import _split_page
+
+    # A lone surrogate: msgspec refuses it, the standard library (jsonutil's fallback) reads it.
+    lone = b'{"value": [{"id": "\\ud800", "lastUpdateDateTime": "2026-11-20T12:00:00Z"}]}'
+    assert _split_page(lone) == {"value": [{"id": "\ud800", "lastUpdateDateTime": "2026-11-20T12:00:00Z"}]}
+    # An invalid UTF-8 byte inside a record: not JSON, as it always was (retried, then the window
+    # is broken), not a page split around a record nobody can read.
+    assert _split_page(b'{"value": [{"id": "a\xff"}]}') is None
+    # No value list: the dict, whose reading raises BrokenWindow as before.
+    assert _split_page(b'{"error": {"code": "x"}}') == {"error": {"code": "x"}}
+    assert _split_page(b"not json") is None
