@@ -55,11 +55,11 @@ def start_cloud(work: Path, tenants: int, alerts: int, latency: float) -> tuple[
     return proc, json.loads(ready.read_text())
 
 
-def config_for(cloud: dict[str, Any], work: Path, concurrency: int) -> Any:
+def config_for(cloud: dict[str, Any], work: Path, concurrency: int, **forwarder: Any) -> Any:
     os.environ["BENCH_CLIENT_SECRET"] = cloud["secret"]
     return parse_config({
         "forwarder": {"state": str(work / "state.db"), "initial_lookback": "30d",
-                      "max_concurrent_requests": concurrency, "page_size": 1000},
+                      "max_concurrent_requests": concurrency, "page_size": 1000, **forwarder},
         "apps": {"mssp": {"client_id": cloud["client_id"], "client_secret": "env:BENCH_CLIENT_SECRET",
                           "login_endpoint": cloud["base_url"], "graph_endpoint": cloud["base_url"],
                           "ca_file": cloud["ca_file"]}},

@@ -46,7 +46,7 @@ from core.model.times import format_time
 from core.sources import KINDS, AlertSource, BrokenWindow, LiveContext, Page, SourceError, SourceKind
 from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError, endpoints, http_session
 from core.sources.graph import PAGES_IN_MEMORY
-from core.sources.incremental import Span, Window, prune_horizon, spans_to_read, window_start
+from core.sources.incremental import OverlapRead, Span, Window, next_read, prune_horizon, spans_to_read
 from core.sources.replay import ReplaySource
 from core.state import DeadLetter, PageCommit
 from core.state.sqlite import SQLiteStore
@@ -61,6 +61,8 @@ SPLIT_ATTEMPTS = 2
 # A split meeting more failing slices than this stops and holds the cursor: an API failing a
 # window nearly everywhere is not answered by skipping slices of it.
 MAX_SPLIT_FAILURES = 128
+# A tenant's seen-marks are pruned once its horizon moved this far since the last pruning.
+PRUNE_STEP = timedelta(minutes=5)
 
 Clock = Callable[[], datetime]
 
@@ -160,6 +162,10 @@ class Forwarder:
         self.on_page: Callable[[str, int], None] | None = None  # progress display of backfill
         self.resend = False  # backfill --resend: versions taken before are sent again
         self.sources: set[str] | None = None  # backfill --source: the only source kind read
+        # Polls may read from the cursor, the overlap re-read only every `overlap_every` (the
+        # daemon); off, every poll re-reads the overlap (run --once: cron's runs are minutes apart).
+        self.partial_reads = False
+        self._pruned: dict[str, datetime] = {}  # tenant id -> the horizon its seen-marks were last pruned at
         self._counted: tuple[dict[str, int], int] = ({}, 0)  # sink totals at the last cycle line
         self.cycles = 0  # poll cycles completed (`/readyz` waits for the first)
         # label -> auth state of a tenant whose last poll was refused (consent_revoked, ...): what
@@ -307,8 +313,12 @@ class Forwarder:
             self.store.record_error(tenant.tenant_id, label, result.error)
         elif not result.paused:
             horizon = prune_horizon(windows)
-            if horizon is not None:
+            pruned = self._pruned.get(tenant.tenant_id)
+            # Not every poll: at 10 s polls, three deletes a tenant each time were a good part of
+            # an idle poll. The seen-marks stay at most PRUNE_STEP longer.
+            if horizon is not None and (pruned is None or horizon - pruned >= PRUNE_STEP):
                 self.store.prune_seen(tenant.tenant_id, horizon)
+                self._pruned[tenant.tenant_id] = horizon
             self.store.record_success(tenant.tenant_id, label, result.queued)
         return result
 
@@ -346,9 +356,18 @@ class Forwarder:
         kind = reader.kind
         cursor = self.store.cursor(tenant.tenant_id, kind.name)
         overlap, lookback = timedelta(seconds=self.settings.overlap), timedelta(seconds=self.settings.initial_lookback)
+        if since is not None:
+            start, full, last_full = since, True, None
+        else:
+            stored = self.store.overlap_read(tenant.tenant_id, kind.name)
+            last_full = OverlapRead(*stored) if stored is not None else None
+            start, full = next_read(cursor, last_full, overlap=overlap, initial_lookback=lookback, now=self.clock,
+                                    epoch=time.time(), partial=self.partial_reads,
+                                    overlap_every=self.settings.overlap_every,
+                                    poll_interval=self.settings.poll_interval)
         window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap,
-                        resend=self.resend and since is not None)
-        start = window_start(cursor, overlap=overlap, initial_lookback=lookback, now=self.clock, since=since)
+                        resend=self.resend and since is not None, full=full,
+                        keep_from=last_full.reread_from if last_full is not None else None)
         read = _WindowRead(TenantRef(id=tenant.tenant_id, label=label), reader, window, self.sinks_for(label), result)
         live = since is None
         skipped = self.store.skipped_windows(tenant.tenant_id, kind.name) if live else []
@@ -411,7 +430,7 @@ class Forwarder:
         letters = [_skipped_letter(read, span, err, self.settings.split_after) for span, err in read.skipped]
         commit = PageCommit(tenant_id=tenant_id, source=kind.name, dead=letters, cursor=read.window.high_water,
                             skipped=[(span.start, span.end, str(err)) for span, err in read.skipped if span.end],
-                            window_read=True)
+                            window_read=True, reread_from=read.window.reread_from(True))
         self.store.commit_page(commit)
         if not read.skipped:
             return None
@@ -453,8 +472,10 @@ class Forwarder:
         """Queue one page in one transaction (the cursor with the window's last page)."""
         outcome = self._process_page(ref, kind, window, page, result)
         outcome.commit.cursor = window.end_page(last)
+        outcome.commit.reread_from = window.reread_from(last)
         outcome.commit.window_read = window_read
-        letters = self.store.commit_page(outcome.commit)
+        # An idle poll's page changes nothing: no transaction for it.
+        letters = [] if outcome.commit.empty else self.store.commit_page(outcome.commit)
         _count_page(ref.label, kind.name, outcome)
         for letter in letters:
             # Once per dead letter: the overlap re-reads a refused alert every cycle. (INFO: the
@@ -602,6 +623,7 @@ class Forwarder:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         workers = [asyncio.create_task(w.run_forever()) for w in self.workers.values()]
+        self.partial_reads = True
         since = time.time()
         try:
             while not stop.is_set():

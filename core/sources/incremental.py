@@ -24,6 +24,17 @@ a closed start: `time ge start`, so a record stamped exactly at the start is rea
 - Cursor: the window's high-water mark, the largest time read (seen or new). It is committed
   with the window's last page only: the API does not promise page order, so a window broken
   off mid-way is read again whole, and the seen-marks drop what was queued already.
+- Overlap re-read, at least every `overlap_every` (daemon): re-reading the whole overlap every
+  poll costs an idle tenant a full download of its last 15 minutes each time (issue 19). So a
+  daemon's poll reads from the cursor on (`ge cursor`: the new records, and those stamped at
+  the cursor itself), and re-reads the overlap only when it is due: before `overlap_every`
+  would have passed by the next poll. That full read starts where the previous full read's
+  cursor minus the overlap was (`reread_from`, kept in the state with the window's last page),
+  not at today's cursor minus the overlap: a record stamped T that became visible V later is
+  read by the first full read after it became visible as long as V - T <= overlap, the same
+  bound as before (it was overlap - poll_interval), only up to `overlap_every` later. Seen-marks
+  are kept from `reread_from` on, so the full read skips what the partial ones took. `run
+  --once`, a first read and a backfill always read the whole window (`next_read`).
 - A window the API keeps failing is read in slices, and what still fails is skipped (see
   `Span` below; the pipeline drives it, the state keeps the count and the skipped slices).
 - Pruning: a seen-mark older than the high-water mark minus the overlap can go, since no
@@ -36,6 +47,7 @@ through `SeenVersions`, which `core.state.sqlite.SQLiteStore` satisfies.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,6 +85,32 @@ def window_start(cursor: datetime | None, *, overlap: timedelta, initial_lookbac
     return now() - initial_lookback
 
 
+@dataclass(frozen=True)
+class OverlapRead:
+    """The last full read of a (tenant, kind)'s window: where the next one starts (its cursor
+    then, minus the overlap) and when it ended (epoch seconds)."""
+
+    reread_from: datetime
+    read_at: float
+
+
+def next_read(cursor: datetime | None, last_full: OverlapRead | None, *, overlap: timedelta,
+              initial_lookback: timedelta, now: Clock, epoch: float, partial: bool, overlap_every: float,
+              poll_interval: float) -> tuple[datetime, bool]:
+    """Where a live window starts (closed), and whether it is a full read (the overlap re-read).
+
+    Partial (from the cursor) only where `partial` allows it (the daemon), the window has a
+    cursor and a full read before, and the next poll would still come within `overlap_every`
+    of that full read."""
+    if cursor is None:
+        return now() - initial_lookback, True
+    full_start = cursor - overlap if last_full is None else min(last_full.reread_from, cursor - overlap)
+    if not partial or last_full is None or epoch - last_full.read_at + poll_interval > overlap_every:
+        return full_start, True
+    return cursor, False
+
+
+@functools.cache  # one per kind: a window is opened every poll, and the struct type is not free to make
 def version_reader(key: VersionKey) -> Callable[[Any], tuple[str, datetime] | None]:
     """A function reading a raw record's version (id, time) by `key`, as a mapping reads them,
     or None where only the mapping can tell what is wrong. It runs on every record read.
@@ -127,7 +165,8 @@ class Window:
     cursor of `end_page`, in one transaction."""
 
     def __init__(self, tenant_id: str, key: VersionKey, seen: SeenVersions, *, cursor: datetime | None,
-                 overlap: timedelta, resend: bool = False) -> None:
+                 overlap: timedelta, resend: bool = False, full: bool = True,
+                 keep_from: datetime | None = None) -> None:
         self.tenant_id = tenant_id
         self._seen = seen
         self._resend = resend
@@ -135,7 +174,11 @@ class Window:
         self._stored = key.stored  # the id as the state keeps it (a scope for non-alert ids)
         self._overlap = overlap
         # Starts at the cursor: a window that reads nothing leaves the cursor where it was.
-        self.high_water = cursor
+        self.high_water = self._cursor = cursor
+        # A full read (the overlap re-read, see `next_read`) sets where the next one starts; a
+        # partial one keeps the seen-marks from `keep_from` on, where the next full read starts.
+        self.full = full
+        self._keep_from = keep_from
 
     def skip_seen(self, records: list[Any]) -> tuple[list[Any], int]:
         """The records of a page whose version was not seen before (in page order), and how many
@@ -198,13 +241,22 @@ class Window:
 
     def end_page(self, last: bool) -> datetime | None:
         """The cursor to commit with this page: the high-water mark on the window's last page,
-        else None (the cursor stays)."""
-        return self.high_water if last else None
+        else None (the cursor stays, as it does when the window read nothing past it)."""
+        return self.high_water if last and self.high_water != self._cursor else None
 
     def prune_before(self) -> datetime | None:
         """Once the window is read to its end: where the next window of its kind starts at the
         latest, so that its seen-marks older than this may go. None when it has no cursor."""
-        return None if self.high_water is None else self.high_water - self._overlap
+        if self.high_water is None:
+            return None
+        horizon = self.high_water - self._overlap
+        return horizon if self.full or self._keep_from is None else min(horizon, self._keep_from)
+
+    def reread_from(self, last: bool) -> datetime | None:
+        """To commit with this page: where the next full read starts, on a full read's last page."""
+        if not (last and self.full) or self.high_water is None:
+            return None
+        return self.high_water - self._overlap
 
     def _raise_high_water(self, moment: datetime) -> None:
         if self.high_water is None or moment > self.high_water:

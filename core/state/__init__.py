@@ -76,6 +76,15 @@ class PageCommit:
     # windows read around them. Committed with the cursor that moves past them.
     skipped: list[tuple[datetime, datetime, str]] = field(default_factory=list)
     window_read: bool = False  # the window was read to its end: its count of failed cycles goes
+    # On a full read's last page (the overlap re-read): where the next full read starts
+    # (core/sources/incremental.py, next_read); kept with the time of this commit.
+    reread_from: datetime | None = None
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write: an idle poll's page of versions seen before, its cursor unmoved."""
+        return not (self.seen or self.outbox or self.dead or self.held_back or self.skipped or self.window_read
+                    or self.cursor is not None or self.reread_from is not None)
 
 
 @dataclass(frozen=True)

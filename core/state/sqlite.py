@@ -87,6 +87,11 @@ CREATE TABLE IF NOT EXISTS window_failures (
 CREATE TABLE IF NOT EXISTS skipped_windows (
     tenant_id TEXT NOT NULL, source TEXT NOT NULL, start_time TEXT NOT NULL, end_time TEXT NOT NULL,
     reason TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant_id, source, start_time)) WITHOUT ROWID;
+-- Added within schema 5. The last full read (overlap re-read) of each (tenant, source): where
+-- the next one starts, and when it was (core/sources/incremental.py, next_read).
+CREATE TABLE IF NOT EXISTS overlap_reads (
+    tenant_id TEXT NOT NULL, source TEXT NOT NULL, reread_from TEXT NOT NULL, read_at REAL NOT NULL,
+    PRIMARY KEY (tenant_id, source)) WITHOUT ROWID;
 -- Added within schema 5. The status of each source of a tenant (tenant_status is the tenant's
 -- roll-up: its last success is the last cycle in which every source it read succeeded).
 CREATE TABLE IF NOT EXISTS source_status (
@@ -204,6 +209,12 @@ class SQLiteStore:
         rows = self.db.execute("SELECT tenant_id, source, cursor FROM cursors")
         return {(t, s): parse_time(c) for t, s, c in rows}
 
+    def overlap_read(self, tenant_id: str, source: str) -> tuple[datetime, float] | None:
+        """The last full read of this (tenant, source): (where the next starts, when it was)."""
+        row = self.db.execute("SELECT reread_from, read_at FROM overlap_reads WHERE tenant_id=? AND source=?",
+                              (tenant_id, source)).fetchone()
+        return (parse_time(row[0]), row[1]) if row else None
+
     def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]:
         wanted = set(versions)
         seen = self._rows_of_alerts(
@@ -260,6 +271,9 @@ class SQLiteStore:
             )
             if page.window_read:
                 db.execute("DELETE FROM window_failures WHERE tenant_id=? AND source=?", (page.tenant_id, page.source))
+            if page.reread_from is not None:
+                db.execute("INSERT OR REPLACE INTO overlap_reads VALUES (?, ?, ?, ?)",
+                           (page.tenant_id, page.source, format_time(page.reread_from), now))
             if page.cursor is not None:
                 db.execute(
                     "INSERT INTO cursors VALUES (?, ?, ?) ON CONFLICT (tenant_id, source) "

@@ -259,7 +259,7 @@ def test_a_high_water_from_seen_versions_counts_too(store: SQLiteStore) -> None:
 def test_an_empty_window_leaves_the_cursor_where_it_was(store: SQLiteStore) -> None:
     run_window(store, [[record("a", T0)]])
     window, _ = open_window(store)
-    assert window.end_page(True) == T0
+    assert window.end_page(True) is None  # nothing read past the cursor: nothing to commit, it stays
     assert run_window(store, [[]]) == [] and store.cursor(TENANT, KIND.name) == T0
     window, _ = open_window(store)
     assert window.skip_seen([]) == ([], 0) and window.new_versions([]) == []
@@ -419,3 +419,32 @@ def test_pages_the_record_split_cannot_take_are_read_as_before() -> None:
     # No value list: the dict, whose reading raises BrokenWindow as before.
     assert _split_page(b'{"error": {"code": "x"}}') == {"error": {"code": "x"}}
     assert _split_page(b"not json") is None
+
+
+# ---- the overlap re-read, at least every overlap_every (next_read) --------------------------
+
+def test_next_read_reads_from_the_cursor_until_the_overlap_reread_is_due() -> None:
+    from core.sources.incremental import OverlapRead, next_read
+
+    def read(cursor: datetime | None, last: OverlapRead | None, epoch: float, partial: bool = True) -> Any:
+        return next_read(cursor, last, overlap=OVERLAP, initial_lookback=LOOKBACK, now=lambda: T0, epoch=epoch,
+                         partial=partial, overlap_every=300.0, poll_interval=10.0)
+
+    cursor = T0 - timedelta(minutes=1)
+    last = OverlapRead(reread_from=T0 - timedelta(minutes=20), read_at=1000.0)
+    assert read(None, last, 1000.0) == (T0 - LOOKBACK, True)  # a first read: the lookback
+    assert read(cursor, None, 1000.0) == (cursor - OVERLAP, True)  # no re-read before: one now
+    assert read(cursor, last, 1100.0) == (cursor, False)  # between re-reads: from the cursor
+    # Due once the next poll would come later than overlap_every after the last re-read; it
+    # starts where that re-read's cursor minus the overlap was, not at today's.
+    assert read(cursor, last, 1291.0) == (T0 - timedelta(minutes=20), True)
+    assert read(cursor, last, 1100.0, partial=False) == (T0 - timedelta(minutes=20), True)  # run --once
+
+
+def test_a_partial_read_keeps_the_seen_marks_the_next_reread_needs(store: SQLiteStore) -> None:
+    keep_from = T0 - timedelta(minutes=40)
+    window = Window(TENANT, KIND.version, store, cursor=T0, overlap=OVERLAP, full=False, keep_from=keep_from)
+    assert window.prune_before() == keep_from and window.reread_from(True) is None
+    full = Window(TENANT, KIND.version, store, cursor=T0, overlap=OVERLAP, full=True, keep_from=keep_from)
+    assert full.prune_before() == T0 - OVERLAP and full.reread_from(True) == T0 - OVERLAP
+    assert full.reread_from(False) is None  # only with the window's last page
