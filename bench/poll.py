@@ -40,11 +40,13 @@ from core.app.status_routes import add_status_routes  # noqa: E402
 from core.state.sqlite import SQLiteStore  # noqa: E402
 
 
-def start_cloud(work: Path, tenants: int, alerts: int, latency: float) -> tuple[subprocess.Popen, dict[str, Any]]:
+def start_cloud(work: Path, tenants: int, alerts: int, latency: float,
+                step_seconds: float = 1.0) -> tuple[subprocess.Popen, dict[str, Any]]:
     ready = work / "cloud.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.peers.fake_cloud", "--tenants", str(tenants), "--alerts-per-tenant",
-         str(alerts), "--latency", str(latency), "--page-size", "1000", "--ready-file", str(ready)],
+         str(alerts), "--latency", str(latency), "--page-size", "1000", "--ready-file", str(ready),
+         "--step-seconds", str(step_seconds)],
         cwd=REPO, stderr=subprocess.DEVNULL if not os.environ.get("BENCH_CLOUD_LOG") else None,
     )
     deadline = time.monotonic() + 300

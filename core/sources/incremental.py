@@ -26,8 +26,8 @@ a closed start: `time ge start`, so a record stamped exactly at the start is rea
   off mid-way is read again whole, and the seen-marks drop what was queued already.
 - Overlap re-read, at least every `overlap_every` (daemon): re-reading the whole overlap every
   poll costs an idle tenant a full download of its last 15 minutes each time (issue 19). So a
-  daemon's poll reads from the cursor on (`ge cursor`: the new records, and those stamped at
-  the cursor itself), and re-reads the overlap only when it is due: before `overlap_every`
+  daemon's poll reads from just before the cursor on (`ge cursor - 30s`: the new records, and
+  those Graph indexed up to 30 s late), and re-reads the overlap only when it is due: before `overlap_every`
   would have passed by the next poll. That full read starts where the previous full read's
   cursor minus the overlap was (`reread_from`, kept in the state with the window's last page),
   not at today's cursor minus the overlap: a record stamped T that became visible V later is
@@ -85,6 +85,11 @@ def window_start(cursor: datetime | None, *, overlap: timedelta, initial_lookbac
     return now() - initial_lookback
 
 
+# A poll between overlap re-reads starts this long before the cursor: Graph indexes most late
+# alerts within seconds, and those come with the next poll, not with the next re-read.
+RECENT_REREAD = timedelta(seconds=30)
+
+
 @dataclass(frozen=True)
 class OverlapRead:
     """The last full read of a (tenant, kind)'s window: where the next one starts (its cursor
@@ -107,7 +112,7 @@ def next_read(cursor: datetime | None, last_full: OverlapRead | None, *, overlap
     full_start = cursor - overlap if last_full is None else min(last_full.reread_from, cursor - overlap)
     if not partial or last_full is None or epoch - last_full.read_at + poll_interval > overlap_every:
         return full_start, True
-    return cursor, False
+    return cursor - RECENT_REREAD, False
 
 
 @functools.cache  # one per kind: a window is opened every poll, and the struct type is not free to make

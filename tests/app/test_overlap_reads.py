@@ -1,7 +1,7 @@
-"""The daemon's polls between overlap re-reads read from the cursor (issue 19, point 3).
+"""The daemon's polls between overlap re-reads read from near the cursor (issue 19, point 3).
 
 An idle tenant's poll used to download its whole 15-minute overlap every time. Now a daemon
-poll asks from the cursor on, and the overlap is re-read at least every `overlap_every`, from
+poll asks from 30 s before the cursor on, and the overlap is re-read at least every `overlap_every`, from
 where the previous re-read's cursor minus the overlap was: an alert Graph indexes late, stamped
 behind the cursor, is still read, once. Driven as the daemon drives it: one Forwarder kept
 across polls (`partial_reads` on), against the simulated cloud, into the file sink.
@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 from core.app.config import load_config
 from core.app.pipeline import Forwarder
 from core.model.times import parse_time
+from core.sources.incremental import RECENT_REREAD
 from core.state.sqlite import SQLiteStore
 from tests.helpers import CloudSetup, read_ndjson, recent
 from tests.peers.alert_factory import make_alerts
@@ -65,8 +66,8 @@ def test_polls_read_from_the_cursor_and_the_overlap_reread_takes_a_late_alert_on
         new = make_alerts(1, tenant_id, recent(1), timedelta(minutes=1), seed=8)
         setup.cloud.add_alerts(tenant_id, late + new)
 
-        asyncio.run(_poll(partial_config, store))  # a poll between re-reads: from the cursor
-        assert _filter_starts(setup, tenant_id)[-1] == cursor
+        asyncio.run(_poll(partial_config, store))  # a poll between re-reads: from just before the cursor
+        assert _filter_starts(setup, tenant_id)[-1] == cursor - RECENT_REREAD
         got = _versions(setup)
         assert (new[0]["id"], new[0]["lastUpdateDateTime"]) in got
         assert late[0]["id"] not in {alert_id for alert_id, _ in got}

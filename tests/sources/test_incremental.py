@@ -424,7 +424,7 @@ def test_pages_the_record_split_cannot_take_are_read_as_before() -> None:
 # ---- the overlap re-read, at least every overlap_every (next_read) --------------------------
 
 def test_next_read_reads_from_the_cursor_until_the_overlap_reread_is_due() -> None:
-    from core.sources.incremental import OverlapRead, next_read
+    from core.sources.incremental import RECENT_REREAD, OverlapRead, next_read
 
     def read(cursor: datetime | None, last: OverlapRead | None, epoch: float, partial: bool = True) -> Any:
         return next_read(cursor, last, overlap=OVERLAP, initial_lookback=LOOKBACK, now=lambda: T0, epoch=epoch,
@@ -434,7 +434,7 @@ def test_next_read_reads_from_the_cursor_until_the_overlap_reread_is_due() -> No
     last = OverlapRead(reread_from=T0 - timedelta(minutes=20), read_at=1000.0)
     assert read(None, last, 1000.0) == (T0 - LOOKBACK, True)  # a first read: the lookback
     assert read(cursor, None, 1000.0) == (cursor - OVERLAP, True)  # no re-read before: one now
-    assert read(cursor, last, 1100.0) == (cursor, False)  # between re-reads: from the cursor
+    assert read(cursor, last, 1100.0) == (cursor - RECENT_REREAD, False)  # between re-reads: from near the cursor
     # Due once the next poll would come later than overlap_every after the last re-read; it
     # starts where that re-read's cursor minus the overlap was, not at today's.
     assert read(cursor, last, 1291.0) == (T0 - timedelta(minutes=20), True)
