@@ -601,6 +601,7 @@ class Forwarder:
         failing tenant delays no other; housekeeping (the cycle line, dead-letter warnings,
         tidying the state, [notify]) runs once per poll_interval in a task of its own."""
         schedule = _Schedule(asyncio.Event(), set(self._scheduled()))
+        since = time.time()  # dead letters are counted from here: before the first poll files any
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, schedule.stop.set)
@@ -610,7 +611,7 @@ class Forwarder:
                    for label in self._scheduled()]
         if not tenants:
             schedule.first_polls.set()
-        housekeeping = asyncio.create_task(self._housekeep(schedule), name="housekeeping")
+        housekeeping = asyncio.create_task(self._housekeep(schedule, since), name="housekeeping")
         stopped = asyncio.create_task(schedule.stop.wait())
         try:
             # Housekeeping ends only by an error of the state store: the daemon stops with it.
@@ -669,13 +670,12 @@ class Forwarder:
             self.store.record_error(tenant_id, label, error)
         return TenantResult(label, tenant_id, error=error)
 
-    async def _housekeep(self, schedule: _Schedule) -> None:
+    async def _housekeep(self, schedule: _Schedule, since: float) -> None:
         """Every poll_interval: tidy the state, warn of new dead letters, log the cycle line of
         the polls completed since the last one, notify. The first runs as soon as every tenant
         was polled once (or after poll_interval, if one is slower); /readyz counts from it."""
         interval = self.settings.poll_interval
         loop = asyncio.get_running_loop()
-        since = time.time()
         next_at = loop.time() + interval
         while True:
             if not self.cycles:  # not ready yet: the first polls' end starts housekeeping at once
