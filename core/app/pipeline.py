@@ -645,14 +645,9 @@ class Forwarder:
             schedule.completed(label, result, seconds)
             # From this poll's start, never later than poll_interval after it: the jitter keeps
             # tenants (and forwarders) out of lockstep without delaying an alert beyond it.
-            pause = interval * random.uniform(0.95, 1.0) - seconds
-            if pause <= 0:
-                await asyncio.sleep(0)  # behind: again at once, but let the others run first
-                continue
-            try:
-                await asyncio.wait_for(schedule.stop.wait(), pause)
-            except asyncio.TimeoutError:
-                pass
+            # A plain sleep (no task per wait, a thousand tenants wait at once): a stop cancels it.
+            # Behind (pause <= 0): again at once, but after the other tasks had their turn.
+            await asyncio.sleep(max(interval * random.uniform(0.95, 1.0) - seconds, 0.0))
 
     async def _guarded_poll(self, label: str) -> TenantResult:
         """poll_tenant, whose unexpected failure costs this poll of this tenant only: it is
