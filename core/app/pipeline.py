@@ -11,11 +11,12 @@ import logging
 import math
 import random
 import signal
+import sqlite3
 import ssl
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -562,6 +563,7 @@ class Forwarder:
         await self.drain()
         self._tidy_state()
         self.log_cycle(results, asyncio.get_running_loop().time() - started)
+        self.cycles += 1
         if self.notifier is not None:  # cron: the same comparison, sent before the process ends
             self.notifier.after_cycle(self.workers, self.auth_failures)
             await self.notifier.flush()
@@ -583,7 +585,6 @@ class Forwarder:
             duration_s=round(seconds, 3),
         )
         log.info("%s", report.line(), extra=vars(report))
-        self.cycles += 1
         telemetry.CYCLE_DURATION.observe(seconds)
         stopped = any(w.fatal for w in self.workers.values())
         telemetry.CYCLES.labels("partial" if report.tenants_failed or stopped else "ok").inc()
@@ -616,38 +617,124 @@ class Forwarder:
         return until
 
     async def run_forever(self) -> None:
-        """Daemon: workers deliver continuously; a poll cycle of every tenant starts every
-        poll_interval (at once when the last one took longer)."""
-        stop = asyncio.Event()
+        """Daemon: workers deliver continuously; each tenant is polled on its own schedule, every
+        poll_interval from its last poll's start (at once if that poll took longer), so a slow or
+        failing tenant delays no other; housekeeping (the cycle line, dead-letter warnings,
+        tidying the state, [notify]) runs once per poll_interval in a task of its own."""
+        schedule = _Schedule(asyncio.Event(), set(self._scheduled()))
+        since = time.time()  # dead letters are counted from here: before the first poll files any
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, schedule.stop.set)
         workers = [asyncio.create_task(w.run_forever()) for w in self.workers.values()]
         self.partial_reads = True
-        since = time.time()
+        # All at once: the global request bound (max_concurrent_requests) spreads the first polls.
+        tenants = [asyncio.create_task(self._poll_on_schedule(label, schedule), name=f"poll {label}")
+                   for label in self._scheduled()]
+        if not tenants:
+            schedule.first_polls.set()
+        housekeeping = asyncio.create_task(self._housekeep(schedule, since), name="housekeeping")
+        stopped = asyncio.create_task(schedule.stop.wait())
         try:
-            while not stop.is_set():
-                started = loop.time()
-                results = await self.poll_all()
-                self._tidy_state()
-                since = self.warn_of_dead_letters(since)
-                self.log_cycle(results, loop.time() - started)
-                if self.notifier is not None:  # sends in a task of its own: the next cycle never waits for it
-                    self.notifier.after_cycle(self.workers, self.auth_failures)
-                # Counted from the cycle's start: a cycle of a thousand tenants takes seconds,
-                # which must not add to every alert's wait. Jitter keeps many forwarders from
-                # polling in lockstep.
-                pause = self.settings.poll_interval * random.uniform(0.9, 1.1) - (loop.time() - started)
-                try:
-                    await asyncio.wait_for(stop.wait(), max(pause, 0.0))
-                except asyncio.TimeoutError:
-                    pass
+            # Housekeeping ends only by an error of the state store: the daemon stops with it.
+            await asyncio.wait([stopped, housekeeping], return_when=asyncio.FIRST_COMPLETED)
+            if housekeeping.done():
+                housekeeping.result()
         finally:
+            # A poll cancelled between two awaits leaves no page half-committed: a page is one
+            # synchronous transaction, and the cursor moves only with a window's last page.
+            for task in [*tenants, housekeeping, stopped]:
+                task.cancel()
+            await asyncio.gather(*tenants, housekeeping, stopped, return_exceptions=True)
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             if self.notifier is not None:
                 await self.notifier.flush()  # a message under way (bounded by [notify] timeout)
+
+    def _scheduled(self) -> list[str]:
+        """The tenants the daemon polls: every enabled one with a source kind to read."""
+        return [label for label in self.readers if self._kinds_of(label)]
+
+    async def _poll_on_schedule(self, label: str, schedule: _Schedule) -> None:
+        """One tenant's loop: poll, then wait for its next start, until the daemon stops."""
+        interval = self.settings.poll_interval
+        loop = asyncio.get_running_loop()
+        while not schedule.stop.is_set():
+            started = loop.time()
+            result = await self._guarded_poll(label)
+            seconds = loop.time() - started
+            schedule.completed(label, result, seconds)
+            # From this poll's start, never later than poll_interval after it: the jitter keeps
+            # tenants (and forwarders) out of lockstep without delaying an alert beyond it.
+            # A plain sleep (no task per wait, a thousand tenants wait at once): a stop cancels it.
+            # Behind (pause <= 0): again at once, but after the other tasks had their turn.
+            await asyncio.sleep(max(interval * random.uniform(0.95, 1.0) - seconds, 0.0))
+
+    async def _guarded_poll(self, label: str) -> TenantResult:
+        """poll_tenant, whose unexpected failure costs this poll of this tenant only: it is
+        logged, counted as the tenant's error in the cycle line, and the next poll is tried."""
+        tenant_id = self.config.tenants[label].tenant_id
+        try:
+            return await self.poll_tenant(label)
+        except (sqlite3.Error, OSError, httpx.HTTPError, SourceError) as err:  # a store or network failure
+            error = f"poll failed: {type(err).__name__}: {err} (will retry next poll)"
+            log.error("tenant %s: %s", label, error, extra={"tenant": label})
+        except Exception as err:  # noqa: BLE001 - a bug must not end the tenant's polling for good
+            error = f"poll failed: internal error {type(err).__name__}: {err} (will retry next poll)"
+            log.exception("tenant %s: poll failed unexpectedly", label, extra={"tenant": label})
+        with suppress(sqlite3.Error):  # shown on the status page, if the store takes it
+            self.store.record_error(tenant_id, label, error)
+        return TenantResult(label, tenant_id, error=error)
+
+    async def _housekeep(self, schedule: _Schedule, since: float) -> None:
+        """Every poll_interval: tidy the state, warn of new dead letters, log the cycle line of
+        the polls completed since the last one, notify. The first runs as soon as every tenant
+        was polled once (or after poll_interval, if one is slower); /readyz counts from it."""
+        interval = self.settings.poll_interval
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + interval
+        while True:
+            if not self.cycles:  # not ready yet: the first polls' end starts housekeeping at once
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(schedule.first_polls.wait(), max(next_at - loop.time(), 0.0))
+            else:
+                await asyncio.sleep(max(next_at - loop.time(), 0.0))
+            started = loop.time()
+            self._tidy_state()
+            since = self.warn_of_dead_letters(since)
+            results, longest = schedule.take()
+            self.log_cycle(results, longest)
+            if schedule.first_polls.is_set():
+                self.cycles += 1
+            if self.notifier is not None:  # sends in a task of its own: polling never waits for it
+                self.notifier.after_cycle(self.workers, self.auth_failures)
+            next_at = started + interval
+
+
+@dataclass
+class _Schedule:
+    """What the daemon's tenant loops and its housekeeping share."""
+
+    stop: asyncio.Event
+    unpolled: set[str]  # the tenants whose first poll has not completed yet
+    first_polls: asyncio.Event = field(default_factory=asyncio.Event)  # set when `unpolled` empties
+    results: list[TenantResult] = field(default_factory=list)  # polls completed since the cycle line
+    longest: float = 0.0  # the longest of them, in seconds
+
+    def completed(self, label: str, result: TenantResult, seconds: float) -> None:
+        self.results.append(result)
+        self.longest = max(self.longest, seconds)
+        if label in self.unpolled:
+            self.unpolled.discard(label)
+            if not self.unpolled:
+                self.first_polls.set()
+
+    def take(self) -> tuple[list[TenantResult], float]:
+        """The polls completed since the last call, and the longest of them; starts a new period."""
+        taken = (self.results, self.longest)
+        self.results, self.longest = [], 0.0
+        return taken
 
 
 def encode_for_sinks(

@@ -60,7 +60,8 @@ BATCH_DURATION = Histogram(PREFIX + "batch_duration_seconds", "Duration of sendi
                            buckets=(.01, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=REGISTRY)
 
 # ---- process --------------------------------------------------------------------------
-CYCLE_DURATION = Histogram(PREFIX + "cycle_duration_seconds", "Duration of one poll cycle of every tenant",
+CYCLE_DURATION = Histogram(PREFIX + "cycle_duration_seconds",
+                           "Duration of a cycle: run --once's; the daemon's longest tenant poll in the period",
                            buckets=(1, 5, 10, 30, 60, 120, 300, 600), registry=REGISTRY)
 CYCLES = Counter(PREFIX + "cycles_total", "Poll cycles, by result: ok, or partial (a tenant or a sink failed)",
                  ["result"], registry=REGISTRY)

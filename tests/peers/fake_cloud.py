@@ -208,6 +208,9 @@ class Tenant:
     mde_forbidden: bool = False  # the app lacks WindowsDefenderATP Alert.Read.All here
     mde_per_minute: int = 100  # the MDE API's quotas (documented: 100 a minute, 1,500 an hour)
     mde_per_hour: int = 1500
+    # Seconds every authenticated request of this tenant to Graph or the MDE API hangs before
+    # its answer (not used up, unlike Fault.delay): a slow tenant, all its requests slow.
+    graph_delay: float = 0.0
     # The application permissions of Microsoft Graph consented in this tenant: the token's roles.
     permissions: frozenset[str] = frozenset({ALERTS_PERMISSION, INCIDENTS_PERMISSION})
     # Alert ids Graph chokes on: every page that would hold one answers 500, for good (as
@@ -720,19 +723,21 @@ class FakeCloud:
                    expires_in: int = 3599, graph_token_lifetime: float | None = None,
                    page_size: int = 100, token_fail_status: int | None = None,
                    mde_forbidden: bool = False, mde_per_minute: int = 100, mde_per_hour: int = 1500,
-                   permissions: Iterable[str] | None = None) -> Tenant:
+                   permissions: Iterable[str] | None = None, graph_delay: float = 0.0) -> Tenant:
         """Register a tenant with the app `client_id` consented. `page_size` applies when a
         request has no `$top`; `graph_token_lifetime` (seconds) makes Graph reject tokens
         older than that with 401 although MSAL still caches them; `token_fail_status`
         (e.g. 503) makes the token endpoint fail. `mde_forbidden` leaves WindowsDefenderATP
         Alert.Read.All out of the MDE token's roles (403 on /api/alerts); `mde_per_minute` and
         `mde_per_hour` are the MDE quotas; `permissions` are the Graph permissions consented
-        (default: alerts and incidents), e.g. `{"SecurityAlert.Read.All"}` alone."""
+        (default: alerts and incidents), e.g. `{"SecurityAlert.Read.All"}` alone; `graph_delay`
+        (seconds) delays every authenticated Graph and MDE request of the tenant (settable later)."""
         tenant = Tenant(tenant_id, client_id, secret, cert, consent, secret_expired,
                         graph_forbidden, expires_in, graph_token_lifetime, page_size,
                         token_fail_status, mde_forbidden, mde_per_minute, mde_per_hour)
         if permissions is not None:
             tenant.permissions = frozenset(permissions)
+        tenant.graph_delay = graph_delay
         with self._lock:
             self.tenants[tenant_id] = tenant
         return tenant
@@ -983,6 +988,8 @@ class FakeCloud:
         try:
             tenant = self._mde_tenant(request.headers.get("authorization"))
             tenant_id = tenant.tenant_id
+            if tenant.graph_delay > 0:
+                time.sleep(tenant.graph_delay)
             tenant.mde_quota.spend()
             fault = self._next_fault(tenant, tenant.faults)
             if fault is not None and fault.kind == "status":
@@ -1039,6 +1046,8 @@ class FakeCloud:
         try:
             tenant, roles = self._authenticate_bearer(request.headers.get("authorization"))
             tenant_id = tenant.tenant_id
+            if tenant.graph_delay > 0:
+                time.sleep(tenant.graph_delay)  # outside every lock: other tenants are served meanwhile
             fault = self._next_fault(tenant, tenant.faults if kind == "alerts" else tenant.incident_faults)
             response = serve(tenant, roles, fault)
         except _GraphError as error:

@@ -433,6 +433,19 @@ def test_delay_fault_trips_the_client_timeout(cloud: FakeCloud, ca_file: Path) -
         assert client.get(ALERTS).status_code == 200
 
 
+def test_a_slow_tenant_answers_every_request_late_and_no_other_tenant_waits(cloud: FakeCloud,
+                                                                            ca_file: Path) -> None:
+    slow, fast = new_tenant(cloud, graph_delay=0.6), new_tenant(cloud)
+    with graph(cloud, access_token(cloud, ca_file, slow.tenant_id), timeout=0.2) as client:
+        for _ in range(2):  # every request, not the next one only (as Fault.delay)
+            with pytest.raises(httpx.ReadTimeout):
+                client.get(ALERTS)
+        with graph(cloud, access_token(cloud, ca_file, fast.tenant_id), timeout=0.2) as other:
+            assert other.get(ALERTS).status_code == 200  # served while the slow one's requests hang
+        slow.graph_delay = 0.0  # settable while the server runs
+        assert client.get(ALERTS).status_code == 200
+
+
 def test_next_link_faults(cloud: FakeCloud, ca_file: Path) -> None:
     tenant = new_tenant(cloud, page_size=1)
     cloud.add_alerts(tenant.tenant_id, [alert("a", "2024-05-01T10:00:00Z"), alert("b", "2024-05-01T10:00:01Z")])

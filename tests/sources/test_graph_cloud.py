@@ -331,5 +331,5 @@ def test_a_cycle_starts_every_poll_interval_however_long_the_last_one_took(setup
         forwarder.wait(20)
     starts = [h.t - 0.7 for h in setup.cloud.hits if h.kind == "alerts" and h.tenant == tenant_id]
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    # 0.9-1.1 s apart (the interval's jitter); waiting after the cycle made it 1.6-1.8 s.
+    # 0.95-1.0 s apart (the interval's jitter); waiting after the poll would make it 1.65-1.7 s.
     assert statistics.median(gaps) < 1.3, gaps
