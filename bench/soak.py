@@ -271,8 +271,10 @@ def report(figures: dict[str, Any], checks: dict[str, Any]) -> None:
               f"live {f['live']:,} at {f['live_rate']:,.0f}/s)")
     throughput = (f"{f['backlog'] / f['backlog_seconds']:,.0f} alerts/s into both sinks ({f['backlog_seconds']:,.0f} s;"
                   f" forwarder CPU {f['backlog_cpu'] / f['backlog'] * 1e6:,.0f} µs an alert)")
+    live_cpu = f["cpu"] - f["backlog_cpu"]
     latency = (f"p50 {checks['latency_p50']:.1f} s, p99 {checks['latency_p99']:.1f} s, "
-               f"max {checks['latency_max']:.1f} s (poll interval {f['poll_interval']})")
+               f"max {checks['latency_max']:.1f} s (poll interval {f['poll_interval']}; forwarder CPU "
+               f"{live_cpu / f['live_seconds'] * 100:.0f}% of a core over the live phase)")
     state = (f"peak {f['state_peak'] / 2**20:,.0f} MB, end {f['state_end'] / 2**20:,.0f} MB; rows at the end: "
              + ", ".join(f"{name} {count:,}" for name, count in rows.items() if count))
     outcome = ", ".join(f"{sink} {checks[sink]['missing']} missing / {checks[sink]['duplicates']} duplicated"
