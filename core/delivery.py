@@ -113,7 +113,8 @@ class SinkWorker:
         ok = [e.row_id for e, r in pairs if r.outcome is Outcome.OK]
         dead = [(rows[e.row_id], r.reason) for e, r in pairs if r.outcome is Outcome.PERMANENT]
         again = [(e.row_id, r.reason) for e, r in pairs if r.outcome is Outcome.RETRY]
-        self.store.outbox_delivered(ok)
+        # Every row of the batch delivered: the store may delete them as one range of ids.
+        self.store.outbox_delivered(self.name, ok, whole_batch=len(ok) == len(pairs))
         self.stats.delivered += len(ok)
         self._delivered.inc(len(ok))
         if dead:

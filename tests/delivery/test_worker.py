@@ -179,6 +179,38 @@ def test_a_fatal_error_stops_the_sink_and_keeps_its_outbox(store: SQLiteStore,
             "(its outbox keeps every pending event)") in [r.getMessage() for r in caplog.records]
 
 
+def test_each_batch_takes_exactly_its_settled_rows_from_the_outbox(store: SQLiteStore) -> None:
+    """A batch with a refused row in the middle and a deferred one keeps the deferred row and
+    files the refused one; a batch delivered whole goes by the range of its ids (the store's
+    fast path). Neither takes a row of another sink between its ids, nor one queued after it."""
+    for i in range(8):  # ids interleave with another sink's: siem, other, siem, other, ...
+        _queue(store, 1, start=i)
+        store.outbox_append("other", [(EventMeta("t-1", "acme", f"o{i}", f"t-1/o{i}/v", Severity.high, 1.5e9),
+                                       b"o")])
+    outcomes = {"a1": EventResult(Outcome.PERMANENT, "refused"), "a2": EventResult(Outcome.DEFER, "later", 60.0)}
+
+    def answer(batch: list[Event]) -> list[EventResult]:
+        return [outcomes.get(event.meta.alert_id, DELIVERED) for event in batch]
+
+    worker = SinkWorker(Scripted(answer, batch_max_events=4), store)
+
+    def waiting(sink: str) -> list[str]:
+        return [row.meta.alert_id for row in store.outbox_batch(sink, 100)]
+
+    async def two_batches() -> None:
+        assert await worker.deliver_batch() == 3  # a0 delivered, a1 refused, a3 delivered; a2 deferred
+        assert waiting(SINK) == ["a2", "a4", "a5", "a6", "a7"]
+        assert [letter.meta.alert_id for letter in store.dead_letters()] == ["a1"]
+        outcomes.clear()
+        _queue(store, 1, start=8)
+        assert await worker.deliver_batch() == 4  # a2, a4, a5, a6: settled whole
+        await worker.close()
+
+    asyncio.run(two_batches())
+    assert waiting(SINK) == ["a7", "a8"] and store.outbox_depth(SINK) == 2
+    assert waiting("other") == [f"o{i}" for i in range(8)] and store.outbox_depth("other") == 8
+
+
 def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: SQLiteStore) -> None:
     _queue(store, 3)
     worker = SinkWorker(Scripted(lambda batch: [DELIVERED]), store)
