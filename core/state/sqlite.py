@@ -327,18 +327,9 @@ class SQLiteStore:
         """The oldest `limit` rows of `sink` (with ids above `after`)."""
         return _outbox_rows(self.db, sink, limit, after)
 
-    def outbox_read_ahead(self, sink: str, limit: int, after: int) -> list[OutboxRow]:
-        """`outbox_batch` on a connection of its own, so that it can run in a thread while the
-        event loop's connection goes on (WAL lets a reader run beside the writer)."""
-        db = sqlite3.connect(self.path, check_same_thread=False)
-        try:
-            return _outbox_rows(db, sink, limit, after)
-        finally:
-            db.close()
-
     def outbox_delivered(self, sink: str, row_ids: Iterable[int], whole_batch: bool = False) -> None:
         """Delete the rows `row_ids` of `sink`, delivered. `whole_batch`: they are every row of one
-        batch read by `outbox_batch` (or `outbox_read_ahead`), each settled OK.
+        batch read by `outbox_batch`, each settled OK.
 
         Such a batch goes by range, `id BETWEEN first AND last`, one index range instead of one
         probe per id, and that is exact: the batch was read as every row of the sink with an id

@@ -1,7 +1,7 @@
 """core/delivery.py: the policy of a sink worker, with a destination written here (a Connector
 that answers as each test scripts it: the contract implemented, no client mocked) and the
 real SQLite state store. Batches, what each outcome does to the outbox, backoff, deferral,
-a fatal sink, and the read-ahead that must never skip or repeat a row."""
+a fatal sink, and batches that must never skip or repeat a row."""
 from __future__ import annotations
 
 import asyncio
@@ -114,7 +114,7 @@ def test_a_retry_backs_off_then_sends_again_from_the_oldest_unsettled_row(store:
     with caplog.at_level(logging.WARNING, logger="defender_forwarder.delivery"):
         assert _drain(worker) is True
     first, again, *rest = connector.batches
-    assert again[0] == first[1] and again[1:] == [first[2] + 1, first[2] + 2]  # not the read-ahead's batch
+    assert again[0] == first[1] and again[1:] == [first[2] + 1, first[2] + 2]  # from the oldest unsettled row
     assert connector.sent_at[1] - connector.sent_at[0] >= 0.1  # backoff: between retry_initial/2 and it
     assert sorted({row for batch in connector.batches for row in batch}) == list(range(first[0], first[0] + 6))
     assert worker.stats.retries == 1 and store.outbox_depth(SINK) == 0 and store.dead_letters() == []
@@ -218,9 +218,9 @@ def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: SQ
     assert worker.fatal == "connector returned 1 results for 3 events" and store.outbox_depth(SINK) == 3
 
 
-# ---- the read-ahead ----------------------------------------------------------------------------------
+# ---- nothing skipped, nothing repeated ----------------------------------------------------------------
 
-def test_the_read_ahead_never_skips_or_repeats_a_row(store: SQLiteStore) -> None:
+def test_batches_never_skip_or_repeat_a_row(store: SQLiteStore) -> None:
     """Every outcome mixed at random, and rows queued while batches are in flight: each batch is
     the head of the outbox as it is when it goes (nothing skipped), a row goes again only after
     a retry or a deferral (nothing repeated), and every row is settled once."""
