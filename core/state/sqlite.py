@@ -114,6 +114,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 # Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
 RECLAIM_PAGES_PER_CALL = 25_600
+# reclaim_space() leaves free pages below this much alone: the next backlog reuses them, and
+# giving them back cost 10-20 us an outbox row (issue 19), only for the file to grow again.
+RECLAIM_FLOOR_BYTES = 64 * 1024 * 1024
 
 
 class StateLock:
@@ -485,11 +488,16 @@ class SQLiteStore:
 
     def reclaim_space(self) -> int:
         """Give free pages (those of a delivered backlog) back to the file system once they are
-        a quarter of the file: an outage must not leave the file at its peak size for ever.
-        Returns the pages given back (none for a file made before auto_vacuum was set)."""
+        both a quarter of the file and at least RECLAIM_FLOOR_BYTES (64 MiB), at most
+        RECLAIM_PAGES_PER_CALL a call: an outage must not leave the file at its peak size for
+        ever, and a run that queues and delivers a smaller backlog must not pay to shrink the
+        file that the next run grows again. So a drained file keeps at most 64 MiB or a quarter
+        of itself free, whichever is more. Returns the pages given back (none for a file made
+        before auto_vacuum was set)."""
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         total = self.db.execute("PRAGMA page_count").fetchone()[0]
-        if free * 4 < total:
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        if free * 4 < total or free * page_size < RECLAIM_FLOOR_BYTES:
             return 0
         # executescript steps the pragma to its end; execute() would free a single page.
         self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES_PER_CALL});")

@@ -202,19 +202,28 @@ def _state_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-def test_a_drained_outbox_gives_its_space_back(store: SQLiteStore) -> None:
-    """A SIEM outage fills the outbox (here 40 MB); once delivered, the state file must not stay
-    at its peak size for ever."""
-    body = os.urandom(2000)
-    for batch in range(20):
-        store.outbox_append("archive", [(_meta(f"a{batch}-{i}", "x"), body) for i in range(1000)])
-    peak = _state_bytes(store.path)
+def _backlog(store: SQLiteStore, megabytes: int) -> None:
+    """Queue and deliver a backlog of about `megabytes` MB (16 KB events)."""
+    body = os.urandom(16_000)
+    for batch in range(0, megabytes * 1_000_000 // 16_000, 500):
+        store.outbox_append("archive", [(_meta(f"a{batch}-{i}", "x"), body) for i in range(500)])
     while rows := store.outbox_batch("archive", 5000):
         store.outbox_delivered("archive", [row.id for row in rows], whole_batch=True)
+
+
+def test_a_drained_outbox_gives_its_space_back_past_a_floor(store: SQLiteStore) -> None:
+    """A SIEM outage fills the outbox (here 80 MB); once delivered, the state file must not stay
+    at its peak size for ever. A backlog below RECLAIM_FLOOR_BYTES (64 MiB) keeps its free
+    pages for the next one, instead of giving them back only to grow again."""
+    _backlog(store, 30)
+    small = _state_bytes(store.path)
+    assert store.reclaim_space() == 0 and _state_bytes(store.path) == small > 30_000_000
+    _backlog(store, 80)  # reuses the 30 MB free, grows by 50
+    peak = _state_bytes(store.path)
     while store.reclaim_space():
         pass
     store.close()
-    assert peak > 40_000_000
+    assert 80_000_000 < peak < 100_000_000
     assert _state_bytes(store.path) < 4_000_000, (peak, _state_bytes(store.path))
     assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
