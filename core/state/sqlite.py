@@ -9,6 +9,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -44,17 +45,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT,
     kind TEXT NOT NULL DEFAULT 'alert');  -- the event kind (alert, incident): sinks keep them apart
 CREATE INDEX IF NOT EXISTS outbox_by_sink ON outbox (sink, id);
--- Kept by triggers, because counting a full outbox (100,000 rows) took milliseconds, and the
--- backpressure check asks before every page of every tenant.
+-- Kept because counting a full outbox (100,000 rows) took milliseconds, and the backpressure
+-- check asks before every page of every tenant. Counted by the statements that insert and
+-- delete outbox rows, in their transactions (_insert_outbox, _count_out): per-row triggers did
+-- it before and cost ~8 us a deleted row (issue 19). A file of those times loses its triggers
+-- here; the counts they kept are exact, and are kept on from there.
 CREATE TABLE IF NOT EXISTS outbox_depths (sink TEXT PRIMARY KEY, depth INTEGER NOT NULL) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS outbox_depth_up AFTER INSERT ON outbox BEGIN
-    INSERT INTO outbox_depths VALUES (NEW.sink, 1) ON CONFLICT (sink) DO UPDATE SET depth = depth + 1;
-END;
-CREATE TRIGGER IF NOT EXISTS outbox_depth_down AFTER DELETE ON outbox BEGIN
-    UPDATE outbox_depths SET depth = depth - 1 WHERE sink = OLD.sink;
-END;
--- A state file from before the counts: count once. (Once the triggers exist, a sink with rows
--- always has its count, so this changes nothing.)
+DROP TRIGGER IF EXISTS outbox_depth_up;
+DROP TRIGGER IF EXISTS outbox_depth_down;
+-- A state file from before the counts: count once. (In a file that had them, a sink with rows
+-- always has its count, so this changes nothing; nothing writes the outbox between here and
+-- the DROPs above, as the state lock keeps other runs out.)
 INSERT OR IGNORE INTO outbox_depths SELECT sink, count(*) FROM outbox GROUP BY sink;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT, stage TEXT NOT NULL, sink TEXT,
@@ -118,6 +119,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 }
 # Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
 RECLAIM_PAGES_PER_CALL = 25_600
+# reclaim_space() leaves free pages below this much alone: the next backlog reuses them, and
+# giving them back cost 10-20 us an outbox row (issue 19), only for the file to grow again.
+RECLAIM_FLOOR_BYTES = 64 * 1024 * 1024
 
 
 class StateLock:
@@ -340,19 +344,31 @@ class SQLiteStore:
         """The oldest `limit` rows of `sink` (with ids above `after`)."""
         return _outbox_rows(self.db, sink, limit, after)
 
-    def outbox_read_ahead(self, sink: str, limit: int, after: int) -> list[OutboxRow]:
-        """`outbox_batch` on a connection of its own, so that it can run in a thread while the
-        event loop's connection goes on (WAL lets a reader run beside the writer)."""
-        db = sqlite3.connect(self.path, check_same_thread=False)
-        try:
-            return _outbox_rows(db, sink, limit, after)
-        finally:
-            db.close()
+    def outbox_delivered(self, sink: str, row_ids: Iterable[int], whole_batch: bool = False) -> None:
+        """Delete the rows `row_ids` of `sink`, delivered. `whole_batch`: they are every row of one
+        batch read by `outbox_batch`, each settled OK.
 
-    def outbox_delivered(self, row_ids: Iterable[int]) -> None:
+        Such a batch goes by range, `id BETWEEN first AND last`, one index range instead of one
+        probe per id, and that is exact: the batch was read as every row of the sink with an id
+        above `after`, in id order, up to `limit`, from a snapshot that holds every committed row
+        with an id below its largest (writers take turns and AUTOINCREMENT ids only grow, so a
+        transaction commits only ids above those committed before it); rows queued since get
+        ids above any ever used, so above `last`; and rows of the sink leave only through its
+        one worker, which settles a batch before the next. So the rows of the sink between first
+        and last are the batch's, no more, no fewer."""
+        ids = list(row_ids)
+        if not ids:
+            return
         with self._transaction() as db:
-            for chunk in _chunks(list(row_ids), 500):  # one statement per chunk: a batch is the hot path
-                db.execute(f"DELETE FROM outbox WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+            if whole_batch:
+                deleted = db.execute("DELETE FROM outbox WHERE sink=? AND id BETWEEN ? AND ?",
+                                     (sink, min(ids), max(ids))).rowcount
+            else:
+                deleted = 0
+                for chunk in _chunks(ids, 500):  # one statement per chunk: a batch is the hot path
+                    deleted += db.execute(f"DELETE FROM outbox WHERE sink=? AND id IN ({','.join('?' * len(chunk))})",
+                                          (sink, *chunk)).rowcount
+            _count_out(db, sink, deleted)
 
     def outbox_failed(self, row_ids: Iterable[int], error: str) -> None:
         with self._transaction() as db:
@@ -371,7 +387,12 @@ class SQLiteStore:
                  for r, reason in rows],
                 now,
             )
-            db.executemany("DELETE FROM outbox WHERE id=?", [(r.id,) for r, _ in rows])
+            by_sink: dict[str, list[tuple[int]]] = {}
+            for row, _ in rows:
+                by_sink.setdefault(row.sink, []).append((row.id,))
+            for sink, ids in by_sink.items():
+                _count_out(db, sink, db.executemany("DELETE FROM outbox WHERE sink=? AND id=?",
+                                                    [(sink, i) for i, in ids]).rowcount)
 
     def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None:
         with self._transaction() as db:
@@ -481,11 +502,16 @@ class SQLiteStore:
 
     def reclaim_space(self) -> int:
         """Give free pages (those of a delivered backlog) back to the file system once they are
-        a quarter of the file: an outage must not leave the file at its peak size for ever.
-        Returns the pages given back (none for a file made before auto_vacuum was set)."""
+        both a quarter of the file and at least RECLAIM_FLOOR_BYTES (64 MiB), at most
+        RECLAIM_PAGES_PER_CALL a call: an outage must not leave the file at its peak size for
+        ever, and a run that queues and delivers a smaller backlog must not pay to shrink the
+        file that the next run grows again. So a drained file keeps at most 64 MiB or a quarter
+        of itself free, whichever is more. Returns the pages given back (none for a file made
+        before auto_vacuum was set)."""
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
         total = self.db.execute("PRAGMA page_count").fetchone()[0]
-        if free * 4 < total:
+        page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        if free * 4 < total or free * page_size < RECLAIM_FLOOR_BYTES:
             return 0
         # executescript steps the pragma to its end; execute() would free a single page.
         self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES_PER_CALL});")
@@ -529,12 +555,23 @@ def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> l
 
 
 def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, bytes]], now: float) -> None:
+    """Queue the rows and count them in their sinks' depths (one upsert a sink, not one a row)."""
     db.executemany(
         "INSERT INTO outbox (sink, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, "
         "enqueued, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(sink, m.tenant_id, m.tenant_label, m.alert_id, m.version_key, int(m.severity), m.time, payload, now, m.kind)
          for sink, m, payload in rows],
     )
+    db.executemany(
+        "INSERT INTO outbox_depths VALUES (?, ?) ON CONFLICT (sink) DO UPDATE SET depth=depth+excluded.depth",
+        Counter(sink for sink, _, _ in rows).items(),
+    )
+
+
+def _count_out(db: sqlite3.Connection, sink: str, deleted: int) -> None:
+    """Take `deleted` rows, just deleted from the outbox in this transaction, off `sink`'s depth."""
+    if deleted:
+        db.execute("UPDATE outbox_depths SET depth=depth-? WHERE sink=?", (deleted, sink))
 
 
 def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> list[DeadLetter]:

@@ -1,7 +1,7 @@
 """core/delivery.py: the policy of a sink worker, with a destination written here (a Connector
 that answers as each test scripts it: the contract implemented, no client mocked) and the
 real SQLite state store. Batches, what each outcome does to the outbox, backoff, deferral,
-a fatal sink, and the read-ahead that must never skip or repeat a row."""
+a fatal sink, and batches that must never skip or repeat a row."""
 from __future__ import annotations
 
 import asyncio
@@ -114,7 +114,7 @@ def test_a_retry_backs_off_then_sends_again_from_the_oldest_unsettled_row(store:
     with caplog.at_level(logging.WARNING, logger="defender_forwarder.delivery"):
         assert _drain(worker) is True
     first, again, *rest = connector.batches
-    assert again[0] == first[1] and again[1:] == [first[2] + 1, first[2] + 2]  # not the read-ahead's batch
+    assert again[0] == first[1] and again[1:] == [first[2] + 1, first[2] + 2]  # from the oldest unsettled row
     assert connector.sent_at[1] - connector.sent_at[0] >= 0.1  # backoff: between retry_initial/2 and it
     assert sorted({row for batch in connector.batches for row in batch}) == list(range(first[0], first[0] + 6))
     assert worker.stats.retries == 1 and store.outbox_depth(SINK) == 0 and store.dead_letters() == []
@@ -179,6 +179,38 @@ def test_a_fatal_error_stops_the_sink_and_keeps_its_outbox(store: SQLiteStore,
             "(its outbox keeps every pending event)") in [r.getMessage() for r in caplog.records]
 
 
+def test_each_batch_takes_exactly_its_settled_rows_from_the_outbox(store: SQLiteStore) -> None:
+    """A batch with a refused row in the middle and a deferred one keeps the deferred row and
+    files the refused one; a batch delivered whole goes by the range of its ids (the store's
+    fast path). Neither takes a row of another sink between its ids, nor one queued after it."""
+    for i in range(8):  # ids interleave with another sink's: siem, other, siem, other, ...
+        _queue(store, 1, start=i)
+        store.outbox_append("other", [(EventMeta("t-1", "acme", f"o{i}", f"t-1/o{i}/v", Severity.high, 1.5e9),
+                                       b"o")])
+    outcomes = {"a1": EventResult(Outcome.PERMANENT, "refused"), "a2": EventResult(Outcome.DEFER, "later", 60.0)}
+
+    def answer(batch: list[Event]) -> list[EventResult]:
+        return [outcomes.get(event.meta.alert_id, DELIVERED) for event in batch]
+
+    worker = SinkWorker(Scripted(answer, batch_max_events=4), store)
+
+    def waiting(sink: str) -> list[str]:
+        return [row.meta.alert_id for row in store.outbox_batch(sink, 100)]
+
+    async def two_batches() -> None:
+        assert await worker.deliver_batch() == 3  # a0 delivered, a1 refused, a3 delivered; a2 deferred
+        assert waiting(SINK) == ["a2", "a4", "a5", "a6", "a7"]
+        assert [letter.meta.alert_id for letter in store.dead_letters()] == ["a1"]
+        outcomes.clear()
+        _queue(store, 1, start=8)
+        assert await worker.deliver_batch() == 4  # a2, a4, a5, a6: settled whole
+        await worker.close()
+
+    asyncio.run(two_batches())
+    assert waiting(SINK) == ["a7", "a8"] and store.outbox_depth(SINK) == 2
+    assert waiting("other") == [f"o{i}" for i in range(8)] and store.outbox_depth("other") == 8
+
+
 def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: SQLiteStore) -> None:
     _queue(store, 3)
     worker = SinkWorker(Scripted(lambda batch: [DELIVERED]), store)
@@ -186,9 +218,9 @@ def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: SQ
     assert worker.fatal == "connector returned 1 results for 3 events" and store.outbox_depth(SINK) == 3
 
 
-# ---- the read-ahead ----------------------------------------------------------------------------------
+# ---- nothing skipped, nothing repeated ----------------------------------------------------------------
 
-def test_the_read_ahead_never_skips_or_repeats_a_row(store: SQLiteStore) -> None:
+def test_batches_never_skip_or_repeat_a_row(store: SQLiteStore) -> None:
     """Every outcome mixed at random, and rows queued while batches are in flight: each batch is
     the head of the outbox as it is when it goes (nothing skipped), a row goes again only after
     a retry or a deferral (nothing repeated), and every row is settled once."""

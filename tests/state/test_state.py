@@ -77,7 +77,7 @@ def test_outbox_order_failures_and_dead_letters(store: SQLiteStore) -> None:
     assert [r.version_key.split("/")[1] for r in rows] == ["a0", "a1", "a2"]
     store.outbox_failed([rows[0].id], "timeout")
     store.outbox_dead([(rows[1], "rejected: mapping error")])
-    store.outbox_delivered([rows[2].id])
+    store.outbox_delivered("archive", [rows[2].id])
     remaining = store.outbox_batch("archive", 10)
     assert [(r.id, r.attempts) for r in remaining] == [(rows[0].id, 1)]
     dead = store.dead_letters()
@@ -202,19 +202,28 @@ def _state_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-def test_a_drained_outbox_gives_its_space_back(store: SQLiteStore) -> None:
-    """A SIEM outage fills the outbox (here 40 MB); once delivered, the state file must not stay
-    at its peak size for ever."""
-    body = os.urandom(2000)
-    for batch in range(20):
-        store.outbox_append("archive", [(_meta(f"a{batch}-{i}", "x"), body) for i in range(1000)])
-    peak = _state_bytes(store.path)
+def _backlog(store: SQLiteStore, megabytes: int) -> None:
+    """Queue and deliver a backlog of about `megabytes` MB (16 KB events)."""
+    body = os.urandom(16_000)
+    for batch in range(0, megabytes * 1_000_000 // 16_000, 500):
+        store.outbox_append("archive", [(_meta(f"a{batch}-{i}", "x"), body) for i in range(500)])
     while rows := store.outbox_batch("archive", 5000):
-        store.outbox_delivered(row.id for row in rows)
+        store.outbox_delivered("archive", [row.id for row in rows], whole_batch=True)
+
+
+def test_a_drained_outbox_gives_its_space_back_past_a_floor(store: SQLiteStore) -> None:
+    """A SIEM outage fills the outbox (here 80 MB); once delivered, the state file must not stay
+    at its peak size for ever. A backlog below RECLAIM_FLOOR_BYTES (64 MiB) keeps its free
+    pages for the next one, instead of giving them back only to grow again."""
+    _backlog(store, 30)
+    small = _state_bytes(store.path)
+    assert store.reclaim_space() == 0 and _state_bytes(store.path) == small > 30_000_000
+    _backlog(store, 80)  # reuses the 30 MB free, grows by 50
+    peak = _state_bytes(store.path)
     while store.reclaim_space():
         pass
     store.close()
-    assert peak > 40_000_000
+    assert 80_000_000 < peak < 100_000_000
     assert _state_bytes(store.path) < 4_000_000, (peak, _state_bytes(store.path))
     assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
@@ -231,19 +240,87 @@ def test_outbox_depths_follow_every_change_and_a_file_without_them_is_counted_on
     store.commit_page(_page(n=3, sink="siem"))
     store.outbox_append("siem", [(_meta("x", "y"), b"{}")])
     batch = store.outbox_batch("archive", 10)
-    store.outbox_delivered([batch[0].id, batch[1].id])
+    store.outbox_delivered("archive", [batch[0].id, batch[1].id])
     store.outbox_dead([(batch[2], "refused")])
     assert store.outbox_depths() == _counted(path) == {"archive": 2, "siem": 4}
     assert (store.outbox_depth("archive"), store.outbox_depth("nowhere")) == (2, 0)
     store.close()
 
     with sqlite3.connect(path) as db:  # as a state file written before the counts were kept
-        db.executescript("DROP TRIGGER outbox_depth_up; DROP TRIGGER outbox_depth_down; DROP TABLE outbox_depths;")
+        db.execute("DROP TABLE outbox_depths")
     store = SQLiteStore(path)
     assert store.outbox_depths() == {"archive": 2, "siem": 4}
-    store.outbox_delivered(row.id for row in store.outbox_batch("siem", 10))
+    store.outbox_delivered("siem", [row.id for row in store.outbox_batch("siem", 10)])
     assert store.outbox_depths() == {"archive": 2} and store.outbox_depth("siem") == 0
     store.close()
+
+
+# The triggers that kept the depths before issue 19, as that SCHEMA created them in every file.
+OLD_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS outbox_depth_up AFTER INSERT ON outbox BEGIN
+    INSERT INTO outbox_depths VALUES (NEW.sink, 1) ON CONFLICT (sink) DO UPDATE SET depth = depth + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS outbox_depth_down AFTER DELETE ON outbox BEGIN
+    UPDATE outbox_depths SET depth = depth - 1 WHERE sink = OLD.sink;
+END;
+"""
+
+
+def _exact(store: SQLiteStore) -> dict[str, int]:
+    """The depths the store keeps, asserted equal to a count of the rows."""
+    assert store.outbox_depths() == _counted(store.path)
+    return store.outbox_depths()
+
+
+def test_outbox_depths_stay_exact_through_every_change_and_a_file_with_the_old_triggers(tmp_path: Path) -> None:
+    path = tmp_path / "forwarder.db"
+    SQLiteStore(path).close()
+    with sqlite3.connect(path) as db:  # a file of the versions that counted by triggers, rows queued by one
+        db.executescript(OLD_TRIGGERS)
+        db.executemany("INSERT INTO outbox (sink, tenant_id, tenant_label, alert_id, version_key, severity, "
+                       "event_time, payload, enqueued) VALUES (?, 't1', 'acme', ?, ?, 3, 0, ?, 0)",
+                       [(sink, f"o{i}", f"t1/o{i}/x", f"{sink}{i}".encode()) for sink, n in (("archive", 5), ("siem", 3)) for i in range(n)])
+        assert dict(db.execute("SELECT * FROM outbox_depths")) == {"archive": 5, "siem": 3}
+
+    store = SQLiteStore(path)  # the reopen drops the triggers and keeps their counts
+    assert store.db.execute("SELECT count(*) FROM sqlite_master WHERE type='trigger'").fetchone() == (0,)
+    assert _exact(store) == {"archive": 5, "siem": 3}
+    page = _page(n=2, sink="siem")
+    page.outbox.append(("archive", _meta("b", "y"), b"{}"))  # one page, two sinks
+    store.commit_page(page)
+    assert _exact(store) == {"archive": 6, "siem": 5}
+    batch = store.outbox_batch("archive", 3)
+    store.outbox_delivered("archive", [batch[0].id, batch[2].id])
+    store.outbox_dead([(batch[1], "refused")])
+    store.outbox_dead([(row, "refused") for row in store.outbox_batch("siem", 2)])
+    assert _exact(store) == {"archive": 3, "siem": 3}
+    store.outbox_delivered("siem", [row.id for row in store.outbox_batch("siem", 10)], whole_batch=True)
+    store.outbox_delivered("archive", [])
+    assert _exact(store) == {"archive": 3}
+    for letter in store.dead_letters():  # a replay (core/app/dead_letters.py) queues each again
+        store.outbox_append(letter.sink, [(letter.meta, letter.payload)])
+        store.dead_letters_remove([letter.id])
+    assert _exact(store) == {"archive": 4, "siem": 2}
+    store.outbox_delivered("siem", [row.id for row in store.outbox_batch("archive", 10)])  # another sink's ids
+    assert _exact(store) == {"archive": 4, "siem": 2}
+    store.close()
+    store = SQLiteStore(path)
+    assert _exact(store) == {"archive": 4, "siem": 2}
+    store.close()
+
+
+def test_a_whole_batch_goes_by_its_range_and_takes_no_other_row(store: SQLiteStore) -> None:
+    """A batch settled whole is deleted as `id BETWEEN first AND last` of its sink: the rows of
+    another sink between its ids, and the rows queued after it, stay."""
+    for i in range(6):  # ids interleave: archive 1, siem 2, archive 3, ...
+        store.outbox_append("archive", [(_meta(f"a{i}", "x"), b"a")])
+        store.outbox_append("siem", [(_meta(f"s{i}", "x"), b"s")])
+    batch = store.outbox_batch("archive", 3)
+    store.outbox_append("archive", [(_meta("late", "x"), b"a")])  # queued while the batch is out
+    store.outbox_delivered("archive", [row.id for row in batch], whole_batch=True)
+    left = [row.meta.alert_id for row in store.outbox_batch("archive", 10)]
+    assert left == ["a3", "a4", "a5", "late"]
+    assert len(store.outbox_batch("siem", 10)) == 6 and _exact(store) == {"archive": 4, "siem": 6}
 
 
 def test_sink_memory_past_defenders_retention_is_forgotten(store: SQLiteStore) -> None:
