@@ -117,8 +117,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE dead_letters ADD COLUMN kind TEXT",
         "ALTER TABLE dead_letters ADD COLUMN source TEXT"),
 }
-# Free pages given back per reclaim_space() call, so that one call's pause stays short (4 KiB each).
-RECLAIM_PAGES_PER_CALL = 25_600
+# Free space given back per reclaim_space() call, so that one call's pause stays short.
+RECLAIM_BYTES_PER_CALL = 100 * 1024 * 1024
+# The page size of a new state file. An outbox row holds an alert in a sink's format, 1.5-9 KB
+# (OCSF median 5.4 KB, CEF 2.4 KB): past ~4 KB it overflows a 4 KiB page, SQLite's default, into
+# a chain of pages, each read, written and freed on its own (issue 19, measured in the commit).
+PAGE_SIZE = 16384
 # reclaim_space() leaves free pages below this much alone: the next backlog reuses them, and
 # giving them back cost 10-20 us an outbox row (issue 19), only for the file to grow again.
 RECLAIM_FLOOR_BYTES = 64 * 1024 * 1024
@@ -158,8 +162,9 @@ class SQLiteStore:
         _create_private(path)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if not self._check_version():
-            # Only a new file can take it (before WAL mode writes its header): it lets
-            # reclaim_space() shrink the file.
+            # Only a new file can take these (before WAL mode writes its header): the page
+            # size, and auto_vacuum, which lets reclaim_space() shrink the file.
+            self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
             self.db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a process crash (kill -9); the cursor and the outbox
@@ -503,9 +508,9 @@ class SQLiteStore:
     def reclaim_space(self) -> int:
         """Give free pages (those of a delivered backlog) back to the file system once they are
         both a quarter of the file and at least RECLAIM_FLOOR_BYTES (64 MiB), at most
-        RECLAIM_PAGES_PER_CALL a call: an outage must not leave the file at its peak size for
-        ever, and a run that queues and delivers a smaller backlog must not pay to shrink the
-        file that the next run grows again. So a drained file keeps at most 64 MiB or a quarter
+        RECLAIM_BYTES_PER_CALL (100 MiB) a call: an outage must not leave the file at its peak
+        size for ever, and a run that queues and delivers a smaller backlog must not pay to
+        shrink the file that the next run grows again. So a drained file keeps at most 64 MiB or a quarter
         of itself free, whichever is more. Returns the pages given back (none for a file made
         before auto_vacuum was set)."""
         free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
@@ -514,7 +519,7 @@ class SQLiteStore:
         if free * 4 < total or free * page_size < RECLAIM_FLOOR_BYTES:
             return 0
         # executescript steps the pragma to its end; execute() would free a single page.
-        self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_PAGES_PER_CALL});")
+        self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_BYTES_PER_CALL // page_size});")
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return free - self.db.execute("PRAGMA freelist_count").fetchone()[0]
 

@@ -14,7 +14,7 @@ import pytest
 from core.model.schema import EventMeta, Severity
 from core.model.times import format_time
 from core.state import KNOWN_ALERT_RETENTION, DeadLetter, PageCommit, StateError
-from core.state.sqlite import SCHEMA_VERSION, SQLiteStore, StateLock
+from core.state.sqlite import PAGE_SIZE, SCHEMA, SCHEMA_VERSION, SQLiteStore, StateLock
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -226,6 +226,22 @@ def test_a_drained_outbox_gives_its_space_back_past_a_floor(store: SQLiteStore) 
     assert 80_000_000 < peak < 100_000_000
     assert _state_bytes(store.path) < 4_000_000, (peak, _state_bytes(store.path))
     assert sqlite3.connect(store.path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_new_state_file_takes_the_larger_page_size_and_an_older_file_keeps_its_own(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "new.db")
+    assert store.db.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,) != (4096,)
+    store.close()
+    with sqlite3.connect(tmp_path / "old.db") as db:  # as versions before issue 19 made it
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    store = SQLiteStore(tmp_path / "old.db")
+    assert store.db.execute("PRAGMA page_size").fetchone() == (4096,)
+    store.commit_page(_page(n=3))
+    assert store.outbox_depth("archive") == 3
+    store.close()
 
 
 def _counted(path: Path) -> dict[str, int]:
