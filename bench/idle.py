@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.poll import config_for, start_cloud  # noqa: E402
-from core.app.pipeline import Forwarder  # noqa: E402
+from core.app.pipeline import CONNECTIONS_PER_POOL, Forwarder  # noqa: E402
 from core.sources.incremental import RECENT_REREAD  # noqa: E402
 from core.state.sqlite import SQLiteStore  # noqa: E402
 
@@ -49,11 +50,23 @@ async def bare_cycles(cloud: dict[str, Any], cycles: int, concurrency: int) -> d
     from its newest alert's time on (the tokens are fetched before, not counted)."""
     base = cloud["base_url"]
     slots = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(verify=cloud["ca_file"], limits=limits, timeout=60) as client:
+    # Pools of 5 connections, one per tenant by its index, as the forwarder shards its own:
+    # httpcore walks every connection of a pool on each request, so one pool of 50 would make
+    # the anchor pay milliseconds a request that the forwarder does not.
+    limits = httpx.Limits(max_connections=CONNECTIONS_PER_POOL)
+    clients = [httpx.AsyncClient(verify=cloud["ca_file"], limits=limits, timeout=60)
+               for _ in range(-(-concurrency // CONNECTIONS_PER_POOL))]
+    async with contextlib.AsyncExitStack() as stack:
+        for each in clients:
+            await stack.enter_async_context(each)
+        shard = {tenant_id: clients[n % len(clients)] for n, tenant_id in enumerate(cloud["tenant_ids"])}
+
+        def client_of(tenant_id: str) -> httpx.AsyncClient:
+            return shard[tenant_id]
+
         async def token(tenant_id: str) -> str:
             async with slots:
-                answer = await client.post(f"{base}/{tenant_id}/oauth2/v2.0/token", data={
+                answer = await client_of(tenant_id).post(f"{base}/{tenant_id}/oauth2/v2.0/token", data={
                     "grant_type": "client_credentials", "client_id": cloud["client_id"],
                     "client_secret": cloud["secret"], "scope": GRAPH_SCOPE})
             return str(answer.json()["access_token"])
@@ -71,7 +84,7 @@ async def bare_cycles(cloud: dict[str, Any], cycles: int, concurrency: int) -> d
             read = 0
             while url is not None:
                 async with slots:
-                    answer = await client.get(url, headers={"Authorization": f"Bearer {bearer}",
+                    answer = await client_of(tenant_id).get(url, headers={"Authorization": f"Bearer {bearer}",
                                                             "Prefer": "include-unknown-enum-members"})
                 page = orjson.loads(answer.content)
                 read += len(page["value"])
