@@ -43,6 +43,7 @@ from core.state.sqlite import SQLiteStore  # noqa: E402
 
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 OVERLAP = timedelta(minutes=15)
+EMPTY_REQUESTS = 100
 
 
 async def bare_cycles(cloud: dict[str, Any], cycles: int, concurrency: int) -> dict[str, list[float]]:
@@ -92,9 +93,18 @@ async def bare_cycles(cloud: dict[str, Any], cycles: int, concurrency: int) -> d
                 url = page.get("@odata.nextLink")
             return read
 
-        spent: dict[str, list[float]] = {"whole": [], "cursor": []}
+        # The least any poll costs: one GET with an empty answer on a kept-alive connection.
+        empty = httpx.QueryParams({"$filter": "lastUpdateDateTime ge 2999-01-01T00:00:00Z", "$top": "1000"})
+        first_client, bearer = clients[0], tokens[0]
+        headers = {"Authorization": f"Bearer {bearer}", "Prefer": "include-unknown-enum-members"}
+        await first_client.get(f"{base}/v1.0/security/alerts_v2?{empty}", headers=headers)
+        cpu = time.process_time()
+        for _ in range(EMPTY_REQUESTS):
+            await first_client.get(f"{base}/v1.0/security/alerts_v2?{empty}", headers=headers)
+        spent: dict[str, list[float]] = {"whole": [], "cursor": [],
+                                         "empty": [(time.process_time() - cpu) / EMPTY_REQUESTS]}
         for _ in range(cycles):
-            for how in spent:
+            for how in ("whole", "cursor"):
                 cpu = time.process_time()
                 await asyncio.gather(*(window(tid, bearer, newest.get(tid) if how == "cursor" else None)
                                        for tid, bearer in zip(cloud["tenant_ids"], tokens)))
@@ -190,6 +200,8 @@ def main() -> None:
     print(f"idle poll from the cursor: {median['partial']:.3f} ms CPU a tenant (median of {args.cycles}; target "
           f"<= 1 ms), {median['partial'] / median['bare_cursor']:.2f}x the bare loop's same request "
           f"({median['bare_cursor']:.3f} ms)")
+    print(f"one bare GET with an empty answer, {EMPTY_REQUESTS} in a row on one connection: "
+          f"{bare['empty'][0] * 1000:.3f} ms CPU each (the least a poll can cost)")
     print(f"idle overlap re-read: {median['reread']:.3f} ms, {median['reread'] / median['bare']:.2f}x the bare loop's "
           f"({median['bare']:.3f} ms); at 10 s polls and a re-read every 5 min: {mean:.3f} ms a poll")
 

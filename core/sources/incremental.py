@@ -109,7 +109,15 @@ def next_read(cursor: datetime | None, last_full: OverlapRead | None, *, overlap
     of that full read."""
     if cursor is None:
         return now() - initial_lookback, True
-    full_start = cursor - overlap if last_full is None else min(last_full.reread_from, cursor - overlap)
+    full_start = cursor - overlap
+    if last_full is not None:
+        # From the last re-read's cursor minus the overlap, but never further back than
+        # overlap + overlap_every before today's cursor: a record visible since that re-read and
+        # at most `overlap` late is stamped after it either way (the cursor is at most "now",
+        # and this read comes within overlap_every of the last). A cursor that jumped (a
+        # backlog read, then live records) would otherwise make this read span the jump.
+        widest = cursor - overlap - timedelta(seconds=overlap_every + poll_interval)
+        full_start = min(full_start, max(last_full.reread_from, widest))
     if not partial or last_full is None or epoch - last_full.read_at + poll_interval > overlap_every:
         return full_start, True
     return cursor - RECENT_REREAD, False

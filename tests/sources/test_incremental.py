@@ -439,6 +439,10 @@ def test_next_read_reads_from_the_cursor_until_the_overlap_reread_is_due() -> No
     # starts where that re-read's cursor minus the overlap was, not at today's.
     assert read(cursor, last, 1291.0) == (T0 - timedelta(minutes=20), True)
     assert read(cursor, last, 1100.0, partial=False) == (T0 - timedelta(minutes=20), True)  # run --once
+    # A cursor that jumped since (a backlog, then live records): no further back than
+    # overlap + overlap_every (+ a poll) before it, which still covers every record visible since.
+    jumped = T0 + timedelta(hours=1)
+    assert read(jumped, last, 1291.0) == (jumped - OVERLAP - timedelta(seconds=310), True)
 
 
 def test_a_partial_read_keeps_the_seen_marks_the_next_reread_needs(store: SQLiteStore) -> None:
