@@ -96,7 +96,7 @@ class ForwarderSettings(_Strict):
     poll_interval: Duration = 300.0
     overlap: Duration = 900.0
     overlap_every: Duration = Field(default=300.0, description="how often the daemon re-reads the overlap window "
-                                    "(at least); between, a poll reads from the cursor on. 0: every poll")
+                                    "(at least); between, a poll reads from 30 s before the cursor. 0: every poll")
     initial_lookback: Duration = 86400.0
     max_concurrent_requests: int = Field(default=32, ge=1, le=1000)
     tenant_requests_per_minute: int = Field(default=150, ge=1)

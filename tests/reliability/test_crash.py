@@ -108,7 +108,10 @@ def _finish(config: Path, peers: Peers, expected: set[Version]) -> None:
               timeout=120 + len(expected) / 10)
     finally:
         forwarder.send_signal(signal.SIGTERM)
-        forwarder.wait(30)
+        # communicate, not wait: it drains the log pipe, which a long run at full scale fills
+        # (a daemon blocked writing its log cannot act on SIGTERM; journald or a file never stay full).
+        output = forwarder.communicate(timeout=30)[0]
+        print(f"(the last daemon run logged {len(output):,} characters)")
 
 
 def run_crash_scenario(setup: CloudSetup, peers: Peers, scale: Scale, seed: int = 2026) -> dict[str, Any]:
