@@ -357,15 +357,11 @@ class Forwarder:
         kind = reader.kind
         cursor = self.store.cursor(tenant.tenant_id, kind.name)
         overlap, lookback = timedelta(seconds=self.settings.overlap), timedelta(seconds=self.settings.initial_lookback)
-        if since is not None:
-            start, full, last_full = since, True, None
-        else:
-            stored = self.store.overlap_read(tenant.tenant_id, kind.name)
-            last_full = OverlapRead(*stored) if stored is not None else None
-            start, full = next_read(cursor, last_full, overlap=overlap, initial_lookback=lookback, now=self.clock,
-                                    epoch=time.time(), partial=self.partial_reads,
-                                    overlap_every=self.settings.overlap_every,
-                                    poll_interval=self.settings.poll_interval)
+        stored = self.store.overlap_read(tenant.tenant_id, kind.name) if since is None else None
+        last_full = OverlapRead(*stored) if stored is not None else None
+        start, full = next_read(cursor, last_full, overlap=overlap, initial_lookback=lookback, now=self.clock,
+                                epoch=time.time(), partial=self.partial_reads, overlap_every=self.settings.overlap_every,
+                                poll_interval=self.settings.poll_interval, since=since)
         window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap,
                         resend=self.resend and since is not None, full=full,
                         keep_from=last_full.reread_from if last_full is not None else None)

@@ -101,15 +101,15 @@ class OverlapRead:
 
 def next_read(cursor: datetime | None, last_full: OverlapRead | None, *, overlap: timedelta,
               initial_lookback: timedelta, now: Clock, epoch: float, partial: bool, overlap_every: float,
-              poll_interval: float) -> tuple[datetime, bool]:
-    """Where a live window starts (closed), and whether it is a full read (the overlap re-read).
+              poll_interval: float, since: datetime | None = None) -> tuple[datetime, bool]:
+    """Where a window starts (closed), and whether it is a full read (the overlap re-read).
 
     Partial (from the cursor) only where `partial` allows it (the daemon), the window has a
     cursor and a full read before, and the next poll would still come within `overlap_every`
-    of that full read."""
-    if cursor is None:
-        return now() - initial_lookback, True
-    full_start = cursor - overlap
+    of that full read. A backfill (`since`) and a first read are full, as `window_start` says."""
+    full_start = window_start(cursor, overlap=overlap, initial_lookback=initial_lookback, now=now, since=since)
+    if since is not None or cursor is None:
+        return full_start, True
     if last_full is not None:
         # From the last re-read's cursor minus the overlap, but never further back than
         # overlap + overlap_every before today's cursor: a record visible since that re-read and
