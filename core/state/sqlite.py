@@ -345,17 +345,26 @@ class SQLiteStore:
         rows = self.db.execute("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
         return {(tenant, sink): n for tenant, sink, n in rows}
 
-    def outbox_batch(self, sink: str, limit: int, after: int = 0) -> list[OutboxRow]:
-        """The oldest `limit` rows of `sink` (with ids above `after`)."""
-        return _outbox_rows(self.db, sink, limit, after)
+    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]:
+        """The oldest `limit` rows of `sink`."""
+        rows = self.db.execute(
+            "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts, kind "
+            "FROM outbox WHERE sink=? ORDER BY id LIMIT ?",
+            (sink, limit),
+        )
+        by_value = Severity.of_value
+        return [
+            OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when, kind), payload, attempts)
+            for row_id, tenant, label, alert, key, severity, when, payload, attempts, kind in rows
+        ]
 
     def outbox_delivered(self, sink: str, row_ids: Iterable[int], whole_batch: bool = False) -> None:
         """Delete the rows `row_ids` of `sink`, delivered. `whole_batch`: they are every row of one
         batch read by `outbox_batch`, each settled OK.
 
         Such a batch goes by range, `id BETWEEN first AND last`, one index range instead of one
-        probe per id, and that is exact: the batch was read as every row of the sink with an id
-        above `after`, in id order, up to `limit`, from a snapshot that holds every committed row
+        probe per id, and that is exact: the batch was read as the sink's rows in id order, up
+        to `limit`, from a snapshot that holds every committed row
         with an id below its largest (writers take turns and AUTOINCREMENT ids only grow, so a
         transaction commits only ids above those committed before it); rows queued since get
         ids above any ever used, so above `last`; and rows of the sink leave only through its
@@ -392,12 +401,12 @@ class SQLiteStore:
                  for r, reason in rows],
                 now,
             )
-            by_sink: dict[str, list[tuple[int]]] = {}
+            by_sink: dict[str, list[int]] = {}
             for row, _ in rows:
-                by_sink.setdefault(row.sink, []).append((row.id,))
+                by_sink.setdefault(row.sink, []).append(row.id)
             for sink, ids in by_sink.items():
                 _count_out(db, sink, db.executemany("DELETE FROM outbox WHERE sink=? AND id=?",
-                                                    [(sink, i) for i, in ids]).rowcount)
+                                                    [(sink, i) for i in ids]).rowcount)
 
     def outbox_append(self, sink: str, rows: Iterable[tuple[EventMeta, bytes]]) -> None:
         with self._transaction() as db:
@@ -545,18 +554,6 @@ class _Tx:
             # ROLLBACK would fail and hide the error that matters.
             self.db.execute("ROLLBACK")
 
-
-def _outbox_rows(db: sqlite3.Connection, sink: str, limit: int, after: int) -> list[OutboxRow]:
-    rows = db.execute(
-        "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts, kind "
-        "FROM outbox WHERE sink=? AND id>? ORDER BY id LIMIT ?",
-        (sink, after, limit),
-    )
-    by_value = Severity.of_value
-    return [
-        OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when, kind), payload, attempts)
-        for row_id, tenant, label, alert, key, severity, when, payload, attempts, kind in rows
-    ]
 
 
 def _insert_outbox(db: sqlite3.Connection, rows: list[tuple[str, EventMeta, bytes]], now: float) -> None:
