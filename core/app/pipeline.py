@@ -617,7 +617,8 @@ class Forwarder:
         poll_interval from its last poll's start (at once if that poll took longer), so a slow or
         failing tenant delays no other; housekeeping (the cycle line, dead-letter warnings,
         tidying the state, [notify]) runs once per poll_interval in a task of its own."""
-        schedule = _Schedule(asyncio.Event(), set(self._scheduled()))
+        labels = self._scheduled()
+        schedule = _Schedule(asyncio.Event(), set(labels))
         since = time.time()  # dead letters are counted from here: before the first poll files any
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -626,7 +627,7 @@ class Forwarder:
         self.partial_reads = True
         # All at once: the global request bound (max_concurrent_requests) spreads the first polls.
         tenants = [asyncio.create_task(self._poll_on_schedule(label, schedule), name=f"poll {label}")
-                   for label in self._scheduled()]
+                   for label in labels]
         if not tenants:
             schedule.first_polls.set()
         housekeeping = asyncio.create_task(self._housekeep(schedule, since), name="housekeeping")
