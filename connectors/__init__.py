@@ -64,6 +64,7 @@ SINKS: dict[str, SinkType] = {
         (SetupOption("retention", "365d", "ILM: delete backing indices this old (default 365d)"),)),
         Extra("elastic", "elasticsearch")),
     "eventhub": SinkType("connectors.eventhub", extra=Extra("eventhub", "azure.eventhub")),
+    "sentinel": SinkType("connectors.sentinel", extra=Extra("sentinel", "azure.monitor.ingestion")),
     "email": SinkType("connectors.email"),
 }
 

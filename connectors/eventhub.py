@@ -51,7 +51,8 @@ import orjson
 from pydantic import Field, model_validator
 
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
-from connectors.tls import TLS_KEYS, TlsFileError, TlsSinkConfig, ssl_context
+from connectors.entra import EntraAppConfig, credential_for
+from connectors.tls import TLS_KEYS, TlsFileError, ssl_context
 from core.model.durations import Duration
 from core.model.neterr import describe
 from core.model.proxy import proxy_for, redacted
@@ -67,7 +68,7 @@ AMQPS_PORT = 5671
 WEBSOCKET_PORT = 443
 
 
-class EventHubSinkConfig(TlsSinkConfig):
+class EventHubSinkConfig(EntraAppConfig):
     tls_unsupported: ClassVar[frozenset[str]] = frozenset(TLS_KEYS) - {"ca_file"}
 
     type: str = "eventhub"
@@ -76,11 +77,6 @@ class EventHubSinkConfig(TlsSinkConfig):
     fully_qualified_namespace: str | None = Field(default=None, description="mssp.servicebus.windows.net")
     eventhub_name: str | None = Field(default=None, description="required unless the connection string has "
                                       "EntityPath")
-    tenant_id: str | None = Field(default=None, description="the MSSP's own tenant, where the hub lives")
-    client_id: str | None = None
-    client_secret: Secret | None = None
-    certificate: Secret | None = Field(default=None, description="PEM with the private key")
-    certificate_password: Secret | None = None
     authority: str | None = Field(default=None, description="login host; default: the public cloud's")
     ca_file: str | None = Field(default=None, description="the CA to trust for the login host and the hub "
                                 "(a TLS-inspecting proxy); default: the system store")
@@ -104,40 +100,10 @@ class EventHubSinkConfig(TlsSinkConfig):
         if entra:
             if not (self.tenant_id and self.client_id and self.eventhub_name):
                 raise ValueError("fully_qualified_namespace needs tenant_id, client_id and eventhub_name")
-            if (self.client_secret is None) == (self.certificate is None):
-                raise ValueError("set exactly one of client_secret or certificate")
+            problem = self.entra_app_problem()
+            if problem:
+                raise ValueError(problem)
         return self
-
-
-def credential_for(config: EventHubSinkConfig, explicit_proxy: str | None = None) -> Any:
-    """The azure-identity async credential of the sink's Entra app; its login goes through
-    the proxy `proxy_for` decides for the login host."""
-    from azure.identity import AzureAuthorityHosts
-    from azure.identity.aio import CertificateCredential, ClientSecretCredential
-
-    options: dict[str, Any] = {}
-    if config.authority:
-        options["authority"] = config.authority
-        # A login host Entra's instance discovery does not know (a private cloud, a test) is
-        # taken as given.
-        known = {value for name, value in vars(AzureAuthorityHosts).items() if name.isupper()}
-        options["disable_instance_discovery"] = config.authority.removeprefix("https://") not in known
-    if config.ca_file:
-        options["connection_verify"] = config.ca_file
-    login_proxy = proxy_for(config.authority or "https://login.microsoftonline.com", explicit_proxy)
-    if login_proxy:
-        # Without it azure-core reads the same variables itself (NO_PROXY included); with
-        # [forwarder] proxy it must be told.
-        options["proxies"] = {"https": login_proxy, "http": login_proxy}
-    assert config.tenant_id and config.client_id  # the model guarantees them
-    if config.client_secret is not None:
-        return ClientSecretCredential(config.tenant_id, config.client_id, config.client_secret.get_secret_value(),
-                                      **options)
-    assert config.certificate is not None
-    password = config.certificate_password.get_secret_value().encode() if config.certificate_password else None
-    return CertificateCredential(config.tenant_id, config.client_id,
-                                 certificate_data=config.certificate.get_secret_value().encode(),
-                                 password=password, **options)
 
 
 def namespace_url(config: EventHubSinkConfig) -> str:
