@@ -26,9 +26,13 @@ Choices (the service documents none of these precisely; each is a test's lever, 
     with 415 (RFC 9110: an unsupported content coding) so a client that stops compressing is
     caught. 415 rather than 400 because the body itself may be fine.
   * `max_body` (default 1 MiB, "Maximum size of API call: 1 MB, compressed and uncompressed" in
-    the service limits) applies to the bytes received and to the gunzipped body. The SDK sizes a
-    chunk by its records' JSON alone; the array's brackets and ", " separators come on top, so a
-    chunk the SDK filled to the brim is a few bytes per record over and gets 413 here.
+    the service limits) applies to the bytes received and to the gunzipped body. The 413's text
+    is the service's as reported in JulianHayward/AzADServicePrincipalInsights#30 ("Maximum
+    allowed content length: 1048576 bytes (1 MB). Provided content length: ... bytes."); errors
+    also carry `x-ms-error-code` (Azure/azure-sdk-for-python#42648 shows it on a 413).
+    The SDK (1.1.0 `_split_chunks`) sizes a chunk by its records' JSON alone; the array's
+    brackets and ", " separators come on top, so a chunk the SDK filled to the brim is ~2 bytes
+    per record over 1 MiB and gets 413 here: a sender must keep its batches below the limit.
   * Faults come after authentication (the service throttles per DCR) and are used up one per
     request that reaches them.
 """
@@ -362,7 +366,8 @@ class LogsIngestionPeer(Restartable):
             self._ingest(method, target, headers, body, seen)
             status, payload, extra, code = 204, None, {}, None
         except _Refused as refused:
-            status, payload, extra, code = refused.status, refused.body(), refused.headers, refused.code
+            status, payload, code = refused.status, refused.body(), refused.code
+            extra = {**refused.headers, "x-ms-error-code": refused.code}  # as Azure services add it
         entry = IngestionRequest(status, seen["stream"], seen["records"], seen["bytes"],
                                  headers.get("content-encoding"), "authorization" in headers, code)
         with self._lock:
@@ -448,20 +453,21 @@ class LogsIngestionPeer(Restartable):
             raise _Refused(415, "UnsupportedMediaType", f"Content-Type must be application/json, got "
                            f"'{content_type}'.")
         if body is None or len(body) > self.max_body:
-            raise self._too_large()
+            raise self._too_large(seen["bytes"])
         try:
             text = _gunzip(body, self.max_body)
         except ValueError as error:
             raise _Refused(400, "InvalidContent", str(error)) from None
         if text is None:
             seen["bytes"] = self.max_body + 1  # at least; the rest was not inflated
-            raise self._too_large()
+            raise self._too_large(seen["bytes"])
         seen["bytes"] = len(text)
         return text
 
-    def _too_large(self) -> _Refused:
-        return _Refused(413, "ContentLengthLimitExceeded", f"The request body exceeds the limit of "
-                        f"{self.max_body} bytes, compressed or uncompressed.")
+    def _too_large(self, provided: int) -> _Refused:
+        return _Refused(413, "ContentLengthLimitExceeded", f"Maximum allowed content length: "
+                        f"{self.max_body} bytes ({self.max_body / 2**20:g} MB). Provided content length: "
+                        f"{provided} bytes.")
 
     def _check(self, records: list[Any], columns: dict[str, str], stream: str) -> None:
         refuse = self._refuse

@@ -208,8 +208,21 @@ def test_a_body_over_max_body_gets_413_and_on_error_gets_the_chunk(env: Env, pee
     assert len(errors) == 1 and errors[0].failed_logs == logs
     assert isinstance(errors[0].error, HttpResponseError) and errors[0].error.status_code == 413
     assert error_code(errors[0].error) == "ContentLengthLimitExceeded"
+    assert errors[0].error.response.headers["x-ms-error-code"] == "ContentLengthLimitExceeded"
+    assert "Maximum allowed content length: 2000 bytes" in errors[0].error.message
     assert [(r.status, r.uncompressed_bytes > 2000) for r in peer.requests] == [(413, True)]
     assert peer.records() == []
+
+
+def test_a_chunk_the_sdk_fills_to_1_mib_is_over_the_limit_by_its_separators(env: Env, peer: LogsIngestionPeer) -> None:
+    """The SDK counts only its records' JSON toward 1 MiB; "[", "]" and ", " come on top. A
+    sender that lets the SDK fill chunks loses them to 413 (and must batch below the limit)."""
+    logs = [record(n, AlertId=f"{n:06d}" + "x" * 900) for n in range(1200)]  # ~1.2 MB: two SDK chunks
+    errors = env.upload(peer, logs)
+    assert [len(e.failed_logs) for e in errors] == [len(logs) - len(peer.records())]
+    first = peer.requests[0]
+    assert first.status == 413 and first.uncompressed_bytes > 1024 * 1024
+    assert peer.records() == logs[len(errors[0].failed_logs):]  # the second chunk went in
 
 
 def test_an_uncompressed_body_gets_415(env: Env, peer: LogsIngestionPeer) -> None:
