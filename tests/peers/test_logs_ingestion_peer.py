@@ -199,6 +199,12 @@ def test_refuse_when_makes_matching_records_bad(env: Env, peer: LogsIngestionPee
     assert env.upload(peer, [record(1), record(2)]) == []
 
 
+def test_a_predicate_that_raises_gets_500_not_a_hang_up(env: Env, peer: LogsIngestionPeer) -> None:
+    peer.refuse_when(lambda r: r["missing"])
+    error = env.upload_raising(peer, [record(1)])
+    assert error.status_code == 500 and error_code(error) == "InternalServerError"
+
+
 # ---- the body ---------------------------------------------------------------------------------------
 
 def test_a_body_over_max_body_gets_413_and_on_error_gets_the_chunk(env: Env, peer: LogsIngestionPeer) -> None:
