@@ -772,6 +772,15 @@ class FakeCloud:
             return sum(n for (k, t), n in self._counts.items()
                        if (kind is None or k == kind) and (tenant is None or t == tenant))
 
+    def verify_access_token(self, token: str, audience: str | Iterable[str]) -> dict[str, Any]:
+        """The claims of an access token this cloud issued, checked as a resource server checks
+        one: RS256 signature by this cloud's key, `aud` one of `audience`, not expired. Raises
+        jwt.PyJWTError (ExpiredSignatureError, InvalidAudienceError, ...) otherwise. For the
+        peers of other Azure services (tests.peers.logs_ingestion_peer)."""
+        return jwt.decode(token, self._signing_key.public_key(), algorithms=["RS256"],
+                          audience=audience if isinstance(audience, str) else list(audience),
+                          options={"require": ["exp", "iat", "tid"]})
+
     # ---- lifecycle
 
     @property
