@@ -9,6 +9,8 @@ What is checked against what:
   validation errors list (what an operator sees)
 - the sinks table's default formats -> each sink model's `format` default
 - the HEC status table -> `connectors.splunk_hec.HEC_CODES`; it exists once
+- the Sentinel status table -> `connectors.sentinel.INGESTION_STATUSES`; its clouds ->
+  `connectors.entra.CLOUDS`
 - the CEF key table -> `mappings.cef.markdown_table()`; the CEF severities ->
   `mappings.cef.SEVERITIES`; the fitting order -> `mappings.cef.FIT_ORDER`
 - the CIM fields, the ECS fields and severities -> what `convert` writes for generated alerts
@@ -489,6 +491,26 @@ def test_the_hec_status_table_exists_once() -> None:
                 assert page == DOCS / "sinks" / "splunk_hec.md", f"{_rel(page)}: a second HEC status table"
             else:
                 assert not any(cell in texts for row in table for cell in row), f"{_rel(page)}: HEC codes again"
+
+
+# --------------------------------------------------------------------------- Sentinel
+
+
+def test_the_sentinel_status_table_is_ingestion_statuses() -> None:
+    from connectors.sentinel import INGESTION_STATUSES
+
+    rows = table_with(read("docs/sinks/sentinel.md"), "status", "action", "meaning")
+    documented = {int(status): action for status, action, _ in rows}
+    assert documented == {status: handling.action for status, handling in INGESTION_STATUSES.items()}
+    assert [int(row[0]) for row in rows] == sorted(INGESTION_STATUSES), "one row per status, in order"
+
+
+def test_the_sentinel_clouds_are_entras() -> None:
+    from connectors.entra import CLOUDS
+
+    rows = table_with(read("docs/sinks/sentinel.md"), "`cloud`", "login host", "token scope")
+    documented = {code_spans(name)[0]: (code_spans(login)[0], code_spans(scope)[0]) for name, login, scope in rows}
+    assert documented == {name: (cloud.login, cloud.monitor_scope) for name, cloud in CLOUDS.items()}
 
 
 # --------------------------------------------------------------------------- CEF
