@@ -48,7 +48,12 @@ INCIDENTS_STREAM = "Custom-DefenderIncidents_CL"
 CEF_STREAM = "Microsoft-CommonSecurityLog"
 # format -> (stream of alerts, stream of incidents) when the sink's table names none.
 DEFAULT_STREAMS = {"sentinel": (ALERTS_STREAM, INCIDENTS_STREAM), "commonsecuritylog": (CEF_STREAM, CEF_STREAM)}
-REQUEST_LIMIT = 1024 * 1024  # bytes of JSON a request may carry (the API's limit; the SDK's chunk size)
+# The API takes 1 MiB a request. The SDK fills its chunks up to 1 MiB counting each record's
+# JSON alone, not the array's brackets and ", " between them, so a chunk it fills to the brim is
+# over the limit by about 2 bytes a record (azure-monitor-ingestion 1.1, `_split_chunks`), and it
+# writes `json.dumps`'s spaces and \u escapes too. So the sink hands it groups of rows that stay
+# well under (their orjson bytes), which the SDK sends in one request each; a 413 still halves.
+REQUEST_BUDGET = 900_000
 
 
 class SentinelSinkConfig(EntraAppConfig):
@@ -140,6 +145,11 @@ def _failure(err: BaseException, where: str) -> _Failure:
     (retried) or a credential the login service refused (the sink stops)."""
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
+    text = str(err)
+    if isinstance(err, ClientAuthenticationError) and ("AADSTS" in text or "invalid_client" in text):
+        # The login service refused the app (azure-identity's error, with the login's status): no API answer.
+        return _Failure(Handling("stop", "the login service refused the app: check tenant_id, client_id and "
+                                 "the secret or certificate"), _first_aadsts(text))
     status = getattr(err, "status_code", None)
     if isinstance(err, HttpResponseError) and status is not None:
         code = getattr(getattr(err, "error", None), "code", None)
@@ -149,13 +159,18 @@ def _failure(err: BaseException, where: str) -> _Failure:
                                      "against the DCR's streamDeclarations"), message)
         return _Failure(INGESTION_STATUSES.get(status, RETRY_UNKNOWN), message)
     if isinstance(err, ClientAuthenticationError):
-        # No HTTP answer of the API: the login service refused the app (AADSTS...), or could not be reached.
-        text = str(err)
-        if "AADSTS" in text or "invalid_client" in text or "unauthorized_client" in text:
-            return _Failure(Handling("stop", "the login service refused the app: check tenant_id, client_id and "
-                                     "the secret or certificate"), text.splitlines()[0])
+        # No answer from the login service (it could not be reached): retried.
         return _Failure(RETRY_UNKNOWN._replace(meaning="signing in failed"), describe(err, where))
     return _Failure(RETRY_UNKNOWN._replace(meaning="not reached"), describe(err, where))
+
+
+def _first_aadsts(text: str) -> str:
+    """The login service's own words (`AADSTS<code>: ...`, up to its trace id), else the error's first line."""
+    start = text.find("AADSTS")
+    if start < 0:
+        return text.splitlines()[0]
+    end = text.find(" Trace ID:", start)
+    return text[start:end if end > 0 else None].splitlines()[0]
 
 
 def _api_message(err: Any) -> str:
@@ -184,7 +199,7 @@ class SentinelConnector(Connector):
         self._credential: Any = None
         self._where = address(config.endpoint)
         self._proxy: str | None = None
-        self._limit = RequestLimit(None, name, "the Logs Ingestion API", log)
+        self._limit = RequestLimit(REQUEST_BUDGET, name, "the Logs Ingestion API", log)
 
     async def open(self) -> None:
         if self._client is not None:

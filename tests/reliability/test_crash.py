@@ -1,7 +1,8 @@
-"""Kill -9 at random moments, four network sinks at once: nothing is lost.
+"""Kill -9 at random moments, five network sinks at once: nothing is lost.
 
 The forwarder runs as a daemon against the simulated cloud and routes every tenant to a real
-syslog-ng (CEF over TCP), the HEC peer, the `_bulk` peer and the Event Hubs peer. It is killed
+syslog-ng (CEF over TCP), the HEC peer, the `_bulk` peer, the Event Hubs peer and the Logs
+Ingestion API peer (Sentinel). It is killed
 with SIGKILL at random moments and restarted each time; then it is allowed to finish. The
 tenants read every source, in turns (`SOURCES`): Graph alerts, the incidents Defender made of
 them, and the Defender for Endpoint API's alerts (one tenant reads MDE without Graph alerts, so
@@ -167,7 +168,7 @@ def test_kill_9_at_random_moments_loses_nothing(setup: CloudSetup, peers: Peers)
     scale = SCALES[os.environ.get("RELIABILITY_SCALE", "ci")]
     figures = run_crash_scenario(setup, peers, scale)
     print("\ncrash figures:", figures)
-    for sink in ("syslog", "splunk", "elastic", "hub"):
+    for sink in ("syslog", "splunk", "elastic", "hub", "sentinel"):
         assert figures[sink]["missing"] == 0 and figures[sink]["unexpected"] == 0, figures
         assert figures[sink]["duplicates"] <= scale.kills * BATCH, figures
     assert figures["elastic"]["duplicates"] == 0

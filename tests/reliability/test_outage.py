@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from connectors.sentinel import ALERTS_STREAM
 from core.state.sqlite import SQLiteStore
 from tests.helpers import CloudSetup, daemon, recent, until
 from tests.peers.alert_factory import make_alerts
@@ -25,11 +26,12 @@ from tests.reliability.fleet import Peers, received, sinks
 
 BOUND = 30  # max_outbox of the sink under test
 PAGE = 10
-OTHER = {"syslog": "splunk", "splunk": "syslog", "elastic": "hub", "hub": "elastic"}
+OTHER = {"syslog": "splunk", "splunk": "syslog", "elastic": "hub", "hub": "elastic", "sentinel": "splunk"}
 
 
 def _peer(peers: Peers, sink: str) -> Any:
-    return {"syslog": peers.syslog, "splunk": peers.hec, "elastic": peers.es, "hub": peers.hub}[sink]
+    return {"syslog": peers.syslog, "splunk": peers.hec, "elastic": peers.es, "hub": peers.hub,
+            "sentinel": peers.sentinel}[sink]
 
 
 def _archive_order(setup: CloudSetup) -> dict[str, list[str]]:
@@ -51,6 +53,7 @@ def _sink_order(peers: Peers, sink: str, tenant_ids: dict[str, str]) -> dict[str
         "elastic": lambda: [d["source"]["defender_forwarder"]["version_key"].split("/")[1]
                             for d in peers.es.documents()],
         "hub": lambda: [e.message_id.split("/")[1] for e in peers.hub.events()],
+        "sentinel": lambda: [row["AlertId"] for row in peers.sentinel.records(ALERTS_STREAM)],
     }[sink]()
     for alert_id in arrivals:
         if alert_id in by_alert:
@@ -66,7 +69,7 @@ def _depth(setup: CloudSetup, sink: str) -> int:
         store.close()
 
 
-@pytest.mark.parametrize("down", ["syslog", "splunk", "elastic", "hub"])
+@pytest.mark.parametrize("down", ["syslog", "splunk", "elastic", "hub", "sentinel"])
 def test_a_sink_down_fills_its_outbox_pauses_its_tenants_and_drains_in_order(
         setup: CloudSetup, peers: Peers, down: str) -> None:
     other = OTHER[down]
