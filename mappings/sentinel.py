@@ -198,6 +198,13 @@ def dynamic(event: Alert | Incident) -> dict[str, Any]:
     `cut`; when the whole is still over MAX_VALUE_BYTES, its strings cut shorter, in turn, to
     `_DYNAMIC_LIMITS` until it fits (or the last is reached)."""
     data = plain(event, skip=_SKIP)
+    try:
+        # The usual event: within the limit as a whole, so every string of it is too (and orjson
+        # refused no lone surrogate): nothing to walk.
+        if len(orjson.dumps(data, option=orjson.OPT_UTC_Z)) <= MAX_VALUE_BYTES:
+            return data
+    except TypeError:
+        pass
     value = cut_all(data)
     if _size(value) <= MAX_VALUE_BYTES:
         return value
