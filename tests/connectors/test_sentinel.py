@@ -32,6 +32,7 @@ from tests.helpers import CLIENT_ID, SECRET, CloudSetup, recent, run_cli
 from tests.peers.alert_factory import make_alerts
 from tests.peers.fake_cloud import FakeCloud
 from tests.peers.logs_ingestion_peer import LogsIngestionPeer
+from tests.peers.proxy import Proxy
 
 RULE_ID = "dcr-5f1c0e9a7b2d4c3e8f6a1b0c9d8e7f6a"
 HOME = "9a8b7c6d-0000-4000-8000-5e171e1a0001"  # the MSSP's own tenant, where the workspace is
@@ -188,6 +189,22 @@ def test_an_endpoint_down_is_retried_naming_host_and_port(peer: LogsIngestionPee
     results = _send(_sink(peer, cloud, tmp_path), _events("sentinel", 2))
     assert [result.outcome for result in results] == [Outcome.RETRY] * 2
     assert peer.endpoint.removeprefix("https://") in results[0].reason, results[0].reason
+
+
+@pytest.mark.usefixtures("no_machine_proxy")
+def test_the_login_and_the_rows_go_through_the_forwarders_proxy(peer: LogsIngestionPeer, cloud: FakeCloud,
+                                                                tmp_path: Path, proxy: Proxy) -> None:
+    connector = SentinelConnector("sentinel", SentinelSinkConfig.model_validate(_sink(peer, cloud, tmp_path)))
+    connector.proxy = proxy.url  # [forwarder] proxy, as the app sets it
+
+    async def send() -> Any:
+        try:
+            return await connector.send(_events("sentinel", 2))
+        finally:
+            await connector.close()
+    assert [result.outcome for result in asyncio.run(send())] == [Outcome.OK] * 2
+    assert {cloud.base_url.removeprefix("https://"), peer.endpoint.removeprefix("https://")} <= set(proxy.connects())
+    assert len(peer.records()) == 2
 
 
 def test_us_government_cloud_asks_for_its_own_scope(cloud: FakeCloud, tmp_path: Path) -> None:
