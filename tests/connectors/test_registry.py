@@ -14,7 +14,8 @@ from tests.helpers import REPO
 
 
 def test_every_sink_type_names_its_connector() -> None:
-    assert sink_types() == ("file", "stdout", "syslog", "splunk_hec", "elasticsearch", "eventhub", "email")
+    assert sink_types() == ("file", "stdout", "syslog", "splunk_hec", "elasticsearch", "eventhub", "sentinel",
+                            "email")
     for sink_type in sink_types():
         connector = connector_class(sink_type)
         assert issubclass(connector, Connector)
