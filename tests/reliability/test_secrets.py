@@ -30,6 +30,7 @@ def _peer_bytes(peers: Peers, smtp: SmtpServer) -> dict[str, bytes]:
         "hec events": b"\n".join(r["raw"] for r in peers.hec.events()),
         "es documents": repr([d["source"] for d in peers.es.documents()]).encode(),
         "event hub": b"\n".join(e.body for e in peers.hub.events()),
+        "sentinel rows": repr(peers.sentinel.records()).encode(),
         "smtp": b"\n".join(r.raw for r in smtp.messages()),
     }
 
