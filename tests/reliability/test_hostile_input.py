@@ -40,7 +40,7 @@ from tests import cef_parser
 from tests.helpers import run_cli, write_config
 from tests.reliability import make_hostile_corpus as corpus_module
 
-FORMATS = ("raw", "ocsf", "ecs", "cim", "cef")
+FORMATS = ("raw", "ocsf", "ecs", "cim", "cef", "sentinel", "commonsecuritylog")
 LABEL = "acme"
 TENANT = corpus_module.TENANT
 LINES_PER_PAGE_FILE = 40
@@ -149,6 +149,10 @@ def _id_of(fmt: str, line: Any) -> Any:
         return _dig(line, "finding_info", "uid")
     if fmt == "ecs":
         return _dig(line, "event", "id")
+    if fmt == "sentinel":
+        return line.get("AlertId")
+    if fmt == "commonsecuritylog":
+        return line.get("DeviceCustomString3")  # CEF's cs3, as the CEF line has it
     return line.extension.get("cs3")  # cef: the whole id (cleaned); externalId is cut to 40 bytes
 
 
@@ -244,7 +248,8 @@ def test_every_hostile_alert_is_forwarded_intact_or_dead_lettered(tmp_path: Path
     for fmt, rows in outputs.items():
         for number, row in enumerate(rows, start=1):
             alert_id = _id_of(fmt, row)
-            index = (cef_index if fmt == "cef" else index_of_id).get(alert_id) if isinstance(alert_id, str) else None
+            by_id = cef_index if fmt in ("cef", "commonsecuritylog") else index_of_id
+            index = by_id.get(alert_id) if isinstance(alert_id, str) else None
             if index is None:
                 problems.append(f"{fmt} line {number}: id {str(alert_id)[:80]!r} belongs to no case "
                                 f"(forged or altered line)")
