@@ -24,6 +24,10 @@ AVAILABLE_FORMATS = {
     "ecs": "mappings.ecs",
     "cim": "mappings.cim",
     "cef": "mappings.cef",
+    # Microsoft Sentinel through the Logs Ingestion API (the `sentinel` sink): a row of the
+    # custom tables DefenderAlerts_CL / DefenderIncidents_CL, or of CommonSecurityLog.
+    "sentinel": "mappings.sentinel",
+    "commonsecuritylog": "mappings.commonsecuritylog",
 }
 OUTPUT_FORMATS = tuple(AVAILABLE_FORMATS)
 # The common schema itself, as JSON: what a sink that renders alerts (e-mail) reads. Not one of

@@ -1006,3 +1006,41 @@ def encode_incident(incident: Incident) -> bytes:
             if part := write(value):
                 parts.append(part)
     return ("|".join(incident_header_fields(incident)) + "|" + " ".join(parts)).encode()
+
+
+# --------------------------------------------------------------------------- reading a line back
+#
+# For formats built from the CEF line's own fields (mappings/commonsecuritylog.py: the columns
+# Azure Monitor Agent's CEF parser would fill from this line), so that both say exactly the same.
+
+# The seven header fields, each as group (the first is `CEF:0`).
+_HEADER_FIELDS = re.compile(rb"(%s)\|" % _FIELD * 7, re.DOTALL)
+_HEADER_UNESCAPE = re.compile(r"\\([\\|])")
+_EXTENSION_UNESCAPE = re.compile(r"\\([\\=nr])")
+_EXTENSION_UNESCAPES = {"\\": "\\", "=": "=", "n": "\n", "r": "\r"}
+
+
+class Fields(NamedTuple):
+    """A line as `encode` wrote it, read back: the seven header fields and the extension's
+    (key, value) pairs in line order, every value unescaped."""
+
+    header: tuple[str, ...]
+    extension: tuple[tuple[str, str], ...]
+
+
+def fields(line: bytes) -> Fields:
+    """`line` (from `encode`, not cut by `fit`) read back; a `ValueError` for any other line."""
+    header = _HEADER_FIELDS.match(line)
+    spans = _spans(line)
+    if header is None or spans is None:
+        raise ValueError("not a CEF line as mappings.cef.encode writes it")
+    head = tuple(_HEADER_UNESCAPE.sub(r"\1", value.decode()) for value in header.groups())
+    pairs = []
+    for key, (start, end) in spans.items():
+        if key == b"Name":  # (the header's Name, which `_spans` names too)
+            continue
+        value = line[start:end].decode()
+        if "\\" in value:
+            value = _EXTENSION_UNESCAPE.sub(lambda m: _EXTENSION_UNESCAPES[m.group(1)], value)
+        pairs.append((key.decode(), value))
+    return Fields(head, tuple(pairs))

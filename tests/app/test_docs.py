@@ -522,6 +522,15 @@ def test_the_cef_key_table_is_the_mappings() -> None:
     assert cef.markdown_table() in read("docs/formats.md")
 
 
+def test_the_sentinel_tables_are_the_mappings() -> None:
+    from mappings import commonsecuritylog, sentinel
+
+    text = read("docs/formats.md")
+    assert sentinel.markdown_table(sentinel.ALERT_COLUMNS) in text
+    assert sentinel.markdown_table(sentinel.INCIDENT_COLUMNS) in text
+    assert commonsecuritylog.markdown_table() in text
+
+
 def test_the_cef_evidence_key_table_is_the_mappings() -> None:
     from mappings import cef
 

@@ -103,12 +103,12 @@ def test_hostile_text_stays_one_line() -> None:
 def test_available_encoders() -> None:
     assert encoder("raw") is raw.encode
     assert encoder("ocsf") is ocsf.encode
-    assert OUTPUT_FORMATS == ("raw", "ocsf", "ecs", "cim", "cef")
+    assert OUTPUT_FORMATS == ("raw", "ocsf", "ecs", "cim", "cef", "sentinel", "commonsecuritylog")
     assert tuple(AVAILABLE_FORMATS) == (*OUTPUT_FORMATS, "alert")
     assert all(callable(encoder(name)) for name in OUTPUT_FORMATS)
 
 
 def test_unknown_format() -> None:
-    with pytest.raises(FormatNotAvailable, match="^unknown format 'xml'; formats: raw, ocsf, ecs, cim, cef$"):
+    with pytest.raises(FormatNotAvailable, match="^unknown format 'xml'; formats: raw, ocsf, ecs, cim, cef, sentinel, commonsecuritylog$"):
         encoder("xml")
     assert issubclass(FormatNotAvailable, ValueError)
