@@ -30,8 +30,11 @@ documents:
   https://learn.microsoft.com/azure/azure-monitor/service-limits#log-analytics-workspaces;
   the same page gives the Logs Ingestion API 64 KB per field and 1 MB per call): cutting at
   the stricter figure ourselves keeps the marker visible and a row of a 10 MB description
-  far below the 1 MB of a call. A lone surrogate in a string (not encodable as UTF-8)
-  becomes U+FFFD.
+  far below the 1 MB of a call. The dynamic column is one field value too: when it is over
+  32,766 bytes as a whole (a long description, written in `Description` and again in it),
+  its strings are cut shorter, to 4096, else 1024, else 256 bytes each, until it fits (an
+  alert of that size keeps its ids, times and evidence whole; long texts end in `…`). A lone
+  surrogate in a string (not encodable as UTF-8) becomes U+FFFD.
 - Deterministic: the same event gives the same bytes.
 
 The alert columns (`markdown_table(ALERT_COLUMNS)`), stream `Custom-DefenderAlerts_CL`:
@@ -159,30 +162,64 @@ def _version(event: Alert | Incident) -> str:
     return event.version_key.rsplit("/", 1)[1]
 
 
-def cut(text: str) -> str:
-    """`text` within `MAX_VALUE_BYTES` UTF-8 bytes: cut at a character boundary, ending in `…`,
-    when longer; lone surrogates made U+FFFD."""
-    if len(text) * 4 <= MAX_VALUE_BYTES:  # (no character is more than 4 bytes)
+def cut(text: str, limit: int = MAX_VALUE_BYTES) -> str:
+    """`text` within `limit` UTF-8 bytes: cut at a character boundary, ending in `…`, when
+    longer; lone surrogates made U+FFFD."""
+    if len(text) * 4 <= limit:  # (no character is more than 4 bytes)
         return text if text.isascii() or not _SURROGATES.search(text) else _SURROGATES.sub("\ufffd", text)
     if not text.isascii():
         text = _SURROGATES.sub("\ufffd", text)
         data = text.encode()
-        if len(data) <= MAX_VALUE_BYTES:
+        if len(data) <= limit:
             return text
-        return data[: MAX_VALUE_BYTES - _TRUNCATED_BYTES].decode("utf-8", "ignore") + TRUNCATED
-    return text if len(text) <= MAX_VALUE_BYTES else text[: MAX_VALUE_BYTES - _TRUNCATED_BYTES] + TRUNCATED
+        return data[: limit - _TRUNCATED_BYTES].decode("utf-8", "ignore") + TRUNCATED
+    return text if len(text) <= limit else text[: limit - _TRUNCATED_BYTES] + TRUNCATED
 
 
-def cut_all(value: Any) -> Any:
-    """`value` (plain JSON data) with every string, keys included, `cut`."""
+def cut_all(value: Any, limit: int = MAX_VALUE_BYTES) -> Any:
+    """`value` (plain JSON data) with every string, keys included, `cut` to `limit`."""
     cls = value.__class__
     if cls is str:
-        return cut(value)
+        return cut(value, limit)
     if cls is dict:
-        return {cut(k) if k.__class__ is str else k: cut_all(v) for k, v in value.items()}
+        return {cut(k, limit) if k.__class__ is str else k: cut_all(v, limit) for k, v in value.items()}
     if cls is list:
-        return [cut_all(v) for v in value]
+        return [cut_all(v, limit) for v in value]
     return value
+
+
+# The per-string limits the dynamic column tries, in turn, when it is over MAX_VALUE_BYTES as a
+# whole (module docstring).
+_DYNAMIC_LIMITS = (4096, 1024, 256)
+
+
+def dynamic(event: Alert | Incident) -> dict[str, Any]:
+    """The `Alert` / `Incident` column: the event as plain JSON data, without `raw`, every string
+    `cut`; when the whole is still over MAX_VALUE_BYTES, its strings cut shorter, in turn, to
+    `_DYNAMIC_LIMITS` until it fits (or the last is reached)."""
+    data = plain(event, skip=_SKIP)
+    try:
+        # The usual event: within the limit as a whole, so every string of it is too (and orjson
+        # refused no lone surrogate): nothing to walk.
+        if len(orjson.dumps(data, option=orjson.OPT_UTC_Z)) <= MAX_VALUE_BYTES:
+            return data
+    except TypeError:
+        pass
+    value = cut_all(data)
+    if _size(value) <= MAX_VALUE_BYTES:
+        return value
+    for limit in _DYNAMIC_LIMITS:
+        value = cut_all(data, limit)
+        if _size(value) <= MAX_VALUE_BYTES:
+            break
+    return value
+
+
+def _size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value, option=orjson.OPT_UTC_Z))
+    except TypeError:  # (integers beyond 64 bits)
+        return len(json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":")).encode())
 
 
 def _category(a: Alert) -> str | None:
@@ -290,7 +327,7 @@ ALERT_COLUMNS: tuple[Column, ...] = (
     Column("FileNames", "dynamic", "per file evidence (and process evidence's image): `name` (array)",
            lambda e: e.files),
     Column("Alert", "dynamic", "the whole alert in the common schema (`mappings.plain`: the schema's names, absent "
-           "fields left out), without `raw`", lambda a: cut_all(plain(a, skip=_SKIP))),
+           "fields left out), without `raw`", dynamic),
 )
 _ENTITY_COLUMNS = frozenset({"Devices", "Accounts", "IpAddresses", "Urls", "FileHashes", "FileNames"})
 
@@ -321,7 +358,7 @@ INCIDENT_COLUMNS: tuple[Column, ...] = (
     Column("CreatedDateTime", "datetime", "`times.created`", lambda i: rfc3339(i.times.created)),
     Column("LastUpdateDateTime", "datetime", "`times.last_updated`", lambda i: rfc3339(i.times.last_updated)),
     Column("Incident", "dynamic", "the whole incident in the common schema (`mappings.plain`), without `raw`",
-           lambda i: cut_all(plain(i, skip=_SKIP))),
+           dynamic),
 )
 
 STREAMS: dict[str, tuple[Column, ...]] = {ALERT_STREAM: ALERT_COLUMNS, INCIDENT_STREAM: INCIDENT_COLUMNS}
