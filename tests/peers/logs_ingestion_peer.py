@@ -35,11 +35,29 @@ Choices (the service documents none of these precisely; each is a test's lever, 
     per record over 1 MiB and gets 413 here: a sender must keep its batches below the limit.
   * Faults come after authentication (the service throttles per DCR) and are used up one per
     request that reaches them.
+
+Standalone, for the benchmarks (bench/ship_sentinel.py), in a process of its own:
+
+    python -m tests.peers.logs_ingestion_peer [--port 0] [--count-only] [--ready-file F]
+
+serves a simulated Entra (an MSSP home tenant with one app and a test secret) and this peer with
+the streams of the example DCR (tests/connectors/sentinel_dcr.py), both under one CA, until
+SIGTERM/SIGINT. It prints one JSON line {endpoint, login, ca_file, tenant_id, client_id, secret,
+rule_id, stats_port, pid} and writes it to the ready file when serving. `--count-only` checks every
+request and record as usual but keeps neither records nor the request log, only the totals (a long
+run does not grow). The totals (`LogsIngestionPeer.stats()`) are served on `stats_port`, a plain
+TCP port of this process that is not part of the API: connect, read one JSON line.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import signal
+import socket
 import ssl
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -66,6 +84,7 @@ READ_LIMIT = 64 * 1024 * 1024  # a longer body is not read: 413 and the connecti
 DCR_TYPE = "microsoft.insights/datacollectionrules"
 
 Record = dict[str, Any]
+STAT_KEYS = ("records", "requests", "bytes", "json_bytes", "rejected")
 
 
 class IngestionRequest(NamedTuple):
@@ -236,7 +255,8 @@ class LogsIngestionPeer(Restartable):
 
     def __init__(self, cloud: FakeCloud, *, rule_id: str, streams: dict[str, dict[str, str]],
                  allowed_apps: set[str] | None = None, audience: str = PUBLIC_AUDIENCE,
-                 ca: trustme.CA | None = None, port: int = 0, max_body: int = MAX_BODY) -> None:
+                 ca: trustme.CA | None = None, port: int = 0, max_body: int = MAX_BODY,
+                 count_only: bool = False) -> None:
         for stream, columns in streams.items():
             unknown = {t for t in columns.values() if t not in FITS}
             if unknown:
@@ -256,6 +276,9 @@ class LogsIngestionPeer(Restartable):
         self._refuse: Callable[[Record], bool] | None = None
         self.accepted: list[tuple[str, Record]] = []  # (stream, record), in arrival order
         self._requests: list[IngestionRequest] = []
+        # count_only: records and requests are checked and counted, not kept (a benchmark's long run)
+        self.count_only = count_only
+        self._totals = dict.fromkeys(STAT_KEYS, 0)
 
     # ---- lifecycle
 
@@ -311,10 +334,11 @@ class LogsIngestionPeer(Restartable):
             self._refuse = predicate
 
     def reset(self) -> None:
-        """Forget records, requests, faults and the refusal predicate."""
+        """Forget records, requests, totals, faults and the refusal predicate."""
         with self._lock:
             self.accepted.clear()
             self._requests.clear()
+            self._totals = dict.fromkeys(STAT_KEYS, 0)
             self._faults.clear()
             self._refuse = None
 
@@ -324,6 +348,13 @@ class LogsIngestionPeer(Restartable):
         """Accepted records in arrival order, duplicates included (copies)."""
         with self._lock:
             return [dict(record) for name, record in self.accepted if stream is None or name == stream]
+
+    def stats(self) -> dict[str, int]:
+        """Totals since start (or reset), kept also with count_only: `records` and `requests`
+        accepted (204), their `bytes` as received (gzip) and `json_bytes` gunzipped; `rejected`:
+        requests answered otherwise."""
+        with self._lock:
+            return dict(self._totals)
 
     @property
     def requests(self) -> list[IngestionRequest]:
@@ -358,8 +389,20 @@ class LogsIngestionPeer(Restartable):
         entry = IngestionRequest(status, seen["stream"], seen["records"], seen["bytes"],
                                  headers.get("content-encoding"), "authorization" in headers, code)
         with self._lock:
-            self._requests.append(entry)
+            self._count(entry, length)
+            if not self.count_only:
+                self._requests.append(entry)
         return status, payload, extra
+
+    def _count(self, entry: IngestionRequest, received: int) -> None:
+        totals = self._totals
+        if entry.status != 204:
+            totals["rejected"] += 1
+            return
+        totals["requests"] += 1
+        totals["records"] += entry.records
+        totals["bytes"] += received
+        totals["json_bytes"] += entry.uncompressed_bytes
 
     def _ingest(self, method: str, target: str, headers: dict[str, str], body: bytes | None,
                 seen: dict[str, Any]) -> None:
@@ -378,6 +421,8 @@ class LogsIngestionPeer(Restartable):
         records = _parse(text)
         seen["records"] = len(records)
         self._check(records, columns, stream)
+        if self.count_only:
+            return  # checked and counted (in _handle), not kept
         with self._lock:
             self.accepted.extend((stream, record) for record in records)
             self._changed.notify_all()
@@ -487,3 +532,76 @@ def _parse(text: bytes) -> list[Any]:
     if not isinstance(records, list):
         raise _Refused(400, "InvalidContent", "The body must be a JSON array of records.")
     return records
+
+
+# ---------------------------------------------------------------- standalone mode
+
+# The simulated MSSP home tenant (where the workspace is) and its app: test values, not secrets.
+STANDALONE_TENANT = "9a8b7c6d-0000-4000-8000-5e171e1a0001"
+STANDALONE_CLIENT_ID = "5e171e1a-0000-4000-8000-00000000be17"
+STANDALONE_SECRET = "logs-ingestion-peer-test-secret"
+STANDALONE_RULE_ID = "dcr-5f1c0e9a7b2d4c3e8f6a1b0c9d8e7f6a"
+
+
+def _serve_stats(peer: LogsIngestionPeer, server: socket.socket) -> None:
+    """Each connection gets one JSON line of the peer's totals (not part of the API)."""
+    while True:
+        try:
+            sock, _ = server.accept()
+        except OSError:
+            return
+        with sock:
+            try:
+                sock.sendall(json.dumps(peer.stats()).encode() + b"\n")
+            except OSError:
+                pass
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.peers.logs_ingestion_peer",
+                                     description="Serve a simulated Entra and a Logs Ingestion API peer until "
+                                     "SIGTERM/SIGINT.")
+    parser.add_argument("--port", type=int, default=0, help="the ingestion endpoint's port; 0: a free port")
+    parser.add_argument("--count-only", action="store_true", help="check and count, keep nothing")
+    parser.add_argument("--max-body", type=int, default=MAX_BODY)
+    parser.add_argument("--ready-file", type=Path, help="JSON written once serving: endpoint, login, ca_file, "
+                        "tenant_id, client_id, secret, rule_id, stats_port, pid")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tests.connectors.sentinel_dcr import declared_streams  # the example DCR; tests import this module
+
+    args = _parse_args(argv)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    cloud = FakeCloud(record_hits=False)
+    cloud.add_tenant(STANDALONE_TENANT, client_id=STANDALONE_CLIENT_ID, secret=STANDALONE_SECRET)
+    peer = LogsIngestionPeer(cloud, rule_id=STANDALONE_RULE_ID, streams=declared_streams(), ca=cloud.ca,
+                             port=args.port, max_body=args.max_body, count_only=args.count_only)
+    with cloud, peer:
+        stats = socket.create_server((HOST, 0))
+        threading.Thread(target=_serve_stats, args=(peer, stats), name="logs-ingestion-peer-stats",
+                         daemon=True).start()
+        where = args.ready_file.parent if args.ready_file is not None else Path(tempfile.gettempdir())
+        ca_file = where / f"logs-ingestion-ca-{os.getpid()}.pem"
+        cloud.write_ca(ca_file)  # the peer's certificate comes from the same CA
+        info = json.dumps({"endpoint": peer.endpoint, "login": cloud.base_url, "ca_file": str(ca_file),
+                           "tenant_id": STANDALONE_TENANT, "client_id": STANDALONE_CLIENT_ID,
+                           "secret": STANDALONE_SECRET, "rule_id": STANDALONE_RULE_ID,
+                           "stats_port": stats.getsockname()[1], "pid": os.getpid()})
+        if args.ready_file is not None:
+            # Write-then-rename, so a driver polling for the file never reads half of it.
+            partial = args.ready_file.with_name(args.ready_file.name + ".partial")
+            partial.write_text(info)
+            partial.replace(args.ready_file)
+        print(info, flush=True)
+        stopping.wait()
+        stats.close()
+    print(json.dumps(peer.stats()), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -289,6 +289,18 @@ def test_a_restart_keeps_the_port_and_the_records(env: Env, peer: LogsIngestionP
     assert len(peer.wait_for(2, timeout=1)) == 2
 
 
+def test_count_only_checks_and_counts_every_record_but_keeps_none(env: Env, cloud: FakeCloud) -> None:
+    with LogsIngestionPeer(cloud, rule_id=RULE, streams={STREAM: COLUMNS}, count_only=True) as peer:
+        logs = [record(1), record(2), record(3)]
+        assert env.upload(peer, logs) == []
+        [refused] = env.upload(peer, [record(4, SeverityId="high")])  # still checked: 400, not counted
+        assert error_code(refused.error) == "InvalidContent"
+        assert peer.records() == [] and peer.requests == []
+        assert peer.stats() == {"records": 3, "requests": 1, "json_bytes": len(json.dumps(logs)),
+                                "bytes": peer.stats()["bytes"], "rejected": 1}
+        assert 0 < peer.stats()["bytes"] < len(json.dumps(logs))  # as received: gzipped
+
+
 def test_streams_from_template_reads_the_dcr_declarations(tmp_path: Path) -> None:
     template = {"resources": [
         {"type": "Microsoft.OperationalInsights/workspaces/tables", "properties": {}},

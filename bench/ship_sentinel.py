@@ -1,0 +1,442 @@
+"""Sentinel shipping benchmark: the outbox into a Logs Ingestion API peer, against a bare
+`azure-monitor-ingestion` loop uploading the same rows to the same kind of peer (the reference).
+
+    .venv/bin/python bench/ship_sentinel.py [--events 20000] [--repeat 3] [--batch 500] [--tenants 10]
+                                            [--profile]
+
+Corpus: --events distinct alerts in the Sentinel sink's default format, sentinel
+(`mappings.sentinel.encode`: one JSON row of stream Custom-DefenderAlerts_CL each), made as
+bench/ship_eventhub.py makes its corpus: spread over --tenants customers, per tenant up to
+5,000 / --tenants generated alerts (tests/peers/alert_factory.py, the tenant's own id inside),
+each varied into several versions, normalised under that tenant; event i belongs to tenant
+i mod --tenants (the tenants are polled together, so their alerts land interleaved).
+
+Every measurement has a fresh peer in its own process (`python -m tests.peers.logs_ingestion_peer
+--port 0 --count-only`, so it does not share this process's GIL): a simulated Entra (the MSSP's
+home tenant, one app with a secret) and the ingestion endpoint with the example DCR's stream
+declarations (tests/connectors/sentinel_dcr.py), both on loopback HTTPS under one test CA. The
+peer checks every request as the tests' peer does (bearer token of scope
+https://monitor.azure.com/.default, DCR id, stream, gzip, 1 MiB, every record against the
+stream's columns) and counts, keeping nothing. Two senders, interleaved per round (which goes
+first alternates) so that drift of this noisy machine hits them alike:
+  forwarder  a fresh SQLite state with the corpus in the outbox of sink "sentinel" (filled
+             untimed), drained by `SinkWorker(SentinelConnector(...)).drain()` until the outbox is
+             empty; client_secret "env:..." (a secret reference, as a deployment's), authority the
+             peer's login host, ca_file its CA, batch_max_events --batch, every other setting the
+             sink's default (format sentinel, retry_total 3).
+  reference  `ClientSecretCredential(..., authority=login, disable_instance_discovery=True,
+             connection_verify=ca)`, `LogsIngestionClient(endpoint, credential,
+             connection_verify=ca, retry_total=3)` and the minimal loop a program using the SDK
+             directly writes: per request group, `await client.upload(rule_id, stream, rows)`. The
+             rows are the SAME rows as dicts and the groups the SAME as the connector makes (per
+             --batch events, its requests under connectors.sentinel.REQUEST_BUDGET bytes of JSON,
+             `connectors.sizes.RequestLimit`), all made untimed: the reference times only the
+             SDK's own work (json.dumps, gzip, the token, the requests).
+Before measuring, every batch is checked to be the same for both: the connector's own grouping
+of each batch (its `RequestLimit`) gives the reference's groups, its stream is the reference's,
+and its rows (the bodies it parses) are the reference's dicts.
+
+The clock runs from before the credential and the client exist (the token request included,
+for both) to the last upload's answer; closing them is outside it. After each run the peer's
+totals must show --events records and nothing refused; the forwarder's outbox must be empty
+with nothing dead and no retry. The peer's requests and bytes (as received, gzipped) are shown:
+they must be the same for both senders (the same requests on the wire).
+
+It prints events/s (best, median, worst), wall and CPU seconds (this process, and the peer
+process) per sender, then the ratio forwarder / reference of the medians (of the bests in
+brackets) and the issue's verdict: at least 80% of the reference. --profile adds one run of each
+sender under cProfile and prints the top functions by own time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import json
+import logging
+import os
+import pstats
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
+
+from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
+from bench.standalone import standalone_peer
+from connectors.base import Event
+from connectors.sentinel import REQUEST_BUDGET, SentinelConnector, SentinelSinkConfig
+from connectors.sizes import RequestLimit
+from core.delivery import SinkWorker
+from core.model.schema import EventMeta, TenantRef
+from core.state.sqlite import SQLiteStore
+from mappings.graph_alerts_v2 import normalise
+from mappings.sentinel import encode as encode_sentinel
+from mappings.sentinel import stream_of
+from tests.peers.alert_factory import make_alerts
+
+SINK = "sentinel"
+SECRET_ENV = "SHIP_SENTINEL_CLIENT_SECRET"
+TARGET = 0.80  # the issue: at least 80% of the reference
+DEFAULTS = SentinelSinkConfig.model_fields
+SENDERS = ("forwarder", "reference")
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    tenants: list[TenantRef]
+    metas: list[EventMeta]
+    bodies: list[bytes]  # format sentinel, all distinct
+    stream: str  # every row's stream (they are all alerts)
+
+
+def make_tenants(count: int) -> list[TenantRef]:
+    return [TenantRef(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ship-sentinel/tenant/{n}")), label=f"customer{n:02d}")
+            for n in range(count)]
+
+
+def build_corpus(events: int, tenant_count: int) -> Corpus:
+    tenants = make_tenants(tenant_count)
+    per_tenant = max(1, min(events, BASE_ALERTS) // tenant_count)
+    bases = [make_alerts(per_tenant, tenant.id, START, STEP, seed=1) for tenant in tenants]
+    ingested = datetime.now(UTC)
+    metas, bodies, streams = [], [], set()
+    for index in range(events):
+        turn, which = divmod(index, tenant_count)  # event i belongs to tenant i mod T
+        base, tenant = bases[which], tenants[which]
+        round_, slot = divmod(turn, len(base))
+        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (turn * STEP))
+        alert = normalise(graph, tenant, ingested)
+        alert.first_sight = True  # as the pipeline marks it: this alert id was never seen before
+        metas.append(EventMeta.of(alert))
+        bodies.append(encode_sentinel(alert))
+        streams.add(stream_of(alert))
+    if len(set(bodies)) != events:
+        raise SystemExit(f"corpus: only {len(set(bodies))} distinct bodies of {events}")
+    if len(streams) != 1:
+        raise SystemExit(f"corpus: rows of several streams {sorted(streams)}")
+    return Corpus(tenants, metas, bodies, streams.pop())
+
+
+# The reference's uploads: per outbox batch, its request groups, each a list of rows (dicts).
+RefGroups = list[list[list[dict[str, Any]]]]
+
+
+def request_groups(bodies: list[bytes], batch: int) -> list[list[list[int]]]:
+    """Per `batch` events (an outbox batch), the connector's request groups of it: indexes into
+    the batch, in order, each group under REQUEST_BUDGET bytes of the rows' JSON."""
+    groups = []
+    for start in range(0, len(bodies), batch):
+        sizes = [len(body) for body in bodies[start:start + batch]]
+        limit = RequestLimit(REQUEST_BUDGET, SINK, "the Logs Ingestion API", logging.getLogger("ship_sentinel"))
+        groups.append(limit.requests(range(len(sizes)), sizes))
+    return groups
+
+
+def reference_groups(corpus: Corpus, batch: int) -> RefGroups:
+    """The reference program's data: the rows as dicts (json.loads, as a program has them),
+    grouped per outbox batch as the connector groups them."""
+    uploads: RefGroups = []
+    for number, groups in enumerate(request_groups(corpus.bodies, batch)):
+        chunk = corpus.bodies[number * batch:(number + 1) * batch]
+        uploads.append([[json.loads(chunk[i]) for i in group] for group in groups])
+    return uploads
+
+
+def check_same_rows(corpus: Corpus, batch: int, uploads: RefGroups) -> None:
+    """Untimed proof that both senders send the same thing: per outbox batch the connector's own
+    grouping (its RequestLimit, under its REQUEST_BUDGET) gives the reference's groups, its
+    stream is the reference's, and its rows (the bodies parsed as it parses them) are the
+    reference's dicts."""
+    os.environ.setdefault(SECRET_ENV, "unused")
+    config = sink_config(batch, "https://127.0.0.1:1", "https://127.0.0.1:2", None, "t", "c", "dcr-0")
+    connector = SentinelConnector(SINK, config)
+    if config.format != "sentinel" or config.streams()[0] != corpus.stream:
+        raise SystemExit(f"the sink's defaults changed: format {config.format}, stream {config.streams()[0]}; "
+                         "update this benchmark")
+    events = [Event(index, meta, body) for index, (meta, body) in enumerate(zip(corpus.metas, corpus.bodies,
+                                                                                strict=True))]
+    for number, start in enumerate(range(0, len(events), batch)):
+        chunk = events[start:start + batch]
+        if any(event.meta.kind != "alert" for event in chunk):
+            raise SystemExit(f"batch {number}: not all alerts (one stream expected)")
+        groups = connector._limit.requests(range(len(chunk)), [len(event.body) for event in chunk])
+        reference = uploads[number]
+        if [len(group) for group in groups] != [len(rows) for rows in reference]:
+            raise SystemExit(f"batch {number}: the connector's requests {[len(g) for g in groups]} are not the "
+                             f"reference's {[len(rows) for rows in reference]}")
+        for group, rows in zip(groups, reference, strict=True):
+            if [orjson.loads(chunk[i].body) for i in group] != rows:
+                raise SystemExit(f"batch {number}: the connector's rows are not the reference's")
+
+
+def describe(corpus: Corpus, batch: int, uploads: RefGroups) -> str:
+    sizes = [len(body) for body in corpus.bodies]
+    groups = sum(len(batch_groups) for batch_groups in uploads)
+    return (f"corpus: {len(sizes):,} distinct alerts as {corpus.stream} rows, {sum(sizes) / 1e6:.1f} MB of JSON, "
+            f"{min(sizes):,}-{max(sizes):,} bytes (median {statistics.median(sizes):,.0f}), over "
+            f"{len(corpus.tenants)} tenant(s) interleaved; {len(uploads):,} batches of {batch} -> {groups:,} "
+            f"requests (~{len(sizes) / groups:,.0f} rows, ~{sum(sizes) / groups / 1e3:,.0f} kB each)")
+
+
+# --------------------------------------------------------------------------- the peer
+
+
+@dataclass
+class Peer:
+    endpoint: str
+    login: str
+    ca_file: str
+    tenant_id: str
+    client_id: str
+    secret: str
+    rule_id: str
+    stats_port: int
+    pid: int
+
+    def stats(self) -> dict[str, int]:
+        with socket.create_connection(("127.0.0.1", self.stats_port), timeout=30) as sock:
+            return json.loads(sock.makefile().readline())
+
+
+@contextmanager
+def peer_process(work: Path) -> Iterator[Peer]:
+    with standalone_peer("tests.peers.logs_ingestion_peer", ["--port", "0", "--count-only"], work,
+                         "Logs Ingestion peer") as (info, pid):
+        yield Peer(**{key: info[key] for key in Peer.__dataclass_fields__ if key != "pid"}, pid=pid)
+
+
+def peer_totals(peer: Peer, sender: str, events: int) -> dict[str, int]:
+    """The peer's totals, after checking it counted every record and refused nothing."""
+    stats = peer.stats()
+    if stats.get("records") != events or stats.get("rejected"):
+        raise SystemExit(f"{sender}: the peer counted {stats}, expected {events} records and nothing refused")
+    return stats
+
+
+def sink_config(batch: int, endpoint: str, login: str, ca_file: str | None, tenant_id: str, client_id: str,
+                rule_id: str) -> SentinelSinkConfig:
+    return SentinelSinkConfig(endpoint=endpoint, rule_id=rule_id, tenant_id=tenant_id, client_id=client_id,
+                              client_secret=f"env:{SECRET_ENV}", authority=login, ca_file=ca_file,
+                              batch_max_events=batch)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    seconds: float
+    client_cpu: float
+    peer_cpu: float
+    requests: int = 0
+    bytes: int = 0
+
+
+def timeout_for(events: int) -> float:
+    return 60 + events / 200  # far beyond any healthy run (200 events/s)
+
+
+def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Profile | None = None) -> Run:
+    events = len(corpus.bodies)
+    store = SQLiteStore(work / "state.db")
+    try:
+        store.outbox_append(SINK, zip(corpus.metas, corpus.bodies, strict=True))  # untimed: the poller's work
+        with peer_process(work) as peer:
+            os.environ[SECRET_ENV] = peer.secret  # the sink config references it
+            config = sink_config(batch, peer.endpoint, peer.login, peer.ca_file, peer.tenant_id, peer.client_id,
+                                 peer.rule_id)
+            worker = SinkWorker(SentinelConnector(SINK, config), store)
+            run = asyncio.run(drain(worker, peer, events, profiler))
+            left = store.outbox_depth(SINK)
+            if left or worker.stats.dead or worker.stats.retries or worker.stats.delivered != events:
+                raise SystemExit(f"forwarder: {worker.stats.delivered} delivered, {left} left in the outbox, "
+                                 f"{worker.stats.dead} dead, {worker.stats.retries} retries")
+            return with_totals(run, peer_totals(peer, "forwarder", events))
+    finally:
+        store.close()
+
+
+async def drain(worker: SinkWorker, peer: Peer, events: int, profiler: cProfile.Profile | None) -> Run:
+    loop = asyncio.get_running_loop()
+    peer_cpu = cpu_seconds(peer.pid)
+    started, cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    try:
+        drained = await worker.drain(loop.time() + timeout_for(events))
+        if profiler is not None:
+            profiler.disable()
+        if not drained:
+            raise SystemExit(f"forwarder: outbox not drained ({worker.fatal or 'deadline passed'})")
+        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        await worker.close()
+
+
+def reference_run(uploads: RefGroups, stream: str, work: Path, profiler: cProfile.Profile | None = None) -> Run:
+    events = sum(len(rows) for groups in uploads for rows in groups)
+    with peer_process(work) as peer:
+        run = asyncio.run(sdk_loop(peer, uploads, stream, timeout_for(events), profiler))
+        return with_totals(run, peer_totals(peer, "reference", events))
+
+
+async def sdk_loop(peer: Peer, uploads: RefGroups, stream: str, timeout: float,
+                   profiler: cProfile.Profile | None) -> Run:
+    """The minimal loop of a program using the SDK directly: one upload per group of rows."""
+    from azure.identity.aio import ClientSecretCredential
+    from azure.monitor.ingestion.aio import LogsIngestionClient
+
+    peer_cpu = cpu_seconds(peer.pid)
+    started, cpu = time.perf_counter(), time.process_time()
+    if profiler is not None:
+        profiler.enable()
+    credential = ClientSecretCredential(peer.tenant_id, peer.client_id, peer.secret, authority=peer.login,
+                                        disable_instance_discovery=True, connection_verify=peer.ca_file)
+    client = LogsIngestionClient(peer.endpoint, credential, connection_verify=peer.ca_file,
+                                 retry_total=DEFAULTS["retry_total"].default)
+    try:
+        async with asyncio.timeout(timeout):
+            for groups in uploads:
+                for rows in groups:
+                    await client.upload(peer.rule_id, stream, rows)
+        if profiler is not None:
+            profiler.disable()
+        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+        await client.close()
+        await credential.close()
+
+
+def with_totals(run: Run, stats: dict[str, int]) -> Run:
+    run.requests, run.bytes = stats["requests"], stats["bytes"]
+    return run
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def measure(args: argparse.Namespace, corpus: Corpus, uploads: RefGroups, root: Path) -> dict[str, list[Run]]:
+    runs: dict[str, list[Run]] = {sender: [] for sender in SENDERS}
+    events = len(corpus.bodies)
+    for round_ in range(args.repeat):
+        # Alternate which sender goes first, so neither always follows the other's aftermath.
+        for sender in (SENDERS if round_ % 2 == 0 else SENDERS[::-1]):
+            with tempfile.TemporaryDirectory(dir=root) as tmp:
+                if sender == "forwarder":
+                    run = forwarder_run(corpus, args.batch, Path(tmp))
+                else:
+                    run = reference_run(uploads, corpus.stream, Path(tmp))
+            runs[sender].append(run)
+            print(f"  round {round_ + 1}: {sender:<10} {events / run.seconds:>9,.0f} events/s  "
+                  f"({run.seconds:.2f} s, {run.requests} requests)", flush=True)
+    return runs
+
+
+def rates(runs: list[Run], events: int) -> list[float]:
+    return sorted(events / run.seconds for run in runs)
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def report(runs: dict[str, list[Run]], events: int, groups: int) -> None:
+    print(f"\n{'sender':<11}{'events/s best':>14}{'median':>10}{'worst':>10}  "
+          f"{'wall s':<13}{'client CPU s':<14}{'peer CPU s':<13}{'requests':<10}MB gzip")
+    for sender, sender_runs in runs.items():
+        r = rates(sender_runs, events)
+        requests = "/".join(map(str, sorted({run.requests for run in sender_runs})))
+        megabytes = "/".join(f"{b / 1e6:.2f}" for b in sorted({run.bytes for run in sender_runs}))
+        print(f"{sender:<11}{r[-1]:>14,.0f}{statistics.median(r):>10,.0f}{r[0]:>10,.0f}  "
+              f"{spread([x.seconds for x in sender_runs]):<13}{spread([x.client_cpu for x in sender_runs]):<14}"
+              f"{spread([x.peer_cpu for x in sender_runs]):<13}{requests:<10}{megabytes}")
+    print("(seconds as lowest-highest of the rounds, over the timed span; client CPU: this process, "
+          "peer CPU: the peer process (Entra + the ingestion endpoint); requests: uploads the peer accepted; "
+          "MB gzip: their bodies as received)")
+    shapes = {(run.requests, run.bytes) for sender_runs in runs.values() for run in sender_runs}
+    if len(shapes) != 1 or {run.requests for sender_runs in runs.values() for run in sender_runs} != {groups}:
+        print(f"note: requests/bytes {sorted(shapes)}, {groups} groups made: not the same requests on the wire")
+    ours, reference = rates(runs["forwarder"], events), rates(runs["reference"], events)
+    ratio = statistics.median(ours) / statistics.median(reference)
+    print(f"\nforwarder / reference: {ratio:.1%} of medians ({ours[-1] / reference[-1]:.1%} of bests)   "
+          f">= {TARGET:.0%} of the reference: {'yes' if ratio >= TARGET else 'no'}")
+
+
+def profile(args: argparse.Namespace, corpus: Corpus, uploads: RefGroups, root: Path) -> None:
+    """One more run of each sender under cProfile: where this process's time goes."""
+    for sender in SENDERS:
+        profiler = cProfile.Profile()
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            if sender == "forwarder":
+                run = forwarder_run(corpus, args.batch, Path(tmp), profiler)
+            else:
+                run = reference_run(uploads, corpus.stream, Path(tmp), profiler)
+        print(f"\nprofile: {sender} under cProfile (the timed span only), "
+              f"{len(corpus.bodies) / run.seconds:,.0f} events/s while profiled, {run.client_cpu:.2f} s CPU")
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile_lines)
+        print(text.getvalue())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=DEFAULTS["batch_max_events"].default,
+                        help="the sink's batch_max_events, and the reference's grouping (default: the sink's)")
+    parser.add_argument("--tenants", type=int, default=10, help="customers the corpus is spread over (default 10)")
+    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
+    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
+    args = parser.parse_args(argv)
+    if args.tenants < 1 or args.events < 1 or args.batch < 1 or args.repeat < 1:
+        parser.error("--events, --repeat, --batch and --tenants must be at least 1")
+
+    # Both senders' SDK modules imported untimed: a running forwarder has them loaded already.
+    import azure.identity.aio  # noqa: F401
+    import azure.monitor.ingestion.aio  # noqa: F401
+
+    started = time.perf_counter()
+    corpus = build_corpus(args.events, args.tenants)
+    uploads = reference_groups(corpus, args.batch)
+    check_same_rows(corpus, args.batch, uploads)
+    groups = sum(len(batch_groups) for batch_groups in uploads)
+    # The benchmark's own data (the corpus, the reference's rows: ~100 objects a row) out of the
+    # cyclic GC's reach: else every collection the forwarder's parsing triggers walks the
+    # reference's rows too, a cost no real forwarder has (it holds a batch, not the corpus).
+    gc.collect()
+    gc.freeze()
+    print(f"{describe(corpus, args.batch, uploads)}; built and checked in {time.perf_counter() - started:.1f} s")
+    print(f"batch_max_events {args.batch}, every other sink setting its default (format sentinel, "
+          f"retry_total {DEFAULTS['retry_total'].default}); {args.repeat} round(s), the senders interleaved; "
+          f"HTTPS over loopback, a client secret, a fresh peer process (Entra + endpoint) per run", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ship-sentinel-") as tmp:
+        runs = measure(args, corpus, uploads, Path(tmp))
+        report(runs, args.events, groups)
+        if args.profile:
+            profile(args, corpus, uploads, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
