@@ -24,8 +24,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: install
 	$(BIN)/defender-forwarder run --once --config examples/demo.toml
 
+# Two workers (pytest-xdist), a test file each at a time: the suite's subprocesses and peers
+# wait on I/O as much as they compute.
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: install-test
 	$(BIN)/python bench/normalise.py

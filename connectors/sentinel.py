@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.entra import CLOUDS, EntraAppConfig, credential_for, managed_identity_credential
 from connectors.sizes import RequestLimit
-from connectors.tls import TLS_KEYS
+from connectors.tls import TLS_KEYS, TlsFileError, ssl_context
 from core.model.durations import Duration
 from core.model.neterr import address, describe
 from core.model.proxy import proxy_for, redacted
@@ -213,13 +213,28 @@ class SentinelConnector(Connector):
         else:
             self._credential = credential_for(config, self.proxy, cloud.login)
         options: dict[str, Any] = {"credential_scopes": [cloud.monitor_scope], "retry_total": config.retry_total,
-                                   "logging_enable": False}
-        if config.ca_file:
-            options["connection_verify"] = config.ca_file
+                                   "logging_enable": False, "transport": self._transport()}
         self._proxy = proxy_for(config.endpoint, self.proxy)
         if self._proxy:
             options["proxies"] = {"https": self._proxy, "http": self._proxy}
         self._client = LogsIngestionClient(config.endpoint, self._credential, **options)
+
+    def _transport(self) -> Any:
+        """azure-core's aiohttp transport over one session with one SSL context (the system store,
+        or `ca_file`): given `connection_verify` as a file, azure-core builds a new context per
+        request, and aiohttp, which pools connections by context, then opens a new TLS
+        connection for every upload. The proxy is the one `proxy_for` decided (`proxies`), so the
+        session reads no proxy variables of its own."""
+        import aiohttp
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        try:
+            context = ssl_context(self.config)
+        except TlsFileError as err:
+            raise SinkFatal(str(err)) from None
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context), trust_env=False,
+                                        cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
+        return AioHttpTransport(session=session, session_owner=True)
 
     async def close(self) -> None:
         if self._client is not None:

@@ -148,7 +148,8 @@ def test_one_alert_reaches_the_sink_once_per_version_from_both_sources(setup: Cl
     assert sorted(line["id"] for line in out) == sorted(alert["id"] for alert in alerts + office)
     # Graph's fields won: every line is a Graph alert (raw format: the alert as its API sent it).
     assert all("lastUpdateDateTime" in line for line in out)
-    assert any(hit.kind == "mde_alerts" for hit in setup.cloud.hits)  # both sources were read
+    # Both sources were read (this tenant's requests: the cloud is the session's).
+    assert any(hit.kind == "mde_alerts" and hit.tenant == tenant_id for hit in setup.cloud.hits)
 
     # Graph cannot be read for a while: MDE forwards what no source took yet, then Graph is
     # back and forwards the updates; no version twice.
