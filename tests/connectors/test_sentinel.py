@@ -107,6 +107,21 @@ def test_alerts_and_incidents_land_in_their_streams_as_declared(peer: LogsIngest
     assert all(request.content_encoding == "gzip" for request in peer.requests)
 
 
+def test_one_connection_carries_every_upload_with_a_ca_file(peer: LogsIngestionPeer, cloud: FakeCloud,
+                                                            tmp_path: Path) -> None:
+    """azure-core, given a CA file, made a new SSL context per request and aiohttp a new TLS
+    connection for each: the connector's own session keeps one."""
+    connector = SentinelConnector("sentinel", SentinelSinkConfig.model_validate(_sink(peer, cloud, tmp_path)))
+
+    async def send_three() -> list[Any]:
+        try:
+            return [await connector.send(_events("sentinel", 2)) for _ in range(3)]
+        finally:
+            await connector.close()
+    assert [r.outcome for results in asyncio.run(send_three()) for r in results] == [Outcome.OK] * 6
+    assert (len(peer.requests), peer.connections) == (3, 1)
+
+
 # ---- the status table ------------------------------------------------------------------------------
 
 def test_a_413_halves_the_request_and_one_row_too_large_alone_is_a_dead_letter(

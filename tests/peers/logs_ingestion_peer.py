@@ -206,6 +206,10 @@ class _Server(LoopbackHTTPServer):
         self.peer = peer
         super().__init__(port, _Handler, context)
 
+    def finish_request(self, request: socket.socket, client_address: Any) -> None:  # type: ignore[override]
+        self.peer._connected()
+        super().finish_request(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -279,6 +283,7 @@ class LogsIngestionPeer(Restartable):
         # count_only: records and requests are checked and counted, not kept (a benchmark's long run)
         self.count_only = count_only
         self._totals = dict.fromkeys(STAT_KEYS, 0)
+        self._connections = 0
 
     # ---- lifecycle
 
@@ -343,6 +348,17 @@ class LogsIngestionPeer(Restartable):
             self._refuse = None
 
     # ---- observation
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted since the peer was made (a client that keeps its connection
+        makes one for many requests)."""
+        with self._lock:
+            return self._connections
+
+    def _connected(self) -> None:
+        with self._lock:
+            self._connections += 1
 
     def records(self, stream: str | None = None) -> list[Record]:
         """Accepted records in arrival order, duplicates included (copies)."""
