@@ -11,8 +11,9 @@ Landing shapes (`format`):
   sentinel            a row of `DefenderAlerts_CL` (stream `Custom-DefenderAlerts_CL`) per alert
                       version, of `DefenderIncidents_CL` (`Custom-DefenderIncidents_CL`) per
                       incident version: typed columns + the whole event as a dynamic column
-  commonsecuritylog   a `CommonSecurityLog` row (stream `Microsoft-CommonSecurityLog`) built from
-                      the CEF format's fields: Sentinel's CEF content works unchanged
+  commonsecuritylog   a `CommonSecurityLog` row (stream `Custom-DefenderCommonSecurityLog`, which the
+                      DCR sends to its `Microsoft-CommonSecurityLog` output stream) built from the
+                      CEF format's fields: Sentinel's CEF content works unchanged
 
 Batching: the SDK splits a batch into requests of at most 1 MB of JSON, gzipped. An event counts
 as delivered once the API accepted (204) the request that carried it; `on_error` names the
@@ -45,7 +46,9 @@ log = logging.getLogger("defender_forwarder.sentinel")
 
 ALERTS_STREAM = "Custom-DefenderAlerts_CL"
 INCIDENTS_STREAM = "Custom-DefenderIncidents_CL"
-CEF_STREAM = "Microsoft-CommonSecurityLog"
+# The DCR's declared stream of CommonSecurityLog rows; its data flow's outputStream is
+# `Microsoft-CommonSecurityLog` (examples/sentinel/azuredeploy.json).
+CEF_STREAM = "Custom-DefenderCommonSecurityLog"
 # format -> (stream of alerts, stream of incidents) when the sink's table names none.
 DEFAULT_STREAMS = {"sentinel": (ALERTS_STREAM, INCIDENTS_STREAM), "commonsecuritylog": (CEF_STREAM, CEF_STREAM)}
 # The API takes 1 MiB a request. The SDK fills its chunks up to 1 MiB counting each record's

@@ -1,7 +1,9 @@
 r"""`core.model.schema.Alert` / `Incident` -> one row of Sentinel's `CommonSecurityLog` table, as JSON.
 
-For the Logs Ingestion API's `Microsoft-CommonSecurityLog` stream (the `sentinel` sink with
-`stream = "Microsoft-CommonSecurityLog"`): the row the Azure Monitor Agent's CEF parser would
+For the Logs Ingestion API (the `sentinel` sink with `format = "commonsecuritylog"`): rows of the
+stream `Custom-DefenderCommonSecurityLog`, which the DCR declares with `COLUMNS` and sends on to
+the `Microsoft-CommonSecurityLog` output stream, the standard table (the API takes the streams a
+DCR declares; `Microsoft-` input streams are the agents'). The row the Azure Monitor Agent's CEF parser would
 make of the `cef` format's line, without a syslog daemon and an agent VM in between, so that
 Sentinel's CEF content (queries, workbooks, analytics rules on CommonSecurityLog) works
 unchanged. Built from the CEF line itself (`mappings.cef.encode`, read back by
@@ -95,7 +97,8 @@ from core.model.schema import Alert, Incident
 from mappings import cef
 from mappings.sentinel import cut
 
-STREAM = "Microsoft-CommonSecurityLog"
+STREAM = "Custom-DefenderCommonSecurityLog"  # the DCR's declared input stream
+OUTPUT_STREAM = "Microsoft-CommonSecurityLog"  # where the DCR sends it: the CommonSecurityLog table
 ADDITIONAL = "AdditionalExtensions"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -214,5 +217,5 @@ def row(event: Alert | Incident) -> dict[str, Any]:
 
 
 def encode(event: Alert | Incident) -> bytes:
-    """One JSON object (no trailing newline): a row of `Microsoft-CommonSecurityLog`."""
+    """One JSON object (no trailing newline): a row of `CommonSecurityLog` (stream `STREAM`)."""
     return orjson.dumps(row(event))

@@ -1,9 +1,11 @@
 """examples/sentinel/: the ARM template declares exactly what the `sentinel` format sends.
 
-- Each custom stream declaration of the data collection rule has exactly the format's column
-  table (names, types, order); each custom table has those columns and `TimeGenerated`.
-- The rule's data flows cover the three streams (the two custom ones and
-  Microsoft-CommonSecurityLog), each setting TimeGenerated in its transformation.
+- Each stream declaration of the data collection rule has exactly its format's column table
+  (names, types, order): the `sentinel` format's two, the `commonsecuritylog` format's one; each
+  custom table has those columns and `TimeGenerated`.
+- The rule's data flows cover the three streams, each setting TimeGenerated in its
+  transformation: the custom tables' to their tables, CommonSecurityLog's rows to the output
+  stream Microsoft-CommonSecurityLog (the standard table).
 - The role assigned on the rule is Monitoring Metrics Publisher; the outputs give the sink's
   `endpoint` and `rule_id`.
 - The analytics rule and the KQL function name only columns the table has.
@@ -20,12 +22,13 @@ from typing import Any
 import pytest
 
 from core.model.schema import Severity
-from mappings import sentinel
+from mappings import commonsecuritylog, sentinel
 from tests.helpers import REPO
 
 EXAMPLE = REPO / "examples" / "sentinel"
 MONITORING_METRICS_PUBLISHER = "3913510d-42f4-4e42-8a64-420c390055eb"
-CSL_STREAM = "Microsoft-CommonSecurityLog"
+CSL_STREAM = commonsecuritylog.STREAM
+CSL_OUTPUT = "Microsoft-CommonSecurityLog"
 TRANSFORM = "source | extend TimeGenerated = now()"
 
 
@@ -54,9 +57,10 @@ def test_the_template_is_an_arm_template() -> None:
 def test_stream_declarations_are_exactly_the_column_tables() -> None:
     [rule] = resources("Microsoft.Insights/dataCollectionRules")
     declared = rule["properties"]["streamDeclarations"]
-    assert set(declared) == set(sentinel.STREAMS)
+    assert set(declared) == {*sentinel.STREAMS, CSL_STREAM}
     for stream, columns in sentinel.STREAMS.items():
         assert declared[stream]["columns"] == _columns(columns), stream
+    assert declared[CSL_STREAM]["columns"] == [{"name": name, "type": kind} for name, kind in commonsecuritylog.COLUMNS]
 
 
 def test_the_tables_are_the_stream_columns_and_time_generated() -> None:
@@ -76,7 +80,7 @@ def test_data_flows_cover_the_three_streams() -> None:
     flows = {tuple(flow["streams"]): flow for flow in properties["dataFlows"]}
     assert set(flows) == {(stream,) for stream in [*sentinel.STREAMS, CSL_STREAM]}
     for (stream,), flow in flows.items():
-        assert flow["outputStream"] == stream
+        assert flow["outputStream"] == (CSL_OUTPUT if stream == CSL_STREAM else stream)
         assert flow["transformKql"] == TRANSFORM
         assert set(flow["destinations"]) <= destinations
     assert "dataCollectionEndpoints" in properties["dataCollectionEndpointId"]
