@@ -53,10 +53,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import json
 import os
-import pstats
 import socket
 import statistics
 import sys
@@ -74,6 +72,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
 from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
+from bench.shipping import (
+    TIMING_HEADER,
+    RunOne,
+    drain_timed,
+    interleaved,
+    profiled,
+    timeout_for,
+    timing_columns,
+    verdict,
+)
 from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.eventhub import EventHubConnector, EventHubSinkConfig
@@ -88,7 +96,6 @@ SINK = "hub"
 CONNECTION_ENV = "SHIP_EVENTHUB_CONNECTION"
 TARGET = 0.80  # the issue: at least 80% of the reference
 DEFAULTS = EventHubSinkConfig.model_fields
-SENDERS = ("forwarder", "reference")
 CONTENT_TYPE = "application/json"  # what the connector sets for a JSON format, envelope single
 
 
@@ -142,7 +149,8 @@ def reference_batches(corpus: Corpus, batch: int) -> RefBatches:
     for start in range(0, len(corpus.bodies), batch):
         groups: dict[str, list[RefEvent]] = {}
         for meta, body in zip(corpus.metas[start:start + batch], corpus.bodies[start:start + batch], strict=True):
-            properties = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label, "alert_id": meta.alert_id,
+            properties = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label, "kind": meta.kind,
+                          "alert_id": meta.alert_id,
                           "severity": meta.severity.name, "format": "ocsf", "schema_version": SCHEMA_VERSION}
             groups.setdefault(meta.tenant_id, []).append((body, meta.version_key, properties))
         batches.append(list(groups.items()))
@@ -231,10 +239,6 @@ class Run:
     connections: int = 0
 
 
-def timeout_for(events: int) -> float:
-    return 60 + events / 200  # far beyond any healthy run (200 events/s)
-
-
 def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Profile | None = None) -> Run:
     events = len(corpus.bodies)
     store = SQLiteStore(work / "state.db")
@@ -244,7 +248,7 @@ def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Pro
             os.environ[CONNECTION_ENV] = peer.connection_string  # the sink config references it
             config = EventHubSinkConfig(connection_string=f"env:{CONNECTION_ENV}", batch_max_events=batch)
             worker = SinkWorker(EventHubConnector(SINK, config), store)
-            run = asyncio.run(drain(worker, peer, events, profiler))
+            run = Run(*asyncio.run(drain_timed(worker, peer.pid, events, profiler)))
             left = store.outbox_depth(SINK)
             if left or worker.stats.dead or worker.stats.retries or worker.stats.delivered != events:
                 raise SystemExit(f"forwarder: {worker.stats.delivered} delivered, {left} left in the outbox, "
@@ -252,25 +256,6 @@ def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Pro
             return with_totals(run, peer_totals(peer, "forwarder", events))
     finally:
         store.close()
-
-
-async def drain(worker: SinkWorker, peer: Peer, events: int, profiler: cProfile.Profile | None) -> Run:
-    loop = asyncio.get_running_loop()
-    peer_cpu = cpu_seconds(peer.pid)
-    started, cpu = time.perf_counter(), time.process_time()
-    if profiler is not None:
-        profiler.enable()
-    try:
-        drained = await worker.drain(loop.time() + timeout_for(events))
-        if profiler is not None:
-            profiler.disable()
-        if not drained:
-            raise SystemExit(f"forwarder: outbox not drained ({worker.fatal or 'deadline passed'})")
-        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
-    finally:
-        if profiler is not None:
-            profiler.disable()
-        await worker.close()
 
 
 def reference_run(batches: RefBatches, work: Path, profiler: cProfile.Profile | None = None) -> Run:
@@ -326,67 +311,27 @@ def with_totals(run: Run, stats: dict[str, int]) -> Run:
 # --------------------------------------------------------------------------- the whole run
 
 
-def measure(args: argparse.Namespace, corpus: Corpus, batches: RefBatches, root: Path) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {sender: [] for sender in SENDERS}
-    events = len(corpus.bodies)
-    for round_ in range(args.repeat):
-        # Alternate which sender goes first, so neither always follows the other's aftermath.
-        for sender in (SENDERS if round_ % 2 == 0 else SENDERS[::-1]):
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                if sender == "forwarder":
-                    run = forwarder_run(corpus, args.batch, Path(tmp))
-                else:
-                    run = reference_run(batches, Path(tmp))
-            runs[sender].append(run)
-            print(f"  round {round_ + 1}: {sender:<10} {events / run.seconds:>9,.0f} events/s  "
-                  f"({run.seconds:.2f} s, {run.deliveries} deliveries)", flush=True)
-    return runs
-
-
-def rates(runs: list[Run], events: int) -> list[float]:
-    return sorted(events / run.seconds for run in runs)
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}"
+def run_one(corpus: Corpus, batches: RefBatches, batch: int) -> RunOne:
+    def one(sender: str, work: Path, profiler: cProfile.Profile | None) -> Run:
+        if sender == "forwarder":
+            return forwarder_run(corpus, batch, work, profiler)
+        return reference_run(batches, work, profiler)
+    return one  # type: ignore[return-value]
 
 
 def report(runs: dict[str, list[Run]], events: int) -> None:
-    print(f"\n{'sender':<11}{'events/s best':>14}{'median':>10}{'worst':>10}  "
-          f"{'wall s':<13}{'client CPU s':<14}{'peer CPU s':<13}{'deliveries':<12}{'MB':<8}connections")
+    print(f"\n{TIMING_HEADER}{'deliveries':<12}{'MB':<8}connections")
     for sender, sender_runs in runs.items():
-        r = rates(sender_runs, events)
         deliveries = "/".join(map(str, sorted({run.deliveries for run in sender_runs})))
         megabytes = "/".join(f"{b / 1e6:.2f}" for b in sorted({run.bytes for run in sender_runs}))
         connections = "/".join(map(str, sorted({run.connections for run in sender_runs})))
-        print(f"{sender:<11}{r[-1]:>14,.0f}{statistics.median(r):>10,.0f}{r[0]:>10,.0f}  "
-              f"{spread([x.seconds for x in sender_runs]):<13}{spread([x.client_cpu for x in sender_runs]):<14}"
-              f"{spread([x.peer_cpu for x in sender_runs]):<13}{deliveries:<12}{megabytes:<8}{connections}")
+        print(f"{sender:<11}{timing_columns(sender_runs, events)}{deliveries:<12}{megabytes:<8}{connections}")
     print("(seconds as lowest-highest of the rounds, over the timed span; client CPU: this process, "
           "peer CPU: the peer process; deliveries: send_batch calls the peer accepted; MB: their size on the wire)")
     shapes = {(run.deliveries, run.bytes) for sender_runs in runs.values() for run in sender_runs}
     if len(shapes) != 1:
         print(f"note: the senders' deliveries/bytes differ {sorted(shapes)}: not the same batches on the wire")
-    ours, reference = rates(runs["forwarder"], events), rates(runs["reference"], events)
-    ratio = statistics.median(ours) / statistics.median(reference)
-    print(f"\nforwarder / reference: {ratio:.1%} of medians ({ours[-1] / reference[-1]:.1%} of bests)   "
-          f">= {TARGET:.0%} of the reference: {'yes' if ratio >= TARGET else 'no'}")
-
-
-def profile(args: argparse.Namespace, corpus: Corpus, batches: RefBatches, root: Path) -> None:
-    """One more run of each sender under cProfile: where this process's time goes."""
-    for sender in SENDERS:
-        profiler = cProfile.Profile()
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            if sender == "forwarder":
-                run = forwarder_run(corpus, args.batch, Path(tmp), profiler)
-            else:
-                run = reference_run(batches, Path(tmp), profiler)
-        print(f"\nprofile: {sender} under cProfile (the timed span only), "
-              f"{len(corpus.bodies) / run.seconds:,.0f} events/s while profiled, {run.client_cpu:.2f} s CPU")
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile_lines)
-        print(text.getvalue())
+    verdict(runs, events, TARGET)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -414,10 +359,12 @@ def main(argv: list[str] | None = None) -> None:
           f"the senders interleaved; AMQP over loopback TCP with a SAS token, a fresh peer process per run",
           flush=True)
     with tempfile.TemporaryDirectory(prefix="ship-eventhub-") as tmp:
-        runs = measure(args, corpus, batches, Path(tmp))
-        report(runs, args.events)
+        one = run_one(corpus, batches, args.batch)
+        runs = interleaved(args.repeat, args.events, Path(tmp), one,
+                           lambda run: f"{run.deliveries} deliveries")  # type: ignore[attr-defined]
+        report(runs, args.events)  # type: ignore[arg-type]
         if args.profile:
-            profile(args, corpus, batches, Path(tmp))
+            profiled(Path(tmp), args.events, one, args.profile_lines)
 
 
 if __name__ == "__main__":

@@ -53,11 +53,9 @@ import argparse
 import asyncio
 import cProfile
 import gc
-import io
 import json
 import logging
 import os
-import pstats
 import socket
 import statistics
 import sys
@@ -77,6 +75,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
 from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
+from bench.shipping import (
+    TIMING_HEADER,
+    RunOne,
+    drain_timed,
+    interleaved,
+    profiled,
+    timeout_for,
+    timing_columns,
+    verdict,
+)
 from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.sentinel import REQUEST_BUDGET, SentinelConnector, SentinelSinkConfig
@@ -93,7 +101,6 @@ SINK = "sentinel"
 SECRET_ENV = "SHIP_SENTINEL_CLIENT_SECRET"
 TARGET = 0.80  # the issue: at least 80% of the reference
 DEFAULTS = SentinelSinkConfig.model_fields
-SENDERS = ("forwarder", "reference")
 
 
 # --------------------------------------------------------------------------- corpus
@@ -250,10 +257,6 @@ class Run:
     bytes: int = 0
 
 
-def timeout_for(events: int) -> float:
-    return 60 + events / 200  # far beyond any healthy run (200 events/s)
-
-
 def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Profile | None = None) -> Run:
     events = len(corpus.bodies)
     store = SQLiteStore(work / "state.db")
@@ -264,7 +267,7 @@ def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Pro
             config = sink_config(batch, peer.endpoint, peer.login, peer.ca_file, peer.tenant_id, peer.client_id,
                                  peer.rule_id)
             worker = SinkWorker(SentinelConnector(SINK, config), store)
-            run = asyncio.run(drain(worker, peer, events, profiler))
+            run = Run(*asyncio.run(drain_timed(worker, peer.pid, events, profiler)))
             left = store.outbox_depth(SINK)
             if left or worker.stats.dead or worker.stats.retries or worker.stats.delivered != events:
                 raise SystemExit(f"forwarder: {worker.stats.delivered} delivered, {left} left in the outbox, "
@@ -272,25 +275,6 @@ def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Pro
             return with_totals(run, peer_totals(peer, "forwarder", events))
     finally:
         store.close()
-
-
-async def drain(worker: SinkWorker, peer: Peer, events: int, profiler: cProfile.Profile | None) -> Run:
-    loop = asyncio.get_running_loop()
-    peer_cpu = cpu_seconds(peer.pid)
-    started, cpu = time.perf_counter(), time.process_time()
-    if profiler is not None:
-        profiler.enable()
-    try:
-        drained = await worker.drain(loop.time() + timeout_for(events))
-        if profiler is not None:
-            profiler.disable()
-        if not drained:
-            raise SystemExit(f"forwarder: outbox not drained ({worker.fatal or 'deadline passed'})")
-        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
-    finally:
-        if profiler is not None:
-            profiler.disable()
-        await worker.close()
 
 
 def reference_run(uploads: RefGroups, stream: str, work: Path, profiler: cProfile.Profile | None = None) -> Run:
@@ -337,67 +321,27 @@ def with_totals(run: Run, stats: dict[str, int]) -> Run:
 # --------------------------------------------------------------------------- the whole run
 
 
-def measure(args: argparse.Namespace, corpus: Corpus, uploads: RefGroups, root: Path) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {sender: [] for sender in SENDERS}
-    events = len(corpus.bodies)
-    for round_ in range(args.repeat):
-        # Alternate which sender goes first, so neither always follows the other's aftermath.
-        for sender in (SENDERS if round_ % 2 == 0 else SENDERS[::-1]):
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                if sender == "forwarder":
-                    run = forwarder_run(corpus, args.batch, Path(tmp))
-                else:
-                    run = reference_run(uploads, corpus.stream, Path(tmp))
-            runs[sender].append(run)
-            print(f"  round {round_ + 1}: {sender:<10} {events / run.seconds:>9,.0f} events/s  "
-                  f"({run.seconds:.2f} s, {run.requests} requests)", flush=True)
-    return runs
-
-
-def rates(runs: list[Run], events: int) -> list[float]:
-    return sorted(events / run.seconds for run in runs)
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}"
+def run_one(corpus: Corpus, uploads: RefGroups, batch: int) -> RunOne:
+    def one(sender: str, work: Path, profiler: cProfile.Profile | None) -> Run:
+        if sender == "forwarder":
+            return forwarder_run(corpus, batch, work, profiler)
+        return reference_run(uploads, corpus.stream, work, profiler)
+    return one  # type: ignore[return-value]
 
 
 def report(runs: dict[str, list[Run]], events: int, groups: int) -> None:
-    print(f"\n{'sender':<11}{'events/s best':>14}{'median':>10}{'worst':>10}  "
-          f"{'wall s':<13}{'client CPU s':<14}{'peer CPU s':<13}{'requests':<10}MB gzip")
+    print(f"\n{TIMING_HEADER}{'requests':<10}MB gzip")
     for sender, sender_runs in runs.items():
-        r = rates(sender_runs, events)
         requests = "/".join(map(str, sorted({run.requests for run in sender_runs})))
         megabytes = "/".join(f"{b / 1e6:.2f}" for b in sorted({run.bytes for run in sender_runs}))
-        print(f"{sender:<11}{r[-1]:>14,.0f}{statistics.median(r):>10,.0f}{r[0]:>10,.0f}  "
-              f"{spread([x.seconds for x in sender_runs]):<13}{spread([x.client_cpu for x in sender_runs]):<14}"
-              f"{spread([x.peer_cpu for x in sender_runs]):<13}{requests:<10}{megabytes}")
+        print(f"{sender:<11}{timing_columns(sender_runs, events)}{requests:<10}{megabytes}")
     print("(seconds as lowest-highest of the rounds, over the timed span; client CPU: this process, "
           "peer CPU: the peer process (Entra + the ingestion endpoint); requests: uploads the peer accepted; "
           "MB gzip: their bodies as received)")
     shapes = {(run.requests, run.bytes) for sender_runs in runs.values() for run in sender_runs}
     if len(shapes) != 1 or {run.requests for sender_runs in runs.values() for run in sender_runs} != {groups}:
         print(f"note: requests/bytes {sorted(shapes)}, {groups} groups made: not the same requests on the wire")
-    ours, reference = rates(runs["forwarder"], events), rates(runs["reference"], events)
-    ratio = statistics.median(ours) / statistics.median(reference)
-    print(f"\nforwarder / reference: {ratio:.1%} of medians ({ours[-1] / reference[-1]:.1%} of bests)   "
-          f">= {TARGET:.0%} of the reference: {'yes' if ratio >= TARGET else 'no'}")
-
-
-def profile(args: argparse.Namespace, corpus: Corpus, uploads: RefGroups, root: Path) -> None:
-    """One more run of each sender under cProfile: where this process's time goes."""
-    for sender in SENDERS:
-        profiler = cProfile.Profile()
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            if sender == "forwarder":
-                run = forwarder_run(corpus, args.batch, Path(tmp), profiler)
-            else:
-                run = reference_run(uploads, corpus.stream, Path(tmp), profiler)
-        print(f"\nprofile: {sender} under cProfile (the timed span only), "
-              f"{len(corpus.bodies) / run.seconds:,.0f} events/s while profiled, {run.client_cpu:.2f} s CPU")
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile_lines)
-        print(text.getvalue())
+    verdict(runs, events, TARGET)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -432,10 +376,12 @@ def main(argv: list[str] | None = None) -> None:
           f"retry_total {DEFAULTS['retry_total'].default}); {args.repeat} round(s), the senders interleaved; "
           f"HTTPS over loopback, a client secret, a fresh peer process (Entra + endpoint) per run", flush=True)
     with tempfile.TemporaryDirectory(prefix="ship-sentinel-") as tmp:
-        runs = measure(args, corpus, uploads, Path(tmp))
-        report(runs, args.events, groups)
+        one = run_one(corpus, uploads, args.batch)
+        runs = interleaved(args.repeat, args.events, Path(tmp), one,
+                           lambda run: f"{run.requests} requests")  # type: ignore[attr-defined]
+        report(runs, args.events, groups)  # type: ignore[arg-type]
         if args.profile:
-            profile(args, corpus, uploads, Path(tmp))
+            profiled(Path(tmp), args.events, one, args.profile_lines)
 
 
 if __name__ == "__main__":
