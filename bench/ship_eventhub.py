@@ -60,24 +60,23 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
-from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
+from bench.ship_syslog import cpu_seconds
 from bench.shipping import (
     TIMING_HEADER,
     RunOne,
     drain_timed,
     interleaved,
     profiled,
+    tenant_alerts,
     timeout_for,
     timing_columns,
     verdict,
@@ -88,9 +87,7 @@ from connectors.eventhub import EventHubConnector, EventHubSinkConfig
 from core.delivery import SinkWorker
 from core.model.schema import SCHEMA_VERSION, EventMeta, TenantRef
 from core.state.sqlite import SQLiteStore
-from mappings.graph_alerts_v2 import normalise
 from mappings.ocsf import encode as encode_ocsf
-from tests.peers.alert_factory import make_alerts
 
 SINK = "hub"
 CONNECTION_ENV = "SHIP_EVENTHUB_CONNECTION"
@@ -109,26 +106,10 @@ class Corpus:
     bodies: list[bytes]  # format ocsf, all distinct
 
 
-def make_tenants(count: int) -> list[TenantRef]:
-    return [TenantRef(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ship-eventhub/tenant/{n}")), label=f"customer{n:02d}")
-            for n in range(count)]
-
-
 def build_corpus(events: int, tenant_count: int) -> Corpus:
-    tenants = make_tenants(tenant_count)
-    per_tenant = max(1, min(events, BASE_ALERTS) // tenant_count)
-    bases = [make_alerts(per_tenant, tenant.id, START, STEP, seed=1) for tenant in tenants]
-    ingested = datetime.now(UTC)
-    metas, bodies = [], []
-    for index in range(events):
-        turn, which = divmod(index, tenant_count)  # event i belongs to tenant i mod T
-        base, tenant = bases[which], tenants[which]
-        round_, slot = divmod(turn, len(base))
-        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (turn * STEP))
-        alert = normalise(graph, tenant, ingested)
-        alert.first_sight = True  # as the pipeline marks it: this alert id was never seen before
-        metas.append(EventMeta.of(alert))
-        bodies.append(encode_ocsf(alert))
+    tenants, alerts = tenant_alerts(events, tenant_count, "ship-eventhub")
+    metas = [EventMeta.of(alert) for alert in alerts]
+    bodies = [encode_ocsf(alert) for alert in alerts]
     if len(set(bodies)) != events:
         raise SystemExit(f"corpus: only {len(set(bodies))} distinct bodies of {events}")
     if len({meta.version_key for meta in metas}) != events:

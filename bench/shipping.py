@@ -10,12 +10,17 @@ import pstats
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from bench.ship_syslog import cpu_seconds
+from bench.ship_syslog import BASE_ALERTS, START, STEP, _version, cpu_seconds
 from core.delivery import SinkWorker
+from core.model.schema import Alert, TenantRef
+from mappings.graph_alerts_v2 import normalise
+from tests.peers.alert_factory import make_alerts
 
 SENDERS = ("forwarder", "reference")
 
@@ -28,6 +33,29 @@ class Timed(Protocol):
 
 # (sender, a scratch folder, a profiler or None) -> one timed run of that sender.
 RunOne = Callable[[str, Path, "cProfile.Profile | None"], Timed]
+
+
+def tenant_alerts(events: int, tenant_count: int, name: str) -> tuple[list[TenantRef], list[Alert]]:
+    """`events` distinct alert versions over `tenant_count` customers, as the tenants' polls queue
+    them together: event i belongs to tenant i mod T. Per tenant up to 5,000 / T generated alerts
+    (tests/peers/alert_factory.py, the tenant's own id inside), each varied into several versions,
+    normalised under that tenant, marked first_sight as the pipeline marks a new alert id. `name`
+    keeps each benchmark's tenant ids its own."""
+    tenants = [TenantRef(id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{name}/tenant/{n}")), label=f"customer{n:02d}")
+               for n in range(tenant_count)]
+    per_tenant = max(1, min(events, BASE_ALERTS) // tenant_count)
+    bases = [make_alerts(per_tenant, tenant.id, START, STEP, seed=1) for tenant in tenants]
+    ingested = datetime.now(UTC)
+    alerts = []
+    for index in range(events):
+        turn, which = divmod(index, tenant_count)
+        base, tenant = bases[which], tenants[which]
+        round_, slot = divmod(turn, len(base))
+        graph = base[slot] if round_ == 0 else _version(base[slot], round_, START + (turn * STEP))
+        alert = normalise(graph, tenant, ingested)
+        alert.first_sight = True  # this alert id was never seen before
+        alerts.append(alert)
+    return tenants, alerts
 
 
 def timeout_for(events: int) -> float:
