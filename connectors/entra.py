@@ -67,12 +67,16 @@ def credential_for(config: EntraAppConfig, explicit_proxy: str | None = None, lo
                                  password=password, **options)
 
 
-def managed_identity_credential(client_id: str | None) -> Any:
+def managed_identity_credential(client_id: str | None, *, retry_connect: int | None = None) -> Any:
     """The managed identity of the VM, pod or App Service the forwarder runs in (a
-    user-assigned one by its client id)."""
+    user-assigned one by its client id). `retry_connect`: how often azure-identity tries again
+    to reach the identity endpoint (default 3, waiting 0, 1.6, 3.2 s); its retries of the
+    endpoint's 429/5xx (IMDS's 410 while it restarts) stay its own."""
     from azure.identity.aio import ManagedIdentityCredential
 
-    return ManagedIdentityCredential(client_id=client_id) if client_id else ManagedIdentityCredential()
+    options: dict[str, Any] = {} if retry_connect is None else {"retry_connect": retry_connect}
+    return ManagedIdentityCredential(client_id=client_id, **options) if client_id else ManagedIdentityCredential(
+        **options)
 
 
 def _login_options(authority: str | None, ca_file: str | None, explicit_proxy: str | None,

@@ -81,7 +81,8 @@ class SentinelSinkConfig(EntraAppConfig):
     ca_file: str | None = Field(default=None, description="the CA to trust for the login host and the "
                                 "endpoint (a TLS-inspecting proxy); default: the system store")
     retry_total: int = Field(default=3, ge=0, description="the SDK's own retries of 429/5xx (it waits what "
-                             "Retry-After says) before the worker backs off")
+                             "Retry-After says), and azure-identity's of reaching a managed identity "
+                             "endpoint, before the worker backs off")
     upload_timeout: Duration = Field(default=60.0, gt=0, description="longest wait for one request's answer")
 
     @model_validator(mode="after")
@@ -154,6 +155,16 @@ def _failure(err: BaseException, where: str) -> _Failure:
         return _Failure(Handling("stop", "the login service refused the app: check tenant_id, client_id and "
                                  "the secret or certificate"), _first_aadsts(text))
     status = getattr(err, "status_code", None)
+    if isinstance(err, ClientAuthenticationError) and status is not None and not _answered_by(err, where):
+        # The token source answered, not the API (a managed identity endpoint: App Service's 400
+        # "Unable to load the proper Managed Identity." for an identity the machine lacks): its
+        # status must not be read as the API's (a 400 would dead-letter every row).
+        message = f"{address(str(err.response.request.url))} answered {status}: {_api_message(err).partition(': ')[2]}"
+        if status == 429 or status >= 500:
+            return _Failure(RETRY_UNKNOWN._replace(meaning="signing in failed"), message)
+        return _Failure(Handling("stop", "signing in was refused: with managed_identity, check "
+                                 "managed_identity_client_id (a user-assigned identity assigned to this "
+                                 "machine; without it, the machine's system-assigned identity must be on)"), message)
     if isinstance(err, HttpResponseError) and status is not None:
         code = getattr(getattr(err, "error", None), "code", None)
         message = _api_message(err)
@@ -165,6 +176,12 @@ def _failure(err: BaseException, where: str) -> _Failure:
         # No answer from the login service (it could not be reached): retried.
         return _Failure(RETRY_UNKNOWN._replace(meaning="signing in failed"), describe(err, where))
     return _Failure(RETRY_UNKNOWN._replace(meaning="not reached"), describe(err, where))
+
+
+def _answered_by(err: Any, where: str) -> bool:
+    """Whether the error is the answer of `where` (host:port), the API, rather than of the token source."""
+    request = getattr(getattr(err, "response", None), "request", None)
+    return request is None or address(str(request.url)) == where
 
 
 def _first_aadsts(text: str) -> str:
@@ -212,7 +229,9 @@ class SentinelConnector(Connector):
         config = self.config
         cloud = CLOUDS[config.cloud]
         if config.managed_identity:
-            self._credential = managed_identity_credential(config.managed_identity_client_id)
+            # An endpoint not there is the worker's to retry (it backs off), as the API's is.
+            self._credential = managed_identity_credential(config.managed_identity_client_id,
+                                                           retry_connect=config.retry_total)
         else:
             self._credential = credential_for(config, self.proxy, cloud.login)
         options: dict[str, Any] = {"credential_scopes": [cloud.monitor_scope], "retry_total": config.retry_total,

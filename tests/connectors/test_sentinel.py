@@ -6,6 +6,7 @@ and the standard battery."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -299,3 +300,85 @@ class TestSentinelBattery(ConnectorBattery):
         return "the API refused the row"
 
 
+
+
+# ---- managed identity: the real ManagedIdentityCredential against App Service's endpoint ------------
+
+MI_CLIENT_ID = "44444444-4444-4444-8444-444444444444"
+USER_ASSIGNED_ID = "55555555-5555-4555-8555-555555555555"
+
+
+def _on_app_service(monkeypatch: pytest.MonkeyPatch, environment: dict[str, str]) -> None:
+    """The environment App Service gives its apps (IDENTITY_ENDPOINT, IDENTITY_HEADER), which
+    azure-identity's ManagedIdentityCredential detects; nothing else that would pick another
+    source, nor a proxy for the loopback endpoint."""
+    for name in ("IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT", "MSI_ENDPOINT", "MSI_SECRET",
+                 "AZURE_FEDERATED_TOKEN_FILE", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+
+
+def _managed(peer: LogsIngestionPeer, cloud: FakeCloud, tmp: Path, /, **keys: Any) -> dict[str, Any]:
+    table = _sink(peer, cloud, tmp, managed_identity=True, **keys)
+    for key in ("tenant_id", "client_id", "client_secret", "authority"):
+        del table[key]
+    return table
+
+
+def test_a_system_assigned_managed_identity_delivers_the_rows(peer: LogsIngestionPeer, cloud: FakeCloud,
+                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _on_app_service(monkeypatch, cloud.managed_identity(HOME, MI_CLIENT_ID))
+    asked_before, hits_before = len(cloud.identity_requests), len(cloud.hits)  # the cloud is the session's
+    results = _send(_managed(peer, cloud, tmp_path), _events("sentinel", 3))
+    assert [result.outcome for result in results] == [Outcome.OK] * 3
+    assert sorted(row["AlertId"] for row in peer.records()) == ["alert-0", "alert-1", "alert-2"]
+    assert {request.app for request in peer.requests} == {MI_CLIENT_ID}
+    (asked,) = cloud.identity_requests[asked_before:]
+    assert (asked.client_id, asked.resource, asked.header_ok, asked.status) == (
+        None, "https://monitor.azure.com", True, 200)
+    assert not [hit for hit in cloud.hits[hits_before:] if hit.kind == "token" and hit.tenant == HOME]  # no app
+
+
+def test_a_user_assigned_identity_is_the_one_asked_for_and_one_without_the_role_stops_the_sink(
+        cloud: FakeCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloud.managed_identity(HOME, MI_CLIENT_ID)  # the system-assigned one, not asked for
+    _on_app_service(monkeypatch, cloud.managed_identity(HOME, USER_ASSIGNED_ID, user_assigned=True))
+    asked_before = len(cloud.identity_requests)
+    with LogsIngestionPeer(cloud, streams=declared_streams(), rule_id=RULE_ID, ca=cloud.ca,
+                           allowed_apps={USER_ASSIGNED_ID}) as peer:
+        results = _send(_managed(peer, cloud, tmp_path, managed_identity_client_id=USER_ASSIGNED_ID),
+                        _events("sentinel", 2))
+        assert [result.outcome for result in results] == [Outcome.OK] * 2
+        assert [asked.client_id for asked in cloud.identity_requests[asked_before:]] == [USER_ASSIGNED_ID]
+        assert {request.app for request in peer.requests} == {USER_ASSIGNED_ID}
+        peer.allowed_apps = {"another-app"}  # the role went to someone else
+        with pytest.raises(SinkFatal, match="Monitoring Metrics Publisher"):
+            _send(_managed(peer, cloud, tmp_path, managed_identity_client_id=USER_ASSIGNED_ID),
+                  _events("sentinel", 1))
+        assert len(peer.records()) == 2
+
+
+def test_an_identity_the_endpoint_does_not_know_stops_the_sink_naming_it(
+        peer: LogsIngestionPeer, cloud: FakeCloud, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _on_app_service(monkeypatch, cloud.managed_identity(HOME, MI_CLIENT_ID))
+    asked_before = len(cloud.identity_requests)
+    unknown = "66666666-6666-4666-8666-666666666666"  # assigned to no machine
+    with pytest.raises(SinkFatal, match="managed_identity_client_id") as stopped:
+        _send(_managed(peer, cloud, tmp_path, managed_identity_client_id=unknown), _events("sentinel", 2))
+    assert "Unable to load the proper Managed Identity" in str(stopped.value)
+    assert "\n" not in str(stopped.value) and cloud.identity_header not in str(stopped.value)
+    assert [asked.status for asked in cloud.identity_requests[asked_before:]] == [400] and peer.requests == []
+
+
+def test_no_managed_identity_endpoint_is_retried_naming_it(peer: LogsIngestionPeer, cloud: FakeCloud,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    _on_app_service(monkeypatch, {"IDENTITY_ENDPOINT": f"http://127.0.0.1:{port}/msi/token",
+                                  "IDENTITY_HEADER": "not-used"})
+    results = _send(_managed(peer, cloud, tmp_path), _events("sentinel", 2))
+    assert [result.outcome for result in results] == [Outcome.RETRY] * 2
+    assert f"127.0.0.1:{port}" in results[0].reason, results[0].reason
+    assert peer.requests == []

@@ -12,6 +12,11 @@ uses login endpoint = Graph endpoint = `base_url`:
   GET  /v1.0/security/incidents                         the same options, plus `$expand=alerts`
   GET  /v1.0/security/incidents/{id}/alerts             the alerts whose incidentId is {id}
 
+and, once `managed_identity()` registered one, a managed identity endpoint as App Service
+serves it (plain http on loopback, `identity_endpoint`):
+
+  GET  /msi/token?api-version=2019-08-01&resource=..[&client_id=..]   X-IDENTITY-HEADER
+
 Incidents are served as alerts are (filter, paging, faults). `$expand=alerts` answers HTTP 500
 on a tenant of more than EXPAND_ALERTS_LIMIT incidents, as Graph does on large tenants for good,
 so that a test can prove the forwarder never asks for it. A tenant's `permissions` are the
@@ -659,6 +664,11 @@ def _json_response(status: int, body: Any, headers: dict[str, str] | None = None
                       "Cache-Control": "no-store, no-cache", **(headers or {})})
 
 
+def _identity_error(status: int, message: str) -> _Response:
+    """App Service's managed identity endpoint's error body."""
+    return _json_response(status, {"statusCode": status, "message": message, "correlationId": str(uuid.uuid4())})
+
+
 def _prefers_unknown_enums(prefer: str | None) -> bool:
     return any(p.strip().lower() == PREFER_UNKNOWN_ENUMS for p in (prefer or "").split(","))
 
@@ -692,6 +702,47 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the `hits` list is the request log."""
 
 
+@dataclass(frozen=True)
+class IdentityRequest:
+    """One request to the managed identity endpoint, as it came."""
+    client_id: str | None  # the `client_id` parameter: None asks for the system-assigned identity
+    resource: str | None
+    header_ok: bool  # X-IDENTITY-HEADER was the secret of IDENTITY_HEADER
+    status: int
+
+
+@dataclass(frozen=True)
+class _Identity:
+    tenant_id: str
+    client_id: str
+    expires_in: int
+
+
+class _IdentityServer(LoopbackHTTPServer):
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.cloud = cloud
+        # Plain http, as App Service's own endpoint (IDENTITY_ENDPOINT=http://127.0.0.1:<port>/msi/token):
+        # azure-identity trusts only the system's CAs for it, so a test CA could not serve it over TLS.
+        super().__init__(0, _IdentityHandler, None)
+
+
+class _IdentityHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _IdentityServer
+
+    def do_GET(self) -> None:
+        response = self.server.cloud._identity_token(self.path, self.headers.get("X-IDENTITY-HEADER"))
+        self.send_response(response.status)
+        for name, value in response.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: `identity_requests` is the request log."""
+
+
 # ---------------------------------------------------------------- the cloud
 
 class FakeCloud:
@@ -714,6 +765,10 @@ class FakeCloud:
         self._signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._kid = uuid.uuid4().hex
         self._server: _TLSServer | None = None
+        self._identities: dict[str | None, _Identity] = {}  # None: the system-assigned one
+        self._identity_server: _IdentityServer | None = None
+        self.identity_header = secrets.token_hex(16)  # App Service's IDENTITY_HEADER secret
+        self.identity_requests: list[IdentityRequest] = []
 
     # ---- configuration
 
@@ -741,6 +796,27 @@ class FakeCloud:
         with self._lock:
             self.tenants[tenant_id] = tenant
         return tenant
+
+    def managed_identity(self, tenant_id: str, client_id: str, *, user_assigned: bool = False,
+                         expires_in: int = 86399) -> dict[str, str]:
+        """Give the machine the forwarder runs on a managed identity of `tenant_id` whose app id is
+        `client_id`: the system-assigned one (asked for with no `client_id` parameter), or with
+        `user_assigned` one asked for by its client id. Its tokens are signed by this cloud
+        (`verify_access_token`), `appid` and `oid` the client id. Returns the environment App
+        Service gives its apps, which azure-identity's ManagedIdentityCredential reads:
+        IDENTITY_ENDPOINT and IDENTITY_HEADER (the endpoint starts with the first identity)."""
+        with self._lock:
+            self._identities[client_id if user_assigned else None] = _Identity(tenant_id, client_id, expires_in)
+            if self._identity_server is None:
+                self._identity_server = _IdentityServer(self)
+                self._identity_server.serve_in_background("fake-cloud-identity")
+        return {"IDENTITY_ENDPOINT": self.identity_endpoint, "IDENTITY_HEADER": self.identity_header}
+
+    @property
+    def identity_endpoint(self) -> str:
+        if self._identity_server is None:
+            raise RuntimeError("no managed identity registered (FakeCloud.managed_identity)")
+        return f"http://127.0.0.1:{self._identity_server.server_address[1]}/msi/token"
 
     def add_alerts(self, tenant_id: str, alerts: Iterable[dict[str, Any]]) -> None:
         """Upsert by `id`: a newer version replaces the stored one, as in Graph."""
@@ -799,6 +875,9 @@ class FakeCloud:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop_serving()
+        if self._identity_server is not None:
+            self._identity_server.stop_serving()
+            self._identity_server = None
 
     def __enter__(self) -> FakeCloud:
         self.start()
@@ -973,6 +1052,47 @@ class FakeCloud:
             "roles": _roles(tenant, resource), "uti": uti, "ver": "1.0",
         }
         return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})
+
+    # ---- the managed identity endpoint (App Service, api-version 2019-08-01)
+
+    def _identity_token(self, path: str, header: str | None) -> _Response:
+        """App Service's token endpoint: `resource` and `api-version` required, X-IDENTITY-HEADER
+        the secret it put in IDENTITY_HEADER, `client_id` picks a user-assigned identity. An
+        unknown identity is a 400 with App Service's body (statusCode, message, correlationId:
+        "Unable to load the proper Managed Identity.", as reported in Azure/azure-sdk-for-net
+        issue 43691); a missing header or parameter is a 400 too here (the service's words for
+        those are not documented)."""
+        split = urlsplit(path)
+        params = dict(parse_qsl(split.query))
+        client_id, resource = params.get("client_id"), params.get("resource")
+        header_ok = header is not None and secrets.compare_digest(header, self.identity_header)
+        with self._lock:
+            identity = self._identities.get(client_id)
+        if split.path != "/msi/token":
+            response = _identity_error(404, f"No route for {split.path}.")
+        elif not header_ok:
+            response = _identity_error(400, "The X-IDENTITY-HEADER header is missing or wrong.")
+        elif params.get("api-version") != "2019-08-01" or not resource:
+            response = _identity_error(400, "api-version 2019-08-01 and resource are required.")
+        elif identity is None:
+            response = _identity_error(400, "Unable to load the proper Managed Identity.")
+        else:
+            response = self._identity_answer(identity, resource.removesuffix("/.default"))
+        with self._lock:
+            self.identity_requests.append(IdentityRequest(client_id, resource, header_ok, response.status))
+        return response
+
+    def _identity_answer(self, identity: _Identity, resource: str) -> _Response:
+        now = int(time.time())
+        claims = {
+            "aud": resource, "iss": f"https://sts.windows.net/{identity.tenant_id}/",
+            "iat": now, "nbf": now, "exp": now + identity.expires_in, "tid": identity.tenant_id,
+            "appid": identity.client_id, "appidacr": "2", "idtyp": "app", "oid": identity.client_id,
+            "sub": identity.client_id, "uti": secrets.token_urlsafe(16), "ver": "1.0",
+        }
+        token = jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self._kid})
+        return _json_response(200, {"access_token": token, "expires_on": str(now + identity.expires_in),
+                                    "resource": resource, "token_type": "Bearer", "client_id": identity.client_id})
 
     def _entra_error(self, error: _EntraError, request: _Request) -> _Response:
         trace_id = str(uuid.uuid4())

@@ -97,6 +97,12 @@ class IngestionRequest(NamedTuple):
     content_encoding: str | None
     authorization: bool  # an Authorization header was present
     code: str | None = None  # the answer's error.code; None for 204
+    app: str | None = None  # who signed in: the valid token's app id (`appid`), None before that
+
+
+def _app_of(claims: dict[str, Any]) -> str | None:
+    """The app (or managed identity) a token was issued to: v1 `appid`, v2 `azp`, else `oid`."""
+    return claims.get("appid") or claims.get("azp") or claims.get("oid")
 
 
 class _Refused(Exception):
@@ -403,7 +409,7 @@ class LogsIngestionPeer(Restartable):
             status, payload, code = refused.status, refused.body(), refused.code
             extra = {**refused.headers, "x-ms-error-code": refused.code}  # as Azure services add it
         entry = IngestionRequest(status, seen["stream"], seen["records"], seen["bytes"],
-                                 headers.get("content-encoding"), "authorization" in headers, code)
+                                 headers.get("content-encoding"), "authorization" in headers, code, seen.get("app"))
         with self._lock:
             self._count(entry, length)
             if not self.count_only:
@@ -425,6 +431,7 @@ class LogsIngestionPeer(Restartable):
         rule_id, stream = self._route(method, target)
         seen["stream"] = stream
         claims = self._authenticate(headers.get("authorization"))
+        seen["app"] = _app_of(claims)
         if rule_id != self.rule_id:
             raise _Refused(404, "NotFound", f"Data collection rule with immutable Id '{rule_id}' not found.")
         self._authorize(claims, rule_id)
@@ -472,7 +479,7 @@ class LogsIngestionPeer(Restartable):
         return _Refused(401, "InvalidToken", message, headers={"WWW-Authenticate": challenge})
 
     def _authorize(self, claims: dict[str, Any], rule_id: str) -> None:
-        app = claims.get("appid") or claims.get("azp") or claims.get("oid")
+        app = _app_of(claims)
         if self.allowed_apps is not None and app not in self.allowed_apps:
             raise _Refused(403, "OperationFailed", (
                 "The authentication token provided does not have access to ingest data for the data "

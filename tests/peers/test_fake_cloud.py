@@ -740,3 +740,31 @@ def test_make_incidents_groups_alerts_by_incident_id() -> None:
     assert len(incidents) == len({a["incidentId"] for a in alerts})
     assert joined["lastUpdateDateTime"] == alerts[1]["lastUpdateDateTime"]
     assert joined["severity"] in {"informational", "low", "medium", "high"}
+
+
+# ---------------------------------------------------------------- the managed identity endpoint
+
+def test_the_managed_identity_endpoint_answers_as_app_service_does(cloud: FakeCloud) -> None:
+    tenant_id, system, user = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    cloud.managed_identity(tenant_id, system)
+    environment = cloud.managed_identity(tenant_id, user, user_assigned=True)
+    url, secret = environment["IDENTITY_ENDPOINT"], environment["IDENTITY_HEADER"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/msi/token")
+
+    def ask(headers: dict[str, str], **params: str) -> requests.Response:
+        query = {"api-version": "2019-08-01", "resource": "https://monitor.azure.com"} | params
+        return requests.get(url, params=query, headers=headers, timeout=5)
+
+    answer = ask({"X-IDENTITY-HEADER": secret})
+    assert answer.status_code == 200 and answer.json()["token_type"] == "Bearer"
+    assert answer.json()["resource"] == "https://monitor.azure.com" and int(answer.json()["expires_on"]) > time.time()
+    claims = cloud.verify_access_token(answer.json()["access_token"], "https://monitor.azure.com")
+    assert (claims["appid"], claims["oid"], claims["tid"]) == (system, system, tenant_id)
+    chosen = ask({"X-IDENTITY-HEADER": secret}, client_id=user)
+    assert cloud.verify_access_token(chosen.json()["access_token"], "https://monitor.azure.com")["appid"] == user
+    unknown = ask({"X-IDENTITY-HEADER": secret}, client_id=str(uuid.uuid4()))
+    assert (unknown.status_code, unknown.json()["message"]) == (400, "Unable to load the proper Managed Identity.")
+    assert ask({"X-IDENTITY-HEADER": "wrong"}).status_code == 400 and ask({}).status_code == 400
+    assert ask({"X-IDENTITY-HEADER": secret}, resource="").status_code == 400
+    assert [asked.status for asked in cloud.identity_requests[-6:]] == [200, 200, 400, 400, 400, 400]
+    assert [asked.header_ok for asked in cloud.identity_requests[-6:]] == [True, True, True, False, False, True]
