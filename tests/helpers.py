@@ -176,8 +176,9 @@ def daemon(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[
                             env={**os.environ, **env} if env else None)
 
 
-def until(condition: Any, process: subprocess.Popen[str], timeout: float = 20.0) -> None:
-    """Wait for `condition()`; fail, with the forwarder's output, if it exits or time runs out."""
+def until(condition: Any, process: subprocess.Popen[str], timeout: float = 20.0, every: float = 0.05) -> None:
+    """Wait for `condition()`, asked every `every` seconds; fail, with the forwarder's output, if
+    it exits or time runs out."""
     deadline = time.monotonic() + timeout
     while not condition():
         if process.poll() is not None:
@@ -185,4 +186,4 @@ def until(condition: Any, process: subprocess.Popen[str], timeout: float = 20.0)
         if time.monotonic() > deadline:
             process.terminate()
             raise AssertionError(f"timed out; forwarder output:\n{process.communicate(timeout=10)[0]}")
-        time.sleep(0.05)
+        time.sleep(every)

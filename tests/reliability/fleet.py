@@ -54,12 +54,14 @@ def sinks(peers: Peers) -> dict[str, dict[str, Any]]:
     }
 
 
-# What every sink can tell of an event version: (kind, id, lastUpdateDateTime in whole ms).
-Version = tuple[str, str, int]
+# What every sink can tell of an event version: (kind, tenant id, event id, lastUpdateDateTime
+# in whole ms). The tenant too: the factory's incident ids are small numbers, and two tenants'
+# incidents of one id and one time were once counted as one version received twice.
+Version = tuple[str, str, str, int]
 
 
 def received(peers: Peers) -> dict[str, Counter[Version]]:
-    """Per sink: (kind, event id, lastUpdateDateTime in ms) -> times received. Each sink says
+    """Per sink: (kind, tenant id, event id, lastUpdateDateTime in ms) -> times received. Each sink says
     the kind its own way: CEF's Device Event Class, HEC's indexed field `kind`, the data
     stream of an Elasticsearch document, the Event Hubs property `kind`, the DCR stream of a
     Sentinel row. (An MDE alert is an
@@ -68,7 +70,7 @@ def received(peers: Peers) -> dict[str, Counter[Version]]:
     for message in peers.syslog.messages("tcp"):
         cef = parse_cef(message["MSG"])
         kind = "incident" if cef.signature_id == "incident" else "alert"
-        syslog[(kind, cef.extension["cs3"], int(cef.extension["rt"]))] += 1
+        syslog[(kind, cef.extension["cs1"], cef.extension["cs3"], int(cef.extension["rt"]))] += 1
     splunk = Counter(version(r["fields"]["version_key"], r["fields"]["kind"]) for r in peers.hec.events())
     elastic = Counter(version(doc["source"]["defender_forwarder"]["version_key"],
                               "incident" if ".incident-" in doc["index"] else "alert")
@@ -80,7 +82,8 @@ def received(peers: Peers) -> dict[str, Counter[Version]]:
 
 
 def version(version_key: str, kind: str = "alert") -> Version:
-    """(kind, event id, lastUpdateDateTime in whole ms): what every sink can tell (CEF carries ms)."""
-    _, event_id, stamp = version_key.split("/", 2)
+    """(kind, tenant id, event id, lastUpdateDateTime in whole ms): what every sink can tell (CEF
+    carries ms)."""
+    tenant_id, event_id, stamp = version_key.split("/", 2)
     moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-    return kind, event_id, (moment - EPOCH) // timedelta(milliseconds=1)
+    return kind, tenant_id, event_id, (moment - EPOCH) // timedelta(milliseconds=1)

@@ -105,8 +105,11 @@ def _finish(config: Path, peers: Peers, expected: set[Version]) -> None:
     forwarder = daemon(config)
     try:
         # Four sinks of 50-event batches: the Event Hubs SDK's pure-Python AMQP is the slowest.
+        # Asked once a second: reading every sink's deliveries (every CEF line parsed again) costs
+        # this process, where the peers run, more the more was delivered; asked 20 times a second
+        # at full scale it starved the peers of the CPU their answers need.
         until(lambda: all(expected <= set(got) for got in received(peers).values()), forwarder,
-              timeout=120 + len(expected) / 10)
+              timeout=120 + len(expected) / 10, every=1.0)
     finally:
         forwarder.send_signal(signal.SIGTERM)
         # communicate, not wait: it drains the log pipe, which a long run at full scale fills

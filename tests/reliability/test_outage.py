@@ -89,7 +89,7 @@ def test_a_sink_down_fills_its_outbox_pauses_its_tenants_and_drains_in_order(
         for r in routes))
     a_ids = {setup.tenants[l]: [a["id"] for a in alerts[setup.tenants[l]]] for l in ("a1", "a2")}
     b_ids = {setup.tenants[l]: [a["id"] for a in alerts[setup.tenants[l]]] for l in ("b1", "b2")}
-    received_by: Callable[[str], set[str]] = lambda sink: {alert_id for _, alert_id, _ in received(peers)[sink]}
+    received_by: Callable[[str], set[str]] = lambda sink: {alert_id for _, _, alert_id, _ in received(peers)[sink]}
 
     _peer(peers, down).stop()
     forwarder = daemon(config)
