@@ -67,6 +67,7 @@ def setup_logging(level: str = "info", as_json: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Library chatter (one line per HTTP request) drowns the forwarder's own lines.
-    for noisy in ("httpx", "httpcore", "msal", "urllib3"):
+    # Library chatter (one line per HTTP request) drowns the forwarder's own lines: azure-core
+    # logs every request and answer at INFO, azure-identity every token it gets.
+    for noisy in ("httpx", "httpcore", "msal", "urllib3", "azure"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

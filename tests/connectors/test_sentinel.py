@@ -254,6 +254,19 @@ def test_check_uploads_nothing_and_names_the_streams(setup: CloudSetup, peer: Lo
     assert check.returncode == 1 and "Custom-Nope_CL" in check.stderr and "Traceback" not in check.stderr
 
 
+def test_the_sdks_request_log_stays_out_of_the_forwarders_log(setup: CloudSetup, peer: LogsIngestionPeer) -> None:
+    """azure-core logs every request and answer at INFO (HttpLoggingPolicy): a line a row batch
+    drowned the forwarder's own, and a daemon whose log pipe filled blocked writing them."""
+    tenant_id = setup.tenant("contoso")
+    setup.cloud.add_alerts(tenant_id, make_alerts(3, tenant_id, recent(60), timedelta(minutes=1), seed=202))
+    setup.sinks = {"sentinel": _sink(peer, setup.cloud, setup.tmp)}
+    result = run_cli("run", "--once", "--config", str(setup.write()))
+    assert result.returncode == 0, result.stderr
+    assert len(peer.records()) == 3
+    assert "Request URL" not in result.stderr and "Response status" not in result.stderr, result.stderr[-2000:]
+    assert "get_token" not in result.stderr  # azure-identity's INFO line for every token
+
+
 def test_an_alert_with_a_10_mb_description_lands_cut_and_the_others_too(setup: CloudSetup,
                                                                         peer: LogsIngestionPeer) -> None:
     tenant_id = setup.tenant("contoso")

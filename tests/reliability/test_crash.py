@@ -101,15 +101,24 @@ def _kill_repeatedly(config: Path, kills: int, rng: random.Random) -> None:
         forwarder.wait(10)
 
 
-def _finish(config: Path, peers: Peers, expected: set[Version]) -> None:
+def _outboxes_empty(state: Path) -> bool:
+    store = SQLiteStore(state)
+    try:
+        return sum(store.outbox_depths().values()) == 0
+    finally:
+        store.close()
+
+
+def _finish(config: Path, state: Path, peers: Peers, expected: set[Version]) -> None:
     forwarder = daemon(config)
     try:
-        # Four sinks of 50-event batches: the Event Hubs SDK's pure-Python AMQP is the slowest.
-        # Asked once a second: reading every sink's deliveries (every CEF line parsed again) costs
-        # this process, where the peers run, more the more was delivered; asked 20 times a second
-        # at full scale it starved the peers of the CPU their answers need.
-        until(lambda: all(expected <= set(got) for got in received(peers).values()), forwarder,
-              timeout=120 + len(expected) / 10, every=1.0)
+        # Five sinks of 50-event batches: the Event Hubs SDK's pure-Python AMQP is the slowest.
+        # The sinks' deliveries are read only once the outboxes are empty, and then once a
+        # second: reading them all (every CEF line parsed, every document copied) costs this
+        # process, where the peers run, more the more was delivered; asked 20 times a second at
+        # full scale it starved the peers of the CPU their answers need.
+        until(lambda: _outboxes_empty(state) and all(expected <= set(got) for got in received(peers).values()),
+              forwarder, timeout=120 + len(expected) / 10, every=1.0)
     finally:
         forwarder.send_signal(signal.SIGTERM)
         # communicate, not wait: it drains the log pipe, which a long run at full scale fills
@@ -145,7 +154,7 @@ def run_crash_scenario(setup: CloudSetup, peers: Peers, scale: Scale, seed: int 
 
     started = time.monotonic()
     _kill_repeatedly(config, scale.kills // 2, rng)
-    _finish(config, peers, set(_expected(setup, versions, incidents)))
+    _finish(config, setup.state, peers, set(_expected(setup, versions, incidents)))
     updates = [(label, updated_version(alert, recent(1), status="inProgress"))
                for label, alert in versions[:: 3]]
     for label, alert in updates:
@@ -155,7 +164,7 @@ def run_crash_scenario(setup: CloudSetup, peers: Peers, scale: Scale, seed: int 
     _kill_repeatedly(config, scale.kills - scale.kills // 2, rng)
     sources = _expected(setup, versions, incidents)
     expected = set(sources)
-    _finish(config, peers, expected)
+    _finish(config, setup.state, peers, expected)
 
     got_by_sink = received(peers)
     figures: dict[str, Any] = {"tenants": scale.tenants, "versions": len(expected), "kills": scale.kills,
