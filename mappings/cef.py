@@ -1018,6 +1018,8 @@ _HEADER_FIELDS = re.compile(rb"(%s)\|" % _FIELD * 7, re.DOTALL)
 _HEADER_UNESCAPE = re.compile(r"\\([\\|])")
 _EXTENSION_UNESCAPE = re.compile(r"\\([\\=nr])")
 _EXTENSION_UNESCAPES = {"\\": "\\", "=": "=", "n": "\n", "r": "\r"}
+# Where the next key starts: a space, then a key (letters and digits, a letter first) and `=`.
+_KEY_START = re.compile(rb" (?=[A-Za-z][A-Za-z0-9]*=)")
 
 
 class Fields(NamedTuple):
@@ -1029,18 +1031,26 @@ class Fields(NamedTuple):
 
 
 def fields(line: bytes) -> Fields:
-    """`line` (from `encode`, not cut by `fit`) read back; a `ValueError` for any other line."""
+    """`line` (from `encode`, not cut by `fit`) read back; a `ValueError` for any other line.
+
+    `encode` writes every `=` of a value as `\\=`, so a space followed by letters and digits and
+    an `=` starts a key: the extension splits there, each part at its first `=`."""
     header = _HEADER_FIELDS.match(line)
-    spans = _spans(line)
-    if header is None or spans is None:
+    if header is None:
         raise ValueError("not a CEF line as mappings.cef.encode writes it")
     head = tuple(_HEADER_UNESCAPE.sub(r"\1", value.decode()) for value in header.groups())
+    extension = line[header.end():]
     pairs = []
-    for key, (start, end) in spans.items():
-        if key == b"Name":  # (the header's Name, which `_spans` names too)
-            continue
-        value = line[start:end].decode()
+    for part in _KEY_START.split(extension) if extension else ():
+        key, equals, raw = part.partition(b"=")
+        if not equals or not (key.isalnum() and key[:1].isalpha()):  # (bytes: ASCII only)
+            raise ValueError("not a CEF line as mappings.cef.encode writes it")
+        value = raw.decode()
         if "\\" in value:
-            value = _EXTENSION_UNESCAPE.sub(lambda m: _EXTENSION_UNESCAPES[m.group(1)], value)
+            value = _EXTENSION_UNESCAPE.sub(_unescape, value)
         pairs.append((key.decode(), value))
     return Fields(head, tuple(pairs))
+
+
+def _unescape(match: re.Match[str]) -> str:
+    return _EXTENSION_UNESCAPES[match.group(1)]
