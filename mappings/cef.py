@@ -404,7 +404,8 @@ class Key:
         return f"{self.key}Label={_extension(self.label, 1023)} {self.key}=" if self.label else f"{self.key}="
 
 
-def _category(a: Alert) -> str | None:
+def category(a: Alert) -> str | None:
+    """`category`, else the first of `categories` (the cef `cat` key, the sentinel `Category` column)."""
     return a.category or (a.categories[0] if a.categories else None)
 
 
@@ -417,7 +418,7 @@ EXTENSION: tuple[Key, ...] = (
     Key("start", "`times.first_activity` (ms since epoch)", lambda a, p: a.times.first_activity, kind="time"),
     Key("end", "`times.last_activity` (ms since epoch)", lambda a, p: a.times.last_activity, kind="time"),
     Key("externalId", "`id` (cut when longer; the full id is in `cs3`)", lambda a, p: a.id, 40),
-    Key("cat", "`category`, else the first of `categories`", lambda a, p: _category(a), 1023, repeats=True),
+    Key("cat", "`category`, else the first of `categories`", lambda a, p: category(a), 1023, repeats=True),
     Key("act", "`status`", lambda a, p: a.status, 63, repeats=True),
     Key("sourceServiceName", "`detection_source`", lambda a, p: a.detection_source, 1023, repeats=True),
     Key("msg", "`description`", lambda a, p: a.description, 1023),

@@ -115,6 +115,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from core.model.schema import Alert, Incident
+from mappings.cef import category
 from mappings.cim import account
 from mappings.plain import plain
 
@@ -222,10 +223,6 @@ def _size(value: Any) -> int:
         return len(json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":")).encode())
 
 
-def _category(a: Alert) -> str | None:
-    return a.category or (a.categories[0] if a.categories else None)
-
-
 class Entities(NamedTuple):
     """The main entities of an alert's evidence, each an ordered set of strings."""
 
@@ -301,7 +298,7 @@ ALERT_COLUMNS: tuple[Column, ...] = (
     Column("Determination", "string", "`determination`", lambda a: a.determination),
     Column("Title", "string", "`title`", lambda a: a.title),
     Column("Description", "string", "`description`", lambda a: a.description),
-    Column("Category", "string", "`category`, else the first of `categories`", _category),
+    Column("Category", "string", "`category`, else the first of `categories`", category),
     Column("ServiceSource", "string", "`service_source`", lambda a: a.service_source),
     Column("DetectionSource", "string", "`detection_source`", lambda a: a.detection_source),
     Column("ProductName", "string", "`product_name`", lambda a: a.product_name),

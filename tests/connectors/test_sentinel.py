@@ -234,6 +234,12 @@ def test_us_government_cloud_asks_for_its_own_scope(cloud: FakeCloud, tmp_path: 
             _send(_sink(peer, cloud, tmp_path), _events("sentinel", 1))  # the public cloud's token
 
 
+def test_the_sinks_default_streams_are_the_formats() -> None:
+    """The connector cannot import the mappings (the layers): its stream names are theirs."""
+    assert (ALERTS_STREAM, INCIDENTS_STREAM, CEF_STREAM) == (sentinel.ALERT_STREAM, sentinel.INCIDENT_STREAM,
+                                                             commonsecuritylog.STREAM)
+
+
 def test_the_status_table_covers_what_the_api_answers() -> None:
     assert {204, 400, 401, 403, 404, 413, 429, 500, 503} <= set(INGESTION_STATUSES)
     assert INGESTION_STATUSES[400].action == "bisect" and INGESTION_STATUSES[413].action == "shrink"
