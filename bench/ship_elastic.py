@@ -45,10 +45,8 @@ import argparse
 import asyncio
 import base64
 import cProfile
-import io
 import math
 import os
-import pstats
 import ssl
 import statistics
 import sys
@@ -67,6 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
 from bench.ship_syslog import cpu_seconds, encoded_events
+from bench.shipping import TIMING_HEADER, RunOne, drain_timed, interleaved, profiled, timing_columns, verdict
 from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSinkConfig, document_id, namespace
@@ -80,7 +79,6 @@ API_KEY_ENV = "SHIP_ELASTIC_API_KEY"
 API_KEY = base64.b64encode(b"ship-elastic:9f2c4e7a1b3d5f60a8c9e1d2b3f4a5c6").decode()  # ES's id:key, encoded
 TARGET = 0.80  # the issue: at least 80% of the reference
 DEFAULTS = ElasticsearchSinkConfig.model_fields
-SENDERS = ("forwarder", "reference")
 
 
 # --------------------------------------------------------------------------- corpus
@@ -200,7 +198,7 @@ def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Pro
             config = ElasticsearchSinkConfig(hosts=[peer.url], api_key=f"env:{API_KEY_ENV}",
                                              ca_file=str(peer.ca_file), batch_max_events=batch)
             worker = SinkWorker(ElasticsearchConnector(SINK, config), store)
-            run = asyncio.run(drain(worker, peer, events, profiler))
+            run = Run(*asyncio.run(drain_timed(worker, peer.pid, events, profiler, timeout_for(events))))
             left = store.outbox_depth(SINK)
             if left or worker.stats.dead or worker.stats.retries or worker.stats.delivered != events:
                 raise SystemExit(f"forwarder: {worker.stats.delivered} delivered, {left} left in the outbox, "
@@ -209,23 +207,6 @@ def forwarder_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Pro
             return run
     finally:
         store.close()
-
-
-async def drain(worker: SinkWorker, peer: Peer, events: int, profiler: cProfile.Profile | None) -> Run:
-    loop = asyncio.get_running_loop()
-    peer_cpu = cpu_seconds(peer.pid)
-    started, cpu = time.perf_counter(), time.process_time()
-    if profiler is not None:
-        profiler.enable()
-    try:
-        drained = await worker.drain(loop.time() + timeout_for(events))
-        if profiler is not None:
-            profiler.disable()
-        if not drained:
-            raise SystemExit(f"forwarder: outbox not drained ({worker.fatal or 'deadline passed'})")
-        return Run(time.perf_counter() - started, time.process_time() - cpu, cpu_seconds(peer.pid) - peer_cpu)
-    finally:
-        await worker.close()
 
 
 def reference_run(corpus: Corpus, batch: int, work: Path, profiler: cProfile.Profile | None = None) -> Run:
@@ -275,38 +256,17 @@ async def bulk_loop(peer: Peer, actions: list[dict[str, Any]], batch: int, timeo
 # --------------------------------------------------------------------------- the whole run
 
 
-def measure(args: argparse.Namespace, corpus: Corpus, root: Path) -> dict[str, list[Run]]:
-    runs: dict[str, list[Run]] = {sender: [] for sender in SENDERS}
-    events = len(corpus.bodies)
-    for round_ in range(args.repeat):
-        # Alternate which sender goes first, so neither always follows the other's aftermath.
-        for sender in (SENDERS if round_ % 2 == 0 else SENDERS[::-1]):
-            with tempfile.TemporaryDirectory(dir=root) as tmp:
-                run_one = forwarder_run if sender == "forwarder" else reference_run
-                run = run_one(corpus, args.batch, Path(tmp))
-            runs[sender].append(run)
-            print(f"  round {round_ + 1}: {sender:<10} {events / run.seconds:>9,.0f} events/s  "
-                  f"({run.seconds:.2f} s, {run.requests} requests)", flush=True)
-    return runs
-
-
-def rates(runs: list[Run], events: int) -> list[float]:
-    return sorted(events / run.seconds for run in runs)
-
-
-def spread(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}"
+def run_one(corpus: Corpus, batch: int) -> RunOne:
+    def one(sender: str, work: Path, profiler: cProfile.Profile | None) -> Run:
+        return (forwarder_run if sender == "forwarder" else reference_run)(corpus, batch, work, profiler)
+    return one  # type: ignore[return-value]
 
 
 def report(runs: dict[str, list[Run]], events: int, batch: int) -> None:
-    print(f"\n{'sender':<11}{'events/s best':>14}{'median':>10}{'worst':>10}  "
-          f"{'wall s':<13}{'client CPU s':<14}{'peer CPU s':<13}requests")
+    print(f"\n{TIMING_HEADER}requests")
     for sender, sender_runs in runs.items():
-        r = rates(sender_runs, events)
         requests = sorted({run.requests for run in sender_runs})
-        print(f"{sender:<11}{r[-1]:>14,.0f}{statistics.median(r):>10,.0f}{r[0]:>10,.0f}  "
-              f"{spread([x.seconds for x in sender_runs]):<13}{spread([x.client_cpu for x in sender_runs]):<14}"
-              f"{spread([x.peer_cpu for x in sender_runs]):<13}{'/'.join(map(str, requests))}")
+        print(f"{sender:<11}{timing_columns(sender_runs, events)}{'/'.join(map(str, requests))}")  # type: ignore[arg-type]
     print("(seconds as lowest-highest of the rounds, over the timed span; client CPU: this process, "
           "peer CPU: the peer process)")
     expected = math.ceil(events / batch)
@@ -316,24 +276,7 @@ def report(runs: dict[str, list[Run]], events: int, batch: int) -> None:
         if counts:
             print(f"note: {sender}: {len(counts)} run(s) served {counts} _bulk requests, not {expected}: "
                   "the HTTP client re-sent requests (the documents were stored once: create by _id)")
-    ours, reference = rates(runs["forwarder"], events), rates(runs["reference"], events)
-    ratio = statistics.median(ours) / statistics.median(reference)
-    print(f"\nforwarder / reference: {ratio:.1%} of medians ({ours[-1] / reference[-1]:.1%} of bests)   "
-          f">= {TARGET:.0%} of the reference: {'yes' if ratio >= TARGET else 'no'}")
-
-
-def profile(args: argparse.Namespace, corpus: Corpus, root: Path) -> None:
-    """One more run of each sender under cProfile: where this process's time goes."""
-    for sender in SENDERS:
-        profiler = cProfile.Profile()
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            run_one = forwarder_run if sender == "forwarder" else reference_run
-            run = run_one(corpus, args.batch, Path(tmp), profiler)
-        print(f"\nprofile: {sender} under cProfile (the timed span only), "
-              f"{len(corpus.bodies) / run.seconds:,.0f} events/s while profiled, {run.client_cpu:.2f} s CPU")
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile_lines)
-        print(text.getvalue())
+    verdict(runs, events, TARGET)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,10 +299,12 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.repeat} round(s), the senders interleaved; HTTPS (verified, the peer's CA) with an API key, "
           f"a fresh peer process per run", flush=True)
     with tempfile.TemporaryDirectory(prefix="ship-elastic-") as tmp:
-        runs = measure(args, corpus, Path(tmp))
-        report(runs, args.events, args.batch)
+        one = run_one(corpus, args.batch)
+        runs = interleaved(args.repeat, args.events, Path(tmp), one,
+                           lambda run: f"{run.requests} requests")  # type: ignore[attr-defined]
+        report(runs, args.events, args.batch)  # type: ignore[arg-type]
         if args.profile:
-            profile(args, corpus, Path(tmp))
+            profiled(Path(tmp), args.events, one, args.profile_lines)
 
 
 if __name__ == "__main__":

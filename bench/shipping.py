@@ -62,17 +62,18 @@ def timeout_for(events: int) -> float:
     return 60 + events / 200  # far beyond any healthy run (200 events/s)
 
 
-async def drain_timed(worker: SinkWorker, peer_pid: int, events: int,
-                      profiler: cProfile.Profile | None) -> tuple[float, float, float]:
-    """Drain the worker's outbox under the clock: (wall seconds, this process's CPU seconds, the
-    peer process's CPU seconds); closing the connector is outside the clock."""
+async def drain_timed(worker: SinkWorker, peer_pid: int, events: int, profiler: cProfile.Profile | None,
+                      timeout: float | None = None) -> tuple[float, float, float]:
+    """Drain the worker's outbox under the clock, giving up after `timeout` seconds (default
+    `timeout_for(events)`): (wall seconds, this process's CPU seconds, the peer process's CPU
+    seconds); closing the connector is outside the clock."""
     loop = asyncio.get_running_loop()
     peer_cpu = cpu_seconds(peer_pid)
     started, cpu = time.perf_counter(), time.process_time()
     if profiler is not None:
         profiler.enable()
     try:
-        drained = await worker.drain(loop.time() + timeout_for(events))
+        drained = await worker.drain(loop.time() + (timeout_for(events) if timeout is None else timeout))
         if profiler is not None:
             profiler.disable()
         if not drained:
