@@ -51,6 +51,8 @@ class SinkType:
     module: str
     setup: SetupOffer | None = None  # None: nothing to prepare before the first delivery
     extra: Extra | None = None  # None: the standard library and the core dependencies suffice
+    # Set up by the app itself, not by an operator's config (listed nowhere, refused in a file).
+    internal: bool = False
 
 
 # Sink type -> its module and what it offers; the order is the one error messages list.
@@ -66,11 +68,14 @@ SINKS: dict[str, SinkType] = {
     "eventhub": SinkType("connectors.eventhub", extra=Extra("eventhub", "azure.eventhub")),
     "sentinel": SinkType("connectors.sentinel", extra=Extra("sentinel", "azure.monitor.ingestion")),
     "email": SinkType("connectors.email"),
+    # The Splunk add-on's modular input writes its events with this sink (core.app.splunk_input).
+    "splunk_modinput": SinkType("connectors.splunk_modinput", extra=Extra("splunk", "splunklib"), internal=True),
 }
 
 
-def sink_types() -> tuple[str, ...]:
-    return tuple(SINKS)
+def sink_types(internal: bool = False) -> tuple[str, ...]:
+    """The sink types an operator's config may name (`internal`: also those the app sets up itself)."""
+    return tuple(name for name, kind in SINKS.items() if internal or not kind.internal)
 
 
 def setup_offers() -> dict[str, SetupOffer]:

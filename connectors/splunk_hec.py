@@ -49,6 +49,7 @@ from pydantic import Field, field_validator, model_validator
 
 from connectors.base import DELIVERED, BatchResults, Connector, Event, EventResult, Outcome, Shortener, SinkFatal
 from connectors.sizes import RequestLimit
+from connectors.splunk_events import EventPlacement, SplunkEventSettings
 from connectors.tls import TlsFileError, TlsSinkConfig, certificate_refused, ssl_context
 from core.model.durations import Duration
 from core.model.neterr import connect_and_read, describe
@@ -60,11 +61,7 @@ log = logging.getLogger("defender_forwarder.splunk_hec")
 EVENT_PATH = "/services/collector/event"
 ACK_PATH = "/services/collector/ack"
 HEALTH_PATH = "/services/collector/health"
-# What Splunk's own add-on calls Graph alerts; its props extract the CIM fields from `raw`.
 FIRST_ACK_POLL = 0.01  # seconds between the first two ack queries of a batch
-SOURCETYPES = {"raw": "ms365:defender:incident:alerts", "cef": "cef"}
-# An incident's, kept apart from the alerts': raw as Splunk's add-on names Graph incidents.
-INCIDENT_SOURCETYPES = {"raw": "ms365:defender:incident"}
 
 
 class Action(enum.Enum):
@@ -152,19 +149,11 @@ def markdown_table() -> str:
     lines += [f"| none | {statuses} | | {outcome} |" for statuses, outcome in NO_CODE_OUTCOMES]
     return "\n".join(lines)
 
-class SplunkHecSinkConfig(TlsSinkConfig):
+class SplunkHecSinkConfig(TlsSinkConfig, SplunkEventSettings):
     type: str = "splunk_hec"
     format: str = "raw"
     url: str = Field(description="https://splunk.example:8088")
     token: Secret
-    index: str | None = Field(default="mssp_{tenant}", description="templates: {tenant}, {tenant_id}; "
-                              "empty: the token's default index")
-    sourcetype: str | None = Field(default=None, description="default: ms365:defender:incident:alerts for raw")
-    sourcetype_incident: str | None = Field(default=None, description="incidents' sourcetype; default: "
-                                            "ms365:defender:incident for raw")
-    index_incident: str | None = Field(default=None, description="incidents' index; default: index")
-    source: str = "defender-forwarder:{tenant_id}"
-    host: str | None = Field(default=None, description="default: this machine's name")
     compress: bool = True
     compression_level: int = Field(default=6, ge=1, le=9)
     batch_max_bytes: int = Field(default=1_000_000, ge=1024, description="uncompressed envelopes per request")
@@ -192,17 +181,6 @@ class SplunkHecSinkConfig(TlsSinkConfig):
     @property
     def request_limit(self) -> int:
         return min(self.batch_max_bytes, self.max_content_length or self.batch_max_bytes)
-
-    def sourcetype_for_format(self, kind: str = "alert") -> str:
-        """The sourcetype of an event of `kind`: alerts as before incidents existed, incidents
-        their own, so that searches and the add-on's props keep the two apart."""
-        if kind != "alert":
-            return self.sourcetype_incident or INCIDENT_SOURCETYPES.get(
-                self.format, f"defender_forwarder:{kind}:{self.format}")
-        return self.sourcetype or SOURCETYPES.get(self.format, f"defender_forwarder:{self.format}")
-
-    def index_for(self, kind: str) -> str | None:
-        return self.index_incident or self.index if kind != "alert" else self.index
 
 
 class HecRefused(Exception):
@@ -399,36 +377,17 @@ class _EnvelopeWriter:
     """One event -> its HEC envelope, with `event` last so the body is spliced in as it is."""
 
     def __init__(self, config: SplunkHecSinkConfig) -> None:
-        self.config = config
         self.json_body = config.format != "cef"
-        self.host = config.host or socket.gethostname() or "defender-forwarder"
-        self._metadata_by_tenant: dict[tuple[str, str], dict[str, str]] = {}  # (tenant id, kind) ->
+        self.placement = EventPlacement(config, config.host or socket.gethostname() or "defender-forwarder")
 
     def write(self, event: Event) -> bytes:
         meta = event.meta
         fields = {"tenant_id": meta.tenant_id, "customer": meta.tenant_label,
                   "severity": meta.severity.name, "version_key": meta.version_key, "kind": meta.kind}
-        metadata = self._metadata_by_tenant.get((meta.tenant_id, meta.kind))
-        if metadata is None:
-            metadata = self._metadata_by_tenant[(meta.tenant_id, meta.kind)] = self._metadata(
-                meta.tenant_id, meta.tenant_label, meta.kind)
+        metadata = self.placement.of(meta.tenant_id, meta.tenant_label, meta.kind)
         head = orjson.dumps({"time": round(meta.time, 3), **metadata, "fields": fields})
         body = event.body if self.json_body else orjson.dumps(event.body.decode("utf-8", "replace"))
         return head[:-1] + b',"event":' + body + b"}"
-
-    def _metadata(self, tenant_id: str, label: str, kind: str) -> dict[str, str]:
-        config = self.config
-        metadata = {"host": _template(self.host, tenant_id, label),
-                    "source": _template(config.source, tenant_id, label),
-                    "sourcetype": config.sourcetype_for_format(kind)}
-        index = config.index_for(kind)
-        if index:
-            metadata["index"] = _template(index, tenant_id, label)
-        return metadata
-
-
-def _template(text: str, tenant_id: str, label: str) -> str:
-    return text.replace("{tenant_id}", tenant_id).replace("{tenant}", label)
 
 
 def _json(reply: httpx.Response) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_onboarding(commands)
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")
+    _add_splunk_app(commands)
     completion = commands.add_parser(
         "completion", help="print the shell's tab-completion code: eval \"$(defender-forwarder completion bash)\"",
         description="print the tab-completion code for a shell; e.g. in ~/.bashrc: "
@@ -127,6 +128,24 @@ def _add_onboarding(commands: Any) -> None:
     cert.add_argument("--name", default="mssp", help="file names and certificate subject (default mssp)")
     cert.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
     cert.add_argument("--force", action="store_true", help="replace an existing private key")
+
+
+def _add_splunk_app(commands: Any) -> None:
+    """`splunk-app build`: the Splunk add-on package."""
+    splunk_app = _add(commands, "splunk-app", "the Splunk add-on TA-defender-forwarder: splunk-app build")
+    actions = splunk_app.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = actions.add_parser(
+        "build", help="build TA-defender-forwarder-<version>.tgz, the add-on Splunk installs",
+        description="build TA-defender-forwarder-<version>.tgz: the modular input with this package and its "
+                    "dependencies vendored, the CIM props, eventtypes and tags, and the dashboard",
+        parents=[_global_options(suppress=True)])
+    build.add_argument("--output", metavar="DIR", default=".", help="where to write the package (default .)")
+    build.add_argument("--target", action="append", metavar="PYTHON-MACHINE",
+                       help="a Python and machine splunkd runs the input with, whose compiled dependencies the "
+                            "package carries (repeatable; default 3.13-x86_64 and 3.13-aarch64: Splunk "
+                            "Enterprise 10.x and Splunk Cloud); `current`: this interpreter's, copied offline")
+    build.add_argument("--wheels", metavar="DIR",
+                       help="take the compiled dependencies' wheels from DIR instead of the package index")
 
 
 def _add_setup(commands: Any) -> None:

@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import ssl
 import sys
 import time
@@ -28,23 +27,21 @@ from core.app.config import (
     unrouted_sources,
 )
 from core.app.logs import setup_logging
+from core.app.runtime import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    CommandFailed,
+    open_state,
+    preflight,
+)
 from core.model import jsonutil
 from core.model.secrets import REDACTOR, SecretRef, SecretUnavailable
-from core.state import StateError, StateLocked
-from core.state.sqlite import SQLiteStore, StateLock
-
-# The documented exit codes (`defender-forwarder --help` lists them).
-EXIT_OK, EXIT_PARTIAL, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+from core.state.sqlite import SQLiteStore
 
 log = logging.getLogger("defender_forwarder")
 err_console = Console(stderr=True, highlight=False)
 WAIT_REFRESH = 0.25  # seconds between updates of what a run on a terminal waits for
-
-
-class CommandFailed(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def _fail(message: str, code: int) -> int:
@@ -107,109 +104,6 @@ def _http_endpoint(config: Config) -> tuple[Any, ssl.SSLContext | None]:
     return credentials, context
 
 
-@contextlib.contextmanager
-def _state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
-    path = Path(config.forwarder.state)
-    state_lock = StateLock(path)
-    try:
-        if lock:
-            state_lock.acquire()
-        store = SQLiteStore(path)
-    except StateLocked as err:
-        raise CommandFailed(f"{err}; wait for it to finish or stop it", EXIT_LOCKED) from None
-    except StateError as err:
-        state_lock.release()
-        raise CommandFailed(str(err), EXIT_CONFIG) from None
-    except (OSError, sqlite3.Error) as err:
-        state_lock.release()
-        raise _state_problem(path, err) from None
-    try:
-        yield store
-    except sqlite3.Error as err:
-        raise _state_problem(path, err) from None
-    finally:
-        store.close()
-        state_lock.release()
-
-
-# ---- what the machine around the forwarder can get wrong ----------------------------------
-# The one place that turns what an operator can cause (a state path that cannot be used, a
-# full disk, a missing extra, an unreadable TLS file) into one line and exit 2. Anything else
-# (an OSError without a file, an SQL error of our own) is a bug and keeps its traceback.
-
-# SQLite's primary result codes an operator causes, each with its remedy.
-_SQLITE_REMEDIES = {
-    sqlite3.SQLITE_FULL: "its disk is full: free space there (df), then run again (nothing committed is lost; "
-                         "what was not is read again)",
-    sqlite3.SQLITE_CANTOPEN: "cannot open it: make its directory writable by this user, or set forwarder.state "
-                             "to another path",
-    sqlite3.SQLITE_READONLY: "it is read-only: make the file and its directory writable by this user",
-    sqlite3.SQLITE_PERM: "permission denied: make the file and its directory writable by this user",
-    # A write past a file-size limit (EFBIG) comes back as an I/O error, not SQLITE_FULL.
-    sqlite3.SQLITE_IOERR: "writing or reading it failed: free space on its disk (df), lift a file-size limit "
-                          "(ulimit -f, LimitFSIZE=) or check the disk (dmesg), then run again",
-    sqlite3.SQLITE_NOTADB: "it is not a defender-forwarder state file: set forwarder.state to another path",
-    sqlite3.SQLITE_CORRUPT: "it is damaged: move it aside to start afresh (its outbox is lost)",
-}
-
-
-def _state_problem(path: Path, err: OSError | sqlite3.Error) -> Exception:
-    """CommandFailed naming the state file and the fix, or `err` itself when no operator caused it."""
-    if isinstance(err, OSError):
-        if err.filename is None:
-            return err
-        return CommandFailed(f"forwarder.state: cannot use {path}: {err.filename}: {err.strerror}; it must be a "
-                             "file path this user can create and write, or set forwarder.state to another path",
-                             EXIT_CONFIG)
-    code = getattr(err, "sqlite_errorcode", None)
-    remedy = _SQLITE_REMEDIES.get(code & 0xFF) if code is not None else None
-    if remedy is None:
-        return err
-    return CommandFailed(f"forwarder.state: {path}: {remedy} (SQLite: {err})", EXIT_CONFIG)
-
-
-def _preflight(config: Config) -> None:
-    """Before a command reaches a tenant or a destination: every app's certificate can sign a
-    login, every sink's SDK is installed and every TLS file it names can be read, so that none
-    fails later as a traceback, an error per tenant or a stopped sink."""
-    from importlib import import_module
-
-    from connectors import extra_of
-    from connectors.tls import TlsFileError, TlsSettings, ssl_context
-    from core.sources.auth import certificate_problem
-
-    for name in apps_in_use(config):  # an app no enabled tenant reads through may lack its files here
-        problem = certificate_problem(config.apps[name])
-        if problem is not None:
-            raise CommandFailed(f"apps.{name}.certificate: {problem}; it must be a PEM with the private key "
-                                "and the certificate uploaded to the app", EXIT_CONFIG)
-    for name, sink in config.sinks.items():
-        extra = extra_of(sink.type)
-        if extra is not None:
-            try:
-                import_module(extra.module)
-            except ImportError as err:
-                raise CommandFailed(f"sinks.{name}: type {sink.type} needs the {extra.name} extra, which is not "
-                                    f"installed ({err}): pip install 'defender-forwarder[{extra.name}]'",
-                                    EXIT_CONFIG) from None
-        if isinstance(sink, TlsSettings):
-            try:
-                ssl_context(sink)
-            except TlsFileError as err:
-                raise CommandFailed(f"sinks.{name}.{err.key}: {_tls_reason(sink, err)}; it must name a readable "
-                                    "PEM file", EXIT_CONFIG) from None
-
-
-def _tls_reason(sink: Any, err: Any) -> str:
-    """Why a TLS file failed, with the file: an OSError names it, an SSL error does not."""
-    files = err.key.replace(" or ", " ").split()
-    named = " ".join(str(getattr(sink, key)) for key in files if getattr(sink, key, None))
-    if isinstance(err.error, OSError) and not isinstance(err.error, ssl.SSLError):
-        return f"{err.error.filename or named}: {err.error.strerror or err.error}"
-    reason = getattr(err.error, "reason", None) or err.error
-    return f"{named}: not a usable PEM certificate or key ({reason})"
-
-
 def _guarded(func: Any) -> Any:
     """Turn the expected failures of a command into a clear line and its exit code."""
 
@@ -240,8 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             "[forwarder.http] listen", EXIT_CONFIG)
     config = _load(args)
     _need_run_secrets(config)
-    _preflight(config)
-    with _state(config) as store:
+    preflight(config)
+    with open_state(config) as store:
         if args.once:
             return asyncio.run(_once(Forwarder(config, store), output=args.output, metrics_file=args.metrics_file))
         asyncio.run(_forever(Forwarder(config, store), *_http_endpoint(config)))
@@ -407,9 +301,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.tenant and args.tenant not in config.tenants:
         raise CommandFailed(f"--tenant: no tenant labelled {args.tenant!r} in the config", EXIT_CONFIG)
     _need_run_secrets(config)
-    _preflight(config)
+    preflight(config)
     # JSON log lines are the stream a SIEM reads: no progress bar drawn into it.
-    with _state(config) as store, Progress(console=err_console, transient=False,
+    with open_state(config) as store, Progress(console=err_console, transient=False,
                                            disable=config.forwarder.log_format == "json") as progress:
         forwarder = Forwarder(config, store)
         forwarder.resend = args.resend
@@ -571,7 +465,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     config = _load(args)
     _need_run_secrets(config)
-    _preflight(config)
+    preflight(config)
     _http_endpoint(config)  # what the daemon would serve with: its secrets and TLS files
     _warn_of_unrouted_sources(config)
     # With JSON logs stderr is a log stream: what check says goes there as log lines, its table to stdout.
@@ -580,7 +474,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         log.info("configuration %s: valid", config_path(args.config))
     else:
         err_console.print(f"configuration {config_path(args.config)}: [green]valid[/]")
-    with _state(config, lock=False) as store:
+    with open_state(config, lock=False) as store:
         results = asyncio.run(_check(Forwarder(config, store)))
     rows = [{"what": kind, "name": name, "ok": ok, "result": text} for kind, name, ok, text in results]
     output_.show(args.output, "check", CHECK_COLUMNS, rows, stderr=not json_logs)
@@ -614,7 +508,7 @@ async def _probe(kind: str, name: str, probe: Any) -> tuple[str, str, bool, str]
 @_guarded
 def cmd_tenants(args: argparse.Namespace) -> int:
     config = _load(args)
-    with _state(config, lock=False) as store:
+    with open_state(config, lock=False) as store:
         rows = _tenant_rows(config, store)
     output_.show(args.output, f"tenants (state {config.forwarder.state})", _tenant_columns(config), rows)
     return EXIT_OK
@@ -765,7 +659,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     if (args.action == "show") != (args.ident is not None):
         raise CommandFailed("dead-letters show ID prints one dead letter; list, replay and drop pick some with "
                             "--sink and --id", EXIT_CONFIG)
-    with _state(config) as store:
+    with open_state(config) as store:
         chosen = _chosen_dead_letters(config, store, args)
         labels = dead_letters.labels_of(config)
         if args.action == "show":
@@ -857,4 +751,18 @@ def cmd_app(args: argparse.Namespace) -> int:
     print(f"private key (0600): {files.key}")
     print(f'for the config (0600): certificate = "file:{files.combined}"')
     print(f"upload with: az ad app credential reset --id <client id> --cert @{files.certificate} --append")
+    return EXIT_OK
+
+
+def cmd_splunk_app(args: argparse.Namespace) -> int:
+    from core.app import splunk_app
+
+    try:
+        targets = [splunk_app.Target.parse(text) for text in args.target or splunk_app.DEFAULT_TARGETS]
+        package = splunk_app.build(Path(args.output), targets, Path(args.wheels) if args.wheels else None)
+    except splunk_app.BuildFailed as err:
+        return _fail(str(err), EXIT_CONFIG)
+    except OSError as err:
+        return _fail(f"--output {args.output}: cannot write the package there: {err.strerror or err}", EXIT_CONFIG)
+    print(f"{package} ({', '.join(t.tag for t in targets)})")
     return EXIT_OK

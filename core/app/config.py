@@ -346,12 +346,13 @@ def load_config(path: Path) -> Config:
     return parse_config(data, str(path))
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
-    """The configuration, or a ConfigError listing every problem of the file, one per line."""
+def parse_config(data: dict[str, Any], source: str = "<config>", internal: bool = False) -> Config:
+    """The configuration, or a ConfigError listing every problem of the file, one per line.
+    `internal`: a configuration the app made itself, which may use its internal sink types."""
     problems: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", LiteralSecretWarning)
-        parts = _validate_sections(data, problems)
+        parts = _validate_sections(data, problems, internal)
     if parts is not None:
         problems += _cross_check(data, parts)
     if problems or parts is None:
@@ -363,7 +364,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
     return config
 
 
-def _validate_sections(data: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+def _validate_sections(data: dict[str, Any], problems: list[str], internal: bool) -> dict[str, Any] | None:
     """Each section and each entry of it validated on its own, their problems appended; the
     valid parts (an invalid entry left out), or None when the top level itself is wrong."""
     try:
@@ -383,7 +384,7 @@ def _validate_sections(data: dict[str, Any], problems: list[str]) -> dict[str, A
         "forwarder": _validated(ForwarderSettings, sections.forwarder, ("forwarder",), problems),
         "apps": _entries(AppSettings, sections.apps, "apps", problems),
         "tenants": _entries(TenantSettings, {label: sections.tenants[label] for label in labels}, "tenants", problems),
-        "sinks": {name: _validate_sink(name, raw, problems) for name, raw in sections.sinks.items()},
+        "sinks": {name: _validate_sink(name, raw, problems, internal) for name, raw in sections.sinks.items()},
         "routes": [_validated(RouteSettings, raw, ("routes", index), problems)
                    for index, raw in enumerate(sections.routes)],
         "notify": None if sections.notify is None else _validated(NotifySettings, sections.notify, ("notify",),
@@ -482,12 +483,12 @@ def _problems(err: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
     return lines
 
 
-def _validate_sink(name: str, raw: Any, problems: list[str]) -> Any:
+def _validate_sink(name: str, raw: Any, problems: list[str], internal: bool) -> Any:
     if not isinstance(raw, dict):
         problems.append(f"sinks.{name}: expected a table")
         return None
     sink_type = raw.get("type")
-    if sink_type not in sink_types():
+    if sink_type not in sink_types(internal):
         problems.append(f"sinks.{name}.type: {_unknown_sink_type(sink_type)}")
         return None
     return _validated(connector_class(sink_type).config_model, raw, ("sinks", name), problems)

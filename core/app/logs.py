@@ -61,9 +61,24 @@ class RedactingFormatter(logging.Formatter):
         return REDACTOR.redact(text)
 
 
-def setup_logging(level: str = "info", as_json: bool = False) -> None:
+class SplunkdFormatter(RedactingFormatter):
+    """`LEVEL logger: message`, one line: splunkd files a modular input's stderr lines in
+    splunkd.log at the level their first word names (it knows WARN, not WARNING)."""
+
+    def __init__(self) -> None:
+        super().__init__(as_json=False)
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = "WARN" if record.levelname == "WARNING" else record.levelname
+        text = f"{level} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += " " + self.formatException(record.exc_info)
+        return REDACTOR.redact(text.replace("\n", " "))
+
+
+def setup_logging(level: str = "info", as_json: bool = False, splunkd: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter(as_json))
+    handler.setFormatter(SplunkdFormatter() if splunkd else RedactingFormatter(as_json))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
