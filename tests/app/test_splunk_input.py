@@ -294,3 +294,21 @@ def test_killed_mid_stream_the_next_run_sends_what_splunkd_did_not_get(splunk: S
     duplicates = sum(n - 1 for n in got.values())
     assert duplicates <= 500, "more than one batch (batch_max_events) sent twice"
     assert duplicates == len(before), "the killed batch is sent again whole, and only it"
+
+
+def test_a_certificate_credential_from_storage_passwords_signs_the_login(splunk: Splunkd, cloud: FakeCloud) -> None:
+    from tests.peers.fake_cloud import make_client_cert
+
+    client_id = str(uuid.uuid4())
+    cert = make_client_cert()
+    pem = cert.key_pem + cert.cert_pem
+    splunk.peer.set_credential(REALM, client_id, pem)
+    tenant_id = str(uuid.uuid4())
+    cloud.add_tenant(tenant_id, client_id=client_id, cert=cert.cert)
+    alerts = make_alerts(2, tenant_id, recent(30), timedelta(minutes=1), seed=71)
+    cloud.add_alerts(tenant_id, alerts)
+    done = splunk.stream({**splunk.params({"contoso": tenant_id}), "client_id": client_id,
+                          "credential": "certificate"})
+    assert done.returncode == 0, done.stderr
+    assert versions(events(done.stdout)) == Counter((a["id"], a["lastUpdateDateTime"]) for a in alerts)
+    assert "PRIVATE KEY" not in done.stdout + done.stderr
