@@ -145,6 +145,9 @@ def stanza_config(name: str, params: dict[str, Any], credential: str, checkpoint
                                  "initial_lookback": params.get("initial_lookback", "1d"),
                                  "overlap": params.get("overlap", "15m")}
     if "proxy" in params:
+        if urlsplit(params["proxy"]).password is not None:
+            raise InputProblem("proxy: a password in the proxy URL would sit in inputs.conf in clear; "
+                               "use a proxy that needs none, or HTTPS_PROXY in splunk-launch.conf")
         forwarder["proxy"] = params["proxy"]
     sink: dict[str, Any] = {"type": "splunk_modinput", "format": format_name, "stanza": name,
                             "indexes": indexes, "index": params.get("index")}
@@ -243,10 +246,7 @@ async def one_cycle(config: Config) -> int:
         forwarder = Forwarder(config, store)
         async with forwarder:
             results = await forwarder.run_once()
-        forwarder.warn_of_dead_letters(since=started)
-        for result in results:
-            if result.error:
-                log.error("tenant %s: %s", result.label, result.error)
+        forwarder.warn_of_dead_letters(since=started)  # (each failing tenant has had its ERROR line)
         failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
         pending = sum(store.outbox_depth(name) for name in forwarder.workers)
     return EXIT_PARTIAL if failed or pending else EXIT_OK

@@ -142,6 +142,10 @@ def test_scheme_declares_every_argument_and_external_validation(splunk: Splunkd)
      "index_per_customer: fabrikam is not a label of tenants"),
     ({"tenants": "=22222222-2222-4222-8222-222222222222"}, "tenants: '=22222222"),
     ({"tenants": ""}, "tenants: name at least one customer tenant"),
+    ({"tenants": "contoso=22222222-2222-4222-8222-222222222222", "proxy": "http://u:pw@proxy:3128"},
+     "proxy: a password in the proxy URL would sit in inputs.conf in clear"),
+    ({"tenants": "contoso=22222222-2222-4222-8222-222222222222", "initial_lookback": "yesterday"},
+     "initial_lookback: "),
 ])
 def test_validation_refuses_a_bad_stanza_naming_the_argument(splunk: Splunkd, params: dict[str, str],
                                                              named: str) -> None:
@@ -234,8 +238,9 @@ def test_a_failing_tenant_is_logged_and_the_others_flow(splunk: Splunkd, cloud: 
     done = splunk.stream(splunk.params({"good": good, "revoked": revoked}))
     assert done.returncode == 1
     assert versions(events(done.stdout)) == Counter((a["id"], a["lastUpdateDateTime"]) for a in alerts)
-    assert any(line.startswith("ERROR defender_forwarder") and "tenant revoked:" in line
-               for line in done.stderr.splitlines()), done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR ")]
+    assert len(errors) == 1 and "tenant revoked: " in errors[0] and "adminconsent?client_id=" in errors[0], errors
+    assert "INFO defender_forwarder.pipeline: cycle: 2 tenants polled (1 failed)" in done.stderr
     assert "Traceback" not in done.stderr
 
 
