@@ -36,8 +36,9 @@ from core.app.splunk_input import APP_NAME, ARGUMENTS, SCHEME
 from core.app.version import version as package_version
 
 # What the modular input imports, each with its dependencies (found through the installed
-# metadata). Not aiohttp (the daemon's HTTP endpoint) nor argcomplete (shell completion).
-ROOTS = ("httpx", "msal", "pydantic", "orjson", "msgspec", "rich", "aiolimiter", "prometheus-client",
+# metadata). Not aiohttp (the daemon's HTTP endpoint), argcomplete (shell completion) nor rich
+# (the CLI's tables; httpx imports it only for its own command line, when it is there).
+ROOTS = ("httpx", "msal", "pydantic", "orjson", "msgspec", "aiolimiter", "prometheus-client",
          "cryptography", "splunk-sdk")
 OUR_PACKAGES = ("core", "connectors", "mappings")
 # The Pythons and machines splunkd runs add-ons with that the package carries by default:

@@ -89,6 +89,14 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("ca_file", "CA file", "A PEM bundle to verify Microsoft's hosts with, instead of the system's."),
 )
 ARGUMENT_NAMES = frozenset(a.name for a in ARGUMENTS)
+
+
+def arguments_markdown() -> str:
+    """The arguments as docs/splunk-addon.md shows them (a test holds the page to it)."""
+    lines = ["| argument | required | default | what it is |", "|---|---|---|---|"]
+    lines += [f"| `{a.name}` | {'yes' if a.required else ''} | {f'`{a.default}`' if a.default else ''} | "
+              f"{a.description} |" for a in ARGUMENTS]
+    return "\n".join(lines)
 FORMATS = ("raw", "cim", "ocsf", "ecs")
 CREDENTIALS = ("secret", "certificate")
 
