@@ -8,8 +8,9 @@ FIELDALIAS, EVAL, LOOKUP. Modelled here:
   document order; JSON null extracted as the text "null", booleans as "true"/"false", numbers
   as their JSON text; empty arrays and objects give no field.
 - FIELDALIAS (`a AS b`, `a ASNEW b`, case-insensitive, several pairs per line): all aliases
-  read the KV fields (no alias sees another's result); AS sets the destination when the
-  source has a value, ASNEW only when the destination has none.
+  read the KV fields (no alias sees another's result); AS sets the destination to the
+  source's value and, since Splunk 7.2.4, removes a destination the event has when the source
+  has no value; ASNEW only sets a destination the event lacks.
 - EVAL: every EVAL of the stanza reads the fields as the aliases left them, in parallel (one
   EVAL never sees another's output); a null result removes the field.
 - LOOKUP: `table in [AS field] OUTPUT|OUTPUTNEW out [AS field] ...` on a CSV lookup of
@@ -457,8 +458,13 @@ class SearchTime:
         aliased = dict(extracted)
         for source, target, new_only in self.aliases:
             value = extracted.get(source)
-            if value and not (new_only and target in aliased):
+            if new_only:
+                if value and target not in extracted:
+                    aliased[target] = list(value)
+            elif value:
                 aliased[target] = list(value)
+            else:
+                aliased.pop(target, None)
         results = {name: Evaluator(aliased).eval(node) for name, node in self.evals.items()}
         out = dict(aliased)
         for name, value in results.items():

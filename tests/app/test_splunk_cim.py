@@ -367,10 +367,13 @@ def test_the_model_refuses_what_it_does_not_know() -> None:
 
 def test_the_model_follows_splunks_order() -> None:
     """Aliases before EVAL; EVALs in parallel (EVAL-b reads a's extracted value, not EVAL-a's);
-    JSON null is the text "null"; ASNEW keeps an existing field."""
-    stanza = {"KV_MODE": "json", "FIELDALIAS-x": "n.k AS a c ASNEW d", "EVAL-a": 'upper(a)', "EVAL-b": 'a',
+    JSON null is the text "null"; ASNEW keeps an existing field; AS from a missing source
+    removes the destination (Splunk 7.2.4+)."""
+    stanza = {"KV_MODE": "json", "FIELDALIAS-x": "n.k AS a c ASNEW d", "FIELDALIAS-y": "missing as c",
+              "EVAL-a": 'upper(a)', "EVAL-b": 'a',
               "EVAL-e": 'mvfilter(\'l{}\'!="null")'}
     fields = SearchTime(stanza, {}, TA / "lookups").fields({"n": {"k": "v"}, "c": "x", "d": "kept",
                                                            "l": [None, "y", None]})
     assert fields["a"] == ["V"] and fields["b"] == ["v"] and fields["d"] == ["kept"] and fields["e"] == ["y"]
+    assert "c" not in fields
     assert fields["l{}"] == ["null", "y", "null"]
