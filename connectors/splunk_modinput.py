@@ -31,7 +31,8 @@ from connectors.splunk_events import EventPlacement, SplunkEventSettings
 # CR; lone surrogates; U+FFFE and U+FFFF.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 # The same in a body's UTF-8 bytes (strict UTF-8 has no surrogates): deleting the control bytes
-# and looking for U+FFFE/U+FFFF's encodings is ~6 µs a 5 kB body, the regex on the text ~37 µs.
+# and looking for U+FFFE/U+FFFF's encodings (only where their lead byte EF is: a one-byte search
+# is a memchr, ~1 µs, a three-byte one ~7 µs) is ~7 µs a 5 kB body, the regex on the text ~37 µs.
 _CONTROL_BYTES = bytes([*range(0x09), 0x0b, 0x0c, *range(0x0e, 0x20)])
 _NONCHARACTERS = (b"\xef\xbf\xbe", b"\xef\xbf\xbf")
 # ElementTree's escaping (xml.etree.ElementTree._escape_cdata, _escape_attrib; the same in
@@ -86,7 +87,8 @@ class SplunkModinputConnector(Connector):
         meta = event.meta
         body = event.body
         data = body.decode("utf-8")
-        if len(body.translate(None, _CONTROL_BYTES)) != len(body) or any(n in body for n in _NONCHARACTERS):
+        if len(body.translate(None, _CONTROL_BYTES)) != len(body) or (
+                b"\xef" in body and (_NONCHARACTERS[0] in body or _NONCHARACTERS[1] in body)):
             data = _NOT_XML.sub(lambda found: f"\\u{ord(found.group()):04x}", data)
             self.counters["escaped"] = self.counters.get("escaped", 0) + 1
         xml = (f"{self._opening}{meta.time:.3f}</time>{self._fields_of(meta.tenant_id, meta.tenant_label, meta.kind)}"

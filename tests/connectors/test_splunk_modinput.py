@@ -21,6 +21,8 @@ CASES = [
     ("fabrikam", "incident", b'{"id":"1","note":"tab\there\r\nnew line"}', None),
     ("contoso", "alert", b"CEF:0|Microsoft|Defender|1|x|bell\x07 and nul\x00 and \xef\xbf\xbe|5|msg=a<b",
      "CEF:0|Microsoft|Defender|1|x|bell\\u0007 and nul\\u0000 and \\ufffe|5|msg=a<b"),
+    ("fabrikam", "alert", b'{"only":"a noncharacter \xef\xbf\xbf, no control"}',
+     '{"only":"a noncharacter \\uffff, no control"}'),
 ]
 
 
@@ -55,7 +57,7 @@ def test_the_stream_is_byte_for_byte_splunklibs() -> None:
 
     assert [result.outcome for result in results] == [Outcome.OK] * len(CASES)
     assert out.getvalue() == splunklib_stream(config, "héte & <1>")
-    assert connector.counters.get("escaped") == 1
+    assert connector.counters.get("escaped") == 2
     # Well-formed XML whose data reads back as each body (control characters as \uXXXX; a raw
     # CR LF as LF, as any XML parser's end-of-line handling reads it, splunklib's stream alike).
     parsed = ET.fromstring(out.getvalue())
