@@ -39,6 +39,8 @@ _NONCHARACTERS = (b"\xef\xbf\xbe", b"\xef\xbf\xbf")
 # Python 3.9 to 3.13): text escapes & < >, an attribute also " and CR, LF, tab.
 _TEXT_ENTITIES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"))
 _ATTRIBUTE_ENTITIES = (*_TEXT_ENTITIES, ('"', "&quot;"), ("\r", "&#13;"), ("\n", "&#10;"), ("\t", "&#09;"))
+# The elements between <time> and <data>, in splunklib's order; one absent (no index) is left out.
+_PLACEMENT_ELEMENTS = ("source", "sourcetype", "index", "host")
 
 
 class SplunkModinputSinkConfig(SinkConfig, SplunkEventSettings):
@@ -100,10 +102,8 @@ class SplunkModinputConnector(Connector):
         fields = self._fields.get(key)
         if fields is None:
             placement = self.placement.of(tenant_id, label, kind)
-            fields = self._fields[key] = "".join(
-                f"<{name}>{_escaped(placement[key_], _TEXT_ENTITIES)}</{name}>"
-                for name, key_ in (("source", "source"), ("sourcetype", "sourcetype"), ("index", "index"),
-                                   ("host", "host")) if placement.get(key_) is not None)
+            fields = self._fields[key] = "".join(f"<{name}>{_escaped(placement[name], _TEXT_ENTITIES)}</{name}>"
+                                                 for name in _PLACEMENT_ELEMENTS if placement.get(name) is not None)
         return fields
 
     async def probe(self) -> str:
