@@ -39,6 +39,7 @@ bench: install-test
 	$(BIN)/python bench/ship_elastic.py
 	$(BIN)/python bench/ship_eventhub.py
 	$(BIN)/python bench/ship_sentinel.py
+	$(BIN)/python bench/ship_splunk_modinput.py
 
 # About 20 minutes: tests/reliability at full scale, then 1,000 tenants and 1,000,000 alerts.
 soak: install-test
