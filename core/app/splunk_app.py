@@ -144,14 +144,14 @@ def build(output: Path, targets: list[Target], wheels: Path | None = None) -> Pa
         (root / "README" / "inputs.conf.spec").write_text(inputs_conf_spec(), encoding="utf-8")
         lib = root / "bin" / "lib"
         dists = closure()
+        compiled = [dist for dist in dists if is_compiled(dist)]
+        for target in targets:  # first: the step that can fail (pip, wheels), before seconds of copying
+            _vendor_compiled(compiled, target, lib / "3rdparty" / target.tag, wheels)
         for package in OUR_PACKAGES:
             _copy_tree(_package_dir(package), lib / package)
         for dist in dists:
             if not is_compiled(dist):
                 _copy_dist(dist, lib)
-        compiled = [dist for dist in dists if is_compiled(dist)]
-        for target in targets:
-            _vendor_compiled(compiled, target, lib / "3rdparty" / target.tag, wheels)
         _patch(lib)
         output.mkdir(parents=True, exist_ok=True)
         package = output / f"{APP_NAME}-{version}.tgz"
