@@ -11,6 +11,7 @@ tests/app/test_splunk_input.py; here only that the package answers `--scheme`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,6 +41,11 @@ NAV = "default/data/ui/nav/default.xml"
 ALERT_SOURCETYPES = sorted(SOURCETYPES[(name, ALERT)] for name in FORMATS)
 APPINSPECT = Path(sys.executable).parent / "splunk-appinspect"
 ADDON_DOC = REPO / "docs" / "splunk-addon.md"
+# The default targets' compiled wheels, fetched by .ci/splunk-wheels (same place).
+SPLUNK_WHEELS = Path(os.environ.get("DF_SPLUNK_WHEELS") or Path(os.environ.get("XDG_CACHE_HOME")
+                     or Path.home() / ".cache") / "defender-forwarder" / "splunk-wheels")
+NO_WHEELS = f"no {SPLUNK_WHEELS} (.ci/splunk-wheels fetches the default targets' compiled wheels)"
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183}  # ELF header e_machine
 # AppInspect result kinds that stop a Splunk Cloud install (or its automated vetting).
 BLOCKING = {"failure", "error", "manual_check"}
 # Kinds that pass today but must each be explained in docs/splunk-addon.md.
@@ -49,6 +55,15 @@ EXPLAINED = {"warning", "future_failure"}
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return splunk_app.build(tmp_path_factory.mktemp("package"), [splunk_app.current_target()])
+
+
+@pytest.fixture(scope="module")
+def default_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package as released (Python 3.13 on x86_64 and aarch64), built offline from the wheels."""
+    if not SPLUNK_WHEELS.is_dir():
+        pytest.skip(NO_WHEELS)
+    targets = [splunk_app.Target.parse(text) for text in splunk_app.DEFAULT_TARGETS]
+    return splunk_app.build(tmp_path_factory.mktemp("default"), targets, SPLUNK_WHEELS)
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +271,17 @@ def test_the_script_answers_scheme_as_splunkd_runs_it(app: Path) -> None:
     assert scheme.findtext("streaming_mode") == "xml"
 
 
+def test_the_default_package_carries_each_targets_binaries(default_package: Path) -> None:
+    with tarfile.open(default_package) as archive:
+        binaries = {m.name: archive.extractfile(m).read(20) for m in archive.getmembers()  # type: ignore[union-attr]
+                    if m.isfile() and m.name.endswith(".so")}
+    by_target: dict[str, set[int]] = {}
+    for name, head in binaries.items():
+        target = name.split("/3rdparty/")[1].split("/")[0]
+        by_target.setdefault(target, set()).add(int.from_bytes(head[18:20], "little"))
+    assert by_target == {f"cp313_{machine}": {code} for machine, code in ELF_MACHINES.items()}
+
+
 # --------------------------------------------------------------------------- the CLI's errors
 def test_a_bad_target_is_one_line_naming_target(tmp_path: Path) -> None:
     done = run_cli("splunk-app", "build", "--target", "3.13-sparc", "--output", str(tmp_path))
@@ -289,11 +315,13 @@ def results(report: dict) -> list[tuple[str, str, list[str]]]:
 
 
 @pytest.mark.slow
-def test_appinspect_cloud_checks_pass(package: Path, tmp_path: Path) -> None:
+def test_appinspect_cloud_checks_pass(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """AppInspect's cloud tag offline (no trusted-libraries download), judged by its JSON report:
-    its exit code is 0 even with failures."""
+    its exit code is 0 even with failures. On the package as released where its wheels are here,
+    else on the running Python's (one run either way: a run takes minutes)."""
     if not APPINSPECT.exists():
         pytest.skip("splunk-appinspect is not installed: pip install -e '.[test]'")
+    package = request.getfixturevalue("default_package" if SPLUNK_WHEELS.is_dir() else "package")
     report_path = tmp_path / "appinspect.json"
     done = subprocess.run([str(APPINSPECT), "inspect", str(package), "--mode", "precert", "--included-tags", "cloud",
                            "--data-format", "json", "--output-file", str(report_path), "--max-messages", "all",
