@@ -31,10 +31,9 @@ from core.app.version import version
 from tests.helpers import REPO, run_cli
 
 # The conf files the issue names, with the skeleton's others; props/transforms/eventtypes/tags
-# are the CIM part's (written in parallel, checked in depth by its own tests).
+# are checked in depth by tests/app/test_splunk_cim.py.
 CONF_FILES = ("default/app.conf", "default/inputs.conf", "README/inputs.conf.spec", "metadata/default.meta",
               "default/props.conf", "default/transforms.conf", "default/eventtypes.conf", "default/tags.conf")
-CIM_PART = {"default/props.conf", "default/transforms.conf", "default/eventtypes.conf", "default/tags.conf"}
 DASHBOARD = "default/data/ui/views/defender_overview.xml"
 NAV = "default/data/ui/nav/default.xml"
 # The alert sourcetypes the dashboard reads: the modular input's formats'.
@@ -131,8 +130,6 @@ def test_the_input_runs_on_python_3_13(app: Path) -> None:
 
 @pytest.mark.parametrize("name", CONF_FILES)
 def test_each_conf_file_exists_and_parses(app: Path, name: str) -> None:
-    if name in CIM_PART and not (app / name).exists():
-        pytest.skip(f"{name} is the CIM part's, not in this branch yet")
     assert (app / name).is_file(), f"the package has no {name}"
     assert conf(app / name), f"{name} has no stanza"
 
@@ -144,8 +141,6 @@ def test_everyone_reads_and_cloud_admins_write(app: Path) -> None:
 
 
 def test_alerts_are_tagged_alert_and_incidents_ticketing(app: Path) -> None:
-    if not (app / "default" / "tags.conf").exists():
-        pytest.skip("default/tags.conf is the CIM part's, not in this branch yet")
     tags = conf(app / "default" / "tags.conf")
     enabled = {tag for stanza in tags.values() for tag, state in stanza.items() if state.strip() == "enabled"}
     assert {"alert", "ticketing"} <= enabled
