@@ -41,7 +41,6 @@ sender under cProfile and prints the top functions by own time.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import cProfile
@@ -65,7 +64,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run by hand from a checkout: the tests' peers are not installed
 
 from bench.ship_syslog import cpu_seconds, encoded_events
-from bench.shipping import TIMING_HEADER, RunOne, drain_timed, interleaved, profiled, timing_columns, verdict
+from bench.shipping import (
+    TIMING_HEADER,
+    RunOne,
+    drain_timed,
+    interleaved,
+    profiled,
+    shipping_arguments,
+    timing_columns,
+    verdict,
+)
 from bench.standalone import standalone_peer
 from connectors.base import Event
 from connectors.elasticsearch import ElasticsearchConnector, ElasticsearchSinkConfig, document_id, namespace
@@ -280,14 +288,8 @@ def report(runs: dict[str, list[Run]], events: int, batch: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=DEFAULTS["batch_max_events"].default,
-                        help="the sink's batch_max_events and the helper's chunk_size (default: the sink's)")
-    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
-    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
-    args = parser.parse_args(argv)
+    args = shipping_arguments(__doc__, argv, events=50_000, batch=DEFAULTS["batch_max_events"].default,
+                              batch_help="the sink's batch_max_events and the helper's chunk_size (default: the sink's)", tenants=False)
     os.environ[API_KEY_ENV] = API_KEY  # the sink config references it, as a deployment's would
 
     started = time.perf_counter()

@@ -50,7 +50,6 @@ sender under cProfile and prints the top functions by own time.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import json
@@ -76,6 +75,7 @@ from bench.shipping import (
     drain_timed,
     interleaved,
     profiled,
+    shipping_arguments,
     tenant_alerts,
     timeout_for,
     timing_columns,
@@ -316,17 +316,8 @@ def report(runs: dict[str, list[Run]], events: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=DEFAULTS["batch_max_events"].default,
-                        help="the sink's batch_max_events, and the reference's grouping (default: the sink's)")
-    parser.add_argument("--tenants", type=int, default=10, help="customers the corpus is spread over (default 10)")
-    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
-    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
-    args = parser.parse_args(argv)
-    if args.tenants < 1 or args.events < 1 or args.batch < 1 or args.repeat < 1:
-        parser.error("--events, --repeat, --batch and --tenants must be at least 1")
+    args = shipping_arguments(__doc__, argv, events=50_000, batch=DEFAULTS["batch_max_events"].default,
+                              batch_help="the sink's batch_max_events, and the reference's grouping (default: the sink's)")
     # The sink config references it, as a deployment's would; each run sets its peer's string.
     os.environ[CONNECTION_ENV] = "Endpoint=sb://127.0.0.1:1/;SharedAccessKeyName=k;SharedAccessKey=v;EntityPath=h"
 

@@ -49,7 +49,6 @@ sender under cProfile and prints the top functions by own time.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import gc
@@ -79,6 +78,7 @@ from bench.shipping import (
     drain_timed,
     interleaved,
     profiled,
+    shipping_arguments,
     tenant_alerts,
     timeout_for,
     timing_columns,
@@ -326,17 +326,8 @@ def report(runs: dict[str, list[Run]], events: int, groups: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=DEFAULTS["batch_max_events"].default,
-                        help="the sink's batch_max_events, and the reference's grouping (default: the sink's)")
-    parser.add_argument("--tenants", type=int, default=10, help="customers the corpus is spread over (default 10)")
-    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
-    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
-    args = parser.parse_args(argv)
-    if args.tenants < 1 or args.events < 1 or args.batch < 1 or args.repeat < 1:
-        parser.error("--events, --repeat, --batch and --tenants must be at least 1")
+    args = shipping_arguments(__doc__, argv, events=20_000, batch=DEFAULTS["batch_max_events"].default,
+                              batch_help="the sink's batch_max_events, and the reference's grouping (default: the sink's)")
 
     # Both senders' SDK modules imported untimed: a running forwarder has them loaded already.
     import azure.identity.aio  # noqa: F401

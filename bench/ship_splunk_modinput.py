@@ -47,7 +47,6 @@ own time.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import cProfile
 import gc
@@ -77,6 +76,7 @@ from bench.shipping import (
     drain_timed,
     interleaved,
     profiled,
+    shipping_arguments,
     tenant_alerts,
     timing_columns,
     verdict,
@@ -287,17 +287,8 @@ def report(runs: dict[str, list[Run]], events: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=DEFAULTS["batch_max_events"].default,
-                        help="the sink's batch_max_events (default: the sink's)")
-    parser.add_argument("--tenants", type=int, default=10, help="customers the corpus is spread over (default 10)")
-    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
-    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
-    args = parser.parse_args(argv)
-    if args.tenants < 1 or args.events < 1 or args.batch < 1 or args.repeat < 1:
-        parser.error("--events, --repeat, --batch and --tenants must be at least 1")
+    args = shipping_arguments(__doc__, argv, events=20_000, batch=DEFAULTS["batch_max_events"].default,
+                              batch_help="the sink's batch_max_events (default: the sink's)")
 
     started = time.perf_counter()
     corpus = build_corpus(args.events, args.tenants)

@@ -3,6 +3,7 @@ the interleaved rounds of the two senders, the rates and spreads, the verdict li
 each sender under cProfile. Each benchmark keeps its corpus, its peer and its reference loop."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 import cProfile
 import io
@@ -138,3 +139,22 @@ def profiled(root: Path, events: int, run_one: RunOne, lines: int) -> None:
         text = io.StringIO()
         pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(lines)
         print(text.getvalue())
+
+
+def shipping_arguments(doc: str | None, argv: list[str] | None, *, events: int, batch: int, batch_help: str,
+                       tenants: bool = True) -> argparse.Namespace:
+    """The options every shipping benchmark takes: --events, --repeat, --batch, --tenants (where
+    the corpus is spread over customers), --profile and --profile-lines."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=events)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=batch, help=batch_help)
+    if tenants:
+        parser.add_argument("--tenants", type=int, default=10, help="customers the corpus is spread over (default 10)")
+    parser.add_argument("--profile", action="store_true", help="add one run of each sender under cProfile")
+    parser.add_argument("--profile-lines", type=int, default=20, help="functions shown per profile (default 20)")
+    args = parser.parse_args(argv)
+    if min(args.events, args.repeat, args.batch, getattr(args, "tenants", 1)) < 1:
+        parser.error(("--events, --repeat, --batch and --tenants" if tenants else "--events, --repeat and --batch")
+                     + " must be at least 1")
+    return args
