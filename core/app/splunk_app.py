@@ -199,13 +199,13 @@ def _vendor_compiled(dists: list[metadata.Distribution], target: Target, directo
             _copy_dist(dist, directory)
         return
     pins = [f"{dist.metadata['Name']}=={dist.version}" for dist in dists]
+    # abi3 wheels (cryptography's) and pure ones serve every CPython: pip takes them for abi3/none.
+    abis = [f"cp{target.python.replace('.', '')}", "abi3", "none"]
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", "--target",
                str(directory), "--only-binary=:all:", "--implementation", "cp", "--python-version", target.python,
-               "--abi", f"cp{target.python.replace('.', '')}",
+               *(option for abi in abis for option in ("--abi", abi)),
                "--platform", f"manylinux2014_{target.machine}", "--platform", f"manylinux_2_17_{target.machine}",
                *(["--no-index", "--find-links", str(wheels)] if wheels is not None else []), *pins]
-    # abi3 wheels (cryptography) are not cp3XY-abi; pip takes them for --abi abi3.
-    command[command.index("--abi") + 2:command.index("--abi") + 2] = ["--abi", "abi3", "--abi", "none"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         where = f"in {wheels}" if wheels is not None else "from the package index"
