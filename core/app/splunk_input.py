@@ -300,8 +300,9 @@ def _script_class() -> type:
             metadata = inputs.metadata
             for name, params in inputs.inputs.items():
                 try:
-                    credential = read_credential(metadata["server_uri"], metadata["session_key"],
-                                                 params.get("client_id") or "")
+                    if not params.get("client_id"):
+                        raise InputProblem("client_id: the MSSP app's client id is required")
+                    credential = read_credential(metadata["server_uri"], metadata["session_key"], params["client_id"])
                     config = stanza_config(name, params, credential, metadata.get("checkpoint_dir"),
                                            metadata.get("server_host"))
                     code = _run(config)
