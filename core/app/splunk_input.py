@@ -40,6 +40,7 @@ from pydantic import SecretStr
 from core.app.config import Config, ConfigError, parse_config
 from core.app.runtime import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, CommandFailed, open_state, preflight
 from core.model.secrets import REDACTOR, SecretUnavailable
+from core.sources import DEFAULT_SOURCES, KINDS
 
 log = logging.getLogger("defender_forwarder.splunk")
 
@@ -70,8 +71,8 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("credential", "Credential", "secret or certificate: what storage/passwords holds for the app, "
              f"realm {REALM}, user = client_id (a client secret, or a PEM with the private key and the "
              "certificate).", default="secret"),
-    Argument("sources", "Sources", "Which Defender data to read, comma-separated: graph_alerts, "
-             "graph_incidents, mde_alerts.", default="graph_alerts"),
+    Argument("sources", "Sources", f"Which Defender data to read, comma-separated: {', '.join(KINDS)}.",
+             default=", ".join(DEFAULT_SOURCES)),
     Argument("format", "Event format", "raw (the Defender alert as Microsoft sends it, sourcetype "
              "ms365:defender:incident:alerts), cim, ocsf or ecs.", default="raw"),
     Argument("index_per_customer", "Index per customer", "label=index pairs, comma-separated; a customer "
@@ -163,7 +164,7 @@ def stanza_config(name: str, params: dict[str, Any], credential: str, checkpoint
     host = params.get("host") if not str(params.get("host", "$")).startswith("$") else server_host
     if host:
         sink["host"] = host
-    sources = _listed(params.get("sources")) or ["graph_alerts"]
+    sources = _listed(params.get("sources")) or list(DEFAULT_SOURCES)
     data = {"forwarder": forwarder, "apps": {"mssp": app},
             "tenants": {label: {"tenant_id": tenant, "app": "mssp", "sources": sources}
                         for label, tenant in tenants.items()},
