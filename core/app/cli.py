@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     consent = _add(commands, "consent-url", "print the admin-consent URL a customer opens to grant access")
     consent.add_argument("--tenant", required=True, help="tenant label from the config")
     _add_splunk_app(commands)
+    _add_state(commands)
     completion = commands.add_parser(
         "completion", help="print the shell's tab-completion code: eval \"$(defender-forwarder completion bash)\"",
         description="print the tab-completion code for a shell; e.g. in ~/.bashrc: "
@@ -128,6 +129,25 @@ def _add_onboarding(commands: Any) -> None:
     cert.add_argument("--name", default="mssp", help="file names and certificate subject (default mssp)")
     cert.add_argument("--days", type=int, default=730, help="validity in days (default 730)")
     cert.add_argument("--force", action="store_true", help="replace an existing private key")
+
+
+def _add_state(commands: Any) -> None:
+    """`state migrate` and `state copy`: the PostgreSQL state store's schema and moving into it."""
+    state = _add(commands, "state", "the PostgreSQL state store: state migrate | state copy")
+    actions = state.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("migrate", help="apply the pending schema migrations to the PostgreSQL database of "
+                       "[forwarder] state", description="apply the pending schema migrations to the PostgreSQL "
+                       "database [forwarder] state names (one transaction; safe to run again)",
+                       parents=[_global_options(suppress=True)])
+    copy = actions.add_parser(
+        "copy", help="copy a SQLite state into an empty PostgreSQL database",
+        description="copy a SQLite state (cursors, seen versions, outboxes, dead letters, everything) into an "
+                    "empty PostgreSQL database, migrated first, in one transaction; then count both sides",
+        parents=[_global_options(suppress=True)])
+    copy.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH",
+                      help="the SQLite state file (stop the forwarder that uses it first)")
+    copy.add_argument("--to", dest="target", metavar="postgresql://USER@HOST/DB",
+                      help="the database (default: [forwarder] state); reached with [forwarder.postgresql]'s keys")
 
 
 def _add_splunk_app(commands: Any) -> None:

@@ -21,6 +21,7 @@ from core.app.config import (
     ConfigError,
     apps_in_use,
     config_path,
+    is_postgresql,
     load_config,
     secret_refs,
     unresolved_secrets,
@@ -29,6 +30,7 @@ from core.app.config import (
 from core.app.logs import setup_logging
 from core.app.runtime import (
     EXIT_CONFIG,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_PARTIAL,
     CommandFailed,
@@ -37,7 +39,8 @@ from core.app.runtime import (
 )
 from core.model import jsonutil
 from core.model.secrets import REDACTOR, SecretRef, SecretUnavailable
-from core.state.sqlite import SQLiteStore
+from core.state import StateError, StateLocked
+from core.state.sqlite import SQLiteStore, StateLock
 
 log = logging.getLogger("defender_forwarder")
 err_console = Console(stderr=True, highlight=False)
@@ -765,4 +768,56 @@ def cmd_splunk_app(args: argparse.Namespace) -> int:
     except OSError as err:
         return _fail(f"--output {args.output}: cannot write the package there: {err.strerror or err}", EXIT_CONFIG)
     print(f"{package} ({', '.join(t.tag for t in targets)})")
+    return EXIT_OK
+
+
+# ---- state migrate / copy -----------------------------------------------------------------------
+@_guarded
+def cmd_state(args: argparse.Namespace) -> int:
+    from core.app.runtime import postgresql_settings
+
+    config = _load(args)
+    target = args.target if args.action == "copy" and args.target else config.forwarder.state
+    if not is_postgresql(target):
+        raise CommandFailed(f"state {args.action}: {'--to' if args.action == 'copy' and args.target else 'forwarder.state'} "
+                            "is not a PostgreSQL URL (postgresql://user@host/database)", EXIT_CONFIG)
+    try:
+        from core.state import postgresql
+    except ImportError as err:
+        raise CommandFailed(f"state {args.action} needs the postgresql extra, which is not installed ({err}): "
+                            "pip install 'defender-forwarder[postgresql]'", EXIT_CONFIG) from None
+    settings = postgresql_settings(config, target)
+    try:
+        applied = postgresql.migrate(settings)
+        print(f"{settings.where}: " + ("; ".join(f"applied {step}" for step in applied) if applied
+                                       else f"schema {postgresql.SCHEMA_VERSION}, nothing to apply"))
+        return _copy_state(args.source, settings) if args.action == "copy" else EXIT_OK
+    except postgresql.StateUnavailable as err:
+        raise CommandFailed(str(err), EXIT_PARTIAL) from None
+    except StateError as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+
+
+def _copy_state(source: str, settings: Any) -> int:
+    from core.state.copy import copy_sqlite_to_postgresql
+
+    if not source.startswith("sqlite:"):
+        raise CommandFailed(f"--from {source}: expected sqlite:PATH (the SQLite state file)", EXIT_CONFIG)
+    path = Path(source.removeprefix("sqlite:"))
+    lock = StateLock(path)
+    try:
+        lock.acquire()
+    except StateLocked as err:
+        raise CommandFailed(f"--from {path}: {err}; stop the forwarder that uses it, then copy", EXIT_LOCKED) from None
+    try:
+        copies = copy_sqlite_to_postgresql(path, settings)
+    finally:
+        lock.release()
+    for copy in copies:
+        print(f"{copy.table:<18} sqlite {copy.sqlite_rows:>9,}  postgresql {copy.postgresql_rows:>9,}"
+              + ("" if copy.complete else "  MISSING"))
+    if not all(copy.complete for copy in copies):
+        raise CommandFailed("the copy is incomplete: the counts above differ", EXIT_PARTIAL)
+    print(f"copied {sum(c.sqlite_rows for c in copies):,} rows of {len(copies)} tables into {settings.where}; "
+          "point [forwarder] state at it")
     return EXIT_OK

@@ -91,8 +91,32 @@ class HttpSettings(_Strict):
         return f"{'https' if self.tls_cert_file else 'http'}://{self.listen}"
 
 
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgresql(state: str) -> bool:
+    """Whether `[forwarder] state` names a PostgreSQL database rather than a SQLite file."""
+    return state.startswith(POSTGRESQL_SCHEMES)
+
+
+class PostgresqlSettings(_Strict):
+    """`[forwarder.postgresql]`: how to reach the database `[forwarder] state` names."""
+
+    password: Secret | None = Field(default=None, description="the role's password (env:NAME or file:PATH)")
+    sslmode: Literal["verify-full", "verify-ca", "require", "prefer", "disable"] = Field(
+        default="verify-full", description="libpq's sslmode; verify-full checks the server's certificate and name")
+    sslrootcert: str | None = Field(default=None, description="CA of the server's certificate (default: "
+                                    "~/.postgresql/root.crt, or `system` for the system's store)")
+    sslcert: str | None = Field(default=None, description="client certificate (PEM file), if the server asks for one")
+    sslkey: str | None = Field(default=None, description="its private key (PEM file, mode 0600)")
+    sslpassword: Secret | None = Field(default=None, description="the private key's password (env:NAME or file:PATH)")
+    connect_timeout: Duration = Field(default=10.0, gt=0, description="how long connecting may take")
+    pool_size: int = Field(default=4, ge=1, le=100, description="connections kept open")
+
+
 class ForwarderSettings(_Strict):
-    state: str = "forwarder.db"
+    state: str = Field(default="forwarder.db", description="a SQLite file, or postgresql://user@host[:port]/database")
+    postgresql: PostgresqlSettings | None = None
     poll_interval: Duration = 300.0
     overlap: Duration = 900.0
     overlap_every: Duration = Field(default=300.0, description="how often the daemon re-reads the overlap window "
@@ -112,6 +136,26 @@ class ForwarderSettings(_Strict):
     http: HttpSettings | None = None
     proxy: str | None = Field(default=None, description="http(s)://[user:password@]host:port of the proxy every "
                               "connection goes through; default: HTTPS_PROXY/HTTP_PROXY (NO_PROXY exempts hosts)")
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, state: str) -> str:
+        if not is_postgresql(state):
+            return state
+        parts = urlsplit(state)
+        if parts.password is not None:  # the value is not echoed: it holds a password
+            raise ValueError("the URL holds a password; put it in [forwarder.postgresql] password as a secret "
+                             "reference (env:NAME or file:PATH)")
+        if not parts.hostname or not parts.path.strip("/") or not parts.username:
+            raise ValueError(f"{state!r} is not a PostgreSQL URL; use postgresql://user@host[:port]/database")
+        return state
+
+    @model_validator(mode="after")
+    def _postgresql_needs_it(self) -> "ForwarderSettings":
+        if self.postgresql is not None and not is_postgresql(self.state):
+            raise ValueError("[forwarder.postgresql] is set but state is a SQLite file; set state = "
+                             "\"postgresql://user@host/database\" or remove the table")
+        return self
 
     @field_validator("proxy")
     @classmethod

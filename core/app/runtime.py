@@ -11,7 +11,8 @@ import ssl
 from pathlib import Path
 from typing import Any, Iterator
 
-from core.app.config import Config, apps_in_use
+from core.app.config import Config, PostgresqlSettings, apps_in_use, is_postgresql
+from core.model.secrets import SecretUnavailable
 from core.state import StateError, StateLocked
 from core.state.sqlite import SQLiteStore, StateLock
 
@@ -26,7 +27,12 @@ class CommandFailed(Exception):
 
 
 @contextlib.contextmanager
-def open_state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
+def open_state(config: Config, lock: bool = True) -> Iterator[Any]:
+    """The state store `[forwarder] state` names, open for the command, closed after it."""
+    if is_postgresql(config.forwarder.state):
+        with _postgresql_state(config) as store:
+            yield store
+        return
     path = Path(config.forwarder.state)
     state_lock = StateLock(path)
     try:
@@ -48,6 +54,42 @@ def open_state(config: Config, lock: bool = True) -> Iterator[SQLiteStore]:
     finally:
         store.close()
         state_lock.release()
+
+
+def postgresql_settings(config: Config, url: str | None = None) -> Any:
+    """`core.state.postgresql.PostgresSettings` of the config's database (or of `url`, reached
+    with the config's [forwarder.postgresql] keys), its secrets resolved."""
+    from core.state.postgresql import PostgresSettings
+
+    keys = config.forwarder.postgresql or PostgresqlSettings()
+    try:
+        return PostgresSettings(
+            url=url or config.forwarder.state,
+            password=keys.password.get_secret_value() if keys.password is not None else None,
+            sslmode=keys.sslmode, sslrootcert=keys.sslrootcert, sslcert=keys.sslcert, sslkey=keys.sslkey,
+            sslpassword=keys.sslpassword.get_secret_value() if keys.sslpassword is not None else None,
+            connect_timeout=keys.connect_timeout, pool_size=keys.pool_size)
+    except SecretUnavailable as err:
+        raise CommandFailed(str(err), EXIT_CONFIG) from None
+
+
+@contextlib.contextmanager
+def _postgresql_state(config: Config) -> Iterator[Any]:
+    try:
+        from core.state.postgresql import PostgresStore, StateUnavailable
+    except ImportError as err:
+        raise CommandFailed(f"forwarder.state: a PostgreSQL state needs the postgresql extra, which is not "
+                            f"installed ({err}): pip install 'defender-forwarder[postgresql]'", EXIT_CONFIG) from None
+    try:
+        store = PostgresStore(postgresql_settings(config))
+    except StateUnavailable as err:  # down, refused, slow: a restart may well find it back
+        raise CommandFailed(f"forwarder.state: {err}", EXIT_PARTIAL) from None
+    except StateError as err:
+        raise CommandFailed(f"forwarder.state: {err}", EXIT_CONFIG) from None
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 # ---- what the machine around the forwarder can get wrong ----------------------------------
