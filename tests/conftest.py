@@ -142,15 +142,15 @@ def pg_contract(postgres: PostgresCluster) -> Any:
 
 
 def _emptied(settings: Any) -> Any:
+    # A new connection each time: a test may have restarted the cluster since the last.
     import psycopg
 
     from core.state.postgresql import TABLES
 
-    with psycopg.connect(settings.url, **settings.connect_kwargs()) as db:
-        for table in TABLES:
-            db.execute(f"DELETE FROM {table}")  # type: ignore[arg-type]
-        for table in ("outbox", "dead_letters"):
-            db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)")  # type: ignore[arg-type]
+    with psycopg.connect(settings.url, autocommit=True, **settings.connect_kwargs()) as db:
+        db.execute("; ".join([*(f"DELETE FROM {table}" for table in TABLES),
+                              *(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"
+                                for table in ("outbox", "dead_letters"))]))
     return settings
 
 

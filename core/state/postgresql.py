@@ -240,9 +240,10 @@ def table_counts(settings: PostgresSettings) -> dict[str, int]:
                 for table in TABLES}
 
 
-def import_tables(settings: PostgresSettings, rows_by_table: dict[str, list[tuple[Any, ...]]]) -> dict[str, int]:
+def import_tables(settings: PostgresSettings, rows_by_table: dict[str, Iterable[tuple[Any, ...]]]) -> dict[str, int]:
     """Copy rows (each in TABLES' column order) into an EMPTY store, all in one transaction,
-    then set the id sequences past the largest id copied. Returns the rows written per table."""
+    then set the id sequences past the largest id copied. Returns the rows written per table.
+    The rows may come as iterators (a large outbox need not be held in memory): COPY streams them."""
     unknown = set(rows_by_table) - set(TABLES)
     if unknown:
         raise StateError(f"no such state tables: {', '.join(sorted(unknown))}")
@@ -256,10 +257,12 @@ def import_tables(settings: PostgresSettings, rows_by_table: dict[str, list[tupl
                                  "hold rows); copy only into a newly migrated database")
             for table, rows in rows_by_table.items():
                 columns = TABLES[table]
+                count = 0
                 with db.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
                     for row in rows:
                         copy.write_row(row)
-                written[table] = len(rows)
+                        count += 1
+                written[table] = count
             for table in _IDENTITY_TABLES:
                 db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                            f"coalesce(max(id), 0) + 1, false) FROM {table}")
@@ -300,6 +303,10 @@ class PostgresStore:
             raise _unavailable(self.settings, exc) from None
         except psycopg.OperationalError as exc:
             if _is_connection_error(exc):
+                # The server went away (a restart, a failover): its other pooled connections are
+                # as dead as this one. Test them now, so that the next call gets a live one
+                # rather than failing once for each.
+                self.pool.check()
                 raise _unavailable(self.settings, exc) from exc
             raise
 
@@ -487,7 +494,7 @@ class PostgresStore:
             by_sink: dict[str, list[int]] = {}
             for row, _ in rows:
                 by_sink.setdefault(row.sink, []).append(row.id)
-            for sink, ids in by_sink.items():
+            for sink, ids in sorted(by_sink.items()):  # the depths' rows locked in one order, as _insert_outbox does
                 deleted = cur.execute("DELETE FROM outbox WHERE sink=%s AND id = ANY(%s)", (sink, ids)).rowcount
                 _count_out(db, sink, deleted)
 
@@ -593,6 +600,10 @@ class PostgresStore:
             cur.executemany("INSERT INTO notified VALUES (%s, %s, %s) ON CONFLICT (subject) "
                             "DO UPDATE SET state=excluded.state, updated=excluded.updated",
                             [(subject, state, now) for subject, state in states.items()])
+
+    def ping(self) -> None:
+        """One round trip to the database (a readiness check); StateUnavailable when it cannot."""
+        self._one("SELECT 1")
 
     def reclaim_space(self) -> int:
         """Nothing to do: PostgreSQL's autovacuum makes the space of deleted (delivered) rows

@@ -534,6 +534,10 @@ class SQLiteStore:
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return free - self.db.execute("PRAGMA freelist_count").fetchone()[0]
 
+    def ping(self) -> None:
+        """One statement on the file (a readiness check, as PostgresStore.ping is one on the server)."""
+        self.db.execute("SELECT 1").fetchone()
+
     def close(self) -> None:
         self.db.close()
 

@@ -107,7 +107,8 @@ class PostgresCluster:
         pwfile = self.root / "pwfile"
         self._write(pwfile, self._admin_password + "\n")
         self._run(self.bin / "initdb", "-D", self.data, "-U", "postgres", "-A", "scram-sha-256",
-                  "--pwfile", pwfile, "-E", "UTF8", "--locale=C.UTF-8")
+                  "--pwfile", pwfile, "-E", "UTF8", "--locale=C.UTF-8",
+                  "--no-sync")  # a throwaway cluster: no need to wait for its files to reach the disk
         pwfile.unlink()
         self.sockets.mkdir()
         if self._user:
@@ -207,7 +208,10 @@ class PostgresCluster:
     def create_database(self, name: str, owner: str = FORWARDER) -> str:
         """A new empty database owned by `owner`; its URL (the forwarder's user, no password)."""
         with self.admin() as db:
-            db.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            # FILE_COPY (PostgreSQL 15+) copies template1's files whole: half the time of the
+            # default, which writes every block to the WAL (no use to a throwaway cluster).
+            strategy = " STRATEGY FILE_COPY" if db.info.server_version >= 150000 else ""
+            db.execute(sql.SQL("CREATE DATABASE {} OWNER {}" + strategy).format(
                 sql.Identifier(name), sql.Identifier(owner)))
         return self.url(name)
 

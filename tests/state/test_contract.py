@@ -109,3 +109,4 @@ def test_sink_memory_and_tenant_status(store: Any) -> None:
     assert (statuses["t1"].last_error, statuses["t1"].forwarded_total, statuses["t1"].label) == (None, 5, "acme")
     assert (statuses["t2"].last_success, statuses["t2"].forwarded_total) == (None, 0)
     assert isinstance(store.reclaim_space(), int)
+    store.ping()

@@ -93,6 +93,22 @@ def test_a_server_certificate_of_another_ca_is_refused(postgres: PostgresCluster
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
 
+def test_a_restarted_server_fails_one_call_naming_the_host_then_the_store_goes_on(
+        postgres: PostgresCluster, pg_settings: PostgresSettings) -> None:
+    """The pooled connection the restart broke is StateUnavailable once (the caller retries:
+    issue 22, point 3), then thrown away; the next call gets a new one."""
+    migrate(pg_settings)
+    store = PostgresStore(pg_settings)
+    try:
+        store.outbox_append("siem", [(_meta("a1"), b"kept")])
+        postgres.restart()
+        with pytest.raises(StateUnavailable, match=rf"127\.0\.0\.1:{postgres.port} cannot be used"):
+            store.outbox_depth("siem")
+        assert [row.payload for row in store.outbox_batch("siem", 10)] == [b"kept"]
+    finally:
+        store.close()
+
+
 def _meta(alert_id: str) -> EventMeta:
     return EventMeta("t1", "acme", alert_id, f"t1/{alert_id}/v", Severity.high, T0.timestamp())
 
