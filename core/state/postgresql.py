@@ -236,6 +236,7 @@ def _newer(settings: PostgresSettings, version: int) -> StateError:
 def table_counts(settings: PostgresSettings) -> dict[str, int]:
     """Every table -> how many rows it holds."""
     with _connect(settings, autocommit=True) as db:
+        _require_schema(settings, db)
         return {table: db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
                 for table in TABLES}
 

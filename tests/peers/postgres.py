@@ -58,7 +58,11 @@ class PostgresCluster:
         # root cannot run initdb: the cluster runs as `postgres`, in a dir it owns.
         self._user: dict[str, Any] = {}
         if os.geteuid() == 0:
-            entry = pwd.getpwnam("postgres")
+            try:
+                entry = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("initdb refuses root, and there is no `postgres` user to run the test "
+                                   "cluster as (Debian's postgresql package creates it)") from None
             self._user = {"user": entry.pw_uid, "group": entry.pw_gid}
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
         self._server: subprocess.Popen[bytes] | None = None

@@ -31,6 +31,8 @@ from tests.peers.postgres import PostgresCluster
 
 def test_a_fresh_database_is_migrated_once_and_a_store_refuses_it_before(pg_settings: PostgresSettings) -> None:
     assert current_version(pg_settings) is None
+    with pytest.raises(StateError, match="run `defender-forwarder state migrate`"):
+        table_counts(pg_settings)
     with pytest.raises(StateError, match=r"has no state schema.*run `defender-forwarder state migrate`"):
         PostgresStore(pg_settings)
     assert migrate(pg_settings) == [description for _, description, _ in MIGRATIONS]
@@ -145,3 +147,11 @@ def test_import_fills_an_empty_store_and_its_ids_go_on_past_the_copied_ones(tmp_
         store.close()
     with pytest.raises(StateError, match="not empty"):
         import_tables(pg_settings, {"seen": []})
+
+
+def test_a_server_that_never_answers_the_connect_is_named_after_the_timeout(black_hole: int) -> None:
+    settings = PostgresSettings(f"postgresql://forwarder@127.0.0.1:{black_hole}/defender", password="Pw-Not-Shown-9",
+                                connect_timeout=2)  # libpq's least
+    with pytest.raises(StateUnavailable, match=rf"127\.0\.0\.1:{black_hole} cannot be used: .*timeout") as slow:
+        PostgresStore(settings)
+    assert "Pw-Not-Shown-9" not in str(slow.value)
