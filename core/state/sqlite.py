@@ -5,7 +5,6 @@ It implements `core.state.StateStore`; see there for what a page's one transacti
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import sqlite3
 import time
@@ -26,6 +25,9 @@ from core.state import (
     StateLocked,
     TenantStatus,
 )
+from core.state.rows import dead_letter as _dead_letter
+from core.state.rows import digest as _digest
+from core.state.rows import meta_columns as _meta_columns
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cursors (
@@ -532,6 +534,10 @@ class SQLiteStore:
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return free - self.db.execute("PRAGMA freelist_count").fetchone()[0]
 
+    def ping(self) -> None:
+        """One statement on the file (a readiness check, as PostgresStore.ping is one on the server)."""
+        self.db.execute("SELECT 1").fetchone()
+
     def close(self) -> None:
         self.db.close()
 
@@ -592,30 +598,6 @@ def _insert_dead(db: sqlite3.Connection, dead: list[DeadLetter], now: float) -> 
         if cursor.rowcount:
             filed.append(d)
     return filed
-
-
-def _meta_columns(meta: EventMeta | None) -> tuple[object, ...]:
-    if meta is None:
-        return (None, None, None, None, None)
-    return (meta.tenant_label, meta.alert_id, int(meta.severity), meta.time, meta.kind)
-
-
-def _dead_letter(stage: str, sink: str | None, tenant_id: str, version_key: str | None, payload: bytes, reason: str,
-                 row_id: int, created: float, label: str | None, alert_id: str | None, severity: int | None,
-                 when: float | None, kind: str | None, source: str | None) -> DeadLetter:
-    meta = None
-    if label is not None and alert_id is not None and version_key is not None and when is not None:
-        meta = EventMeta(tenant_id, label, alert_id, version_key, Severity.of_value(severity or 0), when,
-                         kind or "alert")
-    return DeadLetter(stage, sink, tenant_id, version_key, payload, reason, meta, row_id, created, source)
-
-
-def _digest(dead: DeadLetter) -> str:
-    h = hashlib.sha256()
-    for part in (dead.stage, dead.sink or "", dead.tenant_id):
-        h.update(part.encode() + b"\0")
-    h.update(dead.payload)
-    return h.hexdigest()
 
 
 def _create_private(path: Path) -> None:

@@ -1,6 +1,6 @@
 """core/delivery.py: the policy of a sink worker, with a destination written here (a Connector
-that answers as each test scripts it: the contract implemented, no client mocked) and the
-real SQLite state store. Batches, what each outcome does to the outbox, backoff, deferral,
+that answers as each test scripts it: the contract implemented, no client mocked) and a real
+state store of each backend (SQLite, PostgreSQL). Batches, what each outcome does to the outbox, backoff, deferral,
 a fatal sink, and batches that must never skip or repeat a row."""
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +16,6 @@ import pytest
 from connectors.base import DELIVERED, Connector, Event, EventResult, Outcome, SinkConfig, SinkFatal
 from core.delivery import SinkWorker
 from core.model.schema import EventMeta, Severity
-from core.state.sqlite import SQLiteStore
 
 SINK = "siem"
 Answer = Callable[[list[Event]], list[EventResult]]
@@ -47,13 +45,12 @@ def _every(result: EventResult) -> Answer:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    state = SQLiteStore(tmp_path / "state.db")
-    yield state
-    state.close()
+def store(open_store: Callable[[], Any]) -> Any:
+    """A store of each backend (tests/conftest.py, open_store)."""
+    return open_store()
 
 
-def _queue(store: SQLiteStore, n: int, start: int = 0) -> list[bytes]:
+def _queue(store: Any, n: int, start: int = 0) -> list[bytes]:
     """`n` events into the sink's outbox; their bodies."""
     bodies = [b'{"n":%d}' % i for i in range(start, start + n)]
     store.outbox_append(SINK, [(EventMeta("t-1", "acme", f"a{i}", f"t-1/a{i}/v", Severity.high, 1.5e9), body)
@@ -73,7 +70,7 @@ def _drain(worker: SinkWorker, seconds: float = 10.0) -> bool:
 
 # ---- batches, and what each outcome does to the outbox ---------------------------------------------
 
-def test_batches_of_at_most_batch_max_events_in_outbox_order(store: SQLiteStore) -> None:
+def test_batches_of_at_most_batch_max_events_in_outbox_order(store: Any) -> None:
     _queue(store, 7)
     connector = Scripted(_every(DELIVERED), batch_max_events=3)
     worker = SinkWorker(connector, store)
@@ -84,7 +81,7 @@ def test_batches_of_at_most_batch_max_events_in_outbox_order(store: SQLiteStore)
     assert store.outbox_depth(SINK) == 0 and worker.stats.delivered == 7 and worker.stats.retries == 0
 
 
-def test_a_permanent_refusal_is_a_dead_letter_with_the_destinations_reason(store: SQLiteStore) -> None:
+def test_a_permanent_refusal_is_a_dead_letter_with_the_destinations_reason(store: Any) -> None:
     bodies = _queue(store, 4)
 
     def answer(batch: list[Event]) -> list[EventResult]:
@@ -99,7 +96,7 @@ def test_a_permanent_refusal_is_a_dead_letter_with_the_destinations_reason(store
     assert store.outbox_depth(SINK) == 0 and (worker.stats.delivered, worker.stats.dead) == (3, 1)
 
 
-def test_a_retry_backs_off_then_sends_again_from_the_oldest_unsettled_row(store: SQLiteStore,
+def test_a_retry_backs_off_then_sends_again_from_the_oldest_unsettled_row(store: Any,
                                                                            caplog: pytest.LogCaptureFixture) -> None:
     _queue(store, 6)
     failures = iter([True])
@@ -121,7 +118,7 @@ def test_a_retry_backs_off_then_sends_again_from_the_oldest_unsettled_row(store:
     assert any("sink siem: HTTP 503: busy; retrying in" in r.getMessage() for r in caplog.records)
 
 
-def test_an_exception_from_send_is_a_transient_failure_of_the_whole_batch(store: SQLiteStore) -> None:
+def test_an_exception_from_send_is_a_transient_failure_of_the_whole_batch(store: Any) -> None:
     _queue(store, 2)
     calls = iter([ConnectionResetError("reset by peer")])
 
@@ -138,7 +135,7 @@ def test_an_exception_from_send_is_a_transient_failure_of_the_whole_batch(store:
     assert worker.stats.delivered == 2 and worker.fatal is None
 
 
-def test_a_deferral_waits_without_counting_as_a_failure(store: SQLiteStore) -> None:
+def test_a_deferral_waits_without_counting_as_a_failure(store: Any) -> None:
     _queue(store, 3)
     answers = iter([_every(EventResult(Outcome.DEFER, "digest not due", 0.3))])
 
@@ -153,7 +150,7 @@ def test_a_deferral_waits_without_counting_as_a_failure(store: SQLiteStore) -> N
     assert worker.stats.retries == 0 and worker.stats.delivered == 3 and store.dead_letters() == []
 
 
-def test_rows_deferred_past_the_deadline_wait_for_a_later_run(store: SQLiteStore) -> None:
+def test_rows_deferred_past_the_deadline_wait_for_a_later_run(store: Any) -> None:
     _queue(store, 2)
     connector = Scripted(_every(EventResult(Outcome.DEFER, "rate limit", 3600.0)))
     worker = SinkWorker(connector, store)
@@ -162,7 +159,7 @@ def test_rows_deferred_past_the_deadline_wait_for_a_later_run(store: SQLiteStore
     assert worker.deferred_until is not None and worker.stats.retries == 0 and worker.fatal is None
 
 
-def test_a_fatal_error_stops_the_sink_and_keeps_its_outbox(store: SQLiteStore,
+def test_a_fatal_error_stops_the_sink_and_keeps_its_outbox(store: Any,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     _queue(store, 5)
 
@@ -179,7 +176,7 @@ def test_a_fatal_error_stops_the_sink_and_keeps_its_outbox(store: SQLiteStore,
             "(its outbox keeps every pending event)") in [r.getMessage() for r in caplog.records]
 
 
-def test_each_batch_takes_exactly_its_settled_rows_from_the_outbox(store: SQLiteStore) -> None:
+def test_each_batch_takes_exactly_its_settled_rows_from_the_outbox(store: Any) -> None:
     """A batch with a refused row in the middle and a deferred one keeps the deferred row and
     files the refused one; a batch delivered whole goes by the range of its ids (the store's
     fast path). Neither takes a row of another sink between its ids, nor one queued after it."""
@@ -211,7 +208,7 @@ def test_each_batch_takes_exactly_its_settled_rows_from_the_outbox(store: SQLite
     assert waiting("other") == [f"o{i}" for i in range(8)] and store.outbox_depth("other") == 8
 
 
-def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: SQLiteStore) -> None:
+def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: Any) -> None:
     _queue(store, 3)
     worker = SinkWorker(Scripted(lambda batch: [DELIVERED]), store)
     assert _drain(worker) is False
@@ -220,7 +217,7 @@ def test_a_connector_that_answers_for_the_wrong_number_of_events_stops(store: SQ
 
 # ---- nothing skipped, nothing repeated ----------------------------------------------------------------
 
-def test_batches_never_skip_or_repeat_a_row(store: SQLiteStore) -> None:
+def test_batches_never_skip_or_repeat_a_row(store: Any) -> None:
     """Every outcome mixed at random, and rows queued while batches are in flight: each batch is
     the head of the outbox as it is when it goes (nothing skipped), a row goes again only after
     a retry or a deferral (nothing repeated), and every row is settled once."""

@@ -6,29 +6,24 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Callable
 
 from core.app.status import tenant_rows
 from core.state.sqlite import SQLiteStore
 
 
-def test_each_source_keeps_its_own_success_error_and_count(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    store = SQLiteStore(path)
-    try:
-        store.record_source_success("t1", "graph_alerts", 3)
-        store.record_source_error("t1", "graph_incidents", "403: lacks SecurityIncident.Read.All")
-        store.record_source_success("t1", "graph_alerts", 2)
-        store.record_source_error("t1", "graph_alerts", "503 (will retry next cycle)")
-        store.record_source_success("t2", "graph_alerts", 1)
-    finally:
-        store.close()
-    store = SQLiteStore(path)
-    try:
-        statuses = store.source_statuses()
-        store.record_source_success("t1", "graph_alerts", 0)  # a success clears the error, keeps the time
-        after = store.source_statuses()[("t1", "graph_alerts")]
-    finally:
-        store.close()
+def test_each_source_keeps_its_own_success_error_and_count(open_store: Callable[[], Any]) -> None:
+    store = open_store()
+    store.record_source_success("t1", "graph_alerts", 3)
+    store.record_source_error("t1", "graph_incidents", "403: lacks SecurityIncident.Read.All")
+    store.record_source_success("t1", "graph_alerts", 2)
+    store.record_source_error("t1", "graph_alerts", "503 (will retry next cycle)")
+    store.record_source_success("t2", "graph_alerts", 1)
+    store.close()
+    store = open_store()
+    statuses = store.source_statuses()
+    store.record_source_success("t1", "graph_alerts", 0)  # a success clears the error, keeps the time
+    after = store.source_statuses()[("t1", "graph_alerts")]
     alerts, incidents = statuses[("t1", "graph_alerts")], statuses[("t1", "graph_incidents")]
     assert (alerts.forwarded_total, alerts.last_error) == (5, "503 (will retry next cycle)")
     assert alerts.last_success is not None and alerts.last_error_at is not None
@@ -40,6 +35,7 @@ def test_each_source_keeps_its_own_success_error_and_count(tmp_path: Path) -> No
 
 def test_a_state_file_without_the_table_gets_it_and_its_tenants_status_stands_for_their_sources(
         tmp_path: Path) -> None:
+    # SQLite only: a state file of the version before sources had a status.
     path = tmp_path / "state.db"
     store = SQLiteStore(path)
     store.record_success("t1", "acme", 4)
