@@ -282,7 +282,8 @@ def _require_schema(settings: PostgresSettings, db: psycopg.Connection[Any]) -> 
 
 
 class PostgresStore:
-    """`StateStore` on PostgreSQL: each method one transaction on a pooled connection."""
+    """`StateStore` on PostgreSQL: each method one transaction (or one autocommitted statement)
+    on a pooled connection. Opening it refuses a database whose schema is not SCHEMA_VERSION."""
 
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
@@ -290,8 +291,9 @@ class PostgresStore:
         with _connect(settings) as db:
             _require_schema(settings, db)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            settings.url, kwargs={**settings.connect_kwargs(), "autocommit": True}, min_size=1, max_size=max(1, settings.pool_size),
-            timeout=settings.connect_timeout, name="defender-forwarder-state", open=True)
+            settings.url, kwargs={**settings.connect_kwargs(), "autocommit": True}, min_size=1,
+            max_size=max(1, settings.pool_size), timeout=settings.connect_timeout, name="defender-forwarder-state",
+            open=True)
 
     @contextmanager
     def _tx(self, atomic: bool = True) -> Iterator[psycopg.Connection[Any]]:
