@@ -141,12 +141,15 @@ def pg_contract(postgres: PostgresCluster) -> Any:
     return settings
 
 
-def _emptied(settings: Any) -> Any:
+@pytest.fixture
+def pg_empty(pg_contract: Any) -> Any:
+    """The settings of the shared migrated database, emptied (its ids restarted)."""
     # A new connection each time: a test may have restarted the cluster since the last.
     import psycopg
 
     from core.state.postgresql import TABLES
 
+    settings = pg_contract
     with psycopg.connect(settings.url, autocommit=True, **settings.connect_kwargs()) as db:
         db.execute("; ".join([*(f"DELETE FROM {table}" for table in TABLES),
                               *(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"
@@ -167,7 +170,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     else:
         from core.state.postgresql import PostgresStore
 
-        settings = _emptied(request.getfixturevalue("pg_contract"))
+        settings = request.getfixturevalue("pg_empty")
 
         def make() -> Any:
             return PostgresStore(settings)

@@ -282,7 +282,8 @@ def _require_schema(settings: PostgresSettings, db: psycopg.Connection[Any]) -> 
 
 
 class PostgresStore:
-    """`StateStore` on PostgreSQL: each method one transaction on a pooled connection."""
+    """`StateStore` on PostgreSQL: each method one transaction (or one autocommitted statement)
+    on a pooled connection. Opening it refuses a database whose schema is not SCHEMA_VERSION."""
 
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
@@ -290,16 +291,23 @@ class PostgresStore:
         with _connect(settings) as db:
             _require_schema(settings, db)
         self.pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            settings.url, kwargs=settings.connect_kwargs(), min_size=1, max_size=max(1, settings.pool_size),
-            timeout=settings.connect_timeout, name="defender-forwarder-state", open=True)
+            settings.url, kwargs={**settings.connect_kwargs(), "autocommit": True}, min_size=1,
+            max_size=max(1, settings.pool_size), timeout=settings.connect_timeout, name="defender-forwarder-state",
+            open=True)
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in a transaction: committed on leaving, rolled back on an error.
-        A lost connection or server is StateUnavailable, naming host:port."""
+    def _tx(self, atomic: bool = True) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, in a transaction when `atomic` (committed on leaving, rolled back
+        on an error). The connections are in autocommit mode, so that a single statement, atomic
+        on its own, costs one round trip instead of three (BEGIN, it, COMMIT): the backpressure
+        check and the status reads run often. A lost connection or server is StateUnavailable."""
         try:
             with self.pool.connection() as db:
-                yield db
+                if atomic:
+                    with db.transaction():
+                        yield db
+                else:
+                    yield db
         except PoolTimeout as exc:
             raise _unavailable(self.settings, exc) from None
         except psycopg.OperationalError as exc:
@@ -312,15 +320,18 @@ class PostgresStore:
             raise
 
     def _one(self, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
-        with self._tx() as db:
+        """One statement, and its first row."""
+        with self._tx(atomic=False) as db:
             return db.execute(query, params).fetchone()  # type: ignore[arg-type]
 
     def _all(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._tx() as db:
+        """One statement, and its rows."""
+        with self._tx(atomic=False) as db:
             return db.execute(query, params).fetchall()  # type: ignore[arg-type]
 
     def _run(self, query: str, params: tuple[Any, ...] = ()) -> int:
-        with self._tx() as db:
+        """One statement; the rows it changed."""
+        with self._tx(atomic=False) as db:
             return db.execute(query, params).rowcount  # type: ignore[arg-type]
 
     # ---- cursors and seen versions -----------------------------------------------------------------
@@ -439,7 +450,7 @@ class PostgresStore:
 
     def outbox_oldest(self) -> dict[str, float]:
         """sink -> when its oldest waiting event was queued (epoch seconds); sinks with none are absent."""
-        with self._tx() as db:
+        with self._tx(atomic=False) as db:
             sinks = [sink for sink, in db.execute("SELECT sink FROM outbox_depths WHERE depth > 0")]
             oldest = {}
             for sink in sinks:  # the oldest row of a sink is its lowest id: one index probe each

@@ -63,8 +63,8 @@ def test_a_newer_schema_is_refused_naming_both_versions(pg_settings: PostgresSet
 
 
 def test_a_wrong_password_names_the_host_and_the_fix_never_the_password(postgres: PostgresCluster,
-                                                                          pg_settings: PostgresSettings) -> None:
-    wrong = PostgresSettings(pg_settings.url, password="Wrong-Secret-123", sslrootcert=pg_settings.sslrootcert)
+                                                                          pg_contract: PostgresSettings) -> None:
+    wrong = PostgresSettings(pg_contract.url, password="Wrong-Secret-123", sslrootcert=pg_contract.sslrootcert)
     with pytest.raises(StateUnavailable) as refused:
         PostgresStore(wrong)
     message = str(refused.value)
@@ -81,13 +81,13 @@ def test_a_server_that_is_not_there_is_named_with_its_reason() -> None:
         current_version(settings)
 
 
-def test_a_server_certificate_of_another_ca_is_refused(postgres: PostgresCluster, pg_settings: PostgresSettings,
+def test_a_server_certificate_of_another_ca_is_refused(postgres: PostgresCluster, pg_contract: PostgresSettings,
                                                        tmp_path) -> None:
     import trustme
 
     other = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(other))
-    settings = PostgresSettings(pg_settings.url, password=postgres.password, sslrootcert=str(other))
+    settings = PostgresSettings(pg_contract.url, password=postgres.password, sslrootcert=str(other))
     with pytest.raises(StateUnavailable, match="certificate verify failed.*check the TLS settings"):
         current_version(settings)
 
@@ -96,11 +96,10 @@ T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
 
 def test_a_restarted_server_fails_one_call_naming_the_host_then_the_store_goes_on(
-        postgres: PostgresCluster, pg_settings: PostgresSettings) -> None:
+        postgres: PostgresCluster, pg_empty: PostgresSettings) -> None:
     """The pooled connection the restart broke is StateUnavailable once (the caller retries:
     issue 22, point 3), then thrown away; the next call gets a new one."""
-    migrate(pg_settings)
-    store = PostgresStore(pg_settings)
+    store = PostgresStore(pg_empty)
     try:
         store.outbox_append("siem", [(_meta("a1"), b"kept")])
         postgres.restart()
@@ -116,7 +115,7 @@ def _meta(alert_id: str) -> EventMeta:
 
 
 def test_import_fills_an_empty_store_and_its_ids_go_on_past_the_copied_ones(tmp_path,
-                                                                              pg_settings: PostgresSettings) -> None:
+                                                                              pg_empty: PostgresSettings) -> None:
     """What `state copy` does with it: every row of every table, ids kept, in one transaction."""
     lite = SQLiteStore(tmp_path / "state.db")
     lite.commit_page(PageCommit("t1", "graph_alerts", seen=[("a1", "2026-11-20T12:00:00.000000Z")],
@@ -130,10 +129,9 @@ def test_import_fills_an_empty_store_and_its_ids_go_on_past_the_copied_ones(tmp_
             for table, cols in TABLES.items()}
     lite.close()
 
-    migrate(pg_settings)
-    assert import_tables(pg_settings, rows) == {table: len(r) for table, r in rows.items()}
-    assert table_counts(pg_settings) == {table: len(r) for table, r in rows.items()}
-    store = PostgresStore(pg_settings)
+    assert import_tables(pg_empty, rows) == {table: len(r) for table, r in rows.items()}
+    assert table_counts(pg_empty) == {table: len(r) for table, r in rows.items()}
+    store = PostgresStore(pg_empty)
     try:
         batch = store.outbox_batch("siem", 10)
         assert [(r.id, r.payload) for r in batch] == [(i + 1, b"\x00body%d" % i) for i in range(2, 5)]
@@ -146,7 +144,7 @@ def test_import_fills_an_empty_store_and_its_ids_go_on_past_the_copied_ones(tmp_
     finally:
         store.close()
     with pytest.raises(StateError, match="not empty"):
-        import_tables(pg_settings, {"seen": []})
+        import_tables(pg_empty, {"seen": []})
 
 
 def test_a_server_that_never_answers_the_connect_is_named_after_the_timeout(black_hole: int) -> None:
