@@ -30,7 +30,7 @@ class CommandFailed(Exception):
 def open_state(config: Config, lock: bool = True) -> Iterator[Any]:
     """The state store `[forwarder] state` names, open for the command, closed after it."""
     if is_postgresql(config.forwarder.state):
-        with _postgresql_state(config) as store:
+        with _postgresql_state(config, lock) as store:
             yield store
         return
     path = Path(config.forwarder.state)
@@ -74,22 +74,34 @@ def postgresql_settings(config: Config, url: str | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def _postgresql_state(config: Config) -> Iterator[Any]:
+def _postgresql_state(config: Config, lock: bool) -> Iterator[Any]:
     try:
-        from core.state.postgresql import PostgresStore, StateUnavailable
+        from core.state.postgresql import PostgresStore, StateUnavailable, instance_lock
     except ImportError as err:
         raise CommandFailed(f"forwarder.state: a PostgreSQL state needs the postgresql extra, which is not "
                             f"installed ({err}): pip install 'defender-forwarder[postgresql]'", EXIT_CONFIG) from None
+    settings = postgresql_settings(config)
     try:
-        store = PostgresStore(postgresql_settings(config))
+        store = PostgresStore(settings)
     except StateUnavailable as err:  # down, refused, slow: a restart may well find it back
         raise CommandFailed(f"forwarder.state: {err}", EXIT_PARTIAL) from None
     except StateError as err:
         raise CommandFailed(f"forwarder.state: {err}", EXIT_CONFIG) from None
     try:
+        held = instance_lock(settings) if lock else None
+    except StateLocked as err:
+        store.close()
+        raise CommandFailed(f"forwarder.state: {err}; stop it first (one instance per database until tenants "
+                            "are leased)", EXIT_LOCKED) from None
+    except StateUnavailable as err:
+        store.close()
+        raise CommandFailed(f"forwarder.state: {err}", EXIT_PARTIAL) from None
+    try:
         yield store
     finally:
         store.close()
+        if held is not None:
+            held.close()
 
 
 # ---- what the machine around the forwarder can get wrong ----------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.app import status_page
 from core.app.status import collect
+from core.state import StateError
 
 
 def add_status_routes(app: Any, forwarder: Any) -> None:
@@ -39,8 +40,8 @@ def not_ready(forwarder: Any) -> list[str]:
     completed, and no sink is stopped."""
     reasons = []
     try:
-        forwarder.store.db.execute("SELECT 1").fetchone()
-    except sqlite3.Error as err:
+        forwarder.store.ping()
+    except (sqlite3.Error, StateError) as err:  # StateError: the PostgreSQL store's StateUnavailable
         reasons.append(f"the state store is not open ({err})")
     if not getattr(forwarder, "cycles", 0):
         reasons.append("no poll cycle has completed yet")

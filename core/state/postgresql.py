@@ -31,6 +31,7 @@ from core.state import (
     PageCommit,
     SourceStatus,
     StateError,
+    StateLocked,
     TenantStatus,
 )
 from core.state.rows import dead_letter as _dead_letter
@@ -117,6 +118,27 @@ def _connect(settings: PostgresSettings, autocommit: bool = False) -> psycopg.Co
         return psycopg.connect(settings.url, autocommit=autocommit, **settings.connect_kwargs())
     except psycopg.Error as exc:
         raise _unavailable(settings, exc) from None
+
+
+# The key of the session advisory lock one running forwarder holds on its database ("dfwd").
+INSTANCE_LOCK = 0x64667764
+
+
+def instance_lock(settings: PostgresSettings) -> psycopg.Connection[Any]:
+    """One forwarder per database, as the SQLite file's lock keeps one per file: a session
+    advisory lock, held on a connection of its own until it is closed (or the process dies:
+    the server releases it with the session). Until tenants are leased between instances, a
+    second one would read every tenant again: StateLocked, as for a SQLite file in use."""
+    db = _connect(settings, autocommit=True)
+    try:
+        row = db.execute("SELECT pg_try_advisory_lock(%s)", (INSTANCE_LOCK,)).fetchone()
+    except psycopg.Error as exc:
+        db.close()
+        raise _unavailable(settings, exc) from None
+    if not (row and row[0]):
+        db.close()
+        raise StateLocked(f"another forwarder runs on the PostgreSQL state at {settings.where}")
+    return db
 
 
 # Text compares bytewise (COLLATE "C") as in SQLite: cursors and seen-marks are ISO times

@@ -331,8 +331,8 @@ def _runnable(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str
 
 def _model_of(config: Any, header: str) -> Any:
     section, _, name = header.partition(".")
-    if header == "forwarder.http":  # the one table inside [forwarder]
-        return type(config.forwarder.http)
+    if header in ("forwarder.http", "forwarder.postgresql"):  # the tables inside [forwarder]
+        return type(getattr(config.forwarder, name))
     if section == "forwarder":
         return type(config.forwarder)
     if section == "routes":

@@ -194,14 +194,14 @@ def test_the_accessibility_check_catches_a_bad_page() -> None:
 
 
 def test_readyz_says_why_it_is_not_ready(tmp_path: Path) -> None:
-    import sqlite3
+    from core.state.sqlite import SQLiteStore
 
-    db = sqlite3.connect(tmp_path / "s.db")
+    store = SQLiteStore(tmp_path / "s.db")
     stopped = SimpleNamespace(fatal="401 from the SIEM; check its token")
-    forwarder = SimpleNamespace(store=SimpleNamespace(db=db), cycles=0, workers={"siem": stopped})
+    forwarder = SimpleNamespace(store=store, cycles=0, workers={"siem": stopped})
     assert not_ready(forwarder) == ["no poll cycle has completed yet",
                                     "sink siem is stopped; see its error on / or in the log, fix it and restart"]
-    db.close()
+    store.close()
     forwarder.cycles, stopped.fatal = 1, None
     [closed] = not_ready(forwarder)
     assert closed.startswith("the state store is not open")
