@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from connectors.base import Connector, Event, EventResult, Outcome, SinkFatal
 from core.model import telemetry
 from core.model.durations import backoff_delay
-from core.state import OutboxRow, SinkMemory, StateStore
+from core.state import OutboxRow, SinkMemory, StateError, StateStore
 
 log = logging.getLogger("defender_forwarder.delivery")
 
@@ -125,7 +125,7 @@ class SinkWorker:
         """One batch with the retry policy applied; returns rows settled (0 while backing off)."""
         try:
             settled = await self.deliver_batch()
-        except RetryLater as err:
+        except (RetryLater, StateError) as err:  # StateError: the store is unreachable (a database restart)
             self.stats.retries += 1
             self.failing_since = self.failing_since or time.time()
             self.last_error = str(err)

@@ -117,6 +117,8 @@ def _guarded(func: Any) -> Any:
             return _fail(str(err), err.code)
         except SecretUnavailable as err:  # read on first use, where no command resolved it up front
             return _fail(str(err), EXIT_CONFIG)
+        except StateError as err:  # the state store went away mid-command (a database restart)
+            return _fail(f"forwarder.state: {err}", EXIT_PARTIAL)
         except KeyboardInterrupt:
             return _fail("interrupted", EXIT_PARTIAL)
 

@@ -86,3 +86,6 @@ def setup_logging(level: str = "info", as_json: bool = False, splunkd: bool = Fa
     # logs every request and answer at INFO, azure-identity every token it gets.
     for noisy in ("httpx", "httpcore", "msal", "urllib3", "azure"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # psycopg's pool warns of every failed reconnect, over two lines; while the database is down
+    # the forwarder's own ERROR line per failed call says it once, naming the host.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)

@@ -49,7 +49,7 @@ from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError
 from core.sources.graph import PAGES_IN_MEMORY
 from core.sources.incremental import OverlapRead, Span, Window, next_read, prune_horizon, spans_to_read
 from core.sources.replay import ReplaySource
-from core.state import DeadLetter, PageCommit
+from core.state import DeadLetter, PageCommit, StateError
 from core.state.sqlite import SQLiteStore
 from mappings import Encoder, SourceMapping, encoder, shortener, source_mapping
 
@@ -674,13 +674,13 @@ class Forwarder:
         tenant_id = self.config.tenants[label].tenant_id
         try:
             return await self.poll_tenant(label)
-        except (sqlite3.Error, OSError, httpx.HTTPError, SourceError) as err:  # a store or network failure
+        except (sqlite3.Error, StateError, OSError, httpx.HTTPError, SourceError) as err:  # a store or network failure
             error = f"poll failed: {type(err).__name__}: {err} (will retry next poll)"
             log.error("tenant %s: %s", label, error, extra={"tenant": label})
         except Exception as err:  # noqa: BLE001 - a bug must not end the tenant's polling for good
             error = f"poll failed: internal error {type(err).__name__}: {err} (will retry next poll)"
             log.exception("tenant %s: poll failed unexpectedly", label, extra={"tenant": label})
-        with suppress(sqlite3.Error):  # shown on the status page, if the store takes it
+        with suppress(sqlite3.Error, StateError):  # shown on the status page, if the store takes it
             self.store.record_error(tenant_id, label, error)
         return TenantResult(label, tenant_id, error=error)
 

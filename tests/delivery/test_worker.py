@@ -258,3 +258,57 @@ def test_batches_never_skip_or_repeat_a_row(store: Any) -> None:
     assert {row for batch in connector.batches for row in batch} == set(settled)
     dead = sum(outcome is Outcome.PERMANENT for outcome in settled.values())
     assert (worker.stats.delivered, worker.stats.dead) == (70 - dead, dead) and len(store.dead_letters()) == dead
+
+
+# ---- the store going away ------------------------------------------------------------------------
+
+def test_a_database_restart_pauses_the_worker_which_then_delivers_everything(pg_empty: Any, postgres: Any) -> None:
+    """PostgreSQL stopped under a running worker: its calls fail, it backs off and waits (its
+    task does not die), and once the server is back it delivers what waited and what came."""
+    from core.state.postgresql import PostgresStore
+
+    store = PostgresStore(pg_empty)
+    connector = Scripted(_every(DELIVERED), batch_max_events=5)
+    worker = SinkWorker(connector, store)
+    sent = lambda: sorted(row for batch in connector.batches for row in batch)  # noqa: E731
+
+    async def go() -> None:
+        task = asyncio.create_task(worker.run_forever())
+        _queue(store, 3)
+        worker.wakeup.set()
+        await _until(lambda: len(sent()) == 3)
+        postgres.stop()
+        try:
+            await asyncio.sleep(1.5)  # the worker asks the store and fails, more than once
+            assert not task.done(), "the worker's task ended on the outage"
+            assert worker.last_error and "cannot be used" in worker.last_error
+        finally:
+            postgres.start()
+        await _until(lambda: _can_write(store))
+        _queue(store, 4, start=3)
+        worker.wakeup.set()
+        await _until(lambda: len(sent()) == 7, seconds=30)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+
+    try:
+        asyncio.run(go())
+        assert store.outbox_depth(SINK) == 0
+    finally:
+        store.close()
+
+
+def _can_write(store: Any) -> bool:
+    try:
+        store.ping()
+    except Exception:  # noqa: BLE001 - not back yet
+        return False
+    return True
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
