@@ -117,17 +117,14 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import ssl
 import sys
-import tempfile
 import threading
 import time
 import traceback
 import uuid
-import weakref
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
@@ -141,7 +138,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from tests.peers.lifecycle import Restartable
+from tests.peers.lifecycle import CaSignedPeer
 from tests.peers.loopback_http import LoopbackHTTPServer
 from tests.peers.mutual_tls import require_client_certificate
 
@@ -591,7 +588,7 @@ STATS_PATH = "/_peer/stats"
 
 # ---------------------------------------------------------------- the peer
 
-class EsPeer(Restartable):
+class EsPeer(CaSignedPeer):
     """An Elasticsearch 9 node on one loopback port that stays the same across `restart()`.
 
     Thread-safe: tests may change attributes and call the fault controls while clients are being
@@ -639,10 +636,7 @@ class EsPeer(Restartable):
         self._leaf = self.ca.issue_cert(HOST, "localhost")
         der = ssl.PEM_cert_to_DER_cert(self._leaf.cert_chain_pems[0].bytes().decode())
         self._fingerprint = hashlib.sha256(der).hexdigest()
-        self._directory = Path(tempfile.mkdtemp(prefix="es-peer-"))
-        weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
-        self._ca_file = self._directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self._ca_file))
+        self._write_ca("es-peer-")
 
     def _reset_state(self) -> None:
         self._docs: dict[tuple[str, str], dict[str, Any]] = {}
@@ -656,20 +650,9 @@ class EsPeer(Restartable):
     # ---- lifecycle
 
     @property
-    def port(self) -> int:
-        if not self._port:
-            raise RuntimeError("EsPeer has not been started")
-        return self._port
-
-    @property
     def url(self) -> str:
         """`https://127.0.0.1:<port>` (http with tls=False); known from the first start on."""
         return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
-
-    @property
-    def ca_file(self) -> Path:
-        """PEM of the CA that signed the peer's certificate (for 127.0.0.1 and localhost)."""
-        return self._ca_file
 
     @property
     def fingerprint(self) -> str:
@@ -696,9 +679,6 @@ class EsPeer(Restartable):
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    def client_ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self._ca_file))
 
     def start(self) -> str:
         if self._server is not None:

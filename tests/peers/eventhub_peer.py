@@ -105,7 +105,7 @@ from tests.peers.amqp_codec import (
     encode_message,
     performative,
 )
-from tests.peers.lifecycle import Restartable
+from tests.peers.lifecycle import LoopbackPeer
 
 HOST = "127.0.0.1"
 MIB = 1024 * 1024
@@ -544,7 +544,7 @@ class _Connection:
 
 # ---------------------------------------------------------------- the peer
 
-class EventHubPeer(Restartable):
+class EventHubPeer(LoopbackPeer):
     """An Event Hubs namespace with one hub (and `other_hubs`) on one loopback port that stays
     the same across restart(). See the module docstring for what it does."""
 
@@ -586,12 +586,6 @@ class EventHubPeer(Restartable):
     @property
     def host(self) -> str:
         return HOST
-
-    @property
-    def port(self) -> int:
-        if not self._port:
-            raise RuntimeError("EventHubPeer has not been started")
-        return self._port
 
     @property
     def running(self) -> bool:

@@ -71,15 +71,12 @@ import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import ssl
 import sys
-import tempfile
 import threading
 import time
 import traceback
-import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -91,7 +88,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import trustme
 
-from tests.peers.lifecycle import Restartable
+from tests.peers.lifecycle import CaSignedPeer
 from tests.peers.loopback_http import LoopbackHTTPServer
 from tests.peers.mutual_tls import require_client_certificate
 
@@ -429,7 +426,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # ---------------------------------------------------------------- the peer
 
-class HecPeer(Restartable):
+class HecPeer(CaSignedPeer):
     """A Splunk HEC on one loopback port that stays the same across `restart()`.
 
     Thread-safe: tests may change tokens and attributes and call the fault controls while
@@ -462,33 +459,15 @@ class HecPeer(Restartable):
         self._request_count = 0
         self._event_request_count = 0
         self._event_count = 0
-        self._directory = Path(tempfile.mkdtemp(prefix="hec-peer-"))
-        weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
-        self._ca_file = self._directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self._ca_file))
+        self._write_ca("hec-peer-")
 
     # ---- lifecycle
-
-    @property
-    def port(self) -> int:
-        if not self._port:
-            raise RuntimeError("HecPeer has not been started")
-        return self._port
 
     @property
     def url(self) -> str:
         """`https://127.0.0.1:<port>` (http with tls=False); known from the first start on,
         also while the peer is stopped."""
         return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
-
-    @property
-    def ca_file(self) -> Path:
-        """PEM of the CA that signed the peer's certificate (for 127.0.0.1 and localhost)."""
-        return self._ca_file
-
-    def client_ssl_context(self) -> ssl.SSLContext:
-        """A client context trusting only this peer's CA (httpx `verify=`)."""
-        return ssl.create_default_context(cafile=str(self._ca_file))
 
     @property
     def running(self) -> bool:

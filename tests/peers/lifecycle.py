@@ -1,11 +1,20 @@
 """What every test peer's lifecycle shares once it has start() and stop(): a context manager,
-and a restart on the same port (the peers keep their port across stop())."""
+and a restart on the same port (the peers keep their port across stop()); for a peer on one
+loopback port, that port; for one whose TLS certificate a test CA signs, that CA as a file and
+as a client context."""
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import tempfile
 import time
+import weakref
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+import trustme
 
 
 def free_port() -> int:
@@ -39,3 +48,42 @@ class Restartable:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class LoopbackPeer(Restartable):
+    """A peer on one port of 127.0.0.1, which it keeps across stop(); `_port` is 0 until the
+    first start() (the OS's pick), set by start()."""
+
+    _port: int
+
+    @property
+    def port(self) -> int:
+        """Known from the first start() on, also while stopped."""
+        if not self._port:
+            raise RuntimeError(f"{type(self).__name__} has not been started")
+        return self._port
+
+
+class CaSignedPeer(LoopbackPeer):
+    """A loopback peer whose TLS certificate (for 127.0.0.1 and localhost) the test CA `ca`
+    signs. `_write_ca` (from __init__) keeps that CA as PEM in a folder of the peer's own,
+    removed with the peer."""
+
+    ca: trustme.CA
+    _ca_file: Path
+
+    def _write_ca(self, prefix: str) -> None:
+        directory = Path(tempfile.mkdtemp(prefix=prefix))
+        weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+        self._ca_file = directory / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self._ca_file))
+
+    @property
+    def ca_file(self) -> Path:
+        """PEM of the CA that signed the peer's certificate."""
+        return self._ca_file
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client context trusting only this peer's CA, host name checked (httpx `verify=`,
+        splunklib `context=`, smtplib's `context=`)."""
+        return ssl.create_default_context(cafile=str(self._ca_file))

@@ -74,7 +74,7 @@ import jwt
 import trustme
 
 from tests.peers.fake_cloud import FakeCloud
-from tests.peers.lifecycle import Restartable
+from tests.peers.lifecycle import LoopbackPeer
 from tests.peers.loopback_http import HOST, LoopbackHTTPServer
 
 API_VERSION = "2023-01-01"
@@ -258,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # ---------------------------------------------------------------- the peer
 
-class LogsIngestionPeer(Restartable):
+class LogsIngestionPeer(LoopbackPeer):
     """One DCR's ingestion endpoint on a loopback port kept across stop()/start().
 
     Thread-safe; accepted records and the request log survive a restart."""
@@ -292,12 +292,6 @@ class LogsIngestionPeer(Restartable):
         self._connections = 0
 
     # ---- lifecycle
-
-    @property
-    def port(self) -> int:
-        if not self._port:
-            raise RuntimeError("LogsIngestionPeer has not been started")
-        return self._port
 
     @property
     def endpoint(self) -> str:

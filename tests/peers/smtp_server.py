@@ -53,24 +53,20 @@ import email
 import email.policy
 import functools
 import re
-import shutil
 import ssl
-import tempfile
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any, Literal
 
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.peers.lifecycle import Restartable, free_port
+from tests.peers.lifecycle import CaSignedPeer, free_port
 from tests.peers.mutual_tls import require_client_certificate
 
 HOST = "127.0.0.1"
@@ -306,7 +302,7 @@ class _Controller(Controller):
 
 # ---------------------------------------------------------------- the server
 
-class SmtpServer(Restartable):
+class SmtpServer(CaSignedPeer):
     """A real SMTP server on 127.0.0.1, one port that stays the same across restart().
 
     Thread-safe: tests may add rules and read what was received while clients are served."""
@@ -335,32 +331,13 @@ class SmtpServer(Restartable):
         self._unavailable: list[_Rule] = []
         self._sessions = 0
         self._open: set[_Protocol] = set()  # touched on the loop thread only
-        self._directory = Path(tempfile.mkdtemp(prefix="smtp-server-"))
-        weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
-        self._ca_file = self._directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self._ca_file))
+        self._write_ca("smtp-server-")
 
     # ---- lifecycle
 
     @property
     def host(self) -> str:
         return HOST
-
-    @property
-    def port(self) -> int:
-        """Known from the first start() on, also while stopped."""
-        if not self._port:
-            raise RuntimeError("SmtpServer has not been started")
-        return self._port
-
-    @property
-    def ca_file(self) -> Path:
-        """PEM of the CA that signed the server's certificate (127.0.0.1, localhost, hostname)."""
-        return self._ca_file
-
-    def client_ssl_context(self) -> ssl.SSLContext:
-        """A client context trusting only this server's CA, hostname checked."""
-        return ssl.create_default_context(cafile=str(self._ca_file))
 
     @property
     def running(self) -> bool:

@@ -36,23 +36,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import ssl
-import tempfile
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from http.server import BaseHTTPRequestHandler
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 from xml.sax.saxutils import escape
 
 import trustme
 
-from tests.peers.lifecycle import Restartable
+from tests.peers.lifecycle import CaSignedPeer
 from tests.peers.loopback_http import LoopbackHTTPServer
 
 HOST = "127.0.0.1"
@@ -160,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # ---------------------------------------------------------------- the peer
 
-class SplunkdPeer(Restartable):
+class SplunkdPeer(CaSignedPeer):
     """splunkd's storage/passwords on one loopback port that stays the same across restart().
 
     `credentials`: (realm, username) -> clear password, all stored in `app`. Thread-safe; the
@@ -178,32 +174,14 @@ class SplunkdPeer(Restartable):
         self._server: _Server | None = None
         self._lock = threading.Lock()
         self._requests: list[SplunkdRequest] = []
-        self._directory = Path(tempfile.mkdtemp(prefix="splunkd-peer-"))
-        weakref.finalize(self, shutil.rmtree, self._directory, ignore_errors=True)
-        self._ca_file = self._directory / "ca.pem"
-        self.ca.cert_pem.write_to_path(str(self._ca_file))
+        self._write_ca("splunkd-peer-")
 
     # ---- lifecycle
-
-    @property
-    def port(self) -> int:
-        if not self._port:
-            raise RuntimeError("SplunkdPeer has not been started")
-        return self._port
 
     @property
     def url(self) -> str:
         """`https://127.0.0.1:<port>`, known from the first start on, also while stopped."""
         return f"https://{HOST}:{self.port}"
-
-    @property
-    def ca_file(self) -> Path:
-        """PEM of the CA that signed the peer's certificate (for 127.0.0.1 and localhost)."""
-        return self._ca_file
-
-    def client_ssl_context(self) -> ssl.SSLContext:
-        """A client context trusting only this peer's CA (splunklib: `verify=True, context=`)."""
-        return ssl.create_default_context(cafile=str(self._ca_file))
 
     @property
     def running(self) -> bool:
