@@ -34,6 +34,7 @@ from core.app.runtime import (
     EXIT_OK,
     EXIT_PARTIAL,
     CommandFailed,
+    once_exit_code,
     open_state,
     preflight,
 )
@@ -162,11 +163,7 @@ async def _once(forwarder: Any, since: datetime | None = None, only: str | None 
                 log.error("--metrics-file %s: cannot write it (%s)", metrics_file, err.strerror or err)
     _print_summary(results, forwarder, output)
     forwarder.warn_of_dead_letters(since=started)
-    failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
-    # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
-    pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
-                  if w.deferred_until is None)
-    return EXIT_PARTIAL if failed or pending else EXIT_OK
+    return once_exit_code(results, forwarder)
 
 
 @contextlib.asynccontextmanager

@@ -26,6 +26,16 @@ class CommandFailed(Exception):
         self.code = code
 
 
+def once_exit_code(results: list[Any], forwarder: Any) -> int:
+    """The exit code of one cycle (`run --once`, the Splunk add-on's run): 1 when a tenant or a
+    sink failed or events still wait, else 0."""
+    failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
+    # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
+    pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
+                  if w.deferred_until is None)
+    return EXIT_PARTIAL if failed or pending else EXIT_OK
+
+
 @contextlib.contextmanager
 def open_state(config: Config, lock: bool = True) -> Iterator[Any]:
     """The state store `[forwarder] state` names, open for the command, closed after it."""

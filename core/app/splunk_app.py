@@ -20,7 +20,6 @@ pinned to the versions installed here.
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import io
 import platform
 import re
 import shutil
@@ -247,7 +246,7 @@ def _tar(root: Path, package: Path) -> None:
                 top_script = path.parent == root / "bin" and path.suffix == ".py"
                 info.mode = 0o755 if top_script else 0o644
                 with open(path, "rb") as handle:
-                    archive.addfile(info, io.BytesIO(handle.read()))
+                    archive.addfile(info, handle)
 
 
 # ---- generated conf files ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from core.app.config import Config, ConfigError, parse_config
-from core.app.runtime import EXIT_CONFIG, EXIT_OK, EXIT_PARTIAL, CommandFailed, open_state, preflight
+from core.app.runtime import EXIT_CONFIG, EXIT_OK, CommandFailed, once_exit_code, open_state, preflight
 from core.model.secrets import REDACTOR, SecretUnavailable
 from core.sources import DEFAULT_SOURCES, KINDS
 
@@ -89,7 +89,6 @@ ARGUMENTS: tuple[Argument, ...] = (
     Argument("mde_endpoint", "Defender for Endpoint endpoint", "Override of the Defender for Endpoint API host."),
     Argument("ca_file", "CA file", "A PEM bundle to verify Microsoft's hosts with, instead of the system's."),
 )
-ARGUMENT_NAMES = frozenset(a.name for a in ARGUMENTS)
 
 
 def arguments_markdown() -> str:
@@ -256,9 +255,7 @@ async def one_cycle(config: Config) -> int:
         async with forwarder:
             results = await forwarder.run_once()
         forwarder.warn_of_dead_letters(since=started)  # (each failing tenant has had its ERROR line)
-        failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
-        pending = sum(store.outbox_depth(name) for name in forwarder.workers)
-    return EXIT_PARTIAL if failed or pending else EXIT_OK
+        return once_exit_code(results, forwarder)
 
 
 def _script_class() -> type:

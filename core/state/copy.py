@@ -27,26 +27,22 @@ class TableCopy:
         return self.sqlite_rows == self.postgresql_rows
 
 
-def read_sqlite(path: Path, tables: dict[str, tuple[str, ...]]) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of `tables` in the SQLite state at `path`, at the current schema (an older
-    file is migrated first, as a run would)."""
+def copy_sqlite_to_postgresql(path: Path, settings: Any) -> list[TableCopy]:
+    """Copy the SQLite state at `path` into the (migrated, empty) database of `settings`; one
+    `TableCopy` per table, the SQLite rows counted before and the PostgreSQL ones after. The
+    rows stream from one to the other (an outbox of 100,000 alerts is never held in memory)."""
+    from core.state import postgresql
+
     if not path.is_file():
         raise StateError(f"{path}: no such SQLite state file")
     SQLiteStore(path).close()  # brings an older file to the current schema, or refuses it clearly
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {table: connection.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
-                for table, columns in tables.items()}
+        tables = postgresql.TABLES
+        counted = {table: source.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in tables}
+        postgresql.import_tables(settings, {table: source.execute(f"SELECT {', '.join(columns)} FROM {table}")
+                                            for table, columns in tables.items()})
     finally:
-        connection.close()
-
-
-def copy_sqlite_to_postgresql(path: Path, settings: Any) -> list[TableCopy]:
-    """Copy the SQLite state at `path` into the (migrated, empty) database of `settings`; one
-    `TableCopy` per table, both sides counted after the copy."""
-    from core.state import postgresql
-
-    rows = read_sqlite(path, postgresql.TABLES)
-    postgresql.import_tables(settings, rows)
-    counted = postgresql.table_counts(settings)
-    return [TableCopy(table, len(rows[table]), counted.get(table, 0)) for table in postgresql.TABLES]
+        source.close()
+    copied = postgresql.table_counts(settings)
+    return [TableCopy(table, counted[table], copied.get(table, 0)) for table in tables]
