@@ -49,6 +49,9 @@ class SinkWorker:
         self._failures = 0
         # When rows the connector deferred (a digest not due, a rate limit) may go: loop time.
         self.deferred_until: float | None = None
+        # The instance whose leased tenants' rows this worker delivers (a state shared between
+        # instances); None: every row of the sink.
+        self.holder: str | None = None
         connector.memory = SinkMemory(store, connector.name)
         self.wakeup = asyncio.Event()  # set by the poller when it queued rows for this sink
         self._delivered = telemetry.DELIVERED.labels(self.name)
@@ -72,7 +75,7 @@ class SinkWorker:
         if not self._opened:
             await self.connector.open()
             self._opened = True
-        rows = self.store.outbox_batch(self.name, self.config.batch_max_events)
+        rows = self.store.outbox_batch(self.name, self.config.batch_max_events, self.holder)
         if not rows:
             return 0
         deferred = await self._send([Event(row.id, row.meta, row.payload) for row in rows],
@@ -146,7 +149,7 @@ class SinkWorker:
         try:
             while loop.time() < deadline:
                 if await self.step() == 0:
-                    if self.store.outbox_depth(self.name) == 0:
+                    if not self.pending():
                         return True
                     if self.deferred_until is not None:
                         if self.deferred_until >= deadline:
@@ -155,6 +158,12 @@ class SinkWorker:
         except SinkFatal as err:
             self._stop(err)
         return False
+
+    def pending(self) -> bool:
+        """Rows of this worker's wait: the sink's, or of the tenants its instance holds."""
+        if self.holder is None:
+            return self.store.outbox_depth(self.name) > 0
+        return bool(self.store.outbox_batch(self.name, 1, self.holder))
 
     async def run_forever(self) -> None:
         """Daemon mode: deliver whenever rows are waiting; sleep until polled alerts arrive."""

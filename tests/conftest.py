@@ -147,11 +147,11 @@ def pg_empty(pg_contract: Any) -> Any:
     # A new connection each time: a test may have restarted the cluster since the last.
     import psycopg
 
-    from core.state.postgresql import TABLES
+    from core.state.postgresql import LEASE_TABLES, TABLES
 
     settings = pg_contract
     with psycopg.connect(settings.url, autocommit=True, **settings.connect_kwargs()) as db:
-        db.execute("; ".join([*(f"DELETE FROM {table}" for table in TABLES),
+        db.execute("; ".join([*(f"DELETE FROM {table}" for table in (*TABLES, *LEASE_TABLES)),
                               *(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 1, false)"
                                 for table in ("outbox", "dead_letters"))]))
     return settings

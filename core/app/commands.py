@@ -512,7 +512,8 @@ def cmd_tenants(args: argparse.Namespace) -> int:
     config = _load(args)
     with open_state(config, lock=False) as store:
         rows = _tenant_rows(config, store)
-    output_.show(args.output, f"tenants (state {config.forwarder.state})", _tenant_columns(config), rows)
+        shared = store.shared
+    output_.show(args.output, f"tenants (state {config.forwarder.state})", _tenant_columns(config, shared), rows)
     return EXIT_OK
 
 
@@ -526,7 +527,9 @@ def _tenant_rows(config: Config, store: SQLiteStore) -> list[dict[str, Any]]:
     return [asdict(row) for row in tenant_rows(config, store)]
 
 
-def _tenant_columns(config: Config) -> list[output_.Column]:
+def _tenant_columns(config: Config, shared: bool = False) -> list[output_.Column]:
+    """The table's columns; `shared`: the state is shared by instances, which one holds each tenant."""
+    instance = [output_.Column("instance", lambda row: escape(row["instance"] or "-"))] if shared else []
     return [
         output_.keyed("tenant"),
         output_.keyed("tenant_id"),
@@ -537,6 +540,7 @@ def _tenant_columns(config: Config) -> list[output_.Column]:
         output_.Column("last success", lambda row: _shown_time(row["last_success"])),
         output_.Column("last error", lambda row: escape(row["last_error"] or "-")),
         output_.Column("held back", lambda row: _held_back(row["held_back"], "-")),
+        *instance,
         *(output_.Column(sink, lambda row, sink=sink: str(row["outbox"][sink])) for sink in config.sinks),
     ]
 

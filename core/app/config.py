@@ -124,6 +124,11 @@ class ForwarderSettings(_Strict):
     initial_lookback: Duration = 86400.0
     max_concurrent_requests: int = Field(default=32, ge=1, le=1000)
     tenant_requests_per_minute: int = Field(default=150, ge=1)
+    app_requests_per_10s: int = Field(default=130_000, ge=1, description="Graph's budget of one app across all "
+                                      "tenants; instances sharing a PostgreSQL state each keep their share of it")
+    lease_ttl: Duration = Field(default=60.0, ge=1.0, description="PostgreSQL state: how long an instance's hold "
+                                "on its tenants lasts unrenewed (renewed every third of it); a dead instance's "
+                                "tenants move to the others after it")
     page_size: int = Field(default=1000, ge=1, le=1000)
     request_timeout: Duration = 60.0
     retry_initial: Duration = Field(default=1.0, gt=0, description="first backoff after a Graph 5xx or timeout")

@@ -37,6 +37,7 @@ from core.app.config import (
     held_back_reason,
     sinks_for_alert,
 )
+from core.app.leases import AppBudget, RequestBudget, TenantLeases, instance_name
 from core.app.notify import Notifier
 from core.delivery import SinkWorker
 from core.model import jsonutil, telemetry
@@ -49,7 +50,7 @@ from core.sources.auth import TenantAuthError, TokenProvider, TransientAuthError
 from core.sources.graph import PAGES_IN_MEMORY
 from core.sources.incremental import OverlapRead, Span, Window, next_read, prune_horizon, spans_to_read
 from core.sources.replay import ReplaySource
-from core.state import DeadLetter, PageCommit, StateError
+from core.state import ORPHANS, DeadLetter, LeaseLost, PageCommit, StateError
 from core.state.sqlite import SQLiteStore
 from mappings import Encoder, SourceMapping, encoder, shortener, source_mapping
 
@@ -85,6 +86,7 @@ class TenantResult:
     paused: bool = False
     error: str | None = None
     auth_state: str | None = None  # a refused login or Graph token: what it means (telemetry.AUTH_STATES)
+    lease_lost: bool = False  # another instance took the tenant during the poll: its page was not committed
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class _WindowRead:
     window: Window
     sinks: set[str]
     result: TenantResult
+    epoch: int | None = None  # the lease's epoch at the poll's start: every commit of the window carries it
     answered: bool = False  # a slice of a split was read: the API answers, it fails some slices only
     failed_slices: int = 0
     skipped: list[tuple[Span, BrokenWindow]] = field(default_factory=list)
@@ -173,14 +176,34 @@ class Forwarder:
         # [notify] names in its subject; the status model has only the error's text.
         self.auth_failures: dict[str, str] = {}
         self.notifier = Notifier(config, store) if config.notify is not None else None
+        self.app_budget = AppBudget(self.settings.app_requests_per_10s)
+        # Leases when the state is shared between instances (PostgreSQL); None: every tenant is ours.
+        self.leases: TenantLeases | None = None
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
         self.readers = {label: self._readers(label, t) for label, t in self.config.tenants.items() if t.enabled}
         kinds = {kind for readers in self.readers.values() for kind in readers}
         self.mappings = {kind: source_mapping(KINDS[kind].mapping) for kind in sorted(kinds)}
+        if self.store.shared:
+            self.leases = TenantLeases(self.store, instance_name(), self.settings.lease_ttl, self._lease_keys())
+            for worker in self.workers.values():
+                worker.holder = self.leases.holder
         metrics.watch(self)
         return self
+
+    def _lease_keys(self, only: str | None = None) -> list[tuple[str, str]]:
+        """The leases to claim: (tenant id, source) of every tenant read (or of `only`, the one a
+        backfill reads), and the orphans' lease (the outbox rows of tenants nobody holds)."""
+        labels = [label for label in self.readers if only is None or label == only]
+        keys = [(self.config.tenants[label].tenant_id, kind) for label in labels for kind in self.readers[label]]
+        return keys if only is not None else [*keys, ORPHANS]
+
+    def claim_leases(self) -> None:
+        """Renew and take this instance's tenants; its part of the app's Graph budget follows."""
+        if self.leases is not None:
+            self.leases.claim()
+            self.app_budget.resize(self.leases.share())
 
     async def __aexit__(self, *_: object) -> None:
         metrics.unwatch(self)
@@ -224,7 +247,7 @@ class Forwarder:
             client=self._client(app.ca_file, proxy_for(endpoints(app).graph, self.settings.proxy), tenant.tenant_id),
             # One request per 60/N seconds, no burst: a tenant never exceeds its Graph budget,
             # whatever the window in which Graph counts it.
-            limiter=AsyncLimiter(1, 60 / self.settings.tenant_requests_per_minute),
+            limiter=RequestBudget(AsyncLimiter(1, 60 / self.settings.tenant_requests_per_minute), self.app_budget),
             concurrency=self._global_bound,
             page_slots=self._page_slots,
             page_size=self.settings.page_size,
@@ -277,7 +300,37 @@ class Forwarder:
 
     async def poll_all(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
         labels = [label for label in self.readers if (only is None or label == only) and self._kinds_of(label)]
-        return list(await asyncio.gather(*(self.poll_tenant(label, since) for label in labels)))
+        failed: list[TenantResult] = []
+        if self.leases is not None:
+            labels, failed = self._leased(labels, asked=since is not None or only is not None)
+        return [*await asyncio.gather(*(self.poll_tenant(label, since) for label in labels)), *failed]
+
+    def _leased(self, labels: list[str], asked: bool) -> tuple[list[str], list[TenantResult]]:
+        """Of `labels`, those this instance holds; for the others, when the operator asked for
+        them (a backfill), a failed result naming the instance that holds each. A plain
+        `run --once` leaves them to their holders, with one line."""
+        assert self.leases is not None
+        tenant_of = {label: self.config.tenants[label].tenant_id for label in labels}
+        held = [label for label in labels if self.leases.holds(tenant_of[label])]
+        others = [label for label in labels if label not in held]
+        if not others:
+            return held, []
+        if not asked:
+            log.info("leases: %d of %d tenants are polled by other instances sharing the state", len(others),
+                     len(labels))
+            return held, []
+        holders: dict[str, set[str]] = {}
+        for lease in self.store.leases():
+            if lease.holder:
+                holders.setdefault(lease.tenant_id, set()).add(lease.holder)
+        failed = []
+        for label in others:
+            who = ", ".join(sorted(holders.get(tenant_of[label], ()))) or "another instance"
+            error = (f"leased to {who}, which polls it, so not read here; stop that instance (its tenants move to "
+                     f"the others), or run this when no instance holds the tenant")
+            log.error("tenant %s: %s", label, error, extra={"tenant": label})
+            failed.append(TenantResult(label, tenant_of[label], error=error))
+        return held, failed
 
     def _kinds_of(self, label: str) -> dict[str, AlertSource]:
         """The tenant's readers this run reads: all, or those of `sources` (backfill --source)."""
@@ -288,12 +341,21 @@ class Forwarder:
         """Read one window of each source kind of one tenant; `since` overrides the cursors (backfill)."""
         tenant = self.config.tenants[label]
         result = TenantResult(label, tenant.tenant_id)
+        if self.leases is not None and not self.leases.holds(tenant.tenant_id):
+            result.lease_lost = True  # moved to another instance before this poll started: its to poll
+            return result
         readers = self._kinds_of(label)
         errors: list[str] = []
         windows: list[Window] = []  # those read to their end
         for name, reader in readers.items():
             queued = result.queued
-            window, error = await self._poll_source(label, tenant, reader, result, since)
+            try:
+                window, error = await self._poll_source(label, tenant, reader, result, since)
+            except LeaseLost as err:
+                # Not the tenant's failure: its new holder reads what this poll did not commit.
+                log.warning("tenant %s: %s", label, err, extra={"tenant": label})
+                result.lease_lost = True
+                return result
             if error is not None:
                 # One line per kind that failed; a tenant of one kind keeps the plain message.
                 errors.append(error if len(readers) == 1 else f"{name}: {error}")
@@ -365,7 +427,8 @@ class Forwarder:
         window = Window(tenant.tenant_id, kind.version, self.store, cursor=cursor, overlap=overlap,
                         resend=self.resend and since is not None, full=full,
                         keep_from=last_full.reread_from if last_full is not None else None)
-        read = _WindowRead(TenantRef(id=tenant.tenant_id, label=label), reader, window, self.sinks_for(label), result)
+        read = _WindowRead(TenantRef(id=tenant.tenant_id, label=label), reader, window, self.sinks_for(label), result,
+                           epoch=self.leases.epoch(tenant.tenant_id, kind.name) if self.leases is not None else None)
         live = since is None
         skipped = self.store.skipped_windows(tenant.tenant_id, kind.name) if live else []
         failures = self.store.window_failures(tenant.tenant_id, kind.name) if live else 0
@@ -414,8 +477,7 @@ class Forwarder:
                     # Only the versions not seen before: the overlap re-reads most of a window.
                     await read.complete(read.window.unseen_records(page.alerts))
                 last = final and page.last
-                self._take_page(read.ref, read.kind, read.window, page, read.result, last=last,
-                                window_read=window_read and page.last)
+                self._take_page(read, page, last=last, window_read=window_read and page.last)
                 del page  # not kept while the next page waits for its request (see GraphSource.pages)
 
     async def _split_window(self, read: _WindowRead, spans: list[Span]) -> str | None:
@@ -427,7 +489,7 @@ class Forwarder:
         letters = [_skipped_letter(read, span, err, self.settings.split_after) for span, err in read.skipped]
         commit = PageCommit(tenant_id=tenant_id, source=kind.name, dead=letters, cursor=read.window.high_water,
                             skipped=[(span.start, span.end, str(err)) for span, err in read.skipped if span.end],
-                            window_read=True, reread_from=read.window.reread_from(True))
+                            window_read=True, reread_from=read.window.reread_from(True), epoch=read.epoch)
         self.store.commit_page(commit)
         if not read.skipped:
             return None
@@ -464,13 +526,14 @@ class Forwarder:
             else:
                 read.skipped.append((span, err))
 
-    def _take_page(self, ref: TenantRef, kind: SourceKind, window: Window, page: Page, result: TenantResult, *,
-                   last: bool, window_read: bool = False) -> None:
+    def _take_page(self, read: _WindowRead, page: Page, *, last: bool, window_read: bool = False) -> None:
         """Queue one page in one transaction (the cursor with the window's last page)."""
-        outcome = self._process_page(ref, kind, window, page, result)
+        ref, kind, window = read.ref, read.kind, read.window
+        outcome = self._process_page(ref, kind, window, page, read.result)
         outcome.commit.cursor = window.end_page(last)
         outcome.commit.reread_from = window.reread_from(last)
         outcome.commit.window_read = window_read
+        outcome.commit.epoch = read.epoch
         # An idle poll's page changes nothing: no transaction for it.
         letters = [] if outcome.commit.empty else self.store.commit_page(outcome.commit)
         _count_page(ref.label, kind.name, outcome)
@@ -555,8 +618,16 @@ class Forwarder:
     # ---- running ---------------------------------------------------------------
     async def run_once(self, since: datetime | None = None, only: str | None = None) -> list[TenantResult]:
         started = asyncio.get_running_loop().time()
-        results = await self.poll_all(since, only)
-        await self.drain()
+        if self.leases is not None:  # one cycle as an instance among others: claim, and give back at the end
+            self.leases.wanted = self._lease_keys(only)
+            self.claim_leases()
+        try:
+            results = await self.poll_all(since, only)
+            await self.drain()
+        finally:
+            if self.leases is not None:
+                with suppress(StateError):  # unreleased, they expire
+                    self.leases.release()
         self._tidy_state()
         self.log_cycle(results, asyncio.get_running_loop().time() - started)
         self.cycles += 1
@@ -623,7 +694,9 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, schedule.stop.set)
+        self.claim_leases()  # before the first polls: which tenants are this instance's
         workers = [asyncio.create_task(w.run_forever()) for w in self.workers.values()]
+        keeper = asyncio.create_task(self._keep_leases(), name="leases") if self.leases is not None else None
         self.partial_reads = True
         # All at once: the global request bound (max_concurrent_requests) spreads the first polls.
         tenants = [asyncio.create_task(self._poll_on_schedule(label, schedule), name=f"poll {label}")
@@ -643,9 +716,12 @@ class Forwarder:
             for task in [*tenants, housekeeping, stopped]:
                 task.cancel()
             await asyncio.gather(*tenants, housekeeping, stopped, return_exceptions=True)
-            for task in workers:
+            for task in [*workers, *([keeper] if keeper else [])]:
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*workers, *([keeper] if keeper else []), return_exceptions=True)
+            if self.leases is not None:
+                with suppress(StateError):  # unreleased, they expire after lease_ttl
+                    self.leases.release()  # a clean stop: the others take the tenants at their next claim
             if self.notifier is not None:
                 await self.notifier.flush()  # a message under way (bounded by [notify] timeout)
 
@@ -657,7 +733,13 @@ class Forwarder:
         """One tenant's loop: poll, then wait for its next start, until the daemon stops."""
         interval = self.settings.poll_interval
         loop = asyncio.get_running_loop()
+        tenant_id = self.config.tenants[label].tenant_id
         while not schedule.stop.is_set():
+            if self.leases is not None and not self.leases.holds(tenant_id):
+                schedule.not_ours(label)  # another instance polls it; wait until a claim brings tenants
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.leases.changed.wait(), interval)
+                continue
             started = loop.time()
             result = await self._guarded_poll(label)
             seconds = loop.time() - started
@@ -683,6 +765,17 @@ class Forwarder:
         with suppress(sqlite3.Error, StateError):  # shown on the status page, if the store takes it
             self.store.record_error(tenant_id, label, error)
         return TenantResult(label, tenant_id, error=error)
+
+    async def _keep_leases(self) -> None:
+        """Claim every third of lease_ttl: renew what this instance holds, shed its excess when
+        instances joined, take its share of what others left or gave up."""
+        assert self.leases is not None
+        while True:
+            await asyncio.sleep(self.leases.ttl / 3)
+            try:
+                self.claim_leases()
+            except StateError as err:  # the database is away: the leases run out, fencing keeps commits out
+                log.error("leases: not renewed: %s (tried again in %.0f s)", err, self.leases.ttl / 3)
 
     async def _housekeep(self, schedule: _Schedule, since: float) -> None:
         """Every poll_interval: tidy the state, warn of new dead letters, log the cycle line of
@@ -722,6 +815,10 @@ class _Schedule:
     def completed(self, label: str, result: TenantResult, seconds: float) -> None:
         self.results.append(result)
         self.longest = max(self.longest, seconds)
+        self.not_ours(label)
+
+    def not_ours(self, label: str) -> None:
+        """The tenant's first poll is done, or is another instance's to do."""
         if label in self.unpolled:
             self.unpolled.discard(label)
             if not self.unpolled:

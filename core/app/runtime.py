@@ -31,16 +31,17 @@ def once_exit_code(results: list[Any], forwarder: Any) -> int:
     sink failed or events still wait, else 0."""
     failed = any(r.error for r in results) or any(w.fatal for w in forwarder.workers.values())
     # Rows a sink deferred by design (a digest not due yet) wait for a later run: not a failure.
-    pending = sum(forwarder.store.outbox_depth(name) for name, w in forwarder.workers.items()
-                  if w.deferred_until is None)
+    pending = any(w.pending() for w in forwarder.workers.values() if w.deferred_until is None)
     return EXIT_PARTIAL if failed or pending else EXIT_OK
 
 
 @contextlib.contextmanager
 def open_state(config: Config, lock: bool = True) -> Iterator[Any]:
-    """The state store `[forwarder] state` names, open for the command, closed after it."""
+    """The state store `[forwarder] state` names, open for the command, closed after it. A SQLite
+    file is locked for a command that writes (`lock`); a PostgreSQL database is shared by
+    instances, which split its tenants by leases."""
     if is_postgresql(config.forwarder.state):
-        with _postgresql_state(config, lock) as store:
+        with _postgresql_state(config) as store:
             yield store
         return
     path = Path(config.forwarder.state)
@@ -84,9 +85,9 @@ def postgresql_settings(config: Config, url: str | None = None) -> Any:
 
 
 @contextlib.contextmanager
-def _postgresql_state(config: Config, lock: bool) -> Iterator[Any]:
+def _postgresql_state(config: Config) -> Iterator[Any]:
     try:
-        from core.state.postgresql import PostgresStore, StateUnavailable, instance_lock
+        from core.state.postgresql import PostgresStore, StateUnavailable
     except ImportError as err:
         raise CommandFailed(f"forwarder.state: a PostgreSQL state needs the postgresql extra, which is not "
                             f"installed ({err}): pip install 'defender-forwarder[postgresql]'", EXIT_CONFIG) from None
@@ -97,21 +98,10 @@ def _postgresql_state(config: Config, lock: bool) -> Iterator[Any]:
         raise CommandFailed(f"forwarder.state: {err}", EXIT_PARTIAL) from None
     except StateError as err:
         raise CommandFailed(f"forwarder.state: {err}", EXIT_CONFIG) from None
-    try:
-        held = instance_lock(settings) if lock else None
-    except StateLocked as err:
-        store.close()
-        raise CommandFailed(f"forwarder.state: {err}; stop it first (one instance per database until tenants "
-                            "are leased)", EXIT_LOCKED) from None
-    except StateUnavailable as err:
-        store.close()
-        raise CommandFailed(f"forwarder.state: {err}", EXIT_PARTIAL) from None
-    try:
+    try:  # no lock: instances sharing the database split its tenants by leases (core/app/leases.py)
         yield store
     finally:
         store.close()
-        if held is not None:
-            held.close()
 
 
 # ---- what the machine around the forwarder can get wrong ----------------------------------

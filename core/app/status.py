@@ -57,6 +57,9 @@ class TenantRow:
     per_source: list[SourceRow] = field(default_factory=list)
     held_back: dict[str, int] = field(default_factory=dict)
     outbox: dict[str, int] = field(default_factory=dict)  # sink -> events of this tenant waiting
+    # The instance (host:pid) whose lease on the tenant is current, on a state instances share;
+    # None on a SQLite state (one process) or while no instance holds it.
+    instance: str | None = None
 
 
 @dataclass
@@ -91,6 +94,8 @@ def tenant_rows(config: Config, store: SQLiteStore, now: datetime | None = None)
     now = now or datetime.now(timezone.utc)
     statuses, cursors, depths = store.tenant_statuses(), store.cursors(), store.outbox_depths_by_tenant()
     by_source, held_back = store.source_statuses(), store.held_back_counts()
+    holders = {lease.tenant_id: lease.holder for lease in store.leases()
+               if lease.holder and lease.expires > now.timestamp()}
     stale_after = max(3 * config.forwarder.poll_interval, STALE_MIN)
     rows = []
     for label, tenant in sorted(config.tenants.items()):
@@ -117,6 +122,7 @@ def tenant_rows(config: Config, store: SQLiteStore, now: datetime | None = None)
             per_source=per_source,
             held_back=dict(sorted(held_back.get(tenant.tenant_id, {}).items())),
             outbox={sink: depths.get((tenant.tenant_id, sink), 0) for sink in config.sinks},
+            instance=holders.get(tenant.tenant_id),
         ))
     return rows
 

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     import asyncio
 
     import httpx
-    from aiolimiter import AsyncLimiter
     from pydantic import BaseModel
 
     from core.sources.auth import AppSettings, TokenProvider
@@ -77,6 +76,12 @@ class Permission:
     name: str
 
 
+class RequestPace(Protocol):
+    """What a reader waits on before each request (an aiolimiter.AsyncLimiter is one)."""
+
+    async def acquire(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class LiveContext:
     """What the app lends the live readers of one tenant: its app and tokens, a connection pool,
@@ -86,7 +91,7 @@ class LiveContext:
     app: AppSettings
     tokens: TokenProvider  # Microsoft Graph tokens in the tenant
     client: httpx.AsyncClient
-    limiter: AsyncLimiter  # the tenant's request budget, shared by its kinds
+    limiter: RequestPace  # the tenant's request budget, shared by its kinds (and the app's, across tenants)
     concurrency: asyncio.Semaphore
     page_slots: asyncio.Semaphore
     page_size: int

@@ -28,6 +28,28 @@ class StateError(Exception):
     """The state file cannot be used by this version."""
 
 
+class LeaseLost(StateError):
+    """A page's commit found its tenant's lease taken by another instance (a newer epoch): the
+    page is not committed, and this instance's poll of the tenant ends."""
+
+
+# The lease of the outbox rows of tenants nobody leases (removed from the configuration, or
+# whose holder died): its holder delivers them. Not a tenant id (those are GUIDs).
+ORPHANS = ("*", "outbox")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who holds one (tenant, source): `holder` is an instance's name (host:pid), `epoch` the
+    fencing token each change of holder increments, `expires` epoch seconds of the database's clock."""
+
+    tenant_id: str
+    source: str
+    holder: str | None
+    epoch: int
+    expires: float
+
+
 class OutboxRow(NamedTuple):
     id: int
     sink: str
@@ -79,6 +101,9 @@ class PageCommit:
     # On a full read's last page (the overlap re-read): where the next full read starts
     # (core/sources/incremental.py, next_read); kept with the time of this commit.
     reread_from: datetime | None = None
+    # The epoch of the tenant's lease when its poll started (None: no leases, a SQLite state).
+    # The commit checks it in its own transaction: a lease taken meanwhile refuses it (LeaseLost).
+    epoch: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -110,6 +135,7 @@ class SourceStatus:
 
 
 class StateStore(Protocol):
+    shared: bool  # instances may share it, splitting its tenants by leases (PostgreSQL); SQLite: one process
     def cursor(self, tenant_id: str, source: str) -> datetime | None: ...
     def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
     def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]: ...
@@ -123,7 +149,8 @@ class StateStore(Protocol):
     def outbox_depths(self) -> dict[str, int]: ...
     def outbox_depths_by_tenant(self) -> dict[tuple[str, str], int]: ...
     def outbox_oldest(self) -> dict[str, float]: ...
-    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]: ...
+    # holder: only the rows of the tenants whose leases that instance holds (None: every row).
+    def outbox_batch(self, sink: str, limit: int, holder: str | None = None) -> list[OutboxRow]: ...
     # whole_batch: the ids are every row of one batch read by outbox_batch,
     # each settled OK, so a backend may delete them as the range they span (see SQLiteStore).
     def outbox_delivered(self, sink: str, row_ids: Iterable[int], whole_batch: bool = False) -> None: ...
@@ -147,6 +174,11 @@ class StateStore(Protocol):
     def cursors(self) -> dict[tuple[str, str], datetime]: ...
     def forget_old_sink_memory(self) -> int: ...
     def reclaim_space(self) -> int: ...
+    # Tenant leases, between instances sharing the store: `wanted` are (tenant, source) rows, all of a
+    # tenant claimed together; returns those held after the claim, with their epochs.
+    def claim_leases(self, holder: str, wanted: Iterable[tuple[str, str]], ttl: float) -> dict[tuple[str, str], int]: ...
+    def release_leases(self, holder: str) -> None: ...
+    def leases(self) -> list[Lease]: ...
     def ping(self) -> None: ...  # one round trip: the readiness check
     def close(self) -> None: ...
 

@@ -26,12 +26,14 @@ from core.model.schema import EventMeta, Severity
 from core.model.times import format_time, parse_time
 from core.state import (
     KNOWN_ALERT_RETENTION,
+    ORPHANS,
     DeadLetter,
+    Lease,
+    LeaseLost,
     OutboxRow,
     PageCommit,
     SourceStatus,
     StateError,
-    StateLocked,
     TenantStatus,
 )
 from core.state.rows import dead_letter as _dead_letter
@@ -120,27 +122,6 @@ def _connect(settings: PostgresSettings, autocommit: bool = False) -> psycopg.Co
         raise _unavailable(settings, exc) from None
 
 
-# The key of the session advisory lock one running forwarder holds on its database ("dfwd").
-INSTANCE_LOCK = 0x64667764
-
-
-def instance_lock(settings: PostgresSettings) -> psycopg.Connection[Any]:
-    """One forwarder per database, as the SQLite file's lock keeps one per file: a session
-    advisory lock, held on a connection of its own until it is closed (or the process dies:
-    the server releases it with the session). Until tenants are leased between instances, a
-    second one would read every tenant again: StateLocked, as for a SQLite file in use."""
-    db = _connect(settings, autocommit=True)
-    try:
-        row = db.execute("SELECT pg_try_advisory_lock(%s)", (INSTANCE_LOCK,)).fetchone()
-    except psycopg.Error as exc:
-        db.close()
-        raise _unavailable(settings, exc) from None
-    if not (row and row[0]):
-        db.close()
-        raise StateLocked(f"another forwarder runs on the PostgreSQL state at {settings.where}")
-    return db
-
-
 # Text compares bytewise (COLLATE "C") as in SQLite: cursors and seen-marks are ISO times
 # compared and ordered as text, which a database's locale collation must not reorder.
 _T = 'TEXT COLLATE "C"'
@@ -183,10 +164,23 @@ _SCHEMA_1 = (
     "PRIMARY KEY (tenant_id, source))",
 )
 
+# Leases: which instance polls a (tenant, source) and delivers the tenant's outbox rows. `epoch`
+# grows with each change of holder (the fencing token a page's commit checks); `expires` and
+# `seen_at` are the database's clock, so instances' clocks need not agree.
+_SCHEMA_2 = (
+    f"CREATE TABLE leases (tenant_id {_T} NOT NULL, source {_T} NOT NULL, holder {_T}, "
+    "epoch BIGINT NOT NULL DEFAULT 0, expires DOUBLE PRECISION NOT NULL DEFAULT 0, PRIMARY KEY (tenant_id, source))",
+    "CREATE INDEX leases_by_holder ON leases (holder)",
+    f"CREATE TABLE instances (holder {_T} PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)",
+    # A worker reads the rows of its instance's tenants: per sink, in id order, by tenant.
+    "CREATE INDEX outbox_by_sink_tenant ON outbox (sink, tenant_id, id)",
+)
+
 # (version, what it does, its statements), oldest first. Append, never edit one applied
 # somewhere: a database records the versions it has (schema_version) and gets only the newer.
 MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "the state tables (as SQLite's state schema 5 has them)", _SCHEMA_1),
+    (2, "tenant leases between instances", _SCHEMA_2),
 )
 SCHEMA_VERSION: int = MIGRATIONS[-1][0]
 
@@ -210,6 +204,8 @@ TABLES: dict[str, tuple[str, ...]] = {
     "source_status": ("tenant_id", "source", "last_success", "last_error", "last_error_at", "forwarded_total"),
 }
 _IDENTITY_TABLES = ("outbox", "dead_letters")
+# Who holds what now: not copied (a SQLite state has none), rebuilt by the instances' claims.
+LEASE_TABLES = ("leases", "instances")
 
 # pg_advisory_xact_lock key of migrations: two instances migrating at once take turns (the
 # second then finds nothing pending). Any constant of ours; this one spells "dfmigrat".
@@ -332,6 +328,10 @@ class PostgresStore:
                     yield db
         except PoolTimeout as exc:
             raise _unavailable(self.settings, exc) from None
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            # Two instances' lease claims crossing: PostgreSQL rolled this one back; the next tries again.
+            raise StateError(f"the PostgreSQL state store at {self.settings.where}: a transaction conflicted "
+                             f"with another instance's and was rolled back ({exc.sqlstate}); it is tried again") from None
         except psycopg.OperationalError as exc:
             if _is_connection_error(exc):
                 # The server went away (a restart, a failover): its other pooled connections are
@@ -399,6 +399,8 @@ class PostgresStore:
         """Queue one page in one transaction; returns its dead letters that were new."""
         now = time.time()
         with self._tx() as db, db.cursor() as cur:
+            if page.epoch is not None:
+                _check_lease(cur, page)
             if page.seen:
                 cur.executemany("INSERT INTO seen VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
                                 [(page.tenant_id, alert_id, last) for alert_id, last in page.seen])
@@ -485,11 +487,21 @@ class PostgresStore:
         rows = self._all("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
         return {(tenant, sink): n for tenant, sink, n in rows}
 
-    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]:
-        """The oldest `limit` rows of `sink`."""
-        rows = self._all(
-            "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts, kind "
-            "FROM outbox WHERE sink=%s ORDER BY id LIMIT %s", (sink, limit))
+    def outbox_batch(self, sink: str, limit: int, holder: str | None = None) -> list[OutboxRow]:
+        """The oldest `limit` rows of `sink`; with `holder`, of the tenants whose leases it holds
+        (and, if it holds the ORPHANS lease, of the tenants nobody holds), so that one instance
+        at a time delivers a tenant's rows, in order. The leases are read in the same statement."""
+        columns = "id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts, kind"
+        if holder is None:
+            rows = self._all(f"SELECT {columns} FROM outbox WHERE sink=%s ORDER BY id LIMIT %s", (sink, limit))
+        else:
+            rows = self._all(
+                f"WITH now AS (SELECT {_NOW} AS t), mine AS (SELECT DISTINCT tenant_id FROM leases, now "
+                "WHERE holder=%s AND expires > now.t), held AS (SELECT DISTINCT tenant_id FROM leases, now "
+                "WHERE holder IS NOT NULL AND expires > now.t) "
+                f"SELECT {columns} FROM outbox WHERE sink=%s AND (tenant_id IN (SELECT tenant_id FROM mine) OR "
+                "(%s IN (SELECT tenant_id FROM mine) AND tenant_id NOT IN (SELECT tenant_id FROM held))) "
+                "ORDER BY id LIMIT %s", (holder, sink, ORPHANS[0], limit))
         by_value = Severity.of_value
         return [
             OutboxRow(row_id, sink, EventMeta(tenant, label, alert, key, by_value(severity), when, kind), payload,
@@ -635,6 +647,44 @@ class PostgresStore:
                             "DO UPDATE SET state=excluded.state, updated=excluded.updated",
                             [(subject, state, now) for subject, state in states.items()])
 
+    # ---- tenant leases ------------------------------------------------------------------------------
+    # Several instances on this state? (instances with the same configuration share it: they lease its tenants)
+    shared = True
+
+    def claim_leases(self, holder: str, wanted: Iterable[tuple[str, str]], ttl: float) -> dict[tuple[str, str], int]:
+        """Renew this instance's leases among `wanted`, release what it holds beyond its fair
+        share or no longer wants, and take free or expired ones up to that share; a tenant's
+        sources go together (a tenant counts once in the share). One transaction; returns the
+        (tenant, source) -> epoch held now. The fair share is ceil(tenants / live instances),
+        an instance being live if it claimed within `ttl`: so when one joins, the others shed
+        their excess at their next claim, and when one leaves, its leases come free."""
+        sources: dict[str, set[str]] = {}
+        for tenant_id, source in wanted:
+            sources.setdefault(tenant_id, set()).add(source)
+        with self._tx() as db, db.cursor() as cur:
+            now = _heartbeat(cur, holder, ttl)
+            live = cur.execute("SELECT count(*) FROM instances WHERE seen_at >= %s", (now - ttl,)).fetchone()[0]
+            share = math.ceil(len(sources) / max(live, 1))
+            _insert_missing(cur, sources)
+            held = _renew(cur, holder, sources, now + ttl)
+            if len(held) > share:  # the last ones in order: every instance sheds the same way
+                _release(cur, holder, sorted(held)[share:])
+                held = {tenant: held[tenant] for tenant in sorted(held)[:share]}
+            if len(held) < share:
+                free = [tenant for tenant in sources if tenant not in held]
+                held.update(_take(cur, holder, free, sources, share - len(held), now, now + ttl))
+        return {(tenant, source): epoch for tenant, epochs in held.items() for source, epoch in epochs.items()}
+
+    def release_leases(self, holder: str) -> None:
+        """Give back every lease of `holder` (a clean stop): the others take them at their next claim."""
+        with self._tx() as db:
+            db.execute("UPDATE leases SET holder=NULL, expires=0 WHERE holder=%s", (holder,))
+            db.execute("DELETE FROM instances WHERE holder=%s", (holder,))
+
+    def leases(self) -> list[Lease]:
+        rows = self._all("SELECT tenant_id, source, holder, epoch, expires FROM leases ORDER BY tenant_id, source")
+        return [Lease(*row) for row in rows]
+
     def ping(self) -> None:
         """One round trip to the database (a readiness check); StateUnavailable when it cannot."""
         self._one("SELECT 1")
@@ -684,3 +734,83 @@ def _insert_dead(cur: psycopg.Cursor[Any], dead: list[DeadLetter], now: float) -
         if cur.rowcount:
             filed.append(d)
     return filed
+
+
+# The database's clock, in epoch seconds: every instance's leases are timed by the same clock.
+_NOW = "extract(epoch FROM clock_timestamp())::float8"
+
+
+def _check_lease(cur: psycopg.Cursor[Any], page: PageCommit) -> None:
+    """The fencing check of a page: its tenant's lease still has the epoch its poll started
+    with. FOR SHARE holds the row until the commit, so no claim changes it in between."""
+    row = cur.execute("SELECT epoch FROM leases WHERE tenant_id=%s AND source=%s FOR SHARE",
+                      (page.tenant_id, page.source)).fetchone()
+    if row is None or row[0] != page.epoch:
+        now = row[0] if row else "none"
+        raise LeaseLost(f"the lease of tenant {page.tenant_id} ({page.source}) was taken by another instance "
+                        f"(epoch {now}, this poll's {page.epoch}); the page is not committed, its holder reads it")
+
+
+def _heartbeat(cur: psycopg.Cursor[Any], holder: str, ttl: float) -> float:
+    """Mark `holder` live now; forget instances silent for long. Returns the database's now."""
+    now = cur.execute(f"SELECT {_NOW}").fetchone()[0]  # type: ignore[index]
+    cur.execute("INSERT INTO instances VALUES (%s, %s) ON CONFLICT (holder) DO UPDATE SET seen_at=excluded.seen_at",
+                (holder, now))
+    cur.execute("DELETE FROM instances WHERE seen_at < %s", (now - 10 * ttl,))
+    return float(now)
+
+
+def _insert_missing(cur: psycopg.Cursor[Any], sources: dict[str, set[str]]) -> None:
+    # In one order in every instance: two inserting the same rows at once wait, never deadlock.
+    pairs = sorted((tenant, source) for tenant, names in sources.items() for source in names)
+    cur.execute("INSERT INTO leases (tenant_id, source) SELECT * FROM unnest(%s::text[], %s::text[]) "
+                "ON CONFLICT DO NOTHING", ([t for t, _ in pairs], [s for _, s in pairs]))
+
+
+def _renew(cur: psycopg.Cursor[Any], holder: str, sources: dict[str, set[str]],
+           expires: float) -> dict[str, dict[str, int]]:
+    """Extend the holder's leases; release those it no longer wants. Returns the tenants it
+    holds whole (every wanted source), each source -> epoch."""
+    rows = cur.execute("UPDATE leases SET expires=%s WHERE holder=%s RETURNING tenant_id, source, epoch",
+                       (expires, holder)).fetchall()
+    mine: dict[str, dict[str, int]] = {}
+    unwanted = []
+    for tenant, source, epoch in rows:
+        if source in sources.get(tenant, ()):
+            mine.setdefault(tenant, {})[source] = epoch
+        else:
+            unwanted.append((tenant, source))
+    if unwanted:
+        cur.executemany("UPDATE leases SET holder=NULL, expires=0 WHERE tenant_id=%s AND source=%s AND holder=%s",
+                        [(tenant, source, holder) for tenant, source in unwanted])
+    return {tenant: epochs for tenant, epochs in mine.items() if set(epochs) == sources[tenant]}
+
+
+def _release(cur: psycopg.Cursor[Any], holder: str, tenants: list[str]) -> None:
+    cur.execute("UPDATE leases SET holder=NULL, expires=0 WHERE holder=%s AND tenant_id = ANY(%s)", (holder, tenants))
+
+
+def _take(cur: psycopg.Cursor[Any], holder: str, tenants: list[str], sources: dict[str, set[str]], count: int,
+          now: float, expires: float) -> dict[str, dict[str, int]]:
+    """Take up to `count` of `tenants` whose leases are all free (no holder, expired, or ours):
+    rows another instance is claiming at this moment are skipped (SKIP LOCKED), not waited for."""
+    if not tenants or count <= 0:
+        return {}
+    rows = cur.execute(
+        "SELECT tenant_id, source FROM leases WHERE tenant_id = ANY(%s) AND (holder IS NULL OR holder=%s OR "
+        "expires < %s) ORDER BY tenant_id, source FOR UPDATE SKIP LOCKED", (tenants, holder, now)).fetchall()
+    free: dict[str, set[str]] = {}
+    for tenant, source in rows:
+        free.setdefault(tenant, set()).add(source)
+    takeable = [tenant for tenant in tenants if sources[tenant] <= free.get(tenant, set())][:count]
+    if not takeable:
+        return {}
+    pairs = sorted((tenant, source) for tenant in takeable for source in free[tenant])  # the rows locked above
+    taken = cur.execute(
+        "UPDATE leases SET holder=%s, epoch=epoch+1, expires=%s FROM unnest(%s::text[], %s::text[]) AS t(tenant, src) "
+        "WHERE leases.tenant_id=t.tenant AND leases.source=t.src RETURNING leases.tenant_id, leases.source, leases.epoch",
+        (holder, expires, [t for t, _ in pairs], [s for _, s in pairs])).fetchall()
+    held: dict[str, dict[str, int]] = {}
+    for tenant, source, epoch in taken:
+        held.setdefault(tenant, {})[source] = epoch
+    return held

@@ -18,6 +18,7 @@ from core.model.times import format_time, parse_time
 from core.state import (
     KNOWN_ALERT_RETENTION,
     DeadLetter,
+    Lease,
     OutboxRow,
     PageCommit,
     SourceStatus,
@@ -347,8 +348,9 @@ class SQLiteStore:
         rows = self.db.execute("SELECT tenant_id, sink, count(*) FROM outbox GROUP BY tenant_id, sink")
         return {(tenant, sink): n for tenant, sink, n in rows}
 
-    def outbox_batch(self, sink: str, limit: int) -> list[OutboxRow]:
-        """The oldest `limit` rows of `sink`."""
+    def outbox_batch(self, sink: str, limit: int, holder: str | None = None) -> list[OutboxRow]:
+        """The oldest `limit` rows of `sink`. (`holder` is for stores shared by instances: one
+        process has a SQLite file, and every tenant.)"""
         rows = self.db.execute(
             "SELECT id, tenant_id, tenant_label, alert_id, version_key, severity, event_time, payload, attempts, kind "
             "FROM outbox WHERE sink=? ORDER BY id LIMIT ?",
@@ -533,6 +535,19 @@ class SQLiteStore:
         self.db.executescript(f"PRAGMA incremental_vacuum({RECLAIM_BYTES_PER_CALL // page_size});")
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         return free - self.db.execute("PRAGMA freelist_count").fetchone()[0]
+
+    # ---- tenant leases: one process holds the file (its lock), so it holds every tenant ----------
+    # Several instances on this state? (one process holds the file (its lock): every tenant is its own)
+    shared = False
+
+    def claim_leases(self, holder: str, wanted: Iterable[tuple[str, str]], ttl: float) -> dict[tuple[str, str], int]:
+        return {key: 0 for key in wanted}
+
+    def release_leases(self, holder: str) -> None:
+        return None
+
+    def leases(self) -> list[Lease]:
+        return []
 
     def ping(self) -> None:
         """One statement on the file (a readiness check, as PostgresStore.ping is one on the server)."""

@@ -65,7 +65,8 @@ def test_tenants_output_json_is_one_object_per_tenant(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [row] = json.loads(result.stdout)
     assert set(row) == {"tenant", "tenant_id", "sources", "health", "health_reason", "cursor", "lag_seconds",
-                        "last_success", "last_error", "per_source", "held_back", "outbox"}
+                        "last_success", "last_error", "per_source", "held_back", "outbox", "instance"}
+    assert row["instance"] is None  # a SQLite state: one process, no leases
     assert (row["health"], row["health_reason"]) == ("ok", None)
     [source] = row["per_source"]
     assert set(source) == {"source", "health", "health_reason", "cursor", "lag_seconds", "last_success",

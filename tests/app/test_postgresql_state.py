@@ -5,6 +5,7 @@ Against the real PostgreSQL the session starts (tests/peers/postgres.py), over T
 against its CA (`sslmode = verify-full`, the default)."""
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from pathlib import Path
@@ -160,24 +161,35 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_second_forwarder_on_the_database_is_refused_as_on_a_locked_file(
+def test_a_tenant_another_instance_leases_is_left_to_it_and_named_by_tenants_and_backfill(
         database: tuple[str, dict[str, Any], dict[str, str]], postgres: Any, tmp_path: Path) -> None:
+    """A live instance holds northwind: `run --once` polls the other two (exit 0), `backfill`
+    of northwind names the holder (exit 1), `tenants` shows who holds what; once the holder is
+    gone (its lease released), northwind is read."""
     import psycopg
-
-    from core.state.postgresql import INSTANCE_LOCK
 
     url, keys, env = database
     config = _config(tmp_path, url, keys)
     assert run_cli("state", "migrate", "--config", str(config), env=env).returncode == 0
-    first = psycopg.connect(url, password=postgres.password, sslmode="verify-full", sslrootcert=str(postgres.ca_file),
+    other = psycopg.connect(url, password=postgres.password, sslmode="verify-full", sslrootcert=str(postgres.ca_file),
                             autocommit=True)
     try:
-        first.execute("SELECT pg_advisory_lock(%s)", (INSTANCE_LOCK,))  # what a running forwarder holds
+        now = "extract(epoch FROM clock_timestamp())"
+        other.execute(f"INSERT INTO instances VALUES ('vm2:4242', {now})")
+        other.execute(f"INSERT INTO leases SELECT 'northwind.onmicrosoft.com', s, 'vm2:4242', 1, {now} + 3600 "
+                      "FROM unnest(ARRAY['graph_alerts']) AS s")
         done = run_cli("run", "--once", "--config", str(config), env=env)
-        assert done.returncode == 3
-        assert "another forwarder runs on the PostgreSQL state at 127.0.0.1:" in done.stderr
-        listing = run_cli("tenants", "--config", str(config), env=env)  # reading needs no lock
+        assert done.returncode == 0, done.stderr
+        assert "1 of 3 tenants are polled by other instances" in done.stderr
+        assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["contoso.ndjson", "fabrikam.ndjson"]
+        backfill = run_cli("backfill", "--since", "2016-01-01", "--tenant", "northwind", "--config", str(config), env=env)
+        assert backfill.returncode == 1 and "leased to vm2:4242, which polls it" in backfill.stderr
+        listing = run_cli("tenants", "--output", "json", "--config", str(config), env=env)
         assert listing.returncode == 0, listing.stderr
+        holders = {row["tenant"]: row["instance"] for row in json.loads(listing.stdout)}
+        assert holders == {"contoso": None, "fabrikam": None, "northwind": "vm2:4242"}  # run --once gave its back
+        other.execute("UPDATE leases SET holder=NULL, expires=0; DELETE FROM instances")  # vm2 stopped cleanly
     finally:
-        first.close()
+        other.close()
     assert run_cli("run", "--once", "--config", str(config), env=env).returncode == 0
+    assert (tmp_path / "out" / "northwind.ndjson").exists()

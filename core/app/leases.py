@@ -1,0 +1,112 @@
+"""Tenants shared between instances: which ones this instance polls and delivers, and its part
+of the app-wide Graph budget.
+
+On a PostgreSQL state several instances with the same configuration split the tenants through
+leases (core/state/postgresql.py `claim_leases`): a lease per (tenant, source), all of a
+tenant's together, claimed every `lease_ttl / 3`, expiring after `lease_ttl`. An instance polls
+only the tenants it holds, and delivers only their outbox rows; a page's commit carries the
+lease's epoch from its poll's start, so an instance that lost a tenant while paused cannot
+commit for it. A SQLite state has one process: no leases, every tenant is its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+from aiolimiter import AsyncLimiter
+
+from core.state import ORPHANS, StateStore
+
+log = logging.getLogger("defender_forwarder.leases")
+
+# Graph counts an app's requests across all tenants over 10 s windows (130,000 by default).
+APP_BUDGET_PERIOD = 10.0
+
+
+def instance_name() -> str:
+    """This instance as a holder of leases: host:pid, what `tenants` shows and an operator finds."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class TenantLeases:
+    """This instance's leases: claimed and renewed by `claim()`, asked by the polls and workers."""
+
+    store: StateStore
+    holder: str
+    ttl: float
+    wanted: list[tuple[str, str]]  # (tenant id, source) of every tenant this instance may poll
+    held: dict[tuple[str, str], int] = field(default_factory=dict)  # -> epoch
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) when tenants came
+
+    @property
+    def tenants(self) -> int:
+        """How many tenants the instance is configured for (the orphans' lease is not one)."""
+        return len({tenant for tenant, _ in self.wanted if (tenant, _) != ORPHANS})
+
+    def holds(self, tenant_id: str) -> bool:
+        return any(tenant == tenant_id for tenant, _ in self.held)
+
+    def held_tenants(self) -> set[str]:
+        return {tenant for tenant, _ in self.held if (tenant, _) != ORPHANS}
+
+    def epoch(self, tenant_id: str, source: str) -> int | None:
+        return self.held.get((tenant_id, source))
+
+    def claim(self) -> None:
+        """Renew, shed and take leases (one transaction); log what changed."""
+        before = self.held_tenants()
+        self.held = self.store.claim_leases(self.holder, self.wanted, self.ttl)
+        now = self.held_tenants()
+        if now != before:
+            log.info("leases: %s holds %d of %d tenants (took %d, gave up or lost %d)", self.holder, len(now),
+                     self.tenants, len(now - before), len(before - now),
+                     extra={"instance": self.holder, "tenants_held": len(now)})
+        if now - before:
+            came, self.changed = self.changed, asyncio.Event()
+            came.set()
+
+    def release(self) -> None:
+        """A clean stop: give every lease back, for the others to take at their next claim."""
+        self.store.release_leases(self.holder)
+        self.held = {}
+
+    def share(self) -> float:
+        """The part of the configured tenants this instance holds (1.0 before the first claim
+        finds out, the whole budget being the safe side for one instance alone)."""
+        return len(self.held_tenants()) / self.tenants if self.tenants else 1.0
+
+
+class AppBudget:
+    """Graph's app-wide request budget (`app_requests_per_10s`), this instance's part of it:
+    instances holding disjoint tenants, each keeping budget x (its tenants / all), stay
+    within the budget together. Resized as leases move."""
+
+    def __init__(self, per_period: int) -> None:
+        self.per_period = per_period
+        self.fraction = 1.0
+        self.limiter = AsyncLimiter(per_period, APP_BUDGET_PERIOD)
+
+    def resize(self, fraction: float) -> None:
+        if fraction != self.fraction:
+            self.fraction = fraction
+            self.limiter = AsyncLimiter(max(1.0, self.per_period * fraction), APP_BUDGET_PERIOD)
+
+    async def acquire(self) -> None:
+        await self.limiter.acquire()
+
+
+@dataclass(frozen=True)
+class RequestBudget:
+    """A tenant's pace (`tenant_requests_per_minute`) and the app's budget, taken in turn for
+    each request: what a live reader's context calls its limiter."""
+
+    tenant: AsyncLimiter
+    app: AppBudget
+
+    async def acquire(self) -> None:
+        await self.tenant.acquire()
+        await self.app.acquire()
