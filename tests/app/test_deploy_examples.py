@@ -297,3 +297,19 @@ def test_the_postgresql_ha_example_is_read_by_the_clis_loader() -> None:
     # The lease keys land with the lease code: until then they are written out commented.
     text = path.read_text()
     assert re.search(r"^# lease_ttl = ", text, re.M) and re.search(r"^# app_requests_per_10s = ", text, re.M)
+
+
+def test_a_certificate_in_a_variable_as_the_configmap_offers_signs_a_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ConfigMap's alternative to the client secret: the PEM (key + certificate) in a variable,
+    since a Secret volume's file is not the 0600 file of the forwarder's user a file: secret must be."""
+    import trustme
+
+    from core.sources.auth import AppSettings, certificate_problem
+
+    reference = re.search(r'^\s*# certificate = "(env:\w+)"', config_text(), re.M)
+    assert reference, "the ConfigMap offers no certificate in a variable"
+    leaf = trustme.CA().issue_cert("mssp.example")
+    pem = leaf.private_key_pem.bytes().decode() + leaf.cert_chain_pems[0].bytes().decode()
+    monkeypatch.setenv(reference.group(1)[4:], pem)
+    client_id = config_data()["apps"]["mssp"]["client_id"]
+    assert certificate_problem(AppSettings(client_id=client_id, certificate=reference.group(1))) is None
