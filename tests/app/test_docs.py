@@ -310,7 +310,7 @@ def _config_blocks() -> Iterator[Any]:
 
 TABLE_HEADER = re.compile(r"^\s*\[\[?([\w.-]+)\]\]?")
 # A key written in a comment: `# hostname = "fwd-01"`, `# or cloud_id = "env:..."`.
-COMMENTED_KEY = re.compile(r"(?:^|[\s(])([a-z_]+) = ")
+COMMENTED_KEY = re.compile(r"(?:^|[\s(])([a-z_][a-z0-9_]*) = ")
 
 
 def _runnable(data: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
