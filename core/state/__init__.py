@@ -3,9 +3,10 @@
 Cursors, seen versions, one outbox per sink, dead letters, sink memory and tenant health
 (with the alerts each tenant's routes held back, per reason), what [notify] last mailed, and
 the windows the API keeps failing (how many cycles in a row; the slices of time skipped).
-`StateStore` is the interface; `core.state.sqlite.SQLiteStore` the default backend (a
-PostgreSQL one can follow). A page of alerts is committed in ONE transaction (`PageCommit`):
-its outbox rows, its seen-marks, its dead letters and, on the window's last page, the cursor.
+`StateStore` is the interface; `core.state.sqlite.SQLiteStore` the default backend, one process
+to a file; `core.state.postgresql.PostgresStore` one that instances share, splitting the tenants
+by leases (`claim_leases`; a page's commit checks its lease's epoch, `PageCommit.epoch`).
+A page of alerts is committed in ONE transaction (`PageCommit`): its outbox rows, its seen-marks, its dead letters and, on the window's last page, the cursor.
 That transaction is the acknowledgement point: whatever it holds survives a crash.
 """
 from __future__ import annotations
