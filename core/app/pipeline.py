@@ -342,7 +342,7 @@ class Forwarder:
         tenant = self.config.tenants[label]
         result = TenantResult(label, tenant.tenant_id)
         if self.leases is not None and not self.leases.holds(tenant.tenant_id):
-            result.lease_lost = True  # moved to another instance before this poll started: its to poll
+            result.lease_lost = True  # moved to another instance before this poll started: it polls it
             return result
         readers = self._kinds_of(label)
         errors: list[str] = []
@@ -352,8 +352,9 @@ class Forwarder:
             try:
                 window, error = await self._poll_source(label, tenant, reader, result, since)
             except LeaseLost as err:
-                # Not the tenant's failure: its new holder reads what this poll did not commit.
-                log.warning("tenant %s: %s", label, err, extra={"tenant": label})
+                # Not the tenant's failure: its new holder reads what this poll did not commit. INFO:
+                # instances joining or shedding tenants move them mid-poll as a matter of course.
+                log.info("tenant %s: %s", label, err, extra={"tenant": label})
                 result.lease_lost = True
                 return result
             if error is not None:
