@@ -58,11 +58,15 @@ class StateCollector(Collector):
         success = GaugeMetricFamily(PREFIX + "last_success_timestamp_seconds",
                                     "Unix time of the last successful poll of the tenant's source", labels=["tenant", "source"])
         lag = GaugeMetricFamily(PREFIX + "lag_seconds", "Now minus the source's cursor", labels=["tenant", "source"])
+        held = GaugeMetricFamily(PREFIX + "tenants_held", "Tenants this instance polls: every enabled one, or on a "
+                                 "state instances share, those whose leases it holds")
         forwarder = self.forwarder
         if forwarder is not None:
             self._sinks(forwarder, depth, oldest, state)
             self._tenants(forwarder, success, lag)
-        yield from (depth, oldest, state, success, lag)
+            leases = forwarder.leases
+            held.add_metric([], len(leases.held_tenants()) if leases is not None else len(forwarder.readers))
+        yield from (depth, oldest, state, success, lag, held)
 
     @staticmethod
     def _sinks(forwarder: Any, depth: GaugeMetricFamily, oldest: GaugeMetricFamily, state: GaugeMetricFamily) -> None:

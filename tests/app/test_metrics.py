@@ -55,6 +55,7 @@ def test_run_once_writes_the_metrics_file_with_the_429s_and_retry_after_it_waite
     assert _value(families, "defender_forwarder_auth_state", tenant="acme", state="ok") == 1
     assert _value(families, "defender_forwarder_sink_state", sink="archive", state="ok") == 1
     assert _value(families, "defender_forwarder_cycles", result="ok") == 1
+    assert _value(families, "defender_forwarder_tenants_held") == 1  # one process on a SQLite state: every tenant
     state = SQLiteStore(setup.state)
     try:
         cursor = state.cursor(tenant_id, "graph_alerts")
