@@ -136,6 +136,17 @@ class Fleet:
         self.instances = []
         return "\n".join(self.logs)
 
+    def finish(self, scenario: str, duplicates_bound: int) -> str:
+        """Stop every instance; assert nothing was lost, nothing unexpected came, the duplicates
+        stayed within the bound and no instance logged a traceback. Returns their output."""
+        figures = self.figures()
+        output = self.stop()
+        print(f"\n{scenario} figures:", figures)
+        assert figures["missing"] == 0 and figures["unexpected"] == 0, figures
+        assert figures["duplicates"] <= duplicates_bound, figures
+        assert "Traceback" not in output
+        return output
+
     def figures(self) -> dict[str, int]:
         got = self.received()
         return {"versions": len(self.expected), "missing": len(self.expected - set(got)),
@@ -211,13 +222,8 @@ def test_three_instances_share_the_tenants_and_25_kills_lose_nothing(fleet: Flee
             fleet.add(labels[::4], 3, seed=2)
     fleet.wait_for_all(timeout=120)
     split = _split(fleet)
-    figures = fleet.figures()
-    output = fleet.stop()
-    print("\nleases figures:", figures, "split at the end:", dict(split))
-    assert figures["missing"] == 0 and figures["unexpected"] == 0, figures
-    assert figures["duplicates"] <= kills * BATCH, figures
+    fleet.finish("kills", duplicates_bound=kills * BATCH)
     assert len([holder for holder in split if holder]) == 3, split  # all three hold tenants again
-    assert "Traceback" not in output
 
 
 def test_a_paused_instance_loses_its_tenants_and_gets_a_share_back_without_a_double_commit(fleet: Fleet) -> None:
@@ -242,14 +248,9 @@ def test_a_paused_instance_loses_its_tenants_and_gets_a_share_back_without_a_dou
     _until(lambda: _split(fleet)[holder] >= 5, 6 * LEASE_TTL, "the paused instance to get tenants back", fleet)
     fleet.add(labels, 2, seed=5)
     fleet.wait_for_all(timeout=60)
-    figures = fleet.figures()
-    output = fleet.stop()
-    print("\npause figures:", figures)
-    assert figures["missing"] == 0 and figures["unexpected"] == 0, figures
     # A page the paused instance read before the stop cannot be committed after it (the epoch
     # moved on), so no version is queued twice: a duplicate is a batch it had sent, at most one.
-    assert figures["duplicates"] <= BATCH, figures
-    assert "Traceback" not in output
+    fleet.finish("pause", duplicates_bound=BATCH)
 
 
 def test_postgresql_restarted_under_three_instances_loses_nothing(fleet: Fleet, postgres: Any) -> None:
@@ -262,11 +263,6 @@ def test_postgresql_restarted_under_three_instances_loses_nothing(fleet: Fleet, 
     postgres.restart()
     fleet.add(labels, 2, seed=8)
     fleet.wait_for_all(timeout=90)
-    figures = fleet.figures()
-    output = fleet.stop()
-    print("\nrestart figures:", figures)
-    assert figures["missing"] == 0 and figures["unexpected"] == 0, figures
-    assert figures["duplicates"] <= 3 * BATCH, figures
+    output = fleet.finish("restart", duplicates_bound=3 * BATCH)
     assert "StateUnavailable" in output  # they saw it go, and went on
-    assert "Traceback" not in output
 
