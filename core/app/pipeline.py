@@ -204,6 +204,10 @@ class Forwarder:
         if self.leases is not None:
             self.leases.claim()
             self.app_budget.resize(self.leases.share())
+            # A refused login seen here is the holder's to tell now: this instance no longer polls it.
+            held = self.leases.held_tenants()
+            for label in [label for label in self.auth_failures if self.config.tenants[label].tenant_id not in held]:
+                del self.auth_failures[label]
 
     async def __aexit__(self, *_: object) -> None:
         metrics.unwatch(self)
