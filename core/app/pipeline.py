@@ -146,7 +146,8 @@ class _PageOutcome:
 class Forwarder:
     """Owns the clients, sources and sink workers of one configuration."""
 
-    def __init__(self, config: Config, store: SQLiteStore, clock: Clock = utcnow) -> None:
+    def __init__(self, config: Config, store: SQLiteStore, clock: Clock = utcnow,
+                 instance: str | None = None) -> None:
         self.config = config
         self.settings = config.forwarder
         self.store = store
@@ -179,6 +180,7 @@ class Forwarder:
         self.app_budget = AppBudget(self.settings.app_requests_per_10s)
         # Leases when the state is shared between instances (PostgreSQL); None: every tenant is ours.
         self.leases: TenantLeases | None = None
+        self.instance = instance or instance_name()  # its name as a holder of leases (host:pid)
 
     async def __aenter__(self) -> "Forwarder":
         self.workers = {name: self._worker(name, sink) for name, sink in self.config.sinks.items()}
@@ -186,11 +188,16 @@ class Forwarder:
         kinds = {kind for readers in self.readers.values() for kind in readers}
         self.mappings = {kind: source_mapping(KINDS[kind].mapping) for kind in sorted(kinds)}
         if self.store.shared:
-            self.leases = TenantLeases(self.store, instance_name(), self.settings.lease_ttl, self._lease_keys())
+            self.leases = TenantLeases(self.store, self.instance, self.settings.lease_ttl, self._lease_keys())
             for worker in self.workers.values():
                 worker.holder = self.leases.holder
         metrics.watch(self)
         return self
+
+    def _notifies(self) -> bool:
+        """Whether this instance sends [notify]'s mail: alone, yes; on a shared state only the
+        holder of the orphans' lease does, so that a change is mailed once, not once per instance."""
+        return self.leases is None or ORPHANS in self.leases.held
 
     def _lease_keys(self, only: str | None = None) -> list[tuple[str, str]]:
         """The leases to claim: (tenant id, source) of every tenant read (or of `only`, the one a
@@ -202,8 +209,12 @@ class Forwarder:
     def claim_leases(self) -> None:
         """Renew and take this instance's tenants; its part of the app's Graph budget follows."""
         if self.leases is not None:
+            notified = self._notifies()
             self.leases.claim()
             self.app_budget.resize(self.leases.share())
+            if self.notifier is not None and self._notifies() and not notified:
+                # Another instance mailed until now: compare with what it mailed, not with our start.
+                self.notifier.believed = self.store.notified()
             # A refused login seen here is the holder's to tell now: this instance no longer polls it.
             held = self.leases.held_tenants()
             for label in [label for label in self.auth_failures if self.config.tenants[label].tenant_id not in held]:
@@ -629,6 +640,7 @@ class Forwarder:
         try:
             results = await self.poll_all(since, only)
             await self.drain()
+            notifies = self._notifies()
         finally:
             if self.leases is not None:
                 with suppress(StateError):  # unreleased, they expire
@@ -636,7 +648,7 @@ class Forwarder:
         self._tidy_state()
         self.log_cycle(results, asyncio.get_running_loop().time() - started)
         self.cycles += 1
-        if self.notifier is not None:  # cron: the same comparison, sent before the process ends
+        if self.notifier is not None and notifies:  # cron: the same comparison, sent before the process ends
             self.notifier.after_cycle(self.workers, self.auth_failures)
             await self.notifier.flush()
         return results
@@ -802,7 +814,7 @@ class Forwarder:
             self.log_cycle(results, longest)
             if schedule.first_polls.is_set():
                 self.cycles += 1
-            if self.notifier is not None:  # sends in a task of its own: polling never waits for it
+            if self.notifier is not None and self._notifies():  # in a task of its own: polling never waits for it
                 self.notifier.after_cycle(self.workers, self.auth_failures)
             next_at = started + interval
 
