@@ -150,6 +150,12 @@ def instance(spec: dict[str, Any], barrier: Any) -> None:
     Path(spec["result"]).write_text(json.dumps(out))
 
 
+def cpu_of(pid: int) -> float:
+    """CPU seconds of a process and of its children it waited for (PostgreSQL's ended backends)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_instances(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any], work: Path, n: int,
                   tag: str, deliver: bool, budget: int | None = None) -> dict[str, Any]:
     from core.state.postgresql import PostgresSettings, migrate
@@ -174,10 +180,14 @@ def run_instances(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any],
                 "deliver": deliver, "result": str(inst / "result.json")}
         specs.append(spec)
         procs.append(ctx.Process(target=instance, args=(spec, barrier), name=f"instance-{i}"))
+    others = {"cloud": args.cloud_pid, "PostgreSQL": cluster._server.pid}
+    before = {name: cpu_of(pid) for name, pid in others.items()}
     for proc in procs:
         proc.start()
     for proc in procs:
         proc.join()
+    time.sleep(0.5)  # the backends of the instances' connections ended and waited for
+    others_cpu = {name: cpu_of(pid) - before[name] for name, pid in others.items()}
     if any(proc.exitcode for proc in procs):
         raise SystemExit(f"an instance failed: exit codes {[proc.exitcode for proc in procs]}")
     outs = [json.loads(Path(spec["result"]).read_text()) for spec in specs]
@@ -185,7 +195,7 @@ def run_instances(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any],
     errors = [e for out in outs for e in out["errors"]]
     if errors:
         raise SystemExit(f"tenants failed, e.g. {errors[0]}")
-    return {"outs": outs, "split": outs[0]["split"]}
+    return {"outs": outs, "split": outs[0]["split"], "others_cpu": others_cpu}
 
 
 def fractions(outs: list[dict[str, Any]]) -> str:
@@ -194,7 +204,7 @@ def fractions(outs: list[dict[str, Any]]) -> str:
 
 def busiest_window(outs: list[dict[str, Any]], seconds: float) -> tuple[int, float]:
     """The most requests, all instances together, in any `seconds` window of the samples; and
-    the rate after the first window (the limiter's burst spent)."""
+    the mean rate from the first request to the last."""
     events: list[tuple[float, int]] = []
     for out in outs:
         prev = 0
@@ -210,9 +220,8 @@ def busiest_window(outs: list[dict[str, Any]], seconds: float) -> tuple[int, flo
             total -= events[lo][1]
             lo += 1
         best = max(best, total)
-    later = [(at, count) for at, count in events if at > events[0][0] + seconds]
-    span = later[-1][0] - later[0][0] if len(later) > 1 else 0.0
-    return best, (sum(c for _, c in later[1:]) / span) if span else 0.0
+    span = events[-1][0] - events[0][0] if len(events) > 1 else 0.0
+    return best, (sum(c for _, c in events) / span) if span else 0.0
 
 
 def throughput(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any], work: Path) -> dict[int, Any]:
@@ -239,6 +248,8 @@ def throughput(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any], wo
         print(f"  idle cycle {idle:.2f} s: {idle_requests} Graph requests "
               f"({idle_requests / args.tenants:.2f} a tenant, {f['idle_rate']:.0f} requests/s)")
         print("  per instance: " + "; ".join(f"CPU {o['cpu']:.1f} s, peak RSS {o['rss_mb']:.0f} MB" for o in outs))
+        print("  beside them, the whole run: " + ", ".join(f"{name} CPU {cpu:.1f} s"
+                                                        for name, cpu in run["others_cpu"].items()))
         base = figures[min(figures)]
         if n != min(figures):
             print(f"  speed-up against {min(figures)}: poll cycle x{base['cycle'] / cycle:.2f}, "
@@ -275,12 +286,13 @@ def budget_kept(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any], w
     for n in args.budget_counts:
         run = run_instances(args, cluster, cloud, work, n, "budget", deliver=False, budget=budget)
         outs = run["outs"]
-        window, steady = busiest_window(outs, APP_BUDGET_PERIOD)
+        window, mean = busiest_window(outs, APP_BUDGET_PERIOD)
         cycle = max(o["polled"] for o in outs) - min(o["start"] for o in outs)
         requests = sum(o["poll_requests"] for o in outs)
-        print(f"  {n} instance{'s' if n > 1 else ''}: budget fractions {fractions(outs)}; {requests} requests in "
-              f"{cycle:.1f} s; after the first 10 s {steady:.1f} requests/s (budget {budget / APP_BUDGET_PERIOD:.1f}, "
-              f"ratio {steady / (budget / APP_BUDGET_PERIOD):.2f}); busiest 10 s {window} requests (budget {budget}, "
+        total = sum(o["fraction"] for o in outs)
+        print(f"  {n} instance{'s' if n > 1 else ''}: budget fractions {fractions(outs)} (sum {total:.3f}); "
+              f"{requests} requests in {cycle:.1f} s, {mean:.1f} requests/s from the first to the last "
+              f"(budget {budget / APP_BUDGET_PERIOD:.1f}); busiest 10 s: {window} requests (budget {budget}, "
               f"ratio {window / budget:.2f})")
 
 
@@ -290,7 +302,7 @@ def main() -> None:
     parser.add_argument("--alerts-per-tenant", type=int, default=20)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--instances", default="1,2,3", help="instance counts, comma-separated")
+    parser.add_argument("--instances", default="1,2,3", help="instance counts, comma-separated ('' skips them)")
     parser.add_argument("--budget-instances", default="1,3", help="instance counts of the budget phase ('' skips it)")
     parser.add_argument("--budget-tenants", type=int, default=600, help="tenants of the budget phase")
     parser.add_argument("--budget", type=int, help="app_requests_per_10s of the budget phase (default its tenants / 3)")
@@ -307,12 +319,14 @@ def main() -> None:
         work = Path(tmp)
         started = time.monotonic()
         proc, cloud = start_cloud(work, args.tenants, args.alerts_per_tenant, args.latency)
+        args.cloud_pid = proc.pid
         print(f"scale: {args.tenants} tenants x {args.alerts_per_tenant} alerts, {args.latency * 1000:.0f} ms latency, "
               f"concurrency {args.concurrency} an instance, {os.cpu_count()} CPUs (cloud up in "
               f"{time.monotonic() - started:.0f} s)")
         try:
-            figures = throughput(args, cluster, cloud, work)
-            budget_end(args, figures)
+            if args.instance_counts:
+                figures = throughput(args, cluster, cloud, work)
+                budget_end(args, figures)
             if args.budget_counts:
                 budget_kept(args, cluster, cloud, work)
         finally:
