@@ -306,10 +306,12 @@ def main() -> None:
     parser.add_argument("--budget-instances", default="1,3", help="instance counts of the budget phase ('' skips it)")
     parser.add_argument("--budget-tenants", type=int, default=600, help="tenants of the budget phase")
     parser.add_argument("--budget", type=int, help="app_requests_per_10s of the budget phase (default its tenants / 3)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 200 tenants, 5 alerts each")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of under a minute: 100 tenants, 5 alerts each; the budget phase 60 tenants at 40")
     args = parser.parse_args()
     if args.quick:
-        args.tenants, args.alerts_per_tenant, args.budget_tenants = 200, 5, 120
+        args.tenants, args.alerts_per_tenant, args.budget_tenants = 100, 5, 60
+        args.budget = args.budget or 40
     args.instance_counts = [int(n) for n in args.instances.split(",") if n]
     args.budget_counts = [int(n) for n in args.budget_instances.split(",") if n]
 
