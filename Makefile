@@ -33,6 +33,7 @@ bench: install-test
 	$(BIN)/python bench/normalise.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/idle.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/ship_syslog.py
 	$(BIN)/python bench/ship_hec.py
