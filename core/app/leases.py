@@ -88,15 +88,25 @@ class AppBudget:
     def __init__(self, per_period: int) -> None:
         self.per_period = per_period
         self.fraction = 1.0
-        self.limiter = AsyncLimiter(per_period, APP_BUDGET_PERIOD)
+        self.limiter = _window_limiter(per_period)
 
     def resize(self, fraction: float) -> None:
         if fraction != self.fraction:
             self.fraction = fraction
-            self.limiter = AsyncLimiter(max(1.0, self.per_period * fraction), APP_BUDGET_PERIOD)
+            self.limiter = _window_limiter(self.per_period * fraction)
 
     async def acquire(self) -> None:
         await self.limiter.acquire()
+
+
+def _window_limiter(budget: float) -> AsyncLimiter:
+    """A limiter letting at most `budget` requests through in ANY window of APP_BUDGET_PERIOD:
+    its capacity (what goes at once after a pause) plus its refill over the period stays within
+    it. A limiter of `budget` per period would let twice that through: a full bucket, then the
+    period's refill. The capacity is a hundredth of the budget (one request at least)."""
+    capacity = max(1.0, budget / 101)
+    rate = max(budget - capacity, capacity) / APP_BUDGET_PERIOD  # per second; a budget below 2 a window: 1
+    return AsyncLimiter(capacity, capacity / rate)
 
 
 @dataclass(frozen=True)

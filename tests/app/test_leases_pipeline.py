@@ -8,7 +8,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from core.app.config import parse_config
+from core.app.leases import AppBudget
 from core.app.pipeline import Forwarder
 from core.state.sqlite import SQLiteStore
 from tests.helpers import REPO
@@ -72,3 +75,17 @@ def test_a_sqlite_state_has_no_leases_and_notifies_alone(tmp_path: Path) -> None
         assert asyncio.run(check()) == (None, True, 1.0)
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(("budget", "fraction"), [(130_000, 1.0), (130_000, 1 / 3), (300, 1 / 3), (40, 0.25)])
+def test_the_app_budget_keeps_every_10_s_window_within_its_part(budget: int, fraction: float) -> None:
+    """Graph counts the app's requests in 10-s windows: what the limiter lets through at once
+    (its capacity, after a pause) plus its refill over 10 s must stay within this instance's
+    part. (It once started with the whole budget and refilled it in 10 s: twice the budget.)"""
+    app = AppBudget(budget)
+    app.resize(fraction)
+    limiter = app.limiter
+    burst, refill_per_second = limiter.max_rate, limiter.max_rate / limiter.time_period
+    assert burst + 10 * refill_per_second <= budget * fraction * (1 + 1e-9)
+    assert burst >= 1  # one request always fits
+    assert refill_per_second * 10 >= 0.9 * budget * fraction - 1  # and the budget is used, not wasted
