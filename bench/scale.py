@@ -180,7 +180,7 @@ def run_instances(args: argparse.Namespace, cluster: Any, cloud: dict[str, Any],
                 "deliver": deliver, "result": str(inst / "result.json")}
         specs.append(spec)
         procs.append(ctx.Process(target=instance, args=(spec, barrier), name=f"instance-{i}"))
-    others = {"cloud": args.cloud_pid, "PostgreSQL": cluster._server.pid}
+    others = {"cloud": args.cloud_pid, "PostgreSQL": cluster.pid}
     before = {name: cpu_of(pid) for name, pid in others.items()}
     for proc in procs:
         proc.start()

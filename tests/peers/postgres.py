@@ -83,6 +83,11 @@ class PostgresCluster:
         """The CA that signed the server's certificate (for sslrootcert)."""
         return self._ca_file
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs (bench/scale.py counts its CPU)."""
+        return self._server.pid if self._server is not None else None
+
     def url(self, dbname: str, user: str = FORWARDER) -> str:
         return f"postgresql://{user}@127.0.0.1:{self._port}/{dbname}"
 
