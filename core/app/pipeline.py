@@ -433,9 +433,10 @@ class Forwarder:
         window reads around the slices skipped before. A backfill (`since`) reads across them and
         never splits: it is how an operator reads a skipped slice again."""
         kind = reader.kind
-        cursor = self.store.cursor(tenant.tenant_id, kind.name)
+        state = self.store.window_state(tenant.tenant_id, kind.name)  # one round trip on a database server
+        cursor = state.cursor
         overlap, lookback = timedelta(seconds=self.settings.overlap), timedelta(seconds=self.settings.initial_lookback)
-        stored = self.store.overlap_read(tenant.tenant_id, kind.name) if since is None else None
+        stored = state.overlap_read if since is None else None
         last_full = OverlapRead(*stored) if stored is not None else None
         start, full = next_read(cursor, last_full, overlap=overlap, initial_lookback=lookback, now=self.clock,
                                 epoch=time.time(), partial=self.partial_reads, overlap_every=self.settings.overlap_every,
@@ -446,8 +447,8 @@ class Forwarder:
         read = _WindowRead(TenantRef(id=tenant.tenant_id, label=label), reader, window, self.sinks_for(label), result,
                            epoch=self.leases.epoch(tenant.tenant_id, kind.name) if self.leases is not None else None)
         live = since is None
-        skipped = self.store.skipped_windows(tenant.tenant_id, kind.name) if live else []
-        failures = self.store.window_failures(tenant.tenant_id, kind.name) if live else 0
+        skipped = state.skipped if live else []
+        failures = state.failures if live else 0
         split_after = self.settings.split_after
         try:
             if failures < split_after:

@@ -114,6 +114,16 @@ class PageCommit:
 
 
 @dataclass(frozen=True)
+class WindowState:
+    """What a poll of one (tenant, source) reads before its window: one round trip on a server."""
+
+    cursor: datetime | None
+    overlap_read: tuple[datetime, float] | None  # the last full read: where the next starts, when it was
+    skipped: list[tuple[datetime, datetime]]  # slices of time skipped, oldest first
+    failures: int  # cycles in a row the API failed the window itself
+
+
+@dataclass(frozen=True)
 class TenantStatus:
     tenant_id: str
     label: str
@@ -138,6 +148,7 @@ class SourceStatus:
 class StateStore(Protocol):
     shared: bool  # instances may share it, splitting its tenants by leases (PostgreSQL); SQLite: one process
     def cursor(self, tenant_id: str, source: str) -> datetime | None: ...
+    def window_state(self, tenant_id: str, source: str) -> WindowState: ...
     def unseen(self, tenant_id: str, versions: list[tuple[str, str]]) -> set[tuple[str, str]]: ...
     def known(self, tenant_id: str, alert_ids: Iterable[str]) -> set[str]: ...
     def latest_taken(self, tenant_id: str, alert_ids: Iterable[str]) -> dict[str, str]: ...

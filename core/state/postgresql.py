@@ -35,6 +35,7 @@ from core.state import (
     SourceStatus,
     StateError,
     TenantStatus,
+    WindowState,
 )
 from core.state.rows import dead_letter as _dead_letter
 from core.state.rows import digest as _digest
@@ -341,7 +342,7 @@ class PostgresStore:
                 raise _unavailable(self.settings, exc) from exc
             raise
 
-    def _one(self, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+    def _one(self, query: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> tuple[Any, ...] | None:
         """One statement, and its first row."""
         with self._tx(atomic=False) as db:
             return db.execute(query, params).fetchone()  # type: ignore[arg-type]
@@ -363,6 +364,25 @@ class PostgresStore:
 
     def cursors(self) -> dict[tuple[str, str], datetime]:
         return {(t, s): parse_time(c) for t, s, c in self._all("SELECT tenant_id, source, cursor FROM cursors")}
+
+    def window_state(self, tenant_id: str, source: str) -> WindowState:
+        """The cursor, the last full read, the skipped slices and the failed cycles of one
+        (tenant, source), in one statement: every poll starts with them, and a round trip each
+        was most of an idle poll's time in the store."""
+        key = "WHERE tenant_id=%(t)s AND source=%(s)s"
+        row = self._one(
+            f"SELECT (SELECT cursor FROM cursors {key}), (SELECT reread_from FROM overlap_reads {key}), "
+            f"(SELECT read_at FROM overlap_reads {key}), (SELECT failures FROM window_failures {key}), "
+            f"ARRAY(SELECT start_time FROM skipped_windows {key} ORDER BY start_time), "
+            f"ARRAY(SELECT end_time FROM skipped_windows {key} ORDER BY start_time)",
+            {"t": tenant_id, "s": source})
+        assert row is not None  # a SELECT of scalar subqueries has one row
+        cursor, reread_from, read_at, failures, starts, ends = row
+        return WindowState(
+            cursor=parse_time(cursor) if cursor is not None else None,
+            overlap_read=(parse_time(reread_from), read_at) if reread_from is not None else None,
+            skipped=[(parse_time(start), parse_time(end)) for start, end in zip(starts, ends, strict=True)],
+            failures=failures or 0)
 
     def overlap_read(self, tenant_id: str, source: str) -> tuple[datetime, float] | None:
         """The last full read of this (tenant, source): (where the next starts, when it was)."""

@@ -25,6 +25,7 @@ from core.state import (
     StateError,
     StateLocked,
     TenantStatus,
+    WindowState,
 )
 from core.state.rows import dead_letter as _dead_letter
 from core.state.rows import digest as _digest
@@ -220,6 +221,11 @@ class SQLiteStore:
     def cursors(self) -> dict[tuple[str, str], datetime]:
         rows = self.db.execute("SELECT tenant_id, source, cursor FROM cursors")
         return {(t, s): parse_time(c) for t, s, c in rows}
+
+    def window_state(self, tenant_id: str, source: str) -> WindowState:
+        """The four reads a poll starts with (in-process statements: no round trip to save)."""
+        return WindowState(self.cursor(tenant_id, source), self.overlap_read(tenant_id, source),
+                           self.skipped_windows(tenant_id, source), self.window_failures(tenant_id, source))
 
     def overlap_read(self, tenant_id: str, source: str) -> tuple[datetime, float] | None:
         """The last full read of this (tenant, source): (where the next starts, when it was)."""

@@ -12,7 +12,7 @@ import pytest
 
 from core.model.schema import EventMeta, Severity
 from core.model.times import format_time
-from core.state import DeadLetter, PageCommit
+from core.state import DeadLetter, PageCommit, WindowState
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
@@ -53,6 +53,23 @@ def test_overlap_reads_known_alerts_and_every_cursor(store: Any) -> None:
     assert store.known("t1", ["a1", "a2"]) == {"a1"} and store.known("t2", ["a1"]) == set()
     assert store.known("t1", []) == set() and store.unseen("t1", []) == set() and store.latest_taken("t1", []) == {}
     assert store.cursors() == {("t1", "graph_alerts"): T0, ("t2", "graph_incidents"): T0 + timedelta(days=1)}
+
+
+def test_a_window_s_state_in_one_read_is_what_its_four_reads_say(store: Any) -> None:
+    """What every poll starts with, read at once (one round trip on PostgreSQL)."""
+    assert store.window_state("t1", "graph_alerts") == WindowState(None, None, [], 0)
+    store.window_failed("t1", "graph_alerts", "503")
+    slices = [(T0 + timedelta(hours=1), T0 + timedelta(hours=2), "503"), (T0, T0 + timedelta(minutes=1), "503")]
+    store.commit_page(PageCommit("t1", "graph_alerts", skipped=slices, cursor=T0 + timedelta(days=1),
+                                 reread_from=T0 - timedelta(hours=1)))
+    store.window_failed("t1", "graph_alerts", "503 again")
+    store.commit_page(PageCommit("t1", "graph_incidents", cursor=T0))  # another source's: not this one's
+    state = store.window_state("t1", "graph_alerts")
+    assert state == WindowState(store.cursor("t1", "graph_alerts"), store.overlap_read("t1", "graph_alerts"),
+                                store.skipped_windows("t1", "graph_alerts"), store.window_failures("t1", "graph_alerts"))
+    assert state.cursor == T0 + timedelta(days=1) and state.failures == 2  # no window_read: still counted
+    assert state.skipped == [(T0, T0 + timedelta(minutes=1)), (T0 + timedelta(hours=1), T0 + timedelta(hours=2))]
+    assert state.overlap_read is not None and state.overlap_read[0] == T0 - timedelta(hours=1)
 
 
 def test_the_outbox_oldest_and_depths_per_tenant(store: Any) -> None:
