@@ -173,6 +173,9 @@ class Forwarder:
         self._pruned: dict[str, datetime] = {}  # tenant id -> the horizon its seen-marks were last pruned at
         self._counted: tuple[dict[str, int], int] = ({}, 0)  # sink totals at the last cycle line
         self.cycles = 0  # poll cycles completed (`/readyz` waits for the first)
+        # After run_once: the sinks with events of its tenants still waiting, those deferred by
+        # design (a digest not due) aside; what makes `run --once` exit 1.
+        self.left_waiting: set[str] = set()
         # label -> auth state of a tenant whose last poll was refused (consent_revoked, ...): what
         # [notify] names in its subject; the status model has only the error's text.
         self.auth_failures: dict[str, str] = {}
@@ -642,6 +645,9 @@ class Forwarder:
             results = await self.poll_all(since, only)
             await self.drain()
             notifies = self._notifies()
+            # Asked while the leases are held: given back, the rows of this run's tenants would
+            # read as some other instance's, not as this run's events still waiting.
+            self.left_waiting = {name for name, w in self.workers.items() if w.deferred_until is None and w.pending()}
         finally:
             if self.leases is not None:
                 with suppress(StateError):  # unreleased, they expire

@@ -21,8 +21,8 @@ DEMO = REPO / "examples" / "demo"
 
 
 def _config(tmp: Path, state: str, postgresql: dict[str, Any] | None = None,
-            sink: dict[str, Any] | None = None) -> Path:
-    tables: dict[str, dict[str, Any]] = {"forwarder": {"state": state, "initial_lookback": "3650d"}}
+            sink: dict[str, Any] | None = None, **forwarder: Any) -> Path:
+    tables: dict[str, dict[str, Any]] = {"forwarder": {"state": state, "initial_lookback": "3650d", **forwarder}}
     if postgresql is not None:
         tables["forwarder.postgresql"] = postgresql
     for label in ("contoso", "fabrikam", "northwind"):
@@ -193,3 +193,17 @@ def test_a_tenant_another_instance_leases_is_left_to_it_and_named_by_tenants_and
         other.close()
     assert run_cli("run", "--once", "--config", str(config), env=env).returncode == 0
     assert (tmp_path / "out" / "northwind.ndjson").exists()
+
+
+def test_run_once_whose_sink_is_down_exits_1_with_its_events_waiting(
+        database: tuple[str, dict[str, Any], dict[str, str]], tmp_path: Path) -> None:
+    """As on SQLite: the events of this run's tenants still wait when it ends, so cron sees exit 1
+    (the leases it gives back at the end do not make them someone else's)."""
+    url, keys, env = database
+    down = {"type": "syslog", "host": "127.0.0.1", "port": _free_port(), "protocol": "tcp",
+            "retry_initial": "0.05s", "retry_max": "0.2s"}
+    config = _config(tmp_path, url, keys, sink=down, once_deadline="1s")
+    assert run_cli("state", "migrate", "--config", str(config), env=env).returncode == 0
+    done = run_cli("run", "--once", "--config", str(config), env=env)
+    assert done.returncode == 1, done.stderr
+    assert "connection refused" in done.stderr.lower()
