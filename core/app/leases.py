@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from aiolimiter import AsyncLimiter
 
@@ -41,17 +42,22 @@ class TenantLeases:
     wanted: list[tuple[str, str]]  # (tenant id, source) of every tenant this instance may poll
     held: dict[tuple[str, str], int] = field(default_factory=dict)  # -> epoch
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set (and replaced) when tenants came
+    # The tenant ids of `held`, kept with it: every tenant's poll loop asks `holds` each turn.
+    _tenant_ids: frozenset[str] = field(default=frozenset(), init=False, repr=False)
 
     @property
     def tenants(self) -> int:
         """How many tenants the instance is configured for (the orphans' lease is not one)."""
-        return len({tenant for tenant, _ in self.wanted if (tenant, _) != ORPHANS})
+        return len(_tenants_of(self.wanted))
 
     def holds(self, tenant_id: str) -> bool:
-        return any(tenant == tenant_id for tenant, _ in self.held)
+        return tenant_id in self._tenant_ids
 
-    def held_tenants(self) -> set[str]:
-        return {tenant for tenant, _ in self.held if (tenant, _) != ORPHANS}
+    def held_tenants(self) -> frozenset[str]:
+        return self._tenant_ids
+
+    def _hold(self, held: dict[tuple[str, str], int]) -> None:
+        self.held, self._tenant_ids = held, _tenants_of(held)
 
     def epoch(self, tenant_id: str, source: str) -> int | None:
         return self.held.get((tenant_id, source))
@@ -59,7 +65,7 @@ class TenantLeases:
     def claim(self) -> None:
         """Renew, shed and take leases (one transaction); log what changed."""
         before = self.held_tenants()
-        self.held = self.store.claim_leases(self.holder, self.wanted, self.ttl)
+        self._hold(self.store.claim_leases(self.holder, self.wanted, self.ttl))
         now = self.held_tenants()
         if now != before:
             log.info("leases: %s holds %d of %d tenants (took %d, gave up or lost %d)", self.holder, len(now),
@@ -72,12 +78,17 @@ class TenantLeases:
     def release(self) -> None:
         """A clean stop: give every lease back, for the others to take at their next claim."""
         self.store.release_leases(self.holder)
-        self.held = {}
+        self._hold({})
 
     def share(self) -> float:
         """The part of the configured tenants this instance holds (1.0 before the first claim
         finds out, the whole budget being the safe side for one instance alone)."""
         return len(self.held_tenants()) / self.tenants if self.tenants else 1.0
+
+
+def _tenants_of(leases: Iterable[tuple[str, str]]) -> frozenset[str]:
+    """The tenant ids of (tenant id, source) leases, the orphans' lease (no tenant) left out."""
+    return frozenset(tenant for tenant, source in leases if (tenant, source) != ORPHANS)
 
 
 class AppBudget:

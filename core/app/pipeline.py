@@ -197,6 +197,12 @@ class Forwarder:
         metrics.watch(self)
         return self
 
+    def _give_back_leases(self) -> None:
+        """Release this instance's leases, if it has any: the others take them at their next claim."""
+        if self.leases is not None:
+            with suppress(StateError):  # the database is away: unreleased, they expire after lease_ttl
+                self.leases.release()
+
     def _notifies(self) -> bool:
         """Whether this instance sends [notify]'s mail: alone, yes; on a shared state only the
         holder of the orphans' lease does, so that a change is mailed once, not once per instance."""
@@ -649,9 +655,7 @@ class Forwarder:
             # read as some other instance's, not as this run's events still waiting.
             self.left_waiting = {name for name, w in self.workers.items() if w.deferred_until is None and w.pending()}
         finally:
-            if self.leases is not None:
-                with suppress(StateError):  # unreleased, they expire
-                    self.leases.release()
+            self._give_back_leases()
         self._tidy_state()
         self.log_cycle(results, asyncio.get_running_loop().time() - started)
         self.cycles += 1
@@ -740,12 +744,11 @@ class Forwarder:
             for task in [*tenants, housekeeping, stopped]:
                 task.cancel()
             await asyncio.gather(*tenants, housekeeping, stopped, return_exceptions=True)
-            for task in [*workers, *([keeper] if keeper else [])]:
+            background = [*workers, *([keeper] if keeper else [])]
+            for task in background:
                 task.cancel()
-            await asyncio.gather(*workers, *([keeper] if keeper else []), return_exceptions=True)
-            if self.leases is not None:
-                with suppress(StateError):  # unreleased, they expire after lease_ttl
-                    self.leases.release()  # a clean stop: the others take the tenants at their next claim
+            await asyncio.gather(*background, return_exceptions=True)
+            self._give_back_leases()  # a clean stop: the others take the tenants at their next claim
             if self.notifier is not None:
                 await self.notifier.flush()  # a message under way (bounded by [notify] timeout)
 
